@@ -1,0 +1,54 @@
+# telemetrics-client: build, test, demo and install.
+#   make venv     .venv with the package (editable) and the test tools
+#   make test     the whole test suite
+#   make demo     the pipeline end to end in user mode
+#   make bench    benchmarks; they print figures
+#   make lint     ruff
+#   make install  DESTDIR=… PREFIX=… as a distribution package would
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PREFIX ?= /usr
+DESTDIR ?=
+APT_PACKAGES := libsystemd-dev pkg-config gcc
+PYTEST_ARGS ?=
+
+.PHONY: venv deps test demo bench lint install clean
+
+$(VENV)/.stamp: pyproject.toml
+	@$(MAKE) --no-print-directory deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# Debian packages the build needs (systemd-python compiles against libsystemd).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing:$$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
+			{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+		else \
+			echo "missing Debian packages:$$missing (run 'make venv' as root, or install them)" >&2; \
+		fi; \
+	fi
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) -m telemetry.demo
+
+bench: venv
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: venv
+	$(VENV)/bin/ruff check telemetry daemons probes tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

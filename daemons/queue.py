@@ -1,0 +1,297 @@
+"""The record queue shared by telemprobd (writer) and telempostd (reader, deleter).
+
+One SQLite database, `queue.db`, in WAL mode with synchronous=FULL in the spool
+directory (design.md, "Why the queue is a database").  telemprobd inserts the records of
+every waiting sender in one transaction (group commit) and only then acknowledges them;
+telempostd reads oldest first and deletes a row only once its fate is decided.  Neither
+daemon holds a write transaction across network or socket I/O.
+
+After every commit that adds rows, telemprobd rewrites the small file `queue.changed`
+beside the database: telempostd's inotify watch (IN_CLOSE_WRITE) and systemd's
+telempostd.path (PathModified=) both watch that file, so delivery starts when something
+is queued, including while telempostd is not running.
+
+A database that SQLite reports as corrupt is renamed to `queue.db.corrupt-<time>` (never
+emptied in place) and a new one is started, so the damage can be examined.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from telemetry.errors import TelemetryError
+from telemetry.fsutil import ensure_dir
+
+log = logging.getLogger(__name__)
+
+QUEUE_DB = "queue.db"
+WAKEUP_FILE = "queue.changed"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT, -- queue order
+    record_id       TEXT NOT NULL UNIQUE,   -- 32 hex; sent as X-Telemetry-Record-Id
+    received_at     REAL NOT NULL,          -- unix time telemprobd read the frame
+    sender_uid      INTEGER NOT NULL,       -- SO_PEERCRED of the sending process
+    sender_gid      INTEGER NOT NULL,
+    sender_pid      INTEGER NOT NULL,
+    cfg_path        TEXT,                   -- CFG: field of the frame (recorded, never used)
+    headers         BLOB NOT NULL,          -- the 15 header lines, machine_id replaced
+    payload         BLOB NOT NULL,
+    size            INTEGER NOT NULL,       -- bytes counted against spool_max_size
+    deferred_until  REAL NOT NULL DEFAULT 0,-- rate limited with strategy spool: not before
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS records_due ON records (next_attempt_at, deferred_until);
+CREATE TABLE IF NOT EXISTS counters (
+    daemon TEXT NOT NULL,
+    name   TEXT NOT NULL,
+    value  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (daemon, name)
+);
+"""
+
+
+class QueueError(TelemetryError):
+    """The queue cannot be used; the message names the file and the cause."""
+
+
+@dataclass(frozen=True)
+class Sender:
+    uid: int
+    gid: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    """What telemprobd stages for one accepted frame."""
+
+    record_id: str
+    received_at: float
+    sender: Sender
+    headers: bytes
+    payload: bytes
+    cfg_path: str | None = None
+    deferred_until: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.headers) + len(self.payload)
+
+
+@dataclass(frozen=True)
+class QueuedRecord:
+    seq: int
+    record_id: str
+    received_at: float
+    sender: Sender
+    cfg_path: str | None
+    headers: bytes
+    payload: bytes
+    size: int
+    deferred_until: float
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+
+
+_COLUMNS = (
+    "seq, record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path, headers, "
+    "payload, size, deferred_until, attempts, next_attempt_at, last_error"
+)
+
+
+def _row(r: Sequence) -> QueuedRecord:
+    return QueuedRecord(
+        seq=r[0], record_id=r[1], received_at=r[2], sender=Sender(r[3], r[4], r[5]), cfg_path=r[6],
+        headers=bytes(r[7]), payload=bytes(r[8]), size=r[9], deferred_until=r[10], attempts=r[11],
+        next_attempt_at=r[12], last_error=r[13],
+    )
+
+
+def is_corruption(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(e) or (
+        "not a database" in str(e)
+    )
+
+
+class Queue:
+    def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False):
+        self.spool_dir = spool_dir
+        self.path = os.path.join(spool_dir, QUEUE_DB)
+        self.wakeup_path = os.path.join(spool_dir, WAKEUP_FILE)
+        self._readonly = readonly
+        if create and not readonly:
+            ensure_dir(spool_dir, 0o750)
+        self.db = self._open()
+
+    # --- opening and recovery ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._readonly:
+            uri = f"file:{self.path}?mode=ro"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = self._connect()
+            if not self._readonly:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = FULL")
+                db.executescript(SCHEMA)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version and int(version[0]) > SCHEMA_VERSION:
+                raise QueueError(f"{self.path}: schema version {version[0]} is newer than this program's")
+            return db
+        except sqlite3.DatabaseError as e:
+            if self._readonly or not is_corruption(e):
+                raise QueueError(f"{self.path}: {e}") from None
+            self.move_aside(str(e))
+            try:
+                db = self._connect()
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = FULL")
+                db.executescript(SCHEMA)
+                db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                return db
+            except sqlite3.Error as e2:
+                raise QueueError(f"{self.path}: {e2}") from None
+
+    def move_aside(self, reason: str) -> str:
+        """Rename a damaged database (and its WAL) out of the way; returns the new name."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = f"{self.path}.corrupt-{stamp}-{os.getpid()}"
+        log.error("queue %s is damaged (%s); moved aside to %s and starting a new one", self.path, reason, target)
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.rename(self.path + suffix, target + suffix)
+            except FileNotFoundError:
+                pass
+        return target
+
+    def reopen_after_corruption(self, error: sqlite3.Error) -> None:
+        """Called by a daemon that hits corruption mid-run: move aside, start afresh."""
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
+        self.move_aside(str(error))
+        self.db = self._open()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- writing (telemprobd) ---------------------------------------------------------
+
+    def insert_many(self, records: Iterable[NewRecord], counters: dict[tuple[str, str], int] | None = None) -> None:
+        """One durable transaction for the whole batch (the group commit)."""
+        rows = [
+            (r.record_id, r.received_at, r.sender.uid, r.sender.gid, r.sender.pid, r.cfg_path, r.headers,
+             r.payload, r.size, r.deferred_until)
+            for r in records
+        ]
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO records (record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path,"
+                " headers, payload, size, deferred_until) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            if counters:
+                self._bump(counters)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def touch_wakeup(self) -> None:
+        fd = os.open(self.wakeup_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, f"{time.time():.6f}\n".encode())
+        finally:
+            os.close(fd)
+
+    # --- reading and deciding (telempostd) --------------------------------------------
+
+    def due(self, now: float, limit: int = 100) -> list[QueuedRecord]:
+        """Records whose next attempt is due, oldest first."""
+        cur = self.db.execute(
+            f"SELECT {_COLUMNS} FROM records WHERE next_attempt_at <= ? AND deferred_until <= ?"
+            " ORDER BY seq LIMIT ?",
+            (now, now, limit),
+        )
+        return [_row(r) for r in cur.fetchall()]
+
+    def next_due_time(self) -> float | None:
+        row = self.db.execute("SELECT MIN(MAX(next_attempt_at, deferred_until)) FROM records").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def get(self, record_id: str) -> QueuedRecord | None:
+        r = self.db.execute(f"SELECT {_COLUMNS} FROM records WHERE record_id = ?", (record_id,)).fetchone()
+        return _row(r) if r else None
+
+    def all(self, limit: int = 1000) -> list[QueuedRecord]:
+        return [_row(r) for r in self.db.execute(f"SELECT {_COLUMNS} FROM records ORDER BY seq LIMIT ?", (limit,))]
+
+    def delete(self, record_ids: Iterable[str], counters: dict[tuple[str, str], int] | None = None) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM records WHERE record_id = ?", [(i,) for i in record_ids])
+            if counters:
+                self._bump(counters)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def reschedule(self, record_id: str, attempts: int, next_attempt_at: float, last_error: str) -> None:
+        self.db.execute(
+            "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?",
+            (attempts, next_attempt_at, last_error[:500], record_id),
+        )
+
+    def stats(self) -> tuple[int, int]:
+        """(rows, bytes) currently queued."""
+        n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+        return int(n), int(size)
+
+    # --- counters -----------------------------------------------------------------------
+
+    def _bump(self, counters: dict[tuple[str, str], int]) -> None:
+        self.db.executemany(
+            "INSERT INTO counters (daemon, name, value) VALUES (?, ?, ?)"
+            " ON CONFLICT (daemon, name) DO UPDATE SET value = value + excluded.value",
+            [(d, n, v) for (d, n), v in counters.items() if v],
+        )
+
+    def bump(self, counters: dict[tuple[str, str], int]) -> None:
+        if any(counters.values()):
+            self._bump(counters)
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        return {(d, n): v for d, n, v in self.db.execute("SELECT daemon, name, value FROM counters")}

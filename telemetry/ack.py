@@ -1,0 +1,92 @@
+"""The acknowledgement telemprobd writes after a frame, and its decoding. No I/O.
+
+The original daemon never replies; ours writes one line once the record is durable
+(committed to the queue with fsync) or once it has decided to refuse it::
+
+    reply  = "TM/1 " status [" " detail] "\\n"       at most 512 bytes, ASCII
+    status = "accepted" | "deferred"                 kept; detail is the record id
+           | "not-opted-in" | "rate-limited" | "invalid" | "no-space" | "busy" | "error"
+                                                     refused; detail says why
+
+"deferred" means kept but held back by the rate limit (strategy spool).  A client that
+reads EOF without any reply is talking to an original telemprobd, which keeps what it
+reads: that counts as accepted.  An original client never reads and closes at once; the
+daemon's write then fails harmlessly.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .errors import TelemetryError
+from .limits import ACK_MAX
+
+MAGIC = b"TM/1 "
+
+
+class AckStatus(enum.Enum):
+    ACCEPTED = "accepted"
+    DEFERRED = "deferred"
+    NOT_OPTED_IN = "not-opted-in"
+    RATE_LIMITED = "rate-limited"
+    INVALID = "invalid"
+    NO_SPACE = "no-space"
+    BUSY = "busy"
+    ERROR = "error"
+
+    @property
+    def kept(self) -> bool:
+        return self in (AckStatus.ACCEPTED, AckStatus.DEFERRED)
+
+
+class AckError(TelemetryError):
+    """The daemon's reply could not be understood."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    status: AckStatus
+    detail: str = ""
+    # True when the peer closed without replying: an original telemprobd.
+    legacy: bool = False
+
+    @property
+    def kept(self) -> bool:
+        return self.status.kept
+
+    @property
+    def record_id(self) -> str | None:
+        return self.detail if self.kept and self.detail and not self.legacy else None
+
+    def encode(self) -> bytes:
+        detail = "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in self.detail)
+        line = MAGIC + self.status.value.encode("ascii")
+        if detail:
+            line += b" " + detail.encode("ascii")
+        return line[: ACK_MAX - 1] + b"\n"
+
+    def __str__(self) -> str:
+        return f"{self.status.value}: {self.detail}" if self.detail else self.status.value
+
+
+LEGACY_ACCEPT = Ack(AckStatus.ACCEPTED, "no reply (original telemprobd)", legacy=True)
+
+
+def decode_ack(data: bytes) -> Ack:
+    """Decode a reply; b"" (EOF, no reply) is the original daemon's silent accept."""
+    if not data:
+        return LEGACY_ACCEPT
+    if not data.endswith(b"\n") or len(data) > ACK_MAX:
+        raise AckError("daemon reply is truncated or too long")
+    if not data.startswith(MAGIC):
+        raise AckError("daemon reply has an unknown format")
+    try:
+        text = data[len(MAGIC) : -1].decode("ascii")
+    except UnicodeDecodeError:
+        raise AckError("daemon reply is not ASCII") from None
+    status, _, detail = text.partition(" ")
+    try:
+        return Ack(AckStatus(status), detail)
+    except ValueError:
+        raise AckError(f"daemon reply has an unknown status {status[:20]!r}") from None

@@ -1,0 +1,133 @@
+"""Sending a record to telemprobd: one frame per connection, then the acknowledgement.
+
+Unlike libtelemetry, `send` learns whether the record was kept: our telemprobd answers
+after the durable commit (see `telemetry.ack` for the bytes).  An original telemprobd
+never answers; its EOF counts as accepted.  Every wait is bounded, SIGPIPE cannot kill
+the caller, and nothing here ever exits the process.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+from . import config as config_mod
+from .ack import Ack, AckError, decode_ack
+from .errors import TelemetryError
+from .limits import ACK_MAX, ACK_TIMEOUT, CONNECT_TIMEOUT
+from .optin import is_opted_in
+from .paths import Paths
+from .record import Record
+from .wire import encode_frame
+
+SUN_PATH_MAX = 107
+
+
+class SendError(TelemetryError):
+    """The record did not reach the daemon, or the daemon did not keep it."""
+
+
+class NotOptedIn(SendError):
+    def __init__(self, paths: Paths):
+        cmd = "telemctl opt-in" + (" --user" if paths.mode.value == "user" else "")
+        super().__init__(f"not opted in to telemetry ({paths.opt_in_file} is missing); run '{cmd}' first")
+
+
+class DaemonUnavailable(SendError):
+    pass
+
+
+class RecordRejected(SendError):
+    def __init__(self, ack: Ack):
+        super().__init__(f"telemprobd refused the record: {ack}")
+        self.ack = ack
+
+
+class Client:
+    """Holds the paths and the config (and -f path, sent as the CFG: field like the original)."""
+
+    def __init__(
+        self,
+        paths: Paths | None = None,
+        config: config_mod.Config | None = None,
+        config_file: str | None = None,
+    ):
+        self.paths = paths or Paths.detect()
+        self.config_file = config_file
+        self.config = config or config_mod.load(self.paths, config_file)
+
+    @property
+    def socket_path(self) -> str:
+        return self.config.socket_path
+
+    def frame(self, record: Record) -> bytes:
+        return encode_frame(record.header_block(), record.payload, self.config_file)
+
+    def send(self, record: Record, timeout: float = ACK_TIMEOUT) -> Ack:
+        """Send and wait for the verdict; raises `SendError` unless the record was kept."""
+        if not is_opted_in(self.paths):
+            raise NotOptedIn(self.paths)
+        ack = self.send_frame(self.frame(record), timeout)
+        if not ack.kept:
+            raise RecordRejected(ack)
+        return ack
+
+    def send_frame(self, frame: bytes, timeout: float = ACK_TIMEOUT) -> Ack:
+        path = self.socket_path
+        if len(path.encode()) > SUN_PATH_MAX:
+            raise SendError(f"socket path {path} is longer than {SUN_PATH_MAX} bytes")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            try:
+                sock.connect(path)
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                raise DaemonUnavailable(
+                    f"telemprobd is not listening on {path} ({e.strerror}); start it with 'telemctl start'"
+                ) from None
+            except OSError as e:
+                raise DaemonUnavailable(f"cannot connect to telemprobd at {path}: {e.strerror or e}") from None
+            deadline = time.monotonic() + timeout
+            sock.settimeout(timeout)
+            write_error: OSError | None = None
+            try:
+                sock.sendall(frame)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as e:  # the daemon may have refused early; its reply says why
+                if e.errno not in (errno.EPIPE, errno.ECONNRESET) and not isinstance(e, TimeoutError):
+                    raise SendError(f"error writing to telemprobd: {e.strerror or e}") from None
+                write_error = e
+            reply = _read_reply(sock, deadline)
+        finally:
+            sock.close()
+        if write_error is not None and not reply:
+            raise SendError("telemprobd closed the connection before the record was written")
+        try:
+            return decode_ack(reply)
+        except AckError as e:
+            raise SendError(str(e)) from None
+
+
+def _read_reply(sock: socket.socket, deadline: float) -> bytes:
+    data = b""
+    while len(data) < ACK_MAX and not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SendError("no acknowledgement from telemprobd in time; the record may not be kept")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(ACK_MAX - len(data))
+        except TimeoutError:
+            raise SendError("no acknowledgement from telemprobd in time; the record may not be kept") from None
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def send(record: Record, *, paths: Paths | None = None, config_file: str | None = None,
+         timeout: float = ACK_TIMEOUT) -> Ack:
+    return Client(paths, config_file=config_file).send(record, timeout)

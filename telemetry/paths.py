@@ -1,0 +1,156 @@
+"""Where every file lives, in system mode and in user mode.
+
+System mode is the original's layout (/etc/telemetrics, /var/spool/telemetry, /run/telem-0,
+…) used by the packaged daemons.  User mode puts the same files in the XDG directories of
+whoever runs the programs, so the whole pipeline runs without root and without systemd:
+that is what the demo, the tests and the benchmarks use.  Nothing else in the code
+differs between the modes.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+
+import platformdirs
+
+from .errors import TelemetryError
+
+APP = "telemetrics"
+MODE_ENV = "TELEMETRY_MODE"
+SERVICE_USER = "telemetry"
+
+# Install-time locations; `make install PREFIX=…` writes telemetry/_prefix.py.
+try:
+    from ._prefix import PREFIX  # type: ignore[import-not-found]
+except ImportError:
+    PREFIX = "/usr"
+
+
+class Mode(enum.Enum):
+    SYSTEM = "system"
+    USER = "user"
+
+
+class PathsError(TelemetryError):
+    pass
+
+
+@dataclass(frozen=True)
+class Paths:
+    mode: Mode
+    config_dir: str
+    config_file: str  # the admin's telemetrics.conf
+    defaults_file: str  # the distribution's telemetrics.conf (system mode only)
+    opt_in_file: str
+    static_machine_id_file: str
+    no_privacy_filters_file: str
+    socket_path: str  # default of the socket_path key
+    spool_dir: str  # default of the spool_dir key: the queue database lives here
+    state_dir: str  # machine id, probe cursors, flood-control state
+    machine_id_file: str
+    journal_dir: str  # journal and retention database
+    cache_dir: str
+    pstore_cache_dir: str
+    run_dir: str  # pid files of user-mode daemons
+    tmpfiles_conf: str
+
+    @classmethod
+    def system(
+        cls,
+        prefix: str = PREFIX,
+        sysconfdir: str = "/etc",
+        localstatedir: str = "/var",
+        rundir: str = "/run",
+    ) -> Paths:
+        conf = os.path.join(sysconfdir, "telemetrics")
+        return cls(
+            mode=Mode.SYSTEM,
+            config_dir=conf,
+            config_file=os.path.join(conf, "telemetrics.conf"),
+            defaults_file=os.path.join(prefix, "share/defaults/telemetrics/telemetrics.conf"),
+            opt_in_file=os.path.join(conf, "opt-in"),
+            static_machine_id_file=os.path.join(conf, "opt-in-static-machine-id"),
+            no_privacy_filters_file=os.path.join(conf, "opt-in-no-privacy-filters"),
+            socket_path=os.path.join(rundir, "telem-0"),
+            spool_dir=os.path.join(localstatedir, "spool/telemetry"),
+            state_dir=os.path.join(localstatedir, "lib/telemetry"),
+            machine_id_file=os.path.join(localstatedir, "lib/telemetry/machine_id"),
+            journal_dir=os.path.join(localstatedir, "log/telemetry"),
+            cache_dir=os.path.join(localstatedir, "cache/telemetry"),
+            pstore_cache_dir=os.path.join(localstatedir, "cache/telemetry/pstore"),
+            run_dir=os.path.join(rundir, "telemetry"),
+            tmpfiles_conf=os.path.join(prefix, "lib/tmpfiles.d/telemetrics-dirs.conf"),
+        )
+
+    @classmethod
+    def user(cls) -> Paths:
+        config = platformdirs.user_config_dir(APP)
+        state = platformdirs.user_state_dir(APP)
+        cache = platformdirs.user_cache_dir(APP)
+        runtime = _user_runtime_dir()
+        return cls(
+            mode=Mode.USER,
+            config_dir=config,
+            config_file=os.path.join(config, "telemetrics.conf"),
+            defaults_file="",
+            opt_in_file=os.path.join(config, "opt-in"),
+            static_machine_id_file=os.path.join(config, "opt-in-static-machine-id"),
+            no_privacy_filters_file=os.path.join(config, "opt-in-no-privacy-filters"),
+            socket_path=os.path.join(runtime, "telem-0"),
+            spool_dir=os.path.join(state, "spool"),
+            state_dir=state,
+            machine_id_file=os.path.join(state, "machine_id"),
+            journal_dir=os.path.join(state, "journal"),
+            cache_dir=cache,
+            pstore_cache_dir=os.path.join(cache, "pstore"),
+            run_dir=runtime,
+            tmpfiles_conf="",
+        )
+
+    @classmethod
+    def detect(cls, mode: Mode | str | None = None) -> Paths:
+        """Explicit mode, else $TELEMETRY_MODE, else by who we are and what is installed."""
+        chosen = _resolve_mode(mode)
+        return cls.system() if chosen is Mode.SYSTEM else cls.user()
+
+    def user_dirs(self) -> tuple[str, ...]:
+        """Directories a user-mode program may create for itself (system mode: tmpfiles)."""
+        return (self.config_dir, self.spool_dir, self.state_dir, self.journal_dir, self.run_dir)
+
+
+def _user_runtime_dir() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isabs(base):
+        return os.path.join(base, APP)
+    # Without a session runtime dir, keep the socket under the state dir: /tmp would be
+    # shared with every other user.
+    return os.path.join(platformdirs.user_state_dir(APP), "run")
+
+
+def _resolve_mode(mode: Mode | str | None) -> Mode:
+    value = mode.value if isinstance(mode, Mode) else mode
+    value = value or os.environ.get(MODE_ENV) or ""
+    if value:
+        try:
+            return Mode(value.lower())
+        except ValueError:
+            raise PathsError(f"{MODE_ENV}={value!r} is not a mode; use 'system' or 'user'") from None
+    uid = os.getuid()
+    if uid == 0:
+        return Mode.SYSTEM
+    try:
+        if pwd.getpwuid(uid).pw_name == SERVICE_USER:
+            return Mode.SYSTEM
+    except KeyError:
+        pass
+    # An ordinary user on a machine running the system daemons sends to them.
+    try:
+        if stat.S_ISSOCK(os.stat(Paths.system().socket_path).st_mode):
+            return Mode.SYSTEM
+    except OSError:
+        pass
+    return Mode.USER

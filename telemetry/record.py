@@ -1,0 +1,241 @@
+"""The Version 4 record: its 15 headers, its payload and every rule that binds them.
+
+`create_record` is the probe side (libtelemetry's tm_create_record + tm_set_payload):
+it fills the headers from the machine and clamps what the original clamps.
+`parse_header_block` is the daemon side: it accepts exactly the 15 lines in order and
+refuses, with the name of the offending header, anything an original peer would not
+produce or a collector could be harmed by (line breaks, NULs, invalid UTF-8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import struct
+import time
+from dataclasses import dataclass
+
+from . import headers as H
+from .errors import TelemetryError
+from .limits import (
+    CLASSIFICATION_FIRST_SEGMENT_MAX,
+    CLASSIFICATION_MAX,
+    CLASSIFICATION_SEGMENT_MAX,
+    EVENT_ID_LEN,
+    MACHINE_ID_PLACEHOLDER,
+    PAYLOAD_MAX,
+    RECORD_FORMAT_VERSION,
+    SEVERITY_MAX,
+    SEVERITY_MIN,
+)
+from .metadata import Metadata, read_metadata
+
+UINT32_MAX = 2**32 - 1
+# A header line longer than this is not something any probe produces; the collector
+# refuses values of 250 characters and more.
+HEADER_VALUE_MAX = 512
+
+_EVENT_ID = re.compile(r"[0-9a-f]{32}")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class RecordError(TelemetryError):
+    """A record that must not be built or accepted; `field` names the culprit."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class PayloadTooLarge(RecordError):
+    def __init__(self, size: int):
+        super().__init__("payload", f"payload is {size} bytes; the limit is {PAYLOAD_MAX}")
+        self.size = size
+
+
+def new_event_id() -> str:
+    """16 random bytes printed as two host-order uint64, as libtelemetry does."""
+    hi, lo = struct.unpack("=QQ", os.urandom(16))
+    return f"{hi:016x}{lo:016x}"
+
+
+def check_classification(classification: str) -> None:
+    raw = classification.encode("utf-8", errors="surrogateescape")
+    if raw.count(b"/") != 2:
+        raise RecordError(H.CLASSIFICATION, "classification should have two '/'s (most/to/least specific)")
+    if len(raw) > CLASSIFICATION_MAX:
+        raise RecordError(
+            H.CLASSIFICATION, f"classification is {len(raw)} bytes; the limit is {CLASSIFICATION_MAX}"
+        )
+    first, second, third = raw.split(b"/")
+    if len(first) > CLASSIFICATION_FIRST_SEGMENT_MAX or max(len(second), len(third)) > CLASSIFICATION_SEGMENT_MAX:
+        raise RecordError(
+            H.CLASSIFICATION,
+            f"classification segments hold at most {CLASSIFICATION_SEGMENT_MAX} characters each",
+        )
+    if any(b < 0x20 or b > 0x7E for b in raw):
+        raise RecordError(H.CLASSIFICATION, "classification must be printable ASCII")
+
+
+def check_event_id(event_id: str) -> None:
+    if len(event_id) != EVENT_ID_LEN:
+        raise RecordError(H.EVENT_ID, f"event_id length {len(event_id)}; it should have {EVENT_ID_LEN} characters")
+    if not _EVENT_ID.fullmatch(event_id):
+        raise RecordError(H.EVENT_ID, "event_id must be 32 characters from 0123456789abcdef")
+
+
+def check_payload(payload: bytes) -> None:
+    if len(payload) > PAYLOAD_MAX:
+        raise PayloadTooLarge(len(payload))
+    if b"\0" in payload:
+        raise RecordError("payload", "payload contains a NUL byte")
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError("payload", f"payload is not valid UTF-8 (byte {e.start})") from None
+
+
+def _check_value(name: str, value: str) -> None:
+    if len(value) > HEADER_VALUE_MAX:
+        raise RecordError(name, f"{name} is {len(value)} characters; the limit is {HEADER_VALUE_MAX}")
+    for ch in value:
+        if not (ch.isprintable() or ch == "\t"):
+            raise RecordError(name, f"{name} contains the control character {ord(ch):#04x}")
+
+
+def truncate_utf8(data: bytes, limit: int) -> bytes:
+    """Cut at `limit` bytes without splitting a UTF-8 sequence."""
+    if len(data) <= limit:
+        return data
+    cut = data[:limit]
+    return cut.decode("utf-8", errors="ignore").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Record:
+    classification: str
+    severity: int
+    machine_id: str
+    creation_timestamp: int
+    arch: str
+    host_type: str
+    build: str
+    kernel_version: str
+    payload_format_version: int
+    system_name: str
+    board_name: str
+    cpu_model: str
+    bios_version: str
+    event_id: str
+    payload: bytes = b""
+    record_format_version: int = RECORD_FORMAT_VERSION
+
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """The 15 (name, value) pairs in wire order."""
+        return tuple((name, str(getattr(self, name))) for name in H.RECORD_HEADERS)
+
+    def header_block(self) -> bytes:
+        return "".join(f"{n}: {v}\n" for n, v in self.headers()).encode("utf-8")
+
+    def with_machine_id(self, machine_id: str) -> Record:
+        return dataclasses.replace(self, machine_id=machine_id)
+
+    def with_payload(self, payload: bytes | str, *, truncate: bool = False) -> Record:
+        return dataclasses.replace(self, payload=prepare_payload(payload, truncate=truncate))
+
+
+def prepare_payload(payload: bytes | str, *, truncate: bool = False) -> bytes:
+    """UTF-8 bytes within PAYLOAD_MAX; over the limit is an error unless asked to cut."""
+    data = payload.encode("utf-8", errors="strict") if isinstance(payload, str) else bytes(payload)
+    if truncate:
+        data = truncate_utf8(data, PAYLOAD_MAX)
+    check_payload(data)
+    return data
+
+
+def clamp_severity(severity: int) -> int:
+    return min(max(int(severity), SEVERITY_MIN), SEVERITY_MAX)
+
+
+def create_record(
+    classification: str,
+    severity: int = 1,
+    payload: bytes | str = b"",
+    payload_format_version: int = 1,
+    *,
+    event_id: str | None = None,
+    metadata: Metadata | None = None,
+    root: str = "/",
+    now: float | None = None,
+    truncate: bool = False,
+) -> Record:
+    check_classification(classification)
+    if not 0 <= int(payload_format_version) <= UINT32_MAX:
+        raise RecordError(H.PAYLOAD_FORMAT_VERSION, "payload_format_version must be 0..4294967295")
+    if event_id is None:
+        event_id = new_event_id()
+    check_event_id(event_id)
+    md = metadata or read_metadata(root)
+    return Record(
+        classification=classification,
+        severity=clamp_severity(severity),
+        machine_id=MACHINE_ID_PLACEHOLDER,
+        creation_timestamp=int(time.time() if now is None else now),
+        arch=md.arch,
+        host_type=md.host_type,
+        build=md.build,
+        kernel_version=md.kernel_version,
+        payload_format_version=int(payload_format_version),
+        system_name=md.system_name,
+        board_name=md.board_name,
+        cpu_model=md.cpu_model,
+        bios_version=md.bios_version,
+        event_id=event_id,
+        payload=prepare_payload(payload, truncate=truncate),
+    )
+
+
+_INT_FIELDS = {
+    H.RECORD_FORMAT_VERSION,
+    H.SEVERITY,
+    H.CREATION_TIMESTAMP,
+    H.PAYLOAD_FORMAT_VERSION,
+}
+
+
+def parse_header_block(block: bytes, payload: bytes = b"") -> Record:
+    """The daemon's strict reading of a frame's header block and payload."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError("headers", f"header block is not valid UTF-8 (byte {e.start})") from None
+    if not text.endswith("\n"):
+        raise RecordError("headers", "header block does not end with a newline")
+    lines = text[:-1].split("\n")
+    if len(lines) != len(H.RECORD_HEADERS):
+        raise RecordError("headers", f"expected {len(H.RECORD_HEADERS)} header lines, got {len(lines)}")
+    values: dict[str, object] = {}
+    for name, line in zip(H.RECORD_HEADERS, lines, strict=True):
+        prefix = f"{name}: "
+        if not line.startswith(prefix):
+            got = line.split(":", 1)[0][:40]
+            raise RecordError(name, f"expected header {name!r}, got {got!r}")
+        value = line[len(prefix) :]
+        _check_value(name, value)
+        if name in _INT_FIELDS:
+            if not _DIGITS.fullmatch(value) or len(value) > 20:
+                raise RecordError(name, f"{name} must be a decimal number, got {value[:40]!r}")
+            values[name] = int(value)
+        else:
+            values[name] = value
+    if values[H.RECORD_FORMAT_VERSION] != RECORD_FORMAT_VERSION:
+        raise RecordError(H.RECORD_FORMAT_VERSION, f"record_format_version must be {RECORD_FORMAT_VERSION}")
+    if not SEVERITY_MIN <= values[H.SEVERITY] <= SEVERITY_MAX:  # type: ignore[operator]
+        raise RecordError(H.SEVERITY, f"severity must be {SEVERITY_MIN}..{SEVERITY_MAX}")
+    if values[H.PAYLOAD_FORMAT_VERSION] > UINT32_MAX:  # type: ignore[operator]
+        raise RecordError(H.PAYLOAD_FORMAT_VERSION, "payload_format_version must fit in 32 bits")
+    check_classification(values[H.CLASSIFICATION])  # type: ignore[arg-type]
+    check_event_id(values[H.EVENT_ID])  # type: ignore[arg-type]
+    check_payload(payload)
+    return Record(payload=payload, **values)  # type: ignore[arg-type]
