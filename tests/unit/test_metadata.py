@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.metadata import MetadataError, read_cpu_model, read_dmi, read_metadata, read_os_release
+from telemetry.metadata import (
+    MetadataError,
+    read_cpu_model,
+    read_dmi,
+    read_metadata,
+    read_os_release,
+)
 
 UNAME = os.uname_result(("Linux", "host", "6.6.1-1.native", "#1", "x86_64"))
 
