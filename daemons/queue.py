@@ -17,6 +17,7 @@ emptied in place) and a new one is started, so the damage can be examined.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -130,6 +131,17 @@ def is_corruption(e: sqlite3.Error) -> bool:
     )
 
 
+_INSERT_COLUMNS = (
+    "record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path, headers, payload, size, deferred_until"
+)
+_MULTI_ROW_MAX = 256  # 10 parameters a row, well under SQLite's 32766
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(n: int) -> str:
+    return f"INSERT INTO records ({_INSERT_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * n)
+
+
 class Queue:
     def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False):
         self.spool_dir = spool_dir
@@ -208,30 +220,50 @@ class Queue:
 
     def insert_many(self, records: Iterable[NewRecord], counters: dict[tuple[str, str], int] | None = None) -> None:
         """One durable transaction for the whole batch (the group commit)."""
+        self.stage(records, counters)
+
+    def stage(
+        self,
+        records: Iterable[NewRecord],
+        counters: dict[tuple[str, str], int] | None = None,
+        meta: dict[str, str] | None = None,
+    ) -> None:
+        """insert_many, plus `meta` rows (a daemon's own state, e.g. telemprobd's rate-limit
+        bookings) written in the same durable transaction."""
         rows = [
             (r.record_id, r.received_at, r.sender.uid, r.sender.gid, r.sender.pid, r.cfg_path, r.headers,
              r.payload, r.size, r.deferred_until)
             for r in records
         ]
         db = self.db
+        if rows and not counters and not meta and len(rows) <= _MULTI_ROW_MAX:
+            # One statement is one transaction: no BEGIN/COMMIT round trips (~10% of a commit).
+            db.execute(_insert_sql(len(rows)), [v for row in rows for v in row])
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO records (record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path,"
-                " headers, payload, size, deferred_until) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
+            db.executemany(_insert_sql(1), rows)
             if counters:
                 self._bump(counters)
+            if meta:
+                db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may already have rolled back (disk full, I/O error): keep its error.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
     def touch_wakeup(self) -> None:
-        fd = os.open(self.wakeup_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        # Rewritten in place with a fixed-width line: O_TRUNC would make ext4 flush the
+        # file on close (auto_da_alloc), about 0.5 ms on every commit.
+        fd = os.open(self.wakeup_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
-            os.write(fd, f"{time.time():.6f}\n".encode())
+            os.pwrite(fd, f"{time.time():20.6f}\n".encode(), 0)
         finally:
             os.close(fd)
 
@@ -245,6 +277,55 @@ class Queue:
             (now, now, limit),
         )
         return [_row(r) for r in cur.fetchall()]
+
+    def due_after(self, now: float, after_seq: int, limit: int = 64) -> list[QueuedRecord]:
+        """Like `due`, continuing after queue position `after_seq` (one pass walks the queue once)."""
+        cur = self.db.execute(
+            f"SELECT {_COLUMNS} FROM records WHERE seq > ? AND next_attempt_at <= ? AND deferred_until <= ?"
+            " ORDER BY seq LIMIT ?",
+            (after_seq, now, now, limit),
+        )
+        return [_row(r) for r in cur.fetchall()]
+
+    def after(self, after_seq: int, limit: int = 64) -> list[QueuedRecord]:
+        """Every row after queue position `after_seq`, due or not, oldest first."""
+        cur = self.db.execute(f"SELECT {_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+        return [_row(r) for r in cur.fetchall()]
+
+    def received_before(self, cutoff: float, limit: int = 64) -> list[QueuedRecord]:
+        """Rows received before `cutoff` (expiry candidates), oldest first."""
+        cur = self.db.execute(
+            f"SELECT {_COLUMNS} FROM records WHERE received_at < ? ORDER BY seq LIMIT ?", (cutoff, limit)
+        )
+        return [_row(r) for r in cur.fetchall()]
+
+    def oldest_received_at(self) -> float | None:
+        row = self.db.execute("SELECT MIN(received_at) FROM records").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def settle(
+        self,
+        delete: Iterable[str] = (),
+        reschedule: Iterable[tuple[str, int, float, str]] = (),
+        counters: dict[tuple[str, str], int] | None = None,
+    ) -> None:
+        """Record the fate of a batch in one durable transaction: rows whose fate is decided
+        are deleted, rows to try again get (record_id, attempts, next_attempt_at, last_error)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM records WHERE record_id = ?", [(i,) for i in delete])
+            db.executemany(
+                "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?",
+                [(a, t, e[:500], i) for i, a, t, e in reschedule],
+            )
+            if counters:
+                self._bump(counters)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def next_due_time(self) -> float | None:
         row = self.db.execute("SELECT MIN(MAX(next_attempt_at, deferred_until)) FROM records").fetchone()

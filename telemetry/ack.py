@@ -60,7 +60,9 @@ class Ack:
         return self.detail if self.kept and self.detail and not self.legacy else None
 
     def encode(self) -> bytes:
-        detail = "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in self.detail)
+        detail = self.detail
+        if not (detail.isascii() and detail.isprintable()):
+            detail = "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in detail)
         line = MAGIC + self.status.value.encode("ascii")
         if detail:
             line += b" " + detail.encode("ascii")

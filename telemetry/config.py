@@ -145,8 +145,9 @@ KEYS: tuple[Key, ...] = (
     Key("retry_max_delay", Kind.INT, 3600, "Longest wait between two delivery attempts of a record; "
         "also caps a collector's Retry-After.", "telempostd", unit="seconds", lo=1, hi=86400,
         original=False),
-    Key("rate_limit_uid_share", Kind.INT, 50, "Share of each rate window one local user may take "
-        "while others send too.", "telemprobd", unit="percent", lo=1, hi=100, original=False),
+    Key("rate_limit_uid_share", Kind.INT, 50, "Most of each rate limit one local user (uid) may take; "
+        "the rest of the window stays available to other users (100: no per-user cap).", "telemprobd",
+        unit="percent", lo=1, hi=100, original=False),
     Key("max_connections", Kind.INT, 64, "Client connections telemprobd serves at once.",
         "telemprobd", lo=1, hi=4096, original=False),
     Key("connection_timeout", Kind.INT, 10, "Time a client has to deliver its whole frame.",

@@ -13,14 +13,22 @@ def under_systemd() -> bool:
     return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
 
 
-def setup(program: str, level: str | int = "info", *, stream=None) -> logging.Logger:
-    """Configure the root logger once per process; returns the program's logger."""
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+def setup(program: str, level: str | int = "info", *, stream=None, journal: bool = False) -> logging.Logger:
+    """Configure the root logger once per process; returns the program's logger.
+
+    journal=True logs to journald whenever its socket exists, for programs the kernel
+    starts outside systemd with no stderr (crashprobe as the core_pattern handler).
+    """
     numeric = LEVELS.get(level, logging.INFO) if isinstance(level, str) else level
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     handler: logging.Handler | None = None
-    if stream is None and under_systemd():
+    wants_journal = under_systemd() or journal
+    if stream is None and wants_journal and os.path.exists(JOURNAL_SOCKET):
         try:
             from systemd.journal import JournalHandler
 

@@ -74,7 +74,7 @@ def check_classification(classification: str) -> None:
             H.CLASSIFICATION,
             f"classification segments hold at most {CLASSIFICATION_SEGMENT_MAX} characters each",
         )
-    if any(b < 0x20 or b > 0x7E for b in raw):
+    if not (raw.isascii() and raw.decode("ascii").isprintable()):
         raise RecordError(H.CLASSIFICATION, "classification must be printable ASCII")
 
 
@@ -99,6 +99,8 @@ def check_payload(payload: bytes) -> None:
 def _check_value(name: str, value: str) -> None:
     if len(value) > HEADER_VALUE_MAX:
         raise RecordError(name, f"{name} is {len(value)} characters; the limit is {HEADER_VALUE_MAX}")
+    if value.isprintable():  # the usual case, checked in one C call
+        return
     for ch in value:
         if not (ch.isprintable() or ch == "\t"):
             raise RecordError(name, f"{name} contains the control character {ord(ch):#04x}")
@@ -204,8 +206,51 @@ _INT_FIELDS = {
 }
 
 
+def _fast_pattern() -> re.Pattern[str]:
+    """One regex that only an all-ASCII, valid header block matches (see parse_header_block)."""
+    value = f"([\t -~]{{0,{HEADER_VALUE_MAX}}})"  # printable ASCII or tab: what _check_value allows
+    segment = "[ -.0-~]"  # printable ASCII except '/'
+    special = {
+        H.RECORD_FORMAT_VERSION: f"({RECORD_FORMAT_VERSION})",
+        H.CLASSIFICATION: f"({segment}{{0,{CLASSIFICATION_FIRST_SEGMENT_MAX}}}/{segment}{{0,"
+                          f"{CLASSIFICATION_SEGMENT_MAX}}}/{segment}{{0,{CLASSIFICATION_SEGMENT_MAX}}})",
+        H.SEVERITY: f"([{SEVERITY_MIN}-{SEVERITY_MAX}])",
+        H.CREATION_TIMESTAMP: "([0-9]{1,20})",
+        H.PAYLOAD_FORMAT_VERSION: "([0-9]{1,10})",
+        H.EVENT_ID: f"([0-9a-f]{{{EVENT_ID_LEN}}})",
+    }
+    return re.compile("".join(f"{name}: {special.get(name, value)}\n" for name in H.RECORD_HEADERS))
+
+
+_FAST_BLOCK = _fast_pattern()
+
+
+def _parse_fast(block: bytes, payload: bytes) -> Record | None:
+    """The usual record, accepted in one regex match; None means "ask the strict reader".
+
+    It accepts a subset of what the strict reader accepts (tests/unit check the two agree),
+    so every refusal, and its message, still comes from the strict reader.
+    """
+    if not block.isascii():
+        return None
+    m = _FAST_BLOCK.fullmatch(block.decode("ascii"))
+    if m is None:
+        return None
+    values: dict[str, object] = dict(zip(H.RECORD_HEADERS, m.groups(), strict=True))
+    for name in _INT_FIELDS:
+        values[name] = int(values[name])  # type: ignore[call-overload]
+    if len(values[H.CLASSIFICATION]) > CLASSIFICATION_MAX or values[H.PAYLOAD_FORMAT_VERSION] > UINT32_MAX:  # type: ignore[arg-type, operator]
+        return None
+    check_payload(payload)
+    return Record(payload=payload, **values)  # type: ignore[arg-type]
+
+
 def parse_header_block(block: bytes, payload: bytes = b"") -> Record:
     """The daemon's strict reading of a frame's header block and payload."""
+    return _parse_fast(block, payload) or _parse_strict(block, payload)
+
+
+def _parse_strict(block: bytes, payload: bytes) -> Record:
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError as e:

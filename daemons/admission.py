@@ -1,0 +1,103 @@
+"""The verdict on one frame telemprobd has read: opt-in, validation, spool quota, rate limits.
+
+No I/O: the shell gathers the facts of the moment (`Context`) and gets back either the
+row to stage or the refusal to send.  The checks run in the order that spends least on
+a record that will be refused: consent first, then the frame's content, then the quota
+(so a record that will not fit does not use up rate-limit budget), then the limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from telemetry import headers as H
+from telemetry.ack import AckStatus
+from telemetry.record import Record, RecordError, parse_header_block
+from telemetry.wire import Frame
+
+from .queue import NewRecord, Sender
+from .ratelimit import Booking, RateLimiter, Verdict
+
+_MACHINE_ID_LINE = 3  # position of machine_id among the 15 header lines
+_MACHINE_ID_PREFIX = f"{H.MACHINE_ID}: ".encode()
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the shell knows when a frame is complete."""
+
+    record_id: str
+    sender: Sender
+    received_at: float  # wall clock, stored with the record
+    now: float  # monotonic clock, for the rate limits
+    opted_in: bool
+    machine_id: str
+    queued_bytes: int  # bytes queued or on their way into the queue
+
+
+@dataclass(frozen=True)
+class Accept:
+    record: NewRecord
+    booking: Booking
+    deferred: bool
+    reason: str = ""  # why it was deferred
+
+
+@dataclass(frozen=True)
+class Refuse:
+    status: AckStatus
+    reason: str
+    record: Record | None = None  # the parsed record, when it got that far (for the journal)
+
+
+def stamp_machine_id(header_block: bytes, machine_id: str) -> bytes:
+    """The validated header block with its machine_id line replaced, as the original does."""
+    lines = header_block.split(b"\n", _MACHINE_ID_LINE + 1)
+    lines[_MACHINE_ID_LINE] = _MACHINE_ID_PREFIX + machine_id.encode("ascii")
+    return b"\n".join(lines)
+
+
+def spool_limit_bytes(spool_max_size_kib: int) -> int:
+    """The spool_max_size key (KiB, -1 = no cap) in bytes; -1 stays -1."""
+    return -1 if spool_max_size_kib < 0 else spool_max_size_kib * 1024
+
+
+def fits_spool(queued_bytes: int, size: int, limit_bytes: int) -> bool:
+    return limit_bytes < 0 or queued_bytes + size <= limit_bytes
+
+
+class Admission:
+    def __init__(self, limiter: RateLimiter, spool_max_bytes: int):
+        self.limiter = limiter
+        self.spool_max_bytes = spool_max_bytes
+
+    def judge(self, frame: Frame, ctx: Context) -> Accept | Refuse:
+        if not ctx.opted_in:
+            return Refuse(AckStatus.NOT_OPTED_IN, "telemetry is not opted in on this machine")
+        try:
+            parsed = parse_header_block(frame.header_block, frame.payload)
+        except RecordError as e:
+            return Refuse(AckStatus.INVALID, str(e))
+        record = NewRecord(
+            record_id=ctx.record_id,
+            received_at=ctx.received_at,
+            sender=ctx.sender,
+            headers=stamp_machine_id(frame.header_block, ctx.machine_id),
+            payload=frame.payload,
+            cfg_path=frame.cfg_path,
+        )
+        if not fits_spool(ctx.queued_bytes, record.size, self.spool_max_bytes):
+            return Refuse(
+                AckStatus.NO_SPACE,
+                f"spool full: {ctx.queued_bytes} bytes queued, the limit is {self.spool_max_bytes}",
+                parsed,
+            )
+        decision = self.limiter.decide(ctx.sender.uid, record.size, ctx.now)
+        if decision.verdict is Verdict.REFUSE:
+            return Refuse(AckStatus.RATE_LIMITED, decision.reason)
+        assert decision.booking is not None
+        if decision.verdict is Verdict.DEFER:
+            until = ctx.received_at + (decision.booking.at - ctx.now)
+            return Accept(replace(record, deferred_until=until), decision.booking, deferred=True,
+                          reason=decision.reason)
+        return Accept(record, decision.booking, deferred=False)

@@ -1,0 +1,136 @@
+"""telemprobd's listening socket: the one systemd passes, or one it binds itself.
+
+Binding follows the original (remove a stale socket, mode 0666, backlog SOMAXCONN) but
+refuses what the original would clobber: a symlink, a file that is not a socket, or a
+socket another telemprobd still answers on.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+
+from telemetry.errors import TelemetryError
+from telemetry.fsutil import UnsafePathError, ensure_dir
+
+from .queue import Sender
+
+log = logging.getLogger(__name__)
+
+SUN_PATH_MAX = 107
+SOCKET_MODE_UMASK = 0o111  # bind() then creates the socket file with mode 0666
+_UCRED = struct.Struct("3i")
+
+
+class ListenerError(TelemetryError):
+    """The socket cannot be set up; the message says which path and why."""
+
+
+@dataclass
+class Listener:
+    sock: socket.socket
+    path: str
+    activated: bool  # passed by systemd (socket activation)
+    inode: tuple[int, int] | None = None  # of the socket file we created
+
+    def close(self) -> None:
+        """Close; remove the socket file only if we created it and it is still ours."""
+        self.sock.close()
+        if self.activated or self.inode is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self.inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def from_systemd() -> socket.socket | None:
+    """The listening socket systemd passed, None if none; an unusable one is an error."""
+    from systemd import daemon as sd
+
+    fds = sd.listen_fds()
+    if not fds:
+        return None
+    fd = fds[0]
+    if len(fds) > 1:
+        log.warning("systemd passed %d sockets; using fd %d only", len(fds), fd)
+    if not sd.is_socket_unix(fd, socket.SOCK_STREAM, 1):
+        raise ListenerError(
+            f"file descriptor {fd} passed by systemd is not a listening unix stream socket; "
+            "check ListenStream= in telemprobd.socket"
+        )
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise ListenerError(f"{path} is a symbolic link; refusing to follow it (remove it or fix socket_path)")
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenerError(f"{path} exists and is not a socket; refusing to remove it (fix socket_path)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody answers: a stale socket of an earlier run
+        return
+    finally:
+        probe.close()
+    raise ListenerError(f"another telemprobd is already listening on {path}")
+
+
+def bind(path: str, *, create_dir: bool) -> Listener:
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise ListenerError(f"socket path {path} is longer than {SUN_PATH_MAX} bytes; choose a shorter socket_path")
+    if not os.path.isabs(path):
+        raise ListenerError(f"socket_path {path!r} must be an absolute path")
+    directory = os.path.dirname(path)
+    if create_dir:
+        try:
+            ensure_dir(directory, 0o700)
+        except (OSError, UnsafePathError) as e:
+            raise ListenerError(f"cannot create the socket directory {directory}: {getattr(e, 'strerror', None) or e}") from None
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(SOCKET_MODE_UMASK)
+    try:
+        sock.bind(path)
+    except OSError as e:
+        sock.close()
+        hint = " (another telemprobd started at the same time?)" if e.errno == errno.EADDRINUSE else ""
+        raise ListenerError(f"cannot bind {path}: {e.strerror}{hint}") from None
+    finally:
+        os.umask(old)
+    sock.listen(socket.SOMAXCONN)
+    sock.setblocking(False)
+    st = os.lstat(path)
+    return Listener(sock, path, activated=False, inode=(st.st_dev, st.st_ino))
+
+
+def open_listener(path: str, *, create_dir: bool) -> Listener:
+    passed = from_systemd()
+    if passed is not None:
+        name = passed.getsockname()
+        log.info("listening on the socket passed by systemd (%s)", name or "unnamed")
+        return Listener(passed, name if isinstance(name, str) else path, activated=True)
+    listener = bind(path, create_dir=create_dir)
+    log.info("listening on %s", path)
+    return listener
+
+
+def peer_credentials(sock: socket.socket) -> Sender:
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return Sender(uid=uid, gid=gid, pid=pid)

@@ -1,0 +1,359 @@
+"""telemprobd's rate limits: records and bytes per sliding window, for the machine and per uid.
+
+No I/O and no clock of its own: every call takes `now` (seconds on a monotonic clock), so
+the rules are tested exhaustively and the daemon decides when time passes.
+
+The rules (documented in the README):
+
+* A limit is "N per W minutes": within any span of W minutes at most N records (or N
+  bytes, counted over the real record sizes) are taken.  -1 disables a limit;
+  `rate_limit_enabled=false` disables both.  W = 0 judges each record alone (a record is
+  refused only if it alone exceeds the limit).
+* A window is kept as 60 slots of W/60.  A record counts from its slot until 61 slots
+  later, i.e. for between W and W + W/60: the limit is never exceeded, and capacity comes
+  back at most one slot late.
+* Per-uid share: one uid may take at most `rate_limit_uid_share` percent of each limit
+  (N * share // 100); the rest of the window stays available to other users, so one
+  local user flooding the socket cannot lock everyone else out.  100 turns it off.
+* Strategy `drop`: a record over a limit is refused.  Strategy `spool`: it is kept and
+  booked into the first later slot where every limit has room, and delivered from then
+  on.  Bookings are first-come first-served per window and reach at most one window
+  ahead; beyond that the record is refused, so a flood cannot book the future away.
+* The state survives restarts: `snapshot` gives the bookings relative to now, `restore`
+  puts them back given the time that passed (they are re-slotted if W changed).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+SLOTS = 60
+SNAPSHOT_VERSION = 1
+# A booking never reaches further than this many windows ahead of now.
+DEFER_HORIZON_WINDOWS = 1
+# Kept per-uid state is dropped for uids beyond this (oldest first); uids are local
+# accounts, so this is never reached in practice, but the memory is bounded regardless.
+MAX_TRACKED_UIDS = 4096
+
+
+@dataclass(frozen=True)
+class Limit:
+    amount: int  # -1: disabled
+    window: float  # seconds; 0: each record judged alone
+
+    @property
+    def enabled(self) -> bool:
+        return self.amount >= 0
+
+
+DISABLED = Limit(-1, 0.0)
+
+
+@dataclass(frozen=True)
+class Policy:
+    records: Limit = DISABLED
+    bytes: Limit = DISABLED
+    uid_share: int = 100  # percent of each limit one uid may take
+    spool: bool = False  # strategy: True = defer, False = drop
+
+    @property
+    def active(self) -> bool:
+        return self.records.enabled or self.bytes.enabled
+
+    def uid_amount(self, limit: Limit) -> int:
+        """One uid's part of a limit: share percent, rounded down, but at least 1."""
+        if limit.amount <= 0:
+            return limit.amount
+        return max(1, limit.amount * self.uid_share // 100)
+
+    @classmethod
+    def from_config(cls, cfg) -> Policy:
+        if not cfg.rate_limit_enabled:
+            return cls(spool=cfg.rate_limit_strategy == "spool", uid_share=cfg.rate_limit_uid_share)
+        return cls(
+            records=Limit(cfg.record_burst_limit, cfg.record_window_length * 60.0),
+            bytes=Limit(cfg.byte_burst_limit, cfg.byte_window_length * 60.0),
+            uid_share=cfg.rate_limit_uid_share,
+            spool=cfg.rate_limit_strategy == "spool",
+        )
+
+
+class Verdict(enum.Enum):
+    ADMIT = "admit"
+    DEFER = "defer"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class Booking:
+    """Where a record was counted, so a failed commit can take it back."""
+
+    uid: int
+    size: int
+    at: float  # the monotonic time it counts from
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    booking: Booking | None = None
+    reason: str = ""
+
+    @property
+    def at(self) -> float | None:
+        return self.booking.at if self.booking else None
+
+
+class Window:
+    """One limit's slots: amounts booked per slot index, in slot order."""
+
+    __slots__ = ("length", "cap", "slot", "label", "_entries", "_total")
+
+    def __init__(self, length: float, cap: int, label: str = ""):
+        self.length = length
+        self.cap = cap
+        self.slot = length / SLOTS
+        self.label = label  # for messages: "records per 15 min"
+        self._entries: deque[list[int]] = deque()  # [slot index, amount], indexes increasing
+        self._total = 0
+
+    def index(self, t: float) -> int:
+        # The epsilon makes index(start(i)) == i despite rounding.
+        return math.floor(t / self.slot + 1e-9)
+
+    def start(self, idx: int) -> float:
+        return idx * self.slot
+
+    def _expire(self, now_idx: int) -> None:
+        entries = self._entries
+        oldest = now_idx - SLOTS
+        while entries and entries[0][0] < oldest:
+            self._total -= entries.popleft()[1]
+
+    def empty(self, now: float) -> bool:
+        self._expire(self.index(now))
+        return not self._entries
+
+    def usage(self, now: float) -> int:
+        """Amount counted at `now`, bookings ahead included."""
+        self._expire(self.index(now))
+        return self._total
+
+    def fits_now(self, now: float, amount: int) -> bool:
+        idx = self.index(now)
+        self._expire(idx)
+        entries = self._entries
+        if entries and entries[-1][0] > idx:
+            return False  # bookings ahead: newcomers queue behind them
+        return self._total + amount <= self.cap
+
+    def earliest(self, now: float, amount: int) -> int | None:
+        """First slot index where `amount` can be booked behind every existing booking."""
+        if amount > self.cap:
+            return None
+        idx = self.index(now)
+        self._expire(idx)
+        entries = self._entries
+        j = max(idx, entries[-1][0]) if entries else idx
+        # Beyond the last booking the sum over a window ending at j only falls as j grows.
+        counted = self._total
+        pos = 0
+        while True:
+            while pos < len(entries) and entries[pos][0] < j - SLOTS:
+                counted -= entries[pos][1]
+                pos += 1
+            if counted + amount <= self.cap:
+                return j
+            # Jump to the slot where the next entry leaves the window.
+            j = entries[pos][0] + SLOTS + 1
+
+    def book(self, idx: int, amount: int) -> None:
+        entries = self._entries
+        self._total += amount
+        if entries and entries[-1][0] == idx:
+            entries[-1][1] += amount
+        elif not entries or entries[-1][0] < idx:
+            entries.append([idx, amount])
+        else:  # re-slotting after a restore: keep the order
+            pos = 0
+            while entries[pos][0] < idx:
+                pos += 1
+            if entries[pos][0] == idx:
+                entries[pos][1] += amount
+            else:
+                entries.insert(pos, [idx, amount])
+
+    def unbook(self, idx: int, amount: int) -> None:
+        for e in self._entries:
+            if e[0] == idx:
+                take = min(amount, e[1])
+                e[1] -= take
+                self._total -= take
+                if e[1] == 0:
+                    self._entries.remove(e)
+                return
+
+    def items(self) -> Iterable[tuple[float, int]]:
+        """(slot start time, amount) of every booking."""
+        return ((self.start(i), a) for i, a in self._entries)
+
+
+def _window(limit: Limit, cap: int, what: str, scope: str) -> Window | None:
+    if not limit.enabled or limit.window <= 0:
+        return None
+    return Window(limit.window, cap, f"{cap} {what} per {limit.window / 60:g} min{scope}")
+
+
+class _Pair:
+    """The records window and the bytes window of one scope (the machine, or one uid)."""
+
+    __slots__ = ("records", "bytes")
+
+    def __init__(self, policy: Policy, uid: int | None = None):
+        share = uid is not None
+        scope = f" for uid {uid} (a {policy.uid_share}% share)" if share else ""
+        rec_cap = policy.uid_amount(policy.records) if share else policy.records.amount
+        byte_cap = policy.uid_amount(policy.bytes) if share else policy.bytes.amount
+        self.records = _window(policy.records, rec_cap, "records", scope)
+        self.bytes = _window(policy.bytes, byte_cap, "bytes", scope)
+
+    def windows(self, size: int) -> list[tuple[Window, int]]:
+        out = []
+        if self.records is not None:
+            out.append((self.records, 1))
+        if self.bytes is not None:
+            out.append((self.bytes, size))
+        return out
+
+    def empty(self, now: float) -> bool:
+        return all(w.empty(now) for w in (self.records, self.bytes) if w is not None)
+
+
+class RateLimiter:
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self._global = _Pair(policy)
+        self._share = policy.uid_share < 100 and policy.active
+        self._uids: dict[int, _Pair] = {}
+
+    # --- deciding ----------------------------------------------------------------------
+
+    def _scope_windows(self, uid: int, size: int) -> list[tuple[Window, int]]:
+        windows = self._global.windows(size)
+        if self._share:
+            pair = self._uids.get(uid)
+            if pair is None:
+                if len(self._uids) >= MAX_TRACKED_UIDS:
+                    self._uids.pop(next(iter(self._uids)))
+                pair = self._uids[uid] = _Pair(self.policy, uid)
+            windows += pair.windows(size)
+        return windows
+
+    def _alone(self, uid: int, size: int) -> str | None:
+        """Why a record can never pass, judged on its own (also the W = 0 rule)."""
+        p = self.policy
+        for limit, amount, what in ((p.records, 1, "records"), (p.bytes, size, "bytes")):
+            if not limit.enabled:
+                continue
+            if amount > limit.amount:
+                return f"record exceeds the limit of {limit.amount} {what} per window"
+            if self._share and limit.window > 0 and amount > p.uid_amount(limit):
+                return (f"record exceeds one user's share ({p.uid_share}%) of {limit.amount} "
+                        f"{what} per window")
+        return None
+
+    def decide(self, uid: int, size: int, now: float) -> Decision:
+        """Admit, defer or refuse one record of `size` bytes from `uid`, and count it."""
+        p = self.policy
+        if not p.active:
+            return Decision(Verdict.ADMIT, Booking(uid, size, now))
+        why = self._alone(uid, size)
+        if why:
+            return Decision(Verdict.REFUSE, reason=why)
+        windows = self._scope_windows(uid, size)
+        if all(w.fits_now(now, amount) for w, amount in windows):
+            for w, amount in windows:
+                w.book(w.index(now), amount)
+            return Decision(Verdict.ADMIT, Booking(uid, size, now))
+        over = next(("over the limit of " + w.label for w, amount in windows
+                     if not w.fits_now(now, amount)), "over the rate limit")
+        if not p.spool:
+            return Decision(Verdict.REFUSE, reason=over)
+        at = now
+        for w, amount in windows:
+            idx = w.earliest(now, amount)
+            if idx is None:
+                return Decision(Verdict.REFUSE, reason=over)
+            at = max(at, w.start(idx))
+        if any(at - now > w.length * DEFER_HORIZON_WINDOWS + w.slot for w, _ in windows):
+            return Decision(Verdict.REFUSE, reason=over + "; the deferral backlog is full")
+        for w, amount in windows:
+            w.book(w.index(at), amount)
+        return Decision(Verdict.DEFER, Booking(uid, size, at), reason=over)
+
+    def release(self, booking: Booking) -> None:
+        """Take back a booking whose record was not staged after all."""
+        for w, amount in self._scope_windows(booking.uid, booking.size):
+            w.unbook(w.index(booking.at), amount)
+
+    def forget_idle(self, now: float) -> None:
+        """Drop per-uid state that no longer counts (keeps memory bounded)."""
+        for uid in [u for u, pair in self._uids.items() if pair.empty(now)]:
+            del self._uids[uid]
+
+    # --- persistence -------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> str:
+        """The bookings as JSON, times relative to `now`."""
+        def dump(pair: _Pair) -> dict[str, list[list[float]]]:
+            out = {}
+            for name in ("records", "bytes"):
+                w = getattr(pair, name)
+                if w is not None and not w.empty(now):
+                    # Slot midpoints: rounding cannot move a booking into the next slot.
+                    out[name] = [[round(t + w.slot / 2 - now, 3), a] for t, a in w.items()]
+            return out
+
+        self.forget_idle(now)
+        state = {"v": SNAPSHOT_VERSION, "global": dump(self._global),
+                 "uids": {str(u): d for u, pair in self._uids.items() if (d := dump(pair))}}
+        return json.dumps(state, separators=(",", ":"))
+
+    @classmethod
+    def restore(cls, policy: Policy, snapshot: str | None, now: float, elapsed: float) -> RateLimiter:
+        """A limiter with `snapshot`'s bookings, `elapsed` seconds after it was taken.
+
+        A damaged snapshot is ignored (the limits start afresh), never an error: the state
+        is an optimisation of fairness, not data.
+        """
+        limiter = cls(policy)
+        if not snapshot or not policy.active:
+            return limiter
+        try:
+            state = json.loads(snapshot)
+            if state.get("v") != SNAPSHOT_VERSION:
+                return limiter
+            limiter._load(limiter._global, state.get("global", {}), now, elapsed)
+            if limiter._share:
+                for uid, d in state.get("uids", {}).items():
+                    pair = limiter._uids.setdefault(int(uid), _Pair(policy, int(uid)))
+                    limiter._load(pair, d, now, elapsed)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            return cls(policy)
+        return limiter
+
+    @staticmethod
+    def _load(pair: _Pair, d: dict, now: float, elapsed: float) -> None:
+        for name in ("records", "bytes"):
+            w = getattr(pair, name)
+            if w is None:
+                continue
+            for rel, amount in d.get(name, []):
+                t = now + float(rel) - max(0.0, elapsed)
+                if amount > 0 and t >= now - w.length - w.slot:
+                    w.book(w.index(t), int(amount))

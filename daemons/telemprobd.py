@@ -1,0 +1,127 @@
+"""telemprobd: the ingest daemon.
+
+Probes send one record per connection on the telemetry socket (libtelemetry framing);
+telemprobd checks consent, validates the frame, writes in the machine id, applies the
+rate limits and the spool quota, commits the record to the queue durably (group commit)
+and then acknowledges it.  telempostd delivers from the queue.
+
+Signals: SIGHUP reloads the configuration (a bad file is refused and the running
+settings kept); SIGTERM and SIGINT finish the records in flight and exit 0.  When
+started by systemd (socket activation or a service unit) and `daemon_recycling_enabled`,
+it exits after 300 s without a client; the socket unit starts it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import click
+
+from telemetry import config as config_mod
+from telemetry import log as log_mod
+from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.machineid import MachineId
+from telemetry.paths import Mode, Paths
+
+from .ingest import IngestLoop, Settings
+from .journal import read_boot_id
+from .listener import open_listener
+from .ratelimit import RateLimiter
+from .staging import LIMITER_META_KEY, Stager, elapsed_since
+
+PROGRAM = "telemprobd"
+log = logging.getLogger(PROGRAM)
+
+
+def _notify(message: str) -> None:
+    try:
+        from systemd import daemon as sd
+
+        sd.notify(message)
+    except Exception as e:  # no notify socket, or systemd-python missing: nothing to tell
+        log.debug("sd_notify failed: %s", e)
+
+
+def restore_limiter(stager: Stager, settings: Settings, boot_id: str) -> RateLimiter:
+    """The limiter as the previous run left it (spec/defects.md A4: limits survive restarts)."""
+    raw = stager.read_meta(LIMITER_META_KEY)
+    mono, wall = time.monotonic(), time.time()
+    if not raw:
+        return RateLimiter(settings.policy)
+    try:
+        saved = json.loads(raw)
+        snapshot = json.dumps(saved["limits"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignoring unreadable rate-limit state in the queue")
+        return RateLimiter(settings.policy)
+    elapsed = elapsed_since(saved, boot_id=boot_id, mono=mono, wall=wall)
+    return RateLimiter.restore(settings.policy, snapshot, mono, elapsed)
+
+
+# Records are private: the queue and the journal are not for other users.  Only added to
+# the inherited umask (the unit's UMask= may be stricter).
+UMASK = 0o027
+
+
+def serve(paths: Paths, cfg, config_file: str | None) -> int:
+    os.umask(os.umask(0) | UMASK)
+    settings = Settings.from_config(cfg)
+    listener = open_listener(cfg.socket_path, create_dir=paths.mode is Mode.USER)
+    try:
+        machine_id = MachineId(paths)
+        machine_id.refresh()
+        boot_id = read_boot_id()
+        stager = Stager(cfg.spool_dir, paths.journal_dir, PROGRAM)
+        limiter = restore_limiter(stager, settings, boot_id)
+
+        def reload() -> Settings | None:
+            try:
+                new = config_mod.load(paths, config_file)
+            except config_mod.ConfigError as e:
+                log.error("reloading the configuration failed: %s; keeping the previous settings", e)
+                return None
+            log.info("configuration reloaded from %s", new.source or "built-in defaults")
+            return Settings.from_config(new)
+
+        loop = IngestLoop(
+            listener=listener,
+            settings=settings,
+            stager=stager,
+            limiter=limiter,
+            machine_id=machine_id,
+            paths=paths,
+            idle_exit=listener.activated or bool(os.environ.get("INVOCATION_ID")),
+            boot_id=boot_id,
+            reload=reload,
+            notify=_notify,
+        )
+        try:
+            code = loop.run()
+        finally:
+            stager.close()
+        log.info("exiting: %s; %s", loop.counters.status(), stager.describe())
+        return code
+    finally:
+        listener.close()
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@config_option()
+@version_option
+@handle_errors
+def main(config_file: str | None) -> None:
+    """Accept records from probes on the telemetry socket, validate and rate-limit them,
+    queue them durably for telempostd and acknowledge each one."""
+    paths = Paths.detect()
+    cfg = config_mod.load(paths, config_file)
+    log_mod.setup(PROGRAM, cfg.log_level)
+    log.info("configuration: %s", cfg.source or "built-in defaults")
+    sys.exit(serve(paths, cfg, config_file))
+
+
+if __name__ == "__main__":
+    main()
