@@ -121,7 +121,13 @@ def _read_reply(sock: socket.socket, deadline: float) -> bytes:
         except TimeoutError:
             raise SendError("no acknowledgement from telemprobd in time; the record may not be kept") from None
         except ConnectionResetError:
-            break
+            # Only a clean close is an original telemprobd's silent accept.  A reset means the
+            # daemon closed with part of the frame unread: it refused it, or (ours) died
+            # before the acknowledgement.
+            if data:
+                break
+            raise SendError("telemprobd closed the connection without acknowledging the record "
+                            "(it may have stopped); the record may not be kept") from None
         if not chunk:
             break
         data += chunk

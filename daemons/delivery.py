@@ -1,0 +1,165 @@
+"""The HTTP shell: POSTs prepared requests with pycurl, several at once, on reused
+connections.
+
+One CurlMulti owns the connection cache, so every request after the first reuses a
+kept-alive connection (and its TLS session); over HTTPS, HTTP/2 is negotiated when the
+collector offers it, and then all requests in flight share one connection (PIPEWAIT).
+At most `max_in_flight` transfers run at once, each on an easy handle that is reused
+for the next request. Proxies come from the environment, as curl reads them
+(http_proxy, https_proxy, no_proxy). Nothing here decides what an answer means: a
+finished transfer is handed back as an `outcome.Response`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+
+import pycurl
+
+from telemetry.version import __version__
+
+from .endpoint import DeliverySettings, RequestRefused, check_settings
+from .outcome import Response
+from .request import Request
+
+BODY_KEEP = 2048
+USER_AGENT = f"telempostd/{__version__}"
+_RETRY_AFTER = b"retry-after:"
+
+
+class _Slot:
+    """An easy handle and what its current transfer has received."""
+
+    __slots__ = ("curl", "token", "body", "body_len", "retry_after")
+
+    def __init__(self, curl: pycurl.Curl):
+        self.curl = curl
+        self.token: Hashable | None = None
+        self.body: list[bytes] = []
+        self.body_len = 0
+        self.retry_after: str | None = None
+
+    def reset(self, token: Hashable) -> None:
+        self.token = token
+        self.body = []
+        self.body_len = 0
+        self.retry_after = None
+
+    def on_body(self, data: bytes) -> None:
+        if self.body_len < BODY_KEEP:
+            self.body.append(data[: BODY_KEEP - self.body_len])
+            self.body_len += len(data)
+
+    def on_header(self, line: bytes) -> None:
+        if line[:12].lower() == _RETRY_AFTER:
+            self.retry_after = line[12:].decode("latin-1").strip()
+
+
+class Delivery:
+    def __init__(self, settings: DeliverySettings):
+        check_settings(settings)
+        self.settings = settings
+        self.multi = pycurl.CurlMulti()
+        self.multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+        self.multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, settings.max_in_flight)
+        self._free = [self._new_slot() for _ in range(settings.max_in_flight)]
+        self._busy: dict[pycurl.Curl, _Slot] = {}
+
+    def _new_slot(self) -> _Slot:
+        s = self.settings
+        c = pycurl.Curl()
+        slot = _Slot(c)
+        c.setopt(pycurl.URL, s.url)
+        c.setopt(pycurl.POST, 1)
+        c.setopt(pycurl.NOSIGNAL, 1)
+        c.setopt(pycurl.USERAGENT, USER_AGENT)
+        c.setopt(pycurl.CONNECTTIMEOUT, s.connect_timeout)
+        c.setopt(pycurl.TIMEOUT, s.request_timeout)
+        c.setopt(pycurl.TCP_KEEPALIVE, 1)
+        c.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS)
+        c.setopt(pycurl.PIPEWAIT, 1)
+        c.setopt(pycurl.WRITEFUNCTION, slot.on_body)
+        c.setopt(pycurl.HEADERFUNCTION, slot.on_header)
+        # As the original: the CA bundle only when it is set and exists.
+        if s.cainfo and os.path.isfile(s.cainfo):
+            c.setopt(pycurl.CAINFO, s.cainfo)
+        if s.client_cert:
+            c.setopt(pycurl.SSLCERT, s.client_cert)
+            c.setopt(pycurl.SSLKEY, s.client_key or s.client_cert)
+        return slot
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy)
+
+    def has_capacity(self) -> bool:
+        return bool(self._free)
+
+    def submit(self, token: Hashable, request: Request) -> None:
+        """Start a transfer; a request curl refuses to send raises RequestRefused."""
+        slot = self._free[-1]
+        c = slot.curl
+        try:
+            c.setopt(pycurl.HTTPHEADER, list(request.headers))
+            c.setopt(pycurl.POSTFIELDS, request.body)
+        except (pycurl.error, TypeError, ValueError) as e:
+            raise RequestRefused(f"curl refused the request: {e}") from None
+        self._free.pop()
+        slot.reset(token)
+        self._busy[c] = slot
+        self.multi.add_handle(c)
+
+    def _perform(self) -> None:
+        while True:
+            ret, _ = self.multi.perform()
+            if ret != pycurl.E_CALL_MULTI_PERFORM:
+                return
+
+    def _finished(self) -> list[tuple[Hashable, Response]]:
+        done: list[tuple[Hashable, Response]] = []
+        while True:
+            queued, ok, failed = self.multi.info_read()
+            for c in ok:
+                done.append(self._release(c, Response(
+                    status=c.getinfo(pycurl.RESPONSE_CODE), retry_after=self._busy[c].retry_after,
+                    body=b"".join(self._busy[c].body),
+                )))
+            for c, code, message in failed:
+                done.append(self._release(c, Response(
+                    status=c.getinfo(pycurl.RESPONSE_CODE), curl_error=code, curl_message=message,
+                )))
+            if not queued:
+                return done
+
+    def _release(self, c: pycurl.Curl, resp: Response) -> tuple[Hashable, Response]:
+        self.multi.remove_handle(c)
+        slot = self._busy.pop(c)
+        token, slot.token = slot.token, None
+        slot.body = []
+        self._free.append(slot)
+        return token, resp
+
+    def poll(self, timeout: float) -> list[tuple[Hashable, Response]]:
+        """Drive the transfers; returns those that finished, waiting up to `timeout` s for one."""
+        if not self._busy:
+            return []
+        self._perform()
+        done = self._finished()
+        if done:
+            return done
+        wait = self.multi.timeout()
+        wait_s = timeout if wait < 0 else min(timeout, wait / 1000.0)
+        if wait_s > 0:
+            self.multi.select(wait_s)
+        self._perform()
+        return self._finished()
+
+    def close(self) -> None:
+        for c in list(self._busy):
+            self.multi.remove_handle(c)
+        for slot in list(self._busy.values()) + self._free:
+            slot.curl.close()
+        self._busy.clear()
+        self._free = []
+        self.multi.close()

@@ -1,0 +1,635 @@
+"""telempostd: delivers queued records to the collector.
+
+It wakes when telemprobd commits records (inotify on the queue's wake-up file, and a
+look at start for what was queued while it was down), sends what is due oldest first
+with several requests in flight on kept-alive connections, and decides each record's
+fate: delivered, rejected for good, rejected locally (the collector could never accept
+it), kept for a retry with backoff, expired, or set aside (the row holds no readable
+record). Every decided record is journaled; with retention on, its payload is kept.
+
+Signals: SIGTERM/SIGINT let the requests in flight finish, record their outcome and exit
+0; SIGHUP reloads the config (a bad file is logged and the old settings kept). Started by
+systemd (INVOCATION_ID set) with daemon_recycling_enabled, it exits after 300 s without
+work once the queue is empty; path activation starts it again. Otherwise it sleeps until
+woken or until the next retry, expiry or deferral is due.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import os
+import random
+import selectors
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import click
+
+from telemetry import config as config_mod
+from telemetry import log as log_mod
+from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.errors import TelemetryError
+from telemetry.paths import Paths
+from telemetry.record import Record, RecordError, parse_header_block
+
+from . import spool
+from .backoff import Gate, next_attempt_at
+from .contract import check_header_block, check_record
+from .endpoint import DeliverySettings, RequestRefused, check_settings
+from .inotify import FileWatch
+from .journal import Journal, JournalEntry, JournalError, Outcome, SetAside, entry_for
+from .outcome import Classified, Response, Verdict, classify
+from .queue import WAKEUP_FILE, Queue, QueuedRecord, is_corruption
+from .request import Request, RequestFormat, build_request
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
+
+DAEMON = "telempostd"
+log = logging.getLogger(DAEMON)
+
+# Longest wait for an in-flight transfer between checks of signals and the gate.
+POLL_WAIT = 0.5
+# After a queue error that is not damage (disk full, locked too long): look again after.
+QUEUE_ERROR_RETRY = 5.0
+JOURNAL_REOPEN_INTERVAL = 60.0
+# Longest single sleep; far-off wake times (an expiry in years) are re-computed after it.
+MAX_SLEEP = 3600.0
+SQLITE_CACHE_KIB = 256
+_CLASSIFICATION = b"classification: "
+_EVENT_ID = b"event_id: "
+
+
+class Counter(enum.Enum):
+    """Counters in the queue's counters table, under daemon "telempostd"."""
+
+    DELIVERED = "delivered"
+    REJECTED = "rejected"
+    REJECTED_LOCAL = "rejected-local"
+    RETRIED = "retried"
+    EXPIRED = "expired"
+    DROPPED = "dropped"
+    SET_ASIDE = "set-aside"
+    CONFIG_ERROR = "config-error"
+
+
+_FINAL_COUNTER = {
+    Outcome.DELIVERED: Counter.DELIVERED,
+    Outcome.REJECTED: Counter.REJECTED,
+    Outcome.REJECTED_LOCAL: Counter.REJECTED_LOCAL,
+    Outcome.EXPIRED: Counter.EXPIRED,
+    Outcome.DROPPED: Counter.DROPPED,
+    Outcome.SET_ASIDE: Counter.SET_ASIDE,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What telempostd takes from the config, checked at load."""
+
+    delivery: DeliverySettings
+    request_format: RequestFormat
+    tid: tuple[str, str]
+    base_delay: float
+    retry_max_delay: float
+    record_expiry: int
+    delivery_enabled: bool
+    retention_enabled: bool
+    recycling: bool
+    spool_dir: str
+    log_level: str
+
+
+def settings_from(cfg: config_mod.Config) -> Settings:
+    delivery = DeliverySettings(
+        url=cfg.server,
+        cainfo=cfg.cainfo,
+        client_cert=cfg.tls_client_cert,
+        client_key=cfg.tls_client_key,
+        max_in_flight=cfg.max_in_flight,
+        connect_timeout=cfg.connect_timeout,
+        request_timeout=cfg.request_timeout,
+    )
+    if cfg.record_server_delivery_enabled:
+        check_settings(delivery)
+    return Settings(
+        delivery=delivery,
+        request_format=RequestFormat(cfg.request_format),
+        tid=config_mod.tid_header(cfg),
+        base_delay=float(cfg.spool_process_time),
+        retry_max_delay=float(cfg.retry_max_delay),
+        record_expiry=cfg.record_expiry,
+        delivery_enabled=cfg.record_server_delivery_enabled,
+        retention_enabled=cfg.record_retention_enabled,
+        recycling=cfg.daemon_recycling_enabled,
+        spool_dir=cfg.spool_dir,
+        log_level=cfg.log_level,
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The fate of one queue row: final (`outcome` set) or tried again later."""
+
+    row: QueuedRecord
+    record: Record | None
+    counter: Counter
+    outcome: Outcome | None = None
+    detail: str = ""
+    http_status: int | None = None
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+
+
+def _header_value(headers: bytes, prefix: bytes, limit: int) -> str:
+    """Best-effort field of a row that does not parse, for its journal entry."""
+    for line in headers.split(b"\n"):
+        if line.startswith(prefix):
+            return line[len(prefix):][:limit].decode("utf-8", errors="replace")
+    return ""
+
+
+def started_by_systemd() -> bool:
+    return bool(os.environ.get("INVOCATION_ID"))
+
+
+class Postd:
+    """The daemon's state and one pass over the queue; `serve` adds the waiting."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        cfg: config_mod.Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        boot_id: str | None = None,
+        by_systemd: bool | None = None,
+        idle_after: float = spool.IDLE_EXIT_AFTER,
+    ):
+        self.paths = paths
+        self.cfg = cfg
+        self.settings = settings_from(cfg)
+        if cfg.cainfo and not os.path.isfile(cfg.cainfo):
+            log.warning("cainfo %s does not exist; using the system CA store", cfg.cainfo)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.boot_id = boot_id
+        self.by_systemd = started_by_systemd() if by_systemd is None else by_systemd
+        self.idle_after = idle_after
+        self.queue = self._open_queue(self.settings.spool_dir)
+        self.journal: Journal | None = None
+        self._journal_tried = float("-inf")
+        self._open_journal()
+        self._delivery: Delivery | None = None
+        self.gate = Gate()
+        self.stopping = False
+        self.reload_requested = False
+        self.last_activity = clock()
+        self._config_error_logged = False
+        self._queue_retry_at: float | None = None
+        self.view = spool.QueueView(0, None, None)
+        self._refresh_view()
+
+    # --- resources ---------------------------------------------------------------------
+
+    @staticmethod
+    def _open_queue(spool_dir: str) -> Queue:
+        queue = Queue(spool_dir)
+        # Rows are read once, in order: a small page cache keeps the daemon small.
+        queue.db.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+        return queue
+
+    def _open_journal(self) -> None:
+        now = self.clock()
+        if self.journal is not None or now - self._journal_tried < JOURNAL_REOPEN_INTERVAL:
+            return
+        self._journal_tried = now
+        try:
+            self.journal = Journal(self.paths.journal_dir, boot_id=self.boot_id)
+        except JournalError as e:
+            log.error("journal unavailable, records are delivered without journal entries: %s", e)
+
+    def delivery(self) -> Delivery:
+        if self._delivery is None:
+            from .delivery import Delivery  # libcurl is loaded once there is something to send
+
+            self._delivery = Delivery(self.settings.delivery)
+        return self._delivery
+
+    def close(self) -> None:
+        if self._delivery is not None:
+            self._delivery.close()
+            self._delivery = None
+        if self.journal is not None:
+            self.journal.close()
+        self.queue.close()
+
+    def reload(self, cfg: config_mod.Config) -> None:
+        """Apply a new config between passes; the gate reopens (the fix may be in it)."""
+        settings = settings_from(cfg)
+        if settings.spool_dir != self.settings.spool_dir:
+            queue = self._open_queue(settings.spool_dir)  # may fail: the old one stays in use
+            self.queue.close()
+            self.queue = queue
+        if self._delivery is not None:
+            self._delivery.close()
+            self._delivery = None
+        self.cfg, self.settings = cfg, settings
+        self.gate = Gate()
+        self._config_error_logged = False
+        self._refresh_view()
+        log.info("configuration reloaded from %s", cfg.source or "built-in defaults")
+
+    # --- one pass ----------------------------------------------------------------------
+
+    def run_pass(self) -> collections.Counter[Counter]:
+        """Expire, then deliver (or keep locally) everything due; returns what happened."""
+        tally: collections.Counter[Counter] = collections.Counter()
+        try:
+            self._expire(tally)
+            if not self.settings.delivery_enabled:
+                self._keep_local(tally)
+            elif self.gate.is_open(self.clock()):
+                self._pump(tally)
+            self._queue_retry_at = None
+        except sqlite3.DatabaseError as e:
+            if is_corruption(e):
+                self.queue.reopen_after_corruption(e)
+            else:
+                log.error("queue %s: %s; trying again in %.0f s", self.queue.path, e, QUEUE_ERROR_RETRY)
+                self._queue_retry_at = self.clock() + QUEUE_ERROR_RETRY
+        self._refresh_view()
+        if sum(tally.values()):
+            self.last_activity = self.clock()
+            self._log_pass(tally)
+        return tally
+
+    def _log_pass(self, tally: collections.Counter[Counter]) -> None:
+        text = ", ".join(f"{c.value} {n}" for c, n in tally.items() if n)
+        log.info("%s", text)
+        if self.view.rows and not self.gate.is_open(self.clock()):
+            wait = self.gate.open_at - self.clock()
+            log.info("%d records wait; next delivery attempt in %.0f s", self.view.rows, wait)
+            self.notify(f"STATUS={self.view.rows} records waiting; collector retry in {wait:.0f} s")
+        else:
+            self.notify(f"STATUS={self.view.rows} records queued")
+
+    @staticmethod
+    def notify(message: str) -> None:
+        """sd_notify, when systemd asked for it (Type=notify)."""
+        if not os.environ.get("NOTIFY_SOCKET"):
+            return
+        try:
+            from systemd import daemon as sd
+
+            sd.notify(message)
+        except Exception:  # no systemd-python, or the socket went away: nothing to tell
+            pass
+
+    def _refresh_view(self) -> None:
+        try:
+            rows, _ = self.queue.stats()
+            self.view = spool.QueueView(rows, self.queue.next_due_time(), self.queue.oldest_received_at())
+        except sqlite3.Error as e:
+            log.error("queue %s: %s", self.queue.path, e)
+            self.view = spool.QueueView(0, None, None)
+
+    def _expire(self, tally: collections.Counter[Counter]) -> None:
+        now = self.clock()
+        cutoff = spool.expiry_cutoff(now, self.settings.record_expiry)
+        while True:
+            rows = self.queue.received_before(cutoff, spool.FETCH_SLICE)
+            if not rows:
+                return
+            decisions = [self._local(row, self._parse(row)[0], Outcome.EXPIRED,
+                                     f"not delivered within record_expiry ({self.settings.record_expiry} min)"
+                                     + (f"; last error: {row.last_error}" if row.last_error else ""))
+                         for row in rows]
+            self._commit(decisions, tally)
+
+    def _keep_local(self, tally: collections.Counter[Counter]) -> None:
+        """record_server_delivery_enabled=false: journal (and retain) every record, post none."""
+        cursor = 0
+        while not self.stopping:
+            rows = self.queue.after(cursor, spool.FETCH_SLICE)
+            if not rows:
+                return
+            cursor = rows[-1].seq
+            self._commit([self._prepare(row, self.clock()) for row in rows], tally)  # type: ignore[misc]
+
+    def _parse(self, row: QueuedRecord) -> tuple[Record | None, str]:
+        try:
+            return parse_header_block(row.headers, row.payload), ""
+        except RecordError as e:
+            return None, str(e)
+        except (ValueError, TypeError) as e:  # bytes no record check anticipated
+            return None, f"{type(e).__name__}: {e}"
+
+    def _local(self, row: QueuedRecord, record: Record | None, outcome: Outcome, detail: str) -> Decision:
+        return Decision(row, record, _FINAL_COUNTER[outcome], outcome, detail, attempts=row.attempts)
+
+    def _prepare(self, row: QueuedRecord, now: float) -> Decision | tuple[Record, Request]:
+        """A local decision, or the request to send."""
+        s = self.settings
+        record, problem = self._parse(row)
+        violation = None
+        request = None
+        if record is not None and s.delivery_enabled:
+            violation = check_record(record)
+            if violation is None:
+                request = build_request(record, row.record_id, s.request_format, s.tid)
+                if s.request_format is RequestFormat.HEADERS:
+                    violation = check_header_block(request.headers)
+        disposition = spool.disposition(
+            received_at=row.received_at, now=now, record_expiry_minutes=s.record_expiry,
+            readable=record is not None, acceptable=violation is None, delivery_enabled=s.delivery_enabled,
+        )
+        if disposition is spool.Disposition.SEND:
+            assert record is not None and request is not None
+            return record, request
+        if disposition is spool.Disposition.EXPIRE:
+            return self._local(row, record, Outcome.EXPIRED,
+                               f"not delivered within record_expiry ({s.record_expiry} min)")
+        if disposition is spool.Disposition.SET_ASIDE:
+            log.warning("queue row %s holds no readable record, set aside: %s", row.record_id, problem)
+            return self._local(row, None, Outcome.SET_ASIDE, f"unreadable record: {problem}")
+        if disposition is spool.Disposition.KEEP_LOCAL:
+            return self._local(row, record, Outcome.DROPPED,
+                               "not sent: record_server_delivery_enabled is false")
+        log.warning("record %s (%s) rejected without sending: %s", row.record_id,
+                    record.classification if record else "?", violation)
+        return self._local(row, record, Outcome.REJECTED_LOCAL, f"not sent: {violation}")
+
+    def _pump(self, tally: collections.Counter[Counter]) -> None:
+        """Send due rows oldest first, keeping up to max_in_flight requests going, until
+        nothing is due, the gate closes or a stop is requested."""
+        delivery = self._delivery  # created at the first request: an idle daemon never loads libcurl
+        cursor = 0
+        buffer: collections.deque[QueuedRecord] = collections.deque()
+        exhausted = False
+        inflight: dict[str, tuple[QueuedRecord, Record]] = {}
+        pending: list[Decision] = []
+        first_pending = 0.0
+        try:
+            while True:
+                now = self.clock()
+                while (delivery is None or delivery.has_capacity()) and not self.stopping and self.gate.is_open(now):
+                    if not buffer:
+                        if exhausted:
+                            break
+                        rows = self.queue.due_after(now, cursor, spool.FETCH_SLICE)
+                        if not rows:
+                            exhausted = True
+                            break
+                        cursor = rows[-1].seq
+                        buffer.extend(rows)
+                    row = buffer.popleft()
+                    prepared = self._prepare(row, now)
+                    if isinstance(prepared, Decision):
+                        pending.append(prepared)
+                        if len(pending) >= spool.FETCH_SLICE:
+                            self._commit(pending, tally)
+                            pending = []
+                        continue
+                    record, request = prepared
+                    if delivery is None:
+                        delivery = self.delivery()
+                    try:
+                        delivery.submit(row.record_id, request)
+                    except RequestRefused as e:
+                        pending.append(self._local(row, record, Outcome.REJECTED_LOCAL, f"not sent: {e}"))
+                        continue
+                    inflight[row.record_id] = (row, record)
+                if not inflight or delivery is None:
+                    break  # nothing more could be started
+                for token, response in delivery.poll(POLL_WAIT):
+                    row, record = inflight.pop(token)  # type: ignore[call-overload]
+                    pending.append(self._judge(row, record, response))
+                    if len(pending) == 1:
+                        first_pending = time.monotonic()
+                if pending and (len(pending) >= spool.FETCH_SLICE
+                                or time.monotonic() - first_pending >= spool.COMMIT_INTERVAL):
+                    self._commit(pending, tally)
+                    pending = []
+        finally:
+            if inflight and delivery is not None:
+                # Only reached through an exception: forget the transfers, keep the rows.
+                self._delivery = None
+                delivery.close()
+            if pending:
+                self._commit(pending, tally)
+
+    def _judge(self, row: QueuedRecord, record: Record, response: Response) -> Decision:
+        now = self.clock()
+        s = self.settings
+        c: Classified = classify(response, now)
+        if c.verdict is Verdict.DELIVERED:
+            self.gate = self.gate.after_success()
+            self._config_error_logged = False
+            return Decision(row, record, Counter.DELIVERED, Outcome.DELIVERED, c.detail, c.status, row.attempts + 1)
+        if c.verdict is Verdict.REJECTED:
+            self.gate = self.gate.after_success()
+            log.warning("record %s (%s) rejected by the collector: %s", row.record_id, record.classification, c.detail)
+            return Decision(row, record, Counter.REJECTED, Outcome.REJECTED, c.detail, c.status, row.attempts + 1)
+        if c.verdict is Verdict.CONFIG_ERROR:
+            self.gate = self.gate.hold(now, s.retry_max_delay)
+            if not self._config_error_logged:
+                self._config_error_logged = True
+                log.error("delivery stopped: %s; records are kept, next attempt in %.0f s or after "
+                          "a reload (SIGHUP)", c.detail, self.gate.open_at - now)
+            return Decision(row, record, Counter.CONFIG_ERROR, None, c.detail, c.status, row.attempts,
+                            row.next_attempt_at)
+        was_open = self.gate.is_open(now)
+        self.gate = self.gate.after_failure(now, base=s.base_delay, cap=s.retry_max_delay,
+                                            rand=self.rng.random(), retry_after=c.retry_after)
+        attempts = row.attempts + 1
+        when = next_attempt_at(attempts, self.gate, now, base=s.base_delay, cap=s.retry_max_delay,
+                               rand=self.rng.random())
+        if was_open:
+            log.warning("delivery failed (%s); trying again in %.0f s", c.detail, self.gate.open_at - now)
+        return Decision(row, record, Counter.RETRIED, None, c.detail, c.status, attempts, when)
+
+    def _commit(self, decisions: list[Decision], tally: collections.Counter[Counter]) -> None:
+        """Journal first, then the queue: a crash in between repeats a record's processing
+        (one journal entry, at most one duplicate POST), never loses it."""
+        decisions.sort(key=lambda d: d.row.seq)
+        now = self.clock()
+        entries: list[JournalEntry] = []
+        retained: list[tuple[str, bytes]] = []
+        aside: list[SetAside] = []
+        delete: list[str] = []
+        retry: list[tuple[str, int, float, str]] = []
+        counts: collections.Counter[Counter] = collections.Counter()
+        for d in decisions:
+            counts[d.counter] += 1
+            row = d.row
+            if d.outcome is None:
+                retry.append((row.record_id, d.attempts, d.next_attempt_at, d.detail))
+                continue
+            delete.append(row.record_id)
+            entries.append(entry_for(
+                row.record_id, d.record, d.outcome, timestamp=now, boot_id=self._boot_id(),
+                http_status=d.http_status, detail=d.detail,
+                classification="" if d.record else _header_value(row.headers, _CLASSIFICATION, 122),
+                event_id="" if d.record else _header_value(row.headers, _EVENT_ID, 32),
+            ))
+            if d.outcome is Outcome.SET_ASIDE:
+                aside.append(SetAside(row.record_id, now, d.detail, row.headers, row.payload))
+            elif self.settings.retention_enabled:
+                retained.append((row.record_id, row.payload))
+        self._journal(entries, retained, aside)
+        self.queue.settle(delete, retry, {(DAEMON, c.value): n for c, n in counts.items()})
+        tally.update(counts)
+
+    def _boot_id(self) -> str:
+        if self.boot_id is None:
+            from .journal import read_boot_id
+
+            self.boot_id = read_boot_id()
+        return self.boot_id
+
+    def _journal(self, entries: list[JournalEntry], retained: list[tuple[str, bytes]], aside: list[SetAside]) -> None:
+        if not entries:
+            return
+        self._open_journal()
+        if self.journal is None:
+            return
+        try:
+            self.journal.add(entries, retained, aside)
+        except JournalError as e:
+            log.error("%s", e)
+
+    # --- waiting -----------------------------------------------------------------------
+
+    def idle_deadline(self) -> float | None:
+        return spool.idle_deadline(
+            last_activity=self.last_activity, idle_after=self.idle_after, recycling=self.settings.recycling,
+            started_by_systemd=self.by_systemd, queued_rows=self.view.rows,
+        )
+
+    def should_exit_idle(self) -> bool:
+        return spool.should_exit_idle(
+            self.clock(), last_activity=self.last_activity, idle_after=self.idle_after,
+            recycling=self.settings.recycling, started_by_systemd=self.by_systemd, queued_rows=self.view.rows,
+        )
+
+    def next_wake(self) -> float | None:
+        wake = spool.next_wake(
+            self.clock(), self.view, self.gate, record_expiry_minutes=self.settings.record_expiry,
+            delivery_enabled=self.settings.delivery_enabled, idle_deadline=self.idle_deadline(),
+        )
+        if self._queue_retry_at is not None:
+            wake = self._queue_retry_at if wake is None else min(wake, self._queue_retry_at)
+        return wake
+
+
+class _Signals:
+    """SIGTERM/SIGINT ask for a stop, SIGHUP for a reload; a byte on a pipe wakes the selector."""
+
+    def __init__(self, postd: Postd):
+        self.postd = postd
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.w)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._reload)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.postd.stopping = True
+
+    def _reload(self, signum: int, frame: object) -> None:
+        self.postd.reload_requested = True
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        os.close(self.r)
+        os.close(self.w)
+
+
+def serve(postd: Postd, config_file: str | None) -> None:
+    signals = _Signals(postd)
+    watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
+    sel = selectors.DefaultSelector()
+    sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
+    sel.register(signals.r, selectors.EVENT_READ, "signal")
+    log.info("delivering %s to %s (%s requests, up to %d in flight)%s", postd.queue.path,
+             postd.settings.delivery.url, postd.settings.request_format.value,
+             postd.settings.delivery.max_in_flight,
+             "" if postd.settings.delivery_enabled else "; delivery disabled, records kept locally only")
+    postd.notify("READY=1")
+    try:
+        postd.run_pass()
+        while not postd.stopping:
+            if postd.reload_requested:
+                postd.reload_requested = False
+                old_dir = postd.settings.spool_dir
+                try:
+                    postd.reload(config_mod.load(postd.paths, config_file))
+                except TelemetryError as e:
+                    log.error("reload failed, keeping the current settings: %s", e)
+                if postd.settings.spool_dir != old_dir:
+                    sel.unregister(watch.fileno())
+                    watch.close()
+                    watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
+                    sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
+                postd.run_pass()
+                continue
+            if postd.should_exit_idle():
+                log.info("Telemetry post daemon exiting for recycling")
+                break
+            wake = postd.next_wake()
+            timeout = None if wake is None else min(MAX_SLEEP, max(0.0, wake - postd.clock()))
+            for key, _ in sel.select(timeout):
+                if key.data == "queue":
+                    if watch.read():
+                        postd.last_activity = postd.clock()
+                else:
+                    signals.drain()
+            if postd.stopping:
+                break
+            if not postd.reload_requested:
+                postd.run_pass()
+        postd.notify("STOPPING=1")
+    finally:
+        sel.close()
+        watch.close()
+        signals.close()
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@config_option()
+@version_option
+@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=spool.IDLE_EXIT_AFTER, hidden=True)
+@handle_errors
+def main(config_file: str | None, idle_exit_after: float) -> None:
+    """Deliver queued telemetry records to the collector."""
+    os.environ["LC_ALL"] = "C"
+    paths = Paths.detect()
+    cfg = config_mod.load(paths, config_file)
+    settings_from(cfg)  # refuse a bad config before anything is logged
+    log_mod.setup(DAEMON, cfg.log_level)
+    log.info("configuration: %s", cfg.source or "built-in defaults")
+    postd = Postd(paths, cfg, idle_after=idle_exit_after)
+    try:
+        serve(postd, config_file)
+    finally:
+        postd.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Helpers of the telempostd tests: records, filling the queue, a settable clock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from telemetry import config as config_mod
+from telemetry.daemons.queue import NewRecord, Queue, Sender
+from telemetry.metadata import Metadata
+from telemetry.record import Record, create_record
+
+METADATA = Metadata(
+    arch="x86_64",
+    host_type="QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-3.1",
+    build="28790",
+    kernel_version="6.1.0-18-amd64",
+    system_name="debian",
+    board_name="blank|blank",
+    cpu_model="Intel(R) Core(TM) i7-7600U CPU @ 2.80GHz",
+    bios_version="1.16.1-1",
+)
+MACHINE_ID = "6a1f0e3c2b7d4e8f9a0b1c2d3e4f5a6b"
+SENDER = Sender(os.getuid(), os.getgid(), os.getpid())
+MODULE = "telemetry.daemons.telempostd"
+LOOPBACK = "127.0.0.1,localhost"
+
+
+@pytest.fixture
+def loopback_without_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test collectors are on 127.0.0.1: a proxy set in the environment must not catch them."""
+    monkeypatch.setenv("no_proxy", LOOPBACK)
+    monkeypatch.setenv("NO_PROXY", LOOPBACK)
+
+
+def record(n: int = 0, payload: str | None = None, **fields: object) -> Record:
+    r = create_record(f"org.example/test/r{n}", 2, payload if payload is not None else f"payload {n}\n", event_id=f"{n:032x}",
+                      metadata=METADATA, now=1_700_000_000 + n).with_machine_id(MACHINE_ID)
+    return replace(r, **fields) if fields else r
+
+
+def new_row(r: Record, *, received_at: float | None = None, headers: bytes | None = None,
+            record_id: str | None = None) -> NewRecord:
+    return NewRecord(
+        record_id=record_id or uuid.uuid4().hex,
+        received_at=time.time() if received_at is None else received_at,
+        sender=SENDER,
+        headers=r.header_block() if headers is None else headers,
+        payload=r.payload,
+    )
+
+
+def enqueue(spool_dir: str, rows: list[NewRecord], *, wake: bool = True) -> list[str]:
+    q = Queue(spool_dir)
+    try:
+        q.insert_many(rows)
+        if wake:
+            q.touch_wakeup()
+    finally:
+        q.close()
+    return [r.record_id for r in rows]
+
+
+def queued_ids(spool_dir: str) -> list[str]:
+    q = Queue(spool_dir)
+    try:
+        return [r.record_id for r in q.all(100000)]
+    finally:
+        q.close()
+
+
+def counters(spool_dir: str) -> dict[str, int]:
+    q = Queue(spool_dir)
+    try:
+        return {name: v for (d, name), v in q.counters().items() if d == "telempostd"}
+    finally:
+        q.close()
+
+
+def settings_text(url: str, **extra: object) -> str:
+    lines = [f"server={url}", "log_level=debug"]
+    for k, v in extra.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        lines.append(f"{k}={v}")
+    return "\n".join(lines) + "\n"
+
+
+def load_config(inst) -> config_mod.Config:
+    return config_mod.load(inst.paths)
+
+
+@dataclass
+class Clock:
+    now: float
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def wait_until(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+class Daemon:
+    """telempostd run as a user runs it, its log kept in a file."""
+
+    def __init__(self, inst, *args: str, env: dict[str, str] | None = None):
+        self.log_path = Path(inst.root) / f"postd-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", MODULE, *args],
+            env={**inst.env, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+        self._log.close()
+
+    def wait(self, timeout: float = 30) -> int:
+        rc = self.proc.wait(timeout)
+        self._log.close()
+        return rc
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        if not self._log.closed:
+            self._log.close()

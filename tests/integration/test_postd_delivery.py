@@ -1,0 +1,405 @@
+"""telempostd's delivery pass against a real HTTP collector on 127.0.0.1.
+
+These drive the daemon's `Postd` object in this process so that time can be moved
+(backoff, expiry): the queue, the journal, pycurl and the server are all real; only the
+clock the daemon consults for its schedule is a settable one.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import replace
+
+import pytest
+from http_collector import ACCEPT, CLOSE, HANG, TID, Collector, status
+from postd_support import (
+    Clock,
+    counters,
+    enqueue,
+    load_config,
+    loopback_without_proxy,  # noqa: F401  (a fixture)
+    new_row,
+    queued_ids,
+    record,
+    settings_text,
+)
+
+from telemetry.daemons import journal as journal_mod
+from telemetry.daemons.journal import Outcome
+from telemetry.daemons.queue import Queue
+from telemetry.daemons.telempostd import Counter, Postd
+
+BOOT_ID = "11111111-2222-3333-4444-555555555555"
+
+pytestmark = pytest.mark.usefixtures("loopback_without_proxy")
+
+
+@pytest.fixture
+def collector():
+    with Collector() as c:
+        yield c
+
+
+def make_postd(inst, url: str, clock: Clock | None = None, **settings) -> Postd:
+    inst.write_config(settings_text(url, **settings))
+    return Postd(inst.paths, load_config(inst), clock=clock or time.time, boot_id=BOOT_ID, by_systemd=False)
+
+
+def entries(inst, **filters):
+    return journal_mod.query(inst.paths.journal_dir, **filters)
+
+
+def fill(inst, n: int, **kw) -> list[str]:
+    return enqueue(inst.paths.spool_dir, [new_row(record(i), **kw) for i in range(n)])
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# --- 2xx ------------------------------------------------------------------------------
+
+
+def test_delivers_with_collector_headers_and_journals(user_install, collector):
+    ids = fill(user_install, 3)
+    postd = make_postd(user_install, collector.url)
+    tally = postd.run_pass()
+    postd.close()
+    assert tally[Counter.DELIVERED] == 3
+    got = {r.record_id: r for r in collector.accepted()}
+    assert sorted(got) == sorted(ids)  # several in flight: the collector may see neighbours swapped
+    first = got[ids[0]]
+    assert first.path == "/v2/collector"
+    assert first.header("X-Telemetry-TID") == TID
+    assert first.header("Content-Type") == "application/text"
+    assert first.header("Host-Type") == "QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-3.1"
+    assert first.header("Cpu-Model") == "Intel(R) Core(TM) i7-7600U CPU @ 2.80GHz"
+    assert first.header("Machine-Id") == "6a1f0e3c2b7d4e8f9a0b1c2d3e4f5a6b"
+    for name in ("Record-Format-Version", "Classification", "Event-Id", "X-Telemetry-Record-Id", "Content-Type"):
+        assert first.count(name) == 1, name
+    assert first.header("Expect") is None
+    assert first.body == b"payload 0\n"
+    assert queued_ids(user_install.paths.spool_dir) == []
+    journal = entries(user_install)
+    assert [e.record_id for e in journal] == ids
+    assert {e.outcome for e in journal} == {Outcome.DELIVERED}
+    assert journal[0].http_status == 201
+    assert journal[0].classification == "org.example/test/r0"
+    assert journal[0].event_id == record(0).event_id
+    assert journal[0].boot_id == BOOT_ID
+    assert journal[0].creation_timestamp == 1_700_000_000
+    assert counters(user_install.paths.spool_dir)["delivered"] == 3
+
+
+def test_json_request_keeps_values_whole(user_install, collector):
+    collector.validate = False
+    r = record(1, payload='say "hi"\n\tthere é\n')
+    [rid] = enqueue(user_install.paths.spool_dir, [new_row(r)])
+    postd = make_postd(user_install, collector.url, request_format="json")
+    postd.run_pass()
+    postd.close()
+    [got] = collector.accepted()
+    assert got.header("Content-Type") == "application/json"
+    assert got.header("X-Telemetry-TID") == TID
+    assert got.header("X-Telemetry-Record-Id") == rid
+    assert got.header("Classification") is None
+    doc = json.loads(got.body)
+    assert list(doc)[:2] == ["record_format_version", "classification"]
+    assert list(doc)[-1] == "payload"
+    assert doc["cpu_model"] == "Intel(R) Core(TM) i7-7600U CPU @ 2.80GHz"
+    assert doc["host_type"] == "QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-3.1"
+    assert doc["payload"] == 'say "hi"\n\tthere é\n'
+    assert all(isinstance(v, str) for v in doc.values())
+
+
+def test_connections_are_reused(user_install, collector):
+    fill(user_install, 40)
+    postd = make_postd(user_install, collector.url, max_in_flight=4)
+    postd.run_pass()
+    postd.close()
+    got = collector.accepted()
+    assert len(got) == 40
+    assert len({r.connection for r in got}) <= 4
+
+
+def test_proxy_from_environment(user_install, collector, monkeypatch):
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{collector.port}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    fill(user_install, 1)
+    postd = make_postd(user_install, "http://collector.invalid/v2/collector")
+    assert postd.run_pass()[Counter.DELIVERED] == 1
+    postd.close()
+    assert collector.accepted()[0].path == "http://collector.invalid/v2/collector"
+
+
+# --- permanent rejections ---------------------------------------------------------------
+
+
+def test_400_is_rejected_for_good_with_the_message(user_install, collector):
+    collector.plan(status(400, message="kernel version is invalid"))
+    ids = fill(user_install, 2)
+    postd = make_postd(user_install, collector.url, max_in_flight=1)
+    tally = postd.run_pass()
+    postd.close()
+    assert tally[Counter.REJECTED] == 1 and tally[Counter.DELIVERED] == 1
+    first = entries(user_install, record_id=ids[0])[0]
+    assert first.outcome is Outcome.REJECTED
+    assert first.http_status == 400
+    assert "kernel version is invalid" in first.detail
+    assert queued_ids(user_install.paths.spool_dir) == []
+    assert counters(user_install.paths.spool_dir)["rejected"] == 1
+
+
+def test_record_the_collector_cannot_accept_is_not_sent(user_install, collector):
+    bad = new_row(record(0, arch="riscv64"))
+    good = new_row(record(1))
+    enqueue(user_install.paths.spool_dir, [bad, good])
+    postd = make_postd(user_install, collector.url)
+    tally = postd.run_pass()
+    postd.close()
+    assert tally[Counter.REJECTED_LOCAL] == 1 and tally[Counter.DELIVERED] == 1
+    assert [r.record_id for r in collector.received] == [good.record_id]
+    [e] = entries(user_install, record_id=bad.record_id)
+    assert e.outcome is Outcome.REJECTED_LOCAL
+    assert "architecture is invalid" in e.detail
+    assert counters(user_install.paths.spool_dir)["rejected-local"] == 1
+
+
+def test_unreadable_row_is_set_aside_and_the_rest_delivered(user_install, collector):
+    r = record(0)
+    broken = new_row(r, headers=b"classification: org.example/test/broken\nthis is not a record\n")
+    ids = enqueue(user_install.paths.spool_dir, [broken, new_row(record(1)), new_row(record(2))])
+    postd = make_postd(user_install, collector.url)
+    tally = postd.run_pass()
+    aside = postd.journal.set_aside_rows()
+    postd.close()
+    assert tally[Counter.SET_ASIDE] == 1 and tally[Counter.DELIVERED] == 2
+    assert sorted(x.record_id for x in collector.accepted()) == sorted(ids[1:])
+    [e] = entries(user_install, record_id=ids[0])
+    assert e.outcome is Outcome.SET_ASIDE
+    assert e.classification == "org.example/test/broken"
+    assert "unreadable record" in e.detail
+    assert aside[0].record_id == ids[0] and aside[0].headers.startswith(b"classification: org.example/test/broken")
+    assert queued_ids(user_install.paths.spool_dir) == []
+    assert counters(user_install.paths.spool_dir)["set-aside"] == 1
+
+
+# --- retries ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("behaviour", [status(500), status(503), status(408), CLOSE], ids=["500", "503", "408", "close"])
+def test_server_trouble_keeps_records_and_backs_off(user_install, collector, behaviour):
+    collector.answer(behaviour)
+    clock = Clock(time.time())
+    ids = fill(user_install, 3)
+    postd = make_postd(user_install, collector.url, clock, max_in_flight=1)
+    tally = postd.run_pass()
+    assert tally[Counter.RETRIED] == 1  # the gate closed after the first failure
+    assert not postd.gate.is_open(clock())
+    assert 1.0 <= postd.gate.open_at - clock() <= 120.0  # full jitter within spool_process_time
+    assert queued_ids(user_install.paths.spool_dir) == ids
+    q = Queue(user_install.paths.spool_dir)
+    head = q.get(ids[0])
+    q.close()
+    assert head.attempts == 1 and head.next_attempt_at == postd.gate.open_at and head.last_error
+    # Asleep: nothing is sent until the gate opens, whatever wakes the daemon.
+    assert postd.run_pass()[Counter.RETRIED] == 0
+    assert postd.next_wake() == postd.gate.open_at
+    collector.answer(ACCEPT)
+    clock.now = postd.gate.open_at
+    assert postd.run_pass()[Counter.DELIVERED] == 3
+    postd.close()
+    assert [r.record_id for r in collector.accepted()] == ids
+    assert counters(user_install.paths.spool_dir)["retried"] == 1
+    assert entries(user_install)[0].outcome is Outcome.DELIVERED
+
+
+def test_429_retry_after_is_honoured(user_install, collector):
+    collector.plan(status(429, retry_after="37"))
+    clock = Clock(time.time())
+    [rid] = fill(user_install, 1)
+    postd = make_postd(user_install, collector.url, clock)
+    postd.run_pass()
+    assert postd.gate.open_at == pytest.approx(clock() + 37)
+    clock.advance(36)
+    assert postd.run_pass()[Counter.DELIVERED] == 0
+    clock.advance(1)
+    assert postd.run_pass()[Counter.DELIVERED] == 1
+    postd.close()
+    assert [r.answered for r in collector.received] == [429, 201]
+
+
+def test_retry_after_http_date_is_capped(user_install, collector):
+    far = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 10 * 86400))
+    collector.plan(status(503, retry_after=far))
+    clock = Clock(time.time())
+    fill(user_install, 1)
+    postd = make_postd(user_install, collector.url, clock, retry_max_delay=600)
+    postd.run_pass()
+    postd.close()
+    assert postd.gate.open_at == pytest.approx(clock() + 600)
+
+
+def test_hanging_collector_times_out_and_is_retried(user_install, collector):
+    collector.answer(HANG)
+    clock = Clock(time.time())
+    [rid] = fill(user_install, 1)
+    postd = make_postd(user_install, collector.url, clock, request_timeout=1)
+    tally = postd.run_pass()
+    collector.release()
+    postd.close()
+    assert tally[Counter.RETRIED] == 1
+    q = Queue(user_install.paths.spool_dir)
+    assert "curl error 28" in q.get(rid).last_error
+    q.close()
+
+
+@pytest.mark.parametrize("in_flight", [1, 4])
+def test_collector_down_then_up_delivers_all_once_in_order(user_install, in_flight):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v2/collector"
+    clock = Clock(time.time())
+    ids = fill(user_install, 12)
+    postd = make_postd(user_install, url, clock, max_in_flight=in_flight)
+    for _ in range(3):  # three failed rounds: the gate's wait grows
+        assert postd.run_pass()[Counter.DELIVERED] == 0
+        clock.now = postd.gate.open_at
+    assert postd.gate.streak == 3
+    ids += fill(user_install, 3)  # queued during the outage
+    with Collector(port=port) as collector:
+        assert postd.run_pass()[Counter.DELIVERED] == 15
+        postd.close()
+        got = [r.record_id for r in collector.accepted()]
+    assert sorted(got) == sorted(ids) and len(got) == 15
+    if in_flight == 1:
+        assert got == ids
+    assert [e.record_id for e in entries(user_install)] == ids
+    assert queued_ids(user_install.paths.spool_dir) == []
+
+
+def test_a_record_failing_alone_does_not_hold_up_the_others(user_install, collector):
+    clock = Clock(time.time())
+    fill(user_install, 3)
+    postd = make_postd(user_install, collector.url, clock, max_in_flight=3)
+    collector.plan(status(500))
+    tally = postd.run_pass()
+    postd.close()
+    assert tally[Counter.DELIVERED] == 2 and tally[Counter.RETRIED] == 1
+    failed = [r.record_id for r in collector.received if r.answered == 500]
+    assert queued_ids(user_install.paths.spool_dir) == failed
+
+
+# --- configuration errors ---------------------------------------------------------------
+
+
+def test_tid_mismatch_stops_delivery_and_keeps_records(user_install, collector, caplog):
+    clock = Clock(time.time())
+    ids = fill(user_install, 5)
+    postd = make_postd(user_install, collector.url, clock, tidheader="X-Telemetry-TID:\\sWRONG")
+    tally = postd.run_pass()
+    assert tally[Counter.CONFIG_ERROR] >= 1 and tally[Counter.REJECTED] == 0
+    assert queued_ids(user_install.paths.spool_dir) == ids
+    assert postd.gate.open_at - clock() == pytest.approx(3600)
+    assert "check 'tidheader'" in caplog.text
+    assert entries(user_install) == []
+    # The fix arrives with a reload: delivery resumes at once.
+    user_install.write_config(settings_text(collector.url))
+    postd.reload(load_config(user_install))
+    assert postd.run_pass()[Counter.DELIVERED] == 5
+    postd.close()
+    assert counters(user_install.paths.spool_dir)["config-error"] >= 1
+
+
+def test_wrong_path_is_a_configuration_error_not_a_rejection(user_install, collector):
+    collector.answer(status(404))
+    ids = fill(user_install, 3)
+    postd = make_postd(user_install, collector.url)
+    tally = postd.run_pass()
+    postd.close()
+    assert tally[Counter.REJECTED] == 0 and tally[Counter.CONFIG_ERROR] >= 1
+    assert queued_ids(user_install.paths.spool_dir) == ids
+
+
+# --- spool: expiry, deferral, delivery disabled, retention --------------------------------
+
+
+def test_expired_records_are_removed_and_journaled(user_install, collector):
+    t0 = time.time()
+    clock = Clock(t0)
+    old = fill(user_install, 2, received_at=t0 - 20 * 60 - 5)
+    fresh = fill(user_install, 1, received_at=t0)
+    collector.answer(status(503))
+    postd = make_postd(user_install, collector.url, clock, record_expiry=20)
+    tally = postd.run_pass()
+    assert tally[Counter.EXPIRED] == 2
+    assert [r.record_id for r in collector.received] == fresh  # expired ones were never sent
+    assert [e.outcome for e in entries(user_install)] == [Outcome.EXPIRED, Outcome.EXPIRED]
+    # The fresh one keeps failing until it too is older than record_expiry.
+    assert postd.next_wake() <= t0 + 20 * 60 + 1
+    clock.now = t0 + 20 * 60 + 2
+    assert postd.run_pass()[Counter.EXPIRED] == 1
+    postd.close()
+    assert queued_ids(user_install.paths.spool_dir) == []
+    [e] = entries(user_install, record_id=fresh[0])
+    assert e.outcome is Outcome.EXPIRED and "last error: HTTP 503" in e.detail
+    assert counters(user_install.paths.spool_dir)["expired"] == 3
+    assert {old[0], old[1]} <= {e.record_id for e in entries(user_install)}
+
+
+def test_deferred_records_wait_for_their_window(user_install, collector):
+    clock = Clock(time.time())
+    row = replace(new_row(record(0)), deferred_until=clock() + 300)
+    enqueue(user_install.paths.spool_dir, [row])
+    postd = make_postd(user_install, collector.url, clock)
+    assert postd.run_pass()[Counter.DELIVERED] == 0
+    assert postd.next_wake() == pytest.approx(clock() + 300)
+    clock.advance(300)
+    assert postd.run_pass()[Counter.DELIVERED] == 1
+    postd.close()
+
+
+def test_delivery_disabled_posts_nothing_and_retains(user_install, collector):
+    rows = [new_row(record(i, payload=f"local {i}\n")) for i in range(3)]
+    rows.append(replace(new_row(record(3)), deferred_until=time.time() + 3600))
+    ids = enqueue(user_install.paths.spool_dir, rows)
+    postd = make_postd(user_install, collector.url, record_server_delivery_enabled=False,
+                       record_retention_enabled=True)
+    tally = postd.run_pass()
+    postd.close()
+    assert tally[Counter.DROPPED] == 4
+    assert collector.received == []
+    assert queued_ids(user_install.paths.spool_dir) == []
+    journal = entries(user_install)
+    assert [e.record_id for e in journal] == ids
+    assert {e.outcome for e in journal} == {Outcome.DROPPED}
+    assert "record_server_delivery_enabled" in journal[0].detail
+    assert journal_mod.retained_payload(user_install.paths.journal_dir, ids[1]) == b"local 1\n"
+    assert counters(user_install.paths.spool_dir)["dropped"] == 4
+
+
+def test_retention_keeps_the_last_100_payloads(user_install, collector):
+    ids = enqueue(user_install.paths.spool_dir, [new_row(record(i, payload=f"p{i}")) for i in range(105)])
+    postd = make_postd(user_install, collector.url, record_retention_enabled=True)
+    assert postd.run_pass()[Counter.DELIVERED] == 105
+    postd.close()
+    jd = user_install.paths.journal_dir
+    assert journal_mod.retained_payload(jd, ids[4]) is None
+    assert journal_mod.retained_payload(jd, ids[5]) == b"p5"
+    assert journal_mod.retained_payload(jd, ids[104]) == b"p104"
+    assert len(entries(user_install)) == 105
+
+
+def test_no_retention_by_default(user_install, collector):
+    [rid] = fill(user_install, 1)
+    postd = make_postd(user_install, collector.url)
+    postd.run_pass()
+    postd.close()
+    assert journal_mod.retained_payload(user_install.paths.journal_dir, rid) is None
+    assert entries(user_install, record_id=rid)[0].outcome is Outcome.DELIVERED

@@ -1,0 +1,276 @@
+"""telempostd as a process: started as a user starts it, signalled, killed, restarted,
+against a real HTTP collector on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+
+import pytest
+from http_collector import ACCEPT, HANG, Collector, slow, status
+from postd_support import (
+    MODULE,
+    Daemon,
+    counters,
+    enqueue,
+    loopback_without_proxy,  # noqa: F401  (a fixture)
+    new_row,
+    queued_ids,
+    record,
+    settings_text,
+    wait_until,
+)
+
+from telemetry.daemons import journal as journal_mod
+from telemetry.daemons.journal import Outcome
+from telemetry.daemons.queue import QUEUE_DB
+from telemetry.version import __version__
+
+pytestmark = pytest.mark.usefixtures("loopback_without_proxy")
+
+
+@pytest.fixture
+def collector():
+    with Collector() as c:
+        yield c
+
+
+def fill(inst, n: int, start: int = 0) -> list[str]:
+    return enqueue(inst.paths.spool_dir, [new_row(record(i)) for i in range(start, start + n)])
+
+
+def delivered_ids(inst) -> list[str]:
+    return [e.record_id for e in journal_mod.query(inst.paths.journal_dir, outcome=Outcome.DELIVERED)]
+
+
+def test_help_and_version(user_install):
+    r = user_install.run(MODULE, "-h")
+    assert r.returncode == 0 and b"--config_file" in r.stdout
+    r = user_install.run(MODULE, "-V")
+    assert r.returncode == 0 and r.stdout.decode().strip() == __version__
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("max_in_flight=lots\n", b"max_in_flight"),
+        ("tls_client_cert=/nonexistent/cert.pem\n", b"tls_client_cert"),
+        ("server=ftp://example.org/\n", b"http:// or https://"),
+        ("tidheader=no colon here\n", b"tidheader"),
+    ],
+    ids=["not-a-number", "missing-cert", "bad-scheme", "bad-tidheader"],
+)
+def test_bad_configuration_is_one_line_and_exit_1(user_install, text, words):
+    user_install.write_config(text)
+    r = user_install.run(MODULE, timeout=30)
+    assert r.returncode == 1
+    err = r.stderr.strip()
+    assert words in err and b"Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_bad_config_file_option(user_install):
+    r = user_install.run(MODULE, "-f", "/nonexistent/telemetrics.conf")
+    assert r.returncode != 0 and b"Traceback" not in r.stderr
+
+
+def test_delivers_backlog_at_start_then_wakes_on_new_records(user_install, collector):
+    user_install.write_config(settings_text(collector.url))
+    backlog = fill(user_install, 3)
+    with Daemon(user_install) as d:
+        collector.wait_for(3)
+        later = fill(user_install, 2, start=3)  # touches queue.changed: inotify wakes the daemon
+        collector.wait_for(5)
+        assert d.stop() == 0
+    # Four in flight: neighbours may reach the collector swapped; the journal keeps queue order.
+    assert sorted(r.record_id for r in collector.accepted()) == sorted(backlog + later)
+    assert queued_ids(user_install.paths.spool_dir) == []
+    assert delivered_ids(user_install) == backlog + later
+    assert counters(user_install.paths.spool_dir)["delivered"] == 5
+
+
+def test_sigterm_finishes_the_post_in_flight(user_install, collector):
+    user_install.write_config(settings_text(collector.url, max_in_flight=1))
+    collector.plan(slow(1.0))
+    ids = fill(user_install, 3)
+    with Daemon(user_install) as d:
+        assert collector.wait_hanging()
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+    # The POST in flight completed and was recorded; nothing new was started.
+    assert [r.record_id for r in collector.received] == ids[:1]
+    assert delivered_ids(user_install) == ids[:1]
+    assert queued_ids(user_install.paths.spool_dir) == ids[1:]
+
+
+def test_sighup_reloads_the_configuration(user_install, collector):
+    user_install.write_config(settings_text(collector.url, tidheader="X-Telemetry-TID:\\sWRONG"))
+    ids = fill(user_install, 2)
+    with Daemon(user_install) as d:
+        wait_until(lambda: "check 'tidheader'" in d.log(), what="the configuration error in the log")
+        assert collector.accepted() == []
+        assert queued_ids(user_install.paths.spool_dir) == ids
+        user_install.write_config(settings_text(collector.url))
+        d.signal(signal.SIGHUP)
+        collector.wait_for(2)
+        assert d.stop() == 0
+    assert "configuration reloaded" in d.log()
+    assert delivered_ids(user_install) == ids
+
+
+def test_reload_with_a_bad_file_keeps_serving(user_install, collector):
+    user_install.write_config(settings_text(collector.url))
+    with Daemon(user_install) as d:
+        wait_until(lambda: "delivering" in d.log(), what="start-up")
+        user_install.write_config("request_timeout=forever\n")
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed" in d.log(), what="the reload error")
+        ids = fill(user_install, 1)
+        collector.wait_for(1)
+        assert d.stop() == 0
+    assert sorted(r.record_id for r in collector.accepted()) == sorted(ids)
+
+
+def test_kill_9_during_a_post_delivers_afterwards_at_most_one_duplicate(user_install, collector):
+    user_install.write_config(settings_text(collector.url))
+    collector.answer(HANG)
+    [rid] = fill(user_install, 1)
+    with Daemon(user_install) as d:
+        assert collector.wait_hanging()
+        d.kill()
+    collector.answer(ACCEPT)
+    collector.release()
+    assert queued_ids(user_install.paths.spool_dir) == [rid]
+    with Daemon(user_install) as d:
+        collector.wait_for(1)
+        assert d.stop() == 0
+    seen = [r.record_id for r in collector.received]
+    assert seen.count(rid) <= 2
+    assert [r.record_id for r in collector.accepted()] == [rid]
+    assert queued_ids(user_install.paths.spool_dir) == []
+    assert delivered_ids(user_install) == [rid]
+
+
+def test_retry_after_in_real_time(user_install, collector):
+    user_install.write_config(settings_text(collector.url))
+    collector.plan(status(429, retry_after="1"))
+    [rid] = fill(user_install, 1)
+    with Daemon(user_install) as d:
+        collector.wait_for(1)
+        assert d.stop() == 0
+    assert [(r.answered, r.record_id) for r in collector.received] == [(429, rid), (201, rid)]
+    assert counters(user_install.paths.spool_dir)["retried"] == 1
+
+
+def test_damaged_queue_database_is_moved_aside(user_install, collector):
+    user_install.write_config(settings_text(collector.url))
+    spool = user_install.paths.spool_dir
+    os.makedirs(spool, exist_ok=True)
+    with open(os.path.join(spool, QUEUE_DB), "wb") as f:
+        f.write(b"this is not an SQLite database, it was damaged on disk" * 100)
+    with Daemon(user_install) as d:
+        wait_until(lambda: "delivering" in d.log(), what="start-up")
+        ids = fill(user_install, 2)
+        collector.wait_for(2)
+        assert d.stop() == 0
+    assert "damaged" in d.log() and "moved aside" in d.log()
+    aside = [n for n in os.listdir(spool) if n.startswith(QUEUE_DB + ".corrupt-")]
+    assert aside
+    assert sorted(r.record_id for r in collector.accepted()) == sorted(ids)
+
+
+def test_damaged_journal_is_moved_aside(user_install, collector):
+    user_install.write_config(settings_text(collector.url))
+    jd = user_install.paths.journal_dir
+    os.makedirs(jd, exist_ok=True)
+    with open(os.path.join(jd, journal_mod.JOURNAL_DB), "wb") as f:
+        f.write(b"\x00garbage" * 1000)
+    ids = fill(user_install, 1)
+    with Daemon(user_install) as d:
+        collector.wait_for(1)
+        assert d.stop() == 0
+    assert "journal" in d.log() and "moved aside" in d.log()
+    assert delivered_ids(user_install) == ids
+
+
+def test_idle_exit_only_when_started_by_systemd(user_install, collector):
+    user_install.write_config(settings_text(collector.url))
+    ids = fill(user_install, 1)
+    with Daemon(user_install, "--idle-exit-after", "0.5", env={"INVOCATION_ID": "0123456789abcdef"}) as d:
+        assert d.wait(timeout=60) == 0  # (its log went to journald, as under systemd)
+    assert [r.record_id for r in collector.accepted()] == ids
+    # Not started by systemd, nothing would start it again: it keeps running.
+    with Daemon(user_install, "--idle-exit-after", "0.5") as d:
+        with pytest.raises(subprocess.TimeoutExpired):
+            d.proc.wait(timeout=2)
+        assert d.stop() == 0
+
+
+def test_no_idle_exit_while_records_wait(user_install):
+    user_install.write_config(settings_text("http://127.0.0.1:9/v2/collector"))
+    fill(user_install, 1)
+    with Daemon(user_install, "--idle-exit-after", "0.5", env={"INVOCATION_ID": "0123456789abcdef"}) as d:
+        wait_until(lambda: counters(user_install.paths.spool_dir).get("retried"), what="the failed attempt")
+        with pytest.raises(subprocess.TimeoutExpired):
+            d.proc.wait(timeout=2)
+        assert d.stop() == 0
+    assert len(queued_ids(user_install.paths.spool_dir)) == 1
+
+
+def test_journal_is_readable_while_the_daemon_writes(user_install, collector):
+    user_install.write_config(settings_text(collector.url))
+    with Daemon(user_install) as d:
+        ids = fill(user_install, 30)
+
+        def read_all():
+            got = [e.record_id for e in journal_mod.query(user_install.paths.journal_dir)]
+            return got if len(got) == 30 else None
+
+        seen = wait_until(read_all, interval=0.001, what="30 journal entries")
+        assert d.stop() == 0
+    assert seen == ids
+    db = sqlite3.connect(os.path.join(user_install.paths.journal_dir, journal_mod.JOURNAL_DB))
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_tells_systemd_it_is_ready(user_install, collector):
+    user_install.write_config(settings_text(collector.url))
+    sock_dir = tempfile.mkdtemp(prefix="pn-", dir="/tmp")
+    path = os.path.join(sock_dir, "notify")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(30)
+    try:
+        with Daemon(user_install, env={"NOTIFY_SOCKET": path}) as d:
+            assert s.recv(4096) == b"READY=1"
+            fill(user_install, 1)
+            assert s.recv(4096).startswith(b"STATUS=")
+            assert d.stop() == 0
+            messages = []
+            s.settimeout(5)
+            with contextlib.suppress(TimeoutError):
+                while b"STOPPING=1" not in messages:
+                    messages.append(s.recv(4096))
+        assert b"STOPPING=1" in messages
+    finally:
+        s.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def test_sleeps_through_a_far_expiry(user_install):
+    # record_expiry at its maximum: the expiry arithmetic and the sleep stay in range.
+    user_install.write_config(settings_text("http://127.0.0.1:9/v2/collector", record_expiry=153722867280912930))
+    fill(user_install, 1)
+    with Daemon(user_install) as d:
+        wait_until(lambda: counters(user_install.paths.spool_dir).get("retried"), what="the failed attempt")
+        with pytest.raises(subprocess.TimeoutExpired):
+            d.proc.wait(timeout=1)
+        assert d.stop() == 0
+    assert "Traceback" not in d.log()
