@@ -1,0 +1,195 @@
+"""What every probe shares: the command-line shell, the opt-in rule, sending one record and
+telling the user what became of it.
+
+The opt-in rule is the same for every probe: when the machine's owner has not opted in, a
+probe collects nothing, sends nothing, prints one info line and exits 0, so a timer or a
+unit that fires anyway is not reported as failed.  A record the daemon refuses (rate
+limited, invalid, no space …) is reported with the daemon's reason, never as a success.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from telemetry import log as log_mod
+from telemetry.ack import Ack
+from telemetry.cli import load_config
+from telemetry.client import Client, DaemonUnavailable, NotOptedIn, RecordRejected, SendError
+from telemetry.errors import TelemetryError
+from telemetry.fsutil import atomic_write, ensure_dir, read_small
+from telemetry.metadata import Metadata, read_metadata
+from telemetry.optin import is_opted_in
+from telemetry.paths import Mode, Paths
+from telemetry.record import Record, create_record
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"
+    NOT_OPTED_IN = "not-opted-in"
+    REJECTED = "rejected"
+    UNAVAILABLE = "unavailable"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    message: str = ""
+    ack: Ack | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.outcome is Outcome.SENT
+
+    @property
+    def retryable(self) -> bool:
+        """Worth trying again later: the daemon was away, busy or over its rate limit."""
+        if self.outcome is Outcome.UNAVAILABLE:
+            return True
+        if self.outcome is Outcome.REJECTED and self.ack is not None:
+            return self.ack.status.value in ("rate-limited", "busy", "no-space", "error")
+        return self.outcome is Outcome.FAILED
+
+
+def opt_in_hint(paths: Paths) -> str:
+    cmd = "telemctl opt-in" + (" --user" if paths.mode is Mode.USER else "")
+    return f"not opted in to telemetry ({paths.opt_in_file} is missing); nothing collected or sent. Run '{cmd}' to opt in"
+
+
+class Probe:
+    """One run of a probe: its paths, config and client, and the shared policies."""
+
+    def __init__(self, name: str, config_file: str | None = None, paths: Paths | None = None):
+        self.name = name
+        self.config_file = config_file
+        self.paths, self.config = load_config(config_file, paths)
+        self.client = Client(self.paths, self.config, config_file)
+        self.log = log_mod.setup(name, self.config.log_level)
+
+    @functools.cached_property
+    def metadata(self) -> Metadata:
+        """Read once per run: a probe reporting many events does not re-read /proc and /sys."""
+        return read_metadata()
+
+    def record(self, classification: str, severity: int, payload: str | bytes, payload_version: int = 1,
+               **kw: Any) -> Record:
+        return create_record(classification, severity, payload, payload_version, metadata=self.metadata, **kw)
+
+    @property
+    def opted_in(self) -> bool:
+        return is_opted_in(self.paths)
+
+    def exit_unless_opted_in(self) -> None:
+        if not self.opted_in:
+            self.log.info("%s", opt_in_hint(self.paths))
+            sys.exit(EXIT_OK)
+
+    @property
+    def privacy_filters_off(self) -> bool:
+        """The admin's override file: raw register values, wider journal selection."""
+        return os.path.lexists(self.paths.no_privacy_filters_file)
+
+    def send(self, record: Record) -> SendResult:
+        try:
+            ack = self.client.send(record)
+        except NotOptedIn:
+            return SendResult(Outcome.NOT_OPTED_IN, opt_in_hint(self.paths))
+        except RecordRejected as e:
+            return SendResult(Outcome.REJECTED, str(e), e.ack)
+        except DaemonUnavailable as e:
+            return SendResult(Outcome.UNAVAILABLE, str(e))
+        except SendError as e:
+            return SendResult(Outcome.FAILED, str(e))
+        return SendResult(Outcome.SENT, str(ack), ack)
+
+    def state_file(self, name: str) -> StateFile:
+        return StateFile(os.path.join(self.paths.state_dir, name))
+
+
+class StateFile:
+    """A small file under the state directory, replaced atomically, never read through a link."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def read(self) -> bytes | None:
+        try:
+            return read_small(self.path, self.LIMIT)
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: bytes) -> None:
+        ensure_dir(os.path.dirname(self.path), 0o700)
+        atomic_write(self.path, data, 0o600)
+
+
+# --- the command-line shell -----------------------------------------------------------
+
+class ProbeCommand(click.Command):
+    """A click command whose usage errors are one line (`prog: message`, exit 1), and whose
+    help is the original program's text (with `%s` for the program name) when it has one.
+    """
+
+    def __init__(self, *args: Any, usage_text: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.usage_text = usage_text
+
+    def get_help(self, ctx: click.Context) -> str:
+        if self.usage_text is None:
+            return super().get_help(ctx)
+        return self.usage_text.replace("%s", ctx.find_root().info_name or self.name or "")
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        prog = prog_name or self.name or "probe"
+        try:
+            rv = super().main(args, prog, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            click.echo(f"{prog}: {e.format_message()}", err=True)
+            sys.exit(EXIT_FAILURE)
+        except click.Abort:
+            sys.exit(EXIT_FAILURE)
+        except TelemetryError as e:
+            click.echo(f"{prog}: {e}", err=True)
+            sys.exit(EXIT_FAILURE)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(EXIT_FAILURE)
+        except OSError as e:  # the environment (permissions, full disk), not a bug: one line
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"{prog}: {e.strerror or e}{where}", err=True)
+            sys.exit(EXIT_FAILURE)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+def run(command: click.Command, name: str) -> Callable[[], None]:
+    """The console-script entry point of a probe command."""
+
+    def main() -> None:
+        command.main(prog_name=name)
+
+    return main
+
+
+__all__ = [
+    "Outcome",
+    "Probe",
+    "ProbeCommand",
+    "SendResult",
+    "StateFile",
+    "opt_in_hint",
+    "run",
+]

@@ -1,0 +1,131 @@
+"""hprobe: the hello-world / heartbeat record that shows the pipeline works end to end.
+
+`hello_payload` is the pure part (the original's payload layout, 8191 bytes at most);
+the command reads the locale, the uptime and the bundle list and sends.
+"""
+
+from __future__ import annotations
+
+import locale
+import os
+import time
+from collections.abc import Sequence
+
+import click
+
+from telemetry.cli import config_option, version_option
+from telemetry.record import create_record
+
+from .common import EXIT_FAILURE, EXIT_OK, Probe, ProbeCommand, run
+
+CLASS_HELLO = "org.clearlinux/hello/world"
+CLASS_HEARTBEAT = "org.clearlinux/heartbeat/ping"
+SEVERITY = 1
+PAYLOAD_VERSION = 1
+BUNDLES_DIR = "/usr/share/clear/bundles"
+# The original builds the payload in an 8192-byte C buffer: 8191 characters and the NUL.
+BUFFER_TEXT_MAX = 8191
+OVERFLOW_MARK = "\n..."
+
+USAGE = """\
+%s: Usage
+  -f,  --config_file    Configuration file. This overides the other parameters
+  -H,  --heartbeat      Create a "heartbeat" record instead
+  -h,  --help           Display this help message
+  -l,  --locale         Include locale in the record
+  -u,  --uptime         Include uptime in the record
+  -b,  --bundles        Include installed bundles in the record
+  -V,  --version        Print the program version
+       --bundles-dir    Directory of installed bundles (default /usr/share/clear/bundles)
+"""
+
+
+class BundlesError(Exception):
+    pass
+
+
+def hello_payload(
+    lc_all: str | None = None, uptime: int | None = None, bundles: Sequence[str] | None = None
+) -> str:
+    """hello, then the optional sections; a bundle list that would overflow ends in `\\n...`."""
+    text = "hello\n"
+    if lc_all is not None:
+        text += f"LC_ALL: {lc_all}\n"
+    if uptime is not None:
+        text += f"uptime: {uptime}\n"
+    if bundles is not None:
+        names = sorted(b for b in bundles if not b.startswith("."))
+        text += f"\nBundles ({len(names)}):\n"
+        for name in names:
+            line = f"{name}\n"
+            if len((text + line).encode()) > BUFFER_TEXT_MAX:
+                cut = (text + line).encode()[: BUFFER_TEXT_MAX - len(OVERFLOW_MARK)]
+                text = cut.decode("utf-8", errors="ignore") + OVERFLOW_MARK
+                break
+            text += line
+    return text
+
+
+def current_locale() -> str:
+    """The LC_ALL name after setting the locale from the environment, as setlocale reports it."""
+    try:
+        locale.setlocale(locale.LC_ALL, "")
+    except locale.Error:
+        pass
+    return locale.setlocale(locale.LC_ALL, None)
+
+
+def uptime_seconds() -> int:
+    try:
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME))
+    except OSError:
+        return 0
+
+
+def list_bundles(directory: str) -> list[str]:
+    try:
+        with os.scandir(directory) as it:
+            return [os.fsdecode(e.name) for e in it]
+    except OSError as e:
+        raise BundlesError(f"scandir failed: {directory}: {e.strerror}") from None
+
+
+@click.command(
+    "hprobe", cls=ProbeCommand, usage_text=USAGE, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@config_option("-f", "--config_file")
+@click.option("-H", "--heartbeat", is_flag=True)
+@click.option("-l", "--locale", "with_locale", is_flag=True)
+@click.option("-u", "--uptime", "with_uptime", is_flag=True)
+@click.option("-b", "--bundles", "with_bundles", is_flag=True)
+@click.option("--bundles-dir", default=BUNDLES_DIR, metavar="DIR")
+@version_option
+def command(
+    config_file: str | None, heartbeat: bool, with_locale: bool, with_uptime: bool, with_bundles: bool,
+    bundles_dir: str,
+) -> int:
+    probe = Probe("hprobe", config_file)
+    probe.exit_unless_opted_in()
+    try:
+        bundles = list_bundles(bundles_dir) if with_bundles else None
+    except BundlesError as e:
+        click.echo(f"hprobe: {e}", err=True)
+        return EXIT_FAILURE
+    payload = hello_payload(
+        current_locale() if with_locale else None,
+        uptime_seconds() if with_uptime else None,
+        bundles,
+    )
+    record = create_record(CLASS_HEARTBEAT if heartbeat else CLASS_HELLO, SEVERITY, payload, PAYLOAD_VERSION)
+    result = probe.send(record)
+    if not result.sent:
+        click.echo(f"Failed to send record to daemon: {result.message}", err=True)
+        return EXIT_FAILURE
+    click.echo("Successfully sent record to daemon.")
+    return EXIT_OK
+
+
+main = run(command, "hprobe")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""journalprobe: failed units (and, with the privacy override, error messages) from the
+systemd journal, one record per entry.
+
+The position is kept as a journal cursor in the state directory: a restart resumes
+after the last entry handled, so nothing is sent twice and nothing is skipped; a record
+the daemon could not take is retried, not dropped.  What is selected is decided by
+`journal_select` on fields journald sets itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import click
+
+from telemetry.cli import config_option, version_option
+
+from .common import EXIT_FAILURE, EXIT_OK, Outcome, Probe, ProbeCommand, StateFile, run
+from .journal_select import (
+    CLASSIFICATION,
+    ERROR_PRIORITIES,
+    PAYLOAD_VERSION,
+    SEVERITY,
+    Entry,
+    entry_from_reader,
+    journal_payload,
+    selects,
+)
+from .klogscanner import read_boot_id
+
+PROG = "journalprobe"
+CURSOR_NAME = "journalprobe.cursor"
+CURSOR_MAX = 4096
+WAIT_SECONDS = 5.0
+RETRY_MAX_DELAY = 60.0
+
+HELP = """\
+Usage:
+  journalprobe [OPTIONS] - collect data from systemd journal
+
+Help Options:
+  -h, --help            Show help options
+
+Application Options:
+  -f, --config_file     Specify a configuration file other than default
+  -t, --tail            Don't process entries already in the journal
+  -V, --version         Print the program version
+  -D, --directory DIR   Read the journal files in DIR instead of the local journal
+      --once            Stop after the entries already in the journal
+
+Unlike the original: the position is saved, so a restart resumes where it stopped
+(-t only applies to the very first start); a failed send is retried, not dropped;
+entries are selected on fields journald records itself (a unit exit reported by a
+service manager, not any line carrying EXIT_CODE=exited), and entries logged before
+opting in are not sent.
+
+"""
+
+
+class Stop(Exception):
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+class JournalProbe:
+    def __init__(self, probe: Probe, reader, cursor_file: StateFile, boot_id: str, follow: bool):
+        self.probe = probe
+        self.reader = reader
+        self.cursor_file = cursor_file
+        self.boot_id = boot_id
+        self.follow = follow
+        self.override = probe.privacy_filters_off
+        self.since_usec = _opt_in_usec(probe)
+        self.cursor: str | None = None
+        self.saved: str | None = None
+        self.pending: dict | None = None
+        self.sent = 0
+
+    def save(self) -> None:
+        if self.cursor is None or self.cursor == self.saved:
+            return
+        try:
+            self.cursor_file.write(self.cursor.encode())
+            self.saved = self.cursor
+        except OSError as e:
+            self.probe.log.error("cannot save %s: %s", self.cursor_file.path, e.strerror or e)
+
+    def position(self, tail: bool) -> None:
+        saved = _read_cursor(self.cursor_file, self.probe)
+        if saved:
+            try:
+                self.reader.seek_cursor(saved)
+                first = self.reader.get_next()
+                self.cursor = self.saved = saved
+                if first and not self.reader.test_cursor(saved):
+                    self.pending = first  # the saved entry is gone: this one is new
+                return
+            except OSError as e:
+                self.probe.log.warning("saved journal position unusable (%s); starting afresh", e)
+        if tail:
+            self.reader.seek_tail()
+            last = self.reader.get_previous()
+            if last:
+                self.cursor = entry_from_reader(last).cursor
+        else:
+            self.reader.seek_head()
+
+    def drain(self) -> None:
+        """Handle every entry after the current position."""
+        while True:
+            raw, self.pending = self.pending or self.reader.get_next(), None
+            if not raw:
+                break
+            entry = entry_from_reader(raw)
+            if selects(entry, self.boot_id, privacy_override=self.override, since_usec=self.since_usec):
+                self.deliver(entry)
+            self.cursor = entry.cursor or self.cursor
+        self.save()
+
+    def deliver(self, entry: Entry) -> None:
+        record = self.probe.record(CLASSIFICATION, SEVERITY, journal_payload(entry), PAYLOAD_VERSION, truncate=True)
+        delay = 1.0
+        while True:
+            result = self.probe.send(record)
+            if result.sent:
+                self.sent += 1
+                self.probe.log.info("sent %s (%s)", CLASSIFICATION, result.message)
+                self.cursor = entry.cursor or self.cursor
+                self.save()
+                return
+            if result.outcome is Outcome.NOT_OPTED_IN:
+                self.probe.log.info("%s", result.message)
+                self.save()
+                raise Stop(EXIT_OK)
+            if not result.retryable:
+                self.probe.log.error("Failed to send record: %s; entry skipped", result.message)
+                return
+            if not self.follow:
+                self.probe.log.error("Failed to send record: %s; it is sent on the next run", result.message)
+                self.save()
+                raise Stop(EXIT_FAILURE)
+            self.probe.log.warning("Failed to send record: %s; retrying in %.0f s", result.message, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
+
+def _opt_in_usec(probe: Probe) -> int | None:
+    try:
+        return int(os.lstat(probe.paths.opt_in_file).st_mtime * 1_000_000)
+    except OSError:
+        return None
+
+
+def _read_cursor(cursor_file: StateFile, probe: Probe) -> str | None:
+    try:
+        data = cursor_file.read()
+    except OSError as e:
+        probe.log.warning("cannot read %s: %s", cursor_file.path, e.strerror or e)
+        return None
+    if not data:
+        return None
+    text = data[:CURSOR_MAX].decode("ascii", errors="replace").strip()
+    if not text or not text.isprintable() or "\ufffd" in text:
+        probe.log.warning("%s holds no journal cursor; starting afresh", cursor_file.path)
+        return None
+    return text
+
+
+def open_reader(directory: str | None, boot_id: str, override: bool):
+    from systemd import journal
+
+    try:
+        reader = journal.Reader(path=directory) if directory else journal.Reader(flags=journal.LOCAL_ONLY)
+    except OSError as e:
+        raise click.ClickException(f"Failed to open journal: {e.strerror or e}") from None
+    # A narrowing for speed only: `selects` decides.
+    if override:
+        reader.add_match(_BOOT_ID=boot_id)
+        for prio in sorted(ERROR_PRIORITIES):
+            reader.add_match(PRIORITY=prio)
+        reader.add_disjunction()
+    reader.add_match(_BOOT_ID=boot_id, EXIT_CODE="exited")
+    return reader
+
+
+def _install_signals() -> None:
+    def stop(signum: int, frame: object) -> None:
+        raise Stop(EXIT_OK if signum == signal.SIGTERM else EXIT_FAILURE)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@config_option("-f", "--config-file", "--config_file")
+@click.option("-t", "--tail", is_flag=True)
+@click.option("-D", "--directory", metavar="DIR")
+@click.option("--once", is_flag=True)
+@version_option
+def command(config_file: str | None, tail: bool, directory: str | None, once: bool) -> int:
+    probe = Probe(PROG, config_file)
+    probe.exit_unless_opted_in()
+    boot_id = read_boot_id()
+    if not boot_id:
+        click.echo(f"{PROG}: sd_id128_get_boot failed: cannot read the boot id", err=True)
+        return EXIT_FAILURE
+    reader = open_reader(directory, boot_id, probe.privacy_filters_off)
+    jp = JournalProbe(probe, reader, probe.state_file(CURSOR_NAME), boot_id, follow=not once)
+    _install_signals()
+    try:
+        jp.position(tail)
+        jp.drain()
+        while not once:
+            reader.wait(WAIT_SECONDS)
+            jp.drain()
+    except Stop as e:
+        jp.save()
+        return e.code
+    except OSError as e:
+        jp.save()
+        click.echo(f"{PROG}: Failed to read journal entry: {e.strerror or e}", err=True)
+        return EXIT_FAILURE
+    finally:
+        reader.close()
+    return EXIT_OK
+
+
+main = run(command, PROG)
+
+if __name__ == "__main__":
+    main()

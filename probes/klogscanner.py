@@ -1,0 +1,262 @@
+"""klogscanner: kernel oopses, warnings and BUGs from the kernel log, one record each.
+
+Reads /dev/kmsg (non-destructively, unlike the original's syslog(2) READ) from the
+position saved in the state directory, so a restart neither loses nor resends an oops;
+`--replay` scans a saved kernel log instead.  Nothing is read without opt-in.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import click
+
+from telemetry.cli import config_option, version_option
+
+from .common import EXIT_FAILURE, EXIT_OK, Outcome, Probe, ProbeCommand, StateFile, run
+from .kmsg import Found, KmsgScanner, ScanState, StateError, TextScanner, decode_state, parse_record
+from .oops import EndReason, decode_line, oops_payload
+
+PROG = "klogscanner"
+KMSG = "/dev/kmsg"
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+STATE_NAME = "klogscanner.state"
+PAYLOAD_VERSION = 1
+READ_SIZE = 8192
+LINE_MAX = 64 * 1024
+RETRY_MAX_DELAY = 60.0
+SAVE_EVERY = 256  # records between two state writes while nothing is sent
+
+HELP = """\
+Usage:
+  klogscanner [OPTIONS] - report kernel oopses, warnings and BUGs
+
+Application Options:
+  -f, --config_file     Specify a configuration file other than default
+      --kmsg PATH       Kernel log device to follow (default /dev/kmsg)
+      --once            Stop at the end of the kernel log instead of waiting for more
+      --replay FILE     Scan a saved kernel log (dmesg text; - for stdin) and exit
+      --dry-run         Print the records instead of sending them; save no state
+  -V, --version         Print the program version
+  -h, --help            Show help options
+
+Unlike the original, the kernel log is read from /dev/kmsg without consuming it, from the
+position saved in the state directory, so an oops is sent once across restarts; only
+kernel messages are scanned, and nothing is read unless telemetry is opted in.
+"""
+
+
+class Stop(Exception):
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def read_boot_id(path: str = BOOT_ID_FILE) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).decode("ascii", "replace").strip().replace("-", "")
+    except OSError:
+        return ""
+
+
+class Reporter:
+    """Sends each oops once; keeps the state file in step with what was acknowledged."""
+
+    def __init__(self, probe: Probe, state_file: StateFile | None, state: ScanState, follow: bool):
+        self.probe = probe
+        self.state_file = state_file
+        self.state = state
+        self.follow = follow
+        self.kmsg = False
+        self.pinned: int | None = None
+        self.sent = 0
+        self.failed = 0
+        self._unsaved = 0
+        self._written = b""
+
+    def pin(self, seq: int) -> None:
+        """Never resume past this kmsg record: its oops is not sent yet."""
+        if self.kmsg:
+            self.pinned = seq if self.pinned is None else min(self.pinned, seq)
+
+    def save(self, next_seq: int | None = None) -> None:
+        if next_seq is not None:
+            if self.pinned is not None:
+                next_seq = min(next_seq, self.pinned)
+            self.state = ScanState(self.state.boot_id, next_seq, self.state.sent)
+        if self.state_file is None:
+            return
+        data = self.state.encode()
+        if data == self._written:
+            return
+        try:
+            self.state_file.write(data)
+            self._written = data
+        except OSError as e:
+            self.probe.log.error("cannot save %s: %s", self.state_file.path, e.strerror or e)
+        self._unsaved = 0
+
+    def tick(self, next_seq: int) -> None:
+        self._unsaved += 1
+        if self._unsaved >= SAVE_EVERY:
+            self.save(next_seq)
+
+    def report(self, found: Found, dry_run: bool) -> None:
+        if found.fingerprint in self.state.sent:
+            self.probe.log.info("already sent: %s", found.oops.reason)
+            return
+        oops = found.oops
+        payload = oops_payload(oops, raw_registers=self.probe.privacy_filters_off)
+        record = self.probe.record(oops.classification, oops.severity, payload, PAYLOAD_VERSION, truncate=True)
+        if oops.ended_by is EndReason.MAX_LINES:
+            self.probe.log.warning("oops longer than the line limit; reported as far as read: %s", oops.reason)
+        if dry_run:
+            sys.stdout.buffer.write(record.header_block() + record.payload + b"\n")
+            sys.stdout.flush()
+            return
+        delay = 1.0
+        while True:
+            result = self.probe.send(record)
+            if result.sent:
+                self.sent += 1
+                self.probe.log.info("sent %s (%s): %s", oops.classification, result.message, oops.reason)
+                self.state = self.state.remember(found.fingerprint)
+                return
+            if result.outcome is Outcome.NOT_OPTED_IN:
+                self.probe.log.info("%s", result.message)
+                self.pin(found.first_seq)
+                raise Stop(EXIT_OK)
+            if not result.retryable:
+                self.failed += 1
+                self.probe.log.error("Failed to send record: %s; dropped: %s", result.message, oops.reason)
+                return
+            if not self.follow:
+                self.probe.log.error("Failed to send record: %s; it is sent on the next run", result.message)
+                self.pin(found.first_seq)
+                raise Stop(EXIT_FAILURE)
+            self.probe.log.warning("Failed to send record: %s; retrying in %.0f s", result.message, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
+
+def kmsg_lines(fd: int, follow: bool) -> Iterator[bytes]:
+    """Records of /dev/kmsg (one per read) or of a file or pipe in its format (many per read)."""
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            if not follow:
+                return
+            yield b""  # idle: a chance to save the position
+            select.select([fd], [], [])
+            continue
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # the ring overwrote records before we read them
+                continue
+            raise
+        if not chunk:
+            if pending:
+                yield pending
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > LINE_MAX:
+            pending = b""
+        yield from lines
+
+
+def scan_kmsg(path: str, reporter: Reporter, boot_id: str, follow: bool, dry_run: bool) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise click.ClickException(f"Cannot read the kernel log {path}: {e.strerror}") from None
+    scanner = KmsgScanner(boot_id, reporter.state)
+    reporter.state = ScanState(boot_id, scanner.next_seq, reporter.state.sent)
+    reporter.kmsg = True
+    try:
+        for raw in kmsg_lines(fd, follow):
+            if not raw:
+                reporter.save(scanner.next_seq)
+                continue
+            record = parse_record(raw)
+            if record is None:
+                continue
+            for found in scanner.feed(record):
+                reporter.report(found, dry_run)
+                reporter.save(scanner.next_seq)
+            reporter.tick(scanner.next_seq)
+    finally:
+        os.close(fd)
+        reporter.save(scanner.next_seq)
+
+
+def scan_text(source: str, reporter: Reporter, dry_run: bool) -> None:
+    scanner = TextScanner()
+    try:
+        stream = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise click.ClickException(f"Cannot read {source}: {e.strerror}") from None
+    with stream:
+        while True:
+            raw = stream.readline(LINE_MAX)
+            if not raw:
+                break
+            for found in scanner.feed(decode_line(raw.rstrip(b"\n"))):
+                reporter.report(found, dry_run)
+                reporter.save()
+
+
+def _install_signals() -> None:
+    def stop(signum: int, frame: object) -> None:
+        raise Stop(EXIT_OK if signum == signal.SIGTERM else EXIT_FAILURE)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@config_option("-f", "--config_file", "--config-file")
+@click.option("--kmsg", "kmsg_path", default=KMSG, metavar="PATH")
+@click.option("--once", is_flag=True)
+@click.option("--replay", metavar="FILE")
+@click.option("--dry-run", is_flag=True)
+@version_option
+def command(config_file: str | None, kmsg_path: str, once: bool, replay: str | None, dry_run: bool) -> int:
+    probe = Probe(PROG, config_file)
+    if not dry_run:
+        probe.exit_unless_opted_in()
+    state_file = None if dry_run else probe.state_file(STATE_NAME)
+    state = ScanState()
+    if state_file is not None:
+        try:
+            data = state_file.read()
+            state = decode_state(data) if data else ScanState()
+        except StateError as e:
+            probe.log.warning("%s: %s; starting afresh", state_file.path, e)
+        except OSError as e:
+            raise click.ClickException(f"Cannot read {state_file.path}: {e.strerror or e}") from None
+    follow = replay is None and not once
+    reporter = Reporter(probe, state_file, state, follow)
+    _install_signals()
+    try:
+        if replay is not None:
+            scan_text(replay, reporter, dry_run)
+        else:
+            scan_kmsg(kmsg_path, reporter, read_boot_id(), follow, dry_run)
+    except Stop as e:
+        return e.code
+    return EXIT_FAILURE if reporter.failed else EXIT_OK
+
+
+main = run(command, PROG)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""journalprobe against journal files the test writes (systemd-journal-remote turns the
+journal export format into real journal files, `_`-fields included) and a real telemprobd.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from telemprobd_harness import Probd, queued
+
+JOURNAL_REMOTE = next(
+    (p for p in ("/usr/lib/systemd/systemd-journal-remote", "/lib/systemd/systemd-journal-remote")
+     if os.access(p, os.X_OK)),
+    shutil.which("systemd-journal-remote"),
+)
+BOOT_FILE = "/proc/sys/kernel/random/boot_id"
+OTHER_BOOT = "0123456789abcdef0123456789abcdef"
+
+pytestmark = pytest.mark.skipif(
+    JOURNAL_REMOTE is None or not os.path.exists(BOOT_FILE),
+    reason="no journal can be written here: systemd-journal-remote (Debian package systemd-journal-remote) "
+    "or the boot id is missing",
+)
+
+
+def boot_id() -> str:
+    return Path(BOOT_FILE).read_text().strip().replace("-", "")
+
+
+def manager_exit(message: str, **extra: str) -> dict[str, str]:
+    """What PID 1 logs when a unit's main process fails."""
+    return {"_PID": "1", "_UID": "0", "_GID": "0", "_COMM": "systemd", "_EXE": "/usr/lib/systemd/systemd",
+            "_TRANSPORT": "journal", "SYSLOG_IDENTIFIER": "systemd", "PRIORITY": "4", "EXIT_CODE": "exited",
+            "EXIT_STATUS": "1", "UNIT": message.split(":")[0], "MESSAGE": message, **extra}
+
+
+class Journal:
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.dir.mkdir(exist_ok=True)
+        self.files = 0
+        self.mono = 1_000_000
+
+    def write(self, *entries: dict[str, str], at: float | None = None) -> None:
+        now = int((time.time() if at is None else at) * 1_000_000)
+        out = []
+        for n, fields in enumerate(entries):
+            self.mono += 1000
+            head = {"__REALTIME_TIMESTAMP": str(now + n), "__MONOTONIC_TIMESTAMP": str(self.mono),
+                    "_BOOT_ID": boot_id(), "_HOSTNAME": "test"}
+            out.append("".join(f"{k}={v}\n" for k, v in {**head, **fields}.items()))
+        self.files += 1
+        target = self.dir / f"remote-{self.files}.journal"
+        subprocess.run([JOURNAL_REMOTE, f"--output={target}", "-"], input="\n".join(out).encode() + b"\n",
+                       check=True, capture_output=True, timeout=30)
+
+
+def headers(row) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in row.headers.decode().rstrip("\n").split("\n"))
+
+
+def staged(probd: Probd) -> list:
+    return queued(probd.spool_dir) if os.path.exists(os.path.join(probd.spool_dir, "queue.db")) else []
+
+
+def opt_in_earlier(inst, seconds: float = 60) -> None:
+    inst.opt_in()
+    t = time.time() - seconds
+    os.utime(inst.paths.opt_in_file, (t, t))
+
+
+def probe(inst, journal: Journal, *args: str):
+    return inst.run("telemetry.probes.journalprobe", "-D", str(journal.dir), "--once", *args)
+
+
+def test_selects_only_trusted_unit_exits_and_never_resends(user_install, tmp_path):
+    journal = Journal(tmp_path / "journal")
+    with Probd(user_install, opt_in=False) as probd:
+        opt_in_earlier(user_install)
+        journal.write(manager_exit("old.service: Main process exited, code=exited, status=1/FAILURE"),
+                      at=time.time() - 3600)  # before opting in
+        journal.write(
+            manager_exit("a.service: Main process exited, code=exited, status=1/FAILURE"),
+            # forged: a user's program setting the fields a unit exit carries
+            manager_exit("forged.service: Main process exited", _PID="4242", _UID="1000", _COMM="systemd",
+                         _EXE="/home/u/systemd"),
+            manager_exit("otherboot.service: Main process exited", _BOOT_ID=OTHER_BOOT),
+            manager_exit("prio.service: error", EXIT_CODE="killed", PRIORITY="2"),
+            manager_exit("u.service: Main process exited, code=exited, status=2/INVALIDARGUMENT", _PID="999",
+                         _UID="1000", _EXE="/usr/lib/systemd/systemd"),  # a user manager
+            {"_PID": "77", "_UID": "0", "_TRANSPORT": "stdout", "MESSAGE": "EXIT_CODE=exited"},
+        )
+        r = probe(user_install, journal)
+        assert r.returncode == 0, r.stderr
+        rows = staged(probd)
+        assert [row.payload for row in rows] == [
+            b"MESSAGE=a.service: Main process exited, code=exited, status=1/FAILURE\n",
+            b"MESSAGE=u.service: Main process exited, code=exited, status=2/INVALIDARGUMENT\n",
+        ]
+        for row in rows:
+            h = headers(row)
+            assert (h["classification"], h["severity"], h["payload_format_version"]) == (
+                "org.clearlinux/journal/error", "2", "1")
+            assert h["kernel_version"] == os.uname().release and row.sender.uid == os.getuid()
+        assert probe(user_install, journal).returncode == 0
+        assert len(staged(probd)) == 2  # the cursor was saved: nothing twice
+        journal.write(manager_exit("b.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED"))
+        assert probe(user_install, journal).returncode == 0
+        assert [row.payload for row in staged(probd)][2:] == [
+            b"MESSAGE=b.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED\n"]
+
+
+def test_privacy_override_adds_error_priorities_from_root_only(user_install, tmp_path):
+    journal = Journal(tmp_path / "journal")
+    with Probd(user_install, opt_in=False) as probd:
+        opt_in_earlier(user_install)
+        Path(user_install.paths.no_privacy_filters_file).touch()
+        journal.write(
+            {"_PID": "300", "_UID": "0", "_TRANSPORT": "syslog", "PRIORITY": "2", "MESSAGE": "root crit"},
+            {"_PID": "301", "_UID": "1000", "_TRANSPORT": "syslog", "PRIORITY": "0", "MESSAGE": "user emerg"},
+            {"_TRANSPORT": "kernel", "PRIORITY": "3", "MESSAGE": "kernel err"},
+            {"_PID": "302", "_UID": "0", "_TRANSPORT": "syslog", "PRIORITY": "4", "MESSAGE": "root warning"},
+        )
+        assert probe(user_install, journal).returncode == 0
+        assert [row.payload for row in staged(probd)] == [b"MESSAGE=root crit\n", b"MESSAGE=kernel err\n"]
+
+
+def test_tail_skips_what_is_there_on_the_first_start_only(user_install, tmp_path):
+    journal = Journal(tmp_path / "journal")
+    with Probd(user_install, opt_in=False) as probd:
+        opt_in_earlier(user_install)
+        journal.write(manager_exit("before.service: Main process exited"))
+        assert probe(user_install, journal, "-t").returncode == 0
+        assert staged(probd) == []
+        journal.write(manager_exit("after.service: Main process exited"))
+        assert probe(user_install, journal, "--tail").returncode == 0
+        assert [row.payload for row in staged(probd)] == [b"MESSAGE=after.service: Main process exited\n"]
+
+
+def test_failed_send_is_retried_on_the_next_run(user_install, tmp_path):
+    journal = Journal(tmp_path / "journal")
+    opt_in_earlier(user_install)
+    journal.write(manager_exit("a.service: Main process exited"), manager_exit("b.service: Main process exited"))
+    user_install.write_config(f"socket_path={tmp_path}/absent.sock\n")
+    r = probe(user_install, journal)
+    assert r.returncode == 1
+    assert "Failed to send record" in r.stderr.decode() and r.stderr.decode().count("\n") == 1
+    with Probd(user_install, opt_in=False) as probd:
+        assert probe(user_install, journal).returncode == 0
+        assert [row.payload for row in staged(probd)] == [b"MESSAGE=a.service: Main process exited\n",
+                                                          b"MESSAGE=b.service: Main process exited\n"]
+
+
+def test_follows_new_entries(user_install, tmp_path):
+    journal = Journal(tmp_path / "journal")
+    with Probd(user_install, opt_in=False) as probd:
+        opt_in_earlier(user_install)
+        journal.write(manager_exit("a.service: Main process exited"))
+        proc = user_install.popen("telemetry.probes.journalprobe", "-D", str(journal.dir),
+                                  stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while len(staged(probd)) < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            journal.write(manager_exit("b.service: Main process exited"))
+            while len(staged(probd)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            proc.terminate()
+            assert proc.wait(30) == 0
+            proc.stderr.close()
+        assert len(staged(probd)) == 2
+
+
+def test_bad_directory_and_corrupt_cursor(user_install, tmp_path):
+    opt_in_earlier(user_install)
+    cursor = Path(user_install.paths.state_dir) / "journalprobe.cursor"
+    cursor.parent.mkdir(parents=True, exist_ok=True)
+    cursor.write_bytes(b"\xff\xfe not a cursor")
+    journal = Journal(tmp_path / "journal")
+    journal.write(manager_exit("a.service: Main process exited"))
+    with Probd(user_install, opt_in=False) as probd:
+        r = probe(user_install, journal)
+        assert r.returncode == 0 and "starting afresh" in r.stderr.decode()
+        assert len(staged(probd)) == 1
+    r = user_install.run("telemetry.probes.journalprobe", "--bogus")
+    assert r.returncode == 1 and r.stderr.decode().count("\n") == 1
