@@ -1,0 +1,348 @@
+"""From a read core to symbolized backtraces: the module map, the files behind it, the
+unwinder and the symbolizer put together.
+
+`Process` is the crashed process as the unwinder sees it (memory from the core, code and
+CFI from the mapped files, opened through `FileAccess`).  `analyze` walks every thread,
+crashing thread first, and returns an `Analysis` value; it never raises for anything the
+core or the files contain, and it stops at its deadline with what it has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import time
+from dataclasses import dataclass
+
+from .corefile import CoreDump
+from .files import FileAccess, FileRefused
+from .lines import LineTable, SourceLine
+from .modules import ModuleInfo, ModuleMap, build_module_map
+from .notes import AT_ENTRY, AT_PHDR
+from .symbols import SymbolTable
+from .unwind import MAX_FRAMES, RawFrame, StopReason, for_machine, machine_name, unwind
+from .unwind.cfi import CallFrameTable, CfiRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Frame:
+    pc: int
+    module: str | None
+    module_offset: int | None
+    function: str | None
+    source: SourceLine | None = None
+
+
+@dataclass(frozen=True)
+class ThreadTrace:
+    tid: int
+    signal: int
+    frames: tuple[Frame, ...]
+    stop: StopReason
+    detail: str = ""
+
+    @property
+    def truncated(self) -> bool:
+        return self.stop is StopReason.FRAME_LIMIT
+
+
+@dataclass(frozen=True)
+class Analysis:
+    pid: int | None
+    threads: tuple[ThreadTrace, ...]
+    error: str | None  # what makes this an error report, if anything
+    problems: tuple[str, ...] = ()  # everything worth a log line
+    executable: str | None = None  # the main module's path, as mapped
+    signal: int | None = None  # the fatal signal, as the core records it
+
+    threads_omitted: int = 0  # threads past the cap, never unwound
+
+    @property
+    def frames_truncated(self) -> bool:
+        return self.threads_omitted > 0 or any(t.truncated for t in self.threads)
+
+
+class _Loaded:
+    """A module with the files opened for it (lazily, once)."""
+
+    def __init__(self, info: ModuleInfo):
+        self.info = info
+        self.elf = None
+        self.debug_elf = None
+        self.bias = info.bias
+        self.cfi: CallFrameTable | None = None
+        self.symbols: SymbolTable | None = None
+        self.lines: LineTable | None = None
+        self.symbols_loaded = False
+        self.lines_loaded = False
+        self.files: list = []
+
+
+class Process:
+    """The crashed process, as the unwinder and the symbolizer need it."""
+
+    def __init__(self, core: CoreDump, access: FileAccess, *, exe_path: str | None = None,
+                 want_lines: bool = True):
+        self.core = core
+        self.access = access
+        self.modules: ModuleMap = build_module_map(core)
+        self.want_lines = want_lines
+        self.notes: list[str] = []
+        self._loaded: dict[int, _Loaded] = {}
+        self._main = self._main_module()
+        self._exe_path = exe_path
+
+    def close(self) -> None:
+        for lm in self._loaded.values():
+            for f in lm.files:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def _main_module(self) -> ModuleInfo | None:
+        for key in (AT_ENTRY, AT_PHDR):
+            addr = self.core.aux(key)
+            if addr:
+                m = self.modules.at(addr)
+                if m is not None:
+                    return m
+        return None
+
+    @property
+    def executable(self) -> str | None:
+        return self._main.path if self._main else None
+
+    # --- the unwinder's Target ------------------------------------------------------
+
+    def read_word(self, addr: int) -> int | None:
+        return self.core.memory.read_u64(addr)
+
+    def is_code(self, pc: int) -> bool:
+        module = self.modules.at(pc)
+        if module is None:
+            return False
+        seg = self.core.segment_at(pc)
+        return seg is None or seg.executable
+
+    def cfi_row(self, pc: int) -> CfiRow | None:
+        lm = self._module_at(pc)
+        if lm is None or lm.cfi is None or lm.bias is None:
+            return None
+        return lm.cfi.row_at(pc - lm.bias)
+
+    def code_at(self, pc: int, size: int) -> bytes | None:
+        lm = self._module_at(pc)
+        if lm is None or lm.elf is None or lm.bias is None:
+            return None
+        if lm.info.vdso:
+            return self.core.memory.read(pc, size)
+        try:
+            for offset in lm.elf.address_offsets(pc - lm.bias, size):
+                stream = lm.elf.stream
+                stream.seek(offset)
+                data = stream.read(size)
+                return data if len(data) == size else None
+        except Exception:
+            return None
+        return None
+
+    # --- symbolization ----------------------------------------------------------------
+
+    def symbolize(self, frame: RawFrame) -> Frame:
+        addr = frame.symbol_pc
+        info = self.modules.at(addr)
+        if info is None:
+            return Frame(frame.pc, None, None, None)
+        lm = self._load(info)
+        name = None
+        source = None
+        if lm.bias is not None:
+            file_addr = addr - lm.bias
+            symbols = self._symbols(lm)
+            hit = symbols.lookup(file_addr) if symbols else None
+            name = hit.name if hit else None
+            lines = self._lines(lm) if self.want_lines else None
+            source = lines.lookup(file_addr) if lines else None
+        path = self._exe_path if (info is self._main and self._exe_path) else info.path
+        return Frame(frame.pc, path, addr - info.base, name, source)
+
+    def _symbols(self, lm: _Loaded) -> SymbolTable | None:
+        if not lm.symbols_loaded:
+            lm.symbols_loaded = True
+            for elf in (lm.debug_elf, lm.elf):
+                if elf is not None:
+                    try:
+                        lm.symbols = SymbolTable.from_elf(elf)
+                    except Exception as e:
+                        self.notes.append(f"{lm.info.path}: unreadable symbol table ({e})")
+                    if lm.symbols is not None:
+                        break
+        return lm.symbols
+
+    def _lines(self, lm: _Loaded) -> LineTable | None:
+        if not lm.lines_loaded:
+            lm.lines_loaded = True
+            for elf in (lm.debug_elf, lm.elf):
+                if elf is not None and LineTable.available(elf):
+                    lm.lines = LineTable(elf)
+                    break
+        return lm.lines
+
+    def _module_at(self, pc: int) -> _Loaded | None:
+        info = self.modules.at(pc)
+        return self._load(info) if info is not None else None
+
+    def _load(self, info: ModuleInfo) -> _Loaded:
+        key = id(info)
+        lm = self._loaded.get(key)
+        if lm is not None:
+            return lm
+        lm = _Loaded(info)
+        self._loaded[key] = lm
+        try:
+            self._open(lm)
+        except FileRefused as e:
+            self.notes.append(str(e))
+        except Exception as e:  # pyelftools on a damaged or foreign file
+            self.notes.append(f"{info.path}: not readable as ELF ({type(e).__name__}: {e})")
+            lm.elf = None
+        if lm.elf is not None:
+            lm.cfi = CallFrameTable(lm.elf, lm.debug_elf)
+        return lm
+
+    def _open(self, lm: _Loaded) -> None:
+        from elftools.elf.elffile import ELFFile
+
+        info = lm.info
+        if info.vdso:
+            image = self.core.memory.read_at_most(info.start, info.end - info.start)
+            lm.elf = ELFFile(io.BytesIO(image))
+            return
+        path = self._exe_path if (info is self._main and self._exe_path) else info.path
+        if self.access.require_build_id and not info.build_id:
+            raise FileRefused(f"{path}: the core has no build id to check the file against")
+        f = self.access.open_mapped(path)
+        lm.files.append(f)
+        elf = ELFFile(f)
+        file_id = _build_id(elf)
+        if info.build_id and file_id != info.build_id:
+            raise FileRefused(f"{path}: build id {file_id.hex() if file_id else 'none'} is not the "
+                              f"mapped file's {info.build_id.hex()} (changed since the crash)")
+        lm.elf = elf
+        if lm.bias is None:
+            first = next((s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and s["p_offset"] == 0), None)
+            if first is not None:
+                lm.bias = info.base - (first["p_vaddr"] & ~0xFFF)
+        build_id = info.build_id or file_id
+        link = _debuglink(elf)
+        for candidate in self.access.debug_candidates(build_id, path, link):
+            try:
+                df = self.access.open_debug(candidate)
+            except FileRefused:
+                continue
+            try:
+                debug = ELFFile(df)
+                if build_id and _build_id(debug) not in (None, build_id):
+                    df.close()
+                    continue
+            except Exception:
+                df.close()
+                continue
+            lm.files.append(df)
+            lm.debug_elf = debug
+            break
+
+
+def _build_id(elf) -> bytes | None:
+    try:
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_NOTE":
+                for note in seg.iter_notes():
+                    if note["n_type"] == "NT_GNU_BUILD_ID":
+                        return bytes.fromhex(note["n_desc"])
+        section = elf.get_section_by_name(".note.gnu.build-id")
+        if section is not None:
+            for note in section.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID":
+                    return bytes.fromhex(note["n_desc"])
+    except Exception:
+        return None
+    return None
+
+
+def _debuglink(elf) -> str | None:
+    try:
+        link = elf.get_dwarf_link()
+    except Exception:
+        return None
+    if link is None:
+        return None
+    name = bytes(link.filename).split(b"\0", 1)[0]
+    return name.decode("utf-8", "replace") or None
+
+
+def preload() -> None:
+    """Import everything the analysis imports lazily, before privileges are dropped (the
+    new identity may not be able to read the interpreter's files)."""
+    import elftools.dwarf.aranges  # noqa: F401
+    import elftools.dwarf.callframe  # noqa: F401
+    import elftools.dwarf.dwarfinfo  # noqa: F401
+    import elftools.dwarf.lineprogram  # noqa: F401
+    import elftools.elf.elffile  # noqa: F401
+
+    from .unwind import expr, x86_64  # noqa: F401
+
+    expr._parser()
+
+
+MAX_THREADS = 64  # a payload of 8 KB shows a few dozen threads at most
+
+
+def analyze(core: CoreDump, access: FileAccess, *, exe_path: str | None = None, max_frames: int = MAX_FRAMES,
+            want_lines: bool = True, deadline: float | None = None, max_threads: int = MAX_THREADS) -> Analysis:
+    """Backtraces of the threads (crashing thread first), symbolized as far as files allow."""
+    problems = list(core.problems)
+    error = core.problems[0] if core.problems else None
+    if not core.threads:
+        return Analysis(core.pid, (), error or "the core holds no threads", tuple(problems))
+    arch = for_machine(core.machine)
+    if arch is None:
+        return Analysis(core.pid, (), f"unwinding {machine_name(core.machine)} cores is not supported", tuple(problems))
+    process = Process(core, access, exe_path=exe_path, want_lines=want_lines)
+    traces: list[ThreadTrace] = []
+    omitted = max(0, len(core.threads) - max_threads)
+    if omitted:
+        problems.append(f"{omitted} of {len(core.threads)} threads not unwound (the report shows {max_threads})")
+    try:
+        for n, thread in enumerate(core.threads[:max_threads]):
+            if deadline is not None and time.monotonic() > deadline:
+                problems.append(f"time limit reached after {n} of {len(core.threads)} threads")
+                error = error or "time limit reached before every thread was unwound"
+                break
+            decoded = arch.decode(thread.regs)
+            if decoded is None:
+                problems.append(f"thread {thread.tid}: registers unreadable")
+                continue
+            pc, regs = decoded
+            result = unwind(arch, pc, regs, process, max_frames=max_frames)
+            frames = tuple(process.symbolize(f) for f in result.frames)
+            traces.append(ThreadTrace(thread.tid, thread.signal, frames, result.stop, result.detail))
+    finally:
+        process.close()
+    problems += process.notes
+    first = traces[0] if traces else None
+    if error is None and first is None:
+        error = "no thread could be unwound"
+    elif error is None and first is not None and len(first.frames) < 2 and not first.stop.clean:
+        error = f"unwinding thread {first.tid} stopped at frame #0: {first.stop.value}"
+    signal = core.siginfo.signo if core.siginfo is not None else core.threads[0].signal
+    return Analysis(core.pid, tuple(traces), error, tuple(dict.fromkeys(problems)), process.executable, signal,
+                    omitted)
+
+
+def with_error(analysis: Analysis, error: str) -> Analysis:
+    return dataclasses.replace(analysis, error=analysis.error or error)

@@ -1,0 +1,490 @@
+"""A streaming reader of ELF core files: bytes in, threads, notes and a little memory out.
+
+The kernel hands a core to its handler through a pipe, and a core can be many gigabytes,
+so this reader never goes back and never holds more than it needs.  It is a sans-I/O
+state machine (as h11 is for HTTP): `next_request()` says which byte range of the file it
+wants next, always at or after the previous one; the caller skips to it however it can
+(lseek on a file, splice to /dev/null on a pipe) and hands the bytes to `feed()`.
+
+What it keeps of the memory segments: a window above each thread's stack pointer (for
+unwinding), the first page of every mapped file (ELF headers and build id), the vDSO, and
+the top of the main stack.  Everything else is skipped unread.  A core whose notes come
+after its memory (gdb's gcore writes them last) is read speculatively: the first page and
+the top of every writable segment are kept, within the same budget, then pruned.
+
+Every length is checked before it is used; a truncated or crafted core ends the reading
+with a `problems` entry and whatever was gathered, never an exception or a large
+allocation.  ELF parsing is done with struct here rather than pyelftools because
+pyelftools needs a seekable stream of the whole file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import notes as N
+from .unwind.arch import stack_pointer as arch_stack_pointer
+
+ELF_MAGIC = b"\x7fELF"
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
+ET_CORE = 4
+PT_LOAD = 1
+PT_NOTE = 4
+PF_X, PF_W, PF_R = 1, 2, 4
+PN_XNUM = 0xFFFF
+EHDR_SIZE = 64
+PHDR_SIZE = 56
+PAGE = 4096
+MiB = 1 << 20
+
+
+class CoreFormatError(ValueError):
+    """Raised only inside the reader; the caller sees it as a `problems` entry."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    max_core_bytes: int = 2048 * MiB  # never read past this offset (config crash_max_core_size)
+    max_note_bytes: int = 8 * MiB
+    max_phdrs: int = 65535
+    stack_above: int = 256 * 1024  # bytes kept from each thread's stack pointer upwards
+    stack_below: int = 512  # and below it (the x86-64 red zone is 128)
+    main_stack_top: int = 64 * 1024
+    image_bytes: int = PAGE
+    vdso_bytes: int = 64 * 1024
+    speculative_top: int = 128 * 1024
+    max_kept_bytes: int = 24 * MiB
+
+
+@dataclass(frozen=True)
+class Request:
+    """`length` bytes at file `offset`; feed() them (fewer means end of file)."""
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    offset: int
+    vaddr: int
+    filesz: int
+    memsz: int
+    flags: int
+    align: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.vaddr + self.memsz
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.flags & PF_X)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & PF_W)
+
+
+class Memory:
+    """The kept pieces of the process's memory; reads outside them return None."""
+
+    def __init__(self, chunks: list[tuple[int, bytes]] | tuple[tuple[int, bytes], ...] = ()):
+        merged: list[tuple[int, bytearray]] = []
+        for addr, data in sorted(chunks):
+            if not data:
+                continue
+            if merged and addr <= merged[-1][0] + len(merged[-1][1]):
+                base, buf = merged[-1]
+                overlap = base + len(buf) - addr
+                buf.extend(data[overlap:])
+            else:
+                merged.append((addr, bytearray(data)))
+        self._starts = [a for a, _ in merged]
+        self._chunks = [bytes(b) for _, b in merged]
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._chunks)
+
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        return tuple((a, a + len(c)) for a, c in zip(self._starts, self._chunks, strict=True))
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i < 0 or size < 0:
+            return None
+        off = addr - self._starts[i]
+        chunk = self._chunks[i]
+        if off + size > len(chunk):
+            return None
+        return chunk[off : off + size]
+
+    def read_u64(self, addr: int) -> int | None:
+        data = self.read(addr, 8)
+        return None if data is None else int.from_bytes(data, "little")
+
+    def read_at_most(self, addr: int, size: int) -> bytes:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i < 0:
+            return b""
+        off = addr - self._starts[i]
+        return self._chunks[i][off : off + size] if off < len(self._chunks[i]) else b""
+
+
+@dataclass(frozen=True)
+class CoreDump:
+    machine: int
+    segments: tuple[Segment, ...]
+    threads: tuple[N.ThreadStatus, ...]  # the thread that took the signal comes first
+    process: N.ProcessInfo | None
+    siginfo: N.SignalInfo | None
+    auxv: tuple[tuple[int, int], ...]
+    files: tuple[N.FileMapping, ...]
+    memory: Memory
+    problems: tuple[str, ...]
+    bytes_read: int
+    notes_seen: bool
+
+    def aux(self, key: int) -> int | None:
+        for k, v in self.auxv:
+            if k == key:
+                return v
+        return None
+
+    def segment_at(self, addr: int) -> Segment | None:
+        """The segment holding `addr` (segments are sorted by address and do not overlap
+        in a kernel core; with a crafted overlap, the one starting last wins)."""
+        i = bisect.bisect_right(self.segments, addr, key=lambda s: s.vaddr) - 1
+        if i >= 0 and self.segments[i].vaddr <= addr < self.segments[i].end:
+            return self.segments[i]
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        if self.process is not None and self.process.pid > 0:
+            return self.process.pid
+        return self.threads[0].tid if self.threads else None
+
+
+class CoreReader:
+    """The state machine; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        limits: ReadLimits | None = None,
+        stack_pointer: Callable[[int, bytes], int | None] = arch_stack_pointer,
+    ):
+        self.limits = limits or ReadLimits()
+        self._stack_pointer = stack_pointer
+        self._state = "ehdr"
+        self._pos = 0  # the offset the next unread byte of the input has
+        self._pending: Request | None = None
+        self._problems: list[str] = []
+        self._machine = 0
+        self._phoff = self._phnum = 0
+        self._segments: list[Segment] = []
+        self._agenda: list[tuple[int, str, Segment]] = []
+        self._notes_known = False
+        self._notes_after_loads = False
+        self._threads: list[N.ThreadStatus] = []
+        self._process: N.ProcessInfo | None = None
+        self._siginfo: N.SignalInfo | None = None
+        self._auxv: tuple[tuple[int, int], ...] = ()
+        self._files: tuple[N.FileMapping, ...] = ()
+        self._wanted: list[tuple[int, int]] = []  # exact vaddr ranges, once notes are known
+        self._chunks: list[tuple[int, bytes]] = []
+        self._kept = 0
+        self._queue: list[tuple[int, int, int, str]] = []  # (offset, length, vaddr, kind)
+        self._done = False
+
+    # --- protocol ------------------------------------------------------------------
+
+    def next_request(self) -> Request | None:
+        if self._done:
+            return None
+        if self._pending is None:
+            self._pending = self._advance()
+        return self._pending
+
+    def feed(self, data: bytes, reached: int | None = None) -> None:
+        """The bytes of the pending request; `reached` is where the input ended instead,
+        when it ended before the request's offset."""
+        req = self._pending
+        if req is None:
+            raise RuntimeError("feed() without a pending request")
+        self._pending = None
+        if reached is not None and reached < req.offset:
+            self._pos = reached
+            self._problem(f"core truncated at byte {reached}")
+            self._done = True
+            return
+        self._pos = req.offset + len(data)
+        short = len(data) < req.length
+        try:
+            self._consume(req, data)
+        except CoreFormatError as e:
+            self._problem(str(e))
+            self._done = True
+            return
+        if short:
+            self._problem(f"core truncated at byte {self._pos}")
+            self._done = True
+
+    def abort(self, reason: str) -> None:
+        """Stop reading (the input failed); what was gathered stays."""
+        self._pending = None
+        self._problem(reason)
+        self._done = True
+
+    def result(self) -> CoreDump:
+        self._finish_speculation()
+        return CoreDump(
+            machine=self._machine,
+            segments=tuple(self._segments),
+            threads=tuple(self._threads),
+            process=self._process,
+            siginfo=self._siginfo,
+            auxv=self._auxv,
+            files=self._files,
+            memory=Memory(self._chunks),
+            problems=tuple(self._problems),
+            bytes_read=self._pos,
+            notes_seen=self._notes_known,
+        )
+
+    # --- states ----------------------------------------------------------------------
+
+    def _advance(self) -> Request | None:
+        if self._state == "ehdr":
+            return Request(0, EHDR_SIZE)
+        if self._state == "phdrs":
+            return Request(self._phoff, self._phnum * PHDR_SIZE)
+        while self._queue or self._agenda:
+            if self._queue:
+                offset, length, _vaddr, _kind = self._queue[0]
+                if offset < self._pos:
+                    self._queue.pop(0)
+                    continue
+                if offset + length > self.limits.max_core_bytes:
+                    self._problem(f"core larger than the {self.limits.max_core_bytes // MiB} MiB read limit; the rest was not read")
+                    self._done = True
+                    return None
+                return Request(offset, length)
+            _, kind, seg = self._agenda.pop(0)
+            self._schedule(kind, seg)
+        self._done = True
+        return None
+
+    def _consume(self, req: Request, data: bytes) -> None:
+        if self._state == "ehdr":
+            self._parse_ehdr(data)
+            return
+        if self._state == "phdrs":
+            self._parse_phdrs(data)
+            return
+        offset, _length, vaddr, kind = self._queue.pop(0)  # for notes, vaddr holds the alignment
+        if kind == "note":
+            self._parse_notes(data, 8 if vaddr == 8 else 4)
+        elif data:
+            self._keep(vaddr, data)
+
+    def _parse_ehdr(self, data: bytes) -> None:
+        if len(data) < EHDR_SIZE:
+            raise CoreFormatError("not an ELF core: the input is shorter than an ELF header")
+        if data[:4] != ELF_MAGIC:
+            raise CoreFormatError("not an ELF core: bad magic")
+        if data[4] != ELFCLASS64 or data[5] != ELFDATA2LSB:
+            raise CoreFormatError("unsupported core: only 64-bit little-endian cores are read")
+        e_type, e_machine = struct.unpack_from("<HH", data, 16)
+        (phoff,) = struct.unpack_from("<Q", data, 32)
+        phentsize, phnum = struct.unpack_from("<HH", data, 54)
+        if e_type != ET_CORE:
+            raise CoreFormatError(f"not a core file (ELF type {e_type})")
+        if phentsize != PHDR_SIZE:
+            raise CoreFormatError(f"unexpected program header size {phentsize}")
+        if phnum == PN_XNUM:
+            raise CoreFormatError("core has more than 65534 segments; not supported")
+        if phnum == 0:
+            raise CoreFormatError("core has no program headers")
+        if phnum > self.limits.max_phdrs:
+            raise CoreFormatError(f"core has {phnum} program headers; the limit is {self.limits.max_phdrs}")
+        if phoff < EHDR_SIZE:
+            raise CoreFormatError("program headers overlap the ELF header")
+        self._machine = e_machine
+        self._phoff, self._phnum = phoff, phnum
+        self._state = "phdrs"
+
+    def _parse_phdrs(self, data: bytes) -> None:
+        if len(data) < self._phnum * PHDR_SIZE:
+            raise CoreFormatError("core truncated in its program headers")
+        end_of_headers = self._phoff + len(data)
+        agenda: list[tuple[int, str, Segment]] = []
+        for i in range(self._phnum):
+            p_type, p_flags, p_offset, p_vaddr, _paddr, p_filesz, p_memsz, p_align = struct.unpack_from(
+                "<IIQQQQQQ", data, i * PHDR_SIZE
+            )
+            seg = Segment(p_offset, p_vaddr, p_filesz, p_memsz, p_flags)
+            if p_type == PT_LOAD:
+                if p_vaddr + p_memsz > 1 << 64 or p_filesz > p_memsz and p_memsz:
+                    self._problem(f"ignored a malformed memory segment at {p_vaddr:#x}")
+                    continue
+                self._segments.append(seg)
+                if p_filesz:
+                    agenda.append((p_offset, "load", seg))
+            elif p_type == PT_NOTE and p_filesz:
+                agenda.append((p_offset, "note", Segment(p_offset, 0, p_filesz, 0, 0, p_align)))
+        agenda.sort(key=lambda t: (t[0], t[1] != "note"))
+        notes = [a for a in agenda if a[1] == "note"]
+        if not notes:
+            self._problem("core has no notes (no threads or registers)")
+        elif any(a[1] == "load" and a[0] < notes[0][0] for a in agenda):
+            self._notes_after_loads = True
+        self._segments.sort(key=lambda s: s.vaddr)
+        self._agenda = [a for a in agenda if a[0] + a[2].filesz > end_of_headers]
+        self._state = "body"
+
+    def _schedule(self, kind: str, seg: Segment) -> None:
+        start = max(seg.offset, self._pos)
+        if kind == "note":
+            if self._notes_known:
+                return  # a second PT_NOTE adds nothing the first did not
+            if start != seg.offset:
+                self._problem("notes overlap earlier data; ignored")
+                return
+            length = min(seg.filesz, self.limits.max_note_bytes)
+            if length < seg.filesz:
+                self._problem(f"notes are {seg.filesz} bytes; read the first {length}")
+            self._queue.append((seg.offset, length, seg.align, "note"))
+            return
+        ranges = self._wanted_in(seg) if self._notes_known else self._speculative_in(seg)
+        for lo, hi in ranges:
+            off = seg.offset + (lo - seg.vaddr)
+            if off < start:
+                lo += start - off
+                off = start
+            if hi > lo:
+                self._queue.append((off, hi - lo, lo, "load"))
+
+    # --- notes -------------------------------------------------------------------------
+
+    def _parse_notes(self, data: bytes, align: int) -> None:
+        for note in N.iter_notes(data, align):
+            if note.name != b"CORE":
+                continue
+            if note.type == N.NT_PRSTATUS:
+                st = N.parse_prstatus(note.desc)
+                if st is not None:
+                    self._threads.append(st)
+            elif note.type == N.NT_PRPSINFO and self._process is None:
+                self._process = N.parse_prpsinfo(note.desc)
+            elif note.type == N.NT_SIGINFO and self._siginfo is None:
+                self._siginfo = N.parse_siginfo(note.desc)
+            elif note.type == N.NT_AUXV and not self._auxv:
+                self._auxv = N.parse_auxv(note.desc)
+            elif note.type == N.NT_FILE and not self._files:
+                self._files = N.parse_nt_file(note.desc)
+        if not self._threads:
+            self._problem("core has no thread status notes")
+        self._notes_known = True
+        self._wanted = self._compute_wanted()
+        self._finish_speculation()
+
+    def _compute_wanted(self) -> list[tuple[int, int]]:
+        """Memory ranges worth keeping, most important first (the budget cuts the tail)."""
+        lim = self.limits
+        want: list[tuple[int, int]] = []
+        for t in self._threads:
+            sp = self._stack_pointer(self._machine, t.regs)
+            if sp:
+                want.append((max(0, sp - lim.stack_below), sp + lim.stack_above))
+        for f in self._files:
+            if f.offset == 0:
+                want.append((f.start, min(f.end, f.start + lim.image_bytes)))
+        vdso = self._aux(N.AT_SYSINFO_EHDR)
+        if vdso:
+            want.append((vdso, vdso + lim.vdso_bytes))
+        execfn = self._aux(N.AT_EXECFN) or self._aux(N.AT_RANDOM)
+        if execfn:
+            seg = self._segment_at(execfn)
+            if seg is not None:
+                want.append((max(seg.vaddr, seg.end - lim.main_stack_top), seg.end))
+        return want
+
+    def _aux(self, key: int) -> int | None:
+        for k, v in self._auxv:
+            if k == key:
+                return v
+        return None
+
+    def _segment_at(self, addr: int) -> Segment | None:
+        for seg in self._segments:
+            if seg.vaddr <= addr < seg.end:
+                return seg
+        return None
+
+    def _wanted_in(self, seg: Segment) -> list[tuple[int, int]]:
+        lo_seg, hi_seg = seg.vaddr, seg.vaddr + seg.filesz
+        out = []
+        for lo, hi in self._wanted:
+            lo, hi = max(lo, lo_seg), min(hi, hi_seg)
+            if lo < hi:
+                out.append((lo, hi))
+        return _merge(out)
+
+    def _speculative_in(self, seg: Segment) -> list[tuple[int, int]]:
+        lim = self.limits
+        lo_seg, hi_seg = seg.vaddr, seg.vaddr + seg.filesz
+        out = [(lo_seg, min(hi_seg, lo_seg + lim.image_bytes))]
+        if seg.writable:
+            out.append((max(lo_seg, hi_seg - lim.speculative_top), hi_seg))
+        return _merge(out)
+
+    def _keep(self, vaddr: int, data: bytes) -> None:
+        if self._kept + len(data) > self.limits.max_kept_bytes:
+            room = self.limits.max_kept_bytes - self._kept
+            if room <= 0:
+                return
+            self._problem("memory budget reached; some stacks were not kept")
+            data = data[:room]
+        self._chunks.append((vaddr, bytes(data)))
+        self._kept += len(data)
+
+    def _finish_speculation(self) -> None:
+        """Once the notes are known, drop what was kept only in case it was needed."""
+        if not (self._notes_known and self._notes_after_loads and self._chunks):
+            return
+        kept: list[tuple[int, bytes]] = []
+        for addr, data in self._chunks:
+            for lo, hi in self._wanted:
+                a, b = max(lo, addr), min(hi, addr + len(data))
+                if a < b:
+                    kept.append((a, data[a - addr : b - addr]))
+        self._chunks = kept
+        self._kept = sum(len(d) for _, d in kept)
+        self._notes_after_loads = False
+
+    def _problem(self, text: str) -> None:
+        if text not in self._problems:
+            self._problems.append(text)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def parse_core(data: bytes, limits: ReadLimits | None = None) -> CoreDump:
+    """The whole reader over bytes already in memory (tests, fuzzing, small cores)."""
+    reader = CoreReader(limits)
+    while (req := reader.next_request()) is not None:
+        reader.feed(data[req.offset : req.offset + req.length], reached=min(req.offset, len(data)))
+    return reader.result()

@@ -1,0 +1,180 @@
+"""The systemd-coredump companion: read its journal entries, report each crash once.
+
+The cursor of the last entry handled is kept in the state directory; on the first run
+only crashes since the opt-in are reported, never the journal's whole past.  An entry
+whose report could not be delivered because telemprobd was away is tried again next time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+from dataclasses import replace
+
+import click
+
+from telemetry.errors import TelemetryError
+from telemetry.fsutil import atomic_write, ensure_dir, read_small
+
+from ..common import EXIT_FAILURE, EXIT_OK, opt_in_hint
+from .corefile import parse_core
+from .journal_source import (
+    COREDUMP_MESSAGE_ID,
+    CURSOR_NAME,
+    JOURNAL_CORE_MAX,
+    CoreLocation,
+    JournalCrash,
+    iter_crashes,
+)
+from .pipeline import Action
+from .source import read_core
+
+SYSTEMD_COREDUMP_USER = "systemd-coredump"
+
+
+class JournalError(TelemetryError):
+    pass
+
+
+def _trusted_writers() -> frozenset[int]:
+    import pwd
+
+    uids = {0}
+    try:
+        uids.add(pwd.getpwnam(SYSTEMD_COREDUMP_USER).pw_uid)
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        uids.add(os.geteuid())  # a user-mode test journal is written by its user
+    return frozenset(uids)
+
+
+def _open_reader(journal_dir: str | None):
+    try:
+        from systemd import journal
+    except ImportError:
+        raise JournalError("systemd-python is not installed; the journal mode needs it") from None
+    try:
+        reader = journal.Reader(path=journal_dir) if journal_dir else journal.Reader()
+    except OSError as e:
+        raise JournalError(f"cannot open the journal{' in ' + journal_dir if journal_dir else ''}: {e.strerror or e}") from None
+    reader.data_threshold = JOURNAL_CORE_MAX
+    reader.add_match(MESSAGE_ID=COREDUMP_MESSAGE_ID)
+    return reader
+
+
+def run_journal(cp, journal_dir: str | None, follow: bool, verbose: bool) -> int:
+    log = cp.log
+    if not cp.probe.opted_in:
+        log.info("%s", opt_in_hint(cp.probe.paths))
+        return EXIT_OK
+    cursor_path = os.path.join(cp.probe.paths.state_dir, CURSOR_NAME)
+    reader = _open_reader(journal_dir)
+    cursor = _load_cursor(cursor_path)
+    if cursor:
+        reader.seek_cursor(cursor)
+        first = reader.get_next()
+        if first and not reader.test_cursor(cursor):
+            reader.seek_cursor(cursor)  # the entry is gone (rotated): start from what follows
+    else:
+        since = os.lstat(cp.probe.paths.opt_in_file).st_mtime
+        reader.seek_realtime(since)
+    stop = {"now": False}
+    if follow:
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    trusted = _trusted_writers()
+    status = EXIT_OK
+    while True:
+        for entry_cursor, crash in iter_crashes(reader, trusted):
+            if crash is not None:
+                delivered = _report(cp, crash, verbose)
+                if delivered is None:
+                    return EXIT_FAILURE  # telemprobd unreachable: this entry is tried again
+                if not delivered:
+                    status = EXIT_FAILURE
+            _save_cursor(cursor_path, entry_cursor)
+            if stop["now"]:
+                return status
+        if not follow or stop["now"]:
+            return status
+        reader.wait(5)
+
+
+def _report(cp, crash: JournalCrash, verbose: bool) -> bool | None:
+    """True sent, False not sent for good, None worth retrying later."""
+    event = crash.event
+    outcome = cp.outcome(event)
+    if outcome.action is Action.SKIP:
+        cp.log.info("crash of %s not reported: %s", event.executable, outcome.reason)
+        return True
+    if not cp.flood_allows(event):
+        return True
+    if outcome.action is Action.FIXED:
+        cp.log.info("%s", outcome.reason)
+    trusted = frozenset({0, os.geteuid()} | ({event.uid} if event.uid is not None else set()))
+    access = cp.access_for(event, None, trusted)
+    if outcome.action is Action.ANALYZE and crash.core.data is None and crash.core.path is None:
+        report = cp.report(event, replace(outcome, action=Action.STUB, reason=crash.core.missing_reason), None, None)
+    elif outcome.action is Action.ANALYZE:
+        report = cp.report(event, outcome, lambda: _read(cp, crash.core), access, exe_path=None)
+    else:
+        report = cp.report(event, outcome, None, None)
+    if verbose:
+        click.echo(report.payload)
+    if cp.send(report):
+        return True
+    return None if cp.last_send_retryable else False
+
+
+def _read(cp, core: CoreLocation):
+    if core.data is not None:
+        return parse_core(core.data, cp.limits)
+    fd = _open_core_file(core.path)
+    try:
+        tool = core.decompressor
+        if tool is None:
+            return read_core(fd, cp.limits)
+        proc = subprocess.Popen(list(tool), stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                close_fds=True, env={"PATH": "/usr/bin:/bin"})
+        try:
+            return read_core(proc.stdout.fileno(), cp.limits)
+        finally:
+            proc.stdout.close()
+            proc.kill()
+            proc.wait()
+    except FileNotFoundError as e:
+        raise JournalError(f"cannot decompress {core.path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _open_core_file(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise JournalError(f"cannot open {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+        os.close(fd)
+        raise JournalError(f"{path} is not a regular file owned by root")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _load_cursor(path: str) -> str | None:
+    try:
+        text = read_small(path, 4096).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, TelemetryError):
+        return None
+    return text or None
+
+
+def _save_cursor(path: str, cursor: str) -> None:
+    if not cursor:
+        return
+    ensure_dir(os.path.dirname(path))
+    atomic_write(path, cursor.encode() + b"\n", 0o600)

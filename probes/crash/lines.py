@@ -1,0 +1,332 @@
+"""Source file and line for an address, from DWARF `.debug_line` (pyelftools).
+
+Only the compile unit that holds the address is touched: `.debug_aranges` names it, its
+top DIE gives the line program, and only that program is decoded.  Sections are exposed
+to pyelftools as lazy windows over the file, and compressed sections (SHF_COMPRESSED,
+zlib) are inflated only as far as the reads go, so libc's 6 MB of `.debug_info` is not
+inflated to find one unit near its start.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import posixpath
+import struct
+import zlib
+from dataclasses import dataclass
+
+SHF_COMPRESSED = 0x800
+ELFCOMPRESS_ZLIB = 1
+MAX_CUS_SCANNED = 4096
+NAME_MAX = 256
+
+
+@dataclass(frozen=True)
+class SourceLine:
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class _Window(io.RawIOBase):
+    """A read-only, seekable view of `size` bytes of `f` from `start`, read in blocks
+    (pyelftools reads a field at a time)."""
+
+    BLOCK = 64 * 1024
+
+    def __init__(self, f, start: int, size: int):
+        self._f, self._start, self._size, self._pos = f, start, size, 0
+        self._block_at = -1
+        self._block = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._size - self._pos
+        n = max(0, min(n, self._size - self._pos))
+        pos = self._pos
+        if not (self._block_at <= pos and pos + n <= self._block_at + len(self._block)):
+            if n > self.BLOCK:
+                self._f.seek(self._start + pos)
+                data = self._f.read(n)
+                self._pos += len(data)
+                return data
+            self._f.seek(self._start + pos)
+            self._block = self._f.read(min(self.BLOCK, self._size - pos))
+            self._block_at = pos
+        off = pos - self._block_at
+        data = self._block[off : off + n]
+        self._pos += len(data)
+        return data
+
+
+class _Inflating(io.RawIOBase):
+    """A seekable view of a zlib-compressed section, inflated up to the furthest read."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, f, start: int, size: int, out_size: int):
+        self._src = _Window(f, start, size)
+        self._z = zlib.decompressobj()
+        self._buf = bytearray()
+        self._out_size = out_size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._out_size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._out_size - self._pos
+        self._fill(self._pos + n)
+        data = bytes(self._buf[self._pos : self._pos + n])
+        self._pos += len(data)
+        return data
+
+    def _fill(self, upto: int) -> None:
+        upto = min(upto, self._out_size)
+        while len(self._buf) < upto and not self._z.eof:
+            data = self._z.unconsumed_tail or self._src.read(self.CHUNK)
+            if not data:
+                break
+            self._buf += self._z.decompress(data, upto - len(self._buf) + self.CHUNK)
+
+
+def _section_stream(elf, section):
+    """(stream, size) for a DWARF section, or None if it cannot be read here."""
+    header = section.header
+    if section["sh_type"] == "SHT_NOBITS":
+        return None
+    if header["sh_flags"] & SHF_COMPRESSED:
+        raw = elf.stream
+        raw.seek(header["sh_offset"])
+        chdr = raw.read(24)
+        if len(chdr) < 24:
+            return None
+        ch_type, _res, ch_size, _align = struct.unpack("<IIQQ", chdr)
+        if ch_type != ELFCOMPRESS_ZLIB or ch_size > 1 << 31:
+            return None  # zstd needs a module the standard library does not have yet
+        return _Inflating(raw, header["sh_offset"] + 24, header["sh_size"] - 24, ch_size), ch_size
+    return _Window(elf.stream, header["sh_offset"], header["sh_size"]), header["sh_size"]
+
+
+_SECTIONS = (".debug_info", ".debug_abbrev", ".debug_str", ".debug_line", ".debug_line_str",
+             ".debug_aranges", ".debug_str_offsets", ".debug_addr", ".debug_rnglists", ".debug_ranges")
+
+
+def _dwarf_info(elf):
+    from elftools.dwarf.dwarfinfo import DebugSectionDescriptor, DwarfConfig, DWARFInfo
+
+    descs = {}
+    for name in _SECTIONS:
+        section = elf.get_section_by_name(name)
+        got = _section_stream(elf, section) if section is not None else None
+        descs[name] = (
+            DebugSectionDescriptor(stream=got[0], name=name, global_offset=None, size=got[1], address=0)
+            if got else None
+        )
+    if descs[".debug_info"] is None or descs[".debug_line"] is None or descs[".debug_abbrev"] is None:
+        return None
+    return DWARFInfo(
+        config=DwarfConfig(little_endian=True, default_address_size=8, machine_arch=elf.get_machine_arch()),
+        debug_info_sec=descs[".debug_info"],
+        debug_aranges_sec=descs[".debug_aranges"],
+        debug_abbrev_sec=descs[".debug_abbrev"],
+        debug_frame_sec=None,
+        eh_frame_sec=None,
+        debug_str_sec=descs[".debug_str"],
+        debug_loc_sec=None,
+        debug_ranges_sec=descs[".debug_ranges"],
+        debug_line_sec=descs[".debug_line"],
+        debug_pubtypes_sec=None,
+        debug_pubnames_sec=None,
+        debug_addr_sec=descs[".debug_addr"],
+        debug_str_offsets_sec=descs[".debug_str_offsets"],
+        debug_line_str_sec=descs[".debug_line_str"],
+        debug_loclists_sec=None,
+        debug_rnglists_sec=descs[".debug_rnglists"],
+        debug_sup_sec=None,
+        gnu_debugaltlink_sec=None,
+        debug_types_sec=None,
+    )
+
+
+class LineTable:
+    """Line lookups in one ELF file that carries DWARF (a debug file or an unstripped one)."""
+
+    def __init__(self, elf):
+        self._elf = elf
+        self._dwarf = None
+        self._loaded = False
+        self._aranges: list[tuple[int, int, int]] | None = None
+        self._arange_starts: list[int] = []
+        self._cu_ranges: list[tuple[int, int, int]] | None = None
+        self._programs: dict[int, tuple[list[int], list[tuple[int, int, int]]]] = {}
+
+    @staticmethod
+    def available(elf) -> bool:
+        return elf.get_section_by_name(".debug_line") is not None and elf.get_section_by_name(".debug_info") is not None
+
+    def lookup(self, addr: int) -> SourceLine | None:
+        try:
+            return self._lookup(addr)
+        except Exception:  # DWARF we cannot read is no reason to lose the backtrace
+            return None
+
+    def _lookup(self, addr: int) -> SourceLine | None:
+        if not self._loaded:
+            self._loaded = True
+            self._dwarf = _dwarf_info(self._elf)
+        if self._dwarf is None:
+            return None
+        cu_offset = self._cu_offset(addr)
+        if cu_offset is None:
+            return None
+        cu = self._dwarf.get_CU_at(cu_offset)
+        program = self._dwarf.line_program_for_CU(cu)
+        if program is None:
+            return None
+        starts, spans = self._spans(cu_offset, program)
+        i = bisect.bisect_right(starts, addr) - 1
+        if i < 0 or addr >= spans[i][0]:
+            return None
+        _end, file_index, line = spans[i]
+        if line <= 0:
+            return None
+        name = _file_name(program, file_index, cu)
+        return SourceLine(name, line) if name else None
+
+    def _spans(self, key: int, program) -> tuple[list[int], list[tuple[int, int, int]]]:
+        """The line table as sorted address ranges: [start, end) -> (file, line)."""
+        got = self._programs.get(key)
+        if got is None:
+            ranges = []
+            prev = None
+            for e in program.get_entries():
+                st = e.state
+                if st is None:
+                    continue
+                if prev is not None and st.address > prev[0]:
+                    ranges.append((prev[0], st.address, prev[1], prev[2]))
+                prev = None if st.end_sequence else (st.address, st.file, st.line)
+            ranges.sort()
+            got = ([r[0] for r in ranges], [r[1:] for r in ranges])
+            self._programs[key] = got
+        return got
+
+    def _cu_offset(self, addr: int) -> int | None:
+        if self._aranges is None:
+            sec = self._dwarf.debug_aranges_sec
+            self._aranges = sorted(parse_aranges(sec.stream, sec.size)) if sec is not None else []
+            self._arange_starts = [r[0] for r in self._aranges]
+        i = bisect.bisect_right(self._arange_starts, addr) - 1
+        if i >= 0 and addr < self._aranges[i][1]:
+            return self._aranges[i][2]
+        if self._cu_ranges is None:
+            self._cu_ranges = self._scan_cus()
+        for lo, hi, off in self._cu_ranges:
+            if lo <= addr < hi:
+                return off
+        return None
+
+    def _scan_cus(self) -> list[tuple[int, int, int]]:
+        out = []
+        for n, cu in enumerate(self._dwarf.iter_CUs()):
+            if n >= MAX_CUS_SCANNED:
+                break
+            top = cu.get_top_DIE()
+            attrs = top.attributes
+            if "DW_AT_low_pc" in attrs and "DW_AT_high_pc" in attrs:
+                lo = attrs["DW_AT_low_pc"].value
+                hi = attrs["DW_AT_high_pc"].value
+                if attrs["DW_AT_high_pc"].form != "DW_FORM_addr":
+                    hi += lo
+                out.append((lo, hi, cu.cu_offset))
+            elif "DW_AT_ranges" in attrs:
+                try:
+                    for r in self._dwarf.range_lists().get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
+                        if hasattr(r, "begin_offset"):
+                            out.append((r.begin_offset, r.end_offset, cu.cu_offset))
+                except Exception:
+                    continue
+        return out
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _file_name(program, index: int, cu) -> str | None:
+    version = program.header["version"]
+    files = program.header["file_entry"]
+    dirs = program.header["include_directory"]
+    i = index if version >= 5 else index - 1
+    if not 0 <= i < len(files):
+        return None
+    entry = files[i]
+    name = _text(entry.name)
+    if not posixpath.isabs(name):
+        d = entry.dir_index
+        if version >= 5:
+            directory = _text(dirs[d]) if 0 <= d < len(dirs) else ""
+        elif d == 0:
+            comp = cu.get_top_DIE().attributes.get("DW_AT_comp_dir")
+            directory = _text(comp.value) if comp is not None else ""
+        else:
+            directory = _text(dirs[d - 1]) if d - 1 < len(dirs) else ""
+        if directory:
+            name = posixpath.join(directory, name)
+    return os.path.normpath(name)[:NAME_MAX] if name.startswith("/") else name[:NAME_MAX]
+
+
+def parse_aranges(stream, size: int) -> list[tuple[int, int, int]]:
+    """(start, end, CU offset) from `.debug_aranges` (DWARF 6.1.2), 32-bit DWARF, 8-byte
+    addresses.  Unpacked in bulk: pyelftools builds an object per entry, which costs a
+    tenth of a second on libc."""
+    stream.seek(0)
+    data = stream.read(size)
+    out = []
+    pos = 0
+    while pos + 16 <= len(data):
+        unit_length, _version, cu_offset, addr_size, seg_size = struct.unpack_from("<IHIBB", data, pos)
+        end = pos + 4 + unit_length
+        if unit_length >= 0xFFFFFFF0 or end > len(data) or addr_size != 8 or seg_size != 0:
+            break
+        first = pos + 16  # the header (12 bytes) padded to a multiple of twice the address size
+        usable = first + ((end - first) // 16) * 16
+        for start, length in struct.iter_unpack("<QQ", data[first:usable]):
+            if start == 0 and length == 0:
+                break
+            out.append((start, start + length, cu_offset))
+        pos = end
+    return out

@@ -1,0 +1,163 @@
+"""One crash, from what is known about it to at most one record: the stages every mode of
+crashprobe runs (decide, flood control, read and analyse under a time limit, lay out,
+send), with the run's config and policies."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from telemetry import log as log_mod
+from telemetry.errors import TelemetryError
+from telemetry.paths import SERVICE_USER, Mode
+from telemetry.record import create_record
+
+from ..common import EXIT_FAILURE, Probe, SendResult
+from .analyze import Analysis, analyze
+from .corefile import MiB, ReadLimits
+from .files import FileAccess
+from .flood import FloodPolicy, FloodStore, LockBusy
+from .payload import Category, backtrace_payload, stub_payload
+from .pipeline import Action, CrashEvent, Namespace, Outcome, decide
+
+PROGRAM = "crashprobe"
+GRACE = 10  # seconds past the time limit before the watchdog ends the process
+
+
+class TimeLimitReached(TelemetryError):
+    pass
+
+
+@dataclass(frozen=True)
+class Report:
+    category: Category
+    payload: str
+    analysis: Analysis | None = None
+
+
+class Reporter:
+    """One run: config, paths, policies, and the report pipeline."""
+
+    def __init__(self, config_file: str | None, debug_dirs: tuple[str, ...], *, kernel: bool):
+        self.probe = Probe(PROGRAM, config_file)
+        self.log = self.probe.log
+        if kernel:
+            self.log = log_mod.setup(PROGRAM, self.probe.config.log_level, journal=True)
+        cfg = self.probe.config
+        self.limits = ReadLimits(max_core_bytes=cfg.crash_max_core_size * MiB)
+        self.time_limit = cfg.crash_time_limit
+        self.flood = FloodPolicy(cfg.crash_flood_window, cfg.crash_daily_cap)
+        self.debug_dirs = debug_dirs
+        self.system = self.probe.paths.mode is Mode.SYSTEM
+        self.filters_off = self.probe.privacy_filters_off
+        self.service_uid = _service_uid() if self.system else None
+        self.last_send: SendResult | None = None
+
+    @property
+    def last_send_retryable(self) -> bool:
+        return self.last_send is not None and self.last_send.retryable
+
+    # --- stages ---------------------------------------------------------------------
+
+    def outcome(self, event: CrashEvent) -> Outcome:
+        return decide(event, filters_off=self.filters_off, service_uid=self.service_uid)
+
+    def flood_allows(self, event: CrashEvent) -> bool:
+        store = FloodStore(self.probe.paths.state_dir)
+        try:
+            verdict, state = store.check(event.executable, self.flood)
+        except (LockBusy, OSError, TelemetryError) as e:
+            self.log.warning("crash of %s not reported: flood-control state unavailable (%s)", event.executable, e)
+            return False
+        if verdict.suppressed:
+            h = state.history(event.executable)
+            self.log.info(
+                "crash of %s not reported (%s): %d suppressed for it so far; totals: %d reported, "
+                "%d within the window, %d over the daily cap",
+                event.executable, verdict.value, h.suppressed if h else 0,
+                state.reported, state.suppressed_window, state.suppressed_cap,
+            )
+            return False
+        return True
+
+    def access_for(self, event: CrashEvent, root_fd: int | None, trusted: frozenset[int]) -> FileAccess:
+        if event.namespace is Namespace.FOREIGN:
+            return FileAccess(trusted_uids=trusted, debug_dirs=self.debug_dirs, root_fd=root_fd,
+                              use_host_paths=False)
+        return FileAccess(trusted_uids=trusted, debug_dirs=self.debug_dirs,
+                          require_build_id=event.namespace is Namespace.UNKNOWN)
+
+    def report(self, event: CrashEvent, outcome: Outcome, read: Callable[[], object] | None,
+               access: FileAccess | None, exe_path: str | None = None) -> Report:
+        if outcome.action is Action.FIXED:
+            return Report(outcome.category, outcome.category.fixed_payload)
+        if outcome.action is Action.STUB or read is None or access is None:
+            return Report(Category.CLR, stub_payload(event.header(), outcome.reason or "no core"))
+        started = time.monotonic()
+        deadline = started + self.time_limit * 0.8
+        try:
+            with _watchdog(self.time_limit):
+                core = read()
+                analysis = analyze(core, access, exe_path=exe_path, deadline=deadline)
+        except TimeLimitReached:
+            analysis = Analysis(None, (), f"time limit of {self.time_limit} s reached")
+        except (TelemetryError, OSError) as e:
+            analysis = Analysis(None, (), f"the core could not be read: {e}")
+        except Exception as e:  # a hostile core must never cost the report: say what failed
+            self.log.debug("analysis failed", exc_info=True)
+            analysis = Analysis(None, (), f"analysis failed: {type(e).__name__}: {e}")
+        for note in analysis.problems:
+            self.log.info("%s", note)
+        payload = backtrace_payload(event.header(analysis.pid, analysis.executable, analysis.signal), analysis)
+        return Report(Category.ERROR if analysis.error else Category.CLR, payload, analysis)
+
+    def send(self, report: Report) -> bool:
+        try:
+            record = create_record(report.category.classification, report.category.severity, report.payload,
+                                   truncate=True)
+        except TelemetryError as e:
+            self.log.error("Failed to create record: %s", e)
+            return False
+        result = self.probe.send(record)
+        self.last_send = result
+        if not result.sent:
+            self.log.error("Failed to send record: %s", result.message)
+            return False
+        self.log.info("crash report sent (%s): %s", report.category.classification, result.message)
+        return True
+
+
+def _service_uid() -> int | None:
+    try:
+        return pwd.getpwnam(SERVICE_USER).pw_uid
+    except KeyError:
+        return None
+
+
+class _watchdog:
+    """SIGALRM after `seconds`: the work in progress ends with TimeLimitReached; if even
+    that does not finish within GRACE, the process exits."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+
+    def __enter__(self) -> _watchdog:
+        self.previous = signal.signal(signal.SIGALRM, self._fire)
+        signal.alarm(self.seconds)
+        self.fired = False
+        return self
+
+    def _fire(self, signum, frame) -> None:
+        if self.fired:
+            os._exit(EXIT_FAILURE)
+        self.fired = True
+        signal.alarm(GRACE)
+        raise TimeLimitReached(f"time limit of {self.seconds} s reached")
+
+    def __exit__(self, *exc) -> None:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.previous)

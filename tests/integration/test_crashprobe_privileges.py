@@ -1,0 +1,36 @@
+"""What crashprobe does to its own process before it touches a core: never dumpable (so a
+crash of crashprobe cannot come back to it), and, as root, the crashed user's identity."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CHECK = """
+import ctypes, os, resource
+from telemetry.probes.crash.privileges import make_undumpable, drop_to
+make_undumpable()
+libc = ctypes.CDLL(None)
+print(libc.prctl(3, 0, 0, 0, 0), resource.getrlimit(resource.RLIMIT_CORE))
+if len(os.sys.argv) > 1:
+    drop_to(int(os.sys.argv[1]), int(os.sys.argv[2]))
+    print(os.getresuid(), os.getresgid(), os.getgroups(), libc.prctl(3, 0, 0, 0, 0))
+"""
+
+
+def test_never_dumpable_and_marked_as_a_core_helper():
+    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True).stdout
+    dumpable, limit = out.split(" ", 1)
+    assert dumpable == "0"
+    assert limit.strip() in ("(1, 1)", "(0, 0)")  # 1: the kernel's own mark; 0 if the hard limit was 0
+
+
+def test_root_drops_to_the_crashed_user_for_good():
+    if os.geteuid() != 0:
+        pytest.skip("dropping privileges is only done as root")
+    out = subprocess.run([sys.executable, "-c", CHECK, "65534", "65534"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[1] == "(65534, 65534, 65534) (65534, 65534, 65534) [] 0"
