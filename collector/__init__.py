@@ -1,0 +1,12 @@
+"""The reference collector: a small server compatible with telemetrics-backend's ingestion API.
+
+It exists so that a user can run the whole system on one machine, and so that tests and
+benchmarks deliver to a real server with real storage.  The contract it follows is the
+reference backend's (POST /v2/collector, GET /api/records), minus that backend's bugs.
+
+Pure cores: `rules` (the ingestion checks), `request` (an HTTP request or a JSON body to a
+`Submission`), `query` (GET /api/records parameters), `purge` (retention policy), `model`
+(the stored row and its JSON).  I/O shells: `store` (SQLite or PostgreSQL), `writer`
+(group commit), `app` (the ASGI application), `server` (uvicorn), `main` (the program),
+`launch` (starting one from another program), `tempdb` (a throwaway PostgreSQL server).
+"""

@@ -1,0 +1,136 @@
+"""Start a collector from another program (demo, tests, benchmarks) and talk to it.
+
+`start_collector` runs ``python -m telemetry.collector.main`` on a free port of 127.0.0.1,
+waits for its ``listening on URL`` line, and returns a `RunningCollector` that can list the
+records and counters it holds and stop it.  Reads use the standard library's HTTP client,
+so nothing here needs the server's own dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from telemetry.errors import TelemetryError
+
+READY_PREFIX = "listening on "
+START_TIMEOUT = 30.0
+
+
+class CollectorStartError(TelemetryError):
+    pass
+
+
+@dataclass
+class RunningCollector:
+    url: str  # scheme://host:port, without a path
+    process: subprocess.Popen
+    log_path: str | None = None
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def collector_url(self) -> str:
+        """What telempostd's `server` key should hold."""
+        return self.url + "/v2/collector"
+
+    def get_json(self, path: str, timeout: float = 30.0) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return json.load(response)
+
+    def records(self, **params: object) -> list[dict]:
+        query = urllib.parse.urlencode({k: str(v) for k, v in params.items()})
+        return self.get_json("/api/records" + (f"?{query}" if query else ""))["records"]
+
+    def stats(self) -> dict:
+        return self.get_json("/api/stats")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, wait; SIGKILL if it does not finish.  Returns the exit status."""
+        if self._stopped:
+            return self.process.returncode
+        self._stopped = True
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+    def __enter__(self) -> RunningCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_collector(
+    database: str,
+    *,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    log_path: str | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = START_TIMEOUT,
+    python: str = sys.executable,
+) -> RunningCollector:
+    """A collector serving `database` on a free port of `host`; its log goes to `log_path`."""
+    command = [python, "-m", "telemetry.collector.main", "serve", "--listen", f"{host}:0",
+               "--database", database, *args]
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env,
+                                   stdin=subprocess.DEVNULL)
+    finally:
+        if log_path:
+            log.close()  # type: ignore[union-attr]
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(process.stdout, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                process.kill()
+                process.wait()
+                raise CollectorStartError(f"the collector did not start within {timeout:.0f} s{_see(log_path)}")
+            chunk = os.read(process.stdout.fileno(), 1)
+            if not chunk:
+                process.wait()
+                raise CollectorStartError(
+                    f"the collector exited with status {process.returncode}{_see(log_path)}"
+                )
+            line += chunk
+    text = line.decode().strip()
+    if not text.startswith(READY_PREFIX):
+        process.kill()
+        process.wait()
+        raise CollectorStartError(f"unexpected first line from the collector: {text!r}")
+    return RunningCollector(url=text[len(READY_PREFIX):], process=process, log_path=log_path)
+
+
+def _see(log_path: str | None) -> str:
+    if not log_path:
+        return ""
+    try:
+        with open(log_path, "rb") as f:
+            tail = f.read()[-2000:].decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f" (log {log_path}: {tail[-1] if tail else 'empty'})"
+
+
+__all__ = ["CollectorStartError", "RunningCollector", "start_collector"]

@@ -1,0 +1,283 @@
+"""Records in SQLite (WAL) or PostgreSQL (psycopg 3), behind one small interface.
+
+A `Store` is one connection and is used by one thread at a time: the writer thread has
+its own, readers have theirs.  SQLite runs in WAL mode with synchronous=FULL by default, so
+a record answered 201 survives a power cut, and readers never wait for the writer.  SQL is written
+once with ``?`` placeholders; PostgreSQL gets ``%s``.
+
+`Durability.RELAXED` trades the last moments before a power cut for throughput where
+fsync is slow: SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off.  Either way a
+committed record survives a crash of the collector itself.  Every database error becomes a
+`StoreError` naming the database (never its password) and what failed.
+
+De-duplication is the database's: `record_id` is UNIQUE, an insert that conflicts becomes
+an increment of the stored row's `duplicates` and returns that row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from telemetry.errors import TelemetryError
+
+from .dburl import Backend, DatabaseURL
+from .model import COLUMNS, NewRecord, StoredRecord, record_from_row
+from .purge import PurgePolicy, purge_statements
+from .query import RecordQuery
+from .schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT = 10.0  # seconds
+CONNECT_TIMEOUT = 10  # seconds
+_MIGRATION_LOCK = 0x74656C65  # PostgreSQL advisory lock key for migrations
+
+_SELECT = f"SELECT id, duplicates, {', '.join(COLUMNS)} FROM records"
+_INSERT = (
+    f"INSERT INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    "ON CONFLICT (record_id) DO NOTHING RETURNING id"
+)
+_REPEAT = (
+    "UPDATE records SET duplicates = duplicates + 1 WHERE record_id = ? "
+    f"RETURNING id, duplicates, {', '.join(COLUMNS)}"
+)
+_ADD_COUNTER = (
+    "INSERT INTO counters (name, value) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
+)
+
+
+class StoreError(TelemetryError):
+    pass
+
+
+def one_line(error: BaseException) -> str:
+    """Driver messages span lines and may quote the connection string; keep neither."""
+    return " ".join(str(error).split())[:500]
+
+
+class Durability(enum.Enum):
+    FULL = "full"  # the commit is on disk before the answer
+    RELAXED = "relaxed"  # survives a collector crash; a power cut can lose the last moments
+
+
+@dataclass(frozen=True)
+class Stored:
+    record: StoredRecord
+    duplicate: bool  # True: the record id was stored before; nothing new was written
+
+
+def open_store(url: DatabaseURL, *, migrate: bool = True, durability: Durability = Durability.FULL) -> Store:
+    cls = SQLiteStore if url.backend is Backend.SQLITE else PostgresStore
+    store = cls(url, durability)
+    if migrate:
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+class Store:
+    backend: Backend
+
+    def __init__(self, url: DatabaseURL, durability: Durability = Durability.FULL):
+        self.url = url
+        self.durability = durability
+        self._conn = self._connect()
+
+    # --- dialect ------------------------------------------------------------------
+    def _connect(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _errors(self) -> tuple[type[BaseException], ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def _sql(self, sql: str) -> str:
+        return sql
+
+    def _lock_for_migration(self) -> None:
+        pass
+
+    # --- shared -------------------------------------------------------------------
+    def _execute(self, sql: str, params: tuple | list = ()):
+        return self._conn.execute(self._sql(sql), params)
+
+    @contextlib.contextmanager
+    def _reporting(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except self._errors() as e:
+            raise StoreError(f"{self.url.redacted()}: {what} failed: {one_line(e)}") from e
+
+    def migrate(self) -> int:
+        """Apply the missing migrations; returns the schema version now in force."""
+        with self._reporting("schema migration"), self.transaction():
+            self._lock_for_migration()
+            self._execute(VERSION_TABLE)
+            row = self._execute("SELECT max(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.url.redacted()}: the database has schema version {current}, newer than "
+                    f"this collector's {SCHEMA_VERSION}; upgrade telemetry-collector"
+                )
+            for m in MIGRATIONS:
+                if m.version > current:
+                    log.info("database %s: applying migration %d (%s)", self.url.redacted(), m.version, m.what)
+                    for statement in m.sql(self.backend):
+                        self._execute(statement)
+                    self._execute("INSERT INTO schema_version (version) VALUES (?)", (m.version,))
+        return max(current, SCHEMA_VERSION)
+
+    def schema_version(self) -> int:
+        with self._reporting("reading the schema version"):
+            return self._execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+
+    def insert(self, rec: NewRecord) -> Stored:
+        """Store `rec` (inside the caller's transaction), or count a repeat of its record id."""
+        with self._reporting("storing a record"):
+            values = tuple(getattr(rec, c) for c in COLUMNS)
+            row = self._execute(_INSERT, values).fetchone()
+            if row is not None:
+                return Stored(StoredRecord(id=int(row[0]), record=rec), duplicate=False)
+            repeat = self._execute(_REPEAT, (rec.record_id,)).fetchone()
+            if repeat is None:  # pragma: no cover - the conflict names an existing row
+                raise StoreError(f"{self.url.redacted()}: record {rec.record_id} conflicts but cannot be read")
+            return Stored(record_from_row(repeat), duplicate=True)
+
+    def add_counters(self, deltas: Mapping[str, int]) -> None:
+        with self._reporting("updating counters"):
+            for name, delta in sorted(deltas.items()):
+                if delta:
+                    self._execute(_ADD_COUNTER, (name, delta))
+
+    def counters(self) -> dict[str, int]:
+        with self._reporting("reading counters"):
+            return {n: int(v) for n, v in self._execute("SELECT name, value FROM counters").fetchall()}
+
+    def count_records(self) -> int:
+        with self._reporting("counting records"):
+            return int(self._execute("SELECT count(*) FROM records").fetchone()[0])
+
+    def query(self, q: RecordQuery, now: int) -> list[StoredRecord]:
+        clauses = ["ts_reception > ?"]
+        params: list[object] = [now - q.window]
+        for column, value, op in (
+            ("severity", q.severity, "="),
+            ("classification", q.classification, "="),
+            ("build", q.build, "="),
+            ("machine_id", q.machine_id, "="),
+            ("id", q.from_id, ">="),
+            ("ts_capture", q.ts_capture, ">"),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(value)
+        sql = f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
+        params.append(q.limit)
+        with self._reporting("querying records"), self.transaction():
+            return [record_from_row(r) for r in self._execute(sql, params).fetchall()]
+
+    def purge(self, policy: PurgePolicy, now: int) -> int:
+        """Delete what the retention policy says is too old; returns how many records."""
+        deleted = 0
+        with self._reporting("purging records"), self.transaction():
+            for sql, params in purge_statements(policy, now):
+                deleted += max(self._execute(sql, params).rowcount, 0)
+        return deleted
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
+
+class SQLiteStore(Store):
+    backend = Backend.SQLITE
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
+
+    def _connect(self) -> sqlite3.Connection:
+        path = self.url.target
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            # Records describe machines: the database is private to its owner.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+        except OSError as e:
+            hint = "; it is a symbolic link" if e.errno == errno.ELOOP else ""
+            raise StoreError(f"cannot open SQLite database {path}: {e.strerror}{hint}") from None
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"SQLite database {path}: cannot use WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.durability is Durability.FULL else 'NORMAL'}")
+            conn.execute("PRAGMA case_sensitive_like=ON")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open SQLite database {path}: {one_line(e)}") from None
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+
+class PostgresStore(Store):
+    backend = Backend.POSTGRESQL
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        import psycopg
+
+        return (psycopg.Error,)
+
+    def _connect(self):
+        try:
+            import psycopg
+        except ImportError:
+            raise StoreError(
+                "PostgreSQL needs psycopg 3: pip install 'telemetrics-client[collector]'"
+            ) from None
+        try:
+            conn = psycopg.connect(self.url.target, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            conn.execute(f"SET synchronous_commit = {'on' if self.durability is Durability.FULL else 'off'}")
+            return conn
+        except psycopg.Error as e:
+            raise StoreError(f"cannot connect to {self.url.redacted()}: {one_line(e)}") from None
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def _lock_for_migration(self) -> None:
+        self._execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._conn.transaction():
+            yield
