@@ -1,0 +1,264 @@
+"""`telemctl status`: the pipeline's state gathered into values, and their two renderings.
+
+Gathering only reads: the opt-in file, the queue database (read-only, beside the daemons
+writing it), its counters table.  Which daemon runs is decided by the caller (systemd or
+the user-mode supervisor) and handed in.  `format_text` and `to_json` are pure.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from telemetry.ack import AckStatus
+from telemetry.errors import TelemetryError
+from telemetry.optin import is_opted_in
+from telemetry.paths import Paths
+
+from .journal import Outcome
+from .queue import QUEUE_DB, Queue
+
+PROBD = "telemprobd"
+POSTD = "telempostd"
+
+# Counters shown even while zero, in this order; any other counter found follows them.
+# The names are the daemons' (telemprobd: rejected:<ack status>; telempostd: one per
+# journal outcome, plus retried).
+CORE_COUNTERS: dict[str, tuple[str, ...]] = {
+    PROBD: ("received", "staged", "deferred",
+            *(f"rejected:{s.value}" for s in AckStatus if not s.kept)),
+    POSTD: ("delivered", *(o.value for o in Outcome if o is not Outcome.DELIVERED), "retried"),
+}
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    name: str
+    state: str  # active, inactive, failed, … (systemd's words)
+    pid: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    path: str
+    error: str | None = None  # why it could not be read; None when it could (or is absent)
+    records: int = 0
+    bytes: int = 0
+    staged_records: int = 0  # never tried yet
+    staged_bytes: int = 0
+    spooled_records: int = 0  # tried and waiting for another attempt
+    spooled_bytes: int = 0
+    deferred_records: int = 0  # held back by the rate limit (strategy spool)
+    cap_bytes: int | None = None  # spool_max_size; None: no cap
+    next_retry: float | None = None  # next delivery attempt; None: nothing queued
+
+
+@dataclass(frozen=True)
+class Counter:
+    daemon: str
+    name: str
+    value: int
+
+
+@dataclass(frozen=True)
+class Status:
+    mode: str
+    opted_in: bool
+    opt_in_file: str
+    config_file: str | None
+    socket_path: str
+    daemons: tuple[DaemonInfo, ...]
+    queue: QueueInfo
+    counters: tuple[Counter, ...]
+    now: float
+
+
+class StatusError(TelemetryError):
+    pass
+
+
+# --- gathering ----------------------------------------------------------------------------
+
+# Rows never tried are "staged", rows tried at least once "spooled".  After a failure
+# telempostd holds every row back until the collector may be tried again, so when some
+# row has failed, its next attempt is the next retry of the whole queue.
+_BREAKDOWN = """
+SELECT COUNT(*), COALESCE(SUM(size), 0),
+       COALESCE(SUM(attempts = 0), 0), COALESCE(SUM(CASE WHEN attempts = 0 THEN size END), 0),
+       COALESCE(SUM(deferred_until > ?), 0),
+       MIN(MAX(next_attempt_at, deferred_until)),
+       MIN(CASE WHEN attempts > 0 THEN MAX(next_attempt_at, deferred_until) END)
+FROM records
+"""
+
+
+def cap_bytes(spool_max_size_kib: int) -> int | None:
+    return None if spool_max_size_kib < 0 else spool_max_size_kib * 1024
+
+
+def read_queue(spool_dir: str, spool_max_size_kib: int, now: float) -> tuple[QueueInfo, dict[tuple[str, str], int]]:
+    """Queue figures and raw counters; an absent queue is an empty one, an unreadable one says why."""
+    path = os.path.join(spool_dir, QUEUE_DB)
+    cap = cap_bytes(spool_max_size_kib)
+    if not os.path.exists(path):
+        if os.path.isdir(spool_dir) and not os.access(spool_dir, os.R_OK | os.X_OK):
+            return QueueInfo(path, error="permission denied", cap_bytes=cap), {}
+        return QueueInfo(path, cap_bytes=cap), {}
+    try:
+        queue = Queue(spool_dir, readonly=True)
+    except TelemetryError as e:
+        return QueueInfo(path, error=_short(str(e), path), cap_bytes=cap), {}
+    try:
+        rows, size, staged, staged_size, deferred, first_due, first_retry = (
+            queue.db.execute(_BREAKDOWN, (now,)).fetchone()
+        )
+        next_due = first_retry if first_retry is not None else first_due
+        counters = queue.counters()
+    except sqlite3.Error as e:
+        return QueueInfo(path, error=str(e), cap_bytes=cap), {}
+    finally:
+        queue.close()
+    info = QueueInfo(
+        path=path, records=rows, bytes=size, staged_records=staged, staged_bytes=staged_size,
+        spooled_records=rows - staged, spooled_bytes=size - staged_size, deferred_records=deferred,
+        cap_bytes=cap, next_retry=next_due,
+    )
+    return info, counters
+
+
+def _short(message: str, path: str) -> str:
+    return message[len(path) + 2:] if message.startswith(path + ": ") else message
+
+
+def counters_of(raw: Mapping[tuple[str, str], int], daemons: Sequence[str] = (PROBD, POSTD)) -> tuple[Counter, ...]:
+    """The core counters of each daemon (zero when absent), then the rest by name."""
+    out: list[Counter] = []
+    for daemon in daemons:
+        core = CORE_COUNTERS.get(daemon, ())
+        out.extend(Counter(daemon, name, int(raw.get((daemon, name), 0))) for name in core)
+        extra = sorted(n for d, n in raw if d == daemon and n not in core)
+        out.extend(Counter(daemon, name, int(raw[(daemon, name)])) for name in extra)
+    for d, n in sorted(raw):
+        if d not in daemons:
+            out.append(Counter(d, n, int(raw[(d, n)])))
+    return tuple(out)
+
+
+def gather(paths: Paths, *, spool_dir: str, socket_path: str, spool_max_size_kib: int,
+           config_file: str | None, daemons: Sequence[DaemonInfo], now: float | None = None) -> Status:
+    now = time.time() if now is None else now
+    queue, raw = read_queue(spool_dir, spool_max_size_kib, now)
+    return Status(
+        mode=paths.mode.value, opted_in=is_opted_in(paths), opt_in_file=paths.opt_in_file,
+        config_file=config_file, socket_path=socket_path, daemons=tuple(daemons), queue=queue,
+        counters=counters_of(raw), now=now,
+    )
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+def human_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def human_delay(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _records(n: int) -> str:
+    return f"{n} record" + ("" if n == 1 else "s")
+
+
+def format_retry(next_retry: float | None, now: float,
+                 localtime: Callable[[float], time.struct_time] = time.localtime) -> str:
+    if next_retry is None:
+        return "none (the queue is empty)"
+    if next_retry <= now:
+        return "due now"
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", localtime(int(next_retry)))
+    return f"{when} (in {human_delay(next_retry - now)})"
+
+
+def format_queue(q: QueueInfo) -> list[str]:
+    if q.error:
+        return [f"Queue:       {q.path}: cannot read ({q.error})"]
+    if q.cap_bytes is None:
+        cap = "no cap"
+    else:
+        share = 100.0 * q.bytes / q.cap_bytes if q.cap_bytes else 100.0
+        cap = f"of {human_bytes(q.cap_bytes)} cap ({share:.0f} %)"
+    return [
+        f"Queue:       {_records(q.records)}, {human_bytes(q.bytes)} {cap}",
+        f"  staged:    {_records(q.staged_records)}, {human_bytes(q.staged_bytes)} (not tried yet)",
+        f"  spooled:   {_records(q.spooled_records)}, {human_bytes(q.spooled_bytes)} (waiting for a retry)",
+        f"  deferred:  {_records(q.deferred_records)} (held by the rate limit)",
+    ]
+
+
+def format_text(st: Status, localtime: Callable[[float], time.struct_time] = time.localtime) -> str:
+    lines = [
+        f"Mode:        {st.mode}",
+        f"Opted in:    {'yes' if st.opted_in else 'no'} ({st.opt_in_file})",
+        f"Config:      {st.config_file or 'built-in defaults'}",
+    ]
+    for d in st.daemons:
+        state = d.state + (f" (pid {d.pid})" if d.pid else "")
+        lines.append(f"{d.name + ':':<12} {state}" + (f"; {d.detail}" if d.detail else ""))
+    lines.append(f"Socket:      {st.socket_path}")
+    lines.extend(format_queue(st.queue))
+    if not st.queue.error:
+        lines.append(f"Next retry:  {format_retry(st.queue.next_retry, st.now, localtime)}")
+    lines.append("Counters:")
+    width = max((len(c.name) for c in st.counters), default=0)
+    previous = None
+    for c in st.counters:
+        label = c.daemon if c.daemon != previous else ""
+        previous = c.daemon
+        lines.append(f"  {label:<11} {c.name:<{width}} {c.value:>8}")
+    return "\n".join(lines)
+
+
+def to_json(st: Status) -> dict:
+    q = st.queue
+    counters: dict[str, dict[str, int]] = {}
+    for c in st.counters:
+        counters.setdefault(c.daemon, {})[c.name] = c.value
+    return {
+        "mode": st.mode,
+        "opted_in": st.opted_in,
+        "opt_in_file": st.opt_in_file,
+        "config_file": st.config_file,
+        "socket_path": st.socket_path,
+        "daemons": {d.name: {"state": d.state, "pid": d.pid, "detail": d.detail} for d in st.daemons},
+        "queue": {
+            "path": q.path,
+            "error": q.error,
+            "records": q.records,
+            "bytes": q.bytes,
+            "cap_bytes": q.cap_bytes,
+            "staged": {"records": q.staged_records, "bytes": q.staged_bytes},
+            "spooled": {"records": q.spooled_records, "bytes": q.spooled_bytes},
+            "deferred_records": q.deferred_records,
+            "next_retry": q.next_retry,
+        },
+        "counters": counters,
+        "time": st.now,
+    }

@@ -1,0 +1,588 @@
+"""telemctl: opt in or out, start and stop the telemetry services, read the journal, see the status.
+
+System mode drives the original's systemd units (root only, except is-active and status);
+user mode runs the daemons as the user's own background processes (daemons/supervise.py),
+so the whole pipeline works without root and without systemd.  Every misuse ends in one
+line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from telemetry import config as config_mod
+from telemetry import optin
+from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.errors import TelemetryError
+from telemetry.paths import Mode, Paths
+
+from . import journal as journal_mod
+from . import journal_view, purge, supervise, units
+from . import status as status_mod
+
+PROG = "telemctl"
+EXIT_USAGE = 2
+EXIT_NOT_ACTIVE = 3  # systemctl is-active's status for "not active"
+
+# The original's messages (src/telemctl.c), unchanged.
+MUST_BE_ROOT = "Must be root to run this command. Exiting..."
+OPT_IN_FIRST = "Opt in to telemetry first."
+ALREADY_IN = "Already opted in. Nothing to do."
+ALREADY_OUT = "Already opted out. Nothing to do."
+
+COMMAND_ORDER = ("stop", "start", "restart", "is-active", "opt-in", "opt-out", "journal", "status")
+IS_ACTIVE_ORDER = (supervise.PROBD, supervise.POSTD)
+
+
+def err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@dataclass(frozen=True)
+class Ctl:
+    """What every command needs: the mode's paths and the -f file (passed on to the daemons)."""
+
+    paths: Paths
+    config_file: str | None
+
+    @property
+    def system(self) -> bool:
+        return self.paths.mode is Mode.SYSTEM
+
+    def config(self) -> config_mod.Config:
+        return config_mod.load(self.paths, self.config_file)
+
+    def supervisor(self) -> supervise.Supervisor:
+        return supervise.Supervisor(self.paths, config_file=self.config_file,
+                                    socket_path=self.config().socket_path)
+
+
+class Group(click.Group):
+    """Commands listed in the original's order; an unknown one is a one-line usage error."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            raise click.UsageError(
+                f"Unknown command passed to {PROG}: {name!r} (commands: {', '.join(COMMAND_ORDER)})", ctx
+            )
+        return super().resolve_command(ctx, args)
+
+
+def require_root(ctl: Ctl) -> None:
+    """System mode: the original's real-uid check."""
+    if ctl.system and os.getuid() != 0:
+        err(MUST_BE_ROOT)
+        sys.exit(1)
+
+
+def require_systemd() -> units.Systemctl:
+    if not units.systemd_running():
+        raise units.SystemdNotRunning()
+    return units.Systemctl()
+
+
+FILES_HELP = """\b
+Files (system mode; user mode keeps the same files in the XDG directories):
+  /etc/telemetrics/opt-in            the opt-in marker
+  /etc/telemetrics/telemetrics.conf  the configuration (telemetrics.conf(5))
+  /var/spool/telemetry/queue.db      the record queue
+  /var/log/telemetry/journal.db      the journal and retained payloads
+  $XDG_CONFIG_HOME/telemetrics/      user mode: opt-in, telemetrics.conf
+  $XDG_STATE_HOME/telemetrics/       user mode: spool/, journal/, machine_id, *.log
+  $XDG_RUNTIME_DIR/telemetrics/      user mode: telem-0 socket, *.pid
+"""
+
+
+@click.group(
+    cls=Group,
+    context_settings=CONTEXT_SETTINGS,
+    invoke_without_command=True,
+    epilog=FILES_HELP + """
+\b
+Environment:
+  TELEMETRY_MODE=user|system   the mode when neither --user nor --system is given;
+                               otherwise root and the telemetry user mean system mode,
+                               and so does a running system telemprobd
+
+\b
+Exit status:
+  0  success
+  1  the command failed (the message says why), or not root in system mode
+  2  usage error: no or unknown command, bad option or filter value
+  3  is-active: a daemon is not active
+
+\b
+Shell completion (bash; zsh_source and fish_source likewise):
+  eval "$(_TELEMCTL_COMPLETE=bash_source telemctl)"
+""",
+)
+@click.option("--user", "mode", flag_value=Mode.USER.value,
+              help="User mode: your own daemons, files in your XDG directories, no root or systemd.")
+@click.option("--system", "mode", flag_value=Mode.SYSTEM.value,
+              help="System mode: the systemd units and /etc, /var, /run (commands other than "
+              "is-active and status need root).")
+@config_option()
+@version_option
+@click.pass_context
+@handle_errors
+def cli(ctx: click.Context, mode: str | None, config_file: str | None) -> int | None:
+    """Control the telemetry services: opt in or out, start and stop the daemons, read the
+    journal of what was sent, and show the pipeline's status.
+
+    Nothing is collected or sent until the machine's owner opts in.  telemprobd receives
+    records from the probes on a unix socket and queues them; telempostd delivers them to
+    the collector named in telemetrics.conf and journals what became of each.
+
+    In system mode the commands drive the systemd units of the telemetrics-client package
+    and need root.  In user mode (--user, or TELEMETRY_MODE=user) any user runs the whole
+    pipeline as background processes of their own, without systemd.
+    """
+    paths = Paths.detect(mode)
+    ctx.obj = Ctl(paths, config_file)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_USAGE)
+    return None
+
+
+def command(name: str, short_help: str, epilog: str = "") -> Callable:
+    return cli.command(name, short_help=short_help, context_settings=CONTEXT_SETTINGS, epilog=epilog or None)
+
+
+# --- opt-in / opt-out ---------------------------------------------------------------------
+
+@command("opt-in", "Opts in to telemetry (does not start the services)", epilog="""
+\b
+Files:
+  /etc/telemetrics/opt-in (system), $XDG_CONFIG_HOME/telemetrics/opt-in (user)
+
+\b
+Exit status: 0 when opted in (also when it already was), 1 on failure.
+""")
+@click.pass_obj
+@handle_errors
+def opt_in_cmd(ctl: Ctl) -> int:
+    """Opt in to telemetry: create the opt-in file that every probe, telemprobd and the
+    systemd units check before anything is collected or sent.
+
+    It does not start the services; run 'telemctl start' for that.  In system mode the
+    units are also enabled again (opt-out disables them), so they start at boot.
+    Opting in when already opted in changes nothing and says so.
+    """
+    require_root(ctl)
+    try:
+        change = optin.opt_in(ctl.paths)
+    except OSError as e:
+        failed = ctl.paths.config_dir if not os.path.isdir(ctl.paths.config_dir) else ctl.paths.opt_in_file + "."
+        err(f"Failed to create {failed}" + (f" ({e.strerror})" if e.strerror else ""))
+        return 1
+    if change is optin.OptChange.ALREADY:
+        err(ALREADY_IN)
+        return 0
+    result = 0
+    if ctl.system and units.systemd_running():
+        result = units.enable(units.Systemctl(), err)
+    click.echo("Opted in to telemetry. Start the services with 'telemctl"
+               + (" --user" if not ctl.system else "") + " start'.")
+    return result
+
+
+@command("opt-out", "Opts out of telemetry, stops the services and removes their data", epilog="""
+\b
+Files removed:
+  system mode: the directories of /usr/lib/tmpfiles.d/telemetrics-dirs.conf that belong to
+  user and group telemetry (machine id, queue, journal, retained records, pstore cache);
+  user mode: $XDG_STATE_HOME/telemetrics/{spool,journal,machine_id}, $XDG_CACHE_HOME/telemetrics
+
+\b
+Exit status: 0 when opted out (also when it already was), 1 if a step failed.
+""")
+@click.pass_obj
+@handle_errors
+def opt_out_cmd(ctl: Ctl) -> int:
+    """Opt out of telemetry: remove the opt-in file, stop the services, and delete what
+    telemetry kept on this machine (machine id, queued records, journal, retained payloads).
+
+    In system mode the units are also disabled, and a directory is only removed when it
+    belongs to user and group telemetry; symbolic links are never followed.  Opting out
+    when already opted out changes nothing and says so.
+    """
+    require_root(ctl)
+    try:
+        change = optin.opt_out(ctl.paths)
+    except OSError as e:
+        err(f"Failed to remove {ctl.paths.opt_in_file}." + (f" ({e.strerror})" if e.strerror else ""))
+        return 1
+    if change is optin.OptChange.ALREADY:
+        err(ALREADY_OUT)
+        return 0
+    result = 0
+    if ctl.system:
+        if units.systemd_running():
+            systemctl = units.Systemctl()
+            result |= units.stop(systemctl, err)
+            result |= units.disable(systemctl, err)
+    else:
+        result |= _user_stop(ctl, quiet=True)
+    try:
+        targets = purge.targets(ctl.paths)
+    except purge.PurgeError as e:
+        err(str(e))
+        return 1
+    for outcome in purge.purge(targets):
+        if outcome.message:
+            err(outcome.message)
+        if not outcome.ok:
+            result = 1
+    click.echo("Opted out of telemetry.")
+    return result
+
+
+# --- start / stop / restart / is-active ---------------------------------------------------
+
+UNIT_FILES = """
+\b
+Files:
+  system mode: the units hprobe.timer, telemprobd.socket, telempostd.path,
+  klogscanner.service, journal-probe-tail.service (start) and their services (stop)
+  user mode: $XDG_RUNTIME_DIR/telemetrics/<daemon>.pid, $XDG_STATE_HOME/telemetrics/<daemon>.log
+"""
+
+
+def _user_start(ctl: Ctl) -> int:
+    if not optin.is_opted_in(ctl.paths):
+        err(OPT_IN_FIRST)
+        return 1
+    sup = ctl.supervisor()
+    sup.check_installed()
+    result = 0
+    with sup.locked():
+        for name in supervise.DAEMONS:
+            try:
+                done = sup.start(name)
+            except supervise.StartFailed as e:
+                err(f"{PROG}: {e}")
+                result = 1
+                continue
+            if done.outcome is supervise.StartOutcome.UNCONFIRMED:
+                err(f"{PROG}: {name} (pid {done.pid}) has not reported ready after "
+                    f"{sup.ready_timeout:.0f} s; see {sup.log_file(name)}")
+            click.echo(f"{name}: {done.outcome.value} (pid {done.pid})")
+    return result
+
+
+def _user_stop(ctl: Ctl, quiet: bool = False) -> int:
+    sup = supervise.Supervisor(ctl.paths)
+    with sup.locked():
+        for name in reversed(supervise.DAEMONS):
+            done = sup.stop(name)
+            if not quiet:
+                pid = f" (pid {done.pid})" if done.pid else ""
+                click.echo(f"{name}: {done.outcome.value}{pid}")
+    return 0
+
+
+def _system_start(ctl: Ctl) -> int:
+    systemctl = require_systemd()
+    if not optin.is_opted_in(ctl.paths):
+        err(OPT_IN_FIRST)
+        return 1
+    missing = units.missing_units(systemctl, [u for _, u in units.ACTIVATION_UNITS])
+    if missing:
+        raise units.SystemdError(
+            f"the telemetry units are not installed ({', '.join(missing)} not found); "
+            "install telemetrics-client with 'make install'"
+        )
+    return units.start(systemctl, ctl.paths.tmpfiles_conf, err)
+
+
+def _system_stop(ctl: Ctl) -> int:
+    return units.stop(require_systemd(), err)
+
+
+@command("start", "Starts all telemetry services", epilog=UNIT_FILES + """
+\b
+Exit status: 0 when every service started, 1 otherwise (not opted in, a daemon that
+failed to start, systemd not running in system mode, not root in system mode).
+""")
+@click.pass_obj
+@handle_errors
+def start_cmd(ctl: Ctl) -> int:
+    """Start the telemetry services.  Requires opt-in.
+
+    System mode creates the work directories (systemd-tmpfiles) and starts the trigger
+    units: hprobe.timer, telemprobd.socket, telempostd.path, klogscanner.service and
+    journal-probe-tail.service; the daemons then start on demand.
+
+    User mode starts telempostd and telemprobd as background processes in sessions of
+    their own, waits until each reports it is ready, and prints their pids.  A daemon
+    already running is left alone.
+    """
+    require_root(ctl)
+    return _system_start(ctl) if ctl.system else _user_start(ctl)
+
+
+@command("stop", "Stops all running telemetry services", epilog=UNIT_FILES + """
+\b
+Exit status: 0 when everything is stopped (also when nothing ran), 1 otherwise.
+""")
+@click.pass_obj
+@handle_errors
+def stop_cmd(ctl: Ctl) -> int:
+    """Stop the telemetry services.
+
+    System mode stops the trigger units, then the services.  User mode sends SIGTERM to
+    telemprobd, then telempostd (which finishes the requests in flight), and kills a
+    daemon that has not exited after 20 s.  Records already queued stay queued.
+    """
+    require_root(ctl)
+    return _system_stop(ctl) if ctl.system else _user_stop(ctl)
+
+
+@command("restart", "Restarts all telemetry services", epilog=UNIT_FILES + """
+\b
+Exit status: that of start, or 1 when stopping failed (then nothing is started).
+""")
+@click.pass_obj
+@handle_errors
+def restart_cmd(ctl: Ctl) -> int:
+    """Stop, then start the telemetry services (start only runs if stop succeeded)."""
+    require_root(ctl)
+    if ctl.system:
+        result = _system_stop(ctl)
+        return result if result else _system_start(ctl)
+    result = _user_stop(ctl)
+    return result if result else _user_start(ctl)
+
+
+@command("is-active", "Checks if telemprobd and telempostd are active", epilog="""
+\b
+Output: one line per daemon, "telemprobd : active" and "telempostd : inactive" (or
+failed: its pid file remains but the process is gone).  System mode reports the
+activating units, telemprobd.socket and telempostd.path.
+
+\b
+Files: $XDG_RUNTIME_DIR/telemetrics/<daemon>.pid (user mode; a pid counts only while its
+process runs that daemon), systemctl is-active (system mode).
+
+\b
+Exit status: 0 when both are active, 3 when one is not (as systemctl is-active),
+1 on error.  Needs no root.
+""")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing; only the exit status tells.")
+@click.pass_obj
+@handle_errors
+def is_active_cmd(ctl: Ctl, quiet: bool) -> int:
+    """Tell whether the two daemons are active."""
+    if ctl.system:
+        systemctl = require_systemd()
+        states = [(name, systemctl.is_active(unit)) for name, unit in units.ACTIVATION_UNITS]
+    else:
+        sup = supervise.Supervisor(ctl.paths)
+        states = [(name, sup.status(name).state.value) for name in IS_ACTIVE_ORDER]
+    if not quiet:
+        for name, state in states:
+            click.echo(f"{name} : {state}")
+    return 0 if all(state == "active" for _, state in states) else EXIT_NOT_ACTIVE
+
+
+# --- journal ------------------------------------------------------------------------------
+
+def _filter(check: Callable[[str], str]) -> Callable:
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except journal_view.FilterError as e:
+            raise click.BadParameter(str(e), ctx, param) from None
+
+    return callback
+
+
+@command("journal", "Prints telemetry journal contents. Use -h argument with command for more options",
+         epilog="""
+\b
+Output: one line per record, oldest first:
+  classification (30 columns), local time, record id, event id, boot id
+as the original telem_journal prints it; -V adds a header line and "Total records: N".
+
+\b
+Files: /var/log/telemetry/journal.db (system), $XDG_STATE_HOME/telemetrics/journal/journal.db
+(user), read-only, while the daemons write it.
+
+\b
+Exit status: 0 (also when nothing matches), 1 when the journal cannot be read, 2 for a
+malformed filter value.
+""")
+@click.option("-r", "--record_id", "record_id", metavar="ID", callback=_filter(journal_view.record_id_filter),
+              help="Print the record with this record id (32 hex characters).")
+@click.option("-e", "--event_id", "event_id", metavar="ID", callback=_filter(journal_view.event_id_filter),
+              help="Print records with this event id (32 hex characters).")
+@click.option("-c", "--classification", "classification", metavar="CLASS",
+              callback=_filter(journal_view.classification_filter),
+              help="Print records with this classification (a/b/c), or whose classification "
+              "starts with the prefix before a final '/*' (e.g. 'org.clearlinux/*').")
+@click.option("-b", "--boot_id", "boot_id", metavar="UUID", callback=_filter(journal_view.boot_id_filter),
+              help="Print records processed during this boot (see /proc/sys/kernel/random/boot_id).")
+@click.option("-i", "--include_record", "include_record", is_flag=True,
+              help="Include the record's payload after its line, if retained "
+              "(record_retention_enabled=true keeps the last 100).")
+@click.option("-V", "--verbose", is_flag=True, help="Verbose output: a header line and the total.")
+@click.option("-o", "--outcome", type=click.Choice([o.value for o in journal_mod.Outcome]),
+              help="Print only records with this outcome.")
+@click.option("-n", "--lines", "lines", type=click.IntRange(min=0), default=journal_mod.READER_WINDOW,
+              show_default=True, metavar="N",
+              help="Print at most the newest N matching records; 0 prints every one kept.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array of objects, with outcome, HTTP status, detail and "
+              "creation time too (and payload with -i).")
+@click.pass_obj
+@handle_errors
+def journal_cmd(ctl: Ctl, record_id: str | None, event_id: str | None, classification: str | None,
+                boot_id: str | None, include_record: bool, verbose: bool, outcome: str | None,
+                lines: int, as_json: bool) -> int:
+    """Print the telemetry journal: what became of each record the daemons handled
+    (delivered, rejected, expired, dropped, ...), the newest matching ones (see -n).
+
+    The filters are ANDed.  Ids are compared exactly (case is ignored); a classification
+    ending in '/*' matches every classification starting with what precedes the '*'.
+    Unlike the original, the filters search every entry the journal keeps, not only its
+    last 100 lines.
+    """
+    require_root(ctl)
+    journal_dir = ctl.paths.journal_dir
+    entries: list[journal_mod.JournalEntry] = []
+    journal = None
+    if os.path.exists(os.path.join(journal_dir, journal_mod.JOURNAL_DB)):
+        journal = journal_mod.Journal(journal_dir, readonly=True, boot_id="")
+    try:
+        if journal is not None:
+            entries = journal.query(
+                record_id=record_id, event_id=event_id, classification=classification, boot_id=boot_id,
+                outcome=journal_mod.Outcome(outcome) if outcome else None, limit=lines or None,
+            )
+
+        def payload(entry: journal_mod.JournalEntry) -> bytes | None:
+            return journal.retained_payload(entry.record_id) if journal and include_record else None
+
+        if as_json:
+            out = [journal_view.entry_json(e, payload(e), include_payload=include_record) for e in entries]
+            click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+            return 0
+        if verbose:
+            click.echo(journal_view.format_header())
+        for entry in entries:
+            click.echo(journal_view.format_line(entry))
+            data = payload(entry)
+            if data:
+                sys.stdout.flush()
+                sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
+                sys.stdout.buffer.flush()
+        if verbose:
+            click.echo(journal_view.format_total(len(entries)))
+        return 0
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+# --- status -------------------------------------------------------------------------------
+
+def _daemon_infos(ctl: Ctl) -> list[status_mod.DaemonInfo]:
+    if not ctl.system:
+        sup = supervise.Supervisor(ctl.paths)
+        infos = []
+        for name in IS_ACTIVE_ORDER:
+            st = sup.status(name)
+            infos.append(status_mod.DaemonInfo(name, st.state.value, st.pid, f"log {st.log_file}"))
+        return infos
+    if not units.systemd_running():
+        return [status_mod.DaemonInfo(name, "unknown", None, "systemd is not running")
+                for name, _ in units.ACTIVATION_UNITS]
+    systemctl = units.Systemctl()
+    infos = []
+    for name, trigger in units.ACTIVATION_UNITS:
+        service = units.DAEMON_SERVICES[name]
+        svc = systemctl.show(service, "ActiveState", "MainPID")
+        trig = systemctl.show(trigger, "ActiveState")
+        pid = int(svc.get("MainPID", "0") or 0) or None
+        infos.append(status_mod.DaemonInfo(
+            name, trig.get("ActiveState", "unknown"), pid,
+            f"{trigger} {trig.get('ActiveState', 'unknown')}, {service} {svc.get('ActiveState', 'unknown')}",
+        ))
+    return infos
+
+
+@command("status", "Shows opt-in, daemons, queue and counters", epilog="""
+\b
+Counters (since the queue was created): telemprobd received, staged, deferred (rate
+limited, kept for later) and rejected:<reason>; telempostd delivered, rejected (by the
+collector), rejected-local, expired, dropped, set-aside and retried.
+
+\b
+Files: the opt-in file, the pid files (user mode), the queue database (read-only).
+
+\b
+Exit status: 0; 1 when the configuration cannot be read.  Needs no root; what this user
+cannot read is reported as such.
+""")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.pass_obj
+@handle_errors
+def status_cmd(ctl: Ctl, as_json: bool) -> int:
+    """Show the state of the telemetry pipeline: opt-in, each daemon's state and pid, the
+    socket, the queue (records and bytes against spool_max_size, split into staged,
+    spooled and deferred), the next delivery attempt, and the daemons' counters.
+    """
+    cfg = ctl.config()
+    st = status_mod.gather(
+        ctl.paths, spool_dir=cfg.spool_dir, socket_path=cfg.socket_path,
+        spool_max_size_kib=cfg.spool_max_size, config_file=cfg.source, daemons=_daemon_infos(ctl),
+    )
+    if as_json:
+        click.echo(json.dumps(status_mod.to_json(st), indent=2))
+    else:
+        click.echo(status_mod.format_text(st))
+    return 0
+
+
+# --- entry point --------------------------------------------------------------------------
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else PROG
+        err(f"{where}: {_one_line(e.format_message())} (see '{where} --help')")
+        sys.exit(e.exit_code if e.exit_code else EXIT_USAGE)
+    except click.ClickException as e:
+        err(f"{PROG}: {_one_line(e.format_message())}")
+        sys.exit(e.exit_code or 1)
+    except click.Abort:
+        err(f"{PROG}: aborted")
+        sys.exit(1)
+    except TelemetryError as e:  # raised before a command ran (e.g. a bad TELEMETRY_MODE)
+        err(f"{PROG}: {e}")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
