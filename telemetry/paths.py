@@ -25,9 +25,13 @@ SERVICE_USER = "telemetry"
 
 # Install-time locations; `make install PREFIX=…` writes telemetry/_prefix.py.
 try:
-    from ._prefix import PREFIX  # type: ignore[import-not-found]
+    from . import _prefix  # type: ignore[attr-defined]
 except ImportError:
-    PREFIX = "/usr"
+    _prefix = None
+PREFIX: str = getattr(_prefix, "PREFIX", "/usr")
+SYSCONFDIR: str = getattr(_prefix, "SYSCONFDIR", "/etc")
+LOCALSTATEDIR: str = getattr(_prefix, "LOCALSTATEDIR", "/var")
+RUNDIR: str = getattr(_prefix, "RUNDIR", "/run")
 
 
 class Mode(enum.Enum):
@@ -62,9 +66,9 @@ class Paths:
     def system(
         cls,
         prefix: str = PREFIX,
-        sysconfdir: str = "/etc",
-        localstatedir: str = "/var",
-        rundir: str = "/run",
+        sysconfdir: str = SYSCONFDIR,
+        localstatedir: str = LOCALSTATEDIR,
+        rundir: str = RUNDIR,
     ) -> Paths:
         conf = os.path.join(sysconfdir, "telemetrics")
         return cls(

@@ -1,0 +1,89 @@
+"""Where an installation puts things, and the values unit templates are filled with.
+
+The runtime locations (opt-in file, socket, spool, …) come from `Paths.system()` with
+the install-time directories, the same object the installed programs build, so a unit
+always watches and protects exactly what its program uses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from telemetry.daemons.queue import WAKEUP_FILE
+from telemetry.paths import SERVICE_USER, Paths
+from telemetry.version import __version__
+
+
+@dataclass(frozen=True)
+class Layout:
+    prefix: str = "/usr"
+    sysconfdir: str = "/etc"
+    localstatedir: str = "/var"
+    rundir: str = "/run"
+
+    def __post_init__(self) -> None:
+        for name in ("prefix", "sysconfdir", "localstatedir", "rundir"):
+            value = getattr(self, name)
+            if not os.path.isabs(value) or "\n" in value or " " in value:
+                raise ValueError(f"{name} must be an absolute path without spaces, not {value!r}")
+            object.__setattr__(self, name, os.path.normpath(value))
+
+    @property
+    def paths(self) -> Paths:
+        return Paths.system(self.prefix, self.sysconfdir, self.localstatedir, self.rundir)
+
+    @property
+    def bindir(self) -> str:
+        return os.path.join(self.prefix, "bin")
+
+    @property
+    def libdir(self) -> str:
+        return os.path.join(self.prefix, "lib")
+
+    @property
+    def unitdir(self) -> str:
+        return os.path.join(self.libdir, "systemd/system")
+
+    @property
+    def mandir(self) -> str:
+        return os.path.join(self.prefix, "share/man")
+
+    def placeholders(self) -> dict[str, str]:
+        """@NAME@ → value for every placeholder a template may use."""
+        p = self.paths
+        return {
+            "PREFIX": self.prefix,
+            "BINDIR": self.bindir,
+            "SYSCONFDIR": self.sysconfdir,
+            "LOCALSTATEDIR": self.localstatedir,
+            "RUNDIR": self.rundir,
+            "CONFDIR": p.config_dir,
+            "CONFIG_FILE": p.config_file,
+            "DEFAULTS_FILE": p.defaults_file,
+            "OPTIN_FILE": p.opt_in_file,
+            "SOCKET_PATH": p.socket_path,
+            "SPOOLDIR": p.spool_dir,
+            "WAKEUP_FILE": os.path.join(p.spool_dir, WAKEUP_FILE),
+            "STATEDIR": p.state_dir,
+            "LOGDIR": p.journal_dir,
+            "CACHEDIR": p.cache_dir,
+            "PSTORE_CACHEDIR": p.pstore_cache_dir,
+            "TMPFILES_CONF": p.tmpfiles_conf,
+            "SERVICE_USER": SERVICE_USER,
+            "VERSION": __version__,
+            **self._core_pattern(),
+        }
+
+    def _core_pattern(self) -> dict[str, str]:
+        """kernel.core_pattern as crashprobe asks for it, when crashprobe exists."""
+        try:
+            from telemetry.probes.crash.args import core_pattern
+        except ImportError:
+            return {}
+        return {"CORE_PATTERN": core_pattern(self.bindir)}
+
+
+def under(destdir: str, path: str) -> str:
+    """`path` inside the staging root DESTDIR (itself when DESTDIR is empty)."""
+    return os.path.join(destdir, path.lstrip("/")) if destdir else path
