@@ -11,7 +11,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PREFIX ?= /usr
 DESTDIR ?=
-APT_PACKAGES := libsystemd-dev pkg-config gcc
+# What the build needs (systemd-python compiles against libsystemd) and what the tests use:
+# journal files (systemd-journal-remote), man pages (man-db, groff-base), PostgreSQL for the
+# collector, openssl for TLS certificates, gdb and elfutils to check crash backtraces, nginx
+# for HTTP/2 delivery.  Tests whose tool is missing are skipped with the reason.
+APT_PACKAGES := libsystemd-dev pkg-config gcc systemd systemd-journal-remote man-db groff-base \
+	postgresql openssl gdb elfutils nginx-light
 PYTEST_ARGS ?=
 
 .PHONY: venv deps test demo bench lint install clean
@@ -20,7 +25,7 @@ $(VENV)/.stamp: pyproject.toml
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,collector]'
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -48,7 +53,22 @@ bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: venv
-	$(VENV)/bin/ruff check telemetry daemons probes tests bench
+	$(VENV)/bin/ruff check telemetry daemons probes collector tests bench
+
+# Installs into $(DESTDIR)$(PREFIX) as a distribution package would (telemetry/install/).
+# The programs run with INSTALL_PYTHON (their #! line); the package goes where that
+# interpreter looks below PREFIX, or to PYTHONDIR.  After a real install (no DESTDIR):
+# systemd-sysusers; systemd-tmpfiles --create; sysctl --system; systemctl daemon-reload.
+SYSCONFDIR ?= /etc
+LOCALSTATEDIR ?= /var
+RUNDIR ?= /run
+INSTALL_PYTHON ?= /usr/bin/python3
+PYTHONDIR ?=
+
+install: venv
+	$(PY) -m telemetry.install install --destdir "$(DESTDIR)" --prefix "$(PREFIX)" \
+		--sysconfdir "$(SYSCONFDIR)" --localstatedir "$(LOCALSTATEDIR)" --rundir "$(RUNDIR)" \
+		--python "$(INSTALL_PYTHON)" $(if $(PYTHONDIR),--pythondir "$(PYTHONDIR)")
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
