@@ -125,7 +125,9 @@ def install(tree: Path, layout: Layout, destdir: str, python: str, pythondir: st
         wheel = Path(tmp) / built.name
         add_file(built, wheel, PREFIX_MODULE, prefix_module(layout))
         argv = [sys.executable, "-m", "pip"]
-        if os.path.realpath(python) != os.path.realpath(sys.executable):
+        # A venv's python may be a symlink to the target interpreter; pip must still run
+        # as the target, or the scripts' #! lines would name the venv.
+        if python != sys.executable:
             argv += ["--python", python]
         argv += ["install", "--quiet", "--no-deps", "--no-index", "--ignore-installed",
                  "--disable-pip-version-check", "--root-user-action=ignore",
