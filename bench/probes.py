@@ -29,7 +29,7 @@ from pathlib import Path
 from telemetry.probes.kmsg import KmsgRecord, KmsgScanner
 from telemetry.probes.oops import OopsParser, oops_payload
 
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "oops"
+TESTDATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "oops"
 
 WARN = ["------------[ cut here ]------------", "WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2",
         "Modules linked in: x y z", "CPU: 0 PID: 1 Comm: t Not tainted 6.1.0 #1",

@@ -15,7 +15,7 @@ from telemprobd_harness import Probd, queued, wait_until
 
 from telemetry.probes.oops import oops_payload, parse_lines
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "oops"
+TESTDATA = Path(__file__).resolve().parents[1] / "data" / "oops"
 HEADER_NAMES = (
     "record_format_version", "classification", "severity", "machine_id", "creation_timestamp", "arch",
     "host_type", "build", "kernel_version", "payload_format_version", "system_name", "board_name", "cpu_model",

@@ -196,7 +196,9 @@ def test_branches_and_stack_ops():
 @pytest.mark.parametrize(
     "code",
     [b"", bytes([0x06]), bytes([0x22]), bytes([0x70]), bytes([0x31, 0x30, 0x1B]), bytes([0xE0]),
-     bytes([0x2F]) + struct.pack("<h", -3)],
+     bytes([0x2F]) + struct.pack("<h", -3),
+     bytes([0xA5, 0x00, 0x00]),  # DW_OP_regval_type: not a DW_OP_reg<n>
+     bytes([0xA4, 0x00, 0x01, 0x05])],  # DW_OP_const_type: not a DW_OP_const<n>
 )
 def test_bad_expressions_raise_expr_error(code):
     with pytest.raises(ExprError):

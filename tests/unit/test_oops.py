@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from telemetry.probes import oops as O
 
-# shared/ lies beside the checkout (in CI too).
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "oops"
+TESTDATA = Path(__file__).resolve().parents[1] / "data" / "oops"
 
 KW = "org.clearlinux/kernel/warning"
 KB = "org.clearlinux/kernel/bug"
@@ -93,15 +92,11 @@ EXPECTED: dict[str, list[tuple]] = {
 
 
 def test_every_testdata_file_has_expectations():
-    if not TESTDATA.is_dir():
-        pytest.skip(f"test data not found at {TESTDATA}")
     assert sorted(p.name for p in TESTDATA.iterdir()) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_testdata_file(name):
-    if not TESTDATA.is_dir():
-        pytest.skip(f"test data not found at {TESTDATA}")
     events = O.parse_lines(read_lines(name))
     assert len(events) == len(EXPECTED[name])
     for event, (reason, cls, sev, version, tainted, nframes, nregs, has_modules) in zip(
@@ -123,7 +118,7 @@ def test_testdata_file(name):
 
 
 def test_watchdog_payload_in_full_layout():
-    (event,) = O.parse_lines(read_lines("watchdog.txt")) if TESTDATA.is_dir() else pytest.skip("no test data")
+    (event,) = O.parse_lines(read_lines("watchdog.txt"))
     lines = O.oops_payload(event).split("\n")
     assert lines[:4] == [
         "Crash Report:",
@@ -140,8 +135,6 @@ def test_watchdog_payload_in_full_layout():
 
 
 def test_alsa_junk_frame_and_registers_order():
-    if not TESTDATA.is_dir():
-        pytest.skip("no test data")
     (alsa,) = O.parse_lines(read_lines("ALSA.txt"))
     assert O.analyse(alsa).frames[-1].function == "======================="
     (npd,) = O.parse_lines(read_lines("kernel_null_pointer.txt"))

@@ -57,6 +57,11 @@ _BINARY = {
 }
 
 
+_CONSTS = frozenset(
+    f"DW_OP_const{n}{s}" for n in ("1", "2", "4", "8") for s in ("u", "s")
+) | {"DW_OP_constu", "DW_OP_consts"}
+
+
 def evaluate(code: bytes | Sequence[int], regs: Regs, read: ReadWord, push: Sequence[int] = ()) -> int:
     """The value on top of the stack when `code` ends; `push` is the initial stack."""
     code = bytes(code)
@@ -71,17 +76,18 @@ def evaluate(code: bytes | Sequence[int], regs: Regs, read: ReadWord, push: Sequ
         op = ops[i]
         name, args = op.op_name, op.args
         i += 1
-        if name.startswith("DW_OP_lit"):
+        # Exact names only: DW_OP_regval_type, DW_OP_const_type and the like share prefixes.
+        if name.startswith("DW_OP_lit") and name[9:].isdigit():
             stack.append(int(name[9:]))
-        elif name.startswith("DW_OP_const"):
+        elif name in _CONSTS:
             stack.append(args[0] & MASK64)
         elif name == "DW_OP_addr":
             stack.append(args[0] & MASK64)
-        elif name.startswith("DW_OP_breg") and name != "DW_OP_bregx":
+        elif name.startswith("DW_OP_breg") and name[10:].isdigit():
             stack.append((_reg(regs, int(name[10:])) + args[0]) & MASK64)
         elif name == "DW_OP_bregx":
             stack.append((_reg(regs, args[0]) + args[1]) & MASK64)
-        elif name.startswith("DW_OP_reg") and name != "DW_OP_regx":
+        elif name.startswith("DW_OP_reg") and name[9:].isdigit():
             stack.append(_reg(regs, int(name[9:])))
         elif name == "DW_OP_regx":
             stack.append(_reg(regs, args[0]))
