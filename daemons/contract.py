@@ -26,6 +26,9 @@ CLEAR_LINUX = "clear-linux-os"
 # buffer-size); the request line, Host, Content-Length and the like need the rest.
 HEADER_BLOCK_MAX = 3584
 
+# The collector's rule for X-Telemetry-Record-Id; telemprobd writes 32 hex digits.
+RECORD_ID = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+
 _PRINTABLE = frozenset(string.printable)
 _CLEAR_BUILD = re.compile(r"[0-9]+")
 _BUILD = re.compile(r"[-_a-zA-Z0-9.]+")
@@ -100,3 +103,17 @@ def check_header_block(lines: tuple[bytes, ...]) -> Violation | None:
         return Violation("headers", f"request headers take {size} bytes; the collector reads at most "
                          f"about {HEADER_BLOCK_MAX}")
     return None
+
+
+def check_record_id(record_id: str) -> Violation | None:
+    """A queue row's id goes into a header line: it must be one the collector takes."""
+    if RECORD_ID.fullmatch(record_id):
+        return None
+    return Violation("record_id", f"record id {printable_id(record_id)} is not one telemprobd writes")
+
+
+def printable_id(record_id: str) -> str:
+    """A row's id as it can be logged and journaled: escaped when it is not a valid id."""
+    if RECORD_ID.fullmatch(record_id):
+        return record_id
+    return record_id.encode("unicode_escape").decode("ascii")[:200] or "(empty)"

@@ -4,11 +4,12 @@ One thread, one epoll set: the listening socket, every client still sending its 
 and the signal wake-up pipe.  A frame is read with a size cap (refused as soon as its
 size field is read), a deadline per connection (`connection_timeout`, so slow or silent
 peers are dropped) and a cap on connections (`max_connections`, beyond which a sender
-is told "busy").  Each complete frame gets its verdict from `admission`; a refusal is
-answered at once, an admitted record waits for the group commit that ends the round
-(`staging`) and is acknowledged only once that commit is durable.  A peer that already
-closed (a C libtelemetry never reads) costs nothing: replies are sent with MSG_NOSIGNAL
-and errors ignored.
+is told "busy"; one uid gets `rate_limit_uid_share` percent of them at most, so it
+cannot lock the other users out).  Each complete frame gets its verdict from
+`admission`; a refusal is answered at once, an admitted record waits for the group
+commit that ends the round (`staging`) and is acknowledged only once that commit is
+durable.  A peer that already closed (a C libtelemetry never reads) costs nothing:
+replies are sent with MSG_NOSIGNAL and errors ignored.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ class IngestLoop:
         self._notify = notify
         self._throttle = LogThrottle()
         self._conns: dict[int, Connection] = {}
+        self._uid_conns: collections.Counter[int] = collections.Counter()  # of _conns, by sender uid
         self._pending: list[Item] = []
         self._pending_bytes = 0
         self._pending_since = 0.0
@@ -393,11 +395,29 @@ class IngestLoop:
             if len(self._conns) + len(self._pending) >= self.settings.max_connections:
                 self._busy(conn, f"telemprobd is serving {self.settings.max_connections} connections; try again")
                 continue
+            cap = self._uid_connection_cap()
+            if self._uid_conns[sender.uid] >= cap:  # one user holding every slot would lock the others out
+                self._busy(conn, f"uid {sender.uid} already has {cap} connections open; try again")
+                continue
             self._conns[conn.fd] = conn
+            self._uid_conns[sender.uid] += 1
             self._read(conn)
             if conn.fd in self._conns and not conn.registered:
                 self._ep.register(conn.fd, select.EPOLLIN)
                 conn.registered = True
+
+    def _uid_connection_cap(self) -> int:
+        """One uid's part of max_connections: the rate limits' per-uid share of it."""
+        share = self.settings.policy.uid_share
+        total = self.settings.max_connections
+        return total if share >= 100 else max(1, total * share // 100)
+
+    def _forget(self, conn: Connection) -> None:
+        if self._conns.pop(conn.fd, None) is not None:
+            uid = conn.sender.uid
+            self._uid_conns[uid] -= 1
+            if self._uid_conns[uid] <= 0:
+                del self._uid_conns[uid]
 
     def _busy(self, conn: Connection, reason: str) -> None:
         try:  # take what already arrived, so closing does not reset the peer before it reads
@@ -484,7 +504,7 @@ class IngestLoop:
             self._limiter_dirty = True
         self.counters.add("received")
         self._unregister(conn)
-        del self._conns[conn.fd]
+        self._forget(conn)
         if not self._pending:
             self._pending_since = now
         self._pending.append(Item(verdict.record, conn.sock, verdict.booking, verdict.deferred))
@@ -496,7 +516,7 @@ class IngestLoop:
         s = conn.sender
         self._warn(time.monotonic(), "refused a record from uid %d pid %d: %s: %s", s.uid, s.pid, status.value, reason)
         self._unregister(conn)
-        self._conns.pop(conn.fd, None)
+        self._forget(conn)
         reply(conn.sock, Ack(status, reason))
 
     def _warn(self, now: float, msg: str, *args) -> None:
@@ -516,7 +536,7 @@ class IngestLoop:
 
     def _close(self, conn: Connection) -> None:
         self._unregister(conn)
-        self._conns.pop(conn.fd, None)
+        self._forget(conn)
         conn.sock.close()
 
     # --- group commit ----------------------------------------------------------------

@@ -55,7 +55,13 @@ def from_systemd() -> socket.socket | None:
     """The listening socket systemd passed, None if none; an unusable one is an error."""
     from systemd import daemon as sd
 
-    fds = sd.listen_fds()
+    try:
+        fds = sd.listen_fds()
+    except OSError as e:  # LISTEN_FDS names descriptors that are not there, or is no number
+        raise ListenerError(
+            f"the sockets passed by systemd are unusable (LISTEN_FDS={os.environ.get('LISTEN_FDS', '')!r}): "
+            f"{e.strerror or e}; check telemprobd.socket"
+        ) from None
     if not fds:
         return None
     fd = fds[0]

@@ -110,17 +110,33 @@ class QueuedRecord:
     last_error: str | None
 
 
+# SQLite stores any type in any column: every value is read as the type the code uses
+# (text as bytes, decoded here), so a damaged or foreign row cannot raise while it is read.
 _COLUMNS = (
-    "seq, record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path, headers, "
-    "payload, size, deferred_until, attempts, next_attempt_at, last_error"
+    "seq, CAST(record_id AS BLOB), CAST(received_at AS REAL), CAST(sender_uid AS INTEGER), "
+    "CAST(sender_gid AS INTEGER), CAST(sender_pid AS INTEGER), CAST(cfg_path AS BLOB), CAST(headers AS BLOB), "
+    "CAST(payload AS BLOB), CAST(size AS INTEGER), CAST(deferred_until AS REAL), CAST(attempts AS INTEGER), "
+    "CAST(next_attempt_at AS REAL), CAST(last_error AS BLOB)"
 )
+# Times beyond this are clamped (an infinity would not survive int()).
+_TIME_LIMIT = 1e15
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else bytes(value).decode("utf-8", errors="replace")
+
+
+def _time(value: float | None) -> float:
+    if value is None or value != value:
+        return 0.0
+    return min(max(value, -_TIME_LIMIT), _TIME_LIMIT)
 
 
 def _row(r: Sequence) -> QueuedRecord:
     return QueuedRecord(
-        seq=r[0], record_id=r[1], received_at=r[2], sender=Sender(r[3], r[4], r[5]), cfg_path=r[6],
-        headers=bytes(r[7]), payload=bytes(r[8]), size=r[9], deferred_until=r[10], attempts=r[11],
-        next_attempt_at=r[12], last_error=r[13],
+        seq=r[0], record_id=_text(r[1]) or "", received_at=_time(r[2]), sender=Sender(r[3], r[4], r[5]),
+        cfg_path=_text(r[6]), headers=bytes(r[7] or b""), payload=bytes(r[8] or b""), size=r[9] or 0,
+        deferred_until=_time(r[10]), attempts=r[11] or 0, next_attempt_at=_time(r[12]), last_error=_text(r[13]),
     )
 
 
@@ -300,21 +316,24 @@ class Queue:
         return [_row(r) for r in cur.fetchall()]
 
     def oldest_received_at(self) -> float | None:
-        row = self.db.execute("SELECT MIN(received_at) FROM records").fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        row = self.db.execute("SELECT MIN(CAST(received_at AS REAL)) FROM records").fetchone()
+        return None if row is None or row[0] is None else _time(row[0])
 
     def settle(
         self,
         delete: Iterable[str] = (),
         reschedule: Iterable[tuple[str, int, float, str]] = (),
         counters: dict[tuple[str, str], int] | None = None,
+        delete_seqs: Iterable[int] = (),
     ) -> None:
         """Record the fate of a batch in one durable transaction: rows whose fate is decided
-        are deleted, rows to try again get (record_id, attempts, next_attempt_at, last_error)."""
+        are deleted (by record id, or by queue position: a damaged row's id may not even be
+        text), rows to try again get (record_id, attempts, next_attempt_at, last_error)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("DELETE FROM records WHERE record_id = ?", [(i,) for i in delete])
+            db.executemany("DELETE FROM records WHERE seq = ?", [(n,) for n in delete_seqs])
             db.executemany(
                 "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?",
                 [(a, t, e[:500], i) for i, a, t, e in reschedule],
@@ -328,8 +347,10 @@ class Queue:
             raise
 
     def next_due_time(self) -> float | None:
-        row = self.db.execute("SELECT MIN(MAX(next_attempt_at, deferred_until)) FROM records").fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        row = self.db.execute(
+            "SELECT MIN(MAX(CAST(next_attempt_at AS REAL), CAST(deferred_until AS REAL))) FROM records"
+        ).fetchone()
+        return None if row is None or row[0] is None else _time(row[0])
 
     def get(self, record_id: str) -> QueuedRecord | None:
         r = self.db.execute(f"SELECT {_COLUMNS} FROM records WHERE record_id = ?", (record_id,)).fetchone()
@@ -358,8 +379,9 @@ class Queue:
 
     def stats(self) -> tuple[int, int]:
         """(rows, bytes) currently queued."""
-        n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
-        return int(n), int(size)
+        # TOTAL, not SUM: a damaged size must not overflow the sum into an error.
+        n, size = self.db.execute("SELECT COUNT(*), TOTAL(size) FROM records").fetchone()
+        return int(n), int(min(max(size, -(2**63)), 2**63 - 1))
 
     # --- counters -----------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ from `tidheader` and our record id header; values are taken whole from the typed
 so nothing is cut at a space as the original's JSON builder did.
 
 Pure: bytes and values in, header lines and a body out. pycurl takes the lines as they
-are; two of its conventions are handled here: a header line with an empty value must be
-written `Name;` (`Name:` would remove the header), and `Expect:` switches off the
+are; two of its conventions are handled here: a header line with an empty (or blank) value
+must be written `Name;` (`Name:` would remove the header), and `Expect:` switches off the
 100-continue round trip curl otherwise adds to bodies over 1 KiB.
 """
 
@@ -40,7 +40,9 @@ class Request:
 
 
 def header_line(name: str, value: str) -> bytes:
-    if value == "":
+    # curl reads `Name:` followed by nothing but blanks as "remove this header"; the
+    # collector strips the blanks anyway, so such a value goes as an empty one.
+    if value.strip(" \t") == "":
         return f"{name};".encode()
     return f"{name}: {value}".encode()
 

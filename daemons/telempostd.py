@@ -40,7 +40,7 @@ from telemetry.record import Record, RecordError, parse_header_block
 
 from . import spool
 from .backoff import Gate, next_attempt_at
-from .contract import check_header_block, check_record
+from .contract import check_header_block, check_record, check_record_id, printable_id
 from .endpoint import DeliverySettings, RequestRefused, check_settings
 from .inotify import FileWatch
 from .journal import Journal, JournalEntry, JournalError, Outcome, SetAside, entry_for
@@ -339,6 +339,9 @@ class Postd:
         """A local decision, or the request to send."""
         s = self.settings
         record, problem = self._parse(row)
+        bad_id = check_record_id(row.record_id)
+        if bad_id is not None:  # it would go into a header line: never sent
+            record, problem = None, str(bad_id)
         violation = None
         request = None
         if record is not None and s.delivery_enabled:
@@ -358,7 +361,7 @@ class Postd:
             return self._local(row, record, Outcome.EXPIRED,
                                f"not delivered within record_expiry ({s.record_expiry} min)")
         if disposition is spool.Disposition.SET_ASIDE:
-            log.warning("queue row %s holds no readable record, set aside: %s", row.record_id, problem)
+            log.warning("queue row %s holds no readable record, set aside: %s", printable_id(row.record_id), problem)
             return self._local(row, None, Outcome.SET_ASIDE, f"unreadable record: {problem}")
         if disposition is spool.Disposition.KEEP_LOCAL:
             return self._local(row, record, Outcome.DROPPED,
@@ -464,7 +467,7 @@ class Postd:
         entries: list[JournalEntry] = []
         retained: list[tuple[str, bytes]] = []
         aside: list[SetAside] = []
-        delete: list[str] = []
+        delete: list[int] = []  # queue positions: a damaged row's id may not even be text
         retry: list[tuple[str, int, float, str]] = []
         counts: collections.Counter[Counter] = collections.Counter()
         for d in decisions:
@@ -473,19 +476,19 @@ class Postd:
             if d.outcome is None:
                 retry.append((row.record_id, d.attempts, d.next_attempt_at, d.detail))
                 continue
-            delete.append(row.record_id)
+            delete.append(row.seq)
             entries.append(entry_for(
-                row.record_id, d.record, d.outcome, timestamp=now, boot_id=self._boot_id(),
+                printable_id(row.record_id), d.record, d.outcome, timestamp=now, boot_id=self._boot_id(),
                 http_status=d.http_status, detail=d.detail,
                 classification="" if d.record else _header_value(row.headers, _CLASSIFICATION, 122),
                 event_id="" if d.record else _header_value(row.headers, _EVENT_ID, 32),
             ))
             if d.outcome is Outcome.SET_ASIDE:
-                aside.append(SetAside(row.record_id, now, d.detail, row.headers, row.payload))
+                aside.append(SetAside(printable_id(row.record_id), now, d.detail, row.headers, row.payload))
             elif self.settings.retention_enabled:
                 retained.append((row.record_id, row.payload))
         self._journal(entries, retained, aside)
-        self.queue.settle(delete, retry, {(DAEMON, c.value): n for c, n in counts.items()})
+        self.queue.settle((), retry, {(DAEMON, c.value): n for c, n in counts.items()}, delete_seqs=delete)
         tally.update(counts)
 
     def _boot_id(self) -> str:
@@ -526,7 +529,9 @@ class Postd:
             delivery_enabled=self.settings.delivery_enabled, idle_deadline=self.idle_deadline(),
         )
         if self._queue_retry_at is not None:
-            wake = self._queue_retry_at if wake is None else min(wake, self._queue_retry_at)
+            # The queue failed (disk full, locked): records already due must not make the
+            # daemon retry at once, in a loop, until the retry time.
+            wake = self._queue_retry_at if wake is None else max(wake, self._queue_retry_at)
         return wake
 
 

@@ -145,8 +145,8 @@ KEYS: tuple[Key, ...] = (
     Key("retry_max_delay", Kind.INT, 3600, "Longest wait between two delivery attempts of a record; "
         "also caps a collector's Retry-After.", "telempostd", unit="seconds", lo=1, hi=86400,
         original=False),
-    Key("rate_limit_uid_share", Kind.INT, 50, "Most of each rate limit one local user (uid) may take; "
-        "the rest of the window stays available to other users (100: no per-user cap).", "telemprobd",
+    Key("rate_limit_uid_share", Kind.INT, 50, "Most of each rate limit, and of max_connections, one local "
+        "user (uid) may take; the rest stays available to other users (100: no per-user cap).", "telemprobd",
         unit="percent", lo=1, hi=100, original=False),
     Key("max_connections", Kind.INT, 64, "Client connections telemprobd serves at once.",
         "telemprobd", lo=1, hi=4096, original=False),
@@ -304,6 +304,26 @@ def candidate_files(paths: Paths, explicit: str | None = None) -> list[str]:
     return [paths.config_file]
 
 
+CONFIG_MAX = 1 << 20  # bytes; a telemetrics.conf is a few KiB
+
+
+def _read_text(path: str) -> str:
+    """A regular file of at most CONFIG_MAX bytes, opened without blocking (a FIFO in its
+    place would hang every program that reads the config), as text mode reads it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError("not a regular file", path)
+        data = f.read(CONFIG_MAX + 1)
+    if len(data) > CONFIG_MAX:
+        raise ConfigError(f"file is larger than {CONFIG_MAX} bytes", path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("file is not valid UTF-8", path) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # every CR LF and lone CR ends a line
+
+
 def load(paths: Paths | None = None, explicit: str | None = None) -> Config:
     """Exactly one file, as the original: -f, else the admin file, else the defaults file.
 
@@ -316,16 +336,15 @@ def load(paths: Paths | None = None, explicit: str | None = None) -> Config:
         if not candidate:
             continue
         try:
-            with open(candidate, encoding="utf-8", errors="strict") as f:
-                text = f.read(1 << 20)
+            text = _read_text(candidate)
         except FileNotFoundError:
             if explicit:
                 raise ConfigError("configuration file not found", candidate) from None
+            if os.path.lexists(candidate):
+                raise ConfigError("symbolic link to a file that does not exist", candidate) from None
             continue
-        except UnicodeDecodeError:
-            raise ConfigError("file is not valid UTF-8", candidate) from None
         except OSError as e:
-            if not explicit and not os.path.exists(candidate):
+            if not explicit and not os.path.lexists(candidate):
                 continue
             raise ConfigError(f"cannot read: {e.strerror}", candidate) from None
         return config_from_text(text, paths, candidate)

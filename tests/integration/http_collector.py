@@ -127,6 +127,9 @@ def validate(headers: dict[str, str], tid: str) -> str | None:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Head and body go out in two writes: without TCP_NODELAY each answer on a kept-alive
+    # connection waits for the client's delayed ACK (about 40 ms).
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:
@@ -188,6 +191,13 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     collector: Collector
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that gave up (its timeout, a slow answer) is expected here, not a fault."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 @dataclass
