@@ -7,6 +7,7 @@ TELEMETRY_MODE=user, so tests never touch the machine's /etc, /var or /run even 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -91,3 +92,17 @@ def user_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> UserInstall
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     monkeypatch.delenv("INVOCATION_ID", raising=False)
     return inst
+
+
+def _devnull_is_a_device() -> bool:
+    try:
+        return stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    except OSError:
+        return False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Tests run as root in CI: none may damage the machine (seen once: /dev/null replaced)."""
+    if not _devnull_is_a_device():
+        pytest.exit(f"/dev/null is no longer a character device after {item.nodeid}", returncode=3)
