@@ -56,7 +56,6 @@ CREATE TABLE IF NOT EXISTS records (
     next_attempt_at REAL NOT NULL DEFAULT 0,
     last_error      TEXT
 );
-CREATE INDEX IF NOT EXISTS records_due ON records (next_attempt_at, deferred_until);
 CREATE TABLE IF NOT EXISTS counters (
     daemon TEXT NOT NULL,
     name   TEXT NOT NULL,
