@@ -9,19 +9,18 @@ the caller, and nothing here ever exits the process.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import time
 
 from . import config as config_mod
 from .ack import Ack, AckError, decode_ack
 from .errors import TelemetryError
-from .limits import ACK_MAX, ACK_TIMEOUT, CONNECT_TIMEOUT
-from .optin import is_opted_in
+from .limits import ACK_MAX, ACK_TIMEOUT, CONNECT_TIMEOUT, SUN_PATH_MAX
+from .optin import is_opted_in, opt_in_command
 from .paths import Paths
 from .record import Record
 from .wire import encode_frame
-
-SUN_PATH_MAX = 107
 
 
 class SendError(TelemetryError):
@@ -30,8 +29,8 @@ class SendError(TelemetryError):
 
 class NotOptedIn(SendError):
     def __init__(self, paths: Paths):
-        cmd = "telemctl opt-in" + (" --user" if paths.mode.value == "user" else "")
-        super().__init__(f"not opted in to telemetry ({paths.opt_in_file} is missing); run '{cmd}' first")
+        super().__init__(f"not opted in to telemetry ({paths.opt_in_file} is missing); "
+                         f"run '{opt_in_command(paths)}' first")
 
 
 class DaemonUnavailable(SendError):
@@ -75,7 +74,7 @@ class Client:
 
     def send_frame(self, frame: bytes, timeout: float = ACK_TIMEOUT) -> Ack:
         path = self.socket_path
-        if len(path.encode()) > SUN_PATH_MAX:
+        if len(os.fsencode(path)) > SUN_PATH_MAX:
             raise SendError(f"socket path {path} is longer than {SUN_PATH_MAX} bytes")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:

@@ -2,8 +2,9 @@
 
 Every file the programs write goes through `atomic_write` (temp file in the same
 directory, fsync, rename, fsync of the directory), so a reader sees the old content or
-the new, never half of it; a kill -9 leaves at most a temp file that `clean_temp`
-removes on the next start.
+the new, never half of it.  A kill -9 leaves at most a temp file named after the file and
+the writer's pid; the next writer with that pid replaces it (pids are reused, notably
+from boot to boot), and `clean_temp` removes such files from a directory.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ def fsync_dir(path: str) -> None:
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.path.basename(path)}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:
+        # No live process but this one has our pid: a dead one's leftover (no program
+        # writes one file from two threads).
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, mode)
     try:
         os.fchmod(fd, mode)
         view = memoryview(data)

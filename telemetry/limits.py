@@ -16,6 +16,13 @@ CLASSIFICATION_FIRST_SEGMENT_MAX = 41
 SEVERITY_MIN = 1
 SEVERITY_MAX = 4
 
+# payload_format_version is a uint32, as in the original.
+PAYLOAD_FORMAT_VERSION_MAX = 2**32 - 1
+
+# A header line longer than this is not something any probe produces; the collector
+# refuses values of 250 characters and more.  (Ours: the original has no such check.)
+HEADER_VALUE_MAX = 512
+
 # The library keeps at most this many payload bytes.  The original telemprobd drops
 # payloads over 8187 bytes (its message_size check counts 4+payload+1); ours accepts
 # the full 8192 the library allows.
@@ -37,6 +44,9 @@ FRAME_MAX = 13500
 FRAME_SIZE_FIELD = 4
 # A frame needs at least: size (4) + header_size (4) + terminator (1).
 FRAME_MIN = 9
+
+# A unix socket path: sun_path holds 108 bytes, the NUL included.
+SUN_PATH_MAX = 107
 
 # Seconds the library waits for the daemon's acknowledgement.
 ACK_TIMEOUT = 5.0

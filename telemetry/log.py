@@ -34,7 +34,7 @@ def setup(program: str, level: str | int = "info", *, stream=None, journal: bool
 
             handler = JournalHandler(SYSLOG_IDENTIFIER=program)
             handler.setFormatter(logging.Formatter("%(message)s"))
-        except Exception:  # no journald socket: fall back to stderr
+        except Exception:  # systemd-python missing, or journald not answering: stderr
             handler = None
     if handler is None:
         handler = logging.StreamHandler(stream or sys.stderr)

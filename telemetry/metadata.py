@@ -44,9 +44,12 @@ def _path(root: str, rel: str) -> str:
     return os.path.join(root, rel)
 
 
-def _clean(raw: bytes) -> str:
-    """Header values travel as text lines: no line breaks, NULs or invalid UTF-8."""
+def printable_text(raw: bytes) -> str:
+    """Untrusted bytes as text fit for a header value or a payload line: invalid UTF-8
+    replaced, every control character but tab (line breaks, NULs) shown as '?'."""
     text = raw.decode("utf-8", errors="replace")
+    if text.isprintable():  # the usual case, checked in one C call
+        return text
     return "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in text)
 
 
@@ -64,7 +67,7 @@ def read_dmi(root: str, name: str, key: str) -> str:
     value = line[:-1]
     if value.strip(b" ") == b"":
         return BLANK
-    return _clean(value)
+    return printable_text(value)
 
 
 def _chunks(f, size: int = CHUNK_READ) -> Iterator[bytes]:
@@ -90,7 +93,7 @@ def read_cpu_model(root: str) -> str:
             if len(rest) <= 1:
                 return BLANK
             value = rest[1:-1]
-            return _clean(value) if value.strip(b" ") else BLANK
+            return printable_text(value) if value.strip(b" ") else BLANK
     log.info("Unable to find attribute:model name")
     return BLANK
 
@@ -119,7 +122,7 @@ def read_os_release(root: str) -> dict[str, str] | None:
                     continue
                 words = chunk[len(prefix) :].split()
                 if words:
-                    found[key] = _clean(words[0])
+                    found[key] = printable_text(words[0])
     return found
 
 

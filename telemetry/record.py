@@ -9,6 +9,7 @@ produce or a collector could be harmed by (line breaks, NULs, invalid UTF-8).
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import os
 import re
@@ -23,18 +24,15 @@ from .limits import (
     CLASSIFICATION_MAX,
     CLASSIFICATION_SEGMENT_MAX,
     EVENT_ID_LEN,
+    HEADER_VALUE_MAX,
     MACHINE_ID_PLACEHOLDER,
+    PAYLOAD_FORMAT_VERSION_MAX,
     PAYLOAD_MAX,
     RECORD_FORMAT_VERSION,
     SEVERITY_MAX,
     SEVERITY_MIN,
 )
 from .metadata import Metadata, read_metadata
-
-UINT32_MAX = 2**32 - 1
-# A header line longer than this is not something any probe produces; the collector
-# refuses values of 250 characters and more.
-HEADER_VALUE_MAX = 512
 
 _EVENT_ID = re.compile(r"[0-9a-f]{32}")
 _DIGITS = re.compile(r"[0-9]+")
@@ -107,11 +105,19 @@ def _check_value(name: str, value: str) -> None:
 
 
 def truncate_utf8(data: bytes, limit: int) -> bytes:
-    """Cut at `limit` bytes without splitting a UTF-8 sequence."""
+    """Cut at `limit` bytes without splitting a UTF-8 sequence.
+
+    Only a sequence the cut left incomplete is dropped; invalid bytes before it stay, so
+    that `check_payload` refuses a cut payload exactly as it refuses an uncut one.
+    """
     if len(data) <= limit:
         return data
     cut = data[:limit]
-    return cut.decode("utf-8", errors="ignore").encode("utf-8")
+    try:
+        _, complete = codecs.utf_8_decode(cut, "strict", False)  # final=False: stops before a partial tail
+    except UnicodeDecodeError:
+        return cut
+    return cut[:complete]
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,7 @@ def create_record(
     truncate: bool = False,
 ) -> Record:
     check_classification(classification)
-    if not 0 <= int(payload_format_version) <= UINT32_MAX:
+    if not 0 <= int(payload_format_version) <= PAYLOAD_FORMAT_VERSION_MAX:
         raise RecordError(H.PAYLOAD_FORMAT_VERSION, "payload_format_version must be 0..4294967295")
     if event_id is None:
         event_id = new_event_id()
@@ -239,7 +245,8 @@ def _parse_fast(block: bytes, payload: bytes) -> Record | None:
     values: dict[str, object] = dict(zip(H.RECORD_HEADERS, m.groups(), strict=True))
     for name in _INT_FIELDS:
         values[name] = int(values[name])  # type: ignore[call-overload]
-    if len(values[H.CLASSIFICATION]) > CLASSIFICATION_MAX or values[H.PAYLOAD_FORMAT_VERSION] > UINT32_MAX:  # type: ignore[arg-type, operator]
+    if (len(values[H.CLASSIFICATION]) > CLASSIFICATION_MAX  # type: ignore[arg-type]
+            or values[H.PAYLOAD_FORMAT_VERSION] > PAYLOAD_FORMAT_VERSION_MAX):  # type: ignore[operator]
         return None
     check_payload(payload)
     return Record(payload=payload, **values)  # type: ignore[arg-type]
@@ -278,7 +285,7 @@ def _parse_strict(block: bytes, payload: bytes) -> Record:
         raise RecordError(H.RECORD_FORMAT_VERSION, f"record_format_version must be {RECORD_FORMAT_VERSION}")
     if not SEVERITY_MIN <= values[H.SEVERITY] <= SEVERITY_MAX:  # type: ignore[operator]
         raise RecordError(H.SEVERITY, f"severity must be {SEVERITY_MIN}..{SEVERITY_MAX}")
-    if values[H.PAYLOAD_FORMAT_VERSION] > UINT32_MAX:  # type: ignore[operator]
+    if values[H.PAYLOAD_FORMAT_VERSION] > PAYLOAD_FORMAT_VERSION_MAX:  # type: ignore[operator]
         raise RecordError(H.PAYLOAD_FORMAT_VERSION, "payload_format_version must fit in 32 bits")
     check_classification(values[H.CLASSIFICATION])  # type: ignore[arg-type]
     check_event_id(values[H.EVENT_ID])  # type: ignore[arg-type]

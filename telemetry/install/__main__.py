@@ -23,11 +23,6 @@ class InstallError(TelemetryError):
     pass
 
 
-def default_tree() -> Path | None:
-    tree = Path(__file__).resolve().parents[2]
-    return tree if (tree / "pyproject.toml").is_file() else None
-
-
 def layout_options(f: Callable) -> Callable:
     for name, default, what in reversed((
         ("--prefix", "/usr", "Installation prefix (programs in PREFIX/bin, units in PREFIX/lib/systemd/system)."),
@@ -47,8 +42,9 @@ def make_layout(prefix: str, sysconfdir: str, localstatedir: str, rundir: str) -
 
 
 def source_tree(source: str | None) -> Path:
-    tree = Path(source) if source else default_tree()
-    if tree is None or not (tree / "pyproject.toml").is_file():
+    """--source, else the checkout this module runs from (an editable install)."""
+    tree = Path(source) if source else Path(__file__).resolve().parents[2]
+    if not (tree / "pyproject.toml").is_file():
         raise InstallError("cannot find the source tree (a folder with pyproject.toml); "
                            "give it with --source")
     return tree

@@ -8,12 +8,16 @@ telemprobd writes (telemetry.ack).  Our own telemprobd is exercised by its own t
 
 from __future__ import annotations
 
+import ast
 import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 
+import telemetry
 from telemetry.ack import Ack, AckStatus
 from telemetry.client import Client, DaemonUnavailable, NotOptedIn, RecordRejected, SendError
 from telemetry.record import create_record
@@ -173,3 +177,20 @@ def test_socket_path_too_long(user_install, record):
     user_install.write_config("socket_path=/" + "x" * 120 + "\n")
     with pytest.raises(SendError, match="longer than 107 bytes"):
         Client(user_install.paths).send(record)
+
+
+def test_package_names_load_on_first_use():
+    """`from telemetry import X` works for every public name, and importing one submodule
+    does not import the others behind the package's names."""
+    assert set(telemetry.__all__) == {*telemetry._EXPORTS, "__version__"}
+    for name, module in telemetry._EXPORTS.items():
+        assert getattr(telemetry, name) is getattr(sys.modules[f"telemetry.{module}"], name)
+    with open(telemetry.__file__) as f:
+        (block,) = (n for n in ast.parse(f.read()).body
+                    if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    assert {a.name for node in block.body for a in node.names} == set(telemetry._EXPORTS)
+    code = ("import sys, telemetry.errors; assert 'telemetry.client' not in sys.modules, sorted(sys.modules); "
+            "from telemetry import *; assert send and Record and __version__")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        telemetry.nothing  # noqa: B018

@@ -174,6 +174,16 @@ def test_atomic_write_and_symlink_refusal(tmp_path):
     assert clean_temp(str(tmp_path)) == 1
 
 
+def test_atomic_write_replaces_a_dead_writers_temp_file(tmp_path):
+    """A kill -9 left .tmp-f.<pid>; a later process with the same pid (after a reboot,
+    say) must still be able to write f."""
+    target = tmp_path / "f"
+    (tmp_path / f".tmp-f.{os.getpid()}").write_bytes(b"half")
+    atomic_write(str(target), b"whole", 0o600)
+    assert target.read_bytes() == b"whole"
+    assert os.listdir(tmp_path) == ["f"]
+
+
 def test_ensure_dir_refuses_symlink(tmp_path):
     ensure_dir(str(tmp_path / "a/b"))
     (tmp_path / "l").symlink_to(tmp_path / "a")

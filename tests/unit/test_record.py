@@ -190,6 +190,16 @@ def test_parse_refuses_structure_errors():
 def test_truncate_utf8_never_splits():
     assert truncate_utf8("aé".encode(), 2) == b"a"
     assert truncate_utf8(b"abc", 5) == b"abc"
+    assert truncate_utf8("a€".encode(), 3) == b"a"
+    assert truncate_utf8("a€b".encode(), 4) == "a€".encode()
+
+
+def test_truncating_does_not_repair_invalid_utf8():
+    """Cutting drops only the sequence the cut split; an invalid byte before the cut stays,
+    so a long invalid payload is refused like a short one instead of being cleaned."""
+    assert truncate_utf8(b"x\xffy" + b"a" * 10, 8) == b"x\xffyaaaaa"
+    with pytest.raises(RecordError, match="not valid UTF-8"):
+        make(payload=b"x\xffy" + b"a" * PAYLOAD_MAX, truncate=True)
 
 
 safe_text = st.text(
