@@ -86,13 +86,14 @@ class Admission:
             payload=frame.payload,
             cfg_path=frame.cfg_path,
         )
-        if not fits_spool(ctx.queued_bytes, record.size, self.spool_max_bytes):
+        size = record.size
+        if not fits_spool(ctx.queued_bytes, size, self.spool_max_bytes):
             return Refuse(
                 AckStatus.NO_SPACE,
                 f"spool full: {ctx.queued_bytes} bytes queued, the limit is {self.spool_max_bytes}",
                 parsed,
             )
-        decision = self.limiter.decide(ctx.sender.uid, record.size, ctx.now)
+        decision = self.limiter.decide(ctx.sender.uid, size, ctx.now)
         if decision.verdict is Verdict.REFUSE:
             return Refuse(AckStatus.RATE_LIMITED, decision.reason)
         assert decision.booking is not None

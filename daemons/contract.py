@@ -72,8 +72,9 @@ def check_record(record: Record) -> Violation | None:
     if _ows(record.arch) not in ARCHES:
         return Violation(H.ARCH, f"arch {record.arch[:40]!r} is not one the collector knows "
                          "(architecture is invalid)")
-    if len(_ows(record.host_type)) > HOST_TYPE_MAX:
-        return Violation(H.HOST_TYPE, f"host_type is {len(record.host_type)} characters; the collector "
+    host_type = _ows(record.host_type)
+    if len(host_type) > HOST_TYPE_MAX:
+        return Violation(H.HOST_TYPE, f"host_type is {len(host_type)} characters; the collector "
                          f"takes at most {HOST_TYPE_MAX} (host type is invalid)")
     if not _kernel_ok(_ows(record.kernel_version)):
         return Violation(H.KERNEL_VERSION, f"kernel_version {record.kernel_version[:40]!r} needs at least two "
@@ -98,7 +99,7 @@ def check_record(record: Record) -> Violation | None:
 
 def check_header_block(lines: tuple[bytes, ...]) -> Violation | None:
     """Our request headers must leave room in the collector's 4 KiB request-head buffer."""
-    size = sum(len(line) + 2 for line in lines)
+    size = sum(map(len, lines)) + 2 * len(lines)  # each line ends in CRLF
     if size > HEADER_BLOCK_MAX:
         return Violation("headers", f"request headers take {size} bytes; the collector reads at most "
                          f"about {HEADER_BLOCK_MAX}")

@@ -19,7 +19,7 @@ import pycurl
 
 from telemetry.version import __version__
 
-from .endpoint import DeliverySettings, RequestRefused, check_settings
+from .endpoint import DeliverySettings, RequestRefused
 from .outcome import Response
 from .request import Request
 
@@ -58,7 +58,8 @@ class _Slot:
 
 class Delivery:
     def __init__(self, settings: DeliverySettings):
-        check_settings(settings)
+        # `settings` passed endpoint.check_settings when the config was loaded; a file
+        # that became unreadable since is curl's error on the first request.
         self.settings = settings
         self.multi = pycurl.CurlMulti()
         self.multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
@@ -88,10 +89,6 @@ class Delivery:
             c.setopt(pycurl.SSLCERT, s.client_cert)
             c.setopt(pycurl.SSLKEY, s.client_key or s.client_cert)
         return slot
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._busy)
 
     def has_capacity(self) -> bool:
         return bool(self._free)

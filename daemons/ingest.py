@@ -65,6 +65,8 @@ DRAIN_ROUNDS = 8  # non-blocking polls before a commit, at most
 BUSY_RETRY = 0.05  # a locked queue is tried again this often, up to BUSY_GIVE_UP
 DROPPED_JOURNAL_MAX = 10_000  # refusals waiting to be journaled, at most
 _UNKNOWN = Sender(-1, -1, -1)
+# Combined once: or-ing the flag enums costs about a microsecond on every call.
+_PEEK = int(socket.MSG_DONTWAIT | socket.MSG_PEEK)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class Counters:
 
 class LogThrottle:
     """At most `burst` lines per `interval`; the rest are counted and reported later, so a
-    flood of bad frames cannot flood the journal."""
+    flood of bad frames or failing commits cannot flood the journal."""
 
     def __init__(self, burst: int = 20, interval: float = 10.0):
         self.burst, self.interval = burst, interval
@@ -142,6 +144,13 @@ class LogThrottle:
     def take_suppressed(self) -> int:
         n, self.suppressed = self.suppressed, 0
         return n
+
+    def log(self, now: float, level: int, msg: str, *args) -> None:
+        if self.allow(now):
+            suppressed = self.take_suppressed()
+            if suppressed:
+                log.log(level, "%d similar messages were suppressed", suppressed)
+            log.log(level, msg, *args)
 
 
 class Connection:
@@ -179,17 +188,19 @@ class IngestLoop:
         self.settings = settings
         self.stager = stager
         self.counters = Counters()
-        self.limiter = limiter
-        self.admission = Admission(limiter, settings.spool_max_bytes)
+        self.admission = Admission(limiter, settings.spool_max_bytes)  # owns the limiter
         self.machine_id = machine_id
         self.paths = paths
         self.idle_exit = idle_exit
         self.boot_id = boot_id
         self._reload_settings = reload
         self._notify = notify
-        self._throttle = LogThrottle()
+        # Apart, so that a flood of bad frames cannot hide that the queue is failing.
+        self._refusals_log = LogThrottle()
+        self._failures_log = LogThrottle()
         self._conns: dict[int, Connection] = {}
-        self._uid_conns: collections.Counter[int] = collections.Counter()  # of _conns, by sender uid
+        self._uid_conns: dict[int, int] = {}  # of _conns, by sender uid
+        self._opted_in: bool | None = None  # as looked at since the last wake-up (_dispatch)
         self._pending: list[Item] = []
         self._pending_bytes = 0
         self._pending_since = 0.0
@@ -199,8 +210,8 @@ class IngestLoop:
         self._dropped: list[Dropped] = []
         self._meta: dict[str, str] = {}
         self._limiter_dirty = False
-        self._measured = 0
-        self._committed_at_measure = 0
+        self._measured = 0  # queue bytes when last measured
+        self._committed_since_measure = 0  # bytes this process committed since then
         self._measured_at = float("-inf")
         self._stopping = False
         self._stop_deadline = 0.0
@@ -246,6 +257,11 @@ class IngestLoop:
         return 0
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
+        # The opt-in marker is looked at once per wake-up (by the first frame judged after
+        # it), not once per frame: a stat() per record was a measurable share of its cost.
+        # An opt-out applies from the next wake-up on; only frames of the burst being read
+        # at that instant can still be judged on the earlier look.
+        self._opted_in = None
         for fd, _ in events:
             if fd == self._lfd:
                 self._accept()
@@ -336,8 +352,8 @@ class IngestLoop:
         self.settings = settings
         now = time.monotonic()
         if settings.policy != old.policy:
-            self.limiter = RateLimiter.restore(settings.policy, self.limiter.snapshot(now), now, 0.0)
-            self.admission.limiter = self.limiter
+            self.admission.limiter = RateLimiter.restore(
+                settings.policy, self.admission.limiter.snapshot(now), now, 0.0)
             self._limiter_dirty = True
         if settings.spool_max_bytes != old.spool_max_bytes:
             self.admission.spool_max_bytes = settings.spool_max_bytes
@@ -346,7 +362,7 @@ class IngestLoop:
             if self._pending:
                 self._commit(now)  # what was admitted goes where it was admitted
             self.stager.switch_spool(settings.spool_dir)
-            self._measured, self._committed_at_measure = 0, self.stager.committed_bytes
+            self._measured, self._committed_since_measure = 0, 0
             self._measured_at = float("-inf")
         if settings.socket_path != old.socket_path and not self.listener.activated:
             log.warning("socket_path changed to %s; restart telemprobd to listen there (still on %s)",
@@ -367,6 +383,7 @@ class IngestLoop:
 
     def _accept(self) -> None:
         now = time.monotonic()
+        cap = self._uid_connection_cap()
         for _ in range(ACCEPT_BATCH):
             try:
                 # _accept() + a plain constructor: socket.accept() converts family and
@@ -395,12 +412,12 @@ class IngestLoop:
             if len(self._conns) + len(self._pending) >= self.settings.max_connections:
                 self._busy(conn, f"telemprobd is serving {self.settings.max_connections} connections; try again")
                 continue
-            cap = self._uid_connection_cap()
-            if self._uid_conns[sender.uid] >= cap:  # one user holding every slot would lock the others out
+            held = self._uid_conns.get(sender.uid, 0)
+            if held >= cap:  # one user holding every slot would lock the others out
                 self._busy(conn, f"uid {sender.uid} already has {cap} connections open; try again")
                 continue
             self._conns[conn.fd] = conn
-            self._uid_conns[sender.uid] += 1
+            self._uid_conns[sender.uid] = held + 1
             self._read(conn)
             if conn.fd in self._conns and not conn.registered:
                 self._ep.register(conn.fd, select.EPOLLIN)
@@ -432,7 +449,7 @@ class IngestLoop:
         # sender's connection (data left unread) instead of closing it cleanly, which the
         # library would take for an original telemprobd's silent accept.
         try:
-            data = conn.sock.recv(RECV_MAX, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+            data = conn.sock.recv(RECV_MAX, _PEEK)
         except BlockingIOError:
             return
         except OSError as e:
@@ -482,12 +499,14 @@ class IngestLoop:
     def _judge(self, conn: Connection, frame) -> None:
         now = time.monotonic()
         wall = time.time()
+        if self._opted_in is None:
+            self._opted_in = is_opted_in(self.paths)
         ctx = Context(
             record_id=new_record_id(wall),
             sender=conn.sender,
             received_at=wall,
             now=now,
-            opted_in=is_opted_in(self.paths),
+            opted_in=self._opted_in,
             machine_id=self.machine_id.current(),
             queued_bytes=self._queued(),
         )
@@ -520,11 +539,7 @@ class IngestLoop:
         reply(conn.sock, Ack(status, reason))
 
     def _warn(self, now: float, msg: str, *args) -> None:
-        if self._throttle.allow(now):
-            suppressed = self._throttle.take_suppressed()
-            if suppressed:
-                log.warning("%d similar messages were suppressed", suppressed)
-            log.warning(msg, *args)
+        self._refusals_log.log(now, logging.WARNING, msg, *args)
 
     def _unregister(self, conn: Connection) -> None:
         if conn.registered:
@@ -556,10 +571,11 @@ class IngestLoop:
                 if now - self._busy_since < BUSY_GIVE_UP and not self._stopping:
                     self._retry_at = now + BUSY_RETRY
                     return
-            self._fail(items, e)
+            self._fail(now, items, e)
             return
         self._busy_since = None
         self._retry_at = 0.0
+        self._committed_since_measure += self._pending_bytes
         self._pending, self._pending_bytes = [], 0
         self._last_batch = len(items)
         deferred = 0
@@ -571,13 +587,13 @@ class IngestLoop:
         if deferred:
             self.counters.add("deferred", deferred)
 
-    def _fail(self, items: list[Item], error: StageError) -> None:
-        log.error("could not stage %d records: %s", len(items), error.detail)
+    def _fail(self, now: float, items: list[Item], error: StageError) -> None:
+        self._failures_log.log(now, logging.ERROR, "could not stage %d records: %s", len(items), error.detail)
         self._busy_since = None
         self._retry_at = 0.0
         self._pending, self._pending_bytes = [], 0
         for item in items:
-            self.limiter.release(item.booking)
+            self.admission.limiter.release(item.booking)
             reply(item.sock, Ack(error.status, error.detail))
         self.counters.add(f"rejected:{error.status.value}", len(items))
         if self.settings.policy.active:
@@ -590,7 +606,7 @@ class IngestLoop:
         self._next_flush = now + FLUSH_INTERVAL
         if self._limiter_dirty:
             self._limiter_dirty = False
-            snapshot = self.limiter.snapshot(now)
+            snapshot = self.admission.limiter.snapshot(now)
             self._meta[LIMITER_META_KEY] = limiter_meta(snapshot, boot_id=self.boot_id, mono=now, wall=time.time())
         meta, self._meta = self._meta, {}
         return self.counters.take(), meta
@@ -621,8 +637,7 @@ class IngestLoop:
     def _queued(self) -> int:
         if self.admission.spool_max_bytes < 0:
             return 0
-        committed_since = self.stager.committed_bytes - self._committed_at_measure
-        return self._measured + committed_since + self._pending_bytes
+        return self._measured + self._committed_since_measure + self._pending_bytes
 
     def _measure(self, now: float) -> bool:
         """Re-read the queue size (telempostd removes rows); False if it cannot be read."""
@@ -630,7 +645,7 @@ class IngestLoop:
         size = self.stager.measure()
         if size is None:
             return False
-        self._measured, self._committed_at_measure = size, self.stager.committed_bytes
+        self._measured, self._committed_since_measure = size, 0
         return True
 
     # --- housekeeping ----------------------------------------------------------------

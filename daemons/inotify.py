@@ -8,6 +8,7 @@ The standard library has no inotify binding, so this calls libc through ctypes
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -16,12 +17,8 @@ from dataclasses import dataclass
 
 from telemetry.errors import TelemetryError
 
-IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
-IN_CREATE = 0x00000100
-IN_DELETE_SELF = 0x00000400
-IN_MOVE_SELF = 0x00000800
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
@@ -82,7 +79,6 @@ class FileWatch:
             e = ctypes.get_errno()
             raise InotifyError(f"cannot start watching {directory}: inotify_init1: {os.strerror(e)}")
         self.fd = fd
-        self.wd = -1
         try:
             self._watch()
         except BaseException:
@@ -90,11 +86,9 @@ class FileWatch:
             raise
 
     def _watch(self) -> None:
-        wd = self._add_watch(self.fd, os.fsencode(self.directory), self.MASK)
-        if wd < 0:
+        if self._add_watch(self.fd, os.fsencode(self.directory), self.MASK) < 0:
             e = ctypes.get_errno()
             raise InotifyError(f"cannot watch {self.directory}: {os.strerror(e)}")
-        self.wd = wd
 
     def fileno(self) -> int:
         return self.fd
@@ -117,18 +111,13 @@ class FileWatch:
                 if ev.mask & IN_Q_OVERFLOW:
                     hit = True
                 elif ev.mask & IN_IGNORED:
-                    # The directory went away (or was replaced); watch again if it is back.
+                    # The directory went away (or was replaced): watch the one there now,
+                    # if any; without one, only timed passes look at the queue.
                     hit = True
-                    try:
+                    with contextlib.suppress(InotifyError):
                         self._watch()
-                    except InotifyError:
-                        self.wd = -1
                 elif ev.name == self.name and ev.mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
                     hit = True
-
-    def ensure_watching(self) -> None:
-        if self.wd < 0:
-            self._watch()
 
     def close(self) -> None:
         if self.fd >= 0:

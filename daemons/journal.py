@@ -31,6 +31,8 @@ from telemetry.errors import TelemetryError
 from telemetry.fsutil import ensure_dir
 from telemetry.record import Record
 
+from .queue import is_corruption
+
 log = logging.getLogger(__name__)
 
 JOURNAL_DB = "journal.db"
@@ -92,6 +94,21 @@ class Outcome(enum.Enum):
     EXPIRED = "expired"  # older than record_expiry
     DROPPED = "dropped"  # no spool space, or delivery disabled (kept locally only)
     SET_ASIDE = "set-aside"  # the queue row held no readable record
+
+
+class Counter(enum.Enum):
+    """telempostd's counters in the queue's counters table: one per outcome it journals
+    (the same names), and the records it kept for another attempt. Here, beside Outcome,
+    so that `telemctl status` lists them without loading telempostd (and libcurl)."""
+
+    DELIVERED = Outcome.DELIVERED.value
+    REJECTED = Outcome.REJECTED.value
+    REJECTED_LOCAL = Outcome.REJECTED_LOCAL.value
+    EXPIRED = Outcome.EXPIRED.value
+    DROPPED = Outcome.DROPPED.value
+    SET_ASIDE = Outcome.SET_ASIDE.value
+    RETRIED = "retried"  # a retryable failure: kept, tried again after a backoff
+    CONFIG_ERROR = "config-error"  # refused for a configuration error: kept, delivery paused
 
 
 @dataclass(frozen=True)
@@ -163,12 +180,6 @@ def _entry(row: Sequence) -> JournalEntry:
     return JournalEntry(row[0], row[1], row[2], row[3], row[4], outcome, row[6], row[7], row[8])
 
 
-def _is_corruption(e: sqlite3.Error) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    text = str(e)
-    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in text or "not a database" in text
-
-
 def _not_created_yet(e: sqlite3.Error) -> bool:
     """A reader that opened the file between its creation and its schema."""
     return isinstance(e, sqlite3.OperationalError) and str(e).startswith("no such table")
@@ -210,7 +221,7 @@ class Journal:
                 self._init(db)
             return db
         except sqlite3.DatabaseError as e:
-            if self.readonly or not _is_corruption(e):
+            if self.readonly or not is_corruption(e):
                 raise JournalError(f"{self.path}: {e}") from None
             self._move_aside(str(e))
             try:
@@ -231,7 +242,7 @@ class Journal:
 
     def recover(self, error: sqlite3.Error) -> None:
         """After a write failed: start afresh if the file is damaged, else re-raise as JournalError."""
-        if not _is_corruption(error) or self.readonly:
+        if not is_corruption(error) or self.readonly:
             raise JournalError(f"{self.path}: {error}") from None
         try:
             self.db.close()
@@ -386,7 +397,8 @@ class Journal:
         return int(self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
 
 
-def _open_for_reading(journal_dir: str) -> Journal | None:
+def open_for_reading(journal_dir: str) -> Journal | None:
+    """The journal in `journal_dir`, read-only; None while no daemon has written one."""
     if not os.path.exists(os.path.join(journal_dir, JOURNAL_DB)):
         return None
     return Journal(journal_dir, readonly=True, boot_id="")
@@ -394,7 +406,7 @@ def _open_for_reading(journal_dir: str) -> Journal | None:
 
 def query(journal_dir: str, **filters) -> list[JournalEntry]:
     """`Journal.query` on the journal in `journal_dir`, read-only; no journal yet: []."""
-    journal = _open_for_reading(journal_dir)
+    journal = open_for_reading(journal_dir)
     if journal is None:
         return []
     try:
@@ -405,7 +417,7 @@ def query(journal_dir: str, **filters) -> list[JournalEntry]:
 
 def retained_payload(journal_dir: str, record_id: str) -> bytes | None:
     """The retained payload of `record_id`, or None (retention off, pruned, or unknown)."""
-    journal = _open_for_reading(journal_dir)
+    journal = open_for_reading(journal_dir)
     if journal is None:
         return None
     try:

@@ -90,8 +90,13 @@ def _remove_stale(path: str) -> None:
     probe.settimeout(1.0)
     try:
         probe.connect(path)
+    except (BlockingIOError, TimeoutError):
+        pass  # a listener whose backlog is full: alive, only busy
     except OSError:
-        os.unlink(path)  # nobody answers: a stale socket of an earlier run
+        try:
+            os.unlink(path)  # nobody answers: a stale socket of an earlier run
+        except OSError as e:
+            raise ListenerError(f"cannot remove the stale socket {path}: {e.strerror}") from None
         return
     finally:
         probe.close()

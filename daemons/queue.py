@@ -146,6 +146,19 @@ def is_corruption(e: sqlite3.Error) -> bool:
     )
 
 
+def move_aside(path: str, what: str, reason: str) -> str:
+    """Rename a damaged database (and its WAL and shared memory) out of the way, so the
+    damage can be examined; returns the new name."""
+    target = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    log.error("%s %s is damaged (%s); moved aside to %s and starting a new one", what, path, reason, target)
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.rename(path + suffix, target + suffix)
+        except FileNotFoundError:
+            pass
+    return target
+
+
 _INSERT_COLUMNS = (
     "record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path, headers, payload, size, deferred_until"
 )
@@ -178,46 +191,35 @@ class Queue:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return db
 
+    @staticmethod
+    def _init(db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.executescript(SCHEMA)
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
     def _open(self) -> sqlite3.Connection:
         try:
             db = self._connect()
             if not self._readonly:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = FULL")
-                db.executescript(SCHEMA)
-                db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if version and int(version[0]) > SCHEMA_VERSION:
-                raise QueueError(f"{self.path}: schema version {version[0]} is newer than this program's")
+                self._init(db)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = None if row is None else str(row[0])
+            if version is not None and not version.isdecimal():
+                raise QueueError(f"{self.path}: schema version {version[:40]!r} is not a number")
+            if version is not None and int(version) > SCHEMA_VERSION:
+                raise QueueError(f"{self.path}: schema version {version} is newer than this program's")
             return db
         except sqlite3.DatabaseError as e:
             if self._readonly or not is_corruption(e):
                 raise QueueError(f"{self.path}: {e}") from None
-            self.move_aside(str(e))
+            move_aside(self.path, "queue", str(e))
             try:
                 db = self._connect()
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = FULL")
-                db.executescript(SCHEMA)
-                db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._init(db)
                 return db
             except sqlite3.Error as e2:
                 raise QueueError(f"{self.path}: {e2}") from None
-
-    def move_aside(self, reason: str) -> str:
-        """Rename a damaged database (and its WAL) out of the way; returns the new name."""
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = f"{self.path}.corrupt-{stamp}-{os.getpid()}"
-        log.error("queue %s is damaged (%s); moved aside to %s and starting a new one", self.path, reason, target)
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                os.rename(self.path + suffix, target + suffix)
-            except FileNotFoundError:
-                pass
-        return target
 
     def reopen_after_corruption(self, error: sqlite3.Error) -> None:
         """Called by a daemon that hits corruption mid-run: move aside, start afresh."""
@@ -225,7 +227,7 @@ class Queue:
             self.db.close()
         except sqlite3.Error:
             pass
-        self.move_aside(str(error))
+        move_aside(self.path, "queue", str(error))
         self.db = self._open()
 
     def close(self) -> None:
@@ -259,7 +261,7 @@ class Queue:
         try:
             db.executemany(_insert_sql(1), rows)
             if counters:
-                self._bump(counters)
+                self.bump(counters)
             if meta:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
             db.execute("COMMIT")
@@ -284,17 +286,9 @@ class Queue:
 
     # --- reading and deciding (telempostd) --------------------------------------------
 
-    def due(self, now: float, limit: int = 100) -> list[QueuedRecord]:
-        """Records whose next attempt is due, oldest first."""
-        cur = self.db.execute(
-            f"SELECT {_COLUMNS} FROM records WHERE next_attempt_at <= ? AND deferred_until <= ?"
-            " ORDER BY seq LIMIT ?",
-            (now, now, limit),
-        )
-        return [_row(r) for r in cur.fetchall()]
-
     def due_after(self, now: float, after_seq: int, limit: int = 64) -> list[QueuedRecord]:
-        """Like `due`, continuing after queue position `after_seq` (one pass walks the queue once)."""
+        """Records whose next attempt is due, oldest first, after queue position `after_seq`
+        (one pass walks the queue once)."""
         cur = self.db.execute(
             f"SELECT {_COLUMNS} FROM records WHERE seq > ? AND next_attempt_at <= ? AND deferred_until <= ?"
             " ORDER BY seq LIMIT ?",
@@ -338,7 +332,7 @@ class Queue:
                 [(a, t, e[:500], i) for i, a, t, e in reschedule],
             )
             if counters:
-                self._bump(counters)
+                self.bump(counters)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -359,22 +353,10 @@ class Queue:
         return [_row(r) for r in self.db.execute(f"SELECT {_COLUMNS} FROM records ORDER BY seq LIMIT ?", (limit,))]
 
     def delete(self, record_ids: Iterable[str], counters: dict[tuple[str, str], int] | None = None) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("DELETE FROM records WHERE record_id = ?", [(i,) for i in record_ids])
-            if counters:
-                self._bump(counters)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self.settle(record_ids, counters=counters)
 
     def reschedule(self, record_id: str, attempts: int, next_attempt_at: float, last_error: str) -> None:
-        self.db.execute(
-            "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?",
-            (attempts, next_attempt_at, last_error[:500], record_id),
-        )
+        self.settle(reschedule=[(record_id, attempts, next_attempt_at, last_error)])
 
     def stats(self) -> tuple[int, int]:
         """(rows, bytes) currently queued."""
@@ -384,16 +366,13 @@ class Queue:
 
     # --- counters -----------------------------------------------------------------------
 
-    def _bump(self, counters: dict[tuple[str, str], int]) -> None:
+    def bump(self, counters: dict[tuple[str, str], int]) -> None:
+        """Add to the counters (inside the caller's transaction, if one is open)."""
         self.db.executemany(
             "INSERT INTO counters (daemon, name, value) VALUES (?, ?, ?)"
             " ON CONFLICT (daemon, name) DO UPDATE SET value = value + excluded.value",
             [(d, n, v) for (d, n), v in counters.items() if v],
         )
-
-    def bump(self, counters: dict[tuple[str, str], int]) -> None:
-        if any(counters.values()):
-            self._bump(counters)
 
     def counters(self) -> dict[tuple[str, str], int]:
         return {(d, n): v for d, n, v in self.db.execute("SELECT daemon, name, value FROM counters")}

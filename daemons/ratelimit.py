@@ -139,18 +139,14 @@ class Window:
         self._expire(self.index(now))
         return not self._entries
 
-    def usage(self, now: float) -> int:
-        """Amount counted at `now`, bookings ahead included."""
-        self._expire(self.index(now))
-        return self._total
-
-    def fits_now(self, now: float, amount: int) -> bool:
+    def slot_if_fits(self, now: float, amount: int) -> int | None:
+        """The slot index of `now` if `amount` can be counted there, else None."""
         idx = self.index(now)
         self._expire(idx)
         entries = self._entries
         if entries and entries[-1][0] > idx:
-            return False  # bookings ahead: newcomers queue behind them
-        return self._total + amount <= self.cap
+            return None  # bookings ahead: newcomers queue behind them
+        return idx if self._total + amount <= self.cap else None
 
     def earliest(self, now: float, amount: int) -> int | None:
         """First slot index where `amount` can be booked behind every existing booking."""
@@ -237,9 +233,22 @@ class _Pair:
 class RateLimiter:
     def __init__(self, policy: Policy):
         self.policy = policy
+        self._active = policy.active
         self._global = _Pair(policy)
-        self._share = policy.uid_share < 100 and policy.active
+        self._share = policy.uid_share < 100 and self._active
         self._uids: dict[int, _Pair] = {}
+        # What one record on its own may not exceed (also the W = 0 rule), in the order
+        # judged: (counted in bytes, largest amount, why a record above it can never pass).
+        self._alone_rules: list[tuple[bool, int, str]] = []
+        for limit, in_bytes, what in ((policy.records, False, "records"), (policy.bytes, True, "bytes")):
+            if not limit.enabled:
+                continue
+            self._alone_rules.append(
+                (in_bytes, limit.amount, f"record exceeds the limit of {limit.amount} {what} per window"))
+            if self._share and limit.window > 0:
+                self._alone_rules.append((in_bytes, policy.uid_amount(limit),
+                                          f"record exceeds one user's share ({policy.uid_share}%) of "
+                                          f"{limit.amount} {what} per window"))
 
     # --- deciding ----------------------------------------------------------------------
 
@@ -254,35 +263,22 @@ class RateLimiter:
             windows += pair.windows(size)
         return windows
 
-    def _alone(self, uid: int, size: int) -> str | None:
-        """Why a record can never pass, judged on its own (also the W = 0 rule)."""
-        p = self.policy
-        for limit, amount, what in ((p.records, 1, "records"), (p.bytes, size, "bytes")):
-            if not limit.enabled:
-                continue
-            if amount > limit.amount:
-                return f"record exceeds the limit of {limit.amount} {what} per window"
-            if self._share and limit.window > 0 and amount > p.uid_amount(limit):
-                return (f"record exceeds one user's share ({p.uid_share}%) of {limit.amount} "
-                        f"{what} per window")
-        return None
-
     def decide(self, uid: int, size: int, now: float) -> Decision:
         """Admit, defer or refuse one record of `size` bytes from `uid`, and count it."""
-        p = self.policy
-        if not p.active:
+        if not self._active:
             return Decision(Verdict.ADMIT, Booking(uid, size, now))
-        why = self._alone(uid, size)
-        if why:
-            return Decision(Verdict.REFUSE, reason=why)
+        for in_bytes, cap, why in self._alone_rules:
+            if (size if in_bytes else 1) > cap:
+                return Decision(Verdict.REFUSE, reason=why)
         windows = self._scope_windows(uid, size)
-        if all(w.fits_now(now, amount) for w, amount in windows):
-            for w, amount in windows:
-                w.book(w.index(now), amount)
+        slots = [w.slot_if_fits(now, amount) for w, amount in windows]
+        if None not in slots:
+            for (w, amount), idx in zip(windows, slots, strict=True):
+                w.book(idx, amount)
             return Decision(Verdict.ADMIT, Booking(uid, size, now))
-        over = next(("over the limit of " + w.label for w, amount in windows
-                     if not w.fits_now(now, amount)), "over the rate limit")
-        if not p.spool:
+        over = next("over the limit of " + w.label
+                    for (w, _), idx in zip(windows, slots, strict=True) if idx is None)
+        if not self.policy.spool:
             return Decision(Verdict.REFUSE, reason=over)
         at = now
         for w, amount in windows:
@@ -343,7 +339,7 @@ class RateLimiter:
                 for uid, d in state.get("uids", {}).items():
                     pair = limiter._uids.setdefault(int(uid), _Pair(policy, int(uid)))
                     limiter._load(pair, d, now, elapsed)
-        except (ValueError, TypeError, AttributeError, KeyError):
+        except (ValueError, TypeError, AttributeError, KeyError, OverflowError):  # OverflowError: infinities
             return cls(policy)
         return limiter
 

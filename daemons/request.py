@@ -16,6 +16,7 @@ must be written `Name;` (`Name:` would remove the header), and `Expect:` switche
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ CONTENT_TYPE_TEXT = "application/text"
 CONTENT_TYPE_JSON = "application/json"
 PAYLOAD_KEY = "payload"
 _NO_EXPECT = b"Expect:"
+# The collector's names of the record's fields, in wire order.
+_HTTP_NAMES = tuple(H.HTTP_HEADERS[name] for name in H.RECORD_HEADERS)
 
 
 class RequestFormat(enum.Enum):
@@ -47,24 +50,24 @@ def header_line(name: str, value: str) -> bytes:
     return f"{name}: {value}".encode()
 
 
-def record_values(record: Record) -> tuple[tuple[str, str], ...]:
-    return record.headers()
-
-
 def json_body(record: Record) -> bytes:
-    doc: dict[str, str] = dict(record_values(record))
+    doc: dict[str, str] = dict(record.headers())
     doc[PAYLOAD_KEY] = record.payload.decode("utf-8")
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+@functools.lru_cache(maxsize=4)
+def _fixed_lines(tid: tuple[str, str], content_type: str) -> tuple[bytes, bytes, bytes]:
+    """The lines every request of a configuration carries: built once, not per record."""
+    return header_line(*tid), _NO_EXPECT, header_line("Content-Type", content_type)
+
+
 def build_request(record: Record, record_id: str, fmt: RequestFormat, tid: tuple[str, str]) -> Request:
     """`tid` is the (name, value) of the tidheader line."""
-    common = (
-        header_line(tid[0], tid[1]),
-        header_line(H.RECORD_ID_HEADER, record_id),
-        _NO_EXPECT,
-    )
+    tid_line, no_expect, content_type = _fixed_lines(
+        tid, CONTENT_TYPE_JSON if fmt is RequestFormat.JSON else CONTENT_TYPE_TEXT)
+    common = (tid_line, header_line(H.RECORD_ID_HEADER, record_id), no_expect, content_type)
     if fmt is RequestFormat.JSON:
-        return Request(common + (header_line("Content-Type", CONTENT_TYPE_JSON),), json_body(record))
-    fields = tuple(header_line(H.HTTP_HEADERS[name], value) for name, value in record_values(record))
-    return Request(fields + common + (header_line("Content-Type", CONTENT_TYPE_TEXT),), record.payload)
+        return Request(common, json_body(record))
+    fields = tuple(header_line(http, value) for http, (_, value) in zip(_HTTP_NAMES, record.headers(), strict=True))
+    return Request(fields + common, record.payload)

@@ -84,19 +84,21 @@ def next_wake(
     return min(times) if times else None
 
 
+def idle_deadline(
+    *, last_activity: float, idle_after: float, recycling: bool, started_by_systemd: bool, queued_rows: int
+) -> float | None:
+    """When an idle daemon exits; None: it does not. Recycling exits only when path
+    activation will start us again, and only with an empty queue: a record waiting for
+    its retry would otherwise wait for the next new record to be queued."""
+    if recycling and started_by_systemd and queued_rows == 0:
+        return last_activity + idle_after
+    return None
+
+
 def should_exit_idle(
     now: float, *, last_activity: float, idle_after: float, recycling: bool, started_by_systemd: bool,
     queued_rows: int,
 ) -> bool:
-    """Recycling exits only when path activation will start us again, and only with an
-    empty queue: a record waiting for its retry would otherwise wait for the next new
-    record to be queued."""
-    return recycling and started_by_systemd and queued_rows == 0 and now - last_activity >= idle_after
-
-
-def idle_deadline(
-    *, last_activity: float, idle_after: float, recycling: bool, started_by_systemd: bool, queued_rows: int
-) -> float | None:
-    if recycling and started_by_systemd and queued_rows == 0:
-        return last_activity + idle_after
-    return None
+    deadline = idle_deadline(last_activity=last_activity, idle_after=idle_after, recycling=recycling,
+                             started_by_systemd=started_by_systemd, queued_rows=queued_rows)
+    return deadline is not None and now >= deadline

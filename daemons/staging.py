@@ -50,7 +50,7 @@ _ID_TIME_MASK = (1 << 48) - 1
 
 
 class _RandomPool:
-    """os.urandom read 4 KiB at a time: one getrandom() per 400 record ids, not per id."""
+    """os.urandom read 4000 bytes at a time: one getrandom() per 400 record ids, not per id."""
 
     SIZE = 4000
 
@@ -133,10 +133,13 @@ def classify_failure(error: BaseException) -> StageError:
     return StageError(AckStatus.ERROR, f"internal error: {type(error).__name__}: {error}")
 
 
+_REPLY_FLAGS = int(socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)  # or-ed once, not per reply
+
+
 def reply(sock: socket.socket, ack: Ack) -> None:
     """Write the acknowledgement and close; a sender that did not wait costs nothing."""
     try:
-        sock.send(ack.encode(), socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+        sock.send(ack.encode(), _REPLY_FLAGS)
     except OSError:
         pass
     sock.close()
@@ -149,16 +152,12 @@ class Stager:
         self.spool_dir = spool_dir
         self.journal_dir = journal_dir
         self.daemon = daemon
-        self.committed_bytes = 0  # ever committed by this process (for the quota estimate)
         self.commits = 0
         self.staged = 0
         self.commit_seconds = 0.0
         self._queue: Queue | None = None
         self._identity: tuple[int, int] | None = None
-        self._generation = 0
         self._journal: Journal | None = None
-        self._reader: sqlite3.Connection | None = None
-        self._reader_generation = -1
         try:
             self._ensure_queue()
         except Exception as e:  # keep serving: every batch retries and replies the reason
@@ -202,26 +201,14 @@ class Stager:
             log.error("cannot touch %s: %s", q.wakeup_path, e.strerror or e)
         self.commits += 1
         self.staged += len(records)
-        self.committed_bytes += sum(r.size for r in records)
         self.commit_seconds += time.perf_counter() - started
 
     def measure(self) -> int | None:
         """Bytes queued now (telempostd may have removed some), or None if unknown."""
         try:
-            if self._reader is None or self._reader_generation != self._generation:
-                if self._reader is not None:
-                    self._reader.close()
-                path = os.path.join(self.spool_dir, QUEUE_DB)
-                self._reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-                self._reader.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_MS}")
-                self._reader_generation = self._generation
-            row = self._reader.execute("SELECT COALESCE(SUM(size), 0) FROM records").fetchone()
-            return int(row[0])
-        except sqlite3.Error as e:
+            return self._ensure_queue().stats()[1]
+        except Exception as e:  # the next commit meets the same failure and replies it
             log.debug("cannot measure the queue: %s", e)
-            if self._reader is not None:
-                self._reader.close()
-            self._reader = None
             return None
 
     def journal_dropped(self, dropped: list[Dropped]) -> None:
@@ -239,8 +226,6 @@ class Stager:
             log.error("cannot journal %d records refused for lack of spool space: %s", len(dropped), e)
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
         self._close_queue()
         if self._journal is not None:
             self._journal.close()
@@ -271,7 +256,6 @@ class Stager:
         q.db.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_MS}")
         st = os.stat(q.path)
         self._queue, self._identity = q, (st.st_dev, st.st_ino)
-        self._generation += 1
 
     def _close_queue(self) -> None:
         if self._queue is not None:

@@ -18,19 +18,19 @@ from telemetry.errors import TelemetryError
 from telemetry.optin import is_opted_in
 from telemetry.paths import Paths
 
-from .journal import Outcome
+from . import journal
 from .queue import QUEUE_DB, Queue
 
 PROBD = "telemprobd"
 POSTD = "telempostd"
 
 # Counters shown even while zero, in this order; any other counter found follows them.
-# The names are the daemons' (telemprobd: rejected:<ack status>; telempostd: one per
-# journal outcome, plus retried).
+# The names are the daemons' (telemprobd: rejected:<ack status>; telempostd: its
+# Counter enum).
 CORE_COUNTERS: dict[str, tuple[str, ...]] = {
     PROBD: ("received", "staged", "deferred",
             *(f"rejected:{s.value}" for s in AckStatus if not s.kept)),
-    POSTD: ("delivered", *(o.value for o in Outcome if o is not Outcome.DELIVERED), "retried"),
+    POSTD: tuple(c.value for c in journal.Counter),
 }
 
 
@@ -75,10 +75,6 @@ class Status:
     queue: QueueInfo
     counters: tuple[Counter, ...]
     now: float
-
-
-class StatusError(TelemetryError):
-    pass
 
 
 # --- gathering ----------------------------------------------------------------------------

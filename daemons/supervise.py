@@ -212,6 +212,11 @@ def _listening_on(proc: psutil.Process, path: str) -> bool:
         return False
 
 
+def _why(e: OSError) -> str:
+    """An OSError as one line: the file it is about and the reason."""
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+
+
 def log_tail(path: str, limit: int = LOG_TAIL_BYTES) -> str:
     """The last non-empty line of a log file, for an error message."""
     try:
@@ -274,9 +279,12 @@ class Supervisor:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise concurrent telemctl runs of the same user."""
-        ensure_dir(self.paths.run_dir)
-        fd = os.open(os.path.join(self.paths.run_dir, LOCK_FILE),
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            ensure_dir(self.paths.run_dir)
+            fd = os.open(os.path.join(self.paths.run_dir, LOCK_FILE),
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise SuperviseError(f"cannot take the lock of the user-mode daemons: {_why(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -311,8 +319,11 @@ class Supervisor:
         if current.state is DaemonState.ACTIVE and current.pid is not None:
             return StartResult(name, StartOutcome.ALREADY, current.pid)
         self.check_installed((name,))
-        ensure_dir(self.paths.run_dir)
-        log_fd = self._open_log(name)
+        try:
+            ensure_dir(self.paths.run_dir)
+            log_fd = self._open_log(name)
+        except OSError as e:
+            raise StartFailed(f"cannot start {name}: {_why(e)}") from None
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             address = f"telemctl/{os.getpid()}/{name}/{secrets.token_hex(8)}"
@@ -326,7 +337,14 @@ class Supervisor:
                 )
             except OSError as e:
                 raise StartFailed(f"cannot run {name}: {e.strerror or e}") from None
-            atomic_write(self.pid_file(name), f"{child.pid}\n".encode(), 0o644)
+            try:
+                atomic_write(self.pid_file(name), f"{child.pid}\n".encode(), 0o644)
+            except (OSError, TelemetryError) as e:
+                # A daemon without its pid file could be neither seen nor stopped.
+                child.kill()
+                child.wait()
+                raise StartFailed(f"{name} stopped: cannot write its pid file: "
+                                  f"{_why(e) if isinstance(e, OSError) else e}") from None
             outcome = self._wait_ready(name, child, notify)
         finally:
             notify.close()

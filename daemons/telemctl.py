@@ -463,11 +463,8 @@ def journal_cmd(ctl: Ctl, record_id: str | None, event_id: str | None, classific
     last 100 lines.
     """
     require_root(ctl)
-    journal_dir = ctl.paths.journal_dir
     entries: list[journal_mod.JournalEntry] = []
-    journal = None
-    if os.path.exists(os.path.join(journal_dir, journal_mod.JOURNAL_DB)):
-        journal = journal_mod.Journal(journal_dir, readonly=True, boot_id="")
+    journal = journal_mod.open_for_reading(ctl.paths.journal_dir)
     try:
         if journal is not None:
             entries = journal.query(
@@ -530,7 +527,8 @@ def _daemon_infos(ctl: Ctl) -> list[status_mod.DaemonInfo]:
 \b
 Counters (since the queue was created): telemprobd received, staged, deferred (rate
 limited, kept for later) and rejected:<reason>; telempostd delivered, rejected (by the
-collector), rejected-local, expired, dropped, set-aside and retried.
+collector), rejected-local, expired, dropped, set-aside, retried and config-error (kept
+while the configuration is at fault).
 
 \b
 Files: the opt-in file, the pid files (user mode), the queue database (read-only).

@@ -17,7 +17,6 @@ woken or until the next retry, expiry or deferral is due.
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import os
 import random
@@ -43,9 +42,18 @@ from .backoff import Gate, next_attempt_at
 from .contract import check_header_block, check_record, check_record_id, printable_id
 from .endpoint import DeliverySettings, RequestRefused, check_settings
 from .inotify import FileWatch
-from .journal import Journal, JournalEntry, JournalError, Outcome, SetAside, entry_for
+from .journal import (
+    Counter,
+    Journal,
+    JournalEntry,
+    JournalError,
+    Outcome,
+    SetAside,
+    entry_for,
+    read_boot_id,
+)
 from .outcome import Classified, Response, Verdict, classify
-from .queue import WAKEUP_FILE, Queue, QueuedRecord, is_corruption
+from .queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, is_corruption
 from .request import Request, RequestFormat, build_request
 
 if TYPE_CHECKING:
@@ -62,31 +70,12 @@ JOURNAL_REOPEN_INTERVAL = 60.0
 # Longest single sleep; far-off wake times (an expiry in years) are re-computed after it.
 MAX_SLEEP = 3600.0
 SQLITE_CACHE_KIB = 256
+# A pass logs the first records it sets aside or that are rejected one line each, and
+# only counts the rest: a queue of damaged rows must not flood the log (the journal has
+# every one of them).
+RECORD_WARNINGS_PER_PASS = 10
 _CLASSIFICATION = b"classification: "
 _EVENT_ID = b"event_id: "
-
-
-class Counter(enum.Enum):
-    """Counters in the queue's counters table, under daemon "telempostd"."""
-
-    DELIVERED = "delivered"
-    REJECTED = "rejected"
-    REJECTED_LOCAL = "rejected-local"
-    RETRIED = "retried"
-    EXPIRED = "expired"
-    DROPPED = "dropped"
-    SET_ASIDE = "set-aside"
-    CONFIG_ERROR = "config-error"
-
-
-_FINAL_COUNTER = {
-    Outcome.DELIVERED: Counter.DELIVERED,
-    Outcome.REJECTED: Counter.REJECTED,
-    Outcome.REJECTED_LOCAL: Counter.REJECTED_LOCAL,
-    Outcome.EXPIRED: Counter.EXPIRED,
-    Outcome.DROPPED: Counter.DROPPED,
-    Outcome.SET_ASIDE: Counter.SET_ASIDE,
-}
 
 
 @dataclass(frozen=True)
@@ -174,13 +163,12 @@ class Postd:
         idle_after: float = spool.IDLE_EXIT_AFTER,
     ):
         self.paths = paths
-        self.cfg = cfg
         self.settings = settings_from(cfg)
         if cfg.cainfo and not os.path.isfile(cfg.cainfo):
             log.warning("cainfo %s does not exist; using the system CA store", cfg.cainfo)
         self.clock = clock
         self.rng = rng or random.Random()
-        self.boot_id = boot_id
+        self.boot_id = read_boot_id() if boot_id is None else boot_id
         self.by_systemd = started_by_systemd() if by_systemd is None else by_systemd
         self.idle_after = idle_after
         self.queue = self._open_queue(self.settings.spool_dir)
@@ -194,6 +182,7 @@ class Postd:
         self.last_activity = clock()
         self._config_error_logged = False
         self._queue_retry_at: float | None = None
+        self._record_warnings = 0  # in the current pass
         self.view = spool.QueueView(0, None, None)
         self._refresh_view()
 
@@ -201,7 +190,10 @@ class Postd:
 
     @staticmethod
     def _open_queue(spool_dir: str) -> Queue:
-        queue = Queue(spool_dir)
+        try:
+            queue = Queue(spool_dir)
+        except OSError as e:  # the spool directory cannot be created
+            raise QueueError(f"{spool_dir}: {e.strerror or e}") from None
         # Rows are read once, in order: a small page cache keeps the daemon small.
         queue.db.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
         return queue
@@ -241,7 +233,9 @@ class Postd:
         if self._delivery is not None:
             self._delivery.close()
             self._delivery = None
-        self.cfg, self.settings = cfg, settings
+        if settings.log_level != self.settings.log_level:
+            logging.getLogger().setLevel(log_mod.LEVELS.get(settings.log_level, logging.INFO))
+        self.settings = settings
         self.gate = Gate()
         self._config_error_logged = False
         self._refresh_view()
@@ -252,6 +246,7 @@ class Postd:
     def run_pass(self) -> collections.Counter[Counter]:
         """Expire, then deliver (or keep locally) everything due; returns what happened."""
         tally: collections.Counter[Counter] = collections.Counter()
+        self._record_warnings = 0
         try:
             self._expire(tally)
             if not self.settings.delivery_enabled:
@@ -266,10 +261,20 @@ class Postd:
                 log.error("queue %s: %s; trying again in %.0f s", self.queue.path, e, QUEUE_ERROR_RETRY)
                 self._queue_retry_at = self.clock() + QUEUE_ERROR_RETRY
         self._refresh_view()
+        unlogged = self._record_warnings - RECORD_WARNINGS_PER_PASS
+        if unlogged > 0:
+            log.warning("%d more records were set aside or rejected in this pass (not logged one by one; "
+                        "'telemctl journal -o OUTCOME' lists them)", unlogged)
         if sum(tally.values()):
             self.last_activity = self.clock()
             self._log_pass(tally)
         return tally
+
+    def _warn_record(self, message: str, *args: object) -> None:
+        """A record set aside or rejected: a warning for the first few of a pass, a count for the rest."""
+        self._record_warnings += 1
+        if self._record_warnings <= RECORD_WARNINGS_PER_PASS:
+            log.warning(message, *args)
 
     def _log_pass(self, tally: collections.Counter[Counter]) -> None:
         text = ", ".join(f"{c.value} {n}" for c, n in tally.items() if n)
@@ -308,11 +313,7 @@ class Postd:
             rows = self.queue.received_before(cutoff, spool.FETCH_SLICE)
             if not rows:
                 return
-            decisions = [self._local(row, self._parse(row)[0], Outcome.EXPIRED,
-                                     f"not delivered within record_expiry ({self.settings.record_expiry} min)"
-                                     + (f"; last error: {row.last_error}" if row.last_error else ""))
-                         for row in rows]
-            self._commit(decisions, tally)
+            self._commit([self._expired(row, self._parse(row)[0]) for row in rows], tally)
 
     def _keep_local(self, tally: collections.Counter[Counter]) -> None:
         """record_server_delivery_enabled=false: journal (and retain) every record, post none."""
@@ -333,7 +334,13 @@ class Postd:
             return None, f"{type(e).__name__}: {e}"
 
     def _local(self, row: QueuedRecord, record: Record | None, outcome: Outcome, detail: str) -> Decision:
-        return Decision(row, record, _FINAL_COUNTER[outcome], outcome, detail, attempts=row.attempts)
+        return Decision(row, record, Counter(outcome.value), outcome, detail, attempts=row.attempts)
+
+    def _expired(self, row: QueuedRecord, record: Record | None) -> Decision:
+        detail = f"not delivered within record_expiry ({self.settings.record_expiry} min)"
+        if row.last_error:
+            detail += f"; last error: {row.last_error}"
+        return self._local(row, record, Outcome.EXPIRED, detail)
 
     def _prepare(self, row: QueuedRecord, now: float) -> Decision | tuple[Record, Request]:
         """A local decision, or the request to send."""
@@ -358,16 +365,16 @@ class Postd:
             assert record is not None and request is not None
             return record, request
         if disposition is spool.Disposition.EXPIRE:
-            return self._local(row, record, Outcome.EXPIRED,
-                               f"not delivered within record_expiry ({s.record_expiry} min)")
+            return self._expired(row, record)
         if disposition is spool.Disposition.SET_ASIDE:
-            log.warning("queue row %s holds no readable record, set aside: %s", printable_id(row.record_id), problem)
+            self._warn_record("queue row %s holds no readable record, set aside: %s", printable_id(row.record_id),
+                              problem)
             return self._local(row, None, Outcome.SET_ASIDE, f"unreadable record: {problem}")
         if disposition is spool.Disposition.KEEP_LOCAL:
             return self._local(row, record, Outcome.DROPPED,
                                "not sent: record_server_delivery_enabled is false")
-        log.warning("record %s (%s) rejected without sending: %s", row.record_id,
-                    record.classification if record else "?", violation)
+        self._warn_record("record %s (%s) rejected without sending: %s", row.record_id,
+                          record.classification if record else "?", violation)
         return self._local(row, record, Outcome.REJECTED_LOCAL, f"not sent: {violation}")
 
     def _pump(self, tally: collections.Counter[Counter]) -> None:
@@ -377,9 +384,19 @@ class Postd:
         cursor = 0
         buffer: collections.deque[QueuedRecord] = collections.deque()
         exhausted = False
-        inflight: dict[str, tuple[QueuedRecord, Record]] = {}
+        inflight: dict[int, tuple[QueuedRecord, Record]] = {}  # by queue position, unique even in a damaged queue
         pending: list[Decision] = []
-        first_pending = 0.0
+        pending_since = 0.0
+
+        def decided(decision: Decision) -> None:
+            nonlocal pending_since
+            if not pending:
+                pending_since = time.monotonic()
+            pending.append(decision)
+            if len(pending) >= spool.FETCH_SLICE:
+                self._commit(pending, tally)
+                pending.clear()
+
         try:
             while True:
                 now = self.clock()
@@ -396,31 +413,24 @@ class Postd:
                     row = buffer.popleft()
                     prepared = self._prepare(row, now)
                     if isinstance(prepared, Decision):
-                        pending.append(prepared)
-                        if len(pending) >= spool.FETCH_SLICE:
-                            self._commit(pending, tally)
-                            pending = []
+                        decided(prepared)
                         continue
                     record, request = prepared
                     if delivery is None:
                         delivery = self.delivery()
                     try:
-                        delivery.submit(row.record_id, request)
+                        delivery.submit(row.seq, request)
                     except RequestRefused as e:
-                        pending.append(self._local(row, record, Outcome.REJECTED_LOCAL, f"not sent: {e}"))
+                        decided(self._local(row, record, Outcome.REJECTED_LOCAL, f"not sent: {e}"))
                         continue
-                    inflight[row.record_id] = (row, record)
+                    inflight[row.seq] = (row, record)
                 if not inflight or delivery is None:
                     break  # nothing more could be started
                 for token, response in delivery.poll(POLL_WAIT):
-                    row, record = inflight.pop(token)  # type: ignore[call-overload]
-                    pending.append(self._judge(row, record, response))
-                    if len(pending) == 1:
-                        first_pending = time.monotonic()
-                if pending and (len(pending) >= spool.FETCH_SLICE
-                                or time.monotonic() - first_pending >= spool.COMMIT_INTERVAL):
+                    decided(self._judge(*inflight.pop(token), response))  # type: ignore[call-overload]
+                if pending and time.monotonic() - pending_since >= spool.COMMIT_INTERVAL:
                     self._commit(pending, tally)
-                    pending = []
+                    pending.clear()
         finally:
             if inflight and delivery is not None:
                 # Only reached through an exception: forget the transfers, keep the rows.
@@ -439,7 +449,8 @@ class Postd:
             return Decision(row, record, Counter.DELIVERED, Outcome.DELIVERED, c.detail, c.status, row.attempts + 1)
         if c.verdict is Verdict.REJECTED:
             self.gate = self.gate.after_success()
-            log.warning("record %s (%s) rejected by the collector: %s", row.record_id, record.classification, c.detail)
+            self._warn_record("record %s (%s) rejected by the collector: %s", row.record_id, record.classification,
+                              c.detail)
             return Decision(row, record, Counter.REJECTED, Outcome.REJECTED, c.detail, c.status, row.attempts + 1)
         if c.verdict is Verdict.CONFIG_ERROR:
             self.gate = self.gate.hold(now, s.retry_max_delay)
@@ -477,26 +488,20 @@ class Postd:
                 retry.append((row.record_id, d.attempts, d.next_attempt_at, d.detail))
                 continue
             delete.append(row.seq)
+            rid = printable_id(row.record_id)  # the key of its journal entry and payload copy
             entries.append(entry_for(
-                printable_id(row.record_id), d.record, d.outcome, timestamp=now, boot_id=self._boot_id(),
+                rid, d.record, d.outcome, timestamp=now, boot_id=self.boot_id,
                 http_status=d.http_status, detail=d.detail,
                 classification="" if d.record else _header_value(row.headers, _CLASSIFICATION, 122),
                 event_id="" if d.record else _header_value(row.headers, _EVENT_ID, 32),
             ))
             if d.outcome is Outcome.SET_ASIDE:
-                aside.append(SetAside(printable_id(row.record_id), now, d.detail, row.headers, row.payload))
+                aside.append(SetAside(rid, now, d.detail, row.headers, row.payload))
             elif self.settings.retention_enabled:
-                retained.append((row.record_id, row.payload))
+                retained.append((rid, row.payload))
         self._journal(entries, retained, aside)
         self.queue.settle((), retry, {(DAEMON, c.value): n for c, n in counts.items()}, delete_seqs=delete)
         tally.update(counts)
-
-    def _boot_id(self) -> str:
-        if self.boot_id is None:
-            from .journal import read_boot_id
-
-            self.boot_id = read_boot_id()
-        return self.boot_id
 
     def _journal(self, entries: list[JournalEntry], retained: list[tuple[str, bytes]], aside: list[SetAside]) -> None:
         if not entries:
@@ -533,6 +538,20 @@ class Postd:
             # daemon retry at once, in a loop, until the retry time.
             wake = self._queue_retry_at if wake is None else max(wake, self._queue_retry_at)
         return wake
+
+    def pass_due(self) -> bool:
+        """Whether a pass can do anything now.
+
+        While the collector is waited for (the gate is closed) and records are queued,
+        records queued meanwhile can neither be sent nor move the next wake (they are due
+        no earlier than the gate opens, and expire after the oldest): a pass reads the
+        whole queue, so during an outage it waits for its time instead of following
+        every commit of telemprobd."""
+        now = self.clock()
+        if not self.settings.delivery_enabled or self.gate.is_open(now) or not self.view.rows:
+            return True
+        wake = self.next_wake()
+        return wake is not None and now >= wake
 
 
 class _Signals:
@@ -607,7 +626,7 @@ def serve(postd: Postd, config_file: str | None) -> None:
                     signals.drain()
             if postd.stopping:
                 break
-            if not postd.reload_requested:
+            if not postd.reload_requested and postd.pass_due():
                 postd.run_pass()
         postd.notify("STOPPING=1")
     finally:

@@ -31,6 +31,11 @@ SERVICE_UNITS: tuple[str, ...] = (
     "telempostd.service",
     "journal-probe.service",
 )
+# Shipped beyond the original's lists: pstore-clean.service (pulled in at boot by
+# pstore-probe.service).  Stopped with the services, and enabled and disabled with every
+# unit, so that opt-out leaves no unit enabled (spec/defects.md E 26).
+OTHER_SERVICE_UNITS: tuple[str, ...] = ("pstore-clean.service",)
+ALL_UNITS: tuple[str, ...] = TRIGGER_UNITS + SERVICE_UNITS + OTHER_SERVICE_UNITS
 # What is-active reports: the daemon's name and the unit that activates it.
 ACTIVATION_UNITS: tuple[tuple[str, str], ...] = (
     ("telemprobd", "telemprobd.socket"),
@@ -156,17 +161,18 @@ def start(ctl: Systemctl, tmpfiles_conf: str, report: Callable[[str], None]) -> 
 
 
 def stop(ctl: Systemctl, report: Callable[[str], None]) -> int:
-    return ctl.each("stop", TRIGGER_UNITS, report) | ctl.each("stop", SERVICE_UNITS, report)
+    """The trigger units first, so that nothing starts a service again while it stops."""
+    return ctl.each("stop", ALL_UNITS, report)
 
 
 def enable(ctl: Systemctl, report: Callable[[str], None]) -> int:
     """Undo opt-out's disable, so the units start at boot again (gated by the opt-in file)."""
-    return ctl.each("enable", TRIGGER_UNITS + SERVICE_UNITS, report)
+    return ctl.each("enable", ALL_UNITS, report)
 
 
 def disable(ctl: Systemctl, report: Callable[[str], None]) -> int:
     """Opt-out disables every unit, not only stops it (spec/defects.md E 26)."""
-    return ctl.each("disable", TRIGGER_UNITS + SERVICE_UNITS, report)
+    return ctl.each("disable", ALL_UNITS, report)
 
 
 def missing_units(ctl: Systemctl, units: Iterable[str]) -> tuple[str, ...]:

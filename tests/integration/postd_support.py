@@ -11,34 +11,15 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pytest
+from support import METADATA
 
 from telemetry import config as config_mod
 from telemetry.daemons.queue import NewRecord, Queue, Sender
-from telemetry.metadata import Metadata
 from telemetry.record import Record, create_record
 
-METADATA = Metadata(
-    arch="x86_64",
-    host_type="QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-3.1",
-    build="28790",
-    kernel_version="6.1.0-18-amd64",
-    system_name="debian",
-    board_name="blank|blank",
-    cpu_model="Intel(R) Core(TM) i7-7600U CPU @ 2.80GHz",
-    bios_version="1.16.1-1",
-)
 MACHINE_ID = "6a1f0e3c2b7d4e8f9a0b1c2d3e4f5a6b"
 SENDER = Sender(os.getuid(), os.getgid(), os.getpid())
 MODULE = "telemetry.daemons.telempostd"
-LOOPBACK = "127.0.0.1,localhost"
-
-
-@pytest.fixture
-def loopback_without_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The test collectors are on 127.0.0.1: a proxy set in the environment must not catch them."""
-    monkeypatch.setenv("no_proxy", LOOPBACK)
-    monkeypatch.setenv("NO_PROXY", LOOPBACK)
 
 
 def record(n: int = 0, payload: str | None = None, **fields: object) -> Record:
@@ -107,17 +88,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def wait_until(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 class Daemon:

@@ -18,10 +18,11 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from support import short_tempdir
 
 HEADER_NAMES = (
     "record_format_version", "classification", "severity", "machine_id", "creation_timestamp",
@@ -66,11 +67,6 @@ def c_frame(headers: list[tuple[str, str]] | bytes, payload: bytes, cfg: bytes |
             + struct.pack("<I", len(hb) if header_size is None else header_size) + hb + payload + terminator)
 
 
-def short_socket_dir() -> str:
-    """Unix socket paths are limited to 107 bytes: keep them under /tmp."""
-    return tempfile.mkdtemp(prefix="tp-", dir="/tmp")
-
-
 class Probd:
     """telemprobd started as a user would start it, with its stderr collected."""
 
@@ -79,7 +75,7 @@ class Probd:
                  **popen_kw):
         self.inst = inst
         self._own_dir = socket_dir is None
-        self.socket_dir = socket_dir or short_socket_dir()
+        self.socket_dir = socket_dir or short_tempdir("tp-")
         self.socket_path = os.path.join(self.socket_dir, "telem-0")
         self.config_text = config
         self.args = args
@@ -171,14 +167,7 @@ class Probd:
         return s
 
     def send_raw(self, data: bytes, timeout: float = 10.0) -> bytes:
-        """Send bytes, half-close, return the reply line (b"" if none)."""
-        with self.connect(timeout) as s:
-            try:
-                s.sendall(data)
-                s.shutdown(socket.SHUT_WR)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            return read_reply(s)
+        return send_raw(self.socket_path, data, timeout)
 
     def send_and_close(self, data: bytes) -> None:
         """What a C libtelemetry does: write the frame and close without reading."""
@@ -188,6 +177,19 @@ class Probd:
     @property
     def spool_dir(self) -> str:
         return self.inst.paths.spool_dir
+
+
+def send_raw(path: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Bytes on a connection of their own, half-closed; the reply line (b"" if none)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the end: the reply says why
+        return read_reply(s)
 
 
 def read_reply(s: socket.socket) -> bytes:
@@ -203,16 +205,6 @@ def read_reply(s: socket.socket) -> bytes:
     return data
 
 
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {timeout} s")
-
-
 def queued(spool_dir: str | Path):
     from telemetry.daemons.queue import Queue
 
@@ -221,6 +213,16 @@ def queued(spool_dir: str | Path):
         return q.all(100_000)
     finally:
         q.close()
+
+
+def rows(probd: Probd) -> list:
+    """What telemprobd's queue holds; nothing before it made the queue."""
+    return queued(probd.spool_dir) if os.path.exists(os.path.join(probd.spool_dir, "queue.db")) else []
+
+
+def row_headers(row) -> dict[str, str]:
+    """A queued row's header lines by name."""
+    return dict(line.split(": ", 1) for line in row.headers.decode().rstrip("\n").split("\n"))
 
 
 def counters(spool_dir: str | Path) -> dict[str, int]:
@@ -233,5 +235,5 @@ def counters(spool_dir: str | Path) -> dict[str, int]:
         q.close()
 
 
-__all__ = ["Probd", "c_frame", "counters", "good_headers", "header_bytes", "queued", "read_reply",
-           "short_socket_dir", "wait_until"]
+__all__ = ["HEADER_NAMES", "Probd", "c_frame", "counters", "good_headers", "header_bytes", "queued", "read_reply",
+           "row_headers", "rows", "send_raw"]

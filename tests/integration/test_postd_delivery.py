@@ -8,7 +8,8 @@ clock the daemon consults for its schedule is a settable one.
 from __future__ import annotations
 
 import json
-import socket
+import logging
+import sqlite3
 import time
 from dataclasses import replace
 
@@ -19,27 +20,19 @@ from postd_support import (
     counters,
     enqueue,
     load_config,
-    loopback_without_proxy,  # noqa: F401  (a fixture)
     new_row,
     queued_ids,
     record,
     settings_text,
 )
+from support import free_port
 
 from telemetry.daemons import journal as journal_mod
 from telemetry.daemons.journal import Outcome
 from telemetry.daemons.queue import Queue
-from telemetry.daemons.telempostd import Counter, Postd
+from telemetry.daemons.telempostd import RECORD_WARNINGS_PER_PASS, Counter, Postd
 
 BOOT_ID = "11111111-2222-3333-4444-555555555555"
-
-pytestmark = pytest.mark.usefixtures("loopback_without_proxy")
-
-
-@pytest.fixture
-def collector():
-    with Collector() as c:
-        yield c
 
 
 def make_postd(inst, url: str, clock: Clock | None = None, **settings) -> Postd:
@@ -51,16 +44,8 @@ def entries(inst, **filters):
     return journal_mod.query(inst.paths.journal_dir, **filters)
 
 
-def fill(inst, n: int, **kw) -> list[str]:
-    return enqueue(inst.paths.spool_dir, [new_row(record(i), **kw) for i in range(n)])
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def fill(inst, n: int, start: int = 0, **kw) -> list[str]:
+    return enqueue(inst.paths.spool_dir, [new_row(record(i), **kw) for i in range(start, start + n)])
 
 
 # --- 2xx ------------------------------------------------------------------------------
@@ -191,6 +176,34 @@ def test_unreadable_row_is_set_aside_and_the_rest_delivered(user_install, collec
     assert counters(user_install.paths.spool_dir)["set-aside"] == 1
 
 
+def test_a_queue_of_damaged_rows_does_not_flood_the_log(user_install, collector, caplog):
+    broken = [new_row(record(i), headers=f"classification: org.example/test/b{i}\nnot a record\n".encode())
+              for i in range(40)]
+    ids = enqueue(user_install.paths.spool_dir, [*broken, new_row(record(99))])
+    postd = make_postd(user_install, collector.url)
+    tally = postd.run_pass()
+    postd.close()
+    assert tally[Counter.SET_ASIDE] == 40 and tally[Counter.DELIVERED] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len([w for w in warnings if "holds no readable record" in w]) == RECORD_WARNINGS_PER_PASS
+    assert f"{40 - RECORD_WARNINGS_PER_PASS} more records were set aside or rejected" in warnings[-1]
+    assert len(entries(user_install, outcome=Outcome.SET_ASIDE)) == 40  # each one is journaled
+    assert queued_ids(user_install.paths.spool_dir) == []
+    assert len(ids) == 41
+
+
+def test_two_rows_with_the_same_id_text_and_blob_are_both_decided(user_install, collector):
+    ids = fill(user_install, 2)
+    db = sqlite3.connect(f"{user_install.paths.spool_dir}/queue.db", isolation_level=None)
+    db.execute("UPDATE records SET record_id = CAST(? AS BLOB) WHERE record_id = ?", (ids[0], ids[1]))
+    db.close()
+    postd = make_postd(user_install, collector.url, max_in_flight=2)
+    tally = postd.run_pass()
+    postd.close()
+    assert tally[Counter.DELIVERED] == 2
+    assert queued_ids(user_install.paths.spool_dir) == []
+
+
 # --- retries ---------------------------------------------------------------------------
 
 
@@ -212,9 +225,15 @@ def test_server_trouble_keeps_records_and_backs_off(user_install, collector, beh
     # Asleep: nothing is sent until the gate opens, whatever wakes the daemon.
     assert postd.run_pass()[Counter.RETRIED] == 0
     assert postd.next_wake() == postd.gate.open_at
+    # Records queued meanwhile wake it for nothing: no pass (it would read the whole queue).
+    ids += fill(user_install, 2, start=3)
+    assert not postd.pass_due()
+    clock.now = postd.gate.open_at - 0.001
+    assert not postd.pass_due()
     collector.answer(ACCEPT)
     clock.now = postd.gate.open_at
-    assert postd.run_pass()[Counter.DELIVERED] == 3
+    assert postd.pass_due()
+    assert postd.run_pass()[Counter.DELIVERED] == 5
     postd.close()
     assert [r.record_id for r in collector.accepted()] == ids
     assert counters(user_install.paths.spool_dir)["retried"] == 1
@@ -315,6 +334,19 @@ def test_tid_mismatch_stops_delivery_and_keeps_records(user_install, collector, 
     assert postd.run_pass()[Counter.DELIVERED] == 5
     postd.close()
     assert counters(user_install.paths.spool_dir)["config-error"] >= 1
+
+
+def test_reload_applies_the_log_level(user_install, collector):
+    root = logging.getLogger()
+    before = root.level
+    postd = make_postd(user_install, collector.url)  # log_level=debug
+    try:
+        user_install.write_config(settings_text(collector.url).replace("log_level=debug", "log_level=error"))
+        postd.reload(load_config(user_install))
+        assert root.level == logging.ERROR
+    finally:
+        root.setLevel(before)
+        postd.close()
 
 
 def test_wrong_path_is_a_configuration_error_not_a_rejection(user_install, collector):

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from http_collector import Collector
-from postd_support import (
-    Daemon,
-    loopback_without_proxy,  # noqa: F401  (a fixture)
-    wait_until,
-)
+from postd_support import Daemon
+from support import wait_until
 from telemprobd_harness import Probd, c_frame, good_headers
 
 from telemetry.daemons import journal as journal_mod
 from telemetry.daemons.journal import Outcome
-
-pytestmark = pytest.mark.usefixtures("loopback_without_proxy")
 
 
 def frame(n: int) -> bytes:
@@ -26,12 +19,6 @@ def frame(n: int) -> bytes:
 
 def outcomes(inst) -> list[tuple[str, Outcome]]:
     return [(e.classification, e.outcome) for e in journal_mod.query(inst.paths.journal_dir)]
-
-
-@pytest.fixture
-def collector():
-    with Collector() as c:
-        yield c
 
 
 def test_records_flow_from_probe_to_collector(user_install, collector):

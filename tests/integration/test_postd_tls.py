@@ -17,42 +17,21 @@ from postd_support import (
     Clock,
     enqueue,
     load_config,
-    loopback_without_proxy,  # noqa: F401  (a fixture)
     new_row,
     queued_ids,
     record,
     settings_text,
-    wait_until,
 )
+from support import free_port, make_pki, wait_until
 
 from telemetry.daemons.telempostd import Counter, Postd
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed"),
-    pytest.mark.usefixtures("loopback_without_proxy"),
-]
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             cwd=d)
-    for name, usage, san in (("server", "serverAuth", "IP:127.0.0.1"), ("client", "clientAuth", "DNS:client")):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        (d / f"{name}.ext").write_text(
-            f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\nsubjectAltName={san}\n"
-        )
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def server_context(pki: Path, *, require_client_cert: bool = False) -> ssl.SSLContext:
@@ -100,14 +79,6 @@ def test_mutual_tls(user_install, pki):
 # --- HTTP/2, when the collector offers it ---------------------------------------------------
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 NGINX_CONF = """
 worker_processes 1;
 error_log {d}/error.log;
@@ -136,7 +107,7 @@ def nginx_h2(pki, tmp_path):
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
     if nginx is None:
         pytest.skip("nginx is not installed (Debian: nginx-light)")
-    port = _free_port()
+    port = free_port()
     conf = tmp_path / "nginx.conf"
     # As root, nginx's workers would otherwise switch to nobody, who cannot read the test's files.
     user = "user root root;\n" if os.geteuid() == 0 else ""

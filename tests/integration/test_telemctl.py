@@ -9,7 +9,6 @@ the root check (run with a dropped uid) and the missing-systemd check.
 
 from __future__ import annotations
 
-import http.server
 import importlib.util
 import json
 import os
@@ -18,12 +17,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from http_collector import Collector
+from support import free_port, wait_until
 
 from telemetry.client import Client
 from telemetry.daemons import journal as journal_mod
@@ -63,44 +62,11 @@ def assert_one_line_error(done, code, fragment):
     assert fragment in text, text
 
 
-class Collector:
-    """A minimal collector: HTTP/1.1 on 127.0.0.1, answers 201 to every POST."""
-
-    def __init__(self):
-        received = self.received = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                received.append((self.path, dict(self.headers), body))
-                reply = b'{"result": "ok"}'
-                self.send_response(201)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2/collector"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def collector():
-    c = Collector()
-    yield c
-    c.close()
+    """201 to every POST: the records carry this machine's own metadata, whatever it is."""
+    with Collector(validate=False) as c:
+        yield c
 
 
 @pytest.fixture
@@ -109,18 +75,6 @@ def pipeline(user_install, collector):
     user_install.write_config(f"server={collector.url}\nrecord_retention_enabled=true\n")
     yield user_install
     ctl(user_install, "stop")
-
-
-def wait_for(predicate, what, timeout=60.0):
-    """Bounded wait for something the daemons do asynchronously (never a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.1)
 
 
 def pids(inst) -> dict[str, int]:
@@ -174,7 +128,7 @@ def test_pipeline_end_to_end(pipeline, collector):
     assert pids(inst) == running
 
     record_id = send_records(inst)
-    wait_for(lambda: len(journal_mod.query(inst.paths.journal_dir)) >= 3, "3 journal entries")
+    wait_until(lambda: len(journal_mod.query(inst.paths.journal_dir)) >= 3, 60, "3 journal entries")
     assert len(collector.received) == 3
 
     # The original's layout, oldest first.
@@ -272,7 +226,7 @@ def test_dead_daemon_shows_failed_and_restart_recovers(pipeline):
     assert ctl(inst, "start").returncode == 0
     first = pids(inst)
     os.kill(first["telemprobd"], signal.SIGKILL)
-    wait_for(lambda: ctl(inst, "is-active").returncode == 3, "is-active to notice the kill")
+    wait_until(lambda: ctl(inst, "is-active").returncode == 3, 60, "is-active to notice the kill")
     done = ctl(inst, "is-active")
     assert out(done) == "telemprobd : failed\ntelempostd : active\n"
     assert json.loads(out(ctl(inst, "status", "--json")))["daemons"]["telemprobd"] == {
@@ -291,11 +245,7 @@ def test_dead_daemon_shows_failed_and_restart_recovers(pipeline):
 @needs_daemons
 def test_status_while_the_collector_is_down(user_install):
     """A failed delivery: the record is spooled, counted as retried, and the retry time shown."""
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     inst = user_install
     inst.write_config(f"server=http://127.0.0.1:{port}/v2/collector\nspool_max_size=1024\n")
     inst.opt_in()
@@ -307,7 +257,7 @@ def test_status_while_the_collector_is_down(user_install):
             st = json.loads(out(ctl(inst, "status", "--json")))
             return st if st["queue"]["spooled"]["records"] == 1 else None
 
-        st = wait_for(spooled, "the failed attempt")
+        st = wait_until(spooled, 60, "the failed attempt")
         q = st["queue"]
         assert q["records"] == 1 and q["staged"]["records"] == 0 and q["bytes"] == q["spooled"]["bytes"] > 300
         assert q["cap_bytes"] == 1024 * 1024
@@ -342,6 +292,25 @@ def test_daemon_that_cannot_start_is_one_line(user_install):
         assert ctl(inst, "is-active").stdout.decode() == "telemprobd : inactive\ntelempostd : active\n"
     finally:
         ctl(inst, "stop")
+
+
+@needs_daemons
+def test_unusable_log_and_lock_files_are_one_line_each(user_install):
+    """A directory where a file must be: no traceback, no daemon started."""
+    inst = user_install
+    inst.opt_in()
+    for name in ("telempostd", "telemprobd"):
+        Path(inst.paths.state_dir, f"{name}.log").mkdir(parents=True)
+    done = ctl(inst, "start")
+    assert done.returncode == 1 and "Traceback" not in err(done)
+    assert err(done).splitlines() == [
+        f"telemctl: cannot start {name}: {inst.paths.state_dir}/{name}.log: Is a directory"
+        for name in ("telempostd", "telemprobd")
+    ]
+    assert ctl(inst, "is-active").stdout.decode() == "telemprobd : inactive\ntelempostd : inactive\n"
+    Path(inst.paths.run_dir, "telemctl.lock").unlink()
+    Path(inst.paths.run_dir, "telemctl.lock").mkdir()
+    assert_one_line_error(ctl(inst, "stop"), 1, "telemctl.lock: Is a directory")
 
 
 # --- misuse: one line on stderr, non-zero exit, no traceback ---------------------------------------

@@ -125,7 +125,7 @@ def test_stop_disable_enable_order(fake_systemctl):
     assert units.stop(ctl, print) == 0
     assert units.disable(ctl, print) == 0
     calls = log.read_text().splitlines()
-    everything = units.TRIGGER_UNITS + units.SERVICE_UNITS
+    everything = units.TRIGGER_UNITS + units.SERVICE_UNITS + ("pstore-clean.service",)
     assert calls == [f"stop {u}" for u in everything] + [f"disable {u}" for u in everything]
 
 

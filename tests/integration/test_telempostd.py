@@ -5,40 +5,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
-import tempfile
 
 import pytest
-from http_collector import ACCEPT, HANG, Collector, slow, status
+from http_collector import ACCEPT, HANG, slow, status
 from postd_support import (
     MODULE,
     Daemon,
     counters,
     enqueue,
-    loopback_without_proxy,  # noqa: F401  (a fixture)
     new_row,
     queued_ids,
     record,
     settings_text,
-    wait_until,
 )
+from support import wait_until
 
 from telemetry.daemons import journal as journal_mod
 from telemetry.daemons.journal import Outcome
 from telemetry.daemons.queue import QUEUE_DB
 from telemetry.version import __version__
-
-pytestmark = pytest.mark.usefixtures("loopback_without_proxy")
-
-
-@pytest.fixture
-def collector():
-    with Collector() as c:
-        yield c
 
 
 def fill(inst, n: int, start: int = 0) -> list[str]:
@@ -135,6 +124,32 @@ def test_reload_with_a_bad_file_keeps_serving(user_install, collector):
         collector.wait_for(1)
         assert d.stop() == 0
     assert sorted(r.record_id for r in collector.accepted()) == sorted(ids)
+
+
+def test_a_spool_dir_that_cannot_be_made_is_one_line(user_install, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    user_install.write_config(settings_text("http://127.0.0.1:9/v2/collector", spool_dir=f"{blocker}/spool"))
+    r = user_install.run(MODULE, timeout=30)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith(f"telempostd: {blocker}/spool: Not a directory")
+
+
+def test_reload_to_a_spool_dir_that_cannot_be_made_keeps_serving(user_install, collector, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    user_install.write_config(settings_text(collector.url))
+    with Daemon(user_install) as d:
+        wait_until(lambda: "delivering" in d.log(), what="start-up")
+        user_install.write_config(settings_text(collector.url, spool_dir=f"{blocker}/spool"))
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed" in d.log(), what="the reload error")
+        ids = fill(user_install, 1)
+        collector.wait_for(1)
+        assert d.stop() == 0
+    assert "Traceback" not in d.log()
+    assert [r.record_id for r in collector.accepted()] == ids
 
 
 def test_kill_9_during_a_post_delivers_afterwards_at_most_one_duplicate(user_install, collector):
@@ -240,14 +255,12 @@ def test_journal_is_readable_while_the_daemon_writes(user_install, collector):
     db.close()
 
 
-def test_tells_systemd_it_is_ready(user_install, collector):
+def test_tells_systemd_it_is_ready(user_install, collector, short_dir):
     user_install.write_config(settings_text(collector.url))
-    sock_dir = tempfile.mkdtemp(prefix="pn-", dir="/tmp")
-    path = os.path.join(sock_dir, "notify")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(path)
-    s.settimeout(30)
-    try:
+    path = str(short_dir / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        s.settimeout(30)
         with Daemon(user_install, env={"NOTIFY_SOCKET": path}) as d:
             assert s.recv(4096) == b"READY=1"
             fill(user_install, 1)
@@ -258,10 +271,7 @@ def test_tells_systemd_it_is_ready(user_install, collector):
             with contextlib.suppress(TimeoutError):
                 while b"STOPPING=1" not in messages:
                     messages.append(s.recv(4096))
-        assert b"STOPPING=1" in messages
-    finally:
-        s.close()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+    assert b"STOPPING=1" in messages
 
 
 def test_sleeps_through_a_far_expiry(user_install):

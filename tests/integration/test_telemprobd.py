@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from support import wait_until
 from telemprobd_harness import (
     Probd,
     c_frame,
@@ -18,7 +19,6 @@ from telemprobd_harness import (
     header_bytes,
     queued,
     read_reply,
-    wait_until,
 )
 
 from telemetry import create_record

@@ -9,7 +9,8 @@ import textwrap
 import time
 
 import pytest
-from telemprobd_harness import Probd, c_frame, counters, good_headers, queued, wait_until
+from support import wait_until
+from telemprobd_harness import Probd, c_frame, counters, good_headers, queued
 
 from telemetry.daemons.queue import Queue
 

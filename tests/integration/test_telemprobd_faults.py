@@ -10,7 +10,8 @@ import subprocess
 import threading
 
 import pytest
-from telemprobd_harness import Probd, c_frame, counters, good_headers, queued, wait_until
+from support import wait_until
+from telemprobd_harness import Probd, c_frame, counters, good_headers, queued
 
 FRAME = c_frame(good_headers(), b"x" * 1000)
 

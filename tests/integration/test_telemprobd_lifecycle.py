@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -11,20 +10,13 @@ import sys
 import time
 
 import pytest
-from telemprobd_harness import Probd, c_frame, good_headers, short_socket_dir, wait_until
+from support import wait_until
+from telemprobd_harness import Probd, c_frame, good_headers
 
 from telemetry.version import __version__
 
 FRAME = c_frame(good_headers(), b"x" * 100)
 MODULE = "telemetry.daemons.telemprobd"
-
-
-@pytest.fixture
-def sockdir():
-    """A short directory for unix sockets (107-byte limit), removed afterwards."""
-    d = short_socket_dir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_version_and_help(user_install):
@@ -61,16 +53,16 @@ def _start_fails(user_install, socket_path: str) -> str:
     return err
 
 
-def test_refuses_a_symlink_at_the_socket_path(sockdir, user_install):
-    d = sockdir
+def test_refuses_a_symlink_at_the_socket_path(short_dir, user_install):
+    d = short_dir
     target = os.path.join(d, "elsewhere")
     os.symlink(target, os.path.join(d, "telem-0"))
     assert "symbolic link" in _start_fails(user_install, os.path.join(d, "telem-0"))
     assert not os.path.exists(target)
 
 
-def test_refuses_to_remove_a_file_that_is_not_a_socket(sockdir, user_install):
-    d = sockdir
+def test_refuses_to_remove_a_file_that_is_not_a_socket(short_dir, user_install):
+    d = short_dir
     path = os.path.join(d, "telem-0")
     open(path, "w").write("precious")
     assert "not a socket" in _start_fails(user_install, path)
@@ -83,8 +75,8 @@ def test_refuses_to_start_twice_on_one_socket(user_install):
         assert probd.send_raw(FRAME).startswith(b"TM/1 accepted")
 
 
-def test_a_stale_socket_is_replaced(sockdir, user_install):
-    d = sockdir
+def test_a_stale_socket_is_replaced(short_dir, user_install):
+    d = short_dir
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(os.path.join(d, "telem-0"))
     stale.close()  # the file stays, nobody listens
@@ -121,9 +113,9 @@ def _activated(user_install, fd_obj, extra_env=None) -> subprocess.Popen:
                             preexec_fn=lambda: os.dup2(fd_obj.fileno(), 3))
 
 
-def test_socket_activation_uses_the_passed_socket(sockdir, user_install):
+def test_socket_activation_uses_the_passed_socket(short_dir, user_install):
     user_install.opt_in()
-    d = sockdir
+    d = short_dir
     path = os.path.join(d, "activated")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -157,8 +149,8 @@ def test_socket_activation_with_something_else_than_a_socket_fails(user_install)
     assert "not a listening unix stream socket" in err and "Traceback" not in err
 
 
-def test_sd_notify_ready_and_status_counters(sockdir, user_install):
-    d = sockdir
+def test_sd_notify_ready_and_status_counters(short_dir, user_install):
+    d = short_dir
     notify_path = os.path.join(d, "notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(notify_path)
@@ -189,10 +181,10 @@ IDLE_1S = (
     ({}, "true", False),  # not started by systemd: nothing would start it again
     ({"INVOCATION_ID": "0123456789abcdef"}, "false", False),
 ])
-def test_idle_exit_only_when_systemd_can_restart_it(sockdir, user_install, env, recycling, exits):
+def test_idle_exit_only_when_systemd_can_restart_it(short_dir, user_install, env, recycling, exits):
     """The real daemon, with the 300 s idle time shortened to 1 s."""
     user_install.opt_in()
-    d = sockdir
+    d = short_dir
     user_install.write_config(f"socket_path={d}/telem-0\ndaemon_recycling_enabled={recycling}")
     proc = subprocess.Popen([sys.executable, "-c", IDLE_1S], env={**user_install.env, **env},
                             stderr=subprocess.PIPE, text=True)

@@ -173,7 +173,8 @@ def test_restore_with_a_changed_window_or_garbage_never_fails():
     snap = limiter.snapshot(50.0)
     wider = Policy(records=Limit(5, 5 * W))
     assert RateLimiter.restore(wider, snap, 50.0, 0.0).decide(7, 1, 50.0).verdict is Verdict.REFUSE
-    for junk in ("", "{", "[]", '{"v":1,"global":{"records":[["x",1]]}}', '{"v":99}'):
+    infinite = ('{"v":1,"global":{"records":[[Infinity,1]]}}', '{"v":1,"global":{"records":[[0,Infinity]]}}')
+    for junk in ("", "{", "[]", '{"v":1,"global":{"records":[["x",1]]}}', '{"v":99}', *infinite):
         assert RateLimiter.restore(wider, junk, 0.0, 0.0).decide(0, 1, 0.0).verdict is Verdict.ADMIT
 
 

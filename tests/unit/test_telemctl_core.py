@@ -7,6 +7,7 @@ import os
 import re
 import string
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -16,7 +17,7 @@ from telemetry.ack import AckStatus
 from telemetry.daemons import journal_view as jv
 from telemetry.daemons import purge, supervise, units
 from telemetry.daemons import status as status_mod
-from telemetry.daemons.journal import JournalEntry, Outcome
+from telemetry.daemons.journal import Counter, JournalEntry, Outcome
 
 HEX = "0123456789abcdef"
 hex32 = st.text(alphabet=HEX, min_size=32, max_size=32)
@@ -195,6 +196,7 @@ def test_core_counters_follow_their_sources():
     assert {f"rejected:{s.value}" for s in AckStatus if not s.kept} <= set(probd)
     postd = status_mod.CORE_COUNTERS["telempostd"]
     assert {o.value for o in Outcome} <= set(postd) and "retried" in postd
+    assert postd == tuple(c.value for c in Counter) and "config-error" in postd
 
 
 @pytest.mark.parametrize("n,text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (5120 * 1024, "5.0 MiB")])
@@ -250,6 +252,13 @@ def test_the_originals_unit_lists():
                                    "klogscanner.service", "journal-probe-tail.service")
     assert units.SERVICE_UNITS == ("hprobe.service", "pstore-probe.service", "telemprobd.service",
                                    "telempostd.service", "journal-probe.service")
+
+
+def test_every_shipped_unit_is_stopped_enabled_and_disabled():
+    shipped = {p.name.removesuffix(".in") for p in (Path(__file__).resolve().parents[2] / "systemd").glob("*.in")}
+    assert "pstore-clean.service" in shipped
+    assert set(units.ALL_UNITS) == shipped
+    assert units.ALL_UNITS[: len(units.TRIGGER_UNITS)] == units.TRIGGER_UNITS  # triggers stop first
 
 
 def test_tmpfiles_lines():
