@@ -27,7 +27,7 @@ from .query import QueryRejected, parse_query, parse_query_string
 from .request import submission_from_request
 from .rules import Rejected, Rule, validate
 from .store import Durability, Store, StoreError, open_store
-from .writer import REJECTED_PREFIX, Writer
+from .writer import REJECTED_PREFIX, Stats, Writer
 
 log = logging.getLogger("telemetry-collector")
 
@@ -82,20 +82,28 @@ class _Reader:
 
     def run(self, fn: Callable[[Store], object]) -> object:
         with self._lock:
-            if self._store is None:
-                self._store = open_store(self.url, migrate=False)
+            if self._store is not None:
+                try:
+                    return fn(self._store)
+                except StoreError:
+                    # Most likely a connection the database dropped (a restart, an idle
+                    # timeout): a read is safe to try once more on a new one.
+                    self._drop()
+            self._store = open_store(self.url, migrate=False)
             try:
                 return fn(self._store)
             except StoreError:
-                self._store.close()
-                self._store = None
+                self._drop()
                 raise
+
+    def _drop(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def close(self) -> None:
         with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+            self._drop()
 
 
 class CollectorApp:
@@ -147,7 +155,7 @@ class CollectorApp:
     async def _purge_loop(self, policy: PurgePolicy) -> None:
         while True:
             try:
-                deleted = await asyncio.wrap_future(self.writer.purge(policy))
+                deleted = await self.writer.purge(policy)
                 log.info("retention purge: deleted %d records", deleted)
             except Exception as e:  # noqa: BLE001 - logged; the next run tries again
                 log.error("retention purge failed: %s", e)
@@ -208,7 +216,7 @@ class CollectorApp:
             await _respond(send, r.status, _message(r.message))
             return
         try:
-            reply = await asyncio.wrap_future(self.writer.submit(record))
+            reply = await self.writer.submit(record)
         except StoreError:
             await _respond(send, 500, _message("The record was not stored (database error); try again later"))
             return
@@ -230,22 +238,29 @@ class CollectorApp:
             await _respond(send, 400, _message(e.message))
             return
         now = int(time.time())
+
+        def read(store: Store) -> bytes:
+            # Up to 1000 records with their payloads: rendered here, not on the event loop.
+            return to_json({"records": [r.as_json_dict() for r in store.query(q, now)]})
+
         try:
-            found = await asyncio.to_thread(self.reader.run, lambda store: store.query(q, now))
+            body = await asyncio.to_thread(self.reader.run, read)
         except StoreError as e:
             log.error("records query failed: %s", e)
             await _respond(send, 500, _message("The records could not be read (database error)"))
             return
-        await _respond(send, 200, to_json({"records": [r.as_json_dict() for r in found]}))
+        await _respond(send, 200, body)
 
     async def _stats(self, scope: dict, receive: Callable, send: Callable) -> None:
         try:
-            stats = await asyncio.wrap_future(self.writer.stats())
+            counters = await self.writer.counters()
+            # The count scans the table: on the reader's connection, not the writer's thread.
+            records = await asyncio.to_thread(self.reader.run, lambda store: store.count_records())
         except Exception as e:  # noqa: BLE001
             log.error("stats failed: %s", e)
             await _respond(send, 500, _message("The counters could not be read (database error)"))
             return
-        await _respond(send, 200, to_json(stats.document()))
+        await _respond(send, 200, to_json(Stats(records=records, counters=counters).document()))
 
 
 async def _respond(send: Callable, status: int, body: bytes, *, content_type: bytes = JSON,

@@ -96,6 +96,20 @@ def start_collector(
     finally:
         if log_path:
             log.close()  # type: ignore[union-attr]
+    collector = RunningCollector(url="", process=process, log_path=log_path)
+    try:
+        text = _first_line(process, timeout).decode(errors="replace").strip()
+        if not text.startswith(READY_PREFIX):
+            raise CollectorStartError(f"unexpected first line from the collector: {text!r}")
+    except CollectorStartError as e:
+        collector.stop(timeout=0)  # also closes the pipe
+        raise CollectorStartError(f"{e}{_see(log_path)}") from None
+    collector.url = text[len(READY_PREFIX):]
+    return collector
+
+
+def _first_line(process: subprocess.Popen, timeout: float) -> bytes:
+    """The first line the collector writes to stdout; an error if it exits or stays silent."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     line = b""
@@ -104,22 +118,12 @@ def start_collector(
         while not line.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0 or not sel.select(left):
-                process.kill()
-                process.wait()
-                raise CollectorStartError(f"the collector did not start within {timeout:.0f} s{_see(log_path)}")
+                raise CollectorStartError(f"the collector did not start within {timeout:.0f} s")
             chunk = os.read(process.stdout.fileno(), 1)
             if not chunk:
-                process.wait()
-                raise CollectorStartError(
-                    f"the collector exited with status {process.returncode}{_see(log_path)}"
-                )
+                raise CollectorStartError(f"the collector exited with status {process.wait()}")
             line += chunk
-    text = line.decode().strip()
-    if not text.startswith(READY_PREFIX):
-        process.kill()
-        process.wait()
-        raise CollectorStartError(f"unexpected first line from the collector: {text!r}")
-    return RunningCollector(url=text[len(READY_PREFIX):], process=process, log_path=log_path)
+    return line
 
 
 def _see(log_path: str | None) -> str:

@@ -10,20 +10,18 @@ reference does.
 
 from __future__ import annotations
 
-import string
 import urllib.parse
 from dataclasses import dataclass
 
 from telemetry.errors import TelemetryError
 
-from .rules import MACHINE_ID_MAX, PRINTABLE_LIMIT, SEVERITY_RANGE, parse_number
+from .rules import MACHINE_ID_MAX, SEVERITY_RANGE, parse_number, printable, unquote
 
 DAY = 24 * 60 * 60
 MAX_WINDOW = 30 * DAY  # the default window, and the largest
 LIMIT_MAX = 1000
 INT64_MAX = 2**63 - 1
 MAX_PARAMETERS = 64
-_PRINTABLE = frozenset(string.printable)
 
 
 class QueryRejected(TelemetryError):
@@ -77,8 +75,8 @@ def parse_query(params: dict[str, str]) -> RecordQuery:
             raise QueryRejected("Classification value is invalid")
         classification = value
     if (value := params.get("build")) is not None:
-        build = value.replace('"', "").replace("'", "")
-        if len(build) >= PRINTABLE_LIMIT or not all(c in _PRINTABLE for c in build):
+        build = unquote(value)
+        if not printable(build):
             raise QueryRejected("Build value is invalid")
     if (value := params.get("machine_id")) is not None:
         if len(value) > MACHINE_ID_MAX:
@@ -99,7 +97,7 @@ def parse_query(params: dict[str, str]) -> RecordQuery:
         if not 1 <= limit <= LIMIT_MAX:
             raise QueryRejected("Record limit value is invalid")
     if days is not None:
-        window = days * DAY if days <= MAX_WINDOW else MAX_WINDOW
+        window = days * DAY
     elif seconds is not None:
         window = seconds
     else:

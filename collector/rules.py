@@ -149,7 +149,8 @@ def parse_number(value: str | None) -> int | None:
     return int(value)
 
 
-def _printable(value: str) -> bool:
+def printable(value: str) -> bool:
+    """Under PRINTABLE_LIMIT characters, all in Python's string.printable (the reference's test)."""
     return len(value) < PRINTABLE_LIMIT and _PRINTABLE.fullmatch(value) is not None
 
 
@@ -162,7 +163,8 @@ def _kernel_version_ok(value: str) -> bool:
     )
 
 
-def _unquote(value: str) -> str:
+def unquote(value: str) -> str:
+    """Without ``"`` and ``'``, as the reference reads System-Name and Build."""
     return value.replace('"', "").replace("'", "")
 
 
@@ -214,16 +216,16 @@ def validate(sub: Submission, tids: Collection[str], now: int) -> NewRecord:
     board_name = cpu_model = bios_version = event_id = NOT_APPLICABLE
     if version >= 3:
         board_name, cpu_model, bios_version = f[H.BOARD_NAME], f[H.CPU_MODEL], f[H.BIOS_VERSION]
-        _require(_printable(board_name), Rule.BOARD_NAME, "board name is invalid")
-        _require(_printable(cpu_model), Rule.CPU_MODEL, "cpu model is invalid")
-        _require(_printable(bios_version), Rule.BIOS_VERSION, "BIOS version is invalid")
+        _require(printable(board_name), Rule.BOARD_NAME, "board name is invalid")
+        _require(printable(cpu_model), Rule.CPU_MODEL, "cpu model is invalid")
+        _require(printable(bios_version), Rule.BIOS_VERSION, "BIOS version is invalid")
     if version >= 4:
         event_id = f[H.EVENT_ID]
         _require(_HEX32.fullmatch(event_id) is not None, Rule.EVENT_ID, "Event id is invalid")
 
-    system_name = _unquote(f[H.SYSTEM_NAME])
+    system_name = unquote(f[H.SYSTEM_NAME])
     _require(len(system_name) < TEXT_LIMIT, Rule.SYSTEM_NAME, "system name is invalid")
-    build = _unquote(f[H.BUILD])
+    build = unquote(f[H.BUILD])
     if system_name == CLEAR_LINUX:
         _require(
             _CLEAR_BUILD.fullmatch(build) is not None,

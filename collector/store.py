@@ -20,6 +20,7 @@ import contextlib
 import enum
 import errno
 import logging
+import operator
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,7 @@ _INSERT = (
     f"INSERT INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
     "ON CONFLICT (record_id) DO NOTHING RETURNING id"
 )
+_VALUES = operator.attrgetter(*COLUMNS)  # a NewRecord's values in _INSERT's order
 _REPEAT = (
     "UPDATE records SET duplicates = duplicates + 1 WHERE record_id = ? "
     f"RETURNING id, duplicates, {', '.join(COLUMNS)}"
@@ -152,8 +154,7 @@ class Store:
     def insert(self, rec: NewRecord) -> Stored:
         """Store `rec` (inside the caller's transaction), or count a repeat of its record id."""
         with self._reporting("storing a record"):
-            values = tuple(getattr(rec, c) for c in COLUMNS)
-            row = self._execute(_INSERT, values).fetchone()
+            row = self._execute(_INSERT, _VALUES(rec)).fetchone()
             if row is not None:
                 return Stored(StoredRecord(id=int(row[0]), record=rec), duplicate=False)
             repeat = self._execute(_REPEAT, (rec.record_id,)).fetchone()
@@ -191,7 +192,9 @@ class Store:
                 params.append(value)
         sql = f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
         params.append(q.limit)
-        with self._reporting("querying records"), self.transaction():
+        # One statement reads one snapshot; no transaction, which on SQLite would take the
+        # write lock (BEGIN IMMEDIATE) and make the writer wait for this read.
+        with self._reporting("querying records"):
             return [record_from_row(r) for r in self._execute(sql, params).fetchall()]
 
     def purge(self, policy: PurgePolicy, now: int) -> int:

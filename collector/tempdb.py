@@ -75,6 +75,10 @@ class TemporaryPostgres:
         if self.bindir is None:
             raise TempPostgresError("PostgreSQL server binaries (initdb, postgres) not found; "
                                     "install Debian's postgresql or set PG_BINDIR")
+        try:  # needed to see the server ready: known before a server is left running without it
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise TempPostgresError("psycopg is not installed: pip install 'telemetrics-client[collector]'") from None
         if os.geteuid() == 0:
             for name in UNPRIVILEGED:
                 with contextlib.suppress(KeyError):

@@ -1,28 +1,30 @@
 """The one thread that writes: group commit, counters, and answers rendered before commit.
 
-Requests hand validated records to `Writer.submit` and await the future.  The thread takes
-every record waiting at that moment and stores them in one transaction, so concurrent
-POSTs share one fsync (SQLite WAL, synchronous=FULL) or one WAL flush (PostgreSQL) instead
-of paying one each.  The answer body is rendered inside the transaction: if rendering
-failed the record would not be committed, so the collector never stores a record and
-answers 500 (the reference backend's §11.1).  If a batch fails, its records are retried
-one by one so that one bad record cannot fail the others; if the database went away, the
-next batch reconnects.
+Requests, on the event loop, hand validated records to `Writer.submit` and await the future
+it returns.  The thread takes every record waiting at that moment and stores them in one
+transaction, so concurrent POSTs share one fsync (SQLite WAL, synchronous=FULL) or one WAL
+flush (PostgreSQL) instead of paying one each, and then wakes the loop once to answer the
+whole batch.  The answer body is rendered inside the transaction: if rendering failed the
+record would not be committed, so the collector never stores a record and answers 500 (the
+reference backend's §11.1).  If a batch fails, its records are retried one by one so that
+one bad record cannot fail the others; if the database went away, the next batch
+reconnects.
 
 Counters (stored, duplicates, rejections by rule, store errors) live in the database,
-updated in the same transactions; rejections are batched in memory until the next write
-or within a second.  `stats` runs on this thread too, after every write queued before it.
+updated in the same transactions; rejections are counted in memory until the thread next
+writes, runs a call, or has been idle for a second.  `counters` runs on this thread too,
+after every write queued before it, so it sees each count exactly once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from .dburl import DatabaseURL
@@ -44,7 +46,10 @@ REJECTED_PREFIX = "rejected."
 class Reply:
     status: int  # 201 stored, 200 a repeat of a stored record id
     body: bytes
-    duplicate: bool
+
+    @property
+    def duplicate(self) -> bool:
+        return self.status == 200
 
 
 @dataclass(frozen=True)
@@ -68,16 +73,30 @@ class Stats:
 @dataclass
 class _Insert:
     record: NewRecord
-    future: Future
+    future: asyncio.Future
 
 
 @dataclass
 class _Call:
     fn: Callable[[Store], object]
-    future: Future
+    future: asyncio.Future
 
+
+# What the thread hands back to the loop: a future and its result, or the error it failed with.
+_Outcome = tuple[asyncio.Future, object, BaseException | None]
 
 _STOP = object()
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the loop: resolve a batch's futures (a request that is gone no longer waits)."""
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 class Writer:
@@ -88,9 +107,12 @@ class Writer:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="collector-writer", daemon=True)
 
     def start(self) -> None:
+        """Start the thread; `submit` and `call` are then used from the running loop only."""
+        self._loop = asyncio.get_running_loop()
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -102,13 +124,17 @@ class Writer:
             self._store.close()
             self._store = None
 
-    def submit(self, record: NewRecord) -> Future:
-        fut: Future = Future()
+    def submit(self, record: NewRecord) -> asyncio.Future:
+        """A future of the `Reply`, or of the `StoreError` that kept the record out."""
+        assert self._loop is not None, "the writer is not started"
+        fut = self._loop.create_future()
         self._queue.put(_Insert(record, fut))
         return fut
 
-    def call(self, fn: Callable[[Store], object]) -> Future:
-        fut: Future = Future()
+    def call(self, fn: Callable[[Store], object]) -> asyncio.Future:
+        """A future of `fn(store)` run on the thread, after the writes queued before it."""
+        assert self._loop is not None, "the writer is not started"
+        fut = self._loop.create_future()
         self._queue.put(_Call(fn, fut))
         return fut
 
@@ -116,10 +142,11 @@ class Writer:
         with self._lock:
             self._pending[name] += n
 
-    def stats(self) -> Future:
-        return self.call(self._stats)
+    def counters(self) -> asyncio.Future:
+        """A future of every counter: those in the database and those not yet written."""
+        return self.call(self._counters)
 
-    def purge(self, policy: PurgePolicy) -> Future:
+    def purge(self, policy: PurgePolicy) -> asyncio.Future:
         return self.call(lambda store: store.purge(policy, int(time.time())))
 
     # --- the thread ---------------------------------------------------------------
@@ -136,16 +163,28 @@ class Writer:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = any(item is _STOP for item in batch)
             inserts = [i for i in batch if isinstance(i, _Insert)]
             if inserts:
-                self._commit(inserts)
-            for item in batch:
-                if isinstance(item, _Call):
-                    self._call(item)
-            if stop:
+                outcomes = self._commit(inserts)
+            else:
+                # No write to carry the counters: a steady stream of calls must not keep
+                # them in memory.
+                self._flush_counters()
+                outcomes = []
+            outcomes += [self._call(item) for item in batch if isinstance(item, _Call)]
+            if outcomes:
+                self._answer(outcomes)
+            if any(item is _STOP for item in batch):
                 self._flush_counters()
                 return
+
+    def _answer(self, outcomes: list[_Outcome]) -> None:
+        """One wake-up of the loop for the whole batch."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_settle, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
     def _take_pending(self) -> collections.Counter[str]:
         with self._lock:
@@ -168,7 +207,7 @@ class Writer:
             self._store.close()
             self._store = None
 
-    def _commit(self, inserts: list[_Insert]) -> None:
+    def _commit(self, inserts: list[_Insert]) -> list[_Outcome]:
         deltas = self._take_pending()
         replies: list[Reply] = []
         try:
@@ -177,7 +216,7 @@ class Writer:
                 for item in inserts:
                     stored = store.insert(item.record)
                     body = to_json(stored.record.as_json_dict())
-                    replies.append(Reply(200 if stored.duplicate else 201, body, stored.duplicate))
+                    replies.append(Reply(200 if stored.duplicate else 201, body))
                     deltas[DUPLICATES if stored.duplicate else STORED] += 1
                 store.add_counters(deltas)
         except Exception as e:  # noqa: BLE001 - every failure goes back to its request as a 500
@@ -187,24 +226,18 @@ class Writer:
                 deltas.pop(name, None)
             if len(inserts) > 1:
                 self._give_back(deltas)
-                for item in inserts:
-                    self._commit([item])
-                return
+                return [outcome for item in inserts for outcome in self._commit([item])]
             deltas[ERRORS] += 1
             self._give_back(deltas)
-            inserts[0].future.set_exception(e if isinstance(e, StoreError) else StoreError(str(e)))
-            return
-        for item, reply in zip(inserts, replies, strict=True):
-            item.future.set_result(reply)
+            return [(inserts[0].future, None, e if isinstance(e, StoreError) else StoreError(str(e)))]
+        return [(item.future, reply, None) for item, reply in zip(inserts, replies, strict=True)]
 
-    def _call(self, item: _Call) -> None:
+    def _call(self, item: _Call) -> _Outcome:
         try:
-            result = item.fn(self._open())
-        except Exception as e:  # noqa: BLE001
+            return item.future, item.fn(self._open()), None
+        except Exception as e:  # noqa: BLE001 - the caller gets it
             self._lost(e)
-            item.future.set_exception(e)
-            return
-        item.future.set_result(result)
+            return item.future, None, e
 
     def _flush_counters(self) -> None:
         deltas = self._take_pending()
@@ -218,8 +251,8 @@ class Writer:
             self._lost(e)
             self._give_back(deltas)
 
-    def _stats(self, store: Store) -> Stats:
+    def _counters(self, store: Store) -> dict[str, int]:
         counters = collections.Counter(store.counters())
         with self._lock:
             counters.update(self._pending)
-        return Stats(records=store.count_records(), counters=dict(counters))
+        return dict(counters)

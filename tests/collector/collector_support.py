@@ -6,7 +6,6 @@ import dataclasses
 import http.client
 import json
 import shutil
-import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import support
 
 from telemetry import headers as H
 from telemetry.collector.model import NewRecord
@@ -139,21 +139,10 @@ def temporary_postgres() -> Iterator[TemporaryPostgres]:
 
 
 def make_pki(directory: Path) -> Path:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate signed by the CA."""
+    """support.make_pki, or a skip when the openssl command is not installed."""
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is not installed")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Test CA")
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        (directory / f"{name}.ext").write_text(ext + "\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    return directory
+    return support.make_pki(directory)
 
 
 def new_record(i: int = 0, **changes) -> NewRecord:

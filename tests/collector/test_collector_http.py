@@ -22,7 +22,7 @@ from collector_support import (
     record_fields,
     temporary_postgres,
 )
-from conftest import make_user_install
+from support import make_user_install
 
 from telemetry import headers as H
 from telemetry.collector.launch import start_collector

@@ -24,6 +24,7 @@ from collector_support import (
     record_fields,
     temporary_postgres,
 )
+from support import METADATA, wait_until
 
 from telemetry import headers as H
 from telemetry.collector.dburl import parse_database_url
@@ -32,17 +33,6 @@ from telemetry.collector.query import DAY
 from telemetry.collector.store import open_store
 
 MODULE = "telemetry.collector.main"
-
-
-def wait_until(condition, timeout: float = 30.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def start(inst, database: str | None = None, *args: str, env: dict[str, str] | None = None):
@@ -118,8 +108,10 @@ def test_help_and_version(user_install):
 
 
 def test_start_error_is_reported_by_the_launcher(user_install):
+    open_fds = len(os.listdir("/proc/self/fd"))
     with pytest.raises(CollectorStartError, match="exited with status"):
         start(user_install, "mysql://nope")
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # the pipe from the collector is closed
 
 
 # --- a running server -----------------------------------------------------------------------
@@ -135,6 +127,18 @@ def test_default_database_and_restart_keeps_records(user_install):
         again = post_headers(c.url, VALID, record_id=record_id)
         assert again.status == 200
         assert c.stats()["records"] == 1 and c.stats()["duplicates"] == 1
+
+
+def test_counters_are_on_disk_before_stats_answers(user_install):
+    """Rejections are counted in memory; a stats read writes them first, so a crash right
+    after it loses none of what it showed."""
+    with start(user_install) as c:
+        assert post_headers(c.url, VALID, tid="wrong").status == 400
+        assert c.stats()["rejected_by_rule"] == {"tid": 1}
+        c.process.kill()
+        c.process.wait()
+    with start(user_install) as c:
+        assert c.stats()["rejected_by_rule"] == {"tid": 1}
 
 
 def test_tids_from_the_environment(user_install):
@@ -211,6 +215,7 @@ def test_records_query_on_a_lost_connection_recovers(user_install):
                 except urllib.error.HTTPError as e:
                     results.append(e.code)
             assert results[-1] == 1
+            assert results[0] == 1  # a read that finds its connection dropped tries once more on a new one
 
 
 # --- TLS -----------------------------------------------------------------------------------
@@ -275,15 +280,12 @@ def test_socket_activation(user_install):
 def test_telempostd_delivers_to_the_collector(user_install, request_format):
     pytest.importorskip("telemetry.daemons.telempostd", reason="telempostd is not installed")
     from telemetry.daemons.queue import NewRecord, Queue, Sender
-    from telemetry.metadata import Metadata
     from telemetry.record import create_record
 
-    md = Metadata(arch="x86_64", host_type="QEMU|Standard PC|pc", build="41000", kernel_version="6.1.0-18-amd64",
-                  system_name="debian", board_name="blank|blank", cpu_model="Intel(R) Xeon(R) CPU @ 2.20GHz",
-                  bios_version="1.16.3")
     records = []
     for i in range(20):
-        rec = create_record(f"org.test/postd/{request_format}", 1 + i % 4, f"payload {i} caf\u00e9\n", metadata=md)
+        rec = create_record(f"org.test/postd/{request_format}", 1 + i % 4, f"payload {i} caf\u00e9\n",
+                            metadata=METADATA)
         rec = rec.with_machine_id(f"{i:032x}")
         records.append(NewRecord(record_id=uuid.uuid4().hex, received_at=time.time(),
                                  sender=Sender(os.getuid(), os.getgid(), os.getpid()),
@@ -304,7 +306,7 @@ def test_telempostd_delivers_to_the_collector(user_install, request_format):
         stored = c.records(classification=f"org.test/postd/{request_format}")
         assert sorted(r["machine_id"] for r in stored) == [f"{i:032x}" for i in range(20)]
         assert {r["payload"] for r in stored} == {f"payload {i} caf\u00e9\n" for i in range(20)}
-        assert {r["cpu_model"] for r in stored} == {md.cpu_model}  # whole values, not cut at a space
+        assert {r["cpu_model"] for r in stored} == {METADATA.cpu_model}  # whole values, not cut at a space
         stats = c.stats()
         assert stats["rejected"] == 0 and stats["stored"] == 20
 

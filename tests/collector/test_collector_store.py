@@ -196,3 +196,24 @@ def test_database_urls(user_install, monkeypatch):
 def test_bad_database_urls(value):
     with pytest.raises(DatabaseURLError):
         parse_database_url(value)
+
+
+def test_sqlite_query_does_not_wait_for_the_writer(user_install, monkeypatch):
+    """A GET reads the committed rows while the writer holds its transaction open, and never
+    takes the write lock itself (WAL: readers and the one writer do not block each other)."""
+    import telemetry.collector.store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.2)
+    url = parse_database_url(f"sqlite:///{user_install.root}/concurrent.db")
+    writer, reader = open_store(url), open_store(url, migrate=False)
+    try:
+        add(writer, new_record(1))
+        with writer.transaction():
+            writer.insert(new_record(2))
+            assert [r.record.machine_id for r in reader.query(RecordQuery(), NOW)] == [f"{1:032x}"]
+            assert reader.count_records() == 1
+        add(writer, new_record(3))  # nor does the reader hold a lock after its query
+        assert reader.count_records() == 3
+    finally:
+        writer.close()
+        reader.close()
