@@ -1,5 +1,6 @@
 """What every probe shares: the command-line shell, the opt-in rule, sending one record and
-telling the user what became of it.
+telling the user what became of it, and what the long-running probes (klogscanner,
+journalprobe) add: retrying a send, stopping on a signal, the boot id.
 
 The opt-in rule is the same for every probe: when the machine's owner has not opted in, a
 probe collects nothing, sends nothing, prints one info line and exits 0, so a timer or a
@@ -12,7 +13,9 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,18 +23,21 @@ from typing import Any
 import click
 
 from telemetry import log as log_mod
-from telemetry.ack import Ack
-from telemetry.cli import load_config
+from telemetry.ack import Ack, AckStatus
+from telemetry.cli import EXIT_FAILURE, load_config
 from telemetry.client import Client, DaemonUnavailable, NotOptedIn, RecordRejected, SendError
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import atomic_write, ensure_dir, read_small
 from telemetry.metadata import Metadata, read_metadata
-from telemetry.optin import is_opted_in
-from telemetry.paths import Mode, Paths
+from telemetry.optin import is_opted_in, opt_in_command
+from telemetry.paths import Paths
 from telemetry.record import Record, create_record
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+RETRY_MAX_DELAY = 60.0
+# Worth sending again later: the daemon is over a limit or could not keep the record now.
+_RETRYABLE = frozenset({AckStatus.RATE_LIMITED, AckStatus.BUSY, AckStatus.NO_SPACE, AckStatus.ERROR})
 
 
 class Outcome(enum.Enum):
@@ -58,21 +64,19 @@ class SendResult:
         if self.outcome is Outcome.UNAVAILABLE:
             return True
         if self.outcome is Outcome.REJECTED and self.ack is not None:
-            return self.ack.status.value in ("rate-limited", "busy", "no-space", "error")
+            return self.ack.status in _RETRYABLE
         return self.outcome is Outcome.FAILED
 
 
 def opt_in_hint(paths: Paths) -> str:
-    cmd = "telemctl opt-in" + (" --user" if paths.mode is Mode.USER else "")
-    return f"not opted in to telemetry ({paths.opt_in_file} is missing); nothing collected or sent. Run '{cmd}' to opt in"
+    return (f"not opted in to telemetry ({paths.opt_in_file} is missing); nothing collected or sent. "
+            f"Run '{opt_in_command(paths)}' to opt in")
 
 
 class Probe:
     """One run of a probe: its paths, config and client, and the shared policies."""
 
     def __init__(self, name: str, config_file: str | None = None, paths: Paths | None = None):
-        self.name = name
-        self.config_file = config_file
         self.paths, self.config = load_config(config_file, paths)
         self.client = Client(self.paths, self.config, config_file)
         self.log = log_mod.setup(name, self.config.log_level)
@@ -113,6 +117,18 @@ class Probe:
             return SendResult(Outcome.FAILED, str(e))
         return SendResult(Outcome.SENT, str(ack), ack)
 
+    def send_retrying(self, record: Record, retry: bool) -> SendResult:
+        """`send`; with `retry`, a retryable failure is sent again after 1 s, then after
+        twice as long each time up to RETRY_MAX_DELAY, until the outcome is final."""
+        delay = 1.0
+        while True:
+            result = self.send(record)
+            if result.sent or not retry or not result.retryable:
+                return result
+            self.log.warning("Failed to send record: %s; retrying in %.0f s", result.message, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
     def state_file(self, name: str) -> StateFile:
         return StateFile(os.path.join(self.paths.state_dir, name))
 
@@ -134,6 +150,34 @@ class StateFile:
     def write(self, data: bytes) -> None:
         ensure_dir(os.path.dirname(self.path), 0o700)
         atomic_write(self.path, data, 0o600)
+
+
+class Stop(Exception):
+    """Ends a long-running probe's scan with this exit status."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (a service stop) ends the scan with status 0, SIGINT with 1; either way the
+    probe saves its position on the way out."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stop(EXIT_OK if signum == signal.SIGTERM else EXIT_FAILURE)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def read_boot_id(path: str = BOOT_ID_FILE) -> str:
+    """This boot's id as 32 hex digits (as journald writes _BOOT_ID); "" when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).decode("ascii", "replace").strip().replace("-", "")
+    except OSError:
+        return ""
 
 
 # --- the command-line shell -----------------------------------------------------------
@@ -185,11 +229,16 @@ def run(command: click.Command, name: str) -> Callable[[], None]:
 
 
 __all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
     "Outcome",
     "Probe",
     "ProbeCommand",
     "SendResult",
     "StateFile",
+    "Stop",
     "opt_in_hint",
+    "read_boot_id",
     "run",
+    "stop_on_signals",
 ]

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import click
 
 from telemetry.cli import config_option, version_option
-from telemetry.record import create_record
 
 from .common import EXIT_FAILURE, EXIT_OK, Probe, ProbeCommand, run
 
@@ -83,9 +82,11 @@ def uptime_seconds() -> int:
 
 
 def list_bundles(directory: str) -> list[str]:
+    """Names as text: one that is not UTF-8 shows U+FFFD where its bad bytes were (the
+    payload must be UTF-8)."""
     try:
-        with os.scandir(directory) as it:
-            return [os.fsdecode(e.name) for e in it]
+        with os.scandir(os.fsencode(directory)) as it:
+            return [e.name.decode("utf-8", errors="replace") for e in it]
     except OSError as e:
         raise BundlesError(f"scandir failed: {directory}: {e.strerror}") from None
 
@@ -116,7 +117,7 @@ def command(
         uptime_seconds() if with_uptime else None,
         bundles,
     )
-    record = create_record(CLASS_HEARTBEAT if heartbeat else CLASS_HELLO, SEVERITY, payload, PAYLOAD_VERSION)
+    record = probe.record(CLASS_HEARTBEAT if heartbeat else CLASS_HELLO, SEVERITY, payload, PAYLOAD_VERSION)
     result = probe.send(record)
     if not result.sent:
         click.echo(f"Failed to send record to daemon: {result.message}", err=True)

@@ -10,14 +10,23 @@ the daemon could not take is retried, not dropped.  What is selected is decided 
 from __future__ import annotations
 
 import os
-import signal
-import time
 
 import click
 
 from telemetry.cli import config_option, version_option
 
-from .common import EXIT_FAILURE, EXIT_OK, Outcome, Probe, ProbeCommand, StateFile, run
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Outcome,
+    Probe,
+    ProbeCommand,
+    StateFile,
+    Stop,
+    read_boot_id,
+    run,
+    stop_on_signals,
+)
 from .journal_select import (
     CLASSIFICATION,
     ERROR_PRIORITIES,
@@ -28,13 +37,11 @@ from .journal_select import (
     journal_payload,
     selects,
 )
-from .klogscanner import read_boot_id
 
 PROG = "journalprobe"
 CURSOR_NAME = "journalprobe.cursor"
 CURSOR_MAX = 4096
 WAIT_SECONDS = 5.0
-RETRY_MAX_DELAY = 60.0
 
 HELP = """\
 Usage:
@@ -57,12 +64,6 @@ service manager, not any line carrying EXIT_CODE=exited), and entries logged bef
 opting in are not sent.
 
 """
-
-
-class Stop(Exception):
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
 
 
 class JournalProbe:
@@ -122,29 +123,23 @@ class JournalProbe:
 
     def deliver(self, entry: Entry) -> None:
         record = self.probe.record(CLASSIFICATION, SEVERITY, journal_payload(entry), PAYLOAD_VERSION, truncate=True)
-        delay = 1.0
-        while True:
-            result = self.probe.send(record)
-            if result.sent:
-                self.sent += 1
-                self.probe.log.info("sent %s (%s)", CLASSIFICATION, result.message)
-                self.cursor = entry.cursor or self.cursor
-                self.save()
-                return
-            if result.outcome is Outcome.NOT_OPTED_IN:
-                self.probe.log.info("%s", result.message)
-                self.save()
-                raise Stop(EXIT_OK)
-            if not result.retryable:
-                self.probe.log.error("Failed to send record: %s; entry skipped", result.message)
-                return
-            if not self.follow:
-                self.probe.log.error("Failed to send record: %s; it is sent on the next run", result.message)
-                self.save()
-                raise Stop(EXIT_FAILURE)
-            self.probe.log.warning("Failed to send record: %s; retrying in %.0f s", result.message, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_DELAY)
+        result = self.probe.send_retrying(record, retry=self.follow)
+        if result.sent:
+            self.sent += 1
+            self.probe.log.info("sent %s (%s)", CLASSIFICATION, result.message)
+            self.cursor = entry.cursor or self.cursor
+            self.save()
+            return
+        if result.outcome is Outcome.NOT_OPTED_IN:
+            self.probe.log.info("%s", result.message)
+            self.save()
+            raise Stop(EXIT_OK)
+        if not result.retryable:
+            self.probe.log.error("Failed to send record: %s; entry skipped", result.message)
+            return
+        self.probe.log.error("Failed to send record: %s; it is sent on the next run", result.message)
+        self.save()
+        raise Stop(EXIT_FAILURE)
 
 
 def _opt_in_usec(probe: Probe) -> int | None:
@@ -186,14 +181,6 @@ def open_reader(directory: str | None, boot_id: str, override: bool):
     return reader
 
 
-def _install_signals() -> None:
-    def stop(signum: int, frame: object) -> None:
-        raise Stop(EXIT_OK if signum == signal.SIGTERM else EXIT_FAILURE)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
 @click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @config_option("-f", "--config-file", "--config_file")
 @click.option("-t", "--tail", is_flag=True)
@@ -209,7 +196,7 @@ def command(config_file: str | None, tail: bool, directory: str | None, once: bo
         return EXIT_FAILURE
     reader = open_reader(directory, boot_id, probe.privacy_filters_off)
     jp = JournalProbe(probe, reader, probe.state_file(CURSOR_NAME), boot_id, follow=not once)
-    _install_signals()
+    stop_on_signals()
     try:
         jp.position(tail)
         jp.drain()

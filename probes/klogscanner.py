@@ -10,27 +10,34 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 import sys
-import time
 from collections.abc import Iterator
 
 import click
 
 from telemetry.cli import config_option, version_option
 
-from .common import EXIT_FAILURE, EXIT_OK, Outcome, Probe, ProbeCommand, StateFile, run
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Outcome,
+    Probe,
+    ProbeCommand,
+    StateFile,
+    Stop,
+    read_boot_id,
+    run,
+    stop_on_signals,
+)
 from .kmsg import Found, KmsgScanner, ScanState, StateError, TextScanner, decode_state, parse_record
 from .oops import EndReason, decode_line, oops_payload
 
 PROG = "klogscanner"
 KMSG = "/dev/kmsg"
-BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 STATE_NAME = "klogscanner.state"
 PAYLOAD_VERSION = 1
 READ_SIZE = 8192
 LINE_MAX = 64 * 1024
-RETRY_MAX_DELAY = 60.0
 SAVE_EVERY = 256  # records between two state writes while nothing is sent
 
 HELP = """\
@@ -50,20 +57,6 @@ Unlike the original, the kernel log is read from /dev/kmsg without consuming it,
 position saved in the state directory, so an oops is sent once across restarts; only
 kernel messages are scanned, and nothing is read unless telemetry is opted in.
 """
-
-
-class Stop(Exception):
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
-
-
-def read_boot_id(path: str = BOOT_ID_FILE) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read(64).decode("ascii", "replace").strip().replace("-", "")
-    except OSError:
-        return ""
 
 
 class Reporter:
@@ -121,29 +114,27 @@ class Reporter:
             sys.stdout.buffer.write(record.header_block() + record.payload + b"\n")
             sys.stdout.flush()
             return
-        delay = 1.0
-        while True:
-            result = self.probe.send(record)
-            if result.sent:
-                self.sent += 1
-                self.probe.log.info("sent %s (%s): %s", oops.classification, result.message, oops.reason)
-                self.state = self.state.remember(found.fingerprint)
-                return
-            if result.outcome is Outcome.NOT_OPTED_IN:
-                self.probe.log.info("%s", result.message)
-                self.pin(found.first_seq)
-                raise Stop(EXIT_OK)
-            if not result.retryable:
-                self.failed += 1
-                self.probe.log.error("Failed to send record: %s; dropped: %s", result.message, oops.reason)
-                return
-            if not self.follow:
-                self.probe.log.error("Failed to send record: %s; it is sent on the next run", result.message)
-                self.pin(found.first_seq)
-                raise Stop(EXIT_FAILURE)
-            self.probe.log.warning("Failed to send record: %s; retrying in %.0f s", result.message, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_DELAY)
+        try:
+            result = self.probe.send_retrying(record, retry=self.follow)
+        except Stop:  # a signal while sending or waiting to retry: this oops goes next run
+            self.pin(found.first_seq)
+            raise
+        if result.sent:
+            self.sent += 1
+            self.probe.log.info("sent %s (%s): %s", oops.classification, result.message, oops.reason)
+            self.state = self.state.remember(found.fingerprint)
+            return
+        if result.outcome is Outcome.NOT_OPTED_IN:
+            self.probe.log.info("%s", result.message)
+            self.pin(found.first_seq)
+            raise Stop(EXIT_OK)
+        if not result.retryable:
+            self.failed += 1
+            self.probe.log.error("Failed to send record: %s; dropped: %s", result.message, oops.reason)
+            return
+        self.probe.log.error("Failed to send record: %s; it is sent on the next run", result.message)
+        self.pin(found.first_seq)
+        raise Stop(EXIT_FAILURE)
 
 
 def kmsg_lines(fd: int, follow: bool) -> Iterator[bytes]:
@@ -214,14 +205,6 @@ def scan_text(source: str, reporter: Reporter, dry_run: bool) -> None:
                 reporter.save()
 
 
-def _install_signals() -> None:
-    def stop(signum: int, frame: object) -> None:
-        raise Stop(EXIT_OK if signum == signal.SIGTERM else EXIT_FAILURE)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
 @click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--kmsg", "kmsg_path", default=KMSG, metavar="PATH")
@@ -245,7 +228,7 @@ def command(config_file: str | None, kmsg_path: str, once: bool, replay: str | N
             raise click.ClickException(f"Cannot read {state_file.path}: {e.strerror or e}") from None
     follow = replay is None and not once
     reporter = Reporter(probe, state_file, state, follow)
-    _install_signals()
+    stop_on_signals()
     try:
         if replay is not None:
             scan_text(replay, reporter, dry_run)

@@ -86,7 +86,7 @@ def decode_state(data: bytes) -> ScanState:
     try:
         obj = json.loads(data.decode("utf-8"))
         boot_id, next_seq, sent = obj["boot_id"], obj["next_seq"], obj["sent"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise StateError(f"unreadable state ({e.__class__.__name__})") from None
     if not isinstance(boot_id, str) or not isinstance(next_seq, int) or next_seq < 0:
         raise StateError("state has a bad boot_id or next_seq")

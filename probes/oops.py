@@ -31,6 +31,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from telemetry.metadata import printable_text
+
+# Kernel log bytes (kmsg, a saved log, a pstore dump) as payload-safe text.
+decode_line = printable_text
+
 MAX_LINES = 100
 TAINT_FLAGS = 16
 C_SPACE = " \t\n\v\f\r"
@@ -189,10 +194,6 @@ class OopsParser:
     def open(self) -> bool:
         return self._pattern is not None
 
-    @property
-    def held_lines(self) -> int:
-        return len(self._lines)
-
     def feed(self, line: str) -> list[Oops]:
         text = normalise(line.rstrip("\n"))
         if self._pattern is None:
@@ -350,9 +351,7 @@ def parse_registers(line: str) -> list[Register]:
             plus = line.find("+", i)
             if plus >= 0:
                 value, _ = strtoll16(line, plus)
-                i = n
-            else:
-                i = n
+            i = n
         elif ch and ch not in C_SPACE:
             continue
         found.append(Register(name, value))
@@ -450,11 +449,3 @@ def oops_payload(oops: Oops, *, raw_registers: bool = False) -> str:
     out.extend(f"{r.render(raw_registers)}\n" for r in report.registers)
     out.extend(f"#{n} {f.function} - [{f.module}]\n" for n, f in enumerate(report.frames, start=1))
     return "".join(out)
-
-
-def decode_line(raw: bytes) -> str:
-    """Kernel log bytes as payload-safe text: invalid UTF-8 replaced, controls but tab shown as '?'."""
-    text = raw.decode("utf-8", errors="replace")
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in text)

@@ -46,7 +46,7 @@ def load_sent(state: StateFile, probe: Probe) -> list[str]:
         sent = json.loads(data) if data else []
         if isinstance(sent, list) and all(isinstance(s, str) for s in sent):
             return sent
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         pass
     probe.log.warning("%s is unreadable; starting afresh", state.path)
     return []
@@ -91,8 +91,9 @@ class Memory:
 
 def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
     """True when every oops of the dump was acknowledged (or printed, with --dry-run)."""
+    dump_fp = dump.fingerprint()
     for n, oops in enumerate(dump_oopses(dump), start=1):
-        fp = f"{dump.fingerprint()}:{n}"
+        fp = f"{dump_fp}:{n}"
         if fp in memory:
             continue
         payload = oops_payload(oops, raw_registers=probe.privacy_filters_off)

@@ -21,15 +21,15 @@ from telemetry.limits import (
     CLASSIFICATION_MAX,
     CLASSIFICATION_SEGMENT_MAX,
     EVENT_ID_LEN,
+    PAYLOAD_FORMAT_VERSION_MAX,
     PAYLOAD_MAX,
     SEVERITY_MAX,
     SEVERITY_MIN,
 )
-from telemetry.record import PayloadTooLarge, RecordError, create_record, truncate_utf8
+from telemetry.record import RecordError
 
 from .common import EXIT_FAILURE, EXIT_OK, Outcome, Probe, ProbeCommand, run
 
-UINT32_MAX = 2**32 - 1
 ULONG_MAX = 2**64 - 1
 EVENT_ID_ALPHABET = "0123456789abcdef"
 
@@ -103,8 +103,8 @@ def check_options(opts: Options) -> None:
         raise OptionError("Error: Classification needs to be in most/to/least specific format, 2 '/' required.")
     if not SEVERITY_MIN <= opts.severity <= SEVERITY_MAX:
         raise OptionError(f"Error: Valid range for severity is {SEVERITY_MIN}-{SEVERITY_MAX}")
-    if opts.record_version > UINT32_MAX:
-        raise OptionError(f"Error: Valid range for record-version is 0-{UINT32_MAX}")
+    if opts.record_version > PAYLOAD_FORMAT_VERSION_MAX:
+        raise OptionError(f"Error: Valid range for record-version is 0-{PAYLOAD_FORMAT_VERSION_MAX}")
     if opts.event_id is not None:
         eid = opts.event_id
         if len(eid) != EVENT_ID_LEN:
@@ -130,16 +130,9 @@ def read_limited(stream: BinaryIO, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def fit_payload(data: bytes, truncate: bool) -> bytes:
-    if len(data) <= PAYLOAD_MAX:
-        return data
-    if truncate:
-        return truncate_utf8(data, PAYLOAD_MAX)
-    raise PayloadTooLarge(len(data))
-
-
 def payload_from(payload: str | None, payload_file: str | None, truncate: bool) -> bytes:
-    """-P, else -p, else stdin (the original's order)."""
+    """-P, else -p, else stdin (the original's order).  More than PAYLOAD_MAX bytes is an
+    error unless `truncate`: the record is then built with truncate=True, which cuts it."""
     if payload_file is not None:
         try:
             with open(payload_file, "rb") as f:
@@ -151,14 +144,14 @@ def payload_from(payload: str | None, payload_file: str | None, truncate: bool) 
                 f"Error: payload file {payload_file} is larger than {PAYLOAD_MAX} bytes (the limit); "
                 "use --truncate to cut it"
             )
-        return fit_payload(data, truncate)
+        return data
     if payload is not None:
         raw = payload.encode("utf-8", errors="surrogateescape")
         if len(raw) > PAYLOAD_MAX and not truncate:
             raise OptionError(
                 f"Error: payload is {len(raw)} bytes; the limit is {PAYLOAD_MAX} (use --truncate to cut it)"
             )
-        return fit_payload(raw, truncate)
+        return raw
     data = read_limited(sys.stdin.buffer, PAYLOAD_MAX)
     if len(data) > PAYLOAD_MAX:
         if not truncate:
@@ -168,7 +161,7 @@ def payload_from(payload: str | None, payload_file: str | None, truncate: bool) 
             )
         while sys.stdin.buffer.read(1 << 16):
             pass
-    return fit_payload(data, truncate)
+    return data
 
 
 @click.command(
@@ -202,7 +195,7 @@ def command(
     probe = Probe("telem-record-gen", config_file)
     assert classification is not None
     try:
-        record = create_record(classification, severity, body, version, event_id=event_id)
+        record = probe.record(classification, severity, body, version, event_id=event_id, truncate=truncate)
     except RecordError as e:
         click.echo(f"Error: {e}", err=True)
         return EXIT_FAILURE

@@ -9,7 +9,6 @@ core or the files contain, and it stops at its deadline with what it has.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import time
@@ -285,20 +284,6 @@ def _debuglink(elf) -> str | None:
     return name.decode("utf-8", "replace") or None
 
 
-def preload() -> None:
-    """Import everything the analysis imports lazily, before privileges are dropped (the
-    new identity may not be able to read the interpreter's files)."""
-    import elftools.dwarf.aranges  # noqa: F401
-    import elftools.dwarf.callframe  # noqa: F401
-    import elftools.dwarf.dwarfinfo  # noqa: F401
-    import elftools.dwarf.lineprogram  # noqa: F401
-    import elftools.elf.elffile  # noqa: F401
-
-    from .unwind import expr, x86_64  # noqa: F401
-
-    expr._parser()
-
-
 MAX_THREADS = 64  # a payload of 8 KB shows a few dozen threads at most
 
 
@@ -342,7 +327,3 @@ def analyze(core: CoreDump, access: FileAccess, *, exe_path: str | None = None, 
     signal = core.siginfo.signo if core.siginfo is not None else core.threads[0].signal
     return Analysis(core.pid, tuple(traces), error, tuple(dict.fromkeys(problems)), process.executable, signal,
                     omitted)
-
-
-def with_error(analysis: Analysis, error: str) -> Analysis:
-    return dataclasses.replace(analysis, error=analysis.error or error)

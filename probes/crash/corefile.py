@@ -147,21 +147,12 @@ class CoreDump:
     memory: Memory
     problems: tuple[str, ...]
     bytes_read: int
-    notes_seen: bool
 
     def aux(self, key: int) -> int | None:
-        for k, v in self.auxv:
-            if k == key:
-                return v
-        return None
+        return _aux(self.auxv, key)
 
     def segment_at(self, addr: int) -> Segment | None:
-        """The segment holding `addr` (segments are sorted by address and do not overlap
-        in a kernel core; with a crafted overlap, the one starting last wins)."""
-        i = bisect.bisect_right(self.segments, addr, key=lambda s: s.vaddr) - 1
-        if i >= 0 and self.segments[i].vaddr <= addr < self.segments[i].end:
-            return self.segments[i]
-        return None
+        return _segment_at(self.segments, addr)
 
     @property
     def pid(self) -> int | None:
@@ -253,7 +244,6 @@ class CoreReader:
             memory=Memory(self._chunks),
             problems=tuple(self._problems),
             bytes_read=self._pos,
-            notes_seen=self._notes_known,
         )
 
     # --- states ----------------------------------------------------------------------
@@ -404,27 +394,15 @@ class CoreReader:
         for f in self._files:
             if f.offset == 0:
                 want.append((f.start, min(f.end, f.start + lim.image_bytes)))
-        vdso = self._aux(N.AT_SYSINFO_EHDR)
+        vdso = _aux(self._auxv, N.AT_SYSINFO_EHDR)
         if vdso:
             want.append((vdso, vdso + lim.vdso_bytes))
-        execfn = self._aux(N.AT_EXECFN) or self._aux(N.AT_RANDOM)
+        execfn = _aux(self._auxv, N.AT_EXECFN) or _aux(self._auxv, N.AT_RANDOM)
         if execfn:
-            seg = self._segment_at(execfn)
+            seg = _segment_at(self._segments, execfn)  # sorted by _parse_phdrs
             if seg is not None:
                 want.append((max(seg.vaddr, seg.end - lim.main_stack_top), seg.end))
         return want
-
-    def _aux(self, key: int) -> int | None:
-        for k, v in self._auxv:
-            if k == key:
-                return v
-        return None
-
-    def _segment_at(self, addr: int) -> Segment | None:
-        for seg in self._segments:
-            if seg.vaddr <= addr < seg.end:
-                return seg
-        return None
 
     def _wanted_in(self, seg: Segment) -> list[tuple[int, int]]:
         lo_seg, hi_seg = seg.vaddr, seg.vaddr + seg.filesz
@@ -470,6 +448,22 @@ class CoreReader:
     def _problem(self, text: str) -> None:
         if text not in self._problems:
             self._problems.append(text)
+
+
+def _aux(auxv: tuple[tuple[int, int], ...], key: int) -> int | None:
+    for k, v in auxv:
+        if k == key:
+            return v
+    return None
+
+
+def _segment_at(segments: list[Segment] | tuple[Segment, ...], addr: int) -> Segment | None:
+    """The segment holding `addr`, in segments sorted by address (they do not overlap in a
+    kernel core; with a crafted overlap, the one starting last at or below `addr` counts)."""
+    i = bisect.bisect_right(segments, addr, key=lambda s: s.vaddr) - 1
+    if i >= 0 and segments[i].vaddr <= addr < segments[i].end:
+        return segments[i]
+    return None
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

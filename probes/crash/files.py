@@ -96,18 +96,41 @@ class FileAccess:
         return os.fdopen(fd, "rb")
 
 
+def open_core(path: str, *, pipe_ok: bool = False, owners: frozenset[int] | None = None) -> int:
+    """A blocking fd of the core at `path`: a regular file (or a pipe if `pipe_ok`), owned by
+    one of `owners` when given.  Never opened through a symlink, and the open itself does
+    not block (a FIFO without a writer); FileRefused says why a file was refused."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        raise FileRefused("it is a symbolic link" if e.errno == errno.ELOOP else e.strerror) from None
+    st = os.fstat(fd)
+    why = None
+    if not (stat.S_ISREG(st.st_mode) or (pipe_ok and stat.S_ISFIFO(st.st_mode))):
+        why = "not a regular file or a pipe" if pipe_ok else "not a regular file"
+    elif owners is not None and st.st_uid not in owners:
+        why = f"owned by uid {st.st_uid}, which is not trusted here"
+    if why is not None:
+        os.close(fd)
+        raise FileRefused(why)
+    os.set_blocking(fd, True)
+    return fd
+
+
+class _OpenHow(ctypes.Structure):
+    """struct open_how of openat2(2)."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
 _libc = None
 
 
 def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
     global _libc
-
-    class OpenHow(ctypes.Structure):
-        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    how = OpenHow(flags, 0, resolve)
+    how = _OpenHow(flags, 0, resolve)
     fd = _libc.syscall(SYS_openat2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
     if fd < 0:
         err = ctypes.get_errno()

@@ -2,8 +2,13 @@
 
 `decide` is the pure rule over a `FloodState`; `FloodStore` keeps the state in a small
 JSON file under the state directory, read and replaced under a lock so that concurrent
-crashprobes (a crash loop starts one per crash) count every crash once.  Counters of what
-was reported and what was suppressed live in the same file for `telemctl status`.
+crashprobes (a crash loop starts one per crash) count every crash once.  The same file
+keeps the counts of what was reported and what was suppressed, which the log line of a
+suppressed crash repeats.
+
+Whoever can write the state directory can plant a link, a FIFO or junk there: nothing
+here follows a link or blocks on a FIFO, and a lock that cannot be had is an error to the
+caller (`LockUnavailable`), who decides what an unknown flood state means.
 """
 
 from __future__ import annotations
@@ -12,18 +17,20 @@ import enum
 import fcntl
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, replace
 
 from telemetry.errors import TelemetryError
-from telemetry.fsutil import atomic_write, ensure_dir
+from telemetry.fsutil import ensure_dir
+
+from ..common import StateFile
 
 DAY = 86400
 MAX_EXECUTABLES = 512
 CLOCK_SLACK = 300  # report times this far in the future are a clock that went back
 STATE_NAME = "crashprobe-flood.json"
 LOCK_WAIT = 5.0
-STATE_MAX = 1 << 20
 
 
 class Verdict(enum.Enum):
@@ -120,46 +127,57 @@ def decode(data: bytes) -> FloodState:
         return FloodState()
 
 
-class LockBusy(TelemetryError):
-    pass
+class LockUnavailable(TelemetryError):
+    """The lock could not be taken: its path is unusable (a link, not a file, no access)."""
+
+
+class LockBusy(LockUnavailable):
+    """Another process held the lock for the whole wait."""
 
 
 class FloodStore:
     def __init__(self, state_dir: str):
-        self.state_dir = state_dir
-        self.path = os.path.join(state_dir, STATE_NAME)
+        self.file = StateFile(os.path.join(state_dir, STATE_NAME))
 
     def check(self, executable: str, policy: FloodPolicy, now: float | None = None) -> tuple[Verdict, FloodState]:
+        """Count this crash; TelemetryError (LockUnavailable among them) or OSError when the
+        state cannot be read under its lock and replaced."""
         now = time.time() if now is None else now
-        ensure_dir(self.state_dir)
-        with _locked(self.path + ".lock", LOCK_WAIT):
-            state = self.load()
-            verdict, new = decide(state, executable, now, policy)
-            atomic_write(self.path, encode(new), 0o600)
+        with _locked(self.file.path + ".lock", LOCK_WAIT):
+            verdict, new = decide(self.load(), executable, now, policy)
+            self.file.write(encode(new))
         return verdict, new
 
     def load(self) -> FloodState:
+        """A missing or unreadable state file counts as no history."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
+            data = self.file.read()
+        except (OSError, TelemetryError):
             return FloodState()
-        except OSError:
-            return FloodState()
-        try:
-            return decode(os.read(fd, STATE_MAX))
-        finally:
-            os.close(fd)
+        return FloodState() if data is None else decode(data)
 
 
 class _locked:
-    """An exclusive flock on `path`, waited for at most `timeout` seconds."""
+    """An exclusive flock on `path` (created in a private directory if need be), waited for
+    at most `timeout` seconds."""
 
     def __init__(self, path: str, timeout: float):
         self.path, self.timeout, self.fd = path, timeout, -1
 
     def __enter__(self) -> _locked:
-        # Read-only is enough for flock, and lets the other mode's user share the lock.
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            ensure_dir(os.path.dirname(self.path))
+            # Read-only is enough for flock, and lets the other mode's user share the lock;
+            # O_NONBLOCK: a FIFO planted here must not hang the open.
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                              0o644)
+        except OSError as e:
+            raise LockUnavailable(f"cannot open the lock {self.path}: {e.strerror}") from None
+        except TelemetryError as e:  # the directory is a link or not a directory
+            raise LockUnavailable(str(e)) from None
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise LockUnavailable(f"cannot use the lock {self.path}: not a regular file")
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -177,5 +195,4 @@ class _locked:
 
 def analysis_lock(state_dir: str, timeout: float) -> _locked:
     """One crash analysed at a time: a crash storm must not start an unwinder per crash."""
-    ensure_dir(state_dir)
     return _locked(os.path.join(state_dir, "crashprobe.lock"), timeout)

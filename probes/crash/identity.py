@@ -29,20 +29,17 @@ class ProcessFacts:
     exe: str | None  # /proc/PID/exe, in the process's own mount namespace
     uids: tuple[int, ...]  # real, effective, saved, filesystem
     gids: tuple[int, ...]
-    nspid: tuple[int, ...]  # the pid in each nested pid namespace, outermost first
-    start_time: float | None  # seconds since the epoch
     foreign_mount_ns: bool
-    foreign_pid_ns: bool
-    verified_by: str  # "pidfd" or "start time"
 
     @property
     def credentials_changed(self) -> bool:
-        """setuid/setgid: the kernel would mark its dump as unsafe (dump mode 2)."""
-        return len(set(self.uids)) > 1 or len(set(self.gids)) > 1
+        return credentials_changed(self.uids, self.gids)
 
-    @property
-    def pid_in_namespace(self) -> int:
-        return self.nspid[-1] if self.nspid else self.pid
+
+def credentials_changed(uids: tuple[int, ...], gids: tuple[int, ...]) -> bool:
+    """setuid/setgid (the Uid:/Gid: lines of /proc/PID/status differ within themselves):
+    the kernel would mark the dump as unsafe (dump mode 2)."""
+    return len(set(uids)) > 1 or len(set(gids)) > 1
 
 
 def parse_status(text: str) -> dict[str, str]:
@@ -113,7 +110,6 @@ def read_process(pid: int, pidfd: int | None = None, dump_time: int | None = Non
         except OSError:
             exe = None
         foreign_mnt = _foreign(dirfd, "mnt")
-        foreign_pid = _foreign(dirfd, "pid")
         try:
             root_fd = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
         except OSError:
@@ -128,11 +124,9 @@ def read_process(pid: int, pidfd: int | None = None, dump_time: int | None = Non
                 raise IdentityError(f"pid {pid} exited before it could be identified") from None
             except PermissionError:
                 pass  # alive, merely not ours to signal
-            verified = "pidfd"
         elif dump_time is not None and start is not None:
             if start > dump_time + START_SLACK:
                 raise IdentityError(f"pid {pid} started after the crash: the pid was reused")
-            verified = "start time"
         else:
             raise IdentityError(f"pid {pid} cannot be tied to the crash (no pidfd, no dump time)")
         facts = ProcessFacts(
@@ -140,11 +134,7 @@ def read_process(pid: int, pidfd: int | None = None, dump_time: int | None = Non
             exe=exe,
             uids=parse_ids(status.get("Uid", "")),
             gids=parse_ids(status.get("Gid", "")),
-            nspid=parse_ids(status.get("NSpid", "")),
-            start_time=start,
             foreign_mount_ns=foreign_mnt,
-            foreign_pid_ns=foreign_pid,
-            verified_by=verified,
         )
         return facts, root_fd
     except BaseException:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import subprocess
 from dataclasses import replace
 
 import click
 
 from telemetry.errors import TelemetryError
-from telemetry.fsutil import atomic_write, ensure_dir, read_small
 
-from ..common import EXIT_FAILURE, EXIT_OK, opt_in_hint
+from ..common import EXIT_FAILURE, EXIT_OK, StateFile, opt_in_hint
 from .corefile import parse_core
+from .files import FileRefused, open_core
 from .journal_source import (
     COREDUMP_MESSAGE_ID,
     CURSOR_NAME,
@@ -29,7 +28,6 @@ from .journal_source import (
     iter_crashes,
 )
 from .pipeline import Action
-from .source import read_core
 
 SYSTEMD_COREDUMP_USER = "systemd-coredump"
 
@@ -70,17 +68,14 @@ def run_journal(cp, journal_dir: str | None, follow: bool, verbose: bool) -> int
     if not cp.probe.opted_in:
         log.info("%s", opt_in_hint(cp.probe.paths))
         return EXIT_OK
-    cursor_path = os.path.join(cp.probe.paths.state_dir, CURSOR_NAME)
+    cursor_file = cp.probe.state_file(CURSOR_NAME)
     reader = _open_reader(journal_dir)
-    cursor = _load_cursor(cursor_path)
-    if cursor:
-        reader.seek_cursor(cursor)
-        first = reader.get_next()
-        if first and not reader.test_cursor(cursor):
-            reader.seek_cursor(cursor)  # the entry is gone (rotated): start from what follows
-    else:
-        since = os.lstat(cp.probe.paths.opt_in_file).st_mtime
-        reader.seek_realtime(since)
+    cursor = _load_cursor(cursor_file)
+    if cursor and not _seek_after(reader, cursor):
+        log.warning("%s holds no valid journal cursor; reporting the crashes since the opt-in", cursor_file.path)
+        cursor = None
+    if not cursor:
+        reader.seek_realtime(os.lstat(cp.probe.paths.opt_in_file).st_mtime)
     stop = {"now": False}
     if follow:
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -94,12 +89,25 @@ def run_journal(cp, journal_dir: str | None, follow: bool, verbose: bool) -> int
                     return EXIT_FAILURE  # telemprobd unreachable: this entry is tried again
                 if not delivered:
                     status = EXIT_FAILURE
-            _save_cursor(cursor_path, entry_cursor)
+            if entry_cursor:
+                cursor_file.write(entry_cursor.encode() + b"\n")
             if stop["now"]:
                 return status
         if not follow or stop["now"]:
             return status
         reader.wait(5)
+
+
+def _seek_after(reader, cursor: str) -> bool:
+    """Put the reader after the entry `cursor` names; False if the text is not a cursor."""
+    try:
+        reader.seek_cursor(cursor)
+    except ValueError:  # the state file was damaged
+        return False
+    first = reader.get_next()
+    if first and not reader.test_cursor(cursor):
+        reader.seek_cursor(cursor)  # the entry is gone (rotated): start from what follows
+    return True
 
 
 def _report(cp, crash: JournalCrash, verbose: bool) -> bool | None:
@@ -113,12 +121,10 @@ def _report(cp, crash: JournalCrash, verbose: bool) -> bool | None:
         return True
     if outcome.action is Action.FIXED:
         cp.log.info("%s", outcome.reason)
-    trusted = frozenset({0, os.geteuid()} | ({event.uid} if event.uid is not None else set()))
-    access = cp.access_for(event, None, trusted)
     if outcome.action is Action.ANALYZE and crash.core.data is None and crash.core.path is None:
         report = cp.report(event, replace(outcome, action=Action.STUB, reason=crash.core.missing_reason), None, None)
     elif outcome.action is Action.ANALYZE:
-        report = cp.report(event, outcome, lambda: _read(cp, crash.core), access, exe_path=None)
+        report = cp.report(event, outcome, lambda: _read(cp, crash.core), cp.access_for(event, None), exe_path=None)
     else:
         report = cp.report(event, outcome, None, None)
     if verbose:
@@ -131,15 +137,18 @@ def _report(cp, crash: JournalCrash, verbose: bool) -> bool | None:
 def _read(cp, core: CoreLocation):
     if core.data is not None:
         return parse_core(core.data, cp.limits)
-    fd = _open_core_file(core.path)
+    try:
+        fd = open_core(core.path, owners=frozenset({0, os.geteuid()}))
+    except FileRefused as e:
+        raise JournalError(f"cannot open {core.path}: {e}") from None
     try:
         tool = core.decompressor
         if tool is None:
-            return read_core(fd, cp.limits)
+            return cp.read_core(fd)
         proc = subprocess.Popen(list(tool), stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 close_fds=True, env={"PATH": "/usr/bin:/bin"})
         try:
-            return read_core(proc.stdout.fileno(), cp.limits)
+            return cp.read_core(proc.stdout.fileno())
         finally:
             proc.stdout.close()
             proc.kill()
@@ -150,31 +159,10 @@ def _read(cp, core: CoreLocation):
         os.close(fd)
 
 
-def _open_core_file(path: str) -> int:
+def _load_cursor(cursor_file: StateFile) -> str | None:
+    """The saved cursor; none (start from the opt-in) when it is missing or unusable."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise JournalError(f"cannot open {path}: {e.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()):
-        os.close(fd)
-        raise JournalError(f"{path} is not a regular file owned by root")
-    os.set_blocking(fd, True)
-    return fd
-
-
-def _load_cursor(path: str) -> str | None:
-    try:
-        text = read_small(path, 4096).decode("ascii", "replace").strip()
-    except FileNotFoundError:
-        return None
+        data = cursor_file.read()
     except (OSError, TelemetryError):
         return None
-    return text or None
-
-
-def _save_cursor(path: str, cursor: str) -> None:
-    if not cursor:
-        return
-    ensure_dir(os.path.dirname(path))
-    atomic_write(path, cursor.encode() + b"\n", 0o600)
+    return (data or b"").decode("ascii", "replace").strip() or None

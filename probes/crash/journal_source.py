@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from .identity import parse_ids, parse_status
+from .identity import credentials_changed, parse_ids, parse_status
 from .pipeline import CrashEvent, Namespace
 
 COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
@@ -92,7 +92,7 @@ def crash_from_entry(entry: Mapping[str, object]) -> JournalCrash | None:
         uid=_int(entry.get("COREDUMP_UID")),
         gid=_int(entry.get("COREDUMP_GID")),
         namespace=namespace,
-        credentials_changed=len(set(uids)) > 1 or len(set(gids)) > 1,
+        credentials_changed=credentials_changed(uids, gids),
         exe=exe,
     )
     data = entry.get("COREDUMP")

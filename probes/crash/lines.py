@@ -32,16 +32,11 @@ class SourceLine:
         return f"{self.file}:{self.line}"
 
 
-class _Window(io.RawIOBase):
-    """A read-only, seekable view of `size` bytes of `f` from `start`, read in blocks
-    (pyelftools reads a field at a time)."""
+class _View(io.RawIOBase):
+    """A read-only, seekable stream of `_size` bytes; `read` is the subclass's."""
 
-    BLOCK = 64 * 1024
-
-    def __init__(self, f, start: int, size: int):
-        self._f, self._start, self._size, self._pos = f, start, size, 0
-        self._block_at = -1
-        self._block = b""
+    _size: int
+    _pos = 0
 
     def readable(self) -> bool:
         return True
@@ -57,18 +52,28 @@ class _Window(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
+
+class _Window(_View):
+    """`size` bytes of `f` from `start`, read in blocks (pyelftools reads a field at a time)."""
+
+    BLOCK = 64 * 1024
+
+    def __init__(self, f, start: int, size: int):
+        self._f, self._start, self._size = f, start, size
+        self._block_at = -1
+        self._block = b""
+
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = self._size - self._pos
         n = max(0, min(n, self._size - self._pos))
         pos = self._pos
         if not (self._block_at <= pos and pos + n <= self._block_at + len(self._block)):
+            self._f.seek(self._start + pos)
             if n > self.BLOCK:
-                self._f.seek(self._start + pos)
                 data = self._f.read(n)
                 self._pos += len(data)
                 return data
-            self._f.seek(self._start + pos)
             self._block = self._f.read(min(self.BLOCK, self._size - pos))
             self._block_at = pos
         off = pos - self._block_at
@@ -77,8 +82,8 @@ class _Window(io.RawIOBase):
         return data
 
 
-class _Inflating(io.RawIOBase):
-    """A seekable view of a zlib-compressed section, inflated up to the furthest read."""
+class _Inflating(_View):
+    """A zlib-compressed section, inflated up to the furthest read."""
 
     CHUNK = 64 * 1024
 
@@ -86,33 +91,18 @@ class _Inflating(io.RawIOBase):
         self._src = _Window(f, start, size)
         self._z = zlib.decompressobj()
         self._buf = bytearray()
-        self._out_size = out_size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._out_size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
+        self._size = out_size
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
-            n = self._out_size - self._pos
+            n = self._size - self._pos
         self._fill(self._pos + n)
         data = bytes(self._buf[self._pos : self._pos + n])
         self._pos += len(data)
         return data
 
     def _fill(self, upto: int) -> None:
-        upto = min(upto, self._out_size)
+        upto = min(upto, self._size)
         while len(self._buf) < upto and not self._z.eof:
             data = self._z.unconsumed_tail or self._src.read(self.CHUNK)
             if not data:

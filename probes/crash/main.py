@@ -12,7 +12,6 @@ unwind and symbolize (analyze.py), lay out the payload (payload.py), send (probe
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import sys
@@ -25,14 +24,12 @@ from telemetry.errors import TelemetryError
 
 from ..common import EXIT_FAILURE, EXIT_OK, ProbeCommand, opt_in_hint
 from . import args as A
-from .analyze import preload
-from .files import DEFAULT_DEBUG_DIRS, FileAccess
-from .flood import LockBusy, analysis_lock
+from .files import DEFAULT_DEBUG_DIRS, FileAccess, FileRefused, open_core
+from .flood import LockBusy, LockUnavailable, analysis_lock
 from .identity import IdentityError, read_process
 from .pipeline import Action, CrashEvent, Namespace, Outcome
 from .privileges import drop_to, make_undumpable, service_account
-from .reporter import PROGRAM, Reporter
-from .source import read_core
+from .reporter import PROGRAM, Reporter, preload
 
 NOT_A_CORE_SOURCE = "Cannot process core file. Use the -c option, or pass the core file on stdin."
 
@@ -106,14 +103,14 @@ def run_offline(cp: Reporter, event: CrashEvent, core_path: str, exe: str | None
     if core_path == "-" and not _stdin_is_a_core_source():
         raise TelemetryError(NOT_A_CORE_SOURCE)
     fd = os.dup(0) if core_path == "-" else _open_core(core_path)
-    _drop_for_file(cp)
+    _drop_privileges(cp)
     trusted = frozenset({0, os.geteuid(), os.getuid()})
     access = FileAccess(trusted_uids=trusted, debug_dirs=cp.debug_dirs)
     outcome = cp.outcome(replace(event, namespace=Namespace.HOST))
     if outcome.action is Action.SKIP:
         outcome = Outcome(Action.ANALYZE)
     try:
-        report = cp.report(event, outcome, lambda: read_core(fd, cp.limits), access, exe_path=exe)
+        report = cp.report(event, outcome, lambda: cp.read_core(fd), access, exe_path=exe)
     finally:
         os.close(fd)
     click.echo(report.payload, nl=False)
@@ -162,16 +159,22 @@ def run_handler(cp: Reporter, event: CrashEvent, core_file: str | None, exe: str
         return EXIT_OK
     if outcome.action is Action.FIXED:
         log.info("%s", outcome.reason)
-    trusted = frozenset({0, os.geteuid()} | ({event.uid} if event.uid is not None else set()))
-    access = cp.access_for(event, root_fd, trusted)
+    access = cp.access_for(event, root_fd)
     try:
         if outcome.action is Action.ANALYZE:
             try:
                 with analysis_lock(cp.probe.paths.state_dir, min(cp.time_limit / 2, 10)):
-                    _drop_for_crash(cp, event, kernel=core_file is None)
-                    report = cp.report(event, outcome, lambda: read_core(fd, cp.limits), access, exe_path=exe)
-            except LockBusy:
-                report = cp.report(event, Outcome(Action.STUB, reason="another crash was being analysed"), None, None)
+                    _drop_privileges(cp, event if core_file is None else None)
+                    report = cp.report(event, outcome, lambda: cp.read_core(fd), access, exe_path=exe)
+            except LockUnavailable as e:
+                # Busy: a storm is being analysed one crash at a time.  Unusable: reported
+                # all the same, without analysis, which without the lock would be unbounded.
+                if isinstance(e, LockBusy):
+                    reason = "another crash was being analysed"
+                else:
+                    log.warning("%s; the crash of %s is reported without a backtrace", e, event.executable)
+                    reason = "the analysis lock is unavailable"
+                report = cp.report(event, Outcome(Action.STUB, reason=reason), None, None)
         else:
             report = cp.report(event, outcome, None, None)
     finally:
@@ -188,16 +191,9 @@ def run_handler(cp: Reporter, event: CrashEvent, core_file: str | None, exe: str
 
 def _open_core(path: str) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
-        raise TelemetryError(f"Failed to open input core file {path}: {why}") from None
-    st = os.fstat(fd)
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-        os.close(fd)
-        raise TelemetryError(f"Failed to open input core file {path}: not a regular file or a pipe")
-    os.set_blocking(fd, True)
-    return fd
+        return open_core(path, pipe_ok=True)
+    except FileRefused as e:
+        raise TelemetryError(f"Failed to open input core file {path}: {e}") from None
 
 
 def _stdin_is_a_core_source() -> bool:
@@ -209,22 +205,15 @@ def _stdin_is_a_core_source() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
-def _drop_for_file(cp: Reporter) -> None:
-    if cp.system and os.geteuid() == 0:
-        preload()
-        account = service_account()
-        if account is not None:
-            drop_to(*account)
-
-
-def _drop_for_crash(cp: Reporter, event: CrashEvent, kernel: bool) -> None:
-    """As root from the kernel: become the crashed user (who may read what it mapped), or
-    the service account for root's crashes, before the core is parsed."""
+def _drop_privileges(cp: Reporter, kernel_event: CrashEvent | None = None) -> None:
+    """As root in system mode, before a core is parsed: become the crashed user the kernel
+    named (who may read what it mapped), else the service account (root's crashes, core
+    files, offline analysis)."""
     if not (cp.system and os.geteuid() == 0):
         return
     preload()
-    if kernel and event.uid and event.gid is not None:
-        drop_to(event.uid, event.gid)
+    if kernel_event is not None and kernel_event.uid and kernel_event.gid is not None:
+        drop_to(kernel_event.uid, kernel_event.gid)
         return
     account = service_account()
     if account is not None:

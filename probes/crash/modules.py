@@ -58,21 +58,12 @@ class ModuleInfo:
     base: int  # where file offset 0 is mapped
     bias: int | None  # base minus the link-time address; None when the image is not in the core
     build_id: bytes | None
-    image_in_core: bool
     mappings: tuple[FileMapping, ...]
     vdso: bool = False
-
-    def contains(self, addr: int) -> bool:
-        return any(m.contains(addr) for m in self.mappings)
-
-    @property
-    def build_id_hex(self) -> str | None:
-        return self.build_id.hex() if self.build_id else None
 
 
 class ModuleMap:
     def __init__(self, modules: tuple[ModuleInfo, ...]):
-        self.modules = modules
         entries = sorted(((mp.start, mp.end, m) for m in modules for mp in m.mappings), key=lambda t: t[0])
         self._starts = [s for s, _, _ in entries]
         self._entries = entries
@@ -83,12 +74,6 @@ class ModuleMap:
             start, end, module = self._entries[i]
             if start <= addr < end:
                 return module
-        return None
-
-    def by_path(self, path: str) -> ModuleInfo | None:
-        for m in self.modules:
-            if m.path == path:
-                return m
         return None
 
 
@@ -119,7 +104,6 @@ def build_module_map(core: CoreDump) -> ModuleMap:
                 base=base,
                 bias=(base - facts.first_vaddr) if facts else None,
                 build_id=facts.build_id if facts else None,
-                image_in_core=facts is not None,
                 mappings=tuple(run),
             )
         )
@@ -138,7 +122,6 @@ def build_module_map(core: CoreDump) -> ModuleMap:
                     base=vdso,
                     bias=vdso - facts.first_vaddr,
                     build_id=facts.build_id,
-                    image_in_core=True,
                     mappings=(FileMapping(vdso, end, 0, VDSO_NAME),),
                     vdso=True,
                 )

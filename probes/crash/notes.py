@@ -80,9 +80,6 @@ class FileMapping:
     offset: int
     path: str
 
-    def contains(self, addr: int) -> bool:
-        return self.start <= addr < self.end
-
 
 def iter_notes(data: bytes, align: int = 4) -> Iterator[Note]:
     """Every well-formed note in a PT_NOTE payload; stops at the first malformed one."""

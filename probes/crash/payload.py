@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from telemetry.limits import PAYLOAD_MAX
 
-from .analyze import Analysis, Frame, ThreadTrace
+if TYPE_CHECKING:  # the layout needs no analysis code: a fixed or stub report imports none
+    from .analyze import Analysis, Frame, ThreadTrace
 
 FIELD_MAX = 256
 TRUNCATED_LINE = "Too many frames. Backtrace truncated."

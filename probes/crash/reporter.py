@@ -1,15 +1,23 @@
 """One crash, from what is known about it to at most one record: the stages every mode of
 crashprobe runs (decide, flood control, read and analyse under a time limit, lay out,
-send), with the run's config and policies."""
+send), with the run's config and policies.
+
+The core reader and the analysis (pyelftools, the unwinder, the symbolizer) are imported
+only when a core is read: the kernel starts crashprobe for every crash, and most runs end
+before that (not opted in, flood control, a fixed report, a stub).  `preload` imports
+them early when privileges are about to be dropped.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from telemetry import log as log_mod
 from telemetry.errors import TelemetryError
@@ -17,12 +25,14 @@ from telemetry.paths import SERVICE_USER, Mode
 from telemetry.record import create_record
 
 from ..common import EXIT_FAILURE, Probe, SendResult
-from .analyze import Analysis, analyze
-from .corefile import MiB, ReadLimits
 from .files import FileAccess
-from .flood import FloodPolicy, FloodStore, LockBusy
-from .payload import Category, backtrace_payload, stub_payload
+from .flood import FloodPolicy, FloodStore
+from .payload import Category, backtrace_payload, category_of, stub_payload
 from .pipeline import Action, CrashEvent, Namespace, Outcome, decide
+
+if TYPE_CHECKING:
+    from .analyze import Analysis
+    from .corefile import CoreDump, ReadLimits
 
 PROGRAM = "crashprobe"
 GRACE = 10  # seconds past the time limit before the watchdog ends the process
@@ -48,7 +58,6 @@ class Reporter:
         if kernel:
             self.log = log_mod.setup(PROGRAM, self.probe.config.log_level, journal=True)
         cfg = self.probe.config
-        self.limits = ReadLimits(max_core_bytes=cfg.crash_max_core_size * MiB)
         self.time_limit = cfg.crash_time_limit
         self.flood = FloodPolicy(cfg.crash_flood_window, cfg.crash_daily_cap)
         self.debug_dirs = debug_dirs
@@ -61,18 +70,34 @@ class Reporter:
     def last_send_retryable(self) -> bool:
         return self.last_send is not None and self.last_send.retryable
 
+    @functools.cached_property
+    def limits(self) -> ReadLimits:
+        from .corefile import MiB, ReadLimits
+
+        return ReadLimits(max_core_bytes=self.probe.config.crash_max_core_size * MiB)
+
+    def read_core(self, fd: int) -> CoreDump:
+        """The core on `fd` (a pipe or a file), read within this run's limits."""
+        from .source import read_core
+
+        return read_core(fd, self.limits)
+
     # --- stages ---------------------------------------------------------------------
 
     def outcome(self, event: CrashEvent) -> Outcome:
         return decide(event, filters_off=self.filters_off, service_uid=self.service_uid)
 
     def flood_allows(self, event: CrashEvent) -> bool:
+        """Whether flood control lets this crash be reported.  A state that cannot be read or
+        written (planted link, full disk, a lock held too long) does not silence the crash:
+        whoever can write the state directory must not be able to suppress reports, and what
+        a storm can then cost stays bounded by the analysis lock and telemprobd's rate limits."""
         store = FloodStore(self.probe.paths.state_dir)
         try:
             verdict, state = store.check(event.executable, self.flood)
-        except (LockBusy, OSError, TelemetryError) as e:
-            self.log.warning("crash of %s not reported: flood-control state unavailable (%s)", event.executable, e)
-            return False
+        except (OSError, TelemetryError) as e:
+            self.log.warning("flood control unavailable (%s); the crash of %s is reported", e, event.executable)
+            return True
         if verdict.suppressed:
             h = state.history(event.executable)
             self.log.info(
@@ -84,7 +109,10 @@ class Reporter:
             return False
         return True
 
-    def access_for(self, event: CrashEvent, root_fd: int | None, trusted: frozenset[int]) -> FileAccess:
+    def access_for(self, event: CrashEvent, root_fd: int | None) -> FileAccess:
+        """How the crashed process's files are opened: owned by root, by us or by the
+        crashed user, and inside its root when it lives in another mount namespace."""
+        trusted = frozenset({0, os.geteuid()} | ({event.uid} if event.uid is not None else set()))
         if event.namespace is Namespace.FOREIGN:
             return FileAccess(trusted_uids=trusted, debug_dirs=self.debug_dirs, root_fd=root_fd,
                               use_host_paths=False)
@@ -97,8 +125,9 @@ class Reporter:
             return Report(outcome.category, outcome.category.fixed_payload)
         if outcome.action is Action.STUB or read is None or access is None:
             return Report(Category.CLR, stub_payload(event.header(), outcome.reason or "no core"))
-        started = time.monotonic()
-        deadline = started + self.time_limit * 0.8
+        from .analyze import Analysis, analyze
+
+        deadline = time.monotonic() + self.time_limit * 0.8
         try:
             with _watchdog(self.time_limit):
                 core = read()
@@ -113,7 +142,7 @@ class Reporter:
         for note in analysis.problems:
             self.log.info("%s", note)
         payload = backtrace_payload(event.header(analysis.pid, analysis.executable, analysis.signal), analysis)
-        return Report(Category.ERROR if analysis.error else Category.CLR, payload, analysis)
+        return Report(category_of(analysis), payload, analysis)
 
     def send(self, report: Report) -> bool:
         try:
@@ -131,6 +160,21 @@ class Reporter:
         return True
 
 
+def preload() -> None:
+    """Import everything reading and analysing a core imports lazily, before privileges are
+    dropped (the new identity may not be able to read the interpreter's files)."""
+    import elftools.dwarf.aranges  # noqa: F401
+    import elftools.dwarf.callframe  # noqa: F401
+    import elftools.dwarf.dwarfinfo  # noqa: F401
+    import elftools.dwarf.lineprogram  # noqa: F401
+    import elftools.elf.elffile  # noqa: F401
+
+    from . import analyze, corefile, source  # noqa: F401
+    from .unwind import expr, x86_64  # noqa: F401
+
+    expr._parser()
+
+
 def _service_uid() -> int | None:
     try:
         return pwd.getpwnam(SERVICE_USER).pw_uid
@@ -146,9 +190,9 @@ class _watchdog:
         self.seconds = seconds
 
     def __enter__(self) -> _watchdog:
+        self.fired = False
         self.previous = signal.signal(signal.SIGALRM, self._fire)
         signal.alarm(self.seconds)
-        self.fired = False
         return self
 
     def _fire(self, signum, frame) -> None:

@@ -63,10 +63,7 @@ class SymbolTable:
         return None
 
     def _name(self, off: int) -> str:
-        end = self._strtab.find(b"\0", off, off + 4096)
-        raw = self._strtab[off : end if end >= 0 else off + NAME_MAX]
-        name = raw.split(b"@", 1)[0] if b"@" in raw[1:] else raw
-        return name.decode("utf-8", "replace")[:NAME_MAX]
+        return _bare(self._strtab, off).decode("utf-8", "replace")[:NAME_MAX]
 
 
 def _read(elf, name: str) -> SymbolTable | None:
@@ -102,6 +99,8 @@ def _read(elf, name: str) -> SymbolTable | None:
 
 
 def _bare(strtab: bytes, off: int) -> bytes:
+    """The name at `off` without its symbol version (`memcpy@GLIBC_2.2.5`); a name with no
+    NUL within 4 KiB is cut at NAME_MAX bytes."""
     end = strtab.find(b"\0", off, off + 4096)
-    raw = strtab[off : end if end >= 0 else off]
+    raw = strtab[off : end if end >= 0 else off + NAME_MAX]
     return raw.split(b"@", 1)[0] if b"@" in raw[1:] else raw

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from crash_programs import Lab
-from telemprobd_harness import Probd, queued
+from telemprobd_harness import Probd, row_headers, rows
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="crashprobe unwinds x86-64 cores")
 
@@ -31,14 +31,6 @@ def lab(tmp_path_factory) -> Lab:
 
 def bang(path: Path | str) -> str:
     return str(path).replace("/", "!")
-
-
-def rows(probd: Probd) -> list:
-    return queued(probd.spool_dir) if os.path.exists(os.path.join(probd.spool_dir, "queue.db")) else []
-
-
-def headers(row) -> dict[str, str]:
-    return dict(line.split(": ", 1) for line in row.headers.decode().rstrip("\n").split("\n"))
 
 
 def filters_off(inst) -> None:
@@ -102,7 +94,7 @@ def test_kernel_invocation_reports_one_record(user_install, live):
             [row] = rows(probd)
     finally:
         os.close(pidfd)
-    h = headers(row)
+    h = row_headers(row)
     assert (h["classification"], h["severity"]) == ("org.clearlinux/crash/clr", "3")
     payload = row.payload.decode()
     assert payload.startswith(f"Process: {exe}\nPID: {proc.pid}\nSignal: 11\n\nBacktrace (TID {proc.pid}):\n")
@@ -156,7 +148,7 @@ def test_unsafe_dump_gets_a_stub_and_is_never_read(user_install):
         r = handler(user_install, "-p", "sudo", "-E", "!usr!bin!sudo", "-s", "11", "--dump-mode=2", core=GARBAGE)
         assert r.returncode == 0, r.stderr.decode()
         [row] = rows(probd)
-    assert headers(row)["classification"] == "org.clearlinux/crash/clr"
+    assert row_headers(row)["classification"] == "org.clearlinux/crash/clr"
     assert row.payload.decode() == (
         "Process: /usr/bin/sudo\nSignal: 11\n\n"
         "Backtrace: not collected (the kernel marked this dump unsafe (setuid, or dump mode 2))\n"
@@ -176,8 +168,8 @@ def test_path_filters_never_read_the_core(user_install, path, classification, pa
         r = handler(user_install, "-p", "x", "-E", path, "-s", "6", core=GARBAGE)
         assert r.returncode == 0, r.stderr.decode()
         [row] = rows(probd)
-    assert headers(row)["classification"] == classification
-    assert headers(row)["severity"] == "2"
+    assert row_headers(row)["classification"] == classification
+    assert row_headers(row)["severity"] == "2"
     assert row.payload == payload
 
 
@@ -186,8 +178,8 @@ def test_garbage_core_gives_an_error_record(user_install):
         r = handler(user_install, "-p", "x", "-E", "!usr!bin!x", "-s", "11", core=GARBAGE)
         assert r.returncode == 0
         [row] = rows(probd)
-    assert headers(row)["classification"] == "org.clearlinux/crash/error"
-    assert headers(row)["severity"] == "4"
+    assert row_headers(row)["classification"] == "org.clearlinux/crash/error"
+    assert row_headers(row)["severity"] == "4"
     assert row.payload == b"Process: /usr/bin/x\nSignal: 11\nError: not an ELF core: bad magic\n"
 
 
@@ -215,7 +207,7 @@ def test_foreign_mount_namespace_is_not_read_from_the_host(user_install, contain
                     f"--time={int(time.time())}", core=GARBAGE)
         assert r.returncode == 0, r.stderr.decode()
         [row] = rows(probd)
-    assert headers(row)["classification"] == "org.clearlinux/crash/unknown"
+    assert row_headers(row)["classification"] == "org.clearlinux/crash/unknown"
     assert row.payload == b"Crash from third party\n"
     assert b"another mount namespace" in r.stderr
 
@@ -238,7 +230,7 @@ def test_foreign_mount_namespace_read_through_its_root(user_install, contained, 
         assert r.returncode == 0, r.stderr.decode()
         [row] = rows(probd)
     payload = row.payload.decode()
-    assert headers(row)["classification"] == "org.clearlinux/crash/clr"
+    assert row_headers(row)["classification"] == "org.clearlinux/crash/clr"
     assert "nanosleep() - [/usr/lib/x86_64-linux-gnu/libc.so.6]" in payload or "nanosleep() - [/lib/" in payload
 
 
@@ -275,6 +267,52 @@ def test_damaged_flood_state_is_replaced(user_install):
         assert len(rows(probd)) == 1
 
 
+def plant(path: Path, kind: str, victim: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "link":
+        path.symlink_to(victim)
+    else:
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "unavailable"),
+    [
+        ("crashprobe-flood.json", "link", True),  # never written through: no state to count in
+        ("crashprobe-flood.json", "fifo", False),  # never read (no hang), replaced by the state
+        ("crashprobe-flood.json.lock", "link", True),
+        ("crashprobe-flood.json.lock", "fifo", True),
+    ],
+)
+def test_unusable_flood_state_does_not_silence_the_crash(user_install, tmp_path, name, kind, unavailable):
+    """Whoever can write the state directory cannot suppress crash reports with it."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"victim\n")
+    path = Path(user_install.paths.state_dir, name)
+    plant(path, kind, victim)
+    with Probd(user_install) as probd:
+        r = handler(user_install, "-p", "x", "-E", "!opt!x", "-s", "11", core=GARBAGE)
+        assert r.returncode == 0, r.stderr.decode()
+        assert len(rows(probd)) == 1
+    assert (b"flood control unavailable" in r.stderr) is unavailable, r.stderr.decode()
+    assert b"Traceback" not in r.stderr
+    assert victim.read_bytes() == b"victim\n"
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_unusable_analysis_lock_gives_a_stub(user_install, tmp_path, kind):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"victim\n")
+    plant(Path(user_install.paths.state_dir, "crashprobe.lock"), kind, victim)
+    with Probd(user_install) as probd:
+        r = handler(user_install, "-p", "x", "-E", "!usr!bin!x", "-s", "11", core=GARBAGE)
+        assert r.returncode == 0, r.stderr.decode()
+        [row] = rows(probd)
+    assert row.payload.decode().endswith("\nBacktrace: not collected (the analysis lock is unavailable)\n")
+    assert b"reported without a backtrace" in r.stderr
+    assert victim.read_bytes() == b"victim\n"
+
+
 # --- limits ------------------------------------------------------------------------------
 
 def test_time_limit_ends_a_stalled_core_with_an_error_record(user_install, lab):
@@ -293,7 +331,7 @@ def test_time_limit_ends_a_stalled_core_with_an_error_record(user_install, lab):
         err = proc.stderr.read()
         assert proc.returncode == 0, err.decode()
         [row] = rows(probd)
-    assert headers(row)["classification"] == "org.clearlinux/crash/error"
+    assert row_headers(row)["classification"] == "org.clearlinux/crash/error"
     assert "Error: time limit of 1 s reached" in row.payload.decode()
 
 
@@ -487,6 +525,24 @@ def test_journal_mode_reports_each_coredump_once(user_install, lab, tmp_path):
         latest = rows(probd)[-1].payload.decode()
         assert len(rows(probd)) == 4
         assert "Backtrace: not collected (systemd-coredump kept no core" in latest
+
+
+@pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")
+def test_journal_mode_damaged_cursor_starts_from_the_opt_in(user_install, lab, tmp_path):
+    exe = lab.exe("O0")
+    jdir = tmp_path / "journal"
+    write_journal(jdir, "a.journal", [coredump_entry(exe, 4250)])
+    cursor = Path(user_install.paths.state_dir, "crashprobe-journal.cursor")
+    cursor.parent.mkdir(parents=True, exist_ok=True)
+    cursor.write_bytes(b"\x00not a cursor\n")
+    with Probd(user_install) as probd:
+        t = time.time() - 60
+        os.utime(user_install.paths.opt_in_file, (t, t))
+        r = user_install.run(MODULE, "--journal", "--journal-dir", str(jdir))
+        assert r.returncode == 0, r.stderr.decode()
+        assert b"no valid journal cursor" in r.stderr
+        assert len(rows(probd)) == 1
+    assert cursor.read_bytes().startswith(b"s=")  # replaced by the entry's own
 
 
 @pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")

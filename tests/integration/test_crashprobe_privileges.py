@@ -34,3 +34,37 @@ def test_root_drops_to_the_crashed_user_for_good():
     out = subprocess.run([sys.executable, "-c", CHECK, "65534", "65534"], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out[1] == "(65534, 65534, 65534) (65534, 65534, 65534) [] 0"
+
+
+# Preloaded, then every further import refused: as after a drop to an identity that cannot
+# read the interpreter's files.  The report must still be the full backtrace.
+AFTER_PRELOAD = """
+import os, sys
+from telemetry.probes.crash.pipeline import Action, CrashEvent, Outcome
+from telemetry.probes.crash.reporter import Reporter, preload
+cp = Reporter(None, (), kernel=False)
+preload()
+
+class NoImports:
+    def find_spec(self, name, path=None, target=None):
+        raise ImportError(f"{name} imported after preload")
+
+sys.meta_path.insert(0, NoImports())
+fd = os.open(sys.argv[1], os.O_RDONLY)
+event = CrashEvent(process_name="crasher")
+report = cp.report(event, Outcome(Action.ANALYZE), lambda: cp.read_core(fd), cp.access_for(event, None))
+print(report.payload)
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="crashprobe unwinds x86-64 cores")
+def test_preload_imports_everything_the_analysis_needs(user_install, tmp_path):
+    from crash_programs import Lab
+
+    core = Lab(tmp_path).core("O0", "segv")
+    r = subprocess.run([sys.executable, "-c", AFTER_PRELOAD, str(core)], capture_output=True, text=True,
+                       env=user_install.env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "imported after preload" not in r.stderr + r.stdout
+    assert "Error:" not in r.stdout, r.stdout
+    assert "#0 leaf() - [" in r.stdout and "main() - [" in r.stdout, r.stdout

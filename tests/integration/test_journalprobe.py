@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from telemprobd_harness import Probd, queued
+from support import wait_until
+from telemprobd_harness import Probd, row_headers, rows
 
 JOURNAL_REMOTE = next(
     (p for p in ("/usr/lib/systemd/systemd-journal-remote", "/lib/systemd/systemd-journal-remote")
@@ -60,14 +61,6 @@ class Journal:
                        check=True, capture_output=True, timeout=30)
 
 
-def headers(row) -> dict[str, str]:
-    return dict(line.split(": ", 1) for line in row.headers.decode().rstrip("\n").split("\n"))
-
-
-def staged(probd: Probd) -> list:
-    return queued(probd.spool_dir) if os.path.exists(os.path.join(probd.spool_dir, "queue.db")) else []
-
-
 def opt_in_earlier(inst, seconds: float = 60) -> None:
     inst.opt_in()
     t = time.time() - seconds
@@ -97,21 +90,21 @@ def test_selects_only_trusted_unit_exits_and_never_resends(user_install, tmp_pat
         )
         r = probe(user_install, journal)
         assert r.returncode == 0, r.stderr
-        rows = staged(probd)
-        assert [row.payload for row in rows] == [
+        staged = rows(probd)
+        assert [row.payload for row in staged] == [
             b"MESSAGE=a.service: Main process exited, code=exited, status=1/FAILURE\n",
             b"MESSAGE=u.service: Main process exited, code=exited, status=2/INVALIDARGUMENT\n",
         ]
-        for row in rows:
-            h = headers(row)
+        for row in staged:
+            h = row_headers(row)
             assert (h["classification"], h["severity"], h["payload_format_version"]) == (
                 "org.clearlinux/journal/error", "2", "1")
             assert h["kernel_version"] == os.uname().release and row.sender.uid == os.getuid()
         assert probe(user_install, journal).returncode == 0
-        assert len(staged(probd)) == 2  # the cursor was saved: nothing twice
+        assert len(rows(probd)) == 2  # the cursor was saved: nothing twice
         journal.write(manager_exit("b.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED"))
         assert probe(user_install, journal).returncode == 0
-        assert [row.payload for row in staged(probd)][2:] == [
+        assert [row.payload for row in rows(probd)][2:] == [
             b"MESSAGE=b.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED\n"]
 
 
@@ -127,7 +120,7 @@ def test_privacy_override_adds_error_priorities_from_root_only(user_install, tmp
             {"_PID": "302", "_UID": "0", "_TRANSPORT": "syslog", "PRIORITY": "4", "MESSAGE": "root warning"},
         )
         assert probe(user_install, journal).returncode == 0
-        assert [row.payload for row in staged(probd)] == [b"MESSAGE=root crit\n", b"MESSAGE=kernel err\n"]
+        assert [row.payload for row in rows(probd)] == [b"MESSAGE=root crit\n", b"MESSAGE=kernel err\n"]
 
 
 def test_tail_skips_what_is_there_on_the_first_start_only(user_install, tmp_path):
@@ -136,10 +129,10 @@ def test_tail_skips_what_is_there_on_the_first_start_only(user_install, tmp_path
         opt_in_earlier(user_install)
         journal.write(manager_exit("before.service: Main process exited"))
         assert probe(user_install, journal, "-t").returncode == 0
-        assert staged(probd) == []
+        assert rows(probd) == []
         journal.write(manager_exit("after.service: Main process exited"))
         assert probe(user_install, journal, "--tail").returncode == 0
-        assert [row.payload for row in staged(probd)] == [b"MESSAGE=after.service: Main process exited\n"]
+        assert [row.payload for row in rows(probd)] == [b"MESSAGE=after.service: Main process exited\n"]
 
 
 def test_failed_send_is_retried_on_the_next_run(user_install, tmp_path):
@@ -152,7 +145,7 @@ def test_failed_send_is_retried_on_the_next_run(user_install, tmp_path):
     assert "Failed to send record" in r.stderr.decode() and r.stderr.decode().count("\n") == 1
     with Probd(user_install, opt_in=False) as probd:
         assert probe(user_install, journal).returncode == 0
-        assert [row.payload for row in staged(probd)] == [b"MESSAGE=a.service: Main process exited\n",
+        assert [row.payload for row in rows(probd)] == [b"MESSAGE=a.service: Main process exited\n",
                                                           b"MESSAGE=b.service: Main process exited\n"]
 
 
@@ -164,17 +157,14 @@ def test_follows_new_entries(user_install, tmp_path):
         proc = user_install.popen("telemetry.probes.journalprobe", "-D", str(journal.dir),
                                   stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 30
-            while len(staged(probd)) < 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: rows(probd), what="the first entry staged")
             journal.write(manager_exit("b.service: Main process exited"))
-            while len(staged(probd)) < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: len(rows(probd)) >= 2, what="the second entry staged")
         finally:
             proc.terminate()
             assert proc.wait(30) == 0
             proc.stderr.close()
-        assert len(staged(probd)) == 2
+        assert len(rows(probd)) == 2
 
 
 def test_bad_directory_and_corrupt_cursor(user_install, tmp_path):
@@ -187,6 +177,6 @@ def test_bad_directory_and_corrupt_cursor(user_install, tmp_path):
     with Probd(user_install, opt_in=False) as probd:
         r = probe(user_install, journal)
         assert r.returncode == 0 and "starting afresh" in r.stderr.decode()
-        assert len(staged(probd)) == 1
+        assert len(rows(probd)) == 1
     r = user_install.run("telemetry.probes.journalprobe", "--bogus")
     assert r.returncode == 1 and r.stderr.decode().count("\n") == 1

@@ -5,22 +5,22 @@ them, against a real user-mode telemprobd; the staged rows are checked field by 
 
 from __future__ import annotations
 
+import json
 import os
+import select
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from telemprobd_harness import Probd, queued, wait_until
+from support import wait_until
+from telemprobd_harness import HEADER_NAMES, Probd, rows
 
 from telemetry.probes.oops import oops_payload, parse_lines
 
 TESTDATA = Path(__file__).resolve().parents[1] / "data" / "oops"
-HEADER_NAMES = (
-    "record_format_version", "classification", "severity", "machine_id", "creation_timestamp", "arch",
-    "host_type", "build", "kernel_version", "payload_format_version", "system_name", "board_name", "cpu_model",
-    "bios_version", "event_id",
-)
 
 
 def headers(row) -> dict[str, str]:
@@ -41,10 +41,6 @@ def check_row(row, classification: str, severity: int, payload: bytes, version: 
     assert row.payload == payload
     assert row.sender.uid == os.getuid()
     return h
-
-
-def rows(probd: Probd) -> list:
-    return queued(probd.spool_dir) if os.path.exists(os.path.join(probd.spool_dir, "queue.db")) else []
 
 
 def run(inst, module: str, *args: str, **kw):
@@ -81,6 +77,18 @@ def test_hprobe_hello_and_bundles(user_install, tmp_path):
         a, b = rows(probd)
         check_row(a, "org.clearlinux/hello/world", 1, b"hello\n")
         check_row(b, "org.clearlinux/hello/world", 1, b"hello\n\nBundles (3):\nc-basic\neditors\nos-core\n")
+
+
+def test_hprobe_bundle_name_that_is_not_utf8(user_install, tmp_path):
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    (bundles / "editors").touch()
+    open(os.path.join(os.fsencode(bundles), b"bad\xffname"), "w").close()
+    with Probd(user_install) as probd:
+        r = run(user_install, "hprobe", "-b", "--bundles-dir", str(bundles))
+        assert (r.returncode, r.stderr) == (0, b"")
+        (row,) = rows(probd)
+        check_row(row, "org.clearlinux/hello/world", 1, "hello\n\nBundles (2):\nbad\ufffdname\neditors\n".encode())
 
 
 def test_hprobe_bad_input_and_failures(user_install, tmp_path):
@@ -214,6 +222,9 @@ def test_record_gen_payload_limit(user_install, tmp_path):
         assert r.returncode == 0, r.stderr
         r = run(user_install, "telem_record_gen", "-c", "a/b/c", "-P", "/dev/stdin", input=b"\xff\xfe")
         assert r.returncode == 1 and "not valid UTF-8" in one_line(r.stderr)
+        r = run(user_install, "telem_record_gen", "-c", "a/b/c", "--truncate", "-P", "/dev/stdin",
+                input=b"x\xff" + b"y" * 9000)  # cutting does not clean it either
+        assert r.returncode == 1 and "not valid UTF-8 (byte 1)" in one_line(r.stderr)
         a, b = rows(probd)
         assert a.payload == b"x" * 8192
         assert b.payload == "\u00e9".encode() * 4096  # cut at 8192 bytes on a character boundary
@@ -319,6 +330,35 @@ def test_klogscanner_follows_a_stream(user_install):
         proc.stdin.close()
         assert proc.wait(30) == 0, proc.stderr.read()
         proc.stderr.close()
+        assert len(rows(probd)) == 1
+
+
+def test_klogscanner_stopped_while_retrying_sends_the_oops_next_run(user_install, tmp_path):
+    """SIGTERM (a service stop) while waiting to retry a send: the position saved is the
+    oops' first record, so the next run reads it again and sends it."""
+    user_install.opt_in()
+    user_install.write_config(f"socket_path={tmp_path}/absent.sock\n")  # telemprobd away
+    proc = user_install.popen("telemetry.probes.klogscanner", "--kmsg", "/dev/stdin",
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(kmsg_file(WARN))
+    proc.stdin.flush()
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"retrying in" not in seen and time.monotonic() < deadline:
+        if select.select([proc.stderr], [], [], 1)[0]:
+            seen += os.read(proc.stderr.fileno(), 4096)
+    assert b"retrying in" in seen, seen
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    proc.stdin.close()
+    proc.stderr.close()
+    state = json.loads((Path(user_install.paths.state_dir) / "klogscanner.state").read_bytes())
+    assert state["next_seq"] == 1  # the WARNING: line, where the oops begins
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_bytes(kmsg_file(WARN))
+    user_install.write_config("")
+    with Probd(user_install) as probd:
+        assert run(user_install, "klogscanner", "--kmsg", str(kmsg), "--once").returncode == 0
         assert len(rows(probd)) == 1
 
 

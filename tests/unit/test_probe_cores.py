@@ -1,16 +1,19 @@
 """The pure cores of the probes: kmsg records and resume logic, pstore dump assembly,
-journal selection, the hprobe payload and telem-record-gen's option checks."""
+journal selection, the hprobe payload, telem-record-gen's option checks and the retry
+policy of the long-running probes."""
 
 from __future__ import annotations
 
 import datetime
+import logging
 import uuid
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetry.probes import hprobe, journal_select, kmsg, pstore
+from telemetry.ack import Ack, AckStatus
+from telemetry.probes import common, hprobe, journal_select, kmsg, pstore
 from telemetry.probes import telem_record_gen as gen
 
 # --- kmsg -------------------------------------------------------------------------------
@@ -33,7 +36,7 @@ def test_state_round_trip_and_bad_state():
     assert kmsg.decode_state(s.encode()) == s
     for bad in (b"", b"{", b"[]", b'{"boot_id": 1, "next_seq": 0, "sent": []}',
                 b'{"boot_id": "a", "next_seq": -1, "sent": []}', b'{"boot_id": "a", "next_seq": 1, "sent": [1]}',
-                b"\xff"):
+                b"\xff", b"[" * 100_000):
         with pytest.raises(kmsg.StateError):
             kmsg.decode_state(bad)
     many = kmsg.ScanState()
@@ -237,3 +240,32 @@ def test_check_options_agrees_with_the_record_rules(cls, severity, event_id):
             check_classification(cls)
         except RecordError as e:  # pragma: no cover - would be a disagreement
             raise AssertionError(e) from None
+
+
+# --- sending with retries (klogscanner, journalprobe) -----------------------------------
+
+def test_send_retrying_backs_off_until_the_outcome_is_final(monkeypatch):
+    def result(outcome, status=None):
+        return common.SendResult(outcome, "", Ack(status) if status else None)
+
+    def probe_answering(*results):
+        probe = object.__new__(common.Probe)  # no config, client or logging set-up needed
+        probe.log = logging.getLogger("test")
+        answers = iter(results)
+        monkeypatch.setattr(probe, "send", lambda record: next(answers))
+        return probe
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(common.time, "sleep", sleeps.append)
+    busy = result(common.Outcome.REJECTED, AckStatus.BUSY)
+    away = result(common.Outcome.UNAVAILABLE)
+    retried = [away, busy] * 4 + [result(common.Outcome.SENT, AckStatus.ACCEPTED)]
+    assert probe_answering(*retried).send_retrying(None, retry=True).sent
+    assert sleeps == [1, 2, 4, 8, 16, 32, 60, 60]
+    sleeps.clear()
+    assert probe_answering(busy).send_retrying(None, retry=False) is busy
+    invalid = result(common.Outcome.REJECTED, AckStatus.INVALID)
+    assert probe_answering(away, invalid).send_retrying(None, retry=True) is invalid
+    not_in = result(common.Outcome.NOT_OPTED_IN)
+    assert probe_answering(not_in).send_retrying(None, retry=True) is not_in
+    assert sleeps == [1]

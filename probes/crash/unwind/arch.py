@@ -49,9 +49,6 @@ class Arch:
     # The trampoline's instructions (rt_sigreturn), to spot it without CFI.
     sigreturn_code: bytes
 
-    def stack_pointer(self, regs: Regs) -> int | None:
-        return regs.get(self.sp)
-
 
 _ARCHES: dict[int, Callable[[], Arch]] = {}
 

@@ -60,7 +60,6 @@ class _Index:
         from elftools.dwarf.callframe import CallFrameInfo
 
         self.cfi = CallFrameInfo(io.BytesIO(data), len(data), address, _structs(), for_eh_frame=eh)
-        self.address = address
         self.table = table  # sorted (initial location, FDE offset in the section)
         self.starts: list[int] = []
         self.fdes: list = []
