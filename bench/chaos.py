@@ -38,12 +38,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("tests/integration", "tests/e2e", "tests"):  # tests/conftest.py first
+for sub in ("tests/integration", "tests/e2e", "tests"):
     sys.path.insert(0, str(ROOT / sub))
 
 import scenarios as sc  # noqa: E402
-from conftest import make_user_install  # noqa: E402  (tests/conftest.py)
 from pipeline import Result, notes, table  # noqa: E402
+from support import make_user_install  # noqa: E402
 
 ALL = ("chaos", "outage", "flapping", "disk-full", "hostile-frames", "hostile-rows", "damaged-queue", "bad-config",
        "uid-flood", "symlinks")

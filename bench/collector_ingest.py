@@ -33,12 +33,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pycurl
 
-from telemetry import headers as H
-from telemetry.collector.launch import RunningCollector, start_collector
-from telemetry.config import DEFAULT_TID
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import METADATA, make_user_install  # noqa: E402
+
+from telemetry import headers as H  # noqa: E402
+from telemetry.collector.launch import RunningCollector, start_collector  # noqa: E402
+from telemetry.config import DEFAULT_TID  # noqa: E402
 
 FLOOR_SQLITE = 2000
 
@@ -184,31 +188,22 @@ def _telempostd_drain(collector: RunningCollector, label: str, count: int, workd
     import uuid
 
     from telemetry.daemons.queue import NewRecord, Queue, Sender
-    from telemetry.metadata import Metadata
     from telemetry.record import create_record
 
     root = os.path.join(workdir, f"postd-{label.lower()}-{in_flight}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_"))}
-    for name in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
-        path = os.path.join(root, name.lower())
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        env[name] = path
-    env["TELEMETRY_MODE"] = "user"
+    env = make_user_install(Path(root)).env
     spool = os.path.join(root, "spool")
     conf = os.path.join(root, "telemetrics.conf")
     with open(conf, "w") as f:
         f.write(f"[settings]\nserver={collector.collector_url}\nspool_dir={spool}\nmax_in_flight={in_flight}\n"
                 "record_expiry=1200\nrate_limit_enabled=false\nspool_max_size=-1\n")
-    md = Metadata(arch="x86_64", host_type="QEMU|Standard PC|pc", build="41000",
-                  kernel_version="6.1.0-18-amd64", system_name="debian", board_name="blank|blank",
-                  cpu_model="Intel(R) Xeon(R) CPU @ 2.20GHz", bios_version="1.16.3")
     base = collector.stats()["records"]
     sender = Sender(uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
     queue = Queue(spool)
     try:
         batch = []
         for i in range(count):
-            rec = create_record("org.clearlinux/bench/postd", 1, PAYLOAD, metadata=md, now=1700000000 + i)
+            rec = create_record("org.clearlinux/bench/postd", 1, PAYLOAD, metadata=METADATA, now=1700000000 + i)
             rec = rec.with_machine_id(f"{i:032x}")
             batch.append(NewRecord(record_id=uuid.uuid4().hex, received_at=time.time(), sender=sender,
                                    headers=rec.header_block(), payload=rec.payload))
@@ -216,8 +211,9 @@ def _telempostd_drain(collector: RunningCollector, label: str, count: int, workd
     finally:
         queue.close()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telempostd", "-f", conf],
-                            env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(root, "postd.log"), "wb"))
+    with open(os.path.join(root, "postd.log"), "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telempostd", "-f", conf],
+                                env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = t0 + max(120.0, count / 100)
         while True:

@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
 
 from crash_programs import Unavailable, build, core_method, make_core  # noqa: E402
+from support import make_user_install  # noqa: E402
 
 CORES = [("segv", "O0", "segv"), ("abort", "O0", "abort"), ("thread", "O2", "thread"), ("lib", "O0", "lib"),
          ("handler", "O0", "handler")]
@@ -89,12 +90,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="crashbench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_"))}
-    env.update({"TELEMETRY_MODE": "user", "XDG_CONFIG_HOME": str(work / "config"),
-                "XDG_STATE_HOME": str(work / "state"), "XDG_CACHE_HOME": str(work / "cache"),
-                "XDG_RUNTIME_DIR": str(work / "run")})
+    env = make_user_install(work).env
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed package has its bytecode compiled
-    (work / "run").mkdir(mode=0o700)
     crashprobe = str(Path(sys.executable).with_name("crashprobe"))
     if not os.access(crashprobe, os.X_OK):
         crashprobe = None

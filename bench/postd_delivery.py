@@ -31,18 +31,19 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 
-from telemetry.daemons.queue import NewRecord, Queue, Sender
-from telemetry.metadata import Metadata
-from telemetry.record import create_record
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import METADATA, free_port, make_user_install, proc_memory  # noqa: E402
+
+from telemetry.daemons.queue import NewRecord, Queue, Sender  # noqa: E402
+from telemetry.record import create_record  # noqa: E402
 
 ORIGINAL_RATE = 2400  # records/s, the original on this machine (a new connection per record)
 ORIGINAL_CPU = 0.24  # CPU s per 1,000 records
-METADATA = Metadata("x86_64", "QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-3.1", "41000",
-                    "6.6.1-1.native", "clear-linux-os", "blank|blank",
-                    "Intel(R) Core(TM) i7-7600U CPU @ 2.80GHz", "1.16.1-1")
+DRAIN_TIMEOUT = 600.0  # a bound for a stuck daemon, far above any run
 
 NGINX_CONF = """{user}worker_processes 1;
 error_log {d}/nginx-error.log;
@@ -74,14 +75,6 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
@@ -154,14 +147,6 @@ def cpu(p: psutil.Process) -> float:
     return t.user + t.system
 
 
-def vm_hwm(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -179,26 +164,16 @@ def main() -> int:
         args.records, args.down_seconds = min(args.records, 2000), 10.0
 
     root = tempfile.mkdtemp(prefix="pb-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_"))}
-    for var, sub in (("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state"), ("XDG_CACHE_HOME", "cache"),
-                     ("XDG_RUNTIME_DIR", "run")):
-        env[var] = os.path.join(root, sub)
-        os.makedirs(env[var], mode=0o700)
-    env["TELEMETRY_MODE"] = "user"
-    for var in ("INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET"):
-        env.pop(var, None)
-    spool = os.path.join(root, "state", "telemetrics", "spool")
-    conf_dir = os.path.join(root, "config", "telemetrics")
-    os.makedirs(conf_dir)
+    inst = make_user_install(Path(root))
+    spool = inst.paths.spool_dir
     port = free_port()
-    with open(os.path.join(conf_dir, "telemetrics.conf"), "w") as f:
-        f.write(f"[settings]\nserver=http://127.0.0.1:{port}/v2/collector\nmax_in_flight={args.in_flight}\n"
-                "log_level=warning\n")
+    inst.write_config(f"server=http://127.0.0.1:{port}/v2/collector\nmax_in_flight={args.in_flight}\n"
+                      "log_level=warning\n")
 
     collector, collector_name = start_collector(root, port)
     log_path = os.path.join(root, "telempostd.log")
     log = open(log_path, "wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telempostd"], env=env,
+    daemon = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telempostd"], env=inst.env,
                               stdout=log, stderr=subprocess.STDOUT)
     proc = psutil.Process(daemon.pid)
     try:
@@ -215,10 +190,13 @@ def main() -> int:
         t0 = time.perf_counter()
         enqueue(spool, batch)
         while reader.queued():
+            if daemon.poll() is not None or time.perf_counter() - t0 > DRAIN_TIMEOUT:
+                raise SystemExit(f"telempostd did not deliver the records (exit status {daemon.poll()}); "
+                                 f"log: {log_path}")
             time.sleep(0.01)
         elapsed = time.perf_counter() - t0
         used = cpu(proc) - cpu0
-        peak_rss = vm_hwm(daemon.pid)
+        peak_rss = proc_memory(daemon.pid, "VmHWM")
         delivered = reader.counter("delivered")
         after_rss = proc.memory_info().rss
 

@@ -30,6 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import make_user_install, proc_memory  # noqa: E402
 
 HEADERS = (
     ("record_format_version", "4"), ("classification", "org.example/bench/ingest"), ("severity", "2"),
@@ -179,13 +183,7 @@ def drive(path: str, frames: list[bytes], senders: int, half_close: bool = False
 
 def rss_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) in MB."""
-    values = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                k, v = line.split(":")
-                values[k] = int(v.split()[0]) / 1024
-    return values["VmRSS"], values["VmHWM"]
+    return proc_memory(pid, "VmRSS") / 2**20, proc_memory(pid, "VmHWM") / 2**20
 
 
 def pct(values: list[float], q: float) -> float:
@@ -207,21 +205,12 @@ def main() -> int:
     args = ap.parse_args()
 
     root = tempfile.mkdtemp(prefix="pb-", dir=args.dir or "/tmp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_", "NOTIFY_"))}
-    for name in ("config", "state", "cache", "run"):
-        os.makedirs(f"{root}/{name}", mode=0o700)
-        env[f"XDG_{name.upper()}_{'HOME' if name != 'run' else 'DIR'}"] = f"{root}/{name}"
-    env["XDG_RUNTIME_DIR"] = f"{root}/run"
-    env["TELEMETRY_MODE"] = "user"
-    env.pop("INVOCATION_ID", None)
-    env.pop("JOURNAL_STREAM", None)
+    inst = make_user_install(Path(root))
     sock = f"{root}/run/s"
-    os.makedirs(f"{root}/config/telemetrics")
-    open(f"{root}/config/telemetrics/opt-in", "w").close()
-    with open(f"{root}/config/telemetrics/telemetrics.conf", "w") as f:
-        f.write(f"[settings]\nsocket_path={sock}\nspool_max_size=-1\nrecord_burst_limit=1000000000\n"
-                "byte_burst_limit=1000000000000\nrate_limit_uid_share=100\nlog_level=error\n"
-                "max_connections=256\n" + os.environ.get("PROBD_BENCH_EXTRA", ""))
+    inst.opt_in()
+    inst.write_config(f"socket_path={sock}\nspool_max_size=-1\nrecord_burst_limit=1000000000\n"
+                      "byte_burst_limit=1000000000000\nrate_limit_uid_share=100\nlog_level=error\n"
+                      "max_connections=256\n" + os.environ.get("PROBD_BENCH_EXTRA", ""))
     fs = subprocess.run(["stat", "-f", "-c", "%T", root], capture_output=True, text=True).stdout.strip()
     exe = build_c_sender(root) if args.senders == "c" else None
     if args.senders == "c" and exe is None:
@@ -232,7 +221,7 @@ def main() -> int:
             return drive_c(exe, sock, frames, senders, root, half_close)
         return drive(sock, frames, senders, half_close)
 
-    daemon = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telemprobd"], env=env)
+    daemon = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telemprobd"], env=inst.env)
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(sock):

@@ -26,10 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from telemetry.probes.kmsg import KmsgRecord, KmsgScanner
-from telemetry.probes.oops import OopsParser, oops_payload
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path.insert(0, str(TESTS))
+from support import make_user_install  # noqa: E402
 
-TESTDATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "oops"
+from telemetry.probes.kmsg import KmsgRecord, KmsgScanner  # noqa: E402
+from telemetry.probes.oops import OopsParser, oops_payload  # noqa: E402
+
+TESTDATA = TESTS / "data" / "oops"
 
 WARN = ["------------[ cut here ]------------", "WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2",
         "Modules linked in: x y z", "CPU: 0 PID: 1 Comm: t Not tainted 6.1.0 #1",
@@ -74,22 +78,12 @@ class UserTree:
 
     def __init__(self) -> None:
         self.root = tempfile.mkdtemp(prefix="tpb-", dir="/tmp")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_"))}
-        for name in ("CONFIG", "STATE", "CACHE", "DATA", "RUNTIME"):
-            path = os.path.join(self.root, name.lower())
-            os.makedirs(path, mode=0o700)
-            env[f"XDG_{name}_HOME" if name != "RUNTIME" else "XDG_RUNTIME_DIR"] = path
-        env["TELEMETRY_MODE"] = "user"
-        env.pop("JOURNAL_STREAM", None)
-        env.pop("INVOCATION_ID", None)
-        self.env = env
-        conf = os.path.join(self.root, "config", "telemetrics")
-        os.makedirs(conf)
+        inst = make_user_install(Path(self.root))
+        self.env = inst.env
         self.socket = os.path.join(self.root, "s")
-        Path(conf, "telemetrics.conf").write_text(
-            f"[settings]\nsocket_path={self.socket}\nrate_limit_enabled=false\n")
-        Path(conf, "opt-in").touch()
-        self.proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telemprobd"], env=env,
+        inst.write_config(f"socket_path={self.socket}\nrate_limit_enabled=false\n")
+        inst.opt_in()
+        self.proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telemprobd"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.socket):

@@ -8,27 +8,20 @@ to the in-process query time.  Run: .venv/bin/python bench/telemctl_query.py [--
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import click
 
-from telemetry.paths import Paths
-from telemetry.record import create_record, new_event_id
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import make_user_install  # noqa: E402
 
-
-def user_tree(root: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_"))}
-    for name in ("CONFIG", "STATE", "CACHE", "RUNTIME"):
-        path = os.path.join(root, name.lower())
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        env[f"XDG_{name}_HOME" if name != "RUNTIME" else "XDG_RUNTIME_DIR"] = path
-    env["TELEMETRY_MODE"] = "user"
-    return env
+from telemetry.paths import Paths  # noqa: E402
+from telemetry.record import create_record, new_event_id  # noqa: E402
 
 
 def fill(paths: Paths, rows: int) -> tuple[str, str]:
@@ -84,9 +77,8 @@ def median_run(env: dict[str, str], args: list[str], repeat: int) -> tuple[float
 @click.option("--repeat", default=5, show_default=True, help="Runs per command (median printed).")
 def main(rows: int, repeat: int) -> None:
     with tempfile.TemporaryDirectory(prefix="tcq") as root:
-        env = user_tree(root)
-        os.environ.update(env)
-        paths = Paths.user()
+        inst = make_user_install(Path(root))
+        env, paths = inst.env, inst.paths
         t0 = time.perf_counter()
         event_id, record_id = fill(paths, rows)
         print(f"filled journal (10,000 entries) and queue ({rows} records) in {time.perf_counter() - t0:.1f} s")

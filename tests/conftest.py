@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated user-mode installation per test.
+"""Shared fixtures: an isolated user-mode installation per test (support.py makes it).
 
 Every test that runs programs gets its own XDG tree (config, state, cache, runtime) and
 TELEMETRY_MODE=user, so tests never touch the machine's /etc, /var or /run even as root.
@@ -7,91 +7,35 @@ TELEMETRY_MODE=user, so tests never touch the machine's /etc, /var or /run even 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
-import subprocess
-import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from telemetry.paths import Paths
-
-
-@dataclass
-class UserInstall:
-    root: Path
-    env: dict[str, str]
-    paths: Paths
-
-    def write_config(self, text: str) -> Path:
-        path = Path(self.paths.config_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not text.lstrip().startswith("["):
-            text = "[settings]\n" + text
-        path.write_text(text)
-        return path
-
-    def opt_in(self) -> None:
-        Path(self.paths.opt_in_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(self.paths.opt_in_file).touch()
-
-    def opt_out(self) -> None:
-        Path(self.paths.opt_in_file).unlink(missing_ok=True)
-
-    def run(self, module: str, *args: str, input: bytes | None = None, timeout: float = 60,
-            check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """Run `python -m module args` the way a user would run the program."""
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            input=input, capture_output=True, timeout=timeout, check=check,
-            env={**self.env, **(env or {})},
-        )
-
-    def popen(self, module: str, *args: str, **kw) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", module, *args], env=self.env, **kw)
-
-
-def make_user_install(root: Path) -> UserInstall:
-    dirs = {
-        "XDG_CONFIG_HOME": root / "config",
-        "XDG_STATE_HOME": root / "state",
-        "XDG_CACHE_HOME": root / "cache",
-        "XDG_DATA_HOME": root / "data",
-        "XDG_RUNTIME_DIR": root / "run",
-    }
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    os.chmod(dirs["XDG_RUNTIME_DIR"], 0o700)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_"))}
-    env.update({k: str(v) for k, v in dirs.items()})
-    env["TELEMETRY_MODE"] = "user"
-    env.pop("JOURNAL_STREAM", None)
-    env.pop("INVOCATION_ID", None)
-    saved = {k: os.environ.get(k) for k in env}
-    try:
-        os.environ.update(env)
-        paths = Paths.user()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return UserInstall(root=root, env=env, paths=paths)
+from support import UserInstall, make_user_install, short_tempdir
 
 
 @pytest.fixture
 def user_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> UserInstall:
-    """An isolated user-mode tree; the test process itself also sees it (os.environ)."""
+    """An isolated user-mode tree; the test process itself runs in its environment too."""
     # Unix socket paths are limited to 107 bytes: keep the tree short.
     inst = make_user_install(tmp_path)
+    for k in set(os.environ) - set(inst.env):
+        monkeypatch.delenv(k)
     for k, v in inst.env.items():
-        if k.startswith(("XDG_", "TELEMETRY_")):
-            monkeypatch.setenv(k, v)
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    monkeypatch.delenv("INVOCATION_ID", raising=False)
+        monkeypatch.setenv(k, v)
     return inst
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory for Unix sockets (their paths are limited to 107 bytes), removed afterwards."""
+    d = short_tempdir()
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _devnull_is_a_device() -> bool:

@@ -26,17 +26,12 @@ from pipeline import (
     Unavailable,
     health,
     make_record,
-    short_dir,
 )
+from support import make_user_install, short_tempdir
 
 from telemetry.client import SendError
 
 # --- local abuse: one uid flooding, planted symlinks ----------------------------------------------
-
-def fresh_install(inst, root: Path):
-    """Another installation laid out like `inst` (tests/conftest.py's make_user_install)."""
-    return type(inst).run.__globals__["make_user_install"](root)
-
 
 @dataclass(frozen=True)
 class FairnessPlan:
@@ -100,7 +95,7 @@ def fairness(inst, workdir: Path, plan: FairnessPlan = FairnessPlan()) -> Fairne
     if os.geteuid() != 0:
         raise Unavailable("senders with two other uids need root (setuid)")
 
-    socket_dir = short_dir("uid-")
+    socket_dir = short_tempdir("uid-")
     os.chmod(socket_dir, 0o755)  # the socket itself is 0666; its directory must be reachable
     frames = {}
     with ReferenceCollector(workdir) as collector:
@@ -139,8 +134,6 @@ def fairness(inst, workdir: Path, plan: FairnessPlan = FairnessPlan()) -> Fairne
                 rss = pipe.peak_rss_mb()
             stored = collector.rows()
         finally:
-            import shutil
-
             shutil.rmtree(socket_dir, ignore_errors=True)
     flooder, victim = results
     errors = tuple(r["error"] for r in results if "error" in r)
@@ -168,7 +161,7 @@ def connection_hog(inst, plan: FairnessPlan = FairnessPlan(), victim_records: in
     never finishing a frame; another user sends meanwhile and must be served."""
     if os.geteuid() != 0:
         raise Unavailable("senders with two other uids need root (setuid)")
-    socket_dir = short_dir("hog-")
+    socket_dir = short_tempdir("hog-")
     os.chmod(socket_dir, 0o755)
     pipe = Pipeline(inst, "http://127.0.0.1:9/v2/collector", "rate_limit_enabled=false\nmax_connections=16\n"
                     "connection_timeout=60\nrate_limit_uid_share=50", socket_dir=socket_dir, postd=False)
@@ -302,12 +295,12 @@ def _plant(inst, name: str, workdir: Path) -> Planted:
 def planted_symlinks(inst, workdir: Path, names: tuple[str, ...] = tuple(SYMLINK_PATHS),
                      threads: int = 4) -> tuple[Result, list[Planted]]:
     """Each path the daemons and crashprobe write, made a symlink to a victim file or
-    directory in a fresh installation; then the programs run and a few records are sent.
-    Nothing may be written through the link."""
+    directory in a fresh installation of its own (not `inst`); then the programs run and a
+    few records are sent.  Nothing may be written through the link."""
     def one(n_name):
         n, name = n_name
         root = workdir / f"s{n}"
-        return _plant(fresh_install(inst, root / "i"), name, root)
+        return _plant(make_user_install(root / "i"), name, root)
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         planted = list(pool.map(one, enumerate(names)))

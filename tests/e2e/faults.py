@@ -31,9 +31,9 @@ from pipeline import (
     journal_outcomes,
     queue_order,
     queue_stats,
-    wait_for,
 )
 from services import POSTD, PROBD
+from support import wait_until
 
 # --- chaos: kill -9 at random instants ----------------------------------------------------
 
@@ -81,7 +81,10 @@ def chaos(inst, workdir: Path, plan: ChaosPlan = ChaosPlan()) -> ChaosOutcome:
                     pipe.manager.wait_running(target)
                     if pipe.manager.kill(target):
                         kills[target] += 1
-                time.sleep(plan.gap[1])  # records flow again after the last restart
+                acked = ledger.acked_count
+                for name in (PROBD, POSTD):
+                    pipe.manager.wait_running(name)
+                wait_until(lambda: ledger.acked_count > acked, 30, "records acknowledged after the last restart")
             finally:
                 senders.stop()
             pipe.wait_drained(plan.drain_timeout)
@@ -99,7 +102,6 @@ def chaos(inst, workdir: Path, plan: ChaosPlan = ChaosPlan()) -> ChaosOutcome:
     )
     return ChaosOutcome(result, kills, tuple(lost), tuple(wrong), extra, ledger.legacy, dict(ledger.refused),
                         dict(ledger.errors), int(stats["duplicates"]), state)
-
 
 
 # --- outage: the collector away for a long stretch ------------------------------------------
@@ -412,7 +414,7 @@ def disk_full(inst, workdir: Path, plan: DiskFullPlan = DiskFullPlan()) -> DiskF
                 filler = fill(state_dir)
                 full_at = time.monotonic()
                 errors_before = pipe.manager.log(POSTD).count("trying again in")
-                wait_for(lambda: ledger.refused.get("no-space", 0) > 0, 30, "a no-space refusal")
+                wait_until(lambda: ledger.refused.get("no-space", 0) > 0, 30, "a no-space refusal")
                 probe = subprocess.run(
                     [sys.executable, "-m", "telemetry.probes.telem_record_gen", "-c", "org.example/e2e/probe",
                      "-p", "sent while the disk is full"], env=inst.env, capture_output=True, text=True, timeout=60)
@@ -423,7 +425,7 @@ def disk_full(inst, workdir: Path, plan: DiskFullPlan = DiskFullPlan()) -> DiskF
                 postd_errors = pipe.manager.log(POSTD).count("trying again in") - errors_before
                 full_seconds = time.monotonic() - full_at
                 os.unlink(filler)
-                wait_for(lambda: ledger.acked_count > acked_full, 30, "records accepted again")
+                wait_until(lambda: ledger.acked_count > acked_full, 30, "records accepted again")
                 time.sleep(plan.after_seconds)
             finally:
                 senders.stop()

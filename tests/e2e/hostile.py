@@ -10,7 +10,6 @@ import glob
 import os
 import random
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,10 +33,10 @@ from pipeline import (
     compare,
     health,
     make_record,
-    short_dir,
-    wait_for,
 )
-from services import POSTD, PROBD
+from services import POSTD, PROBD, READY_MARK
+from support import proc_memory, short_tempdir, wait_until
+from telemprobd_harness import send_raw
 
 from telemetry.daemons.queue import NewRecord, Queue, Sender
 from telemetry.record import RecordError, parse_header_block
@@ -56,8 +55,6 @@ def sound_row(n: int) -> dict:
 def write_rows(spool_dir: str, rows: list[dict]) -> None:
     """Straight into the queue, in one transaction, as found; duplicates of a record id
     are made unique by a suffix (the column is UNIQUE)."""
-
-
     Queue(spool_dir).close()  # the schema
     db = sqlite3.connect(f"{spool_dir}/queue.db", isolation_level=None, timeout=10)
     try:
@@ -116,7 +113,7 @@ def hostile_rows(inst, workdir: Path, plan: RowsPlan = RowsPlan()) -> RowsOutcom
             journal = JournalWatch(pipe.journal_dir)
             delivered = lambda: {r.record_id for r in col.accepted()}  # noqa: E731
             try:
-                wait_for(lambda: set(good) <= delivered(), plan.timeout, "every sound row delivered")
+                wait_until(lambda: set(good) <= delivered(), plan.timeout, "every sound row delivered")
             except AssertionError:
                 pass
             left_before = -1
@@ -168,39 +165,6 @@ def expected_kept(frame: bytes) -> bool:
     return True
 
 
-def send_one(path: str, frame: bytes) -> bytes:
-    """One frame on one connection, as a probe sends it; the reply (b"" if none)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(30)
-        s.connect(path)
-        try:
-            s.sendall(frame)
-            s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before the end: the reply says why
-        data = b""
-        try:
-            while not data.endswith(b"\n"):
-                chunk = s.recv(512)
-                if not chunk:
-                    break
-                data += chunk
-        except ConnectionResetError:
-            pass
-        return data
-
-
-def rss_of(pid: int | None) -> int:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, TypeError):
-        pass
-    return 0
-
-
 @dataclass(frozen=True)
 class FramesPlan:
     frames: int = 10_000
@@ -243,7 +207,7 @@ def hostile_frames(inst, workdir: Path, plan: FramesPlan = FramesPlan()) -> Fram
             journal = JournalWatch(pipe.journal_dir)
 
             def one(frame: bytes) -> None:
-                reply = send_one(pipe.socket_path, frame)
+                reply = send_raw(pipe.socket_path, frame, timeout=30)
                 status = reply.split()[1].decode() if reply.startswith(b"TM/1 ") else ("none" if not reply else "?")
                 kept = status == "accepted"
                 with lock:
@@ -260,9 +224,9 @@ def hostile_frames(inst, workdir: Path, plan: FramesPlan = FramesPlan()) -> Fram
             warm = int(len(frames) * plan.warmup)
             with concurrent.futures.ThreadPoolExecutor(plan.threads) as pool:
                 list(pool.map(one, frames[:warm]))
-                rss_warm = rss_of(pid)
+                rss_warm = proc_memory(pid, "VmRSS")
                 list(pool.map(one, frames[warm:]))
-            rss_end = rss_of(pid)
+            rss_end = proc_memory(pid, "VmRSS")
             alive = pipe.manager.pid(PROBD) == pid
             pipe.wait_drained(plan.drain_timeout)
             state = health(pipe)
@@ -414,7 +378,6 @@ PROBD_ONLY = {
     "socket path too long": b"[settings]\nsocket_path=/" + b"s" * 120 + b"\n",
     "relative socket path": b"[settings]\nsocket_path=telem-0\n",
 }
-READY = {"telemprobd": "ready:", "telempostd": "delivering "}
 
 
 @dataclass(frozen=True)
@@ -440,7 +403,7 @@ def run_program(module: str, env: dict[str, str], args: tuple[str, ...] = (), ti
     def read() -> None:
         for line in proc.stderr:
             lines.append(line.rstrip("\n"))
-            if READY.get(name, "\0") in line:
+            if READY_MARK.get(name, "\0") in line:
                 ready.set()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -463,7 +426,7 @@ def isolated_env(inst, tag: str) -> Iterator[dict[str, str]]:
     """The installation's environment with private state and runtime directories (short:
     the socket lives there), so that programs started at once never share a socket or a
     queue; removed afterwards."""
-    base = Path(short_dir(f"cf-{tag[:8]}-"))
+    base = Path(short_tempdir(f"cf-{tag[:8]}-"))
     try:
         (base / "s").mkdir()
         (base / "r").mkdir(mode=0o700)

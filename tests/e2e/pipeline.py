@@ -12,47 +12,22 @@ from __future__ import annotations
 
 import collections
 import os
-import random
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services import POSTD, PROBD, Exit, ServiceManager
+from support import METADATA, short_tempdir, wait_until
 
 from telemetry.ack import AckStatus
 from telemetry.client import Client, DaemonUnavailable, RecordRejected, SendError
-from telemetry.metadata import Metadata
 from telemetry.record import Record, create_record
 
-# Fixed metadata the reference collector accepts; reading the machine's for every record
-# would measure /proc, not the pipeline.
-METADATA = Metadata(
-    arch="x86_64",
-    host_type="QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-3.1",
-    build="41000",
-    kernel_version="6.6.1-1.native",
-    system_name="clear-linux-os",
-    board_name="blank|blank",
-    cpu_model="Intel(R) Core(TM) i7-7600U CPU @ 2.80GHz",
-    bios_version="1.16.1-1",
-)
-LOOPBACK = "127.0.0.1,localhost"
 MB = 1024 * 1024
-
-
-def short_dir(prefix: str = "e2e-") -> str:
-    """Unix socket paths are limited to 107 bytes: sockets live in a short /tmp directory."""
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-
-
-def no_proxy_env(env: dict[str, str]) -> dict[str, str]:
-    """The collectors listen on 127.0.0.1: a proxy from the environment must not catch them."""
-    return {**env, "no_proxy": LOOPBACK, "NO_PROXY": LOOPBACK}
 
 
 # --- what the senders were told ---------------------------------------------------------
@@ -62,25 +37,21 @@ class Ledger:
     """Every send and its answer; filled by several sender threads."""
     sent: int = 0
     acked: dict[str, str] = field(default_factory=dict)  # record id -> event id
-    ack_order: list[str] = field(default_factory=list)
     legacy: int = 0  # kept=True without a reply: an original telemprobd, never ours
     refused: collections.Counter = field(default_factory=collections.Counter)  # AckStatus value -> n
     errors: collections.Counter = field(default_factory=collections.Counter)  # first words -> n
-    by_sender: collections.Counter = field(default_factory=collections.Counter)  # sender -> acked
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def sending(self) -> None:
         with self.lock:
             self.sent += 1
 
-    def kept(self, sender: int, record_id: str | None, event_id: str, legacy: bool) -> None:
+    def kept(self, record_id: str | None, event_id: str, legacy: bool) -> None:
         with self.lock:
             if legacy or record_id is None:
                 self.legacy += 1
                 return
             self.acked[record_id] = event_id
-            self.ack_order.append(record_id)
-            self.by_sender[sender] += 1
 
     def refusal(self, status: AckStatus) -> None:
         with self.lock:
@@ -94,10 +65,6 @@ class Ledger:
     def acked_count(self) -> int:
         with self.lock:
             return len(self.acked)
-
-    def snapshot(self) -> dict[str, str]:
-        with self.lock:
-            return dict(self.acked)
 
 
 def event_id(sender: int, n: int) -> str:
@@ -161,7 +128,7 @@ class Senders:
             except SendError as e:
                 self.ledger.error(e)
                 continue
-            self.ledger.kept(sender, ack.record_id, record.event_id, ack.legacy)
+            self.ledger.kept(ack.record_id, record.event_id, ack.legacy)
 
     def start(self) -> Senders:
         for i in range(self.threads):
@@ -212,10 +179,6 @@ class ReferenceCollector:
         if self._running is not None:
             self._running.stop()
             self._running = None
-
-    @property
-    def up(self) -> bool:
-        return self._running is not None
 
     @property
     def url(self) -> str:
@@ -305,26 +268,10 @@ class JournalWatch:
         return self.outcomes
 
 
-def counters(spool_dir: str) -> dict[str, int]:
-    return {f"{d}:{n}": v for d, n, v in _read(os.path.join(spool_dir, "queue.db"),
-                                               "SELECT daemon, name, value FROM counters")}
-
-
 def integrity(path: str) -> str:
     """SQLite's own verdict on a database file ("ok" when sound)."""
     rows = _read(path, "PRAGMA integrity_check")
     return "; ".join(r[0] for r in rows) if rows else "missing"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout:.0f} s")
-        time.sleep(interval)
 
 
 # --- the pipeline ----------------------------------------------------------------------------
@@ -344,7 +291,7 @@ class Pipeline:
     def __init__(self, inst, server: str, config: str = "", *, postd: bool = True,
                  socket_activation: bool = True, socket_dir: str | None = None, log_name: str = "logs"):
         self.inst = inst
-        self.socket_dir = socket_dir or short_dir()
+        self.socket_dir = socket_dir or short_tempdir("e2e-")
         self._own_socket_dir = socket_dir is None
         self.socket_path = os.path.join(self.socket_dir, "telem-0")
         self.spool_dir = _configured(config, "spool_dir") or inst.paths.spool_dir
@@ -354,7 +301,7 @@ class Pipeline:
         inst.write_config(self.config_text)
         inst.opt_in()
         os.makedirs(self.spool_dir, exist_ok=True)
-        self.manager = ServiceManager(no_proxy_env(inst.env), self.socket_path, self.spool_dir,
+        self.manager = ServiceManager(inst.env, self.socket_path, self.spool_dir,
                                       Path(inst.root) / log_name, socket_activation=socket_activation,
                                       postd=postd)
 
@@ -388,7 +335,7 @@ class Pipeline:
         return queue_stats(self.spool_dir)
 
     def wait_drained(self, timeout: float) -> None:
-        wait_for(lambda: self.queued()[0] == 0, timeout, "the queue emptied")
+        wait_until(lambda: self.queued()[0] == 0, timeout, "the queue emptied")
 
     def peak_rss_mb(self, names: Iterable[str] = (PROBD, POSTD)) -> float:
         return max((self.manager.usage(n).peak_rss for n in names if n in self.manager.services), default=0) / MB
@@ -454,7 +401,3 @@ def compare(acked: dict[str, str], stored: dict[str, Stored]) -> tuple[int, list
     lost = [rid for rid in acked if rid not in stored]
     wrong = [rid for rid, ev in acked.items() if rid in stored and stored[rid].event_id != ev]
     return len(acked) - len(lost), lost, wrong
-
-
-def rng_for(seed: int | None) -> random.Random:
-    return random.Random(seed)

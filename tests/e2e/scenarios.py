@@ -2,7 +2,7 @@
 bench/chaos.py (long runs, the summary table): one import for both.
 
 Each scenario takes an installation (`inst`: the tests' UserInstall or the bench's, made
-by tests/conftest.py's make_user_install), a work directory and a plan (its size), runs
+by tests/support.py's make_user_install), a work directory and a plan (its size), runs
 the real pipeline and returns what it saw: a `Result` row for the table plus the details
 the tests assert on.  Nothing here asserts and nothing depends on pytest.  The code is in
 faults.py (kills, outage, flapping, disk full), hostile.py (frames, rows, queue files,
@@ -19,7 +19,6 @@ from abuse import (
     SlotsOutcome,
     connection_hog,
     fairness,
-    fresh_install,
     planted_symlinks,
 )
 from faults import (
@@ -61,6 +60,6 @@ __all__ = [
     "Damaged", "DiskFullOutcome", "DiskFullPlan", "FairnessOutcome", "FairnessPlan", "FlapOutcome", "FlapPlan",
     "FramesOutcome", "FramesPlan", "Health", "OutageOutcome", "OutagePlan", "Planted", "RowsOutcome", "RowsPlan",
     "Run", "SlotsOutcome", "Unavailable", "chaos", "connection_hog", "damaged_queue_files", "disk_full", "fairness",
-    "flapping", "fresh_install", "hostile_frames", "hostile_rows", "isolated_env", "malformed_configs", "outage",
+    "flapping", "hostile_frames", "hostile_rows", "isolated_env", "malformed_configs", "outage",
     "planted_symlinks", "run_program",
 ]

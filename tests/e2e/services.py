@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support import proc_memory
+
 RESTART_SEC = 0.1
 MONITOR_INTERVAL = 0.02
 SAMPLE_INTERVAL = 0.2
@@ -76,17 +78,6 @@ class Usage:
         return self.cpu_seconds + self._current_cpu
 
 
-def _vm_hwm(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def _cpu(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -97,10 +88,9 @@ def _cpu(pid: int) -> float:
 
 
 class Service:
-    def __init__(self, manager: ServiceManager, name: str, args: tuple[str, ...]):
+    def __init__(self, manager: ServiceManager, name: str):
         self.manager = manager
         self.name = name
-        self.args = args
         self.proc: subprocess.Popen | None = None
         self.usage = Usage()
         self.enabled = True
@@ -113,20 +103,19 @@ class Service:
     # --- driven by the manager ---------------------------------------------------------
 
     def start(self) -> None:
-        env = {k: v for k, v in self.manager.env.items() if k not in ("LISTEN_FDS", "LISTEN_PID", "INVOCATION_ID")}
         try:
             self.log_offset = self.log_path.stat().st_size
         except FileNotFoundError:
             self.log_offset = 0
+        if self.name == PROBD and self.manager.listener is not None:
+            pass_fds = (self.manager.listener.fileno(),)
+            argv = [sys.executable, "-c", _ACTIVATED, str(pass_fds[0]), self.name]
+        else:
+            pass_fds = ()
+            argv = [sys.executable, "-m", f"telemetry.daemons.{self.name}"]
         with open(self.log_path, "ab") as log:
-            if self.name == PROBD and self.manager.listener is not None:
-                fd = self.manager.listener.fileno()
-                argv = [sys.executable, "-c", _ACTIVATED, str(fd), self.name, *self.args]
-                self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             pass_fds=(fd,))
-            else:
-                argv = [sys.executable, "-m", f"telemetry.daemons.{self.name}", *self.args]
-                self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(argv, env=self.manager.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         pass_fds=pass_fds)
         self.usage.starts += 1
         self.usage._current_cpu = 0.0
         self._restart_at = None
@@ -150,7 +139,7 @@ class Service:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        self.usage.peak_rss = max(self.usage.peak_rss, _vm_hwm(proc.pid))
+        self.usage.peak_rss = max(self.usage.peak_rss, proc_memory(proc.pid, "VmHWM"))
         self.usage._current_cpu = max(self.usage._current_cpu, _cpu(proc.pid))
 
     def reap(self) -> Exit | None:
@@ -195,11 +184,11 @@ class Service:
 
 
 class ServiceManager:
-    """Starts, watches and restarts the two daemons of one user-mode installation."""
+    """Starts, watches and restarts the two daemons of one user-mode installation (`env`:
+    its environment, which has none of systemd's variables)."""
 
     def __init__(self, env: dict[str, str], socket_path: str, spool_dir: str, log_dir: Path,
-                 *, probd_args: tuple[str, ...] = (), postd_args: tuple[str, ...] = (),
-                 socket_activation: bool = True, postd: bool = True):
+                 *, socket_activation: bool = True, postd: bool = True):
         self.env = dict(env)
         self.socket_path = socket_path
         self.wakeup_file = os.path.join(spool_dir, "queue.changed")
@@ -208,9 +197,9 @@ class ServiceManager:
         self.listener: socket.socket | None = None
         if socket_activation:
             self.listener = self._bind(socket_path)
-        self.services = {PROBD: Service(self, PROBD, probd_args)}
+        self.services = {PROBD: Service(self, PROBD)}
         if postd:
-            self.services[POSTD] = Service(self, POSTD, postd_args)
+            self.services[POSTD] = Service(self, POSTD)
         self.exits: list[Exit] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -294,11 +283,6 @@ class ServiceManager:
             svc.sample()
             return svc.kill()
 
-    def set_enabled(self, name: str, enabled: bool) -> None:
-        """Disabled: not restarted (an administrator's `systemctl stop`)."""
-        with self._lock:
-            self.services[name].enabled = enabled
-
     def signal(self, name: str, sig: int) -> None:
         with self._lock:
             proc = self.services[name].proc
@@ -354,11 +338,16 @@ class ServiceManager:
         return proc.returncode
 
     def stop(self) -> dict[str, int | None]:
-        """Stop intake first, then delivery; the monitor last."""
+        """Stop intake first, then delivery; the monitor last.  A daemon that does not stop
+        on SIGTERM is killed and named in an AssertionError, once everything is stopped."""
         codes = {}
+        failures = []
         for name in (PROBD, POSTD):
             if name in self.services:
-                codes[name] = self.stop_service(name)
+                try:
+                    codes[name] = self.stop_service(name)
+                except AssertionError as e:
+                    failures.append(str(e))
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -369,17 +358,9 @@ class ServiceManager:
                 os.unlink(self.socket_path)
             except OSError:
                 pass
+        if failures:
+            raise AssertionError("; ".join(failures))
         return codes
-
-    def __enter__(self) -> ServiceManager:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.stop()
-        except AssertionError:
-            if exc[0] is None:
-                raise
 
     # --- what happened -----------------------------------------------------------------
 
@@ -392,10 +373,6 @@ class ServiceManager:
     def crashes(self) -> list[Exit]:
         with self._lock:
             return [e for e in self.exits if e.crashed]
-
-    def kills(self, name: str | None = None) -> int:
-        with self._lock:
-            return sum(1 for e in self.exits if e.killed_by_us and (name is None or e.name == name))
 
     def log(self, name: str) -> str:
         return self.services[name].log()

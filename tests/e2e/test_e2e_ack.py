@@ -16,7 +16,8 @@ import sqlite3
 import threading
 import time
 
-from telemprobd_harness import Probd, c_frame, good_headers, queued, wait_until
+from support import wait_until
+from telemprobd_harness import Probd, c_frame, good_headers, queued
 
 from telemetry.client import Client, SendError
 from telemetry.record import create_record

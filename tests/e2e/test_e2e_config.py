@@ -8,9 +8,10 @@ import os
 import signal
 
 import pytest
-from pipeline import Ledger, Pipeline, ReferenceCollector, Senders, wait_for
+from pipeline import Ledger, Pipeline, ReferenceCollector, Senders
 from scenarios import MALFORMED_CONFIGS, isolated_env, malformed_configs, run_program
 from services import POSTD, PROBD
+from support import wait_until
 
 DAEMONS = ("telemprobd", "telempostd")
 
@@ -71,8 +72,8 @@ def test_sighup_with_a_malformed_file_keeps_the_running_settings(user_install, t
                 for daemon in (PROBD, POSTD):
                     pipe.manager.signal(daemon, signal.SIGHUP)
                 for daemon in (PROBD, POSTD):
-                    wait_for(lambda d=daemon, k=n + 1: pipe.manager.log(d).count("keeping") >= k, 20,
-                             f"{daemon} to refuse {name!r}")
+                    wait_until(lambda d=daemon, k=n + 1: pipe.manager.log(d).count("keeping") >= k, 20,
+                               f"{daemon} to refuse {name!r}")
             ledger = Ledger()
             Senders(client, ledger, threads=1, total=10).start().join()
             assert len(ledger.acked) == 10, ledger

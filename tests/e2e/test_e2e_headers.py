@@ -8,13 +8,12 @@ received; the reference collector shows what was stored.
 
 from __future__ import annotations
 
-import socket
-
 import http_collector as hc
 import pytest
 from mutators import HOSTILE_VALUES, foreign_headers
-from pipeline import METADATA, Pipeline, ReferenceCollector, wait_for
-from telemprobd_harness import c_frame, good_headers, read_reply
+from pipeline import Pipeline, ReferenceCollector
+from support import METADATA, wait_until
+from telemprobd_harness import c_frame, good_headers, send_raw
 
 from telemetry.client import RecordRejected
 from telemetry.metadata import Metadata
@@ -26,15 +25,6 @@ FIELDS = ("classification", "host_type", "build", "kernel_version", "board_name"
 
 def raw_value(value: str) -> bytes:
     return value.encode("utf-8", errors="surrogatepass")
-
-
-def send_frame(path: str, frame: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(frame)
-        s.shutdown(socket.SHUT_WR)
-        return read_reply(s)
 
 
 def hostile_frames() -> list[tuple[str, bytes]]:
@@ -58,10 +48,10 @@ def test_hostile_values_from_a_c_probe_are_refused_and_never_sent(user_install):
     with hc.Collector() as col:
         pipe = Pipeline(user_install, col.url, "rate_limit_enabled=false")
         with pipe:
-            replies = {name: send_frame(pipe.socket_path, frame) for name, frame in hostile_frames()}
-            canary = send_frame(pipe.socket_path, c_frame(good_headers(), b"canary"))
+            replies = {name: send_raw(pipe.socket_path, frame) for name, frame in hostile_frames()}
+            canary = send_raw(pipe.socket_path, c_frame(good_headers(), b"canary"))
             assert canary.startswith(b"TM/1 accepted")
-            wait_for(lambda: col.accepted(), 30, "the canary delivered")
+            wait_until(lambda: col.accepted(), 30, "the canary delivered")
             pipe.wait_drained(30)
         received = list(col.received)
     accepted = {n: r for n, r in replies.items() if not r.startswith(b"TM/1 invalid")}
@@ -97,7 +87,7 @@ def test_unusual_valid_values_arrive_whole_as_one_header_each(user_install, tmp_
     with ReferenceCollector(tmp_path) as collector:
         pipe = Pipeline(user_install, collector.url, "rate_limit_enabled=false")
         with pipe:
-            reply = send_frame(pipe.socket_path, c_frame(good_headers(**values), b"unusual"))
+            reply = send_raw(pipe.socket_path, c_frame(good_headers(**values), b"unusual"))
             assert reply.startswith(b"TM/1 accepted"), reply
             record_id = reply.split()[2].decode()
             pipe.wait_drained(30)

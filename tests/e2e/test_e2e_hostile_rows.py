@@ -14,8 +14,9 @@ import uuid
 
 import http_collector as hc
 import pytest
-from pipeline import Pipeline, journal_outcomes, make_record, wait_for
+from pipeline import Pipeline, journal_outcomes, make_record
 from services import POSTD
+from support import wait_until
 
 from telemetry.daemons.queue import NewRecord, Queue, Sender
 
@@ -73,7 +74,7 @@ def test_a_mistyped_row_is_decided_and_the_rest_delivered(user_install, case):
         else:
             damage_one(pipe.spool_dir, ids[1], column, value)
         with pipe:
-            wait_for(lambda: {ids[0], ids[2]} <= {r.record_id for r in col.accepted()}, 30, "the good rows delivered")
+            wait_until(lambda: {ids[0], ids[2]} <= {r.record_id for r in col.accepted()}, 30, "the good rows delivered")
             if column not in ("next_attempt_at",):  # never due: it waits for its expiry, harmlessly
                 pipe.wait_drained(30)
             assert not pipe.manager.crashes(), pipe.manager.log(POSTD)[-3000:]

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,16 +26,6 @@ from telemetry.config import load
 from telemetry.daemons.queue import WAKEUP_FILE, Queue
 
 WAIT = 60.0  # a bound for a loaded machine, never a measurement
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer."""
-    d = tempfile.mkdtemp(prefix="tma-", dir="/tmp")
-    try:
-        yield Path(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @contextmanager
