@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from support import UserInstall, make_user_install, short_tempdir
+
+# No per-example deadline: a deadline is a timing assertion, and these machines are shared.
+# CI (.ci/run) uses the "ci" profile: the same examples on every run, so a failure there
+# is the change's and can be reproduced; elsewhere each run explores new ones.
+settings.register_profile("default", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture
