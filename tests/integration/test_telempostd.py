@@ -274,6 +274,23 @@ def test_tells_systemd_it_is_ready(user_install, collector, short_dir):
     assert b"STOPPING=1" in messages
 
 
+def test_pings_the_watchdog_systemd_asks_for_while_idle_and_in_a_pass(user_install, short_dir):
+    # The collector is down: records wait for their retry, and the daemon sleeps between pings.
+    user_install.write_config(settings_text("http://127.0.0.1:9/v2/collector"))
+    fill(user_install, 3)
+    path = str(short_dir / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        s.settimeout(10)
+        with Daemon(user_install, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}) as d:
+            pings = 0
+            while pings < 5:
+                pings += s.recv(4096) == b"WATCHDOG=1"
+            assert d.stop() == 0
+    assert counters(user_install.paths.spool_dir).get("retried")
+    assert "Traceback" not in d.log()
+
+
 def test_sleeps_through_a_far_expiry(user_install):
     # record_expiry at its maximum: the expiry arithmetic and the sleep stay in range.
     user_install.write_config(settings_text("http://127.0.0.1:9/v2/collector", record_expiry=153722867280912930))

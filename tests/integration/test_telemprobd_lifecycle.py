@@ -170,6 +170,18 @@ def test_sd_notify_ready_and_status_counters(short_dir, user_install):
     notify.close()
 
 
+def test_pings_the_watchdog_systemd_asks_for(short_dir, user_install):
+    notify_path = os.path.join(short_dir, "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(10)
+        # WatchdogSec=0.2: a ping every 0.1 s while nothing else happens.
+        with Probd(user_install, env={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"}):
+            pings = 0
+            while pings < 3:
+                pings += notify.recv(4096) == b"WATCHDOG=1"
+
+
 IDLE_1S = (
     "import telemetry.daemons.ingest as ingest; ingest.IDLE_EXIT_AFTER = 1.0; "
     "from telemetry.daemons.telemprobd import main; main()"
