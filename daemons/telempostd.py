@@ -55,6 +55,7 @@ from .journal import (
 from .outcome import Classified, Response, Verdict, classify
 from .queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, is_corruption
 from .request import Request, RequestFormat, build_request
+from .watchdog import PING_MESSAGE, Watchdog, interval_from
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -183,6 +184,8 @@ class Postd:
         self._config_error_logged = False
         self._queue_retry_at: float | None = None
         self._record_warnings = 0  # in the current pass
+        # On the real clock, not `clock`: systemd's timeout runs on it.
+        self.watchdog = Watchdog(interval_from(os.environ, os.getpid()), time.monotonic())
         self.view = spool.QueueView(0, None, None)
         self._refresh_view()
 
@@ -285,6 +288,13 @@ class Postd:
             self.notify(f"STATUS={self.view.rows} records waiting; collector retry in {wait:.0f} s")
         else:
             self.notify(f"STATUS={self.view.rows} records queued")
+
+    def keep_alive(self) -> None:
+        """Ping systemd's watchdog when due: from the main loop, and within a long pass."""
+        now = time.monotonic()
+        if self.watchdog.due(now):
+            self.notify(PING_MESSAGE)
+            self.watchdog.pinged(now)
 
     @staticmethod
     def notify(message: str) -> None:
@@ -399,6 +409,7 @@ class Postd:
 
         try:
             while True:
+                self.keep_alive()
                 now = self.clock()
                 while (delivery is None or delivery.has_capacity()) and not self.stopping and self.gate.is_open(now):
                     if not buffer:
@@ -471,6 +482,7 @@ class Postd:
         return Decision(row, record, Counter.RETRIED, None, c.detail, c.status, attempts, when)
 
     def _commit(self, decisions: list[Decision], tally: collections.Counter[Counter]) -> None:
+        self.keep_alive()
         """Journal first, then the queue: a crash in between repeats a record's processing
         (one journal entry, at most one duplicate POST), never loses it."""
         decisions.sort(key=lambda d: d.row.seq)
@@ -616,9 +628,15 @@ def serve(postd: Postd, config_file: str | None) -> None:
             if postd.should_exit_idle():
                 log.info("Telemetry post daemon exiting for recycling")
                 break
+            postd.keep_alive()
             wake = postd.next_wake()
             timeout = None if wake is None else min(MAX_SLEEP, max(0.0, wake - postd.clock()))
-            for key, _ in sel.select(timeout):
+            ping_in = postd.watchdog.next_at - time.monotonic()
+            ping_only = timeout is None or ping_in < timeout  # woken only to ping: no pass
+            if ping_only and postd.watchdog.interval is not None:
+                timeout = max(0.0, ping_in)
+            events = sel.select(timeout)
+            for key, _ in events:
                 if key.data == "queue":
                     if watch.read():
                         postd.last_activity = postd.clock()
@@ -626,6 +644,8 @@ def serve(postd: Postd, config_file: str | None) -> None:
                     signals.drain()
             if postd.stopping:
                 break
+            if not events and ping_only and postd.watchdog.interval is not None:
+                continue
             if not postd.reload_requested and postd.pass_due():
                 postd.run_pass()
         postd.notify("STOPPING=1")
@@ -635,13 +655,42 @@ def serve(postd: Postd, config_file: str | None) -> None:
         signals.close()
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+EPILOG = """\b
+Signals:
+  SIGHUP           reload telemetrics.conf; a bad file is logged and the old settings kept
+  SIGTERM, SIGINT  stop; records in flight stay queued and are sent again later
+
+\b
+systemd: Type=notify (READY=1, STATUS=, WATCHDOG=1 when WatchdogSec= is set).  Started
+by systemd with daemon_recycling_enabled=true, it exits after 300 s without work once
+nothing is queued; telempostd.path starts it again when a record is queued.
+
+\b
+Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
+  /var/spool/telemetry/queue.db       the queue it delivers from
+  /var/spool/telemetry/queue.changed  touched by telemprobd at each commit
+  /var/log/telemetry/journal.db       what became of each record, and retained payloads
+
+\b
+Exit status: 0 when stopped by a signal or for recycling; 1 when it cannot start (a bad
+configuration, an unusable queue), with a one-line message.
+"""
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
 @click.option("--idle-exit-after", type=click.FloatRange(min=0), default=spool.IDLE_EXIT_AFTER, hidden=True)
 @handle_errors
 def main(config_file: str | None, idle_exit_after: float) -> None:
-    """Deliver queued telemetry records to the collector."""
+    """Deliver queued telemetry records to the collector.
+
+    Records are POSTed to `server` in queue order, several at a time over kept-alive
+    connections, in the request format `request_format` chooses.  A 2xx removes the
+    record; a 4xx other than 408 and 429 rejects it for good; anything else keeps it for
+    another attempt after an exponential backoff (Retry-After honoured) until
+    `record_expiry`.  Each outcome goes to the journal ('telemctl journal').  Settings:
+    telemetrics.conf(5)."""
     os.environ["LC_ALL"] = "C"
     paths = Paths.detect()
     cfg = config_mod.load(paths, config_file)

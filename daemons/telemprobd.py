@@ -109,13 +109,46 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
         listener.close()
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+EPILOG = """\b
+Listening: on the socket systemd passes (telemprobd.socket); started by hand, it binds
+socket_path itself (mode 0666, a stale socket is replaced, a symbolic link refused).
+
+\b
+Signals:
+  SIGHUP           reload telemetrics.conf; a bad file is logged and the old settings kept
+  SIGTERM, SIGINT  finish the records being read, commit and acknowledge them, exit 0
+
+\b
+systemd: Type=notify (READY=1, STATUS= with the counters, WATCHDOG=1 when WatchdogSec=
+is set).  Started by systemd with daemon_recycling_enabled=true, it exits after 300 s
+without work; the socket starts it again.
+
+\b
+Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
+  /etc/telemetrics/opt-in          nothing is accepted without it
+  /var/spool/telemetry/queue.db    the queue (SQLite, WAL, synchronous=FULL)
+  /var/lib/telemetry/machine_id    the machine id, replaced every 3 days
+  /var/log/telemetry/journal.db    records refused for lack of spool space
+
+\b
+Exit status: 0 when stopped by a signal or for recycling; 1 when it cannot start (a bad
+configuration, a socket it cannot listen on), with a one-line message.
+"""
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
 @handle_errors
 def main(config_file: str | None) -> None:
     """Accept records from probes on the telemetry socket, validate and rate-limit them,
-    queue them durably for telempostd and acknowledge each one."""
+    queue them durably for telempostd and acknowledge each one.
+
+    Every record is checked (framing, headers, sizes, classification), counted against the
+    rate limits (per machine and per sending user), stamped with the machine id and
+    committed to the queue together with the other records waiting at that moment; only
+    then does its sender get the acknowledgement, so an acknowledged record survives a
+    crash or a power cut.  Settings: telemetrics.conf(5)."""
     paths = Paths.detect()
     cfg = config_mod.load(paths, config_file)
     log_mod.setup(PROGRAM, cfg.log_level)
