@@ -658,7 +658,7 @@ def serve(postd: Postd, config_file: str | None) -> None:
 EPILOG = """\b
 Signals:
   SIGHUP           reload telemetrics.conf; a bad file is logged and the old settings kept
-  SIGTERM, SIGINT  stop; records in flight stay queued and are sent again later
+  SIGTERM, SIGINT  start no new request; the ones in flight finish and are recorded; exit 0
 
 \b
 systemd: Type=notify (READY=1, STATUS=, WATCHDOG=1 when WatchdogSec= is set).  Started
