@@ -49,7 +49,7 @@ from .staging import (
     new_record_id,
     reply,
 )
-from .watchdog import PING_MESSAGE, Watchdog, interval_from
+from .watchdog import Watchdog
 
 log = logging.getLogger("telemprobd")
 
@@ -223,7 +223,7 @@ class IngestLoop:
         self._next_journal = now
         self._next_status = now
         self._last_status = ""
-        self._watchdog = Watchdog(interval_from(os.environ, os.getpid()), now)
+        self._watchdog = Watchdog.from_environment(now)
         self._accept_paused_until = 0.0
         self._ep = select.epoll()
         self._lfd = listener.sock.fileno()
@@ -655,9 +655,7 @@ class IngestLoop:
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + TICK
-        if self._watchdog.due(now):
-            self._notify(PING_MESSAGE)
-            self._watchdog.pinged(now)
+        self._watchdog.ping_if_due(now, self._notify)
         for conn in [c for c in self._conns.values() if now >= c.deadline]:
             got = f" ({conn.buffered} bytes received)" if conn.buffered else " (nothing received)"
             self._refuse(conn, AckStatus.INVALID,

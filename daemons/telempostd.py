@@ -55,7 +55,7 @@ from .journal import (
 from .outcome import Classified, Response, Verdict, classify
 from .queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, is_corruption
 from .request import Request, RequestFormat, build_request
-from .watchdog import PING_MESSAGE, Watchdog, interval_from
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -185,7 +185,7 @@ class Postd:
         self._queue_retry_at: float | None = None
         self._record_warnings = 0  # in the current pass
         # On the real clock, not `clock`: systemd's timeout runs on it.
-        self.watchdog = Watchdog(interval_from(os.environ, os.getpid()), time.monotonic())
+        self.watchdog = Watchdog.from_environment(time.monotonic())
         self.view = spool.QueueView(0, None, None)
         self._refresh_view()
 
@@ -291,10 +291,7 @@ class Postd:
 
     def keep_alive(self) -> None:
         """Ping systemd's watchdog when due: from the main loop, and within a long pass."""
-        now = time.monotonic()
-        if self.watchdog.due(now):
-            self.notify(PING_MESSAGE)
-            self.watchdog.pinged(now)
+        self.watchdog.ping_if_due(time.monotonic(), self.notify)
 
     @staticmethod
     def notify(message: str) -> None:

@@ -8,7 +8,8 @@ The daemons ping at half the timeout, from their main loop and from their long p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 
 PING_MESSAGE = "WATCHDOG=1"
 
@@ -30,6 +31,16 @@ class Watchdog:
     def __init__(self, interval: float | None, now: float):
         self.interval = interval
         self.next_at = float("inf") if interval is None else now
+
+    @classmethod
+    def from_environment(cls, now: float) -> Watchdog:
+        """The watchdog systemd set up for this process, if any."""
+        return cls(interval_from(os.environ, os.getpid()), now)
+
+    def ping_if_due(self, now: float, notify: Callable[[str], object]) -> None:
+        if self.due(now):
+            notify(PING_MESSAGE)
+            self.pinged(now)
 
     def due(self, now: float) -> bool:
         return now >= self.next_at
