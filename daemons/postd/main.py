@@ -32,6 +32,7 @@ import click
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
+from telemetry.bootid import read_boot_id
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
 from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
 from telemetry.daemons.postd import spool
@@ -49,7 +50,6 @@ from telemetry.daemons.store.journal import (
     Outcome,
     SetAside,
     entry_for,
-    read_boot_id,
 )
 from telemetry.daemons.store.queue import (
     WAKEUP_FILE,

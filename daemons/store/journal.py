@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from telemetry.bootid import read_boot_id
 from telemetry.daemons.store.queue import is_corruption
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import ensure_dir
@@ -42,8 +43,6 @@ RETAINED_MAX = 100
 SET_ASIDE_MAX = 100
 # The original's readers look at the last 100 entries only.
 READER_WINDOW = 100
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-BOOT_ID_LEN = 36
 DETAIL_MAX = 500
 # Writers append and prune: a small page cache is enough and keeps the daemons small.
 CACHE_KIB = 256
@@ -130,14 +129,6 @@ class SetAside:
     reason: str
     headers: bytes
     payload: bytes
-
-
-def read_boot_id(path: str = BOOT_ID_PATH) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read(BOOT_ID_LEN).decode("ascii", errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def entry_for(

@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from telemetry.bootid import BOOT_ID_PATH, read_boot_id
 from telemetry.daemons.store import journal as J
 from telemetry.daemons.store.journal import Journal, JournalEntry, Outcome, SetAside, entry_for
 from telemetry.metadata import Metadata
@@ -151,10 +152,10 @@ def test_damaged_file_is_moved_aside(tmp_path, caplog):
 def test_boot_id_is_the_first_36_characters(tmp_path):
     p = tmp_path / "boot_id"
     p.write_text("60c014cd-4693-40f1-b334-548cd932949b\n")
-    assert J.read_boot_id(str(p)) == BOOT
-    assert J.read_boot_id(str(tmp_path / "missing")) == ""
-    if os.path.exists(J.BOOT_ID_PATH):
-        assert len(J.read_boot_id()) == 36
+    assert read_boot_id(str(p)) == BOOT
+    assert read_boot_id(str(tmp_path / "missing")) == ""
+    if os.path.exists(BOOT_ID_PATH):
+        assert len(read_boot_id()) == 36
 
 
 def test_wal_mode(journal):
@@ -162,3 +163,9 @@ def test_wal_mode(journal):
     db = sqlite3.connect(journal.path)
     assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(J.SCHEMA_VERSION)
     db.close()
+
+
+def test_boot_id_as_journald_writes_it(tmp_path):
+    p = tmp_path / "boot_id"
+    p.write_text("60c014cd-4693-40f1-b334-548cd932949b\n")
+    assert read_boot_id(str(p), dashes=False) == "60c014cd469340f1b334548cd932949b"
