@@ -22,7 +22,6 @@ import os
 import random
 import selectors
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +55,6 @@ from telemetry.daemons.store.queue import (
     Queue,
     QueuedRecord,
     QueueError,
-    is_corruption,
 )
 from telemetry.errors import TelemetryError
 from telemetry.paths import Paths
@@ -198,13 +196,8 @@ class Postd:
 
     @staticmethod
     def _open_queue(spool_dir: str) -> Queue:
-        try:
-            queue = Queue(spool_dir)
-        except OSError as e:  # the spool directory cannot be created
-            raise QueueError(f"{spool_dir}: {e.strerror or e}") from None
         # Rows are read once, in order: a small page cache keeps the daemon small.
-        queue.db.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-        return queue
+        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB)
 
     def _open_journal(self) -> None:
         now = self.clock()
@@ -264,12 +257,9 @@ class Postd:
             elif self.gate.is_open(self.clock()):
                 self._pump(tally)
             self._queue_retry_at = None
-        except sqlite3.DatabaseError as e:
-            if is_corruption(e):
-                self.queue.reopen_after_corruption(e)
-            else:
-                log.error("queue %s: %s; trying again in %.0f s", self.queue.path, e, QUEUE_ERROR_RETRY)
-                self._queue_retry_at = self.clock() + QUEUE_ERROR_RETRY
+        except QueueError as e:
+            log.error("%s; trying again in %.0f s", e, QUEUE_ERROR_RETRY)
+            self._queue_retry_at = self.clock() + QUEUE_ERROR_RETRY
         self._refresh_view()
         unlogged = self._record_warnings - RECORD_WARNINGS_PER_PASS
         if unlogged > 0:
@@ -316,8 +306,8 @@ class Postd:
         try:
             rows, _ = self.queue.stats()
             self.view = spool.QueueView(rows, self.queue.next_due_time(), self.queue.oldest_received_at())
-        except sqlite3.Error as e:
-            log.error("queue %s: %s", self.queue.path, e)
+        except QueueError as e:
+            log.error("%s", e)
             self.view = spool.QueueView(0, None, None)
 
     def _expire(self, tally: collections.Counter[Counter]) -> None:
