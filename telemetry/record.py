@@ -10,7 +10,9 @@ produce or a collector could be harmed by (line breaks, NULs, invalid UTF-8).
 from __future__ import annotations
 
 import codecs
+import copy
 import dataclasses
+import operator
 import os
 import re
 import struct
@@ -141,16 +143,24 @@ class Record:
 
     def headers(self) -> tuple[tuple[str, str], ...]:
         """The 15 (name, value) pairs in wire order."""
-        return tuple((name, str(getattr(self, name))) for name in H.RECORD_HEADERS)
+        return tuple(zip(H.RECORD_HEADERS, map(str, _wire_values(self)), strict=True))
 
     def header_block(self) -> bytes:
-        return "".join(f"{n}: {v}\n" for n, v in self.headers()).encode("utf-8")
+        """The 15 lines as a frame and the queue carry them."""
+        return (_BLOCK_TEMPLATE % _wire_values(self)).encode("utf-8")
 
     def with_machine_id(self, machine_id: str) -> Record:
-        return dataclasses.replace(self, machine_id=machine_id)
+        """This record as telemprobd queues it: the machine id written in, as the original does."""
+        stamped = copy.copy(self)
+        object.__setattr__(stamped, "machine_id", machine_id)
+        return stamped
 
     def with_payload(self, payload: bytes | str, *, truncate: bool = False) -> Record:
         return dataclasses.replace(self, payload=prepare_payload(payload, truncate=truncate))
+
+
+_wire_values = operator.attrgetter(*H.RECORD_HEADERS)
+_BLOCK_TEMPLATE = "".join(f"{name}: %s\n" for name in H.RECORD_HEADERS)
 
 
 def prepare_payload(payload: bytes | str, *, truncate: bool = False) -> bytes:

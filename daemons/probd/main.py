@@ -25,24 +25,18 @@ from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.bootid import read_boot_id
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.daemons.probd.ingest import IngestLoop, Settings
+from telemetry.daemons.probd.core import Settings
+from telemetry.daemons.probd.ingest import IngestLoop
 from telemetry.daemons.probd.listener import open_listener
 from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import LIMITER_META_KEY, Stager, elapsed_since
+from telemetry.daemons.runtime.lifecycle import IDLE_EXIT_AFTER, started_by_systemd
+from telemetry.daemons.runtime.notify import notify
 from telemetry.machineid import MachineId
 from telemetry.paths import Mode, Paths
 
 PROGRAM = "telemprobd"
 log = logging.getLogger(PROGRAM)
-
-
-def _notify(message: str) -> None:
-    try:
-        from systemd import daemon as sd
-
-        sd.notify(message)
-    except Exception as e:  # no notify socket, or systemd-python missing: nothing to tell
-        log.debug("sd_notify failed: %s", e)
 
 
 def restore_limiter(stager: Stager, settings: Settings, boot_id: str) -> RateLimiter:
@@ -66,7 +60,7 @@ def restore_limiter(stager: Stager, settings: Settings, boot_id: str) -> RateLim
 UMASK = 0o027
 
 
-def serve(paths: Paths, cfg, config_file: str | None) -> int:
+def serve(paths: Paths, cfg, config_file: str | None, idle_exit_after: float = IDLE_EXIT_AFTER) -> int:
     os.umask(os.umask(0) | UMASK)
     settings = Settings.from_config(cfg)
     listener = open_listener(cfg.socket_path, create_dir=paths.mode is Mode.USER)
@@ -93,10 +87,11 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
             limiter=limiter,
             machine_id=machine_id,
             paths=paths,
-            idle_exit=listener.activated or bool(os.environ.get("INVOCATION_ID")),
+            idle_exit=listener.activated or started_by_systemd(),
             boot_id=boot_id,
             reload=reload,
-            notify=_notify,
+            notify=notify,
+            idle_exit_after=idle_exit_after,
         )
         try:
             code = loop.run()
@@ -138,8 +133,9 @@ configuration, a socket it cannot listen on), with a one-line message.
 @click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
+@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=IDLE_EXIT_AFTER, hidden=True)
 @handle_errors
-def main(config_file: str | None) -> None:
+def main(config_file: str | None, idle_exit_after: float) -> None:
     """Accept records from probes on the telemetry socket, validate and rate-limit them,
     queue them durably for telempostd and acknowledge each one.
 
@@ -152,7 +148,7 @@ def main(config_file: str | None) -> None:
     cfg = config_mod.load(paths, config_file)
     log_mod.setup(PROGRAM, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
-    sys.exit(serve(paths, cfg, config_file))
+    sys.exit(serve(paths, cfg, config_file, idle_exit_after))
 
 
 if __name__ == "__main__":

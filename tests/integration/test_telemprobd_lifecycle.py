@@ -182,10 +182,7 @@ def test_pings_the_watchdog_systemd_asks_for(short_dir, user_install):
                 pings += notify.recv(4096) == b"WATCHDOG=1"
 
 
-IDLE_1S = (
-    "import telemetry.daemons.probd.ingest as ingest; ingest.IDLE_EXIT_AFTER = 1.0; "
-    "from telemetry.daemons.probd.main import main; main()"
-)
+IDLE_1S = ("-m", "telemetry.daemons.probd.main", "--idle-exit-after", "1")
 
 
 @pytest.mark.parametrize("env, recycling, exits", [
@@ -198,7 +195,7 @@ def test_idle_exit_only_when_systemd_can_restart_it(short_dir, user_install, env
     user_install.opt_in()
     d = short_dir
     user_install.write_config(f"socket_path={d}/telem-0\ndaemon_recycling_enabled={recycling}")
-    proc = subprocess.Popen([sys.executable, "-c", IDLE_1S], env={**user_install.env, **env},
+    proc = subprocess.Popen([sys.executable, *IDLE_1S], env={**user_install.env, **env},
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: os.path.exists(f"{d}/telem-0"), what="socket")

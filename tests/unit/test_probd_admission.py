@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
 import string
 
@@ -18,11 +19,11 @@ from telemetry.daemons.probd.admission import (
     Refuse,
     fits_spool,
     spool_limit_bytes,
-    stamp_machine_id,
 )
-from telemetry.daemons.probd.ingest import Counters, LogThrottle
+from telemetry.daemons.probd.core import Counters
 from telemetry.daemons.probd.ratelimit import Limit, Policy, RateLimiter
 from telemetry.daemons.probd.staging import classify_failure, elapsed_since, new_record_id
+from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.store.database import Fault, fault_of
 from telemetry.daemons.store.queue import QueueError, Sender
 from telemetry.record import parse_header_block
@@ -60,7 +61,8 @@ printable_ascii = st.text(alphabet=string.ascii_letters + string.digits + string
 @given(printable_ascii, st.sampled_from(["FFFFFFFF", "", "x" * 64, "0"]), st.sampled_from(["x86_64", "a b c"]))
 def test_stamping_replaces_only_the_machine_id(machine_id, sent, arch):
     original = block(machine_id=sent, arch=arch)
-    stamped = parse_header_block(stamp_machine_id(original, machine_id))
+    verdict = admission().judge(Frame(original, b""), ctx(machine_id=machine_id))
+    stamped = parse_header_block(verdict.record.headers)
     before = parse_header_block(original)
     assert stamped.machine_id == machine_id
     assert stamped.with_machine_id(sent) == before
@@ -165,7 +167,7 @@ def test_limiter_state_age_uses_the_right_clock():
 
 
 def test_log_throttle_reports_what_it_held_back():
-    t = LogThrottle(burst=3, interval=10.0)
+    t = LogThrottle(logging.getLogger("test"), burst=3, interval=10.0)
     assert [t.allow(0.0) for _ in range(5)] == [True, True, True, False, False]
     assert t.allow(10.0) and t.take_suppressed() == 2 and t.take_suppressed() == 0
 
