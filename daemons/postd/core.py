@@ -13,10 +13,10 @@ What can lose or duplicate a record is decided here, and tested by property:
   every final fate is journaled in the same `Settle` that deletes the row.
 * A row is sent again only after an answer that asks for it (408, 429, 5xx, a connection
   failure, a configuration error); every answer settles the row it was for exactly once.
-* Fates are settled before new requests start (`SettlePolicy.before_send`, the default):
-  when the daemon is killed, the rows that may be sent again are at most the requests in
-  flight, `max_in_flight`.  Without it, fates are gathered into batches of up to
-  `max_batch` rows or `max_delay` seconds, fewer transactions for more possible repeats.
+* Fates are gathered into batches of up to `max_batch` rows or `max_delay` seconds
+  (`SETTLE_BATCHED`, the default), or settled before any new request starts
+  (`SETTLE_BEFORE_SEND`): then, when the daemon is killed, the rows that may be sent
+  again are at most the requests that were in flight, `max_in_flight`.
 
 A row is parsed into its Record once per process (`_load`), not on every attempt: the
 parsed record is kept, bounded, beside the row's identity until its fate is final.
@@ -74,12 +74,20 @@ class Settings:
 
 @dataclass(frozen=True)
 class SettlePolicy:
-    before_send: bool = True  # settle what was decided before any new request starts
-    max_batch: int = spool.FETCH_SLICE  # otherwise: at most this many fates wait ...
-    max_delay: float = spool.COMMIT_INTERVAL  # ... for at most this long
+    """When decided fates are written: before any new request starts (`before_send`), and
+    in any case once `max_batch` wait or the first has waited `max_delay` seconds."""
+
+    before_send: bool = False
+    max_batch: int = spool.FETCH_SLICE
+    max_delay: float = spool.COMMIT_INTERVAL
 
 
-SETTLE_BEFORE_SEND = SettlePolicy()
+# Fewest transactions: after a kill, up to max_batch + max_in_flight records may be sent
+# again.  Measured on 2 cores, settling before each new request costs about 45 us of CPU
+# per record delivered (two small transactions), half again the rest of the work.
+SETTLE_BATCHED = SettlePolicy()
+# Fewest repeats: after a kill, at most the requests in flight (max_in_flight) are sent again.
+SETTLE_BEFORE_SEND = SettlePolicy(before_send=True)
 
 
 @dataclass(frozen=True)
@@ -160,7 +168,7 @@ class Courier:
     """The state of telempostd across passes; a pass runs from `start_pass` to DONE."""
 
     def __init__(self, settings: Settings, *, boot_id: str, rng: random.Random | None = None,
-                 policy: SettlePolicy = SETTLE_BEFORE_SEND):
+                 policy: SettlePolicy = SETTLE_BATCHED):
         self.settings = settings
         self.boot_id = boot_id
         self.rng = rng or random.Random()

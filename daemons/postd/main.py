@@ -37,7 +37,7 @@ from telemetry.daemons.postd.core import (
     DAEMON,
     DONE,
     RECORD_WARNINGS_PER_PASS,
-    SETTLE_BEFORE_SEND,
+    SETTLE_BATCHED,
     WAIT,
     Courier,
     Fetch,
@@ -128,7 +128,7 @@ class Postd:
         by_systemd: bool | None = None,
         idle_after: float = IDLE_EXIT_AFTER,
         transport: TransportFactory = curl_transport,
-        settle: SettlePolicy = SETTLE_BEFORE_SEND,
+        settle: SettlePolicy = SETTLE_BATCHED,
     ):
         self.paths = paths
         settings = settings_from(cfg)
@@ -139,6 +139,7 @@ class Postd:
         self.core = Courier(settings, boot_id=self.boot_id, rng=rng, policy=settle)
         self.by_systemd = started_by_systemd() if by_systemd is None else by_systemd
         self.idle_after = idle_after
+        self._sync_settles = not settle.before_send
         self.queue = self._open_queue(settings.spool_dir)
         self.journal: Journal | None = None
         self._journal_tried = float("-inf")
@@ -174,10 +175,12 @@ class Postd:
 
     # --- resources ---------------------------------------------------------------------
 
-    @staticmethod
-    def _open_queue(spool_dir: str) -> Queue:
-        # Rows are read once, in order: a small page cache keeps the daemon small.
-        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB)
+    def _open_queue(self, spool_dir: str) -> Queue:
+        # Rows are read once, in order: a small page cache keeps the daemon small.  Fates
+        # settled one request at a time are not synced each: they are on disk with
+        # telemprobd's next commit (or a checkpoint), and a power cut before that repeats
+        # a delivery, it never loses a record.
+        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB, sync_commits=self._sync_settles)
 
     def _open_journal(self) -> None:
         now = self.clock()

@@ -123,9 +123,11 @@ class Database:
     recovered when it is damaged."""
 
     def __init__(self, path: str, layout: Layout, *, readonly: bool = False,
-                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None):
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None,
+                 synchronous: str | None = None):
         self.path = path
         self.layout = layout
+        self.synchronous = synchronous or layout.synchronous
         self.readonly = readonly
         self.busy_timeout_ms = busy_timeout_ms
         self.cache_kib = cache_kib
@@ -147,7 +149,7 @@ class Database:
     def _prepare(self, db: sqlite3.Connection, *, create: bool) -> None:
         if create:
             db.execute("PRAGMA journal_mode = WAL")
-            db.execute(f"PRAGMA synchronous = {self.layout.synchronous}")
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
             present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not {t.name for t in self.layout.tables} <= present:
                 # One transaction: a reader sees every table or none.

@@ -207,17 +207,20 @@ def _bump(db: sqlite3.Connection, counters: dict[tuple[str, str], int]) -> None:
 
 class Queue:
     """`busy_timeout_ms`: how long one statement waits for the other daemon's lock;
-    `cache_kib`: SQLite's page cache (a reader going through rows once needs little)."""
+    `cache_kib`: SQLite's page cache (a reader going through rows once needs little);
+    `sync_commits` False: a commit survives the process at once and reaches the disk with
+    the next synced commit or checkpoint, for writes whose loss in a power cut only
+    repeats work (telempostd's settles: a delivered record sent again, never one lost)."""
 
     def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False,
-                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None):
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None, sync_commits: bool = True):
         self.spool_dir = spool_dir
         self.path = os.path.join(spool_dir, QUEUE_DB)
         self.wakeup_path = os.path.join(spool_dir, WAKEUP_FILE)
         self._create = create and not readonly
         self._ensure_dir()
         self._db = Database(self.path, LAYOUT, readonly=readonly, busy_timeout_ms=busy_timeout_ms,
-                            cache_kib=cache_kib)
+                            cache_kib=cache_kib, synchronous=None if sync_commits else "NORMAL")
 
     def _ensure_dir(self) -> None:
         if self._create:
