@@ -30,10 +30,10 @@ from telemetry.daemons.postd.core import (
     Fetch,
     Query,
     Send,
+    Settings,
     Settle,
     Settlement,
     SettlePolicy,
-    Settings,
     settlement,
 )
 from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused

@@ -21,7 +21,12 @@ from telemetry.ack import AckStatus
 from telemetry.daemons.probd import core as C
 from telemetry.daemons.probd.core import MEASURE, Commit, Ingest, Reply, Settings
 from telemetry.daemons.probd.ratelimit import Limit, Policy, RateLimiter
-from telemetry.daemons.probd.staging import BUSY_GIVE_UP, FLUSH_INTERVAL, LIMITER_META_KEY, StageError
+from telemetry.daemons.probd.staging import (
+    BUSY_GIVE_UP,
+    FLUSH_INTERVAL,
+    LIMITER_META_KEY,
+    StageError,
+)
 from telemetry.daemons.store.queue import Sender
 from telemetry.record import parse_header_block
 from telemetry.wire import Frame
