@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .corefile import CoreDump
+from .corefile import PAGE, CoreDump
 from .files import FileAccess, FileRefused
 from .lines import LineTable, SourceLine
 from .modules import ModuleInfo, ModuleMap, build_module_map
@@ -222,10 +222,16 @@ class Process:
             lm.elf = ELFFile(io.BytesIO(image))
             return
         path = self._exe_path if (info is self._main and self._exe_path) else info.path
+        image = b""
         if self.access.require_build_id and not info.build_id:
-            raise FileRefused(f"{path}: the core has no build id to check the file against")
+            # Without a build id, the file must start with the page the core holds of it.
+            image = self.core.memory.read_at_most(info.start, PAGE) if info.mappings[0].offset == 0 else b""
+            if len(image) < 64:
+                raise FileRefused(f"{path}: the core has no build id or first page to check the file against")
         f = self.access.open_mapped(path)
         lm.files.append(f)
+        if image and f.read(len(image)) != image:
+            raise FileRefused(f"{path}: not the file that was mapped (its first page differs from the core's)")
         elf = ELFFile(f)
         file_id = _build_id(elf)
         if info.build_id and file_id != info.build_id:
@@ -290,7 +296,7 @@ MAX_THREADS = 64  # a payload of 8 KB shows a few dozen threads at most
 def analyze(core: CoreDump, access: FileAccess, *, exe_path: str | None = None, max_frames: int = MAX_FRAMES,
             want_lines: bool = True, deadline: float | None = None, max_threads: int = MAX_THREADS) -> Analysis:
     """Backtraces of the threads (crashing thread first), symbolized as far as files allow."""
-    problems = list(core.problems)
+    problems = list(core.problems) + list(core.remarks)
     error = core.problems[0] if core.problems else None
     if not core.threads:
         return Analysis(core.pid, (), error or "the core holds no threads", tuple(problems))
@@ -315,7 +321,10 @@ def analyze(core: CoreDump, access: FileAccess, *, exe_path: str | None = None, 
             pc, regs = decoded
             result = unwind(arch, pc, regs, process, max_frames=max_frames)
             frames = tuple(process.symbolize(f) for f in result.frames)
-            traces.append(ThreadTrace(thread.tid, thread.signal, frames, result.stop, result.detail))
+            detail = result.detail
+            if result.stop is StopReason.NO_MEMORY and core.memory_gap:
+                detail = f"{detail}; {core.memory_gap}" if detail else core.memory_gap
+            traces.append(ThreadTrace(thread.tid, thread.signal, frames, result.stop, detail))
     finally:
         process.close()
     problems += process.notes

@@ -248,26 +248,40 @@ class LineTable:
         return None
 
     def _scan_cus(self) -> list[tuple[int, int, int]]:
+        """Address ranges of the compile units, from their top DIEs (for files without
+        `.debug_aranges`, as Go and clang write them)."""
         out = []
         for n, cu in enumerate(self._dwarf.iter_CUs()):
             if n >= MAX_CUS_SCANNED:
                 break
-            top = cu.get_top_DIE()
-            attrs = top.attributes
-            if "DW_AT_low_pc" in attrs and "DW_AT_high_pc" in attrs:
-                lo = attrs["DW_AT_low_pc"].value
-                hi = attrs["DW_AT_high_pc"].value
-                if attrs["DW_AT_high_pc"].form != "DW_FORM_addr":
-                    hi += lo
-                out.append((lo, hi, cu.cu_offset))
-            elif "DW_AT_ranges" in attrs:
-                try:
-                    for r in self._dwarf.range_lists().get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
-                        if hasattr(r, "begin_offset"):
-                            out.append((r.begin_offset, r.end_offset, cu.cu_offset))
-                except Exception:
-                    continue
+            try:
+                out += cu_ranges(self._dwarf, cu)
+            except Exception:
+                continue
         return out
+
+
+def cu_ranges(dwarf, cu) -> list[tuple[int, int, int]]:
+    """(start, end, CU offset) of one compile unit: low/high pc, or its range list, whose
+    offset pairs count from the CU's base address (its low pc, or the last base entry)."""
+    attrs = cu.get_top_DIE().attributes
+    low = attrs.get("DW_AT_low_pc")
+    base = low.value if low is not None else 0
+    if "DW_AT_ranges" in attrs:
+        out = []
+        for r in dwarf.range_lists().get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
+            if hasattr(r, "base_address"):
+                base = r.base_address
+            elif r.is_absolute:
+                out.append((r.begin_offset, r.end_offset, cu.cu_offset))
+            else:
+                out.append((base + r.begin_offset, base + r.end_offset, cu.cu_offset))
+        return [t for t in out if t[0] < t[1]]
+    high = attrs.get("DW_AT_high_pc")
+    if low is None or high is None:
+        return []
+    hi = high.value if high.form == "DW_FORM_addr" else low.value + high.value
+    return [(low.value, hi, cu.cu_offset)] if low.value < hi else []
 
 
 def _text(value) -> str:

@@ -91,6 +91,9 @@ def command(config_file, core_file, offline_core, exe, process_name, process_pat
 
         return run_journal(Reporter(config_file, dirs, kernel=False), journal_dir, follow, verbose)
     if offline_core:
+        if exe is not None:
+            exe = os.path.abspath(exe)
+            event = replace(event, raw_path=process_path if process_path is not None else exe)
         return run_offline(Reporter(config_file, dirs, kernel=False), event, offline_core, exe, send)
     if process_name is None:
         click.echo("Missing required -p option. See --help output")
@@ -106,9 +109,9 @@ def run_offline(cp: Reporter, event: CrashEvent, core_path: str, exe: str | None
     _drop_privileges(cp)
     trusted = frozenset({0, os.geteuid(), os.getuid()})
     access = FileAccess(trusted_uids=trusted, debug_dirs=cp.debug_dirs)
-    outcome = cp.outcome(replace(event, namespace=Namespace.HOST))
-    if outcome.action is Action.SKIP:
-        outcome = Outcome(Action.ANALYZE)
+    # Offline analysis is for the person at the keyboard: every core is analysed, with no
+    # path filter (they apply to what the kernel reports, not to a local build).
+    outcome = Outcome(Action.ANALYZE)
     try:
         report = cp.report(event, outcome, lambda: cp.read_core(fd), access, exe_path=exe)
     finally:

@@ -11,10 +11,13 @@ Layout (every line ends in a newline; bracketed lines are optional):
     <empty line>
     Backtrace (TID <tid>):
     #<n> <function>() - [<module>][ - <file>:<line>]     or  #<n> ??? - [<module>]
-                                                          or  #<n> (no symbols)
+                                                          or  #<n> (no symbols) at <address>
+    [Backtrace stopped: <reason>]
 
 Beyond the original: a frame without a source line ends in ` (+0x<offset>)`, its offset in
-the module, so it can be symbolized later; a report that omits its backtrace (unsafe dump,
+the module, so it can be symbolized later; a frame outside every module shows its address
+(a wild function pointer is recognised by it); a walk that ended early says why, after its
+last frame, as gdb does; a report that omits its backtrace (unsafe dump,
 flood, another mount namespace) says why in one `Backtrace:` line.  Every text taken from
 the core or the files is made printable, and the payload always fits the record limit,
 the crashing thread first.
@@ -107,7 +110,7 @@ def header_lines(header: Header, error: str | None = None, truncated: bool = Fal
 
 def frame_line(n: int, frame: Frame) -> str:
     if frame.module is None:
-        return f"#{n} (no symbols)"
+        return f"#{n} (no symbols) at {frame.pc:#x}"
     module = printable(frame.module)
     if frame.function:
         line = f"#{n} {printable(frame.function)}() - [{module}]"
@@ -121,7 +124,18 @@ def frame_line(n: int, frame: Frame) -> str:
 
 
 def thread_lines(trace: ThreadTrace) -> list[str]:
-    return ["", f"Backtrace (TID {trace.tid}):"] + [frame_line(i, f) for i, f in enumerate(trace.frames)]
+    lines = ["", f"Backtrace (TID {trace.tid}):"] + [frame_line(i, f) for i, f in enumerate(trace.frames)]
+    stop = stop_line(trace)
+    return lines + [stop] if stop else lines
+
+
+def stop_line(trace: ThreadTrace) -> str | None:
+    """Why a walk ended before the outermost frame, as gdb says it; None when it did not."""
+    if trace.stop.clean or trace.truncated:
+        return None
+    reason = trace.stop.value
+    return printable(f"Backtrace stopped: {reason} ({trace.detail})" if trace.detail else
+                     f"Backtrace stopped: {reason}", 512)
 
 
 def category_of(analysis: Analysis) -> Category:

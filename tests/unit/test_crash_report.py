@@ -98,7 +98,7 @@ def test_frame_lines():
         "#0 g_closure_invoke() - [/usr/lib/libc.so.6] - ../gobject/gclosure.c:810"
     assert frame_line(1, frame("gtk_main")) == "#1 gtk_main() - [/usr/lib/libc.so.6] (+0x10)"
     assert frame_line(2, frame(None)) == "#2 ??? - [/usr/lib/libc.so.6] (+0x10)"
-    assert frame_line(3, Frame(0, None, None, None)) == "#3 (no symbols)"
+    assert frame_line(3, Frame(0xdead0000, None, None, None)) == "#3 (no symbols) at 0xdead0000"
     assert frame_line(4, frame("evil\nname\0")) == "#4 evil?name?() - [/usr/lib/libc.so.6] (+0x10)"
 
 
@@ -262,11 +262,12 @@ def test_journal_entries():
 
 def test_symbol_lookup():
     strtab = b"\0main\0helper\0label\0"
-    table = SymbolTable([(0x1000, 0x40, 1), (0x1040, 0x10, 6), (0x2000, 0, 13)], strtab)
+    table = SymbolTable([0x1000, 0x1040, 0x2000], [0x1040, 0x1050, 0x2200], [1, 6, 13], strtab)
     assert table.lookup(0x1000).name == "main"
     assert (table.lookup(0x1045).name, table.lookup(0x1045).offset) == ("helper", 5)
     assert table.lookup(0x1050) is None  # past helper's end, before the label
-    assert table.lookup(0x2100).name == "label"  # an unsized label reaches to the next symbol
+    assert table.lookup(0x2100).name == "label"
+    assert table.lookup(0x2200) is None
     assert table.lookup(0x10) is None
 
 
