@@ -222,8 +222,8 @@ class LineTable:
             prev = None
             for e in program.get_entries():
                 st = e.state
-                if st is None:
-                    continue
+                if st is None or (st.line == 0 and not st.end_sequence):
+                    continue  # as gdb: a line-0 row (code of no one line) extends the row before it
                 if prev is not None and st.address > prev[0]:
                     ranges.append((prev[0], st.address, prev[1], prev[2]))
                 prev = None if st.end_sequence else (st.address, st.file, st.line)
@@ -301,13 +301,16 @@ def _file_name(program, index: int, cu) -> str | None:
     name = _text(entry.name)
     if not posixpath.isabs(name):
         d = entry.dir_index
+        comp = cu.get_top_DIE().attributes.get("DW_AT_comp_dir")
+        comp_dir = _text(comp.value) if comp is not None else ""
         if version >= 5:
             directory = _text(dirs[d]) if 0 <= d < len(dirs) else ""
         elif d == 0:
-            comp = cu.get_top_DIE().attributes.get("DW_AT_comp_dir")
-            directory = _text(comp.value) if comp is not None else ""
+            directory = comp_dir
         else:
             directory = _text(dirs[d - 1]) if d - 1 < len(dirs) else ""
+        if directory and not posixpath.isabs(directory) and posixpath.isabs(comp_dir):
+            directory = posixpath.join(comp_dir, directory)  # clang's are relative to the build's
         if directory:
             name = posixpath.join(directory, name)
     return os.path.normpath(name)[:NAME_MAX] if name.startswith("/") else name[:NAME_MAX]
