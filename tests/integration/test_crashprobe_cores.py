@@ -24,6 +24,7 @@ from crash_programs import (
     libc_debug_file,
     payload_threads,
     same_function,
+    shared_lab,
     source_line,
 )
 from hypothesis import HealthCheck, given, settings
@@ -33,9 +34,9 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux" or os.uname().machine !=
                                 reason="crashprobe unwinds x86-64 cores")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def lab(tmp_path_factory) -> Lab:
-    return Lab(tmp_path_factory.mktemp("crashlab"))
+    return shared_lab(tmp_path_factory)
 
 
 def crashprobe(inst, core: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from crash_programs import Lab
+from crash_programs import Lab, shared_lab
 from telemprobd_harness import Probd, row_headers, rows
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="crashprobe unwinds x86-64 cores")
@@ -24,9 +24,9 @@ MODULE = "telemetry.probes.crash"
 GARBAGE = b"this is not a core file\n" * 100
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def lab(tmp_path_factory) -> Lab:
-    return Lab(tmp_path_factory.mktemp("crashmodes"))
+    return shared_lab(tmp_path_factory)
 
 
 def bang(path: Path | str) -> str:
