@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass
 
 from .corefile import PAGE, CoreDump
+from .elfbounds import DEBUGLINK_MAX, NOTES_MAX, section_data, segment_data
 from .files import FileAccess, FileRefused
 from .lines import LineTable, SourceLine
 from .modules import ModuleInfo, ModuleMap, build_module_map
-from .notes import AT_ENTRY, AT_PHDR
+from .notes import AT_ENTRY, AT_PHDR, build_id_from_notes
 from .symbols import SymbolTable
 from .unwind import MAX_FRAMES, RawFrame, StopReason, for_machine, machine_name, unwind
 from .unwind.cfi import CallFrameTable, CfiRow
@@ -263,30 +264,29 @@ class Process:
 
 
 def _build_id(elf) -> bytes | None:
+    """The GNU build id of a file, from its notes (each read within NOTES_MAX)."""
     try:
         for seg in elf.iter_segments():
             if seg["p_type"] == "PT_NOTE":
-                for note in seg.iter_notes():
-                    if note["n_type"] == "NT_GNU_BUILD_ID":
-                        return bytes.fromhex(note["n_desc"])
+                found = build_id_from_notes(segment_data(elf, seg, NOTES_MAX), 8 if seg["p_align"] == 8 else 4)
+                if found:
+                    return found
         section = elf.get_section_by_name(".note.gnu.build-id")
         if section is not None:
-            for note in section.iter_notes():
-                if note["n_type"] == "NT_GNU_BUILD_ID":
-                    return bytes.fromhex(note["n_desc"])
+            return build_id_from_notes(section_data(elf, section, NOTES_MAX), section["sh_addralign"] or 4)
     except Exception:
         return None
     return None
 
 
 def _debuglink(elf) -> str | None:
+    """The file name `.gnu_debuglink` names (its CRC is not checked, as elfutils is told)."""
     try:
-        link = elf.get_dwarf_link()
+        section = elf.get_section_by_name(".gnu_debuglink")
+        data = section_data(elf, section, DEBUGLINK_MAX) if section is not None else b""
     except Exception:
         return None
-    if link is None:
-        return None
-    name = bytes(link.filename).split(b"\0", 1)[0]
+    name = data.split(b"\0", 1)[0]
     return name.decode("utf-8", "replace") or None
 
 

@@ -17,8 +17,11 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from .elfbounds import SECTION_MAX, TooLarge, stream_size
+
 SHF_COMPRESSED = 0x800
 ELFCOMPRESS_ZLIB = 1
+INFLATE_MAX = 2 * SECTION_MAX  # of a compressed DWARF section, inflated from its start
 MAX_CUS_SCANNED = 4096
 NAME_MAX = 256
 
@@ -67,6 +70,8 @@ class _Window(_View):
         if n is None or n < 0:
             n = self._size - self._pos
         n = max(0, min(n, self._size - self._pos))
+        if n > SECTION_MAX:
+            raise TooLarge(f"a DWARF read of {n} bytes; at most {SECTION_MAX} are read at once")
         pos = self._pos
         if not (self._block_at <= pos and pos + n <= self._block_at + len(self._block)):
             self._f.seek(self._start + pos)
@@ -103,6 +108,8 @@ class _Inflating(_View):
 
     def _fill(self, upto: int) -> None:
         upto = min(upto, self._size)
+        if upto > INFLATE_MAX:
+            raise TooLarge(f"a compressed DWARF section read {upto} bytes in; at most {INFLATE_MAX} are inflated")
         while len(self._buf) < upto and not self._z.eof:
             data = self._z.unconsumed_tail or self._src.read(self.CHUNK)
             if not data:
@@ -115,6 +122,8 @@ def _section_stream(elf, section):
     header = section.header
     if section["sh_type"] == "SHT_NOBITS":
         return None
+    if header["sh_offset"] + header["sh_size"] > stream_size(elf.stream):
+        return None  # claims bytes the file does not have
     if header["sh_flags"] & SHF_COMPRESSED:
         raw = elf.stream
         raw.seek(header["sh_offset"])
@@ -122,7 +131,7 @@ def _section_stream(elf, section):
         if len(chdr) < 24:
             return None
         ch_type, _res, ch_size, _align = struct.unpack("<IIQQ", chdr)
-        if ch_type != ELFCOMPRESS_ZLIB or ch_size > 1 << 31:
+        if ch_type != ELFCOMPRESS_ZLIB or ch_size > 1 << 40:
             return None  # zstd needs a module the standard library does not have yet
         return _Inflating(raw, header["sh_offset"] + 24, header["sh_size"] - 24, ch_size), ch_size
     return _Window(elf.stream, header["sh_offset"], header["sh_size"]), header["sh_size"]
@@ -320,6 +329,8 @@ def parse_aranges(stream, size: int) -> list[tuple[int, int, int]]:
     """(start, end, CU offset) from `.debug_aranges` (DWARF 6.1.2), 32-bit DWARF, 8-byte
     addresses.  Unpacked in bulk: pyelftools builds an object per entry, which costs a
     tenth of a second on libc."""
+    if size > SECTION_MAX:
+        return []
     stream.seek(0)
     data = stream.read(size)
     out = []

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import bisect
 import struct
+from array import array
 from dataclasses import dataclass
+
+from .elfbounds import section_data
 
 STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_TLS, STT_GNU_IFUNC = 0, 1, 2, 6, 10
 STB_LOCAL = 0
@@ -28,6 +31,7 @@ SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
 SHF_ALLOC = 0x2
 _SYM = struct.Struct("<IBBHQQ")
+SYMTAB_MAX = 400_000 * _SYM.size  # entries past this many would cost more memory than a report may
 NAME_MAX = 4096  # a mangled name is demangled whole; the payload cuts what it shows
 
 
@@ -40,7 +44,7 @@ class SymbolHit:
 class SymbolTable:
     """Sorted, de-aliased symbols of one ELF file: [start, end) -> name."""
 
-    def __init__(self, starts: list[int], ends: list[int], names: list[int], strtab: bytes):
+    def __init__(self, starts, ends, names, strtab: bytes):  # sequences of int: lists or arrays
         self._starts = starts
         self._ends = ends
         self._names = names  # offsets into strtab
@@ -69,7 +73,7 @@ class SymbolTable:
     def _name(self, off: int) -> str:
         return _bare(self._strtab, off).decode("utf-8", "replace")
 
-    def arrays(self) -> tuple[list[int], list[int], list[int], bytes]:
+    def arrays(self) -> tuple:
         return self._starts, self._ends, self._names, self._strtab
 
 
@@ -90,12 +94,9 @@ def _read(elf, name: str, sections: dict[int, tuple[int, int]]) -> SymbolTable |
     section = elf.get_section_by_name(name)
     if section is None or section["sh_type"] == "SHT_NOBITS" or section["sh_entsize"] != _SYM.size:
         return None
-    try:
-        strtab_section = elf.get_section(section["sh_link"])
-        strtab = strtab_section.data()
-        data = section.data()
-    except Exception:
-        return None
+    strtab_section = elf.get_section(section["sh_link"])
+    strtab = section_data(elf, strtab_section)  # TooLarge says why a claimed size is refused
+    data = section_data(elf, section, SYMTAB_MAX)
     # value -> (code, sized, global, size, name offset, section)
     best: dict[int, tuple[bool, bool, bool, int, int, int]] = {}
     clashes: dict[int, list[tuple[bool, bool, bool, int, int, int]]] = {}
@@ -121,7 +122,7 @@ def _read(elf, name: str, sections: dict[int, tuple[int, int]]) -> SymbolTable |
     for value, candidates in clashes.items():  # names are compared only where aliases meet
         best[value] = max(candidates, key=lambda c: (c[0], c[1], c[2], _bare(strtab, c[4])))
     values = sorted(best)
-    starts, ends, names = [], [], []
+    starts, ends, names = array("Q"), array("Q"), array("L")
     for k, value in enumerate(values):
         _code, sized, _global, size, name_off, shndx = best[value]
         if sized:
