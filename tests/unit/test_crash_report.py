@@ -7,6 +7,8 @@ import io
 import struct
 import zlib
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -183,6 +185,29 @@ def test_flood_rules_hold_for_any_crash_times(times, window, cap):
     assert state.reported + state.suppressed_window + state.suppressed_cap == len(times)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1000, 1001, None]), st.floats(0, 86400, allow_nan=False)), max_size=40))
+def test_one_users_crashes_never_suppress_anothers(crashes):
+    """Flood control counts per crashed user: the verdicts for one uid are what they would
+    be if no other user had crashed the same program."""
+    policy = F.FloodPolicy(window=60, daily_cap=3)
+    crashes = sorted(crashes, key=lambda c: c[1])
+    mixed: dict = {}
+    state = F.FloodState()
+    for uid, t in crashes:
+        v, state = F.decide(state, "/usr/bin/x", t, policy, uid)
+        mixed.setdefault(uid, []).append(v)
+    for uid in mixed:
+        alone = F.FloodState()
+        verdicts = []
+        for u, t in crashes:
+            if u == uid:
+                v, alone = F.decide(alone, "/usr/bin/x", t, policy, uid)
+                verdicts.append(v)
+        assert verdicts == mixed[uid]
+    assert F.decode(F.encode(state)) == state
+
+
 def test_flood_state_roundtrip_and_garbage():
     policy = F.FloodPolicy(0, 5)
     state = F.FloodState()
@@ -288,3 +313,45 @@ def test_inflating_stream_reads_like_the_whole(data, reads):
     for pos, size in reads:
         stream.seek(pos)
         assert stream.read(size) == data[pos : pos + size]
+
+
+# --- where root's state lives -----------------------------------------------------------------
+
+def test_root_state_is_not_in_the_service_accounts_directory():
+    from telemetry.paths import Paths
+    from telemetry.probes.crash import places
+
+    system = Paths.system()
+    for where in (places.state_dir(system), places.run_dir(system), places.cache_dir(system)):
+        assert not where.startswith(system.state_dir.rstrip("/") + "/") and where != system.state_dir
+
+
+def test_private_dir_refuses_what_others_can_write(tmp_path):
+    from telemetry.probes.crash.places import PlaceUnsafe, private_dir
+
+    good = private_dir(str(tmp_path / "ok"))
+    assert oct(os.stat(good).st_mode & 0o777) == "0o700"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PlaceUnsafe, match="can be written by others"):
+        private_dir(str(shared))
+    with pytest.raises(PlaceUnsafe, match="can be written by others"):
+        private_dir(str(shared / "inner"))  # below a directory others can rename it in
+    (tmp_path / "link").symlink_to(good)
+    with pytest.raises(PlaceUnsafe, match="symbolic link"):
+        private_dir(str(tmp_path / "link"))
+
+
+def test_handler_argv_is_read_without_the_cli():
+    from telemetry.probes.crash.args import CORE_PATTERN_ARGS, parse_handler_argv
+
+    argv = CORE_PATTERN_ARGS.replace("%e", "prog").replace("%E", "!usr!bin!prog").split()
+    argv = [a.replace("%P", "42").replace("%u", "1000").replace("%g", "100").replace("%d", "1")
+            .replace("%t", "7").replace("%F", "").replace("%s", "11") for a in argv]
+    parsed = parse_handler_argv(argv)
+    assert (parsed.get("process_name"), parsed.get("pid"), parsed.get("pidfd"), parsed.get("signal")) == \
+        ("prog", "42", "", "11")
+    assert parse_handler_argv(["-p", "x", "-c", "/tmp/core", "-v"]).verbose
+    for other in (["--help"], ["--core", "c"], ["-p"], ["-E", "x"], ["-p", "x", "--bogus"], ["--journal"]):
+        assert parse_handler_argv(other) is None  # the full command line explains these
