@@ -4,10 +4,9 @@ journal entries, symbol choice and the DWARF helpers."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
-
-import os
 
 import pytest
 from hypothesis import given, settings
