@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from .corefile import PAGE, CoreDump
+from .demangle import demangle
 from .elfbounds import DEBUGLINK_MAX, NOTES_MAX, section_data, segment_data
 from .files import FileAccess, FileRefused
 from .lines import LineTable, SourceLine
@@ -32,8 +33,10 @@ class Frame:
     pc: int
     module: str | None
     module_offset: int | None
-    function: str | None
+    function: str | None  # demangled
     source: SourceLine | None = None
+    mangled: str | None = None  # the symbol as the file has it, when demangling changed it
+    inlined: bool = False  # a function inlined into the next frame's
 
 
 @dataclass(frozen=True)
@@ -158,17 +161,20 @@ class Process:
         if info is None:
             return Frame(frame.pc, None, None, None)
         lm = self._load(info)
-        name = None
+        name = mangled = None
         source = None
         if lm.bias is not None:
             file_addr = addr - lm.bias
             symbols = self._symbols(lm)
             hit = symbols.lookup(file_addr) if symbols else None
             name = hit.name if hit else None
+            if name:
+                readable = demangle(name)
+                mangled, name = (name, readable) if readable != name else (None, name)
             lines = self._lines(lm) if self.want_lines else None
             source = lines.lookup(file_addr) if lines else None
         path = self._exe_path if (info is self._main and self._exe_path) else info.path
-        return Frame(frame.pc, path, addr - info.base, name, source)
+        return Frame(frame.pc, path, addr - info.base, name, source, mangled)
 
     def _symbols(self, lm: _Loaded) -> SymbolTable | None:
         if not lm.symbols_loaded:

@@ -10,9 +10,17 @@ Layout (every line ends in a newline; bracketed lines are optional):
     [Too many frames. Backtrace truncated.]
     <empty line>
     Backtrace (TID <tid>):
-    #<n> <function>() - [<module>][ - <file>:<line>]     or  #<n> ??? - [<module>]
+    #<n> <function>() - [<module>][ - <file>:<line>][ (inlined)]   or  #<n> ??? - [<module>]
                                                           or  #<n> (no symbols) at <address>
+    [    mangled: <symbol>]
     [Backtrace stopped: <reason>]
+
+C++ and Rust names are demangled as gdb shows them; a C++ name keeps its parameter list
+and takes no extra `()` (`#0 shapes::Box<int>::open(int) const - [...]`), and the symbol
+as the file has it follows on its own indented `mangled:` line (the original's consumers
+match frame lines only, and see the same frames).  A function inlined into its caller is
+a frame of its own, as gdb shows it, marked ` (inlined)`; the frame that follows it is
+the function it was inlined into, at the line of the call.
 
 Beyond the original: a frame without a source line ends in ` (+0x<offset>)`, its offset in
 the module, so it can be symbolized later; a frame outside every module shows its address
@@ -35,6 +43,7 @@ if TYPE_CHECKING:  # the layout needs no analysis code: a fixed or stub report i
     from .analyze import Analysis, Frame, ThreadTrace
 
 FIELD_MAX = 256
+MANGLED_PREFIX = "    mangled: "
 TRUNCATED_LINE = "Too many frames. Backtrace truncated."
 
 
@@ -108,23 +117,38 @@ def header_lines(header: Header, error: str | None = None, truncated: bool = Fal
     return lines
 
 
+def function_text(name: str) -> str:
+    """`name()` as the original writes it; a demangled C++ name keeps its own parameter
+    list (`ns::Box<int>::open(int) const`), as gdb shows it."""
+    return name if "(" in name else f"{name}()"
+
+
 def frame_line(n: int, frame: Frame) -> str:
     if frame.module is None:
         return f"#{n} (no symbols) at {frame.pc:#x}"
     module = printable(frame.module)
     if frame.function:
-        line = f"#{n} {printable(frame.function)}() - [{module}]"
+        line = f"#{n} {function_text(printable(frame.function))} - [{module}]"
     else:
         line = f"#{n} ??? - [{module}]"
     if frame.source is not None:
-        return f"{line} - {printable(frame.source.file)}:{frame.source.line}"
-    if frame.module_offset is not None:
-        return f"{line} (+{frame.module_offset:#x})"
-    return line
+        line = f"{line} - {printable(frame.source.file)}:{frame.source.line}"
+    elif frame.module_offset is not None:
+        line = f"{line} (+{frame.module_offset:#x})"
+    return f"{line} (inlined)" if frame.inlined else line
+
+
+def frame_lines(n: int, frame: Frame) -> list[str]:
+    lines = [frame_line(n, frame)]
+    if frame.mangled:
+        lines.append(f"{MANGLED_PREFIX}{printable(frame.mangled, FIELD_MAX)}")
+    return lines
 
 
 def thread_lines(trace: ThreadTrace) -> list[str]:
-    lines = ["", f"Backtrace (TID {trace.tid}):"] + [frame_line(i, f) for i, f in enumerate(trace.frames)]
+    lines = ["", f"Backtrace (TID {trace.tid}):"]
+    for i, f in enumerate(trace.frames):
+        lines += frame_lines(i, f)
     stop = stop_line(trace)
     return lines + [stop] if stop else lines
 

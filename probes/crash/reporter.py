@@ -201,10 +201,11 @@ def preload() -> None:
     import elftools.dwarf.lineprogram  # noqa: F401
     import elftools.elf.elffile  # noqa: F401
 
-    from . import analyze, corefile, source  # noqa: F401
+    from . import analyze, corefile, demangle, source  # noqa: F401
     from .unwind import expr, x86_64  # noqa: F401
 
     expr._parser()
+    demangle.preload()
 
 
 def _service_uid() -> int | None:

@@ -397,7 +397,7 @@ class Lab:
 
 _GDB_FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-f]+ in )?(<signal handler called>|[^\s(]+)")
 _GDB_THREAD = re.compile(r"^Thread \d+ \(.*LWP (\d+)\)")
-_OUR_FRAME = re.compile(r"^#(\d+) (?:(\S+?)\(\) - \[|(\?\?\?) - \[|(\(no symbols\)))")
+_OUR_FRAME = re.compile(r"^#(\d+) (?:(\(no symbols\))|(\?\?\?) - \[|(.+?)(?:\(\))? - \[)")
 _OUR_THREAD = re.compile(r"^Backtrace \(TID (\d+)\):$")
 
 UNKNOWN = "??"
@@ -469,7 +469,7 @@ def payload_threads(payload: str) -> list[tuple[int, list[PayloadFrame]]]:
             continue
         m = _OUR_FRAME.match(line)
         if m and threads:
-            name = m.group(2) or (UNKNOWN if m.group(3) else "(no symbols)")
+            name = m.group(4) or (UNKNOWN if m.group(3) else "(no symbols)")
             threads[-1][1].append(PayloadFrame(name, line))
     return threads
 

@@ -176,3 +176,40 @@ def test_offline_relative_exe_needs_no_filter_override(user_install, lab):
     out = r.stdout.decode()
     assert out.startswith(f"Process: {exe}\n") and "Crash from third party" not in out
     assert UNKNOWN not in [f.name for f in frames_of(out)][:4]
+
+
+# --- names as gdb shows them ------------------------------------------------------------
+
+def bare(name: str) -> str:
+    """A demangled C++ name without its parameter list, as gdb names a frame with debug info."""
+    depth = 0
+    for i, ch in enumerate(name):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0 and i:
+            return name[:i]
+    return name
+
+
+def test_cxx_names_are_demangled_as_gdb_shows_them(user_install, lab):
+    exe, core = lab.program("cxx"), lab.program_core("cxx", "box")
+    payload = offline(user_install, core, "--debug-dir", "")
+    frames = frames_of(payload)
+    gdb = gdb_backtraces(exe, core, debug_dir=str(lab.empty_debug_dir))[0]
+    assert gdb[:3] == ["shapes::Box<int>::open", "run_box", "main"]
+    assert [bare(f.name) for f in frames[:3]] == gdb[:3]
+    assert frames[0].line.startswith("#0 shapes::Box<int>::open(int) const - [")
+    lines = payload.splitlines()
+    assert lines[lines.index(frames[0].line) + 1] == "    mangled: _ZNK6shapes3BoxIiE4openEi"
+
+
+def test_rust_names_are_demangled(user_install, lab):
+    core = lab.program_core("rust")
+    payload = offline(user_install, core, "--debug-dir", "")
+    names = [f.name for f in frames_of(payload)]
+    for expected in ("main::shapes::Crate::pick", "main::run", "main::main"):
+        assert expected in names, payload
+    assert "    mangled: _ZN4main3run17h" in payload
+    assert "std::rt::lang_start_internal" in names  # a v0-mangled name of the standard library

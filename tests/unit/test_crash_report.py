@@ -354,3 +354,28 @@ def test_handler_argv_is_read_without_the_cli():
     assert parse_handler_argv(["-p", "x", "-c", "/tmp/core", "-v"]).verbose
     for other in (["--help"], ["--core", "c"], ["-p"], ["-E", "x"], ["-p", "x", "--bogus"], ["--journal"]):
         assert parse_handler_argv(other) is None  # the full command line explains these
+
+
+# --- demangling ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("mangled", "readable"), [
+    ("_ZNK6shapes3BoxIiE4openEi", "shapes::Box<int>::open(int) const"),
+    ("_Z7run_boxv", "run_box()"),
+    ("_ZN4main6shapes5Crate4pick17he98b930a7a297ea4E", "main::shapes::Crate::pick"),  # hash dropped, as gdb
+    ("_RNvNtCsjrHSEGnQ3l9_3std2rt19lang_start_internal", "std::rt::lang_start_internal"),
+    ("_ZN3std2rt10lang_start28_$u7b$$u7b$closure$u7d$$u7d$17hdbee5a3fa7ab6636E", "std::rt::lang_start::{{closure}}"),
+    ("main", "main"),
+    ("_Zgarbage", "_Zgarbage"),
+    ("_Z" + "N1a" * 3000 + "E", "_Z" + "N1a" * 3000 + "E"),  # past the length cap: left alone
+])
+def test_demangle(mangled, readable):
+    from telemetry.probes.crash.demangle import demangle
+
+    assert demangle(mangled) == readable
+
+
+@given(st.text(max_size=300))
+def test_demangle_never_raises(name):
+    from telemetry.probes.crash.demangle import demangle
+
+    assert isinstance(demangle("_Z" + name), str) and isinstance(demangle("_R" + name), str)
