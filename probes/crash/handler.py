@@ -128,9 +128,13 @@ def _analyse_isolated(cp: Reporter, event: CrashEvent, outcome: Outcome, fd: int
     from .isolate import run_isolated
 
     def work() -> dict:
+        import base64
+
         _drop_privileges(cp, kernel_event)
-        report = cp.report(event, outcome, lambda: cp.read_core(fd), access, exe_path=exe)
-        return {"category": report.category.name, "payload": report.payload}
+        report = cp.report(event, outcome, lambda: cp.read_core(fd), access, exe_path=exe, store_cache=False)
+        updates = report.analysis.cache_updates if report.analysis is not None else ()
+        return {"category": report.category.name, "payload": report.payload,
+                "cache": [[b.hex(), base64.b64encode(d).decode()] for b, d in updates]}
 
     result = run_isolated(work, time.monotonic() + cp.time_limit + GRACE, close_fds=(lock_fd,))
     if result.document is not None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-RESULT_MAX = 1 << 20
+RESULT_MAX = 48 << 20  # the report and the cache entries it parsed
 POLL = 0.05
 
 

@@ -135,8 +135,27 @@ class Reporter:
         return FileAccess(trusted_uids=trusted, debug_dirs=self.debug_dirs,
                           require_build_id=event.namespace is Namespace.UNKNOWN)
 
+    @functools.cached_property
+    def cache(self):
+        """The cache of parsed tables; root's in system mode, the user's own otherwise."""
+        from .cache import Cache
+        from .places import cache_dir
+
+        return Cache(cache_dir(self.probe.paths), 0 if self.system else os.geteuid())
+
+    def store_cache(self, updates) -> None:
+        """Write what an analysis parsed; a cache that cannot be written costs only speed."""
+        from .cache import CacheInvalid
+
+        for build_id, data in updates:
+            try:
+                self.cache.store(data, build_id)
+            except (OSError, TelemetryError, CacheInvalid) as e:
+                self.log.info("cache entry %s not written: %s", build_id.hex(), e)
+                return
+
     def report(self, event: CrashEvent, outcome: Outcome, read: Callable[[], object] | None,
-               access: FileAccess | None, exe_path: str | None = None) -> Report:
+               access: FileAccess | None, exe_path: str | None = None, store_cache: bool = True) -> Report:
         if outcome.action is Action.FIXED:
             return Report(outcome.category, outcome.category.fixed_payload)
         if outcome.action is Action.STUB or read is None or access is None:
@@ -147,7 +166,7 @@ class Reporter:
         try:
             with _watchdog(self.time_limit):
                 core = read()
-                analysis = analyze(core, access, exe_path=exe_path, deadline=deadline)
+                analysis = analyze(core, access, exe_path=exe_path, deadline=deadline, cache=self.cache)
         except TimeLimitReached:
             analysis = Analysis(None, (), f"time limit of {self.time_limit} s reached")
         except (TelemetryError, OSError) as e:
@@ -158,14 +177,26 @@ class Reporter:
         for note in analysis.problems:
             self.log.info("%s", note)
         payload = backtrace_payload(event.header(analysis.pid, analysis.executable, analysis.signal), analysis)
+        if store_cache and analysis.cache_updates:
+            self.store_cache(analysis.cache_updates)
         return Report(category_of(analysis), payload, analysis)
 
     def report_from_child(self, document: dict) -> Report:
         """The report an analysis child sent back (its values checked: it ran as the user)."""
+        import base64
+        import binascii
+
         category = Category.__members__.get(str(document.get("category")), Category.ERROR)
         payload = document.get("payload")
         if not isinstance(payload, str):
             payload = "Error: the analysis sent no payload\n"
+        updates = []
+        for item in document.get("cache") or ():
+            try:
+                updates.append((bytes.fromhex(item[0]), base64.b64decode(item[1], validate=True)))
+            except (TypeError, ValueError, IndexError, binascii.Error):
+                continue
+        self.store_cache(updates)  # each entry is checked whole before it is written
         return Report(category, payload)
 
     def send(self, report: Report, on_behalf_of: CrashEvent | None = None) -> bool:
@@ -201,7 +232,7 @@ def preload() -> None:
     import elftools.dwarf.lineprogram  # noqa: F401
     import elftools.elf.elffile  # noqa: F401
 
-    from . import analyze, corefile, demangle, source  # noqa: F401
+    from . import analyze, cache, corefile, demangle, places, source  # noqa: F401
     from .unwind import expr, x86_64  # noqa: F401
 
     expr._parser()
