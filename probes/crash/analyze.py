@@ -9,6 +9,7 @@ core or the files contain, and it stops at its deadline with what it has.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -171,20 +172,24 @@ class Process:
 
     # --- symbolization ----------------------------------------------------------------
 
-    def symbolize(self, frame: RawFrame) -> Frame:
+    def symbolize(self, frame: RawFrame) -> list[Frame]:
+        """The frame's function and line, preceded by a frame for each function inlined at
+        its address (innermost first), as gdb shows them."""
         addr = frame.symbol_pc
         info = self.modules.at(addr)
         if info is None:
-            return Frame(frame.pc, None, None, None)
+            return [Frame(frame.pc, None, None, None)]
         lm = self._load(info)
-        name = mangled = None
+        name = None
         source = None
+        inlined: list = []  # [name, file, line] of each inlined call, innermost first
         if lm.bias is not None:
             file_addr = addr - lm.bias
             known = lm.entry.frames.get(file_addr) if lm.entry is not None and self.want_lines else None
             if known is not None:
                 name = known[0]
                 source = SourceLine(known[1], known[2]) if known[1] is not None and known[2] else None
+                inlined = known[3] if len(known) > 3 else []
             else:
                 self._ensure_open(lm)
                 symbols = self._symbols(lm)
@@ -192,15 +197,21 @@ class Process:
                 name = hit.name if hit else None
                 lines = self._lines(lm) if self.want_lines else None
                 source = lines.lookup(file_addr) if lines else None
+                calls = lines.inlined_at(file_addr) if lines else []
+                inlined = [[c.function, c.call.file if c.call else None, c.call.line if c.call else None]
+                           for c in calls]
                 if lm.cacheable and self.want_lines:
                     lm.entry.frames[file_addr] = [name, source.file if source else None,
-                                                  source.line if source else None]
+                                                  source.line if source else None, inlined]
                     lm.entry.dirty = True
-            if name:
-                readable = demangle(name)
-                mangled, name = (name, readable) if readable != name else (None, name)
         path = self._exe_path if (info is self._main and self._exe_path) else info.path
-        return Frame(frame.pc, path, addr - info.base, name, source, mangled)
+        offset = addr - info.base
+        out = []
+        for call_name, call_file, call_line in inlined:
+            out.append(_named(Frame(frame.pc, path, offset, call_name, source, inlined=True)))
+            source = SourceLine(call_file, call_line) if call_file and call_line else None
+        out.append(_named(Frame(frame.pc, path, offset, name, source)))
+        return out
 
     def _symbols(self, lm: _Loaded) -> SymbolTable | None:
         if not lm.symbols_loaded and lm.entry is not None and lm.entry.symbols_known:
@@ -346,6 +357,15 @@ class Process:
                 lm.cacheable = False  # the debug file the entry expects could not be used
 
 
+def _named(frame: Frame) -> Frame:
+    """The frame with its function demangled (the symbol kept when that changed it)."""
+    if not frame.function:
+        return frame
+    readable = demangle(frame.function)
+    return dataclasses.replace(frame, function=readable, mangled=frame.function) if readable != frame.function \
+        else frame
+
+
 def _build_id(elf) -> bytes | None:
     """The GNU build id of a file, from its notes (each read within NOTES_MAX)."""
     try:
@@ -404,7 +424,7 @@ def analyze(core: CoreDump, access: FileAccess, *, exe_path: str | None = None, 
                 continue
             pc, regs = decoded
             result = unwind(arch, pc, regs, process, max_frames=max_frames)
-            frames = tuple(process.symbolize(f) for f in result.frames)
+            frames = tuple(f for raw in result.frames for f in process.symbolize(raw))
             detail = result.detail
             if result.stop is StopReason.NO_MEMORY and core.memory_gap:
                 detail = f"{detail}; {core.memory_gap}" if detail else core.memory_gap

@@ -25,7 +25,7 @@ from .places import PlaceUnsafe, check_chain
 from .symbols import SymbolTable
 from .unwind.cfi import CfiRow, RuleKind
 
-MAGIC = b"crashprobe-cache 1\n"
+MAGIC = b"crashprobe-cache 2\n"
 FILE_MAX = 16 << 20
 PCS_MAX = 8192
 DIGEST = 16
@@ -44,7 +44,7 @@ class ModuleCache:
     debug: list | None  # file_identity of the debug file the entry was made with
     symbols: SymbolTable | None = None
     symbols_known: bool = False  # False: the table was never parsed (None may mean "has none")
-    frames: dict[int, list] = field(default_factory=dict)  # addr -> [name, source file, line]
+    frames: dict[int, list] = field(default_factory=dict)  # addr -> [name, file, line, inlined calls]
     cfi: dict[int, CfiRow | None] = field(default_factory=dict)
     dirty: bool = False
 
@@ -91,12 +91,13 @@ def decode(data: bytes, build_id: bytes) -> ModuleCache:
         entry = ModuleCache(build_id, head["debug"], symbols_known=bool(head["symbols_known"]))
         entry.symbols = _symbols(head["symbols"], body[at + n :]) if head["symbols"] else None
         for k, v in head["frames"].items():
-            name, src, line = v
-            if not (name is None or isinstance(name, str)) or not (src is None or isinstance(src, str)):
-                raise CacheInvalid("bad frame")
-            if not (line is None or isinstance(line, int)):
-                raise CacheInvalid("bad line")
-            entry.frames[int(k, 16)] = [name, src, line]
+            name, src, line, inlined = v
+            for n, f, ln in [(name, src, line), *inlined]:
+                if not (n is None or isinstance(n, str)) or not (f is None or isinstance(f, str)):
+                    raise CacheInvalid("bad frame")
+                if not (ln is None or isinstance(ln, int)):
+                    raise CacheInvalid("bad line")
+            entry.frames[int(k, 16)] = [name, src, line, [list(c) for c in inlined]]
         for k, v in head["cfi"].items():
             entry.cfi[int(k, 16)] = _row(v)
     except (KeyError, TypeError, ValueError) as e:

@@ -223,6 +223,57 @@ class LineTable:
         name = _file_name(program, file_index, cu)
         return SourceLine(name, line) if name else None
 
+    def inlined_at(self, addr: int) -> list[InlineCall]:
+        """The calls inlined at `addr`, innermost first: for each, the function inlined and
+        where in its caller the call was (DW_TAG_inlined_subroutine, as gdb reads them)."""
+        try:
+            return self._inlined_at(addr)
+        except Exception:  # DWARF we cannot read costs the inline frames, not the backtrace
+            return []
+
+    def _inlined_at(self, addr: int) -> list[InlineCall]:
+        if not self._loaded:
+            self._loaded = True
+            self._dwarf = _dwarf_info(self._elf)
+        if self._dwarf is None:
+            return []
+        cu_offset = self._cu_offset(addr)
+        if cu_offset is None:
+            return []
+        cu = self._dwarf.get_CU_at(cu_offset)
+        top = cu.get_top_DIE()
+        low = top.attributes.get("DW_AT_low_pc")
+        base = low.value if low is not None else 0
+        program = self._dwarf.line_program_for_CU(cu)
+        chain: list[InlineCall] = []
+        budget = [MAX_DIES_VISITED]
+
+        def scope_at(die):
+            """The child of `die` (looking inside namespaces) whose code holds `addr`."""
+            for child in die.iter_children():
+                budget[0] -= 1
+                if budget[0] < 0:
+                    return None
+                if child.tag == "DW_TAG_namespace" and child.has_children:
+                    found = scope_at(child)
+                    if found is not None:
+                        return found
+                elif child.tag in _SCOPES and _die_contains(self._dwarf, cu, child, addr, base):
+                    return child
+            return None
+
+        scope = scope_at(top)
+        while scope is not None:
+            if scope.tag == "DW_TAG_inlined_subroutine":
+                attrs = scope.attributes
+                call_file = attrs["DW_AT_call_file"].value if "DW_AT_call_file" in attrs else None
+                call_line = attrs["DW_AT_call_line"].value if "DW_AT_call_line" in attrs else 0
+                where = _file_name(program, call_file, cu) if program is not None and call_file else None
+                chain.append(InlineCall(_die_name(scope) or "??",
+                                        SourceLine(where, call_line) if where and call_line else None))
+            scope = scope_at(scope) if scope.has_children else None
+        return list(reversed(chain))
+
     def _spans(self, key: int, program) -> tuple[list[int], list[tuple[int, int, int]]]:
         """The line table as sorted address ranges: [start, end) -> (file, line)."""
         got = self._programs.get(key)
@@ -291,6 +342,59 @@ def cu_ranges(dwarf, cu) -> list[tuple[int, int, int]]:
         return []
     hi = high.value if high.form == "DW_FORM_addr" else low.value + high.value
     return [(low.value, hi, cu.cu_offset)] if low.value < hi else []
+
+
+@dataclass(frozen=True)
+class InlineCall:
+    function: str  # the function inlined (demangled later, like any name)
+    call: SourceLine | None  # where its caller called it
+
+
+_SCOPES = ("DW_TAG_subprogram", "DW_TAG_inlined_subroutine", "DW_TAG_lexical_block")
+MAX_DIES_VISITED = 200_000
+
+
+def _die_contains(dwarf, cu, die, addr: int, base: int) -> bool:
+    attrs = die.attributes
+    if "DW_AT_low_pc" in attrs and "DW_AT_high_pc" in attrs:
+        lo = attrs["DW_AT_low_pc"].value
+        hi = attrs["DW_AT_high_pc"].value
+        if attrs["DW_AT_high_pc"].form != "DW_FORM_addr":
+            hi += lo
+        return lo <= addr < hi
+    if "DW_AT_ranges" in attrs:
+        for r in dwarf.range_lists().get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
+            if hasattr(r, "base_address"):
+                base = r.base_address
+                continue
+            lo, hi = (r.begin_offset, r.end_offset) if r.is_absolute else (base + r.begin_offset, base + r.end_offset)
+            if lo <= addr < hi:
+                return True
+    return False
+
+
+def _die_name(die, depth: int = 0) -> str | None:
+    """The linkage name (mangled) of the function a DIE is about, else its qualified name."""
+    if depth > 8:
+        return None
+    attrs = die.attributes
+    for key in ("DW_AT_linkage_name", "DW_AT_MIPS_linkage_name"):
+        if key in attrs:
+            return _text(attrs[key].value)
+    for key in ("DW_AT_abstract_origin", "DW_AT_specification"):
+        if key in attrs:
+            return _die_name(die.get_DIE_from_attribute(key), depth + 1)
+    if "DW_AT_name" in attrs:
+        name = _text(attrs["DW_AT_name"].value)
+        scopes = []
+        parent = die.get_parent()
+        while parent is not None and parent.tag in ("DW_TAG_namespace", "DW_TAG_class_type",
+                                                     "DW_TAG_structure_type"):
+            if "DW_AT_name" in parent.attributes:
+                scopes.append(_text(parent.attributes["DW_AT_name"].value))
+            parent = parent.get_parent()
+        return "::".join([*reversed(scopes), name])
+    return None
 
 
 def _text(value) -> str:

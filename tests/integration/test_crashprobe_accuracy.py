@@ -50,7 +50,7 @@ def frames_of(payload: str, thread: int = 0) -> list:
 
 
 def our_source(line: str) -> str | None:
-    m = re.search(r" - (\S+:\d+)$", line)
+    m = re.search(r" - (\S+:\d+)(?: \(inlined\))?$", line)
     return m.group(1) if m else None
 
 
@@ -213,3 +213,16 @@ def test_rust_names_are_demangled(user_install, lab):
         assert expected in names, payload
     assert "    mangled: _ZN4main3run17h" in payload
     assert "std::rt::lang_start_internal" in names  # a v0-mangled name of the standard library
+
+
+def test_inline_frames_as_gdb_shows_them(user_install, lab):
+    """Two always-inline functions inside a method: three frames at one address, the two
+    inlined ones marked, each line the one gdb gives (the call site in its caller)."""
+    exe, core = lab.program("cxx"), lab.program_core("cxx", "inline")
+    frames = frames_of(offline(user_install, core, "--debug-dir", ""))
+    gdb = gdb_backtraces(exe, core, debug_dir=str(lab.empty_debug_dir))[0]
+    gdb_lines = gdb_source_lines(exe, core, debug_dir=str(lab.empty_debug_dir))
+    assert gdb[:5] == ["shapes::poke", "shapes::nudge", "shapes::Crate::shake", "run_inline", "main"]
+    assert [bare(f.name) for f in frames[:5]] == gdb[:5]
+    assert [our_source(f.line) for f in frames[:5]] == gdb_lines[:5]
+    assert [f.line.endswith(" (inlined)") for f in frames[:4]] == [True, True, False, False]

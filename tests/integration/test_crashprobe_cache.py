@@ -48,7 +48,7 @@ def test_untrusted_or_damaged_entries_are_not_used(user_install, tmp_path_factor
     good = exe_entry.read_bytes()
     # A planted entry that names every frame "evil": refused when not ours or writable by others.
     entry = decode(good, build_id)
-    entry.frames = {k: ["evil", None, None] for k in entry.frames}
+    entry.frames = {k: ["evil", None, None, []] for k in entry.frames}
     forged = entry.encode()
     exe_entry.write_bytes(forged)
     assert "evil()" in report(user_install, core, "--debug-dir", "")  # ours, as written: used
