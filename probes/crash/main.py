@@ -53,6 +53,15 @@ def main() -> None:
     command.main(prog_name=PROGRAM)
 
 
+def __getattr__(name: str):
+    """`command`, the full click command line, for the tools that document it (man pages)."""
+    if name == "command":
+        from .cli import command
+
+        return command
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["main"]
 
 
