@@ -22,7 +22,13 @@ from collections.abc import Callable
 
 from telemetry import log as log_mod
 from telemetry.daemons.probd.core import MEASURE, Commit, Ingest, Reply, Settings
-from telemetry.daemons.probd.listener import Listener, peer_credentials
+from telemetry.daemons.probd.listener import (
+    CREDENTIALS_SPACE,
+    Listener,
+    pass_credentials,
+    peer_credentials,
+    stated_credentials,
+)
 from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import StageError, Stager, new_record_id, reply
 from telemetry.daemons.runtime.lifecycle import IDLE_EXIT_AFTER
@@ -48,12 +54,13 @@ __all__ = ["IngestLoop", "Settings"]
 
 
 class Connection:
-    __slots__ = ("sock", "fd", "sender", "decoder", "registered")
+    __slots__ = ("sock", "fd", "sender", "stated", "decoder", "registered")
 
     def __init__(self, sock: socket.socket, sender: Sender):
         self.sock = sock
         self.fd = sock.fileno()
-        self.sender = sender
+        self.sender = sender  # SO_PEERCRED: who connected (the per-uid connection cap)
+        self.stated: Sender | None = None  # SCM_CREDENTIALS of the first bytes, if any
         self.decoder: FrameDecoder | None = None
         self.registered = False
 
@@ -236,6 +243,7 @@ class IngestLoop:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
             try:
                 sender = peer_credentials(sock)
+                pass_credentials(sock)
             except OSError:
                 sender = _UNKNOWN
             conn = Connection(sock, sender)
@@ -259,7 +267,11 @@ class IngestLoop:
         # sender's connection (data left unread) instead of closing it cleanly, which the
         # library would take for an original telemprobd's silent accept.
         try:
-            data = conn.sock.recv(RECV_MAX, _PEEK)
+            if conn.decoder is None and conn.stated is None:
+                data, ancdata, _flags, _addr = conn.sock.recvmsg(RECV_MAX, CREDENTIALS_SPACE, _PEEK)
+                conn.stated = stated_credentials(ancdata)
+            else:
+                data = conn.sock.recv(RECV_MAX, _PEEK)
         except BlockingIOError:
             return
         except OSError as e:
@@ -310,11 +322,12 @@ class IngestLoop:
         if self._opted_in is None:
             self._opted_in = is_opted_in(self.paths)
         record_id, machine_id = new_record_id(wall), self.machine_id.current()
-        verdict = self.core.frame(conn, frame, sender=conn.sender, record_id=record_id, wall=wall, now=now,
+        sender = conn.stated or conn.sender
+        verdict = self.core.frame(conn, frame, sender=sender, record_id=record_id, wall=wall, now=now,
                                   opted_in=self._opted_in, machine_id=machine_id)
         if verdict is MEASURE:
             self.core.measured(self.stager.measure(), now)
-            verdict = self.core.frame(conn, frame, sender=conn.sender, record_id=record_id, wall=wall, now=now,
+            verdict = self.core.frame(conn, frame, sender=sender, record_id=record_id, wall=wall, now=now,
                                       opted_in=self._opted_in, machine_id=machine_id)
         self._unregister(conn)
         self._by_fd.pop(conn.fd, None)
