@@ -1,6 +1,6 @@
 # telemetrics-client: build, test, demo and install.
 #   make venv     .venv with the package (editable) and the test tools
-#   make test     the whole test suite
+#   make test     ruff, mypy and the whole test suite
 #   make demo     the pipeline end to end in user mode
 #   make bench    benchmarks; they print figures
 #   make lint     ruff and mypy
@@ -45,7 +45,8 @@ deps:
 		fi; \
 	fi
 
-test: venv
+# Lint first: ruff and mypy take seconds and catch what a test run would take minutes to.
+test: venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv

@@ -252,7 +252,7 @@ def parse_header_block(block: bytes, payload: bytes = b"") -> Record:
         raise _refusal(block)
     for i in _INT_GROUPS:
         values[i] = int(values[i])  # type: ignore[call-overload]
-    record = Record(*values[1:], payload=payload, record_format_version=values[0])  # type: ignore[arg-type]
+    record = Record(*values[1:], payload=payload, record_format_version=values[0])  # type: ignore[arg-type, misc]
     if (record.record_format_version != RECORD_FORMAT_VERSION
             or not SEVERITY_MIN <= record.severity <= SEVERITY_MAX
             or record.payload_format_version > PAYLOAD_FORMAT_VERSION_MAX

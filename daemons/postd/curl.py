@@ -132,6 +132,7 @@ class CurlTransport:
         self.multi.remove_handle(c)
         slot = self._busy.pop(c)
         token, slot.token = slot.token, None
+        assert token is not None  # set by submit for every busy slot
         slot.body = []
         self._free.append(slot)
         return token, resp
