@@ -307,7 +307,7 @@ class Ingest:
 
     def commit_due(self, now: float, wall: float, *, force: bool = False) -> Commit | None:
         """The batch to commit now, if it is time (the loop has read every frame ready)."""
-        if self._committing is not None or not self._pending or now < self._retry_at:
+        if self._committing is not None or not self._pending or (now < self._retry_at and not force):
             return None
         complete = (force or self.stopping or len(self._pending) >= self._last_batch
                     or now - self._pending_since >= COALESCE_MAX)

@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass
 
 from telemetry.ack import Ack, AckStatus
-from telemetry.daemons.probd.ratelimit import Booking
 from telemetry.daemons.store.database import Fault, StoreError
 from telemetry.daemons.store.journal import Journal, Outcome, entry_for
 from telemetry.daemons.store.queue import NewRecord, Queue
@@ -84,16 +83,6 @@ class Dropped:
     record: Record | None
     reason: str
     at: float
-
-
-@dataclass(frozen=True)
-class Item:
-    """An admitted record and the connection waiting for its acknowledgement."""
-
-    record: NewRecord
-    sock: socket.socket
-    booking: Booking
-    deferred: bool
 
 
 class StageError(TelemetryError):
