@@ -23,6 +23,7 @@ import logging
 import operator
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -282,6 +283,24 @@ class Store:
             self._conn.close()
 
 
+def _create_private(path: str) -> None:
+    """Create the database file private to its owner (records describe machines), and refuse
+    a symbolic link.  An existing file is only looked at, never opened here: closing any
+    descriptor of a file drops every POSIX lock this process holds on it, including those
+    of its open SQLite connections, and another process could then take the file for
+    unused and checkpoint away the WAL under them."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            _create_private(path)
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+
+
 class SQLiteStore(Store):
     backend = Backend.SQLITE
 
@@ -292,9 +311,7 @@ class SQLiteStore(Store):
         path = self.url.target
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            # Records describe machines: the database is private to its owner.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            os.close(fd)
+            _create_private(path)
         except OSError as e:
             hint = "; it is a symbolic link" if e.errno == errno.ELOOP else ""
             raise StoreError(f"cannot open SQLite database {path}: {e.strerror}{hint}") from None

@@ -110,8 +110,10 @@ def test_help_and_version(user_install):
 def test_start_error_is_reported_by_the_launcher(user_install):
     open_fds = len(os.listdir("/proc/self/fd"))
     with pytest.raises(CollectorStartError, match="exited with status"):
-        start(user_install, "mysql://nope")
+        start_collector("mysql://nope", env=user_install.env, read_token=False)
     assert len(os.listdir("/proc/self/fd")) == open_fds  # the pipe from the collector is closed
+    with pytest.raises(CollectorStartError, match="cannot make a read token: .*the scheme must be sqlite"):
+        start(user_install, "mysql://nope")
 
 
 # --- a running server -----------------------------------------------------------------------
@@ -244,7 +246,8 @@ def test_tls_and_client_certificates(user_install):
     with start(user_install, None, *server) as c:
         assert c.url.startswith("https://127.0.0.1:")
         assert _curl_post(c.url, cainfo=ca) == 201
-    with start(user_install, None, *server, "--tls-client-ca", ca) as c:
+    # (machine identity, which ties Machine-Id to the certificate: test_collector_security)
+    with start(user_install, None, *server, "--tls-client-ca", ca, "--no-machine-identity") as c:
         with pytest.raises(pycurl.error):
             _curl_post(c.url, cainfo=ca)
         assert _curl_post(c.url, cainfo=ca, cert=str(pki / "client.pem"), key=str(pki / "client.key")) == 201
