@@ -395,9 +395,12 @@ async def _stream(app: CollectorApp, groups: list[list[int]], cursor: int | None
     yield reading.opening(cursor)
     first = True
     for group in groups:
+
+        def render(store: Store, ids: list[int] = group, first: bool = first) -> list[bytes]:
+            return list(reading.render_group(store.records_by_id(ids), first))
+
         try:
-            chunks = await app.reader(
-                lambda store, ids=group, f=first: list(reading.render_group(store.records_by_id(ids), f)))
+            chunks = await app.reader(render)
         except StoreError as e:
             log.error("records query failed while answering: %s", e)
             raise _StreamAborted from None

@@ -36,7 +36,7 @@ import enum
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -46,6 +46,14 @@ from .credentials import Principal, Scope, secret_from_authorization, secret_has
 from .store import Store, StoreError
 
 T = TypeVar("T")
+
+
+class StoreRunner(Protocol):
+    """Runs a function with a database connection, off the event loop."""
+
+    def __call__(self, fn: Callable[[Store], T], /) -> Awaitable[T]: ...
+
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 ErrorRenderer = Callable[[int, str, dict[str, str]], Response]
 
@@ -79,7 +87,7 @@ class Authenticator:
     """Decides who a request is.  `run` runs a function with a database connection off the
     event loop; `refused` is told of every refusal (to count and log it)."""
 
-    def __init__(self, run: Callable[[Callable[[Store], T]], Awaitable[T]], *, reads: bool = True,
+    def __init__(self, run: StoreRunner, *, reads: bool = True,
                  refused: Callable[[Request, Denied], None] = lambda request, denied: None):
         self.run = run
         self.reads = reads

@@ -50,10 +50,16 @@ _SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName":
           "localityName": "L", "stateOrProvinceName": "ST"}
 
 
+def scope_extension(cert: ClientCertificate) -> dict[object, object]:
+    """The ASGI scope extension (a dict, as the ASGI spec has extensions) for `cert`."""
+    return {"common_name": cert.common_name, "subject": cert.subject}
+
+
 def of_scope(scope: Mapping[str, object]) -> ClientCertificate | None:
     extensions = scope.get("extensions")
     if isinstance(extensions, Mapping):
         found = extensions.get(SCOPE_KEY)
-        if isinstance(found, ClientCertificate):
-            return found
+        if isinstance(found, Mapping):
+            name, subject = found.get("common_name"), found.get("subject")
+            return ClientCertificate(name if isinstance(name, str) else None, str(subject or ""))
     return None

@@ -23,6 +23,7 @@ import logging
 import socket
 import ssl
 import time
+from typing import Any
 
 import click
 
@@ -192,7 +193,7 @@ def limit_options(f):
     return f
 
 
-def make_limits(values: dict[str, float]) -> Limits:
+def make_limits(values: dict[str, Any]) -> Limits:
     return Limits(**{name: values[name] for _, name, *_ in _LIMIT_OPTIONS})
 
 
@@ -252,7 +253,7 @@ def main() -> None:
 def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: str | None,
           tls_key: str | None, tls_client_ca: str | None, durability: str, reads: bool, machine_identity: bool,
           trusted_proxies: tuple[str, ...], purge_days: int, purge_filters: tuple[str, ...], log_level: str,
-          access_log: bool, **limit_values: float) -> None:
+          access_log: bool, **limit_values: Any) -> None:
     """Serve POST /v2/collector (open to every sender, within the limits below) and, to
     holders of a read credential, GET /api/records, /api/records/ID and /api/stats.
 

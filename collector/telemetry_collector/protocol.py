@@ -104,7 +104,7 @@ def guarded_protocol(guard: Guard) -> type[HttpToolsProtocol]:
         _body_timer: asyncio.TimerHandle | None = None
         _stall_timer: asyncio.TimerHandle | None = None
         _received_any = False
-        _certificate: identity.ClientCertificate | None = None
+        _certificate: dict[object, object] | None = None  # the scope extension of the client certificate
 
         # --- connection -------------------------------------------------------------
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -121,7 +121,8 @@ def guarded_protocol(guard: Guard) -> type[HttpToolsProtocol]:
             self._admitted = True
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None:
-                self._certificate = identity.from_peercert(ssl_object.getpeercert())
+                cert = identity.from_peercert(ssl_object.getpeercert())
+                self._certificate = None if cert is None else identity.scope_extension(cert)
             self._head_timer = self.loop.call_later(limits.head_timeout, self._head_expired)
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
 import time
 import urllib.parse
 import uuid
@@ -16,7 +15,16 @@ from io import BytesIO
 
 import pycurl
 import pytest
-from collector_support import VALID, Answer, header_list, http_request, make_pki, post_headers, record_fields
+from collector_support import (
+    VALID,
+    Answer,
+    Tricklers,
+    header_list,
+    http_request,
+    make_pki,
+    post_headers,
+    record_fields,
+)
 from support import make_client_cert, wait_until
 
 from telemetry import headers as H
@@ -236,71 +244,6 @@ def test_client_certificates_bind_machine_ids_and_readers(user_install):
 
 
 # --- slow clients --------------------------------------------------------------------------------
-
-class Tricklers:
-    """Connections from several loopback addresses that send a request head one byte at a
-    time and never finish it."""
-
-    HEAD = b"POST /v2/collector HTTP/1.1\r\nHost: collector\r\nX-Slow: " + b"a" * 4000
-
-    def __init__(self, url: str, count: int, addresses: int, interval: float = 0.5):
-        parts = urllib.parse.urlsplit(url)
-        self.socks: list[socket.socket] = []
-        for i in range(count):
-            s = socket.socket()
-            s.bind((f"127.0.0.{2 + i % addresses}", 0))
-            s.connect((parts.hostname, parts.port))
-            s.setblocking(False)
-            self.socks.append(s)
-        self.sent = [0] * count
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for i, s in enumerate(self.socks):
-                if self.sent[i] < len(self.HEAD):
-                    try:
-                        s.send(self.HEAD[self.sent[i]:self.sent[i] + 1])
-                        self.sent[i] += 1
-                    except OSError:
-                        pass
-            self._stop.wait(self.interval)
-
-    def still_open(self) -> int:
-        """Connections the server has not closed (nothing to read and no EOF)."""
-        n = 0
-        for s in self.socks:
-            try:
-                if s.recv(1, socket.MSG_PEEK) == b"":
-                    continue
-            except BlockingIOError:
-                n += 1
-                continue
-            except OSError:
-                continue
-        return n
-
-    def answers(self) -> list[bytes]:
-        out = []
-        for s in self.socks:
-            try:
-                out.append(s.recv(200))
-            except OSError:
-                out.append(b"")
-        return out
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def close(self) -> None:
-        self.stop()
-        for s in self.socks:
-            s.close()
-
 
 def test_trickling_connections_do_not_keep_others_out(user_install):
     """1,000 clients trickle request heads; a normal POST and GET are served while all of
