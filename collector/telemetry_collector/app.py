@@ -286,7 +286,12 @@ async def ingest(request: Request) -> Response:
         return _rate_limited(app, client, f"address {client}", wait)
     limit = app.settings.max_body
     declared = _content_length(request)
-    body = None if declared is not None and declared > limit else await _read_body(request, limit)
+    try:
+        body = None if declared is not None and declared > limit else await _read_body(request, limit)
+    except ClientDisconnect:
+        # Gone, or dropped by the server for sending too slowly (it answered 408): nothing is
+        # stored and nobody reads an answer.
+        return Response(status_code=400)
     if body is None:
         size = f"{declared} bytes" if declared is not None and declared > limit else "larger"
         message = f"Request body is {size}; this collector accepts at most {limit} bytes"
@@ -334,17 +339,14 @@ def _content_length(request: Request) -> int | None:
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The whole body, or None once it exceeds the limit.  A client that goes away (or that
-    the server dropped for taking too long) leaves an empty body nobody will be answered for."""
+    """The whole body, or None once it exceeds the limit; `ClientDisconnect` if the client
+    goes before it is complete."""
     chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-    except ClientDisconnect:
-        return b""
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
     return b"".join(chunks)
 
 

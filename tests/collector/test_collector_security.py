@@ -297,6 +297,7 @@ def test_oversized_heads_slow_bodies_and_garbage(user_install):
         head = "".join(f"{n}: {v}\r\n" for n, v in header_list(VALID))
         slow = f"POST /v2/collector HTTP/1.1\r\nHost: x\r\n{head}Content-Length: 100\r\n\r\n".encode() + b"0" * 10
         assert raw(c.url, slow).startswith(b"HTTP/1.1 408 ")
+        assert c.stats()["stored"] == 0  # nothing of the cut record
         assert raw(c.url, b"\x00\x01 nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
         too_big = post_headers(c.url, VALID, b"x" * ((1 << 20) + 1))
         assert too_big.status == 413 and "at most 1048576 bytes" in too_big.message
