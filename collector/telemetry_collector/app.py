@@ -232,10 +232,7 @@ class CollectorApp:
         counters = await self.writer.counters()
         # The count scans the table: on the reader's connection, not the writer's thread.
         count = await self.reader(lambda store: store.count_records())
-        document = Stats(records=count, counters=counters).document()
-        document["refused"] = {k[len(REFUSED_PREFIX):]: v for k, v in sorted(counters.items())
-                               if k.startswith(REFUSED_PREFIX)}
-        return document
+        return stats_document(count, counters)
 
     async def first_run_hint(self) -> None:
         """Tell the operator how to let the first reader in."""
@@ -251,6 +248,15 @@ class CollectorApp:
             log.warning("no read credential exists yet, so every read is refused (401); "
                         "create one with: telemetry-collector token add NAME --scope read --database %s",
                         self.reader.url.redacted())
+
+
+def stats_document(records: int, counters: dict[str, int]) -> dict[str, Any]:
+    """What /api/stats and `telemetry-collector stats` show: the writer's counts of records,
+    and the refusals of connections and requests (``refused``)."""
+    document = Stats(records=records, counters=counters).document()
+    document["refused"] = {k[len(REFUSED_PREFIX):]: v for k, v in sorted(counters.items())
+                           if k.startswith(REFUSED_PREFIX)}
+    return document
 
 
 def _client(request: Request) -> str:

@@ -33,7 +33,7 @@ from telemetry.config import DEFAULT_TID
 from telemetry.errors import TelemetryError
 
 from . import server
-from .app import CollectorApp, Settings
+from .app import CollectorApp, Settings, stats_document
 from .credentials import (
     Credential,
     CredentialError,
@@ -49,7 +49,6 @@ from .protocol import Guard
 from .purge import DEFAULT_DAYS, PurgePolicy, PurgeSpecError, check_days, parse_filter
 from .server import announce_ready
 from .store import Durability, open_store
-from .writer import Stats
 
 PROG = "telemetry-collector"
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -333,7 +332,7 @@ def stats(database: str | None) -> None:
     """Print the record count and counters as JSON."""
     store = open_store(parse_database_url(database))
     try:
-        document = Stats(records=store.count_records(), counters=store.counters()).document()
+        document = stats_document(store.count_records(), store.counters())
     finally:
         store.close()
     click.echo(json.dumps(document, indent=2, sort_keys=True))
