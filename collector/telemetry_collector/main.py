@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import ipaddress
 import json
 import logging
 import socket
@@ -105,6 +106,17 @@ def check_tids(tids: tuple[str, ...]) -> tuple[str, ...]:
         if not tid or tid != tid.strip() or not tid.isprintable():
             raise click.BadParameter(f"{tid!r} is not a usable telemetry ID (printable, no surrounding spaces)")
     return tids
+
+
+def check_addresses(values: tuple[str, ...]) -> tuple[str, ...]:
+    """IP addresses, as the peer addresses of connections are compared with them."""
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an IP address (one proxy per option)") from None
+    return tuple(out)
 
 
 def check_tls(cert: str | None, key: str | None, client_ca: str | None) -> None:
@@ -240,6 +252,7 @@ def main() -> None:
               help="With --tls-client-ca: a record's Machine-Id must be the client certificate's subject "
               "Common Name (403 otherwise). --no-machine-identity for a fleet sharing one certificate.")
 @click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
+              callback=lambda ctx, param, value: check_addresses(value),
               help="A reverse proxy's address (repeatable): its X-Forwarded-For names the client for the "
               "per-address rate limit, and its connections count only towards --max-connections.")
 @limit_options

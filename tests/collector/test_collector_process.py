@@ -68,6 +68,11 @@ def one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
     (["--bogus"], "No such option"),
     (["--tid", ""], "not a usable telemetry ID"),
     (["--tid", " padded "], "not a usable telemetry ID"),
+    (["--trusted-proxy", "10.0.0.0/8"], "is not an IP address"),
+    (["--head-timeout", "0"], "--head-timeout"),
+    (["--max-header-bytes", "100"], "max-header-bytes must be at least 1024"),
+    (["--machine-rate", "-1"], "--machine-rate"),
+    (["--address-rate", "5", "--address-burst", "0"], "address-burst must be at least 1"),
 ])
 def test_bad_command_lines(user_install, args, expected):
     one_line_error(user_install.run(MODULE, *args), expected)
