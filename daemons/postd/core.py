@@ -177,7 +177,7 @@ class Courier:
         self.view = spool.QueueView(0, None, None)
         self.stopping = False
         self._config_error_logged = False
-        self._warnings = LogThrottle(log, burst=RECORD_WARNINGS_PER_PASS, interval=math.inf)
+        self._warnings = LogThrottle(RECORD_WARNINGS_PER_PASS, math.inf, logger=log)
         self._loaded: collections.OrderedDict[int, tuple[bytes, bytes, str, Record | None, str]] = (
             collections.OrderedDict())
         self._phase = _Phase.FINISH

@@ -179,8 +179,8 @@ class Ingest:
         self.idle_exit = idle_exit
         self.idle_exit_after = idle_exit_after
         # Apart, so that a flood of bad frames cannot hide that the queue is failing.
-        self.refusals_log = LogThrottle(log)
-        self.failures_log = LogThrottle(log)
+        self.refusals_log = LogThrottle(logger=log)
+        self.failures_log = LogThrottle(logger=log)
         self._conns: dict[Conn, _Conn] = {}
         self._uid_conns: dict[int, int] = {}
         self._pending: list[_Held] = []

@@ -1,8 +1,9 @@
-"""Log throttling: a flood of bad input must not become a flood of log lines.
+"""Log throttling: a flood of bad input or of failing writes must not flood the journal.
 
-Both daemons meet inputs that can repeat without bound (bad frames, failing commits,
-damaged queue rows); each such stream gets a `LogThrottle` of its own, so one flood
-cannot hide another.  What was held back is counted and said in one line later.
+The daemons and the collector meet inputs that can repeat without bound (bad frames,
+failing commits, damaged queue rows, refused requests); each such stream gets a
+`LogThrottle` of its own, so one flood cannot hide another.  What was held back is
+counted and said in one line later.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import logging
 import math
 
+_default_log = logging.getLogger("telemetry")
+
 
 class LogThrottle:
-    """At most `burst` lines per `interval` seconds (math.inf: until `restart`)."""
+    """At most `burst` lines per `interval` seconds (math.inf: until `restart`); the rest
+    are counted and reported with the next line allowed, or taken by the caller."""
 
-    def __init__(self, logger: logging.Logger, burst: int = 20, interval: float = 10.0):
-        self.logger = logger
+    def __init__(self, burst: int = 20, interval: float = 10.0, *, logger: logging.Logger | None = None):
         self.burst, self.interval = burst, interval
+        self.logger = logger or _default_log
         self._start = -math.inf
         self._used = 0
         self.suppressed = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 
@@ -13,7 +12,7 @@ from telemetry.daemons.probd.staging import Stager
 from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.store.queue import QUEUE_DB, NewRecord, Queue, QueueError, Sender
 
-BURST = LogThrottle(logging.getLogger("test")).burst  # telemprobd's default allowance
+BURST = LogThrottle().burst  # telemprobd's default allowance
 
 
 def rows(n: int, size: int = 100) -> list[NewRecord]:

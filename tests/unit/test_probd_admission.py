@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 import sqlite3
 import string
 
@@ -167,7 +166,7 @@ def test_limiter_state_age_uses_the_right_clock():
 
 
 def test_log_throttle_reports_what_it_held_back():
-    t = LogThrottle(logging.getLogger("test"), burst=3, interval=10.0)
+    t = LogThrottle(burst=3, interval=10.0)
     assert [t.allow(0.0) for _ in range(5)] == [True, True, True, False, False]
     assert t.allow(10.0) and t.take_suppressed() == 2 and t.take_suppressed() == 0
 
