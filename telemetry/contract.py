@@ -17,13 +17,15 @@ both collectors take.
 from __future__ import annotations
 
 import enum
+import functools
+import itertools
 import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from telemetry import headers as H
-from telemetry.record import Record
+from telemetry.record import Record, wire_values
 
 
 class Rule(enum.Enum):
@@ -87,7 +89,6 @@ _HEX32 = re.compile(f"[0-9a-f]{{{EVENT_ID_LEN}}}")
 _CLEAR_BUILD = re.compile(r"[0-9]+")
 _BUILD = re.compile(r"[-_a-zA-Z0-9.]+")
 # Python's string.printable: ASCII letters, digits, punctuation, space and \t\n\r\x0b\x0c.
-_PRINTABLE = re.compile(f"[{re.escape(string.printable)}]*")
 
 TID_NAME = "X-Telemetry-Tid"  # as rule 3's message spells it
 # Rule 3: the headers a version requires, in the order the first missing one is named;
@@ -132,9 +133,12 @@ def parse_number(value: str | None) -> int | None:
     return int(value)
 
 
+_printable_field = re.compile(f"[{re.escape(string.printable)}]{{0,{PRINTABLE_MAX}}}").fullmatch
+
+
 def printable(value: str) -> bool:
     """At most PRINTABLE_MAX characters, all in Python's string.printable (the reference's test)."""
-    return len(value) <= PRINTABLE_MAX and _PRINTABLE.fullmatch(value) is not None
+    return _printable_field(value) is not None
 
 
 def unquote(value: str) -> str:
@@ -142,32 +146,26 @@ def unquote(value: str) -> str:
     return value.replace('"', "").replace("'", "")
 
 
-def kernel_version_ok(value: str) -> bool:
-    parts = value.split(".", 2)
-    return len(value) <= TEXT_MAX and len(parts) == 3 and all(_DIGITS.fullmatch(p) for p in parts[:2])
-
-
 # --- the table ----------------------------------------------------------------------------
 
 Fields = Mapping[str, str]  # a record's values by field name, as the collector reads them
-Check = Callable[[Fields], str | None]  # None, or the collector's message
 
 
 @dataclass(frozen=True)
 class FieldRule:
-    """One of rules 4-15: `check` is the collector's; `sender` what a client must also keep
-    so that the reference backend accepts the record too (None: the same)."""
+    """One of rules 4-15: `accepts` tests the field's value, `message` is the collector's
+    400 when it fails.  A rule that reads other fields or has several messages has `judge`
+    instead (the message, or None).  `sender_accepts` is what a client must also keep so
+    that the reference backend accepts the record too (None: the same test)."""
 
     rule: Rule
     field: str
     since: int  # the record format version from which the rule applies
     hint: str  # what a sender is told, beside the collector's message
-    check: Check
-    sender: Check | None = None
-
-
-def _when(ok: Callable[[str], bool], field: str, message: str) -> Check:
-    return lambda f: None if ok(f[field]) else message
+    message: str
+    accepts: Callable[[str], bool] | None
+    judge: Callable[[Fields], str | None] | None = None
+    sender_accepts: Callable[[str], bool] | None = None
 
 
 def _build(f: Fields) -> str | None:
@@ -197,41 +195,52 @@ def _timestamp_ok(value: str) -> bool:
 
 _PRINTABLE_HINT = f"must be printable ASCII, at most {PRINTABLE_MAX} characters"
 
+def _matches(pattern: str) -> Callable[[str], bool]:
+    """A whole-value test as one compiled match (no Python frame per check)."""
+    return re.compile(pattern, re.DOTALL).fullmatch  # type: ignore[return-value]
+
+
+def _at_most(n: int) -> Callable[[str], bool]:
+    return _matches(f".{{0,{n}}}")
+
+
 FIELD_RULES: tuple[FieldRule, ...] = (
-    FieldRule(Rule.SEVERITY, H.SEVERITY, 1, "must be 1, 2, 3 or 4",
-              _when(lambda v: parse_number(v) in SEVERITY_RANGE, H.SEVERITY, "severity value is out of range")),
+    FieldRule(Rule.SEVERITY, H.SEVERITY, 1, "must be 1, 2, 3 or 4", "severity value is out of range",
+              _matches(f"0{{0,{NUMBER_DIGITS_MAX - 1}}}[{SEVERITY_RANGE.start}-{SEVERITY_RANGE.stop - 1}]")),
     FieldRule(Rule.CLASSIFICATION, H.CLASSIFICATION, 1,
               f"must have three '/'-separated parts, at most {TEXT_MAX} characters",
-              _when(lambda v: v.count("/") == 2 and len(v) <= TEXT_MAX, H.CLASSIFICATION,
-                    "Classification value is invalid")),
+              "Classification value is invalid", _matches(f"(?=.{{0,{TEXT_MAX}}}\\Z)[^/]*/[^/]*/[^/]*")),
     FieldRule(Rule.MACHINE_ID, H.MACHINE_ID, 1, f"may have at most {MACHINE_ID_MAX} characters",
-              _when(lambda v: len(v) <= MACHINE_ID_MAX, H.MACHINE_ID, "Machine id value is invalid")),
+              "Machine id value is invalid", _at_most(MACHINE_ID_MAX)),
     FieldRule(Rule.TIMESTAMP, H.CREATION_TIMESTAMP, 1, "must be digits, no later than the year 9999",
-              _when(_timestamp_ok, H.CREATION_TIMESTAMP, "timestamp is invalid")),
+              "timestamp is invalid", _timestamp_ok),
     FieldRule(Rule.ARCH, H.ARCH, 1, "is not an architecture the reference collector knows",
-              _when(ARCHITECTURES.__contains__, H.ARCH, "architecture is invalid"),
-              sender=_when(REFERENCE_ARCHITECTURES.__contains__, H.ARCH, "architecture is invalid")),
+              "architecture is invalid", ARCHITECTURES.__contains__,
+              sender_accepts=REFERENCE_ARCHITECTURES.__contains__),
     FieldRule(Rule.HOST_TYPE, H.HOST_TYPE, 1, f"may have at most {HOST_TYPE_MAX} characters",
-              _when(lambda v: len(v) <= HOST_TYPE_MAX, H.HOST_TYPE, "host type is invalid")),
+              "host type is invalid", _at_most(HOST_TYPE_MAX)),
     FieldRule(Rule.KERNEL_VERSION, H.KERNEL_VERSION, 1,
               f"needs at least two dots and digits in its first two fields, at most {TEXT_MAX} characters",
-              _when(kernel_version_ok, H.KERNEL_VERSION, "kernel version is invalid")),
-    FieldRule(Rule.BOARD_NAME, H.BOARD_NAME, 3, _PRINTABLE_HINT,
-              _when(printable, H.BOARD_NAME, "board name is invalid")),
-    FieldRule(Rule.CPU_MODEL, H.CPU_MODEL, 3, _PRINTABLE_HINT,
-              _when(printable, H.CPU_MODEL, "cpu model is invalid")),
-    FieldRule(Rule.BIOS_VERSION, H.BIOS_VERSION, 3, _PRINTABLE_HINT,
-              _when(printable, H.BIOS_VERSION, "BIOS version is invalid")),
+              "kernel version is invalid", _matches(f"(?=.{{0,{TEXT_MAX}}}\\Z)[0-9]+\\.[0-9]+\\..*")),
+    FieldRule(Rule.BOARD_NAME, H.BOARD_NAME, 3, _PRINTABLE_HINT, "board name is invalid", _printable_field),
+    FieldRule(Rule.CPU_MODEL, H.CPU_MODEL, 3, _PRINTABLE_HINT, "cpu model is invalid", _printable_field),
+    FieldRule(Rule.BIOS_VERSION, H.BIOS_VERSION, 3, _PRINTABLE_HINT, "BIOS version is invalid", _printable_field),
     FieldRule(Rule.EVENT_ID, H.EVENT_ID, 4, f"must be {EVENT_ID_LEN} characters from 0-9a-f",
-              _when(lambda v: _HEX32.fullmatch(v) is not None, H.EVENT_ID, "Event id is invalid")),
+              "Event id is invalid", _HEX32.fullmatch),  # type: ignore[arg-type]
     FieldRule(Rule.SYSTEM_NAME, H.SYSTEM_NAME, 1, f"may have at most {TEXT_MAX} characters",
-              _when(lambda v: len(unquote(v)) <= TEXT_MAX, H.SYSTEM_NAME, "system name is invalid")),
+              "system name is invalid", _matches(f"(?:[\"']*[^\"']){{0,{TEXT_MAX}}}[\"']*")),  # quotes not counted
     FieldRule(Rule.BUILD, H.BUILD, 1,
               f"may hold only letters, digits and '-_.' (digits only for {CLEAR_LINUX}), "
-              f"at most {BUILD_MAX} characters", _build),
+              f"at most {BUILD_MAX} characters", "Build version has invalid characters", None, judge=_build),
     FieldRule(Rule.PAYLOAD_FORMAT_VERSION, H.PAYLOAD_FORMAT_VERSION, 1,
-              f"must be a number up to {PAYLOAD_FORMAT_VERSION_MAX}", _payload_format_version),
+              f"must be a number up to {PAYLOAD_FORMAT_VERSION_MAX}",
+              "Payload format version outside of range supported", None, judge=_payload_format_version),
 )
+# (field, the test, the stricter test for senders, the rule) by record format version
+_CHECKS = {
+    version: tuple((r.field, r.accepts, r.sender_accepts or r.accepts, r) for r in FIELD_RULES if r.since <= version)
+    for version in RECORD_FORMAT_VERSIONS
+}
 
 
 def first_refusal(fields: Fields, version: int, *, sender: bool = False) -> tuple[FieldRule, str] | None:
@@ -240,12 +249,13 @@ def first_refusal(fields: Fields, version: int, *, sender: bool = False) -> tupl
     `fields` must hold every field `version` requires (rule 3).  `sender`: also apply
     the reference backend's stricter checks.
     """
-    for rule in FIELD_RULES:
-        if rule.since > version:
-            continue
-        message = ((sender and rule.sender) or rule.check)(fields)
-        if message is not None:
-            return rule, message
+    for name, accepts, sender_accepts, rule in _CHECKS[version]:
+        if accepts is None:
+            message = rule.judge(fields)  # type: ignore[misc]
+            if message is not None:
+                return rule, message
+        elif not (sender_accepts if sender else accepts)(fields[name]):  # type: ignore[misc]
+            return rule, rule.message
     return None
 
 
@@ -261,9 +271,7 @@ class Violation:
         return self.message
 
 
-def _ows(value: str) -> str:
-    """The collector's HTTP layer strips surrounding spaces and tabs before it checks."""
-    return value.strip(" \t")
+_OWS = itertools.repeat(" \t")  # what the collector's HTTP layer strips around a value
 
 
 def _shown(value: str) -> str:
@@ -272,10 +280,54 @@ def _shown(value: str) -> str:
     return repr(value)
 
 
+# The fields that describe the machine, not the record: every record of a machine has the
+# same, so their rules are judged once per set of values (`_machine_refusal`).
+_MACHINE_FIELDS = (H.ARCH, H.HOST_TYPE, H.KERNEL_VERSION, H.BOARD_NAME, H.CPU_MODEL, H.BIOS_VERSION,
+                   H.SYSTEM_NAME, H.BUILD)
+_MACHINE_POSITIONS = tuple(H.RECORD_HEADERS.index(f) for f in _MACHINE_FIELDS)
+_RECORD_RULES = tuple((i, r) for i, r in enumerate(FIELD_RULES) if r.field not in _MACHINE_FIELDS)
+
+
+@functools.lru_cache(maxsize=64)
+def _machine_refusal(values: tuple[str, ...], version: int) -> tuple[int, FieldRule, str] | None:
+    """The first machine rule those values break, with its place in the table."""
+    fields = dict(zip(_MACHINE_FIELDS, values, strict=True))
+    for i, rule in enumerate(FIELD_RULES):
+        if rule.field not in fields or rule.since > version:
+            continue
+        if rule.judge is not None:
+            message = rule.judge(fields)
+            if message is not None:
+                return i, rule, message
+        elif not (rule.sender_accepts or rule.accepts)(fields[rule.field]):  # type: ignore[misc]
+            return i, rule, rule.message
+    return None
+
+
 def check_record(record: Record) -> Violation | None:
-    """The first rule any collector would refuse the record for, in the collector's order."""
-    fields = {name: _ows(value) for name, value in record.headers()}
-    found = first_refusal(fields, record.record_format_version, sender=True)
+    """The first rule any collector would refuse the record for, in the collector's order
+    (the table's, with the reference backend's stricter checks)."""
+    # As the collector reads them: its HTTP layer strips surrounding spaces and tabs.
+    values = list(map(str.strip, map(str, wire_values(record)), _OWS))
+    version = record.record_format_version
+    machine = _machine_refusal(tuple(values[i] for i in _MACHINE_POSITIONS), version)
+    found: tuple[FieldRule, str] | None = None
+    fields = dict(zip(H.RECORD_HEADERS, values, strict=True))
+    for i, rule in _RECORD_RULES:
+        if machine is not None and i > machine[0]:
+            break
+        if rule.since > version:
+            continue
+        if rule.judge is not None:
+            message = rule.judge(fields)
+            if message is not None:
+                found = rule, message
+                break
+        elif not (rule.sender_accepts or rule.accepts)(fields[rule.field]):  # type: ignore[misc]
+            found = rule, rule.message
+            break
+    if found is None and machine is not None:
+        found = machine[1], machine[2]
     if found is None:
         return None
     rule, message = found

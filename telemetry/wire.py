@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from .errors import TelemetryError
 from .limits import FRAME_MAX, FRAME_MIN, FRAME_SIZE_FIELD, PATH_MAX, PAYLOAD_MAX
 
-_U32 = struct.Struct("<I")  # both size fields: record_size and header_size
-assert _U32.size == FRAME_SIZE_FIELD
+_U32 = struct.Struct("<I")  # both size fields (FRAME_SIZE_FIELD bytes): record_size and header_size
 CFG_MAGIC = b"CFG:"
 _SIZE = FRAME_SIZE_FIELD
 

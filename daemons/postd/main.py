@@ -235,17 +235,20 @@ class Postd:
         tally: collections.Counter[Counter] = collections.Counter()
         try:
             self.queue.follow()
-            core.start_pass(self.clock())
+            now = self.clock()
+            core.start_pass(now)
             while True:
-                self.keep_alive()
-                now = self.clock()
                 action = core.step(now, self._capacity())
                 if isinstance(action, Send):
                     try:
                         self._transport_now().submit(action.token, action.request)
                     except RequestRefused as e:
                         core.refused(action.token, str(e), now)
-                elif action is WAIT:
+                    continue
+                if action is DONE:
+                    break
+                # Waiting, reading and writing take time: the clock is read again after them.
+                if action is WAIT:
                     for token, response in self._transport_now().poll(POLL_WAIT):
                         core.answered(token, response, self.clock())
                 elif isinstance(action, Fetch):
@@ -253,8 +256,8 @@ class Postd:
                 elif isinstance(action, Settle):
                     self._settle(action.settlement)
                     tally.update(action.settlement.counts)
-                elif action is DONE:
-                    break
+                self.keep_alive()
+                now = self.clock()
             self._queue_retry_at = None
         except QueueError as e:
             if core.abandon():
@@ -289,6 +292,7 @@ class Postd:
                     self.journal.add(s.entries, s.retained, s.aside)
                 except JournalError as e:
                     log.error("%s", e)
+        self.queue.follow()  # telemprobd may have replaced a damaged file since: rows keep their positions
         self.queue.settle((), s.retry, s.queue_counters, delete_seqs=s.delete)
 
     def _log_pass(self, tally: collections.Counter[Counter]) -> None:

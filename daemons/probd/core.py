@@ -215,7 +215,7 @@ class Ingest:
         if len(self._conns) + len(self._pending) >= s.max_connections:
             return self._refuse(conn, sender, AckStatus.BUSY,
                                 f"telemprobd is serving {s.max_connections} connections; try again", now)
-        cap = self.uid_connection_cap()
+        cap = self._uid_cap
         held = self._uid_conns.get(sender.uid, 0)
         if held >= cap:  # one user holding every slot would lock the others out
             return self._refuse(conn, sender, AckStatus.BUSY,
@@ -229,6 +229,15 @@ class Ingest:
         share = self.settings.policy.uid_share
         total = self.settings.max_connections
         return total if share >= 100 else max(1, total * share // 100)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._settings = settings
+        self._uid_cap = self.uid_connection_cap()
 
     def _forget(self, conn: Conn) -> None:
         state = self._conns.pop(conn, None)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from telemetry import log as log_mod
-from telemetry.daemons.probd.core import MEASURE, Commit, Ingest, Reply, Settings
+from telemetry.daemons.probd.core import MEASURE, Commit, Counters, Ingest, Reply, Settings
 from telemetry.daemons.probd.listener import (
     CREDENTIALS_SPACE,
     Listener,
@@ -103,7 +103,7 @@ class IngestLoop:
         self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     @property
-    def counters(self):
+    def counters(self) -> Counters:
         return self.core.counters
 
     # --- running ---------------------------------------------------------------------
