@@ -133,7 +133,7 @@ def parse_number(value: str | None) -> int | None:
     return int(value)
 
 
-_printable_field = re.compile(f"[{re.escape(string.printable)}]{{0,{PRINTABLE_MAX}}}").fullmatch
+_printable_field: Callable[[str], object] = re.compile(f"[{re.escape(string.printable)}]{{0,{PRINTABLE_MAX}}}").fullmatch
 
 
 def printable(value: str) -> bool:
@@ -149,6 +149,7 @@ def unquote(value: str) -> str:
 # --- the table ----------------------------------------------------------------------------
 
 Fields = Mapping[str, str]  # a record's values by field name, as the collector reads them
+Accepts = Callable[[str], object]  # true (a match, True) when the value is accepted
 
 
 @dataclass(frozen=True)
@@ -163,9 +164,9 @@ class FieldRule:
     since: int  # the record format version from which the rule applies
     hint: str  # what a sender is told, beside the collector's message
     message: str
-    accepts: Callable[[str], bool] | None
+    accepts: Accepts | None
     judge: Callable[[Fields], str | None] | None = None
-    sender_accepts: Callable[[str], bool] | None = None
+    sender_accepts: Accepts | None = None
 
 
 def _build(f: Fields) -> str | None:
@@ -195,12 +196,12 @@ def _timestamp_ok(value: str) -> bool:
 
 _PRINTABLE_HINT = f"must be printable ASCII, at most {PRINTABLE_MAX} characters"
 
-def _matches(pattern: str) -> Callable[[str], bool]:
+def _matches(pattern: str) -> Accepts:
     """A whole-value test as one compiled match (no Python frame per check)."""
-    return re.compile(pattern, re.DOTALL).fullmatch  # type: ignore[return-value]
+    return re.compile(pattern, re.DOTALL).fullmatch
 
 
-def _at_most(n: int) -> Callable[[str], bool]:
+def _at_most(n: int) -> Accepts:
     return _matches(f".{{0,{n}}}")
 
 
@@ -226,7 +227,7 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule(Rule.CPU_MODEL, H.CPU_MODEL, 3, _PRINTABLE_HINT, "cpu model is invalid", _printable_field),
     FieldRule(Rule.BIOS_VERSION, H.BIOS_VERSION, 3, _PRINTABLE_HINT, "BIOS version is invalid", _printable_field),
     FieldRule(Rule.EVENT_ID, H.EVENT_ID, 4, f"must be {EVENT_ID_LEN} characters from 0-9a-f",
-              "Event id is invalid", _HEX32.fullmatch),  # type: ignore[arg-type]
+              "Event id is invalid", _HEX32.fullmatch),
     FieldRule(Rule.SYSTEM_NAME, H.SYSTEM_NAME, 1, f"may have at most {TEXT_MAX} characters",
               "system name is invalid", _matches(f"(?:[\"']*[^\"']){{0,{TEXT_MAX}}}[\"']*")),  # quotes not counted
     FieldRule(Rule.BUILD, H.BUILD, 1,
@@ -250,11 +251,12 @@ def first_refusal(fields: Fields, version: int, *, sender: bool = False) -> tupl
     the reference backend's stricter checks.
     """
     for name, accepts, sender_accepts, rule in _CHECKS[version]:
-        if accepts is None:
+        test = sender_accepts if sender else accepts
+        if test is None:
             message = rule.judge(fields)  # type: ignore[misc]
             if message is not None:
                 return rule, message
-        elif not (sender_accepts if sender else accepts)(fields[name]):  # type: ignore[misc]
+        elif not test(fields[name]):
             return rule, rule.message
     return None
 
