@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
+import operator
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -286,8 +287,10 @@ def _shown(value: str) -> str:
 # same, so their rules are judged once per set of values (`_machine_refusal`).
 _MACHINE_FIELDS = (H.ARCH, H.HOST_TYPE, H.KERNEL_VERSION, H.BOARD_NAME, H.CPU_MODEL, H.BIOS_VERSION,
                    H.SYSTEM_NAME, H.BUILD)
-_MACHINE_POSITIONS = tuple(H.RECORD_HEADERS.index(f) for f in _MACHINE_FIELDS)
-_RECORD_RULES = tuple((i, r) for i, r in enumerate(FIELD_RULES) if r.field not in _MACHINE_FIELDS)
+_machine_values = operator.itemgetter(*(H.RECORD_HEADERS.index(f) for f in _MACHINE_FIELDS))
+# The other rules, judged for every record: (place in the table, field's position, rule).
+_RECORD_RULES = tuple((i, H.RECORD_HEADERS.index(r.field), r) for i, r in enumerate(FIELD_RULES)
+                      if r.field not in _MACHINE_FIELDS)
 
 
 @functools.lru_cache(maxsize=64)
@@ -312,28 +315,29 @@ def check_record(record: Record) -> Violation | None:
     # As the collector reads them: its HTTP layer strips surrounding spaces and tabs.
     values = list(map(str.strip, map(str, wire_values(record)), _OWS))
     version = record.record_format_version
-    machine = _machine_refusal(tuple(values[i] for i in _MACHINE_POSITIONS), version)
-    found: tuple[FieldRule, str] | None = None
-    fields = dict(zip(H.RECORD_HEADERS, values, strict=True))
-    for i, rule in _RECORD_RULES:
+    machine = _machine_refusal(_machine_values(values), version)
+    found: tuple[FieldRule, str, str] | None = None
+    for i, position, rule in _RECORD_RULES:
         if machine is not None and i > machine[0]:
             break
         if rule.since > version:
             continue
+        value = values[position]
         if rule.judge is not None:
-            message = rule.judge(fields)
+            message = rule.judge({rule.field: value})
             if message is not None:
-                found = rule, message
+                found = rule, message, value
                 break
-        elif not (rule.sender_accepts or rule.accepts)(fields[rule.field]):  # type: ignore[misc]
-            found = rule, rule.message
+        elif not (rule.sender_accepts or rule.accepts)(value):  # type: ignore[misc]
+            found = rule, rule.message, value
             break
     if found is None and machine is not None:
-        found = machine[1], machine[2]
+        rule = machine[1]
+        found = rule, machine[2], values[H.RECORD_HEADERS.index(rule.field)]
     if found is None:
         return None
-    rule, message = found
-    return Violation(rule.field, f"{rule.field} {_shown(fields[rule.field])} {rule.hint} ({message})")
+    rule, message, value = found
+    return Violation(rule.field, f"{rule.field} {_shown(value)} {rule.hint} ({message})")
 
 
 def check_header_block(lines: tuple[bytes, ...]) -> Violation | None:

@@ -18,8 +18,9 @@ What can lose or duplicate a record is decided here, and tested by property:
   (`SETTLE_BEFORE_SEND`): then, when the daemon is killed, the rows that may be sent
   again are at most the requests that were in flight, `max_in_flight`.
 
-A row is parsed into its Record once per process (`_load`), not on every attempt: the
-parsed record is kept, bounded, beside the row's identity until its fate is final.
+A row is parsed into its Record once per process (`_load`), not on every attempt: a row
+kept for another attempt keeps its parsed record beside its identity (bounded) until its
+fate is final.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
 from telemetry.daemons.postd import spool
@@ -137,8 +139,7 @@ class Fetch:
     limit: int = spool.FETCH_SLICE
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(NamedTuple):  # one per record sent: a tuple is the cheapest value to make
     token: int  # the row's queue position: unique even in a damaged queue
     request: Request
 
@@ -301,8 +302,14 @@ class Courier:
         if not self._decided:
             self._decided_since = now
         self._decided.append(decision)
+        row = decision.row
         if decision.outcome is not None:
-            self._loaded.pop(decision.row.seq, None)
+            self._loaded.pop(row.seq, None)
+        elif decision.record is not None:  # it will be read again: keep what it parsed into
+            self._loaded[row.seq] = (row.headers, row.payload, row.record_id, decision.record, "")
+            self._loaded.move_to_end(row.seq)
+            if len(self._loaded) > LOADED_MAX:
+                self._loaded.popitem(last=False)
 
     def _settle_due(self, now: float) -> bool:
         return len(self._decided) >= self.policy.max_batch or now - self._decided_since >= self.policy.max_delay
@@ -314,21 +321,17 @@ class Courier:
     # --- one row ------------------------------------------------------------------------
 
     def _load(self, row: QueuedRecord) -> tuple[Record | None, str]:
-        """The row's record, parsed once while the row waits; a damaged row's problem."""
+        """The row's record: parsed when first seen, kept while the row waits for another
+        attempt (`_decide`); a damaged row's problem."""
         seen = self._loaded.get(row.seq)
         if seen is not None and seen[0] == row.headers and seen[1] == row.payload and seen[2] == row.record_id:
-            self._loaded.move_to_end(row.seq)
             return seen[3], seen[4]
         try:
-            record, problem = parse_header_block(row.headers, row.payload), ""
+            return parse_header_block(row.headers, row.payload), ""
         except RecordError as e:
-            record, problem = None, str(e)
+            return None, str(e)
         except (ValueError, TypeError) as e:  # bytes no record check anticipated
-            record, problem = None, f"{type(e).__name__}: {e}"
-        self._loaded[row.seq] = (row.headers, row.payload, row.record_id, record, problem)
-        if len(self._loaded) > LOADED_MAX:
-            self._loaded.popitem(last=False)
-        return record, problem
+            return None, f"{type(e).__name__}: {e}"
 
     def _local(self, row: QueuedRecord, record: Record | None, outcome: Outcome, detail: str) -> Decision:
         return Decision(row, record, Counter(outcome.value), outcome, detail, attempts=row.attempts)
