@@ -127,6 +127,8 @@ _COLUMNS = (
 )
 # Times beyond this are clamped (an infinity would not survive int()).
 _TIME_LIMIT = 1e15
+# So is a damaged attempt count: one more must still fit SQLite's 64-bit integer.
+_ATTEMPTS_LIMIT = 2**31
 
 
 def _text(value: bytes | None) -> str | None:
@@ -143,7 +145,8 @@ def _row(r: Sequence) -> QueuedRecord:
     return QueuedRecord(
         seq=r[0], record_id=_text(r[1]) or "", received_at=_time(r[2]), sender=Sender(r[3], r[4], r[5]),
         cfg_path=_text(r[6]), headers=bytes(r[7] or b""), payload=bytes(r[8] or b""), size=r[9] or 0,
-        deferred_until=_time(r[10]), attempts=r[11] or 0, next_attempt_at=_time(r[12]), last_error=_text(r[13]),
+        deferred_until=_time(r[10]), attempts=min(max(r[11] or 0, 0), _ATTEMPTS_LIMIT), next_attempt_at=_time(r[12]),
+        last_error=_text(r[13]),
     )
 
 

@@ -97,7 +97,10 @@ def backend_url() -> str:
             workdir = tempfile.mkdtemp(prefix="tc-")
             env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
             _backend = start_collector(f"sqlite:///{workdir}/records.db", env={**env, "HOME": workdir},
-                                       args=("--durability", "relaxed", "--purge-days", "0"),
+                                       # The daemons are what is tested, not the collector's own
+                                       # limits: every record comes from one machine and address.
+                                       args=("--durability", "relaxed", "--purge-days", "0",
+                                             "--machine-rate", "0", "--address-rate", "0"),
                                        log_path=f"{workdir}/collector.log", python=sys.executable)
             atexit.register(_stop_backend, _backend, workdir)
         return _backend.url

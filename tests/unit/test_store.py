@@ -209,3 +209,17 @@ def test_a_damaged_journal_keeps_its_readable_entries(tmp_path, caplog):
     assert 1 < len(kept) < 201 and kept[-1].record_id == "f" * 32
     assert kept[0].record_id == entries[0].record_id
     assert "journal" in caplog.text and "moved aside" in caplog.text
+
+
+def test_a_damaged_attempt_count_can_still_be_counted_up(tmp_path):
+    spool = tmp_path / "spool"
+    [rid] = filled_queue(spool, 1)
+    db = sqlite3.connect(spool / QUEUE_DB)
+    db.execute("UPDATE records SET attempts = ?", (2**63 - 1,))
+    db.commit()
+    db.close()
+    q = Queue(str(spool))
+    [row] = q.all()
+    q.reschedule(rid, row.attempts + 1, 0.0, "HTTP 503")
+    assert q.all()[0].attempts == row.attempts  # stored one more, read back at the limit again
+    q.close()
