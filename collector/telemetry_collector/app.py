@@ -6,8 +6,10 @@ Routes (contract §1): ``POST /`` and ``POST /v2/collector`` ingest; ``GET`` on 
 methods on these paths get 405, other paths 404, always with a JSON ``message``.
 
 Every refusal is counted by rule and logged with the peer; the application never lets an
-exception reach the server for a bad request.  Database failures answer 500 with nothing
-stored, so the client's retry is safe.
+exception reach the server for a bad request.  A valid record goes to the dispatch router
+(dispatch/router.py), whose reliable dispatcher decides the answer: 201, 200 for a repeat,
+or 503 with Retry-After when it could not confirm the record (a database failure included),
+so the client keeps it and tries again.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .dburl import DatabaseURL
+from .dispatch import build_dispatchers
+from .dispatch.config import DispatchConfig, Kind
+from .dispatch.router import Outcome, Router
 from .model import to_json
 from .purge import PurgePolicy
 from .query import QueryRejected, parse_query, parse_query_string
@@ -39,6 +44,7 @@ INGEST_PATHS = ("/", "/v2/collector")
 UI_PATH = "/telemetryui"
 RECORDS_PATH = "/api/records"
 STATS_PATH = "/api/stats"
+ROUTE_PATHS = (*INGEST_PATHS, UI_PATH, RECORDS_PATH, STATS_PATH)  # label values of the request metrics
 JSON = b"application/json"
 UI_TEXT = (
     b"telemetry-collector has no web UI.\n"
@@ -58,6 +64,25 @@ class Settings:
 
 class _ClientGone(Exception):
     pass
+
+
+class _Unobserved:
+    """What the app reports to when nobody measures it (metrics.Metrics otherwise)."""
+
+    def reject(self, reason: str) -> None:
+        pass
+
+    def record(self, domain: str, outcome: Outcome) -> None:
+        pass
+
+    def dispatched(self, kind: Kind, ok: bool, seconds: float) -> None:
+        pass
+
+    def batch(self, kind: Kind, size: int) -> None:
+        pass
+
+    def connected(self, kind: Kind, up: bool) -> None:
+        pass
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
@@ -110,9 +135,15 @@ class _Reader:
 
 class CollectorApp:
     def __init__(self, url: DatabaseURL, settings: Settings, *, writer_store: Store | None = None,
-                 reader_store: Store | None = None):
+                 reader_store: Store | None = None, dispatch: DispatchConfig | None = None,
+                 observer: object | None = None):
         self.settings = settings
-        self.writer = Writer(url, writer_store, settings.durability)
+        # metrics.Metrics, or nothing; typed loosely so this module never imports prometheus-client.
+        self.observer: Any = observer or _Unobserved()
+        self.writer = Writer(url, writer_store, settings.durability,
+                             on_batch=lambda n: self.observer.batch(Kind.STORE, n))
+        config = dispatch or DispatchConfig()
+        self.router = Router(config, build_dispatchers(config, self.writer, self.observer), self.observer)
         self.reader = _Reader(url, reader_store)
         self._purge_task: asyncio.Task | None = None
         self.routes: dict[str, dict[str, Callable[..., Awaitable[None]]]] = {
@@ -134,6 +165,11 @@ class CollectorApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.startup()
+                try:
+                    await self.router.start()
+                except Exception as e:  # noqa: BLE001 - a dispatcher that cannot start stops the server
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
@@ -147,6 +183,7 @@ class CollectorApp:
             self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop(policy))
 
     async def shutdown(self) -> None:
+        await self.router.stop()
         if self._purge_task is not None:
             self._purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -182,6 +219,7 @@ class CollectorApp:
     # --- handlers -----------------------------------------------------------------
     def _refuse(self, scope: dict, rule: Rule, message: str) -> None:
         self.writer.count(REJECTED_PREFIX + rule.value)
+        self.observer.reject(rule.value)
         client = scope.get("client") or ("?", 0)
         log.warning("rejected a record from %s: %s", client[0], message)
 
@@ -217,14 +255,11 @@ class CollectorApp:
             self._refuse(scope, r.rule, r.message)
             await _respond(send, r.status, _message(r.message))
             return
-        try:
-            reply = await self.writer.submit(record)
-        except StoreError:
-            await _respond(send, 500, _message("The record was not stored (database error); try again later"))
-            return
-        if reply.duplicate:
-            log.info("repeat of record %s answered from the stored row", record.record_id)
-        await _respond(send, reply.status, reply.body)
+        answer = await self.router.submit(record)
+        if answer.outcome is Outcome.DUPLICATE:
+            log.info("repeat of record %s answered as already accepted", record.record_id)
+        extra = None if answer.retry_after is None else [(b"retry-after", str(answer.retry_after).encode())]
+        await _respond(send, answer.status, answer.body, extra=extra)
 
     async def _to_ui(self, scope: dict, receive: Callable, send: Callable) -> None:
         await _respond(send, 302, b"", content_type=b"text/plain", extra=[(b"location", UI_PATH.encode())])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import shutil
 import socket
 import ssl
 import time
@@ -28,11 +29,15 @@ from telemetry.config import DEFAULT_TID
 from telemetry.errors import TelemetryError
 
 from . import server
-from .app import DEFAULT_MAX_BODY, CollectorApp, Settings
+from .app import DEFAULT_MAX_BODY, INGEST_PATHS, ROUTE_PATHS, CollectorApp, Settings
 from .dburl import parse_database_url
+from .dispatch import check_workers
+from .dispatch.config import DispatchConfig, load_dispatch_config
+from .metrics_dir import prepare_directory, worker_exited
 from .purge import DEFAULT_DAYS, PurgePolicy, PurgeSpecError, check_days, parse_filter
 from .server import announce_ready
 from .store import Durability, open_store
+from .workers import MAX_WORKERS, Supervisor, reuseport_sockets
 from .writer import Stats
 
 PROG = "telemetry-collector"
@@ -56,7 +61,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port_text)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
@@ -67,6 +72,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError as e:
@@ -181,6 +188,16 @@ def main() -> None:
               "a collector crash, but a power cut can lose the last moments (SQLite synchronous=NORMAL, "
               "PostgreSQL synchronous_commit=off).")
 @purge_options(DEFAULT_DAYS)
+@click.option("--dispatch", "dispatch_file", type=click.Path(dir_okay=False), metavar="FILE",
+              envvar=f"{ENV_PREFIX}_DISPATCH", show_envvar=True,
+              help="TOML file routing records by classification to dispatchers (store, nats, kafka, zmq, "
+              "log) and naming the one whose confirmation decides the answer [default: everything to "
+              "the store].")
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True,
+              envvar=f"{ENV_PREFIX}_WORKERS", show_envvar=True,
+              help="Worker processes serving the one port (use PostgreSQL for more than one).")
+@click.option("--metrics-token-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="GET /metrics then needs 'Authorization: Bearer <the token in FILE>' [default: open].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
@@ -188,38 +205,74 @@ def main() -> None:
 @handle_errors
 def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: str | None,
           tls_key: str | None, tls_client_ca: str | None, max_body: int, durability: str, purge_days: int,
-          purge_filters: tuple[str, ...], log_level: str, access_log: bool) -> None:
-    """Serve POST /v2/collector, GET /api/records and GET /api/stats."""
+          purge_filters: tuple[str, ...], dispatch_file: str | None, workers: int,
+          metrics_token_file: str | None, log_level: str, access_log: bool) -> None:
+    """Serve POST /v2/collector, GET /api/records, GET /api/stats and GET /metrics."""
     logsetup.setup(PROG, log_level)
     policy = purge_policy(purge_days, purge_filters)
     check_tls(tls_cert, tls_key, tls_client_ca)
     host, port = parse_listen(listen)
     url = parse_database_url(database)
     mode = Durability(durability)
-    writer_store = open_store(url, durability=mode)
+    dispatch = load_dispatch_config(dispatch_file) if dispatch_file else DispatchConfig()
+    check_workers(dispatch, workers)
+    for route in dispatch.unreliable_routes():
+        log.warning("records of %s are answered 201 before any dispatcher confirms them (no reliable "
+                    "dispatcher among %s)", route.pattern, ", ".join(k.value for k in route.dispatchers))
+    settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), max_body=max_body, purge=policy, durability=mode)
+    metrics_dir, own_dir = prepare_directory()  # before prometheus-client is imported
+    try:
+        from .metrics import MetricsAuth
+
+        auth = MetricsAuth.from_file(metrics_token_file)
+        open_store(url, durability=mode).close()  # migrations, once, before any worker starts
+        inherited = systemd_socket()
+        sock = inherited or bind(host, port, reuseport=workers > 1)
+        tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
+
+        def run_worker(index: int, worker_sock: socket.socket, on_ready) -> int:
+            app = _worker_app(url, settings, dispatch, auth)
+            started = server.serve(app, worker_sock, **tls, log_level=log_level, access_log=access_log,
+                                   on_ready=lambda address: on_ready())
+            return 0 if started else 1
+
+        address = server.url_of(sock, tls_cert is not None)
+
+        def ready(_: str = "") -> None:
+            log.info("serving %s with %d worker%s, records in %s", address, workers, "s" * (workers > 1),
+                     url.redacted())
+            announce_ready(address)
+
+        if workers == 1:
+            started = server.serve(_worker_app(url, settings, dispatch, auth), sock, **tls, log_level=log_level,
+                                   access_log=access_log, on_ready=ready)
+            if not started:
+                raise TelemetryError("the server did not start; see the messages above")
+            return
+        sockets = [sock] if inherited else reuseport_sockets(sock, workers)
+        status = Supervisor(sockets, workers, run_worker, on_exit=worker_exited).run(ready)
+        if status:
+            raise TelemetryError("the workers did not start or did not stop cleanly; see the messages above")
+    finally:
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _worker_app(url, settings: Settings, dispatch: DispatchConfig, auth):
+    """In the process that serves: its connections, its metrics, the app behind the metrics."""
+    from .metrics import Metrics, MetricsMiddleware
+
+    metrics = Metrics()
+    metrics.started()
+    writer_store = open_store(url, migrate=False, durability=settings.durability)
     try:
         reader_store = open_store(url, migrate=False)
     except BaseException:
         writer_store.close()
         raise
-    settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), max_body=max_body, purge=policy, durability=mode)
-    app = CollectorApp(url, settings, writer_store=writer_store, reader_store=reader_store)
-    try:
-        sock = systemd_socket() or bind(host, port)
-    except BaseException:
-        writer_store.close()
-        reader_store.close()
-        raise
-
-    def ready(address: str) -> None:
-        log.info("serving %s, records in %s", address, url.redacted())
-        announce_ready(address)
-
-    started = server.serve(app, sock, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
-                           log_level=log_level, access_log=access_log, on_ready=ready)
-    if not started:
-        raise TelemetryError("the server did not start; see the messages above")
-
+    app = CollectorApp(url, settings, writer_store=writer_store, reader_store=reader_store, dispatch=dispatch,
+                       observer=metrics)
+    return MetricsMiddleware(app, metrics, routes=ROUTE_PATHS, ingest=INGEST_PATHS, auth=auth)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)

@@ -100,8 +100,10 @@ def _settle(outcomes: list[_Outcome]) -> None:
 
 
 class Writer:
-    def __init__(self, url: DatabaseURL, store: Store | None = None, durability: Durability = Durability.FULL):
+    def __init__(self, url: DatabaseURL, store: Store | None = None, durability: Durability = Durability.FULL,
+                 on_batch: Callable[[int], None] | None = None):
         self.url = url
+        self.on_batch = on_batch  # told each transaction's record count, on the thread
         self.durability = durability
         self._store = store
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -208,6 +210,8 @@ class Writer:
             self._store = None
 
     def _commit(self, inserts: list[_Insert]) -> list[_Outcome]:
+        if self.on_batch is not None:
+            self.on_batch(len(inserts))
         deltas = self._take_pending()
         replies: list[Reply] = []
         try:
