@@ -63,6 +63,8 @@ class NatsDispatcher(Dispatcher):
                                  "pip install 'telemetry-collector[nats]'") from None
         self.observer.connected(self.kind, False)
         self._connector = asyncio.get_running_loop().create_task(self._connect_until_done())
+        # Serve at once if the server is away, but do not answer 503 for a start-up moment.
+        await asyncio.wait({self._connector}, timeout=self.settings.connect_timeout)
 
     async def _connect_until_done(self) -> None:
         import nats
