@@ -217,8 +217,7 @@ class Writer:
         try:
             store = self._open()
             with store.transaction():
-                for item in inserts:
-                    stored = store.insert(item.record)
+                for stored in store.insert_many([item.record for item in inserts]):
                     body = to_json(stored.record.as_json_dict())
                     replies.append(Reply(200 if stored.duplicate else 201, body))
                     deltas[DUPLICATES if stored.duplicate else STORED] += 1
