@@ -136,7 +136,7 @@ class _Reader:
 class CollectorApp:
     def __init__(self, url: DatabaseURL, settings: Settings, *, writer_store: Store | None = None,
                  reader_store: Store | None = None, dispatch: DispatchConfig | None = None,
-                 observer: object | None = None):
+                 observer: Any = None):
         self.settings = settings
         # metrics.Metrics, or nothing; typed loosely so this module never imports prometheus-client.
         self.observer: Any = observer or _Unobserved()

@@ -130,7 +130,7 @@ def read_stream(url: str, stream: str, timeout: float = 30.0) -> list[StreamMess
             out: list[StreamMessage] = []
             if info.state.messages == 0:
                 return out
-            sub = await js.pull_subscribe(info.config.subjects[0], stream=stream)
+            sub = await js.pull_subscribe((info.config.subjects or [">"])[0], stream=stream)
             while len(out) < info.state.messages:
                 for m in await sub.fetch(min(1000, info.state.messages - len(out)), timeout=timeout):
                     out.append(StreamMessage(m.subject, dict(m.headers or {}), m.data))

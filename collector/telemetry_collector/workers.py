@@ -81,8 +81,10 @@ class Supervisor:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _WATCHED)
                 os.environ["TELEMETRY_COLLECTOR_WORKER"] = str(index)
-                status = self.run_worker(index, self._socket(index),
-                                         lambda: os.write(ready_w, index.to_bytes(1, "big")))
+                def ready() -> None:
+                    os.write(ready_w, index.to_bytes(1, "big"))
+
+                status = self.run_worker(index, self._socket(index), ready)
             except SystemExit as e:
                 status = e.code if isinstance(e.code, int) else 1
             except BaseException:  # noqa: BLE001 - the worker's last words go to the log

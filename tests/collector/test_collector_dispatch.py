@@ -24,7 +24,7 @@ from support import METADATA, free_port, wait_until
 from telemetry import headers as H
 from telemetry_collector.dispatch.message import read_message
 from telemetry_collector.launch import start_collector
-from telemetry_collector.tempnats import TemporaryNats, TempNatsError, read_stream
+from telemetry_collector.tempnats import TempNatsError, TemporaryNats, read_stream
 
 CRASH = "org.clearlinux/crash/clr"
 STREAM = "TELEMETRY"

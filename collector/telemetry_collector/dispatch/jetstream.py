@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from .base import (
     Delivery,
@@ -48,8 +49,8 @@ class NatsDispatcher(Dispatcher):
         self.settings = settings
         self.namespace = namespace
         self.ack_timeout = ack_timeout
-        self._nc = None
-        self._js = None
+        self._nc: Any = None  # nats.aio.client.Client, imported on start
+        self._js: Any = None
         self._ready = False  # connected and the stream is known to exist
         self._connector: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from .base import (
     Delivery,
@@ -66,7 +67,7 @@ class KafkaDispatcher(Dispatcher):
         super().__init__(observer)
         self.conf = producer_settings(settings, reliable=reliable, ack_timeout=ack_timeout)
         self.ack_timeout = ack_timeout
-        self._producer = None
+        self._producer: Any = None  # confluent_kafka.Producer, imported on start
         self._thread: threading.Thread | None = None
         self._running = False
         self._reports: list[tuple[Pending, object]] = []
@@ -116,7 +117,7 @@ class KafkaDispatcher(Dispatcher):
 
     def _poll(self) -> None:
         while self._running:
-            self._producer.poll(POLL_INTERVAL)  # type: ignore[union-attr]
+            self._producer.poll(POLL_INTERVAL)
             self._hand_over()
 
     def _hand_over(self) -> None:

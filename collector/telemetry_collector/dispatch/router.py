@@ -100,9 +100,7 @@ class Router:
         return Answer(200 if result.duplicate else 201, _unstored_body(record), outcome)
 
     def _observe(self, kind: Kind, since: float, future: asyncio.Future) -> None:
-        error = None if not future.cancelled() else DispatchFailed("cancelled")
-        if error is None:
-            error = future.exception()
+        error: BaseException | None = DispatchFailed("cancelled") if future.cancelled() else future.exception()
         self.observer.dispatched(kind, error is None, time.perf_counter() - since)
         if error is not None:
             self._failures.note(kind, error)

@@ -10,6 +10,8 @@ subscriber or an XSUB proxy that binds, which works with any number of workers.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Delivery, Dispatcher, DispatchFailed, Observer, Pending, settle
 from .config import DispatchConfigError, Kind, ZmqMode, ZmqSettings
 
@@ -22,7 +24,7 @@ class ZmqDispatcher(Dispatcher):
     def __init__(self, settings: ZmqSettings, observer: Observer):
         super().__init__(observer)
         self.settings = settings
-        self._socket = None
+        self._socket: Any = None  # a zmq.Socket, imported on start
 
     async def start(self) -> None:
         await super().start()
@@ -31,7 +33,7 @@ class ZmqDispatcher(Dispatcher):
         except ImportError:
             raise DispatchFailed("the zmq dispatcher needs pyzmq: pip install 'telemetry-collector[zmq]'") from None
         s = self.settings
-        sock = zmq.Context.instance().socket(zmq.PUB)
+        sock: Any = zmq.Context.instance().socket(zmq.PUB)
         sock.setsockopt(zmq.SNDHWM, s.send_hwm)
         sock.setsockopt(zmq.LINGER, 0)
         try:
