@@ -174,3 +174,15 @@ def test_kafka_producer_accepts_the_settings():
     confluent_kafka.Producer(conf).flush(0)
     with pytest.raises(confluent_kafka.KafkaException, match="No such configuration property"):
         confluent_kafka.Producer({**conf, "no.such.setting": "1"})
+
+
+def test_the_documented_example_and_schema():
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    c = load_dispatch_config(str(docs / "collector-dispatch.toml"))
+    assert c.route("org.clearlinux/crash/clr").reliable is Kind.NATS
+    schema = json.loads((docs / "record-message.schema.json").read_text())
+    doc = read_message(build_message(new_record(1, record_id="x" * 32), "telemetry").body)
+    assert set(schema["required"]) == set(doc)
+    assert set(schema["properties"]["headers"]["required"]) == set(doc["headers"])

@@ -133,3 +133,24 @@ def test_postgresql_end_to_end_with_several_workers(user_install):
         # The dead worker's counts stay in the sums.
         assert value(scrape(c.url), "records_total", domain="org_clearlinux", outcome="accepted") == count + 12
         assert c.stop() == 0
+
+
+def test_the_dashboard_uses_only_metrics_the_collector_has():
+    import json
+    import re
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry
+
+    from telemetry_collector.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry)
+    names = set()
+    for family in registry.collect():
+        names |= {s.name for s in family.samples} | {family.name}
+    names |= {f"{n}_{suffix}" for n in names for suffix in ("bucket", "sum", "count", "total")}
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-collector.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"]
+            for m in re.findall(r"telemetry_collector_[a-z_]+", t["expr"])}
+    assert used and used <= names, used - names
