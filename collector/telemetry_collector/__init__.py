@@ -6,7 +6,10 @@ reference backend's (POST /v2/collector, GET /api/records), minus that backend's
 
 Pure cores: `rules` (the ingestion checks), `request` (an HTTP request or a JSON body to a
 `Submission`), `query` (GET /api/records parameters), `purge` (retention policy), `model`
-(the stored row and its JSON).  I/O shells: `store` (SQLite or PostgreSQL), `writer`
-(group commit), `app` (the ASGI application), `server` (uvicorn), `main` (the program),
-`launch` (starting one from another program), `tempdb` (a throwaway PostgreSQL server).
+(the stored row and its JSON), `dispatch.config` and `dispatch.message` (routes, the JSON
+message).  I/O shells: `store` (SQLite or PostgreSQL), `writer` (group commit), `dispatch`
+(the router and one dispatcher per destination), `app` (the ASGI application), `metrics`
+(Prometheus, GET /metrics), `server` (uvicorn), `workers` (several processes on one port),
+`main` (the program), `launch` (starting one from another program), `tempdb` and `tempnats`
+(a throwaway PostgreSQL server, a throwaway NATS server).
 """

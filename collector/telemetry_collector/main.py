@@ -1,11 +1,13 @@
 """telemetry-collector: serve the ingestion API, or purge and inspect the record store.
 
     telemetry-collector [serve] [--listen HOST:PORT] [--database URL] [--tid TID ...] [TLS options]
+                        [--dispatch FILE] [--workers N] [--metrics-token-file FILE]
     telemetry-collector purge [--database URL] [--purge-days N] [--purge-filter FIELD=VALUE:DAYS ...]
     telemetry-collector stats [--database URL]
 
-The server is the ASGI application in `app` on uvicorn (one process, one event loop, one
-writer thread; see the README for why).  It binds its socket before serving and prints
+The server is the ASGI application in `app` on uvicorn (per worker process one event loop
+and one writer thread; see the README for why), behind the metrics middleware; with
+``--workers N`` a supervisor (`workers`) forks N of them on one port.  It binds its socket before serving and prints
 ``listening on URL`` on stdout once it accepts requests, which is how programs that start
 it (tests, benchmarks, the demo) learn a port chosen with ``--listen 127.0.0.1:0``; under
 systemd it takes a socket passed by socket activation and reports READY.
@@ -193,7 +195,7 @@ def main() -> None:
               help="TOML file routing records by classification to dispatchers (store, nats, kafka, zmq, "
               "log) and naming the one whose confirmation decides the answer [default: everything to "
               "the store].")
-@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True, metavar="N",
               envvar=f"{ENV_PREFIX}_WORKERS", show_envvar=True,
               help="Worker processes serving the one port (use PostgreSQL for more than one).")
 @click.option("--metrics-token-file", type=click.Path(dir_okay=False), metavar="FILE",
