@@ -68,6 +68,7 @@ class Supervisor:
     _quick_failures: int = 0
     _stopping: bool = False
     _stop_deadline: float = 0.0
+    _announced: bool = False
 
     def _socket(self, index: int) -> socket.socket:
         return self.sockets[index % len(self.sockets)]
@@ -98,7 +99,6 @@ class Supervisor:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
         ready_r, ready_w = os.pipe()
         os.set_blocking(ready_r, False)
-        announced = False
         status = 0
         try:
             for i in range(self.count):
@@ -108,15 +108,15 @@ class Supervisor:
                 if info is not None and info.si_signo in STOP_SIGNALS and not self._stopping:
                     self._stop_all()
                 status = max(status, self._reap(ready_w))
-                if not announced:
+                if not self._announced and not self._stopping:
                     self._read_ready(ready_r)
                     if all(w.ready for w in self.workers.values()) and len(self.workers) == self.count:
-                        announced = True
+                        self._announced = True
                         on_ready()
                 if self._stopping and time.monotonic() > self._stop_deadline:
                     for pid in self.workers:
                         _kill(pid, signal.SIGKILL)
-            return status if announced else max(status, 1)
+            return status if self._announced else max(status, 1)
         finally:
             os.close(ready_r)
             os.close(ready_w)
@@ -154,6 +154,11 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(wait_status)
             if self._stopping:
                 status = max(status, code if code > 0 else 0)
+                continue
+            if not self._announced:  # a worker that cannot start: the others would not either
+                log.error("worker %d (pid %d) did not start; stopping", worker.index, pid)
+                self._stop_all()
+                status = 1
                 continue
             lived = time.monotonic() - worker.started
             self._quick_failures = self._quick_failures + 1 if lived < QUICK_FAILURE else 0
