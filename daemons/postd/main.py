@@ -418,7 +418,7 @@ class Postd:
             if not pending:
                 pending_since = time.monotonic()
             pending.append(decision)
-            if len(pending) >= spool.FETCH_SLICE:
+            if len(pending) >= spool.COMMIT_SLICE:
                 self._commit(pending, tally)
                 pending.clear()
 
