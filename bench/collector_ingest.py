@@ -288,7 +288,9 @@ def wrk_script(path: str) -> str:
     fields.pop(H.RECORD_ID_HEADER)
     lua = ", ".join(f'["{k}"] = "{v}"' for k, v in fields.items())
     with open(path, "w") as f:
-        f.write(WRK_SCRIPT.replace("{HEADERS}", "{" + lua + "}").replace("RUN", str(os.getpid())))
+        # A new run number each time: records of an earlier run are repeats (answered 200).
+        run = int.from_bytes(os.urandom(4), "big")
+        f.write(WRK_SCRIPT.replace("{HEADERS}", "{" + lua + "}").replace("RUN", str(run)))
     return path
 
 
