@@ -13,12 +13,12 @@ PREFIX ?= /usr
 DESTDIR ?=
 # What the build needs (systemd-python compiles against libsystemd) and what the tests use:
 # journal files (systemd-journal-remote), man pages (man-db, groff-base), PostgreSQL for the
-# collector, openssl for TLS certificates, gdb and elfutils to check crash backtraces, nginx
-# for HTTP/2 delivery, nats-server (JetStream) for the collector's NATS dispatcher, wrk as
-# the collector benchmark's load generator.  Tests whose tool is missing are skipped with
-# the reason.
+# collector, openssl for TLS certificates, gdb and elfutils to check crash backtraces (with Go
+# and clang builds among the crashing programs), nginx for HTTP/2 delivery, nats-server
+# (JetStream) for the collector's NATS dispatcher, wrk as the collector benchmark's load
+# generator.  Tests whose tool is missing are skipped with the reason.
 APT_PACKAGES := libsystemd-dev pkg-config gcc systemd systemd-journal-remote man-db groff-base \
-	postgresql openssl gdb elfutils nginx-light nats-server wrk
+	postgresql openssl gdb elfutils nginx-light golang-go clang nats-server wrk
 PYTEST_ARGS ?=
 
 .PHONY: venv deps test demo bench lint typecheck install clean

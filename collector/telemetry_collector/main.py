@@ -1,7 +1,10 @@
 """telemetry-collector: serve the ingestion API, or purge and inspect the record store.
 
-    telemetry-collector [serve] [--listen HOST:PORT] [--database URL] [--tid TID ...] [TLS options]
-                        [--dispatch FILE] [--workers N] [--metrics-token-file FILE]
+    telemetry-collector [serve] [--listen HOST:PORT] [--database URL] [--tid TID ...] [TLS options] [limits]
+                        [--dispatch FILE] [--workers N] [--metrics-auth]
+    telemetry-collector token add NAME [--scope read|admin] [--certificate] [--database URL]
+    telemetry-collector token list [--json] [--database URL]
+    telemetry-collector token revoke NAME [--database URL]
     telemetry-collector purge [--database URL] [--purge-days N] [--purge-filter FIELD=VALUE:DAYS ...]
     telemetry-collector stats [--database URL]
 
@@ -15,13 +18,16 @@ systemd it takes a socket passed by socket activation and reports READY.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import ipaddress
 import json
 import logging
 import shutil
 import socket
 import ssl
 import time
+from typing import Any
 
 import click
 
@@ -31,16 +37,26 @@ from telemetry.config import DEFAULT_TID
 from telemetry.errors import TelemetryError
 
 from . import server
-from .app import DEFAULT_MAX_BODY, INGEST_PATHS, ROUTE_PATHS, CollectorApp, Settings
+from .app import INGEST_PATHS, ROUTE_PATHS, CollectorApp, Settings, stats_document
+from .credentials import (
+    Credential,
+    CredentialError,
+    Kind,
+    Scope,
+    check_name,
+    new_secret,
+    secret_hash,
+)
 from .dburl import parse_database_url
 from .dispatch import check_workers
 from .dispatch.config import DispatchConfig, load_dispatch_config
+from .limits import Limits
 from .metrics_dir import prepare_directory, worker_exited
+from .protocol import Guard
 from .purge import DEFAULT_DAYS, PurgePolicy, PurgeSpecError, check_days, parse_filter
 from .server import announce_ready
 from .store import Durability, open_store
 from .workers import MAX_WORKERS, Supervisor, reuseport_sockets
-from .writer import Stats
 
 PROG = "telemetry-collector"
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -101,6 +117,17 @@ def check_tids(tids: tuple[str, ...]) -> tuple[str, ...]:
     return tids
 
 
+def check_addresses(values: tuple[str, ...]) -> tuple[str, ...]:
+    """IP addresses, as the peer addresses of connections are compared with them."""
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an IP address (one proxy per option)") from None
+    return tuple(out)
+
+
 def check_tls(cert: str | None, key: str | None, client_ca: str | None) -> None:
     if (cert is None) != (key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -150,6 +177,46 @@ def purge_options(default_days: int):
     return decorate
 
 
+_DEFAULTS = Limits()
+_SECONDS = click.FloatRange(0, 3600, min_open=True)
+_COUNT = click.IntRange(0)
+_RATE = click.FloatRange(0)
+# (option, Limits field, type, metavar, help)
+_LIMIT_OPTIONS = (
+    ("--head-timeout", "head_timeout", _SECONDS, "SECONDS",
+     "Time a client has, from connecting (or from a request's first byte), to send the request head; 408 "
+     "and closed beyond."),
+    ("--body-timeout", "body_timeout", _SECONDS, "SECONDS",
+     "Time a client has, after the head, to send the whole body; 408 and closed beyond."),
+    ("--idle-timeout", "idle_timeout", _SECONDS, "SECONDS",
+     "A kept-alive connection without a request, or a reader taking no response bytes, is closed after this."),
+    ("--max-header-bytes", "max_header_bytes", _COUNT, "BYTES",
+     "Largest request line and headers; 431 and closed beyond."),
+    ("--max-body", "max_body", click.IntRange(0, MAX_BODY_CEILING), "BYTES",
+     "Largest request body accepted; 413 beyond."),
+    ("--max-connections", "max_connections", _COUNT, "N", "Open connections in total; 503 beyond."),
+    ("--max-connections-per-address", "max_connections_per_address", _COUNT, "N",
+     "Open connections from one client address; 503 beyond."),
+    ("--machine-rate", "machine_rate", _RATE, "RECORDS/S",
+     "Records per second one machine id may send, sustained (token bucket); 429 with Retry-After beyond."),
+    ("--machine-burst", "machine_burst", _COUNT, "RECORDS", "Records one machine id may send at once."),
+    ("--address-rate", "address_rate", _RATE, "RECORDS/S",
+     "Records per second one client address may send, sustained; 429 with Retry-After beyond."),
+    ("--address-burst", "address_burst", _COUNT, "RECORDS", "Records one client address may send at once."),
+)
+
+
+def limit_options(f):
+    for option, name, kind, metavar, text in reversed(_LIMIT_OPTIONS):
+        f = click.option(option, name, type=kind, default=getattr(_DEFAULTS, name), show_default=True,
+                         metavar=metavar, help=text)(f)
+    return f
+
+
+def make_limits(values: dict[str, Any]) -> Limits:
+    return Limits(**{name: values[name] for _, name, *_ in _LIMIT_OPTIONS})
+
+
 class _DefaultServe(click.Group):
     """`telemetry-collector --listen …` means `telemetry-collector serve --listen …`."""
 
@@ -183,12 +250,21 @@ def main() -> None:
               help="Private key of --tls-cert.")
 @click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
               help="Require client certificates signed by these CAs (mutual TLS).")
-@click.option("--max-body", type=click.IntRange(0, MAX_BODY_CEILING), default=DEFAULT_MAX_BODY,
-              show_default=True, metavar="BYTES", help="Largest request body accepted (413 beyond).")
 @click.option("--durability", type=click.Choice([d.value for d in Durability]), default=Durability.FULL.value,
               show_default=True, help="full: a record is on disk before it is answered; relaxed: it survives "
               "a collector crash, but a power cut can lose the last moments (SQLite synchronous=NORMAL, "
               "PostgreSQL synchronous_commit=off).")
+@click.option("--reads/--no-reads", default=True, show_default=True,
+              help="Serve the read routes (/api/*) to holders of a read credential; --no-reads makes an "
+              "ingest-only node, where they answer 404.")
+@click.option("--machine-identity/--no-machine-identity", default=True, show_default=True,
+              help="With --tls-client-ca: a record's Machine-Id must be the client certificate's subject "
+              "Common Name (403 otherwise). --no-machine-identity for a fleet sharing one certificate.")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
+              callback=lambda ctx, param, value: check_addresses(value),
+              help="A reverse proxy's address (repeatable): its X-Forwarded-For names the client for the "
+              "per-address rate limit, and its connections count only towards --max-connections.")
+@limit_options
 @purge_options(DEFAULT_DAYS)
 @click.option("--dispatch", "dispatch_file", type=click.Path(dir_okay=False), metavar="FILE",
               envvar=f"{ENV_PREFIX}_DISPATCH", show_envvar=True,
@@ -197,22 +273,53 @@ def main() -> None:
               "the store].")
 @click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True, metavar="N",
               envvar=f"{ENV_PREFIX}_WORKERS", show_envvar=True,
-              help="Worker processes serving the one port (use PostgreSQL for more than one).")
-@click.option("--metrics-token-file", type=click.Path(dir_okay=False), metavar="FILE",
-              help="GET /metrics then needs 'Authorization: Bearer <the token in FILE>' [default: open].")
+              help="Worker processes serving the one port (use PostgreSQL for more than one; each has its "
+              "own rate-limit buckets).")
+@click.option("--metrics-auth/--no-metrics-auth", default=False, show_default=True,
+              help="GET /metrics needs a read credential, as /api/* does (Prometheus: "
+              "authorization.credentials_file with a token from 'token add NAME --scope read').")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
               help="Log every request line.")
 @handle_errors
 def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: str | None,
-          tls_key: str | None, tls_client_ca: str | None, max_body: int, durability: str, purge_days: int,
-          purge_filters: tuple[str, ...], dispatch_file: str | None, workers: int,
-          metrics_token_file: str | None, log_level: str, access_log: bool) -> None:
-    """Serve POST /v2/collector, GET /api/records, GET /api/stats and GET /metrics."""
+          tls_key: str | None, tls_client_ca: str | None, durability: str, reads: bool, machine_identity: bool,
+          trusted_proxies: tuple[str, ...], purge_days: int, purge_filters: tuple[str, ...],
+          dispatch_file: str | None, workers: int, metrics_auth: bool, log_level: str,
+          access_log: bool, **limit_values: Any) -> None:
+    """Serve POST /v2/collector (open to every sender, within the limits below) and, to
+    holders of a read credential, GET /api/records, /api/records/ID and /api/stats;
+    GET /metrics for Prometheus (open unless --metrics-auth).
+
+    \b
+    --dispatch FILE routes records by classification to the store, NATS JetStream, Kafka,
+    ZeroMQ or the log; the route's reliable dispatcher decides the answer: 201 once it has
+    the record, 503 with Retry-After when it could not confirm it (see the README and
+    docs/collector-dispatch.toml).
+
+    \b
+    Reads need a credential: a bearer token (Authorization: Bearer TOKEN) made with
+      telemetry-collector token add NAME --scope read --database URL
+    or, with --tls-client-ca, a client certificate registered with
+      telemetry-collector token add CN --certificate --database URL
+    Without one a read is answered 401, with too small a scope 403.
+
+    \b
+    Limits (0 turns a count off): a client over one is refused and everyone else is
+    served. Slow heads and bodies get 408, heads over --max-header-bytes 431, bodies over
+    --max-body 413, connections over --max-connections(-per-address) 503 with Retry-After,
+    records over a rate 429 with Retry-After (telempostd waits as told).
+    """
     logsetup.setup(PROG, log_level)
     policy = purge_policy(purge_days, purge_filters)
     check_tls(tls_cert, tls_key, tls_client_ca)
+    limits = make_limits(limit_values)
+    usable = server.raise_file_limit(limits.max_connections)
+    if usable < limits.max_connections:
+        log.warning("the open-file limit allows %d connections, not --max-connections %d", usable,
+                    limits.max_connections)
+        limits = dataclasses.replace(limits, max_connections=usable)
     host, port = parse_listen(listen)
     url = parse_database_url(database)
     mode = Durability(durability)
@@ -221,22 +328,20 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
     for route in dispatch.unreliable_routes():
         log.warning("records of %s are answered 201 before any dispatcher confirms them (no reliable "
                     "dispatcher among %s)", route.pattern, ", ".join(k.value for k in route.dispatchers))
-    settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), max_body=max_body, purge=policy, durability=mode)
+    settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), limits=limits, purge=policy, durability=mode,
+                        reads=reads, machine_identity=machine_identity)
+    proxies = frozenset(trusted_proxies)
     metrics_dir, own_dir = prepare_directory()  # before prometheus-client is imported
     try:
-        from .metrics import MetricsAuth
-
-        auth = MetricsAuth.from_file(metrics_token_file)
         open_store(url, durability=mode).close()  # migrations, once, before any worker starts
         inherited = systemd_socket()
         sock = inherited or bind(host, port, reuseport=workers > 1)
         tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
 
-        def run_worker(index: int, worker_sock: socket.socket, on_ready) -> int:
-            app = _worker_app(url, settings, dispatch, auth)
-            started = server.serve(app, worker_sock, **tls, log_level=log_level, access_log=access_log,
-                                   on_ready=lambda address: on_ready())
-            return 0 if started else 1
+        def serve_here(worker_sock: socket.socket, on_ready) -> bool:
+            app, guard = _worker_app(url, settings, dispatch, proxies, metrics_auth)
+            return server.serve(app, worker_sock, guard, **tls, log_level=log_level, access_log=access_log,
+                                on_ready=on_ready)
 
         address = server.url_of(sock, tls_cert is not None)
 
@@ -246,23 +351,23 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
             announce_ready(address)
 
         if workers == 1:
-            started = server.serve(_worker_app(url, settings, dispatch, auth), sock, **tls, log_level=log_level,
-                                   access_log=access_log, on_ready=ready)
-            if not started:
+            if not serve_here(sock, ready):
                 raise TelemetryError("the server did not start; see the messages above")
             return
         sockets = [sock] if inherited else reuseport_sockets(sock, workers)
-        status = Supervisor(sockets, workers, run_worker, on_exit=worker_exited).run(ready)
-        if status:
+        supervisor = Supervisor(sockets, workers, lambda index, s, on_ready: 0 if serve_here(
+            s, lambda _: on_ready()) else 1, on_exit=worker_exited)
+        if supervisor.run(ready):
             raise TelemetryError("the workers did not start or did not stop cleanly; see the messages above")
     finally:
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _worker_app(url, settings: Settings, dispatch: DispatchConfig, auth):
-    """In the process that serves: its connections, its metrics, the app behind the metrics."""
-    from .metrics import Metrics, MetricsMiddleware
+def _worker_app(url, settings: Settings, dispatch: DispatchConfig, proxies: frozenset[str], metrics_auth: bool):
+    """In the process that serves: its connections, its metrics, the app behind the metrics
+    middleware, and the protocol's guard."""
+    from .metrics import Metrics, MetricsMiddleware, metrics_route
 
     metrics = Metrics()
     metrics.started()
@@ -274,7 +379,10 @@ def _worker_app(url, settings: Settings, dispatch: DispatchConfig, auth):
         raise
     app = CollectorApp(url, settings, writer_store=writer_store, reader_store=reader_store, dispatch=dispatch,
                        observer=metrics)
-    return MetricsMiddleware(app, metrics, routes=ROUTE_PATHS, ingest=INGEST_PATHS, auth=auth)
+    app.add_routes([metrics_route(metrics, credential=metrics_auth)])
+    guard = Guard(settings.limits, refused=lambda reason, client, detail: app.refuse(reason, client, detail),
+                  trusted_proxies=proxies)
+    return MetricsMiddleware(app, metrics, routes=ROUTE_PATHS, ingest=INGEST_PATHS), guard
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -299,10 +407,95 @@ def stats(database: str | None) -> None:
     """Print the record count and counters as JSON."""
     store = open_store(parse_database_url(database))
     try:
-        document = Stats(records=store.count_records(), counters=store.counters()).document()
+        document = stats_document(store.count_records(), store.counters())
     finally:
         store.close()
     click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def token() -> None:
+    """Manage read credentials: bearer tokens and client-certificate readers.
+
+    \b
+    Each command takes the --database of the collector it manages; a change takes effect
+    on that collector's next request, without a restart. Secrets are stored only as
+    SHA-256 hashes: a token is shown once, when it is made.
+    """
+
+
+@token.command("add", context_settings=CONTEXT_SETTINGS)
+@click.argument("name")
+@click.option("--scope", type=click.Choice([s.value for s in Scope]), default=Scope.READ.value, show_default=True,
+              help="read: GET /api/records, /api/records/ID, /api/stats (and the web views); admin: also "
+              "GET /api/tokens and DELETE /api/tokens/NAME.")
+@click.option("--certificate", is_flag=True,
+              help="NAME is the subject Common Name of a client certificate (with serve --tls-client-ca): "
+              "that certificate reads without a token. No secret is made.")
+@database_option
+@handle_errors
+def token_add(name: str, scope: str, certificate: bool, database: str | None) -> None:
+    """Make a credential NAME and print its secret (once; it cannot be shown again)."""
+    try:
+        check_name(name)
+    except CredentialError as e:
+        raise click.BadParameter(str(e), param_hint="NAME") from None
+    kind = Kind.CERTIFICATE if certificate else Kind.TOKEN
+    secret = None if certificate else new_secret()
+    store = open_store(parse_database_url(database))
+    try:
+        store.add_credential(Credential(name, kind, Scope(scope), int(time.time())),
+                             None if secret is None else secret_hash(secret))
+    finally:
+        store.close()
+    if secret is None:
+        click.echo(f"certificate reader {name!r} added (scope {scope}): a client certificate with CN={name} "
+                   "may read", err=True)
+    else:
+        click.echo(secret)
+        click.echo(f"token {name!r} added (scope {scope}); this is the only time its secret is shown. "
+                   "Send it as: Authorization: Bearer TOKEN", err=True)
+
+
+@token.command("list", context_settings=CONTEXT_SETTINGS)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@database_option
+@handle_errors
+def token_list(as_json: bool, database: str | None) -> None:
+    """List the credentials (never their secrets)."""
+    store = open_store(parse_database_url(database))
+    try:
+        known = store.credentials()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([{"name": c.name, "kind": c.kind.value, "scope": c.scope.value, "created": c.created}
+                               for c in known], indent=2))
+        return
+    if not known:
+        click.echo("no credentials; make one with: telemetry-collector token add NAME --scope read", err=True)
+        return
+    width = max(len("NAME"), *(len(c.name) for c in known))
+    click.echo(f"{'NAME':<{width}}  {'KIND':<11}  {'SCOPE':<5}  CREATED")
+    for c in known:
+        created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(c.created))
+        click.echo(f"{c.name:<{width}}  {c.kind.value:<11}  {c.scope.value:<5}  {created}")
+
+
+@token.command("revoke", context_settings=CONTEXT_SETTINGS)
+@click.argument("name")
+@database_option
+@handle_errors
+def token_revoke(name: str, database: str | None) -> None:
+    """Remove the credential NAME; the collector refuses it from its next request on."""
+    store = open_store(parse_database_url(database))
+    try:
+        removed = store.revoke_credential(name)
+    finally:
+        store.close()
+    if not removed:
+        raise TelemetryError(f"no credential named {name!r} (see: telemetry-collector token list)")
+    click.echo(f"credential {name!r} revoked", err=True)
 
 
 if __name__ == "__main__":

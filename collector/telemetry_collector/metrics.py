@@ -11,13 +11,12 @@ Label values are bounded: routes are the collector's own paths (others count as
 domains, which senders choose, are the first `MAX_DOMAINS` seen by a worker, then
 ``other``.
 
-/metrics needs no credential unless `MetricsAuth` says so (``--metrics-token-file``).
+/metrics needs no credential unless ``--metrics-auth`` asks for a read credential.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Callable, Collection
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -46,6 +45,8 @@ class Metrics:
         self.records = Counter(f"{PREFIX}_records", "Valid records by classification domain and outcome",
                                ["domain", "outcome"], registry=r)
         self.rejected = Counter(f"{PREFIX}_rejected", "Records refused by reason", ["reason"], registry=r)
+        self.refused = Counter(f"{PREFIX}_refused", "Connections and requests refused before they were "
+                               "records (limits, credentials), by reason", ["reason"], registry=r)
         self.dispatch_total = Counter(f"{PREFIX}_dispatched", "Records handed to a dispatcher, by outcome",
                                   ["dispatcher", "outcome"], registry=r)
         self.dispatch_seconds = Histogram(f"{PREFIX}_dispatch_seconds",
@@ -87,69 +88,57 @@ class Metrics:
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason).inc()
 
+    def refuse(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
+
     def render(self) -> bytes:
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)
         return generate_latest(registry)
 
 
-class MetricsAuth:
-    """Who may read /metrics: anyone, or the holder of the token in a file.
+def metrics_route(metrics: Metrics, *, credential: bool):
+    """GET /metrics as a route of the application: open, or behind a read credential
+    (the same bearer tokens and certificate readers as /api/*)."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
 
-    This is where a scraper's credential is checked; the collector's own read
-    credentials can take its place without touching the middleware.
-    """
+    async def endpoint(request: Request) -> Response:
+        body = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    def __init__(self, token: str | None = None):
-        self._token = token.encode() if token else None
+    if credential:
+        from .auth import requires
+        from .credentials import Scope
 
-    @classmethod
-    def from_file(cls, path: str | None) -> MetricsAuth:
-        if path is None:
-            return cls()
-        from telemetry.errors import TelemetryError
-
-        try:
-            with open(path, encoding="utf-8") as f:
-                token = f.read().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise TelemetryError(f"cannot read --metrics-token-file {path}: {getattr(e, 'strerror', e)}") from None
-        if len(token) < 16 or not token.isprintable() or " " in token:
-            raise TelemetryError(f"--metrics-token-file {path}: the token must be at least 16 printable "
-                                 "characters without spaces")
-        return cls(token)
-
-    @property
-    def required(self) -> bool:
-        return self._token is not None
-
-    def allows(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        if self._token is None:
-            return True
-        for name, value in headers:
-            if name.lower() == b"authorization":
-                scheme, _, credential = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self._token)
-        return False
+        endpoint = requires(Scope.READ)(endpoint)
+    return Route(METRICS_PATH, endpoint, methods=["GET"])
 
 
 class MetricsMiddleware:
-    """Counts every request by route and status, times ingests, and serves /metrics."""
+    """Counts every request by route and status and times ingests, around the application."""
 
-    def __init__(self, app: Callable, metrics: Metrics, *, routes: Collection[str], ingest: Collection[str],
-                 auth: MetricsAuth | None = None):
+    def __init__(self, app: Callable, metrics: Metrics, *, routes: Collection[str], ingest: Collection[str]):
         self.app = app
         self.metrics = metrics
         self.routes = frozenset(routes) | {METRICS_PATH}
         self.ingest = frozenset(ingest)
-        self.auth = auth or MetricsAuth()
+        self._prefixes = tuple((r.split("{", 1)[0], r) for r in self.routes if "{" in r)
+
+    def _route(self, path: str) -> str:
+        if path in self.routes:
+            return path
+        for prefix, route in self._prefixes:
+            if path.startswith(prefix) and "/" not in path[len(prefix):]:
+                return route
+        return OTHER
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        route = path if path in self.routes else OTHER
         status = [0]
 
         async def counting_send(message: dict) -> None:
@@ -160,30 +149,8 @@ class MetricsMiddleware:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            if path == METRICS_PATH:
-                await self._serve(scope, counting_send)
-            else:
-                await self.app(scope, receive, counting_send)
+            await self.app(scope, receive, counting_send)
         finally:
-            self.metrics.requests.labels(route, str(status[0] or "none")).inc()
+            self.metrics.requests.labels(self._route(path), str(status[0] or "none")).inc()
             if path in self.ingest and scope["method"] == "POST":
                 self.metrics.request_seconds.observe(loop.time() - started)
-
-    async def _serve(self, scope: dict, send: Callable) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
-            await _answer(send, 405, b'{"message":"Method not allowed here"}', b"application/json",
-                          [(b"allow", b"GET, HEAD")])
-            return
-        if not self.auth.allows(scope["headers"]):
-            await _answer(send, 401, b'{"message":"/metrics needs a bearer token"}', b"application/json",
-                          [(b"www-authenticate", b'Bearer realm="metrics"')])
-            return
-        body = await asyncio.to_thread(self.metrics.render)
-        await _answer(send, 200, b"" if scope["method"] == "HEAD" else body, CONTENT_TYPE_LATEST.encode())
-
-
-async def _answer(send: Callable, status: int, body: bytes, content_type: bytes,
-                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

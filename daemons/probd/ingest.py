@@ -29,7 +29,13 @@ from typing import Any
 from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
 from telemetry.daemons.probd.admission import Admission, Context, Refuse, spool_limit_bytes
-from telemetry.daemons.probd.listener import Listener, peer_credentials
+from telemetry.daemons.probd.listener import (
+    CREDENTIALS_SPACE,
+    Listener,
+    pass_credentials,
+    peer_credentials,
+    stated_credentials,
+)
 from telemetry.daemons.probd.ratelimit import Policy, RateLimiter
 from telemetry.daemons.probd.staging import (
     BUSY_GIVE_UP,
@@ -43,6 +49,7 @@ from telemetry.daemons.probd.staging import (
     new_record_id,
     reply,
 )
+from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.queue import Sender
 from telemetry.limits import FRAME_MAX
@@ -127,44 +134,14 @@ class Counters:
         return " ".join(parts)
 
 
-class LogThrottle:
-    """At most `burst` lines per `interval`; the rest are counted and reported later, so a
-    flood of bad frames or failing commits cannot flood the journal."""
-
-    def __init__(self, burst: int = 20, interval: float = 10.0):
-        self.burst, self.interval = burst, interval
-        self._start = float("-inf")
-        self._used = 0
-        self.suppressed = 0
-
-    def allow(self, now: float) -> bool:
-        if now - self._start >= self.interval:
-            self._start, self._used = now, 0
-        if self._used < self.burst:
-            self._used += 1
-            return True
-        self.suppressed += 1
-        return False
-
-    def take_suppressed(self) -> int:
-        n, self.suppressed = self.suppressed, 0
-        return n
-
-    def log(self, now: float, level: int, msg: str, *args) -> None:
-        if self.allow(now):
-            suppressed = self.take_suppressed()
-            if suppressed:
-                log.log(level, "%d similar messages were suppressed", suppressed)
-            log.log(level, msg, *args)
-
-
 class Connection:
-    __slots__ = ("sock", "fd", "sender", "deadline", "decoder", "registered")
+    __slots__ = ("sock", "fd", "sender", "stated", "deadline", "decoder", "registered")
 
     def __init__(self, sock: socket.socket, sender: Sender, deadline: float):
         self.sock = sock
         self.fd = sock.fileno()
-        self.sender = sender
+        self.sender = sender  # SO_PEERCRED: who connected (the per-uid connection cap)
+        self.stated: Sender | None = None  # SCM_CREDENTIALS of the first bytes, if any
         self.deadline = deadline
         self.decoder: FrameDecoder | None = None
         self.registered = False
@@ -202,8 +179,8 @@ class IngestLoop:
         self._notify = notify
         self._textfile: Any = None  # ctl.metrics.TextfileWriter, when metrics_textfile is set
         # Apart, so that a flood of bad frames cannot hide that the queue is failing.
-        self._refusals_log = LogThrottle()
-        self._failures_log = LogThrottle()
+        self._refusals_log = LogThrottle(logger=log)
+        self._failures_log = LogThrottle(logger=log)
         self._conns: dict[int, Connection] = {}
         self._uid_conns: dict[int, int] = {}  # of _conns, by sender uid
         self._opted_in: bool | None = None  # as looked at since the last wake-up (_dispatch)
@@ -414,6 +391,7 @@ class IngestLoop:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
             try:
                 sender = peer_credentials(sock)
+                pass_credentials(sock)
             except OSError:
                 sender = _UNKNOWN
             conn = Connection(sock, sender, now + self.settings.connection_timeout)
@@ -457,7 +435,11 @@ class IngestLoop:
         # sender's connection (data left unread) instead of closing it cleanly, which the
         # library would take for an original telemprobd's silent accept.
         try:
-            data = conn.sock.recv(RECV_MAX, _PEEK)
+            if conn.decoder is None and conn.stated is None:
+                data, ancdata, _flags, _addr = conn.sock.recvmsg(RECV_MAX, CREDENTIALS_SPACE, _PEEK)
+                conn.stated = stated_credentials(ancdata)
+            else:
+                data = conn.sock.recv(RECV_MAX, _PEEK)
         except BlockingIOError:
             return
         except OSError as e:
@@ -511,7 +493,7 @@ class IngestLoop:
             self._opted_in = is_opted_in(self.paths)
         ctx = Context(
             record_id=new_record_id(wall),
-            sender=conn.sender,
+            sender=conn.stated or conn.sender,
             received_at=wall,
             now=now,
             opted_in=self._opted_in,

@@ -133,7 +133,7 @@ def test_reliable_route_answers_503_while_nats_is_down_and_telempostd_delivers_e
 def test_nats_killed_mid_stream_loses_nothing_acknowledged(user_install, nats_server):
     """Posters keep sending while the NATS server is SIGKILLed and restarted: every record
     answered 2xx is in the stream afterwards."""
-    with collector(user_install, nats_config(nats_server), "--workers", "2") as c:
+    with collector(user_install, nats_config(nats_server), "--workers", "2", "--machine-rate", "0") as c:
         posters = _Posters(c.url, CRASH, threads=4)
         posters.start()
         try:
@@ -270,7 +270,6 @@ def _kafka_messages(servers: str, topic: str) -> list[tuple[str, str, bytes]]:
     (None, ["--dispatch", "/nonexistent/d.toml"], "cannot read dispatch configuration"),
     ('[records]\n"*" = ["nope"]\n', [], "unknown dispatcher 'nope'"),
     ('[records]\n"*" = ["zmq"]\n', ["--workers", "2"], "one worker only"),
-    (None, ["--metrics-token-file", "/nonexistent/token"], "cannot read --metrics-token-file"),
     (None, ["--workers", "0"], "--workers"),
 ])
 def test_bad_dispatch_command_lines(user_install, config, args, expected):

@@ -21,6 +21,7 @@ prometheus_parser = pytest.importorskip("prometheus_client.parser", reason="prom
 
 
 def scrape(url: str, token: str | None = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics, parsed by prometheus-client: (sample name, labels) -> value."""
     headers = [("Authorization", f"Bearer {token}")] if token else []
     answer = http_request(url, "GET", "/metrics", headers)
     assert answer.status == 200, answer.body
@@ -50,14 +51,17 @@ def test_metrics_match_what_was_sent(user_install):
         assert post_headers(c.url, record_fields(**{H.ARCH: "vax"})).status == 400
         assert post_headers(c.url, record_fields(**{H.ARCH: "pdp11"})).status == 400
         assert http_request(c.url, "GET", "/nowhere").status == 404
-        assert http_request(c.url, "GET", "/api/stats").status == 200
+        assert http_request(c.url, "GET", "/api/stats").status == 401  # no credential
+        assert c.stats()["stored"] == 10  # the launcher's token
         samples = scrape(c.url)
         assert value(samples, "workers") == 2
         assert value(samples, "requests_total", route="/v2/collector", status="201") == 10
         assert value(samples, "requests_total", route="/v2/collector", status="200") == 1
         assert value(samples, "requests_total", route="/v2/collector", status="400") == 3
         assert value(samples, "requests_total", route="other", status="404") == 1
+        assert value(samples, "requests_total", route="/api/stats", status="401") == 1
         assert value(samples, "requests_total", route="/api/stats", status="200") == 1
+        assert value(samples, "refused_total", reason="unauthenticated") == 1
         assert value(samples, "records_total", domain="org_clearlinux", outcome="accepted") == 7
         assert value(samples, "records_total", domain="org_clearlinux", outcome="duplicate") == 1
         assert value(samples, "records_total", domain="com_example", outcome="accepted") == 3
@@ -71,21 +75,22 @@ def test_metrics_match_what_was_sent(user_install):
         assert value(again, "requests_total", route="/metrics", status="200") == 1
 
 
-def test_metrics_can_require_a_token(user_install):
-    token = "s3cret-" + uuid.uuid4().hex
-    (user_install.root / "token").write_text(token + "\n")
-    with start_collector(f"sqlite:///{user_install.root}/r.db", env=user_install.env,
-                         args=["--metrics-token-file", str(user_install.root / "token")]) as c:
+def test_metrics_can_require_a_read_credential(user_install):
+    """--metrics-auth: /metrics wants a read token like /api/*; without it /metrics is open."""
+    from telemetry_collector.launch import make_token
+
+    database = f"sqlite:///{user_install.root}/r.db"
+    with start_collector(database, env=user_install.env, args=["--metrics-auth"]) as c:
         refused = http_request(c.url, "GET", "/metrics")
-        assert refused.status == 401 and refused.headers["www-authenticate"].startswith("Bearer")
-        wrong = http_request(c.url, "GET", "/metrics", [("Authorization", "Bearer nope")])
-        assert wrong.status == 401
-        assert http_request(c.url, "POST", "/metrics", [("Authorization", f"Bearer {token}")]).status == 405
-        assert value(scrape(c.url, token), "requests_total", route="/metrics", status="401") == 2
-    (user_install.root / "short").write_text("abc\n")
-    done = user_install.run("telemetry_collector.main", "--database", f"{user_install.root}/r.db",
-                            "--metrics-token-file", str(user_install.root / "short"))
-    assert done.returncode == 1 and b"at least 16 printable characters" in done.stderr
+        assert refused.status == 401 and "Bearer" in refused.headers["www-authenticate"]
+        assert http_request(c.url, "GET", "/metrics", [("Authorization", "Bearer nope")]).status == 401
+        reader = make_token(database, "prometheus", scope="read", env=user_install.env)
+        assert http_request(c.url, "POST", "/metrics", [("Authorization", f"Bearer {reader}")]).status == 405
+        s = scrape(c.url, reader)
+        assert value(s, "requests_total", route="/metrics", status="401") == 2
+        assert value(s, "refused_total", reason="unauthenticated") == 2
+    with start_collector(database, env=user_install.env) as c:
+        assert http_request(c.url, "GET", "/metrics").status == 200
 
 
 def test_postgresql_end_to_end_with_several_workers(user_install):
@@ -102,7 +107,7 @@ def test_postgresql_end_to_end_with_several_workers(user_install):
                               sender=Sender(os.getuid(), os.getgid(), os.getpid()),
                               headers=rec.with_machine_id(f"{i:032x}").header_block(), payload=rec.payload))
     with temporary_postgres() as pg, start_collector(pg.create_database(), env=user_install.env,
-                                                     args=["--workers", "3"],
+                                                     args=["--workers", "3", "--machine-rate", "0"],
                                                      log_path=str(user_install.root / "c.log")) as c:
         user_install.write_config(f"server={c.collector_url}\nmax_in_flight=8\n")
         queue = Queue(user_install.paths.spool_dir)
