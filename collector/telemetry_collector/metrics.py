@@ -17,7 +17,7 @@ domains, which senders choose, are the first `MAX_DOMAINS` seen by a worker, the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as mp
@@ -104,15 +104,16 @@ def metrics_route(metrics: Metrics, *, credential: bool):
     from starlette.responses import Response
     from starlette.routing import Route
 
-    async def endpoint(request: Request) -> Response:
+    async def render(request: Request) -> Response:
         body = await asyncio.to_thread(metrics.render)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    endpoint: Callable[[Request], Awaitable[Response]] = render
     if credential:
         from .auth import requires
         from .credentials import Scope
 
-        endpoint = requires(Scope.READ)(endpoint)
+        endpoint = requires(Scope.READ)(render)
     return Route(METRICS_PATH, endpoint, methods=["GET"])
 
 
