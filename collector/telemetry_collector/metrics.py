@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as mp
@@ -62,20 +63,29 @@ class Metrics:
         self.workers = Gauge(f"{PREFIX}_workers", "Worker processes serving", multiprocess_mode="livesum",
                              registry=r)
         self._domains: set[str] = set()
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: the hot path skips prometheus-client's lock."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def started(self) -> None:
         self.workers.set(1)
 
     # --- the dispatchers' and the router's observer ------------------------------------
     def batch(self, kind: Kind, size: int) -> None:
-        self.batch_records.labels(kind.value).observe(size)
+        self._child(self.batch_records, kind.value).observe(size)
 
     def connected(self, kind: Kind, up: bool) -> None:
         self.up.labels(kind.value).set(1 if up else 0)
 
     def dispatched(self, kind: Kind, ok: bool, seconds: float) -> None:
-        self.dispatch_total.labels(kind.value, "ok" if ok else "failed").inc()
-        self.dispatch_seconds.labels(kind.value).observe(seconds)
+        self._child(self.dispatch_total, kind.value, "ok" if ok else "failed").inc()
+        self._child(self.dispatch_seconds, kind.value).observe(seconds)
 
     def record(self, domain: str, outcome: Outcome) -> None:
         if domain not in self._domains:
@@ -83,13 +93,16 @@ class Metrics:
                 domain = OTHER
             else:
                 self._domains.add(domain)
-        self.records.labels(domain, outcome.value).inc()
+        self._child(self.records, domain, outcome.value).inc()
 
     def reject(self, reason: str) -> None:
-        self.rejected.labels(reason).inc()
+        self._child(self.rejected, reason).inc()
 
     def refuse(self, reason: str) -> None:
-        self.refused.labels(reason).inc()
+        self._child(self.refused, reason).inc()
+
+    def request(self, route: str, status: int) -> None:
+        self._child(self.requests, route, str(status or "none")).inc()
 
     def render(self) -> bytes:
         registry = CollectorRegistry()
@@ -152,6 +165,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            self.metrics.requests.labels(self._route(path), str(status[0] or "none")).inc()
+            self.metrics.request(self._route(path), status[0])
             if path in self.ingest and scope["method"] == "POST":
                 self.metrics.request_seconds.observe(loop.time() - started)
