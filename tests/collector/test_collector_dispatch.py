@@ -152,6 +152,27 @@ def test_nats_killed_mid_stream_loses_nothing_acknowledged(user_install, nats_se
     print(f"{len(acked)} acknowledged, {posters.refused} refused (503) while NATS was away")
 
 
+def test_a_deleted_stream_is_made_again(user_install, nats_server):
+    """The stream vanishes under a running collector (deleted, or a server back without its
+    store): records are answered 503 until the collector has made it again."""
+    import asyncio
+
+    import nats
+
+    async def delete_stream() -> None:
+        nc = await nats.connect(nats_server.url)
+        await nc.jetstream().delete_stream(STREAM)
+        await nc.close()
+
+    crash = record_fields(**{H.CLASSIFICATION: CRASH})
+    with collector(user_install, nats_config(nats_server)) as c:
+        assert post_headers(c.url, crash).status == 201
+        asyncio.run(delete_stream())
+        assert post_headers(c.url, crash).status == 503
+        wait_until(lambda: post_headers(c.url, crash).status == 201, what="the stream made again")
+    assert len(stream_ids(nats_server)) == 1
+
+
 # --- ZeroMQ, log, Kafka -----------------------------------------------------------------------
 
 def test_zmq_subscriber_receives_what_was_published(user_install):

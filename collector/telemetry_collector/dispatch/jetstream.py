@@ -151,12 +151,34 @@ class NatsDispatcher(Dispatcher):
                 ack = await self._js.publish_async(
                     m.channel, m.body, stream=stream, headers={MSG_ID_HEADER: m.key, SCHEMA_HEADER: _SCHEMA})
                 acks[id(p)] = ack
-                ack.add_done_callback(lambda f, p=p: _confirm(p, f))
+                ack.add_done_callback(lambda f, p=p: self._confirm(p, f))
         except Exception as e:  # noqa: BLE001 - connection lost mid-batch, payload too large, …
             error = DispatchFailed(f"nats: {_why(e)}")
             for p in batch:
                 if id(p) not in acks:
                     settle(p.future, error=error)
+
+    def _confirm(self, p: Pending, ack: asyncio.Future) -> None:
+        if ack.cancelled():
+            return
+        error = ack.exception()
+        if error is None:
+            settle(p.future, Delivery(duplicate=bool(ack.result().duplicate)))
+            return
+        settle(p.future, error=DispatchFailed(f"nats refused the record: {_why(error)}"))
+        from nats.js.errors import NoStreamResponseError
+
+        if isinstance(error, NoStreamResponseError) and self._ready and self._loop is not None:
+            # Nothing takes the subject: the stream was deleted, or the server came back
+            # without its store.  Make it again (once at a time) and serve meanwhile.
+            self._set_ready(False)
+            self._connector = self._loop.create_task(self._restore_stream())
+
+    async def _restore_stream(self) -> None:
+        log.warning("nats: no stream takes %s.>; making sure %s exists", self.namespace, self.settings.stream)
+        while not await self._ensure_stream():
+            await asyncio.sleep(max(self.settings.reconnect_wait, 1.0))
+        self._set_ready(True)
 
     async def stop(self) -> None:
         await super().stop()
@@ -172,16 +194,6 @@ class NatsDispatcher(Dispatcher):
             with contextlib.suppress(Exception):
                 await self._nc.close()
         self._set_ready(False)
-
-
-def _confirm(p: Pending, ack: asyncio.Future) -> None:
-    if ack.cancelled():
-        return
-    error = ack.exception()
-    if error is not None:
-        settle(p.future, error=DispatchFailed(f"nats refused the record: {_why(error)}"))
-    else:
-        settle(p.future, Delivery(duplicate=bool(ack.result().duplicate)))
 
 
 def _cancel(future: asyncio.Future | None) -> None:
