@@ -186,3 +186,20 @@ def test_the_documented_example_and_schema():
     doc = read_message(build_message(new_record(1, record_id="x" * 32), "telemetry").body)
     assert set(schema["required"]) == set(doc)
     assert set(schema["properties"]["headers"]["required"]) == set(doc["headers"])
+
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+@given(classification=_TEXT, payload=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300),
+       host_type=_TEXT, severity=st.integers(1, 4), ts=st.integers(0, 253402300799), external=st.booleans())
+def test_every_record_round_trips_through_its_message(classification, payload, host_type, severity, ts, external):
+    rec = new_record(0, record_id="r" * 32, classification=classification, payload=payload, host_type=host_type,
+                     severity=severity, ts_capture=ts, external=external)
+    m = build_message(rec, "ns")
+    doc = read_message(m.body)
+    assert doc["payload"] == payload and doc["record_id"] == m.key == "r" * 32
+    h = doc["headers"]
+    assert (h[H.CLASSIFICATION], h[H.HOST_TYPE], h[H.SEVERITY], h[H.CREATION_TIMESTAMP], h["external"]) == (
+        classification, host_type, severity, ts, external)
+    assert m.channel == channel_name("ns", classification)
