@@ -230,10 +230,15 @@ def _telempostd_drain(collector: RunningCollector, label: str, count: int, workd
         queue.insert_many(batch)
     finally:
         queue.close()
+    import psutil
+
+    workers = [psutil.Process(pid) for pid in worker_pids(collector)]
+    collector_cpu0 = sum(_cpu(p) for p in workers)
     t0 = time.perf_counter()
     with open(os.path.join(root, "postd.log"), "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.postd.main", "-f", conf],
                                 env=env, stdout=subprocess.DEVNULL, stderr=log)
+    postd = psutil.Process(proc.pid)
     try:
         deadline = t0 + max(120.0, count / 100)
         # Delivered means gone from telempostd's queue (it removes a row only after a 2xx):
@@ -248,6 +253,8 @@ def _telempostd_drain(collector: RunningCollector, label: str, count: int, workd
                 return f"{left} of {count} records still queued after {deadline - t0:.0f} s"
             time.sleep(0.02)
         wall = time.perf_counter() - t0
+        postd_cpu = _cpu(postd)
+        collector_cpu = sum(_cpu(p) for p in workers) - collector_cpu0
     finally:
         proc.terminate()
         try:
@@ -259,8 +266,14 @@ def _telempostd_drain(collector: RunningCollector, label: str, count: int, workd
     if held < count:
         return f"the queue is empty but the collector holds {held} of {count} records"
     print(f"{label}: from telempostd (max_in_flight {in_flight}): {count} queued records delivered in "
-          f"{wall:.2f} s: {count / wall:,.0f} records/s (includes telempostd start-up)")
+          f"{wall:.2f} s: {count / wall:,.0f} records/s (includes telempostd start-up); CPU per record: "
+          f"telempostd {postd_cpu / count * 1e6:.0f} us, collector {collector_cpu / count * 1e6:.0f} us")
     return None
+
+
+def _cpu(p) -> float:
+    t = p.cpu_times()
+    return t.user + t.system
 
 
 def _queued(spool_dir: str) -> int:
@@ -352,10 +365,13 @@ def mib(n: int) -> str:
 
 def load(collector: RunningCollector, label: str, args: argparse.Namespace, work: str, first: int) -> float:
     """Drive the collector with many connections; print records/s and each worker's memory."""
+    import psutil
     from support import proc_memory
 
     pids = worker_pids(collector)
     idle = [proc_memory(pid, "VmRSS") for pid in pids]
+    procs = [psutil.Process(pid) for pid in pids]
+    cpu0 = sum(_cpu(p) for p in procs)
     wrk = shutil.which("wrk")
     with PeakRss(pids) as peak:
         if wrk:
@@ -369,8 +385,9 @@ def load(collector: RunningCollector, label: str, args: argparse.Namespace, work
                 return 0.0
             _, requests, _, bad, _, p50, _, p99 = line.split()
             rate = float(rate_line.split()[1])
+            per_record = (sum(_cpu(p) for p in procs) - cpu0) / max(int(requests), 1)
             how = (f"wrk, {args.connections} connections, {args.seconds} s: {int(requests):,} requests, "
-                   f"{bad} not 201, p50 {p50} ms, p99 {p99} ms")
+                   f"{bad} not 201, p50 {p50} ms, p99 {p99} ms; collector CPU {per_record * 1e6:.0f} us/record")
         else:
             poster = Poster(collector.collector_url, args.connections)
             count = args.records * 2
