@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from telemetry.daemons.runtime.throttle import LogThrottle
+
 from ..model import NewRecord, StoredRecord, to_json
 from ..store import StoreError
 from ..writer import Reply
@@ -63,7 +65,8 @@ class Router:
         self.config = config
         self.dispatchers = dispatchers
         self.observer = observer
-        self._failures = _FailureLog()
+        # One throttle per dispatcher: a stream that is away must not hide the database failing.
+        self._failures = {kind: LogThrottle(burst=5, logger=log) for kind in dispatchers}
 
     async def submit(self, record: NewRecord) -> Answer:
         route = self.config.route(record.classification)
@@ -84,11 +87,12 @@ class Router:
             return Answer(201, _unstored_body(record), outcome)
         try:
             result = await decider
-        except (DispatchFailed, StoreError) as e:
+        except (DispatchFailed, StoreError):
+            # Why is in the log (`_observe`); a sender learns no server names or addresses.
             self.observer.record(domain, Outcome.UNAVAILABLE)
             assert route.reliable is not None
             return Answer(503, to_json({"message": f"The record was not accepted: {route.reliable.label} is "
-                                                   f"unavailable ({e}); try again later"}),
+                                                   "unavailable; try again later"}),
                           Outcome.UNAVAILABLE, retry_after=self.config.retry_after)
         if isinstance(result, Reply):
             outcome = Outcome.DUPLICATE if result.duplicate else Outcome.ACCEPTED
@@ -103,7 +107,7 @@ class Router:
         error: BaseException | None = DispatchFailed("cancelled") if future.cancelled() else future.exception()
         self.observer.dispatched(kind, error is None, time.perf_counter() - since)
         if error is not None:
-            self._failures.note(kind, error)
+            self._failures[kind].log(time.monotonic(), logging.WARNING, "%s dispatcher: %s", kind.value, error)
 
     async def start(self) -> None:
         started: list[Dispatcher] = []
@@ -122,26 +126,6 @@ class Router:
                 await d.stop()
             except Exception as e:  # noqa: BLE001 - shutting down: report and go on
                 log.error("stopping the %s dispatcher: %s", d.kind.value, e)
-
-
-class _FailureLog:
-    """Dispatch failures, logged at most once per LOG_EVERY seconds per dispatcher with a count."""
-
-    LOG_EVERY = 10.0
-
-    def __init__(self) -> None:
-        self._last: dict[Kind, float] = {}
-        self._quiet: dict[Kind, int] = {}
-
-    def note(self, kind: Kind, error: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last.get(kind, -self.LOG_EVERY) < self.LOG_EVERY:
-            self._quiet[kind] = self._quiet.get(kind, 0) + 1
-            return
-        more = self._quiet.pop(kind, 0)
-        self._last[kind] = now
-        log.warning("%s dispatcher: %s%s", kind.value, error,
-                    f" ({more} more failures since the last message)" if more else "")
 
 
 def _unstored_body(record: NewRecord) -> bytes:
