@@ -81,7 +81,6 @@ class Supervisor:
                 for sig in _WATCHED:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _WATCHED)
-                os.environ["TELEMETRY_COLLECTOR_WORKER"] = str(index)
                 def ready() -> None:
                     os.write(ready_w, index.to_bytes(1, "big"))
 
