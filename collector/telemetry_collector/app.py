@@ -175,12 +175,12 @@ class CollectorApp:
 
     def __init__(self, url: DatabaseURL, settings: Settings, *, writer_store: Store | None = None,
                  reader_store: Store | None = None, dispatch: DispatchConfig | None = None,
-                 observer: Any = None):
+                 observer: Any = None, worker: int = 0):
         self.settings = settings
         # metrics.Metrics, or nothing; typed loosely so this module never imports prometheus-client.
         self.observer: Any = observer or _Unobserved()
         self.writer = Writer(url, writer_store, settings.durability,
-                             on_batch=lambda n: self.observer.batch(Kind.STORE, n))
+                             on_batch=lambda n: self.observer.batch(Kind.STORE, n), shard=worker)
         config = dispatch or DispatchConfig()
         self.router = Router(config, build_dispatchers(config, self.writer, self.observer), self.observer)
         self.reader = ReadConnection(url, reader_store)

@@ -338,8 +338,8 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
         sock = inherited or bind(host, port, reuseport=workers > 1)
         tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
 
-        def serve_here(worker_sock: socket.socket, on_ready) -> bool:
-            app, guard = _worker_app(url, settings, dispatch, proxies, metrics_auth)
+        def serve_here(index: int, worker_sock: socket.socket, on_ready) -> bool:
+            app, guard = _worker_app(index, url, settings, dispatch, proxies, metrics_auth)
             return server.serve(app, worker_sock, guard, **tls, log_level=log_level, access_log=access_log,
                                 on_ready=on_ready)
 
@@ -351,12 +351,12 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
             announce_ready(address)
 
         if workers == 1:
-            if not serve_here(sock, ready):
+            if not serve_here(0, sock, ready):
                 raise TelemetryError("the server did not start; see the messages above")
             return
         sockets = [sock] if inherited else reuseport_sockets(sock, workers)
         supervisor = Supervisor(sockets, workers, lambda index, s, on_ready: 0 if serve_here(
-            s, lambda _: on_ready()) else 1, on_exit=worker_exited)
+            index, s, lambda _: on_ready()) else 1, on_exit=worker_exited)
         if supervisor.run(ready):
             raise TelemetryError("the workers did not start or did not stop cleanly; see the messages above")
     finally:
@@ -364,7 +364,8 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _worker_app(url, settings: Settings, dispatch: DispatchConfig, proxies: frozenset[str], metrics_auth: bool):
+def _worker_app(index: int, url, settings: Settings, dispatch: DispatchConfig, proxies: frozenset[str],
+                metrics_auth: bool):
     """In the process that serves: its connections, its metrics, the app behind the metrics
     middleware, and the protocol's guard."""
     from .metrics import Metrics, MetricsMiddleware, metrics_route
@@ -378,7 +379,7 @@ def _worker_app(url, settings: Settings, dispatch: DispatchConfig, proxies: froz
         writer_store.close()
         raise
     app = CollectorApp(url, settings, writer_store=writer_store, reader_store=reader_store, dispatch=dispatch,
-                       observer=metrics)
+                       observer=metrics, worker=index)
     app.add_routes([metrics_route(metrics, credential=metrics_auth)])
     guard = Guard(settings.limits, refused=lambda reason, client, detail: app.refuse(reason, client, detail),
                   trusted_proxies=proxies)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT = 10.0  # seconds
 CONNECT_TIMEOUT = 10  # seconds
 _MIGRATION_LOCK = 0x74656C65  # PostgreSQL advisory lock key for migrations
+SHARD_MARK = "#"  # counters: name#shard, one row per writer (see add_counters)
 
 _SELECT = f"SELECT id, duplicates, {', '.join(COLUMNS)} FROM records"
 _INSERT = (
@@ -184,15 +185,23 @@ class Store:
         """`insert` for each, in order (inside the caller's transaction)."""
         return [self.insert(rec) for rec in recs]
 
-    def add_counters(self, deltas: Mapping[str, int]) -> None:
+    def add_counters(self, deltas: Mapping[str, int], shard: int = 0) -> None:
+        """Add to the counters (inside the caller's transaction).  Each writer adds to rows of
+        its own `shard` (``name#shard``): writers of several workers updating one row would
+        wait for each other's commit, one fsync after the other."""
         with self._reporting("updating counters"):
             for name, delta in sorted(deltas.items()):
                 if delta:
-                    self._execute(_ADD_COUNTER, (name, delta))
+                    self._execute(_ADD_COUNTER, (f"{name}{SHARD_MARK}{shard}" if shard else name, delta))
 
     def counters(self) -> dict[str, int]:
+        """Every counter, its shards added up."""
+        totals: dict[str, int] = {}
         with self._reporting("reading counters"):
-            return {n: int(v) for n, v in self._execute("SELECT name, value FROM counters").fetchall()}
+            for name, value in self._execute("SELECT name, value FROM counters").fetchall():
+                base = name.split(SHARD_MARK, 1)[0]
+                totals[base] = totals.get(base, 0) + int(value)
+        return totals
 
     def count_records(self) -> int:
         with self._reporting("counting records"):

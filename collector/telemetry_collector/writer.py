@@ -101,8 +101,9 @@ def _settle(outcomes: list[_Outcome]) -> None:
 
 class Writer:
     def __init__(self, url: DatabaseURL, store: Store | None = None, durability: Durability = Durability.FULL,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, shard: int = 0):
         self.url = url
+        self.shard = shard  # this writer's counter rows (Store.add_counters), one per worker
         self.on_batch = on_batch  # told each transaction's record count, on the thread
         self.durability = durability
         self._store = store
@@ -221,7 +222,7 @@ class Writer:
                     body = to_json(stored.record.as_json_dict())
                     replies.append(Reply(200 if stored.duplicate else 201, body))
                     deltas[DUPLICATES if stored.duplicate else STORED] += 1
-                store.add_counters(deltas)
+                store.add_counters(deltas, self.shard)
         except Exception as e:  # noqa: BLE001 - every failure goes back to its request as a 500
             self._lost(e)
             # Nothing of the batch was committed: keep only the counters that came in with it.
@@ -249,7 +250,7 @@ class Writer:
         try:
             store = self._open()
             with store.transaction():
-                store.add_counters(deltas)
+                store.add_counters(deltas, self.shard)
         except Exception as e:  # noqa: BLE001
             self._lost(e)
             self._give_back(deltas)

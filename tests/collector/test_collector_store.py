@@ -111,6 +111,17 @@ def test_counters(store):
     assert store.counters() == {"stored": 5, "rejected.tid": 1}
 
 
+def test_counter_shards_add_up(store):
+    """Each worker's writer adds to its own rows; readers see the sums."""
+    with store.transaction():
+        store.add_counters({"stored": 2, "rejected.tid": 1})
+    with store.transaction():
+        store.add_counters({"stored": 3}, shard=1)
+    with store.transaction():
+        store.add_counters({"stored": 4, "rejected.tid": 1}, shard=2)
+    assert store.counters() == {"stored": 9, "rejected.tid": 2}
+
+
 def test_failed_transaction_stores_nothing(store):
     with pytest.raises(RuntimeError), store.transaction():
         store.insert(new_record(1))
