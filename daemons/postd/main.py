@@ -24,6 +24,7 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -98,6 +99,8 @@ def settings_from(cfg: config_mod.Config) -> Settings:
         recycling=cfg.daemon_recycling_enabled,
         spool_dir=cfg.spool_dir,
         log_level=cfg.log_level,
+        metrics_textfile=cfg.metrics_textfile,
+        spool_max_size_kib=cfg.spool_max_size,
     )
 
 
@@ -149,6 +152,7 @@ class Postd:
         self.reload_requested = False
         self.last_activity = clock()
         self._queue_retry_at: float | None = None
+        self._textfile: Any = None  # ctl.metrics.TextfileWriter, when metrics_textfile is set
         # On the real clock, not `clock`: systemd's timeout runs on it.
         self.watchdog = Watchdog.from_environment(time.monotonic())
         self._refresh_view()
@@ -304,6 +308,12 @@ class Postd:
             self.notify(f"STATUS={self.view.rows} records waiting; collector retry in {wait:.0f} s")
         else:
             self.notify(f"STATUS={self.view.rows} records queued")
+        if self.settings.metrics_textfile:
+            from telemetry.daemons.ctl.metrics import refresh_textfile
+
+            s = self.settings
+            self._textfile = refresh_textfile(self._textfile, s.metrics_textfile, self.paths, s.spool_dir,
+                                              s.spool_max_size_kib, time.monotonic())
 
     def keep_alive(self) -> None:
         """Ping systemd's watchdog when due: from the main loop, and within a long pass."""

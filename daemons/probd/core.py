@@ -73,6 +73,8 @@ class Settings:
     spool_dir: str
     socket_path: str
     log_level: str
+    metrics_textfile: str = ""
+    spool_max_size_kib: int = -1
 
     @classmethod
     def from_config(cls, cfg) -> Settings:
@@ -85,6 +87,8 @@ class Settings:
             spool_dir=cfg.spool_dir,
             socket_path=cfg.socket_path,
             log_level=cfg.log_level,
+            metrics_textfile=cfg.metrics_textfile,
+            spool_max_size_kib=cfg.spool_max_size,
         )
 
 
@@ -126,13 +130,14 @@ class _Held:
 @dataclass(frozen=True)
 class Housekeeping:
     """`expired`: connections past their deadline, to be answered through `timed_out`;
-    `replies`: to write now; `status`: the new STATUS= text (None: unchanged); `stop`: stop
-    listening (idle recycling)."""
+    `replies`: to write now; `status`: the new STATUS= text (None: unchanged); `report`:
+    time to report the figures again (metrics); `stop`: stop listening (idle recycling)."""
 
     expired: list[Conn]
     replies: list[Reply]
     status: str | None
     stop: bool
+    report: bool = False
 
 
 @dataclass
@@ -420,7 +425,8 @@ class Ingest:
         expired = [c for c, st in self._conns.items() if now >= st.deadline]
         replies: list[Reply] = []
         status = None
-        if now >= self._next_status:
+        report = now >= self._next_status
+        if report:
             text = self.counters.status()
             if text != self._last_status:
                 status = self._last_status = text
@@ -437,7 +443,7 @@ class Ingest:
             log.info("Daemon exiting for recycling")
             self.stop(now)
             stop = True
-        return Housekeeping(expired, replies, status, stop)
+        return Housekeeping(expired, replies, status, stop, report)
 
     def timed_out(self, conn: Conn, buffered: int, now: float) -> Reply | None:
         """A connection past its deadline (from `tick`), with what had arrived of its frame."""

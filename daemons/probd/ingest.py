@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from telemetry import log as log_mod
 from telemetry.daemons.probd.core import MEASURE, Commit, Counters, Ingest, Reply, Settings
@@ -95,6 +96,7 @@ class IngestLoop:
         self._reload_settings = reload
         self._notify = notify
         self._by_fd: dict[int, Connection] = {}
+        self._textfile: Any = None  # ctl.metrics.TextfileWriter, when metrics_textfile is set
         self._opted_in: bool | None = None  # as looked at since the last wake-up (_dispatch)
         self._watchdog = Watchdog.from_environment(now)
         self._accept_paused_until = 0.0
@@ -415,6 +417,12 @@ class IngestLoop:
         self._flush(now)
         if chores.status is not None:
             self._notify(f"STATUS={chores.status}")
+        if chores.report and self.core.settings.metrics_textfile:
+            from telemetry.daemons.ctl.metrics import refresh_textfile
+
+            s = self.core.settings
+            self._textfile = refresh_textfile(self._textfile, s.metrics_textfile, self.paths, s.spool_dir,
+                                              s.spool_max_size_kib, now)
         if chores.stop:
             self._begin_stop()
 

@@ -329,7 +329,7 @@ def test_settlement_orders_by_queue_position_and_keeps_what_it_must():
 # --- settling and what a kill may repeat --------------------------------------------------
 
 
-@pytest.mark.parametrize("policy, bound", [(SETTLE_BEFORE_SEND, 4), (SETTLE_BATCHED, 64 + 4)])
+@pytest.mark.parametrize("policy, bound", [(SETTLE_BEFORE_SEND, 4), (SettlePolicy(max_batch=64), 64 + 4)])
 def test_a_kill_repeats_at_most_the_policys_window(policy, bound):
     rows = [row(i) for i in range(1, 201)]
     for kill_after in (7, 50, 123, 301):
