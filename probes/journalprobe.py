@@ -25,7 +25,6 @@ from .common import (
     Stop,
     read_boot_id,
     run,
-    stop_on_signals,
 )
 from .journal_select import (
     CLASSIFICATION,
@@ -110,8 +109,8 @@ class JournalProbe:
             self.reader.seek_head()
 
     def drain(self) -> None:
-        """Handle every entry after the current position."""
-        while True:
+        """Handle every entry after the current position (until a stop is asked)."""
+        while not self.probe.stopping:
             raw, self.pending = self.pending or self.reader.get_next(), None
             if not raw:
                 break
@@ -124,6 +123,9 @@ class JournalProbe:
     def deliver(self, entry: Entry) -> None:
         record = self.probe.record(CLASSIFICATION, SEVERITY, journal_payload(entry), PAYLOAD_VERSION, truncate=True)
         result = self.probe.send_retrying(record, retry=self.follow)
+        if not result.sent and self.probe.stopping:  # stopped while retrying: it goes next run
+            self.save()
+            raise Stop(self.probe.stop_status())
         if result.sent:
             self.sent += 1
             self.probe.log.info("sent %s (%s)", CLASSIFICATION, result.message)
@@ -196,13 +198,18 @@ def command(config_file: str | None, tail: bool, directory: str | None, once: bo
         return EXIT_FAILURE
     reader = open_reader(directory, boot_id, probe.privacy_filters_off)
     jp = JournalProbe(probe, reader, probe.state_file(CURSOR_NAME), boot_id, follow=not once)
-    stop_on_signals()
+    signals = probe.watch_signals()
     try:
         jp.position(tail)
         jp.drain()
-        while not once:
-            reader.wait(WAIT_SECONDS)
+        while not once and not probe.stopping:
+            # Not reader.wait(): a signal would end it with EINTR, an error to it.
+            signals.wait(WAIT_SECONDS, [reader.fileno()])
+            reader.process()
             jp.drain()
+        if probe.stopping:
+            jp.save()
+            return probe.stop_status()
     except Stop as e:
         jp.save()
         return e.code

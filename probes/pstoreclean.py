@@ -67,7 +67,10 @@ def command(config_file: str | None, pstore_dir: str, cache_dir: str | None) -> 
             return EXIT_FAILURE
         with cache:
             status = EXIT_OK
+            probe.watch_signals()
             for name in names:
+                if probe.stopping:
+                    return probe.stop_status()
                 if not move(source, cache, name, probe):
                     status = EXIT_FAILURE
     return status

@@ -93,6 +93,8 @@ def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
     """True when every oops of the dump was acknowledged (or printed, with --dry-run)."""
     dump_fp = dump.fingerprint()
     for n, oops in enumerate(dump_oopses(dump), start=1):
+        if probe.stopping:
+            return False
         fp = f"{dump_fp}:{n}"
         if fp in memory:
             continue
@@ -135,12 +137,17 @@ def command(config_file: str | None, cache_dir: str | None, dry_run: bool) -> in
         return EXIT_FAILURE
     memory = Memory(None if dry_run else probe.state_file(STATE_NAME), probe)
     status = EXIT_OK
+    probe.watch_signals()
     with d:
         for dump in assemble(read_chunks(d, probe)):
+            if probe.stopping:
+                return probe.stop_status()
             if not dump.complete:
                 probe.log.warning("dump %d is incomplete (%s); left in place", dump.count, ", ".join(dump.names))
                 continue
             if not send_dump(probe, dump, memory, dry_run):
+                if probe.stopping:
+                    return probe.stop_status()
                 status = EXIT_FAILURE if probe.opted_in else EXIT_OK
                 break
             if dry_run:

@@ -5,7 +5,9 @@ journal export format into real journal files, `_`-fields included) and a real t
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -165,6 +167,31 @@ def test_follows_new_entries(user_install, tmp_path):
             assert proc.wait(30) == 0
             proc.stderr.close()
         assert len(rows(probd)) == 2
+        assert probe(user_install, journal).returncode == 0  # the cursor was saved on SIGTERM
+        assert len(rows(probd)) == 2
+
+
+def test_stopped_while_retrying_sends_the_entry_next_run(user_install, tmp_path):
+    """SIGTERM while waiting to retry a send ends the wait at once; the entry is not
+    counted as handled, so the next run sends it."""
+    journal = Journal(tmp_path / "journal")
+    opt_in_earlier(user_install)
+    journal.write(manager_exit("a.service: Main process exited"))
+    user_install.write_config(f"socket_path={tmp_path}/absent.sock\n")  # telemprobd away
+    proc = user_install.popen("telemetry.probes.journalprobe", "-D", str(journal.dir), stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"retrying in" not in seen and time.monotonic() < deadline:
+        if select.select([proc.stderr], [], [], 1)[0]:
+            seen += os.read(proc.stderr.fileno(), 4096)
+    assert b"retrying in" in seen, seen
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    proc.stderr.close()
+    user_install.write_config("")
+    with Probd(user_install, opt_in=False) as probd:
+        assert probe(user_install, journal).returncode == 0
+        assert [row.payload for row in rows(probd)] == [b"MESSAGE=a.service: Main process exited\n"]
 
 
 def test_bad_directory_and_corrupt_cursor(user_install, tmp_path):
