@@ -28,13 +28,13 @@ import click
 
 from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
-from telemetry.cli import EXIT_FAILURE, load_config
+from telemetry.cli import EXIT_FAILURE, OneLineErrors, load_config
 from telemetry.client import Client, DaemonUnavailable, NotOptedIn, RecordRejected, SendError
 from telemetry.daemons.runtime.signals import Signals
-from telemetry.errors import TelemetryError
 from telemetry.fsutil import atomic_write, ensure_dir, read_small
+from telemetry.hints import opt_in_phrase
 from telemetry.metadata import Metadata, read_metadata
-from telemetry.optin import is_opted_in, opt_in_command
+from telemetry.optin import is_opted_in
 from telemetry.paths import Paths
 from telemetry.record import Record, create_record
 
@@ -61,7 +61,18 @@ class SendResult:
 
     @property
     def sent(self) -> bool:
+        """The daemon kept the record (delivered now or, when deferred, later)."""
         return self.outcome is Outcome.SENT
+
+    @property
+    def deferred(self) -> bool:
+        """Kept, but held back by the rate limit (strategy spool): delivered later."""
+        return self.sent and self.ack is not None and self.ack.status is AckStatus.DEFERRED
+
+    @property
+    def done(self) -> str:
+        """What became of a kept record, for a log line: "sent" or "queued for later"."""
+        return "queued for later (over the rate limit)" if self.deferred else "sent"
 
     @property
     def retryable(self) -> bool:
@@ -75,7 +86,7 @@ class SendResult:
 
 def opt_in_hint(paths: Paths) -> str:
     return (f"not opted in to telemetry ({paths.opt_in_file} is missing); nothing collected or sent. "
-            f"Run '{opt_in_command(paths)}' to opt in")
+            f"Run {opt_in_phrase(paths)} to opt in")
 
 
 class Probe:
@@ -205,9 +216,10 @@ def read_boot_id(path: str = BOOT_ID_FILE) -> str:
 
 # --- the command-line shell -----------------------------------------------------------
 
-class ProbeCommand(click.Command):
-    """A click command whose usage errors are one line (`prog: message`, exit 1), and whose
-    help is the original program's text (with `%s` for the program name) when it has one.
+class ProbeCommand(OneLineErrors, click.Command):
+    """A click command whose errors are one line (`prog: message`, exit 1: see
+    `telemetry.cli.run_main`), and whose help is the original program's text (with `%s`
+    for the program name) when it has one.
     """
 
     def __init__(self, *args: Any, usage_text: str | None = None, **kwargs: Any):
@@ -218,28 +230,6 @@ class ProbeCommand(click.Command):
         if self.usage_text is None:
             return super().get_help(ctx)
         return self.usage_text.replace("%s", ctx.find_root().info_name or self.name or "")
-
-    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
-        prog = prog_name or self.name or "probe"
-        try:
-            rv = super().main(args, prog, standalone_mode=False, **extra)
-        except click.ClickException as e:
-            click.echo(f"{prog}: {e.format_message()}", err=True)
-            sys.exit(EXIT_FAILURE)
-        except click.Abort:
-            sys.exit(EXIT_FAILURE)
-        except TelemetryError as e:
-            click.echo(f"{prog}: {e}", err=True)
-            sys.exit(EXIT_FAILURE)
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except BrokenPipeError:
-            sys.exit(EXIT_FAILURE)
-        except OSError as e:  # the environment (permissions, full disk), not a bug: one line
-            where = f": {e.filename}" if e.filename else ""
-            click.echo(f"{prog}: {e.strerror or e}{where}", err=True)
-            sys.exit(EXIT_FAILURE)
-        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
 
 def run(command: click.Command, name: str) -> Callable[[], None]:

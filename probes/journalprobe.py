@@ -13,7 +13,7 @@ import os
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import (
     EXIT_FAILURE,
@@ -55,6 +55,9 @@ Application Options:
   -V, --version         Print the program version
   -D, --directory DIR   Read the journal files in DIR instead of the local journal
       --once            Stop after the entries already in the journal
+      --user            Send to your own daemons (telemctl --user start); state in
+                        your XDG directories
+      --system          Send to the system daemons
 
 Unlike the original: the position is saved, so a restart resumes where it stopped
 (-t only applies to the very first start); a failed send is retried, not dropped;
@@ -128,7 +131,7 @@ class JournalProbe:
             raise Stop(self.probe.stop_status())
         if result.sent:
             self.sent += 1
-            self.probe.log.info("sent %s (%s)", CLASSIFICATION, result.message)
+            self.probe.log.info("%s %s (%s)", result.done, CLASSIFICATION, result.message)
             self.cursor = entry.cursor or self.cursor
             self.save()
             return
@@ -184,6 +187,7 @@ def open_reader(directory: str | None, boot_id: str, override: bool):
 
 
 @click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@mode_options
 @config_option("-f", "--config-file", "--config_file")
 @click.option("-t", "--tail", is_flag=True)
 @click.option("-D", "--directory", metavar="DIR")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import (
     EXIT_FAILURE,
@@ -48,6 +48,9 @@ Application Options:
       --once            Stop at the end of the kernel log instead of waiting for more
       --replay FILE     Scan a saved kernel log (dmesg text; - for stdin) and exit
       --dry-run         Print the records instead of sending them; save no state
+      --user            Send to your own daemons (telemctl --user start); state in
+                        your XDG directories
+      --system          Send to the system daemons
   -V, --version         Print the program version
   -h, --help            Show help options
 
@@ -118,7 +121,7 @@ class Reporter:
             raise Stop(self.probe.stop_status())
         if result.sent:
             self.sent += 1
-            self.probe.log.info("sent %s (%s): %s", oops.classification, result.message, oops.reason)
+            self.probe.log.info("%s %s (%s): %s", result.done, oops.classification, result.message, oops.reason)
             self.state = self.state.remember(found.fingerprint)
             return
         if result.outcome is Outcome.NOT_OPTED_IN:
@@ -209,6 +212,7 @@ def scan_text(source: str, reporter: Reporter, dry_run: bool) -> None:
 
 
 @click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--kmsg", "kmsg_path", default=KMSG, metavar="PATH")
 @click.option("--once", is_flag=True)

@@ -13,7 +13,7 @@ import os
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import EXIT_FAILURE, EXIT_OK, Outcome, Probe, ProbeCommand, StateFile, run
 from .oops import oops_payload
@@ -32,6 +32,8 @@ USAGE = """\
   -h,  --help           Display this help message
        --cache-dir DIR  Directory of the dumps pstoreclean saved (default: the pstore cache)
        --dry-run        Print the records instead of sending them; remove nothing
+       --user           Send to your own daemons (telemctl --user start)
+       --system         Send to the system daemons
   -V,  --version        Print the program version
 
 Unlike the original, a dump's files are removed only after all its records were
@@ -105,7 +107,8 @@ def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
             continue
         result = probe.send(record)
         if result.sent:
-            probe.log.info("sent %s from %s (oops %d): %s", oops.classification, dump.names[0], n, oops.reason)
+            probe.log.info("%s %s from %s (oops %d): %s", result.done, oops.classification, dump.names[0], n,
+                           oops.reason)
             memory.add(fp)
             continue
         if result.outcome is Outcome.NOT_OPTED_IN:
@@ -118,6 +121,7 @@ def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
 
 
 @click.command(PROG, cls=ProbeCommand, usage_text=USAGE, context_settings={"help_option_names": ["-h", "--help"]})
+@mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--cache-dir", metavar="DIR")
 @click.option("--dry-run", is_flag=True)

@@ -33,16 +33,16 @@ class FilterError(TelemetryError):
     """A filter value that can never match an entry; the message says what is expected."""
 
 
-def record_id_filter(value: str, what: str = "record id") -> str:
+def record_id_filter(value: str, what: str = "a record id") -> str:
     """Record and event ids are 32 hexadecimal characters; case is ignored."""
     low = value.strip().lower()
     if not _HEX32.fullmatch(low):
-        raise FilterError(f"{value!r} is not a {what} (32 hexadecimal characters)")
+        raise FilterError(f"{value!r} is not {what} (32 hexadecimal characters)")
     return low
 
 
 def event_id_filter(value: str) -> str:
-    return record_id_filter(value, "event id")
+    return record_id_filter(value, "an event id")
 
 
 def boot_id_filter(value: str) -> str:

@@ -17,13 +17,14 @@ from typing import Any
 
 import click
 
+from telemetry import cli as cli_mod
 from telemetry import config as config_mod
 from telemetry import optin
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
 from telemetry.daemons.ctl import journal_view, purge, supervise, units
 from telemetry.daemons.ctl import status as status_mod
 from telemetry.daemons.store import journal as journal_mod
-from telemetry.errors import TelemetryError
+from telemetry.hints import opt_in_phrase, run_phrase, systemd_running
 from telemetry.paths import Mode, Paths
 
 PROG = "telemctl"
@@ -63,8 +64,10 @@ class Ctl:
                                     socket_path=self.config().socket_path)
 
 
-class Group(click.Group):
+class Group(cli_mod.Group):
     """Commands listed in the original's order; an unknown one is a one-line usage error."""
+
+    usage_exit = EXIT_USAGE
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = super().list_commands(ctx)
@@ -79,6 +82,11 @@ class Group(click.Group):
         return super().resolve_command(ctx, args)
 
 
+def opt_in_first(ctl: Ctl) -> str:
+    """The original's message, and the command that opts in."""
+    return f"{OPT_IN_FIRST} Run {opt_in_phrase(ctl.paths)}."
+
+
 def require_root(ctl: Ctl) -> None:
     """System mode: the original's real-uid check."""
     if ctl.system and os.getuid() != 0:
@@ -87,7 +95,7 @@ def require_root(ctl: Ctl) -> None:
 
 
 def require_systemd() -> units.Systemctl:
-    if not units.systemd_running():
+    if not systemd_running():
         raise units.SystemdNotRunning()
     return units.Systemctl()
 
@@ -127,16 +135,12 @@ Shell completion (bash; zsh_source and fish_source likewise):
   eval "$(_TELEMCTL_COMPLETE=bash_source telemctl)"
 """,
 )
-@click.option("--user", "mode", flag_value=Mode.USER.value,
-              help="User mode: your own daemons, files in your XDG directories, no root or systemd.")
-@click.option("--system", "mode", flag_value=Mode.SYSTEM.value,
-              help="System mode: the systemd units and /etc, /var, /run (commands other than "
-              "is-active and status need root).")
+@cli_mod.mode_options
 @config_option()
 @version_option
 @click.pass_context
 @handle_errors
-def cli(ctx: click.Context, mode: str | None, config_file: str | None) -> int | None:
+def cli(ctx: click.Context, config_file: str | None) -> int | None:
     """Control the telemetry services: opt in or out, start and stop the daemons, read the
     journal of what was sent, and show the pipeline's status.
 
@@ -148,7 +152,7 @@ def cli(ctx: click.Context, mode: str | None, config_file: str | None) -> int | 
     and need root.  In user mode (--user, or TELEMETRY_MODE=user) any user runs the whole
     pipeline as background processes of their own, without systemd.
     """
-    paths = Paths.detect(mode)
+    paths = Paths.detect(cli_mod.chosen_mode(ctx))
     ctx.obj = Ctl(paths, config_file)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
@@ -191,10 +195,9 @@ def opt_in_cmd(ctl: Ctl) -> int:
         err(ALREADY_IN)
         return 0
     result = 0
-    if ctl.system and units.systemd_running():
+    if ctl.system and systemd_running():
         result = units.enable(units.Systemctl(), err)
-    click.echo("Opted in to telemetry. Start the services with 'telemctl"
-               + (" --user" if not ctl.system else "") + " start'.")
+    click.echo(f"Opted in to telemetry. Start the services with {run_phrase(ctl.paths, 'start')}.")
     return result
 
 
@@ -229,7 +232,7 @@ def opt_out_cmd(ctl: Ctl) -> int:
         return 0
     result = 0
     if ctl.system:
-        if units.systemd_running():
+        if systemd_running():
             systemctl = units.Systemctl()
             result |= units.stop(systemctl, err)
             result |= units.disable(systemctl, err)
@@ -262,7 +265,7 @@ Files:
 
 def _user_start(ctl: Ctl) -> int:
     if not optin.is_opted_in(ctl.paths):
-        err(OPT_IN_FIRST)
+        err(opt_in_first(ctl))
         return 1
     sup = ctl.supervisor()
     sup.check_installed()
@@ -296,7 +299,7 @@ def _user_stop(ctl: Ctl, quiet: bool = False) -> int:
 def _system_start(ctl: Ctl) -> int:
     systemctl = require_systemd()
     if not optin.is_opted_in(ctl.paths):
-        err(OPT_IN_FIRST)
+        err(opt_in_first(ctl))
         return 1
     missing = units.missing_units(systemctl, [u for _, u in units.ACTIVATION_UNITS])
     if missing:
@@ -505,7 +508,7 @@ def _daemon_infos(ctl: Ctl) -> list[status_mod.DaemonInfo]:
             st = sup.status(name)
             infos.append(status_mod.DaemonInfo(name, st.state.value, st.pid, f"log {st.log_file}"))
         return infos
-    if not units.systemd_running():
+    if not systemd_running():
         return [status_mod.DaemonInfo(name, "unknown", None, "systemd is not running")
                 for name, _ in units.ACTIVATION_UNITS]
     systemctl = units.Systemctl()
@@ -558,27 +561,8 @@ def status_cmd(ctl: Ctl, as_json: bool) -> int:
 
 # --- entry point --------------------------------------------------------------------------
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def main(argv: list[str] | None = None) -> None:
-    try:
-        code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
-    except click.UsageError as e:
-        where = e.ctx.command_path if e.ctx else PROG
-        err(f"{where}: {_one_line(e.format_message())} (see '{where} --help')")
-        sys.exit(e.exit_code if e.exit_code else EXIT_USAGE)
-    except click.ClickException as e:
-        err(f"{PROG}: {_one_line(e.format_message())}")
-        sys.exit(e.exit_code or 1)
-    except click.Abort:
-        err(f"{PROG}: aborted")
-        sys.exit(1)
-    except TelemetryError as e:  # raised before a command ran (e.g. a bad TELEMETRY_MODE)
-        err(f"{PROG}: {e}")
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    cli.main(args=argv, prog_name=PROG)
 
 
 if __name__ == "__main__":

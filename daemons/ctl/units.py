@@ -8,13 +8,13 @@ stdout), and each failure message ends its line.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from telemetry.errors import TelemetryError
+from telemetry.hints import SYSTEMD_RUNTIME_DIR
 
 # The original's two lists (src/telemctl.c), in its order.
 TRIGGER_UNITS: tuple[str, ...] = (
@@ -43,7 +43,6 @@ ACTIVATION_UNITS: tuple[tuple[str, str], ...] = (
 )
 DAEMON_SERVICES: dict[str, str] = {"telemprobd": "telemprobd.service", "telempostd": "telempostd.service"}
 
-SYSTEMD_RUNTIME_DIR = "/run/systemd/system"
 SYSTEMCTL = "systemctl"
 SYSTEMD_TMPFILES = "systemd-tmpfiles"
 
@@ -59,11 +58,6 @@ class SystemdNotRunning(SystemdError):
             "system services cannot be managed; use 'telemctl --user start' to run the daemons "
             "as your own background processes"
         )
-
-
-def systemd_running(runtime_dir: str = SYSTEMD_RUNTIME_DIR) -> bool:
-    """sd_booted()'s test: the directory exists only when systemd is PID 1."""
-    return os.path.isdir(runtime_dir)
 
 
 def failure_message(action: str, unit: str) -> str:

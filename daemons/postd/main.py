@@ -32,7 +32,7 @@ import click
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
-from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.cli import CONTEXT_SETTINGS, Command, config_option, handle_errors, version_option
 from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate, next_attempt_at
@@ -682,7 +682,7 @@ configuration, an unusable queue), with a one-line message.
 """
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
 @click.option("--idle-exit-after", type=click.FloatRange(min=0), default=spool.IDLE_EXIT_AFTER, hidden=True)

@@ -23,7 +23,7 @@ import click
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
-from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.cli import CONTEXT_SETTINGS, Command, config_option, handle_errors, version_option
 from telemetry.daemons.probd.ingest import IngestLoop, Settings
 from telemetry.daemons.probd.listener import open_listener
 from telemetry.daemons.probd.ratelimit import RateLimiter
@@ -135,7 +135,7 @@ configuration, a socket it cannot listen on), with a one-line message.
 """
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
 @handle_errors

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from telemetry.daemons.ctl import purge, supervise, units
+from telemetry.hints import systemd_running
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -149,8 +150,8 @@ def test_missing_systemctl_is_an_error():
 
 
 def test_systemd_detection(tmp_path):
-    assert not units.systemd_running(str(tmp_path / "absent"))
-    assert units.systemd_running(str(tmp_path))
+    assert not systemd_running(str(tmp_path / "absent"))
+    assert systemd_running(str(tmp_path))
 
 
 # --- supervisor liveness -----------------------------------------------------------------------------
