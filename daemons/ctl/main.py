@@ -21,7 +21,7 @@ from telemetry import cli as cli_mod
 from telemetry import config as config_mod
 from telemetry import optin
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.daemons.ctl import journal_view, purge, supervise, units
+from telemetry.daemons.ctl import journal_print, journal_view, purge, supervise, units
 from telemetry.daemons.ctl import status as status_mod
 from telemetry.daemons.store import journal as journal_mod
 from telemetry.hints import opt_in_phrase, run_phrase, systemd_running
@@ -419,7 +419,11 @@ def _filter(check: Callable[[str], str]) -> Callable:
 \b
 Output: one line per record, oldest first:
   classification (30 columns), local time, record id, event id, boot id
-as the original telem_journal prints it; -V adds a header line and "Total records: N".
+as the original telem_journal prints it; a record that was not delivered has its outcome
+added at the end, e.g. "[rejected 400: <detail>]", "[expired]", "[dropped: <detail>]".
+-V adds a header line and "Total records: N".  To a terminal every control character
+(of a payload too) is shown as an escape such as \\x1b; to a pipe, -i writes each
+payload as it was sent.
 
 \b
 Files: /var/log/telemetry/journal.db (system), $XDG_STATE_HOME/telemetrics/journal/journal.db
@@ -465,37 +469,13 @@ def journal_cmd(ctl: Ctl, record_id: str | None, event_id: str | None, classific
     last 100 lines.
     """
     require_root(ctl)
-    entries: list[journal_mod.JournalEntry] = []
-    journal = journal_mod.open_for_reading(ctl.paths.journal_dir)
-    try:
-        if journal is not None:
-            entries = journal.query(
-                record_id=record_id, event_id=event_id, classification=classification, boot_id=boot_id,
-                outcome=journal_mod.Outcome(outcome) if outcome else None, limit=lines or None,
-            )
-
-        def payload(entry: journal_mod.JournalEntry) -> bytes | None:
-            return journal.retained_payload(entry.record_id) if journal and include_record else None
-
-        if as_json:
-            out = [journal_view.entry_json(e, payload(e), include_payload=include_record) for e in entries]
-            click.echo(json.dumps(out, indent=2, ensure_ascii=False))
-            return 0
-        if verbose:
-            click.echo(journal_view.format_header())
-        for entry in entries:
-            click.echo(journal_view.format_line(entry))
-            data = payload(entry)
-            if data:
-                sys.stdout.flush()
-                sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
-                sys.stdout.buffer.flush()
-        if verbose:
-            click.echo(journal_view.format_total(len(entries)))
-        return 0
-    finally:
-        if journal is not None:
-            journal.close()
+    query = journal_print.JournalQuery(
+        record_id=record_id, event_id=event_id, classification=classification, boot_id=boot_id,
+        outcome=journal_mod.Outcome(outcome) if outcome else None, limit=lines or None,
+    )
+    journal_print.print_journal(ctl.paths.journal_dir, query, include_record=include_record,
+                                verbose=verbose, as_json=as_json)
+    return 0
 
 
 # --- status -------------------------------------------------------------------------------
