@@ -96,6 +96,7 @@ class Probe:
         self.paths, self.config = load_config(config_file, paths)
         self.client = Client(self.paths, self.config, config_file)
         self.log = log_mod.setup(name, self.config.log_level)
+        self.config.log_notices(self.log)
         self.signals: Signals | None = None
 
     def watch_signals(self) -> Signals:

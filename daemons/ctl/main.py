@@ -21,7 +21,7 @@ from telemetry import cli as cli_mod
 from telemetry import config as config_mod
 from telemetry import optin
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.daemons.ctl import journal_print, journal_view, purge, supervise, units
+from telemetry.daemons.ctl import journal_print, journal_view, preflight, purge, supervise, units
 from telemetry.daemons.ctl import status as status_mod
 from telemetry.daemons.store import journal as journal_mod
 from telemetry.hints import opt_in_phrase, run_phrase, systemd_running
@@ -37,7 +37,7 @@ OPT_IN_FIRST = "Opt in to telemetry first."
 ALREADY_IN = "Already opted in. Nothing to do."
 ALREADY_OUT = "Already opted out. Nothing to do."
 
-COMMAND_ORDER = ("stop", "start", "restart", "is-active", "opt-in", "opt-out", "journal", "status")
+COMMAND_ORDER = ("stop", "start", "restart", "reload", "is-active", "opt-in", "opt-out", "journal", "status")
 IS_ACTIVE_ORDER = (supervise.PROBD, supervise.POSTD)
 
 
@@ -59,9 +59,6 @@ class Ctl:
     def config(self) -> config_mod.Config:
         return config_mod.load(self.paths, self.config_file)
 
-    def supervisor(self) -> supervise.Supervisor:
-        return supervise.Supervisor(self.paths, config_file=self.config_file,
-                                    socket_path=self.config().socket_path)
 
 
 class Group(cli_mod.Group):
@@ -97,7 +94,7 @@ def require_root(ctl: Ctl) -> None:
 def require_systemd() -> units.Systemctl:
     if not systemd_running():
         raise units.SystemdNotRunning()
-    return units.Systemctl()
+    return units.Systemctl(say=waiting)
 
 
 FILES_HELP = """\b
@@ -263,17 +260,34 @@ Files:
 """
 
 
-def _user_start(ctl: Ctl) -> int:
+def checked_config(ctl: Ctl, refusing: str) -> preflight.Checked | None:
+    """The daemons' own start-up checks on the config, before anything is stopped; a bad
+    file is one line (`refusing` says what is not done) and None."""
+    try:
+        checked = preflight.check(ctl.paths, ctl.config_file)
+    except preflight.NotStartable as e:
+        err(f"{PROG}: {refusing}: {e}")
+        return None
+    for warning in checked.warnings:
+        err(f"{PROG}: warning: {warning}")
+    return checked
+
+
+def waiting(message: str) -> None:
+    err(f"{PROG}: {message}")
+
+
+def _user_start(ctl: Ctl, cfg: config_mod.Config) -> int:
     if not optin.is_opted_in(ctl.paths):
         err(opt_in_first(ctl))
         return 1
-    sup = ctl.supervisor()
+    sup = supervise.Supervisor(ctl.paths, config_file=ctl.config_file, socket_path=cfg.socket_path)
     sup.check_installed()
     result = 0
     with sup.locked():
         for name in supervise.DAEMONS:
             try:
-                done = sup.start(name)
+                done = sup.start(name, waiting)
             except supervise.StartFailed as e:
                 err(f"{PROG}: {e}")
                 result = 1
@@ -289,7 +303,7 @@ def _user_stop(ctl: Ctl, quiet: bool = False) -> int:
     sup = supervise.Supervisor(ctl.paths)
     with sup.locked():
         for name in reversed(supervise.DAEMONS):
-            done = sup.stop(name)
+            done = sup.stop(name, None if quiet else waiting)
             if not quiet:
                 pid = f" (pid {done.pid})" if done.pid else ""
                 click.echo(f"{name}: {done.outcome.value}{pid}")
@@ -314,10 +328,19 @@ def _system_stop(ctl: Ctl) -> int:
     return units.stop(require_systemd(), err)
 
 
-@command("start", "Starts all telemetry services", epilog=UNIT_FILES + """
+CHECKED = """
 \b
-Exit status: 0 when every service started, 1 otherwise (not opted in, a daemon that
-failed to start, systemd not running in system mode, not root in system mode).
+Before anything is stopped or started, the configuration is read and checked as the
+daemons check it at start (every key, the server URL, the TLS files, the socket path); a
+bad file is refused in one line and the running daemons are left as they are.  Keys and
+sections it ignores are printed as warnings.
+"""
+
+
+@command("start", "Starts all telemetry services", epilog=UNIT_FILES + CHECKED + """
+\b
+Exit status: 0 when every service started, 1 otherwise (not opted in, a bad configuration,
+a daemon that failed to start, systemd not running in system mode, not root in system mode).
 """)
 @click.pass_obj
 @handle_errors
@@ -330,10 +353,14 @@ def start_cmd(ctl: Ctl) -> int:
 
     User mode starts telempostd and telemprobd as background processes in sessions of
     their own, waits until each reports it is ready, and prints their pids.  A daemon
-    already running is left alone.
+    already running is left alone.  A start that takes more than a second says what it
+    waits for.
     """
     require_root(ctl)
-    return _system_start(ctl) if ctl.system else _user_start(ctl)
+    checked = checked_config(ctl, "not starting")
+    if checked is None:
+        return 1
+    return _system_start(ctl) if ctl.system else _user_start(ctl, checked.config)
 
 
 @command("stop", "Stops all running telemetry services", epilog=UNIT_FILES + """
@@ -347,26 +374,65 @@ def stop_cmd(ctl: Ctl) -> int:
 
     System mode stops the trigger units, then the services.  User mode sends SIGTERM to
     telemprobd, then telempostd (which finishes the requests in flight), and kills a
-    daemon that has not exited after 20 s.  Records already queued stay queued.
+    daemon that has not exited after 20 s.  A stop that takes more than a second says
+    what it waits for.  Records already queued stay queued.
     """
     require_root(ctl)
     return _system_stop(ctl) if ctl.system else _user_stop(ctl)
 
 
-@command("restart", "Restarts all telemetry services", epilog=UNIT_FILES + """
+@command("restart", "Restarts all telemetry services", epilog=UNIT_FILES + CHECKED + """
 \b
-Exit status: that of start, or 1 when stopping failed (then nothing is started).
+Exit status: that of start; 1 when the configuration is refused (nothing is stopped) or
+when stopping failed (then nothing is started).
 """)
 @click.pass_obj
 @handle_errors
 def restart_cmd(ctl: Ctl) -> int:
-    """Stop, then start the telemetry services (start only runs if stop succeeded)."""
+    """Check the configuration, then stop and start the telemetry services (start only
+    runs if stop succeeded)."""
     require_root(ctl)
+    checked = checked_config(ctl, "not restarting, the running daemons are left as they are")
+    if checked is None:
+        return 1
     if ctl.system:
         result = _system_stop(ctl)
         return result if result else _system_start(ctl)
     result = _user_stop(ctl)
-    return result if result else _user_start(ctl)
+    return result if result else _user_start(ctl, checked.config)
+
+
+@command("reload", "Makes the running daemons read the configuration again", epilog=CHECKED + """
+\b
+Exit status: 0 when every running daemon was asked to reload (also when none runs), 1
+when the configuration is refused or a reload failed.
+""")
+@click.pass_obj
+@handle_errors
+def reload_cmd(ctl: Ctl) -> int:
+    """Make the running daemons read telemetrics.conf again without stopping them: records
+    being received and requests in flight are not interrupted.
+
+    User mode sends SIGHUP to each running daemon.  System mode runs 'systemctl
+    try-reload-or-restart' on telemprobd.service and telempostd.service (their
+    ExecReload= sends SIGHUP); a daemon that is not running reads the file when it
+    starts.
+    """
+    require_root(ctl)
+    if ctl.system:
+        systemctl = require_systemd()
+        if checked_config(ctl, "not reloading, the daemons keep their current settings") is None:
+            return 1
+        return systemctl.each("try-reload-or-restart", units.DAEMON_SERVICES.values(), err)
+    if checked_config(ctl, "not reloading, the daemons keep their current settings") is None:
+        return 1
+    sup = supervise.Supervisor(ctl.paths)
+    with sup.locked():
+        for name in reversed(supervise.DAEMONS):
+            done = sup.reload(name)
+            pid = f" (pid {done.pid})" if done.pid else ""
+            click.echo(f"{name}: {done.outcome.value}{pid}")
+    return 0
 
 
 @command("is-active", "Checks if telemprobd and telempostd are active", epilog="""
@@ -531,6 +597,7 @@ def status_cmd(ctl: Ctl, as_json: bool) -> int:
     st = status_mod.gather(
         ctl.paths, spool_dir=cfg.spool_dir, socket_path=cfg.socket_path,
         spool_max_size_kib=cfg.spool_max_size, config_file=cfg.source, daemons=_daemon_infos(ctl),
+        config_notices=cfg.notices,
     )
     if as_json:
         click.echo(json.dumps(status_mod.to_json(st), indent=2))

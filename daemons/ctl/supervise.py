@@ -30,12 +30,13 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
 
 from telemetry.daemons import MODULES
+from telemetry.daemons.ctl.units import SLOW_NOTICE
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import atomic_write, ensure_dir
 from telemetry.paths import MODE_ENV, Mode, Paths
@@ -51,6 +52,11 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 KILL_TIMEOUT = 5.0
 POLL_INTERVAL = 0.05
+# What each daemon does between SIGTERM and its exit.
+STOPPING_WORK = {
+    "telemprobd": "commits and acknowledges the records being received",
+    "telempostd": "finishes the requests in flight to the collector",
+}
 LOG_ROTATE_BYTES = 1 << 20
 LOG_TAIL_BYTES = 4096
 LOCK_FILE = "telemctl.lock"
@@ -115,6 +121,18 @@ class StopOutcome(enum.Enum):
 class StopResult:
     name: str
     outcome: StopOutcome
+    pid: int | None
+
+
+class ReloadOutcome(enum.Enum):
+    SIGNALLED = "asked to reload (SIGHUP)"
+    NOT_RUNNING = "not running"
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    name: str
+    outcome: ReloadOutcome
     pid: int | None
 
 
@@ -188,10 +206,15 @@ def _gone(proc: psutil.Process) -> bool:
         return True
 
 
-def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
-    """Wait for the process to exit; a zombie counts as gone (its parent is not us)."""
-    deadline = time.monotonic() + timeout
+def _wait_gone(proc: psutil.Process, timeout: float, on_slow: Callable[[], None] | None = None) -> bool:
+    """Wait for the process to exit; a zombie counts as gone (its parent is not us).
+    `on_slow` is called once if it takes longer than SLOW_NOTICE."""
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
+        if on_slow is not None and time.monotonic() - start >= SLOW_NOTICE:
+            on_slow()
+            on_slow = None
         try:
             proc.wait(timeout=POLL_INTERVAL)
             return True
@@ -314,7 +337,7 @@ class Supervisor:
                 os.replace(path, path + ".1")
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
-    def start(self, name: str) -> StartResult:
+    def start(self, name: str, say: Callable[[str], None] | None = None) -> StartResult:
         current = self.status(name)
         if current.state is DaemonState.ACTIVE and current.pid is not None:
             return StartResult(name, StartOutcome.ALREADY, current.pid)
@@ -345,16 +368,22 @@ class Supervisor:
                 child.wait()
                 raise StartFailed(f"{name} stopped: cannot write its pid file: "
                                   f"{_why(e) if isinstance(e, OSError) else e}") from None
-            outcome = self._wait_ready(name, child, notify)
+            outcome = self._wait_ready(name, child, notify, say)
         finally:
             notify.close()
             os.close(log_fd)
         return StartResult(name, outcome, child.pid)
 
-    def _wait_ready(self, name: str, child: subprocess.Popen, notify: socket.socket) -> StartOutcome:
-        deadline = time.monotonic() + self.ready_timeout
+    def _wait_ready(self, name: str, child: subprocess.Popen, notify: socket.socket,
+                    say: Callable[[str], None] | None = None) -> StartOutcome:
+        started = time.monotonic()
+        deadline = started + self.ready_timeout
         proc = psutil.Process(child.pid)
         while True:
+            if say is not None and time.monotonic() - started >= SLOW_NOTICE:
+                say(f"{name} (pid {child.pid}): waiting for it to report ready "
+                    f"(up to {self.ready_timeout:.0f} s)")
+                say = None
             status = child.poll()
             if status is not None:
                 self._remove_pid_file(name)
@@ -392,7 +421,9 @@ class Supervisor:
                 return True
             notify.settimeout(0)
 
-    def stop(self, name: str) -> StopResult:
+    def stop(self, name: str, say: Callable[[str], None] | None = None) -> StopResult:
+        """SIGTERM, then SIGKILL after stop_timeout; `say` hears what is waited for when
+        that takes more than a second."""
         present, pid = self._read_pid(name)
         proc = live_daemon(pid, name)
         if proc is None:
@@ -404,7 +435,13 @@ class Supervisor:
             proc.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-        if not _wait_gone(proc, self.stop_timeout):
+
+        def slow() -> None:
+            if say is not None:
+                say(f"{name} (pid {proc.pid}): waiting for it to exit; it "
+                    f"{STOPPING_WORK.get(name, 'finishes its work')} (killed after {self.stop_timeout:.0f} s)")
+
+        if not _wait_gone(proc, self.stop_timeout, slow):
             outcome = StopOutcome.KILLED
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
@@ -412,3 +449,15 @@ class Supervisor:
                 raise SuperviseError(f"{name} (pid {proc.pid}) did not exit even after SIGKILL")
         self._remove_pid_file(name)
         return StopResult(name, outcome, proc.pid)
+
+    def reload(self, name: str) -> ReloadResult:
+        """SIGHUP to the running daemon: it reads the config again (a bad file is logged and
+        its current settings kept)."""
+        proc = live_daemon(self._read_pid(name)[1], name)
+        if proc is None:
+            return ReloadResult(name, ReloadOutcome.NOT_RUNNING, None)
+        try:
+            proc.send_signal(signal.SIGHUP)
+        except psutil.NoSuchProcess:
+            return ReloadResult(name, ReloadOutcome.NOT_RUNNING, None)
+        return ReloadResult(name, ReloadOutcome.SIGNALLED, proc.pid)

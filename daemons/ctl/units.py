@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ ACTIVATION_UNITS: tuple[tuple[str, str], ...] = (
 DAEMON_SERVICES: dict[str, str] = {"telemprobd": "telemprobd.service", "telempostd": "telempostd.service"}
 
 SYSTEMCTL = "systemctl"
+SLOW_NOTICE = 1.0  # seconds before a stop or start (systemctl's or our own) says what it waits for
 SYSTEMD_TMPFILES = "systemd-tmpfiles"
 
 
@@ -95,15 +97,25 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
 class Systemctl:
     """The few systemctl calls telemctl makes, each an argument vector."""
 
-    def __init__(self, binary: str = SYSTEMCTL, runner: Runner = _run):
+    def __init__(self, binary: str = SYSTEMCTL, runner: Runner = _run, say: Callable[[str], None] | None = None):
         path = shutil.which(binary)
         if path is None:
             raise SystemdError(f"{binary} is not installed; system mode needs systemd")
         self.binary = path
         self._run = runner
+        self.say = say  # hears what a call that takes more than SLOW_NOTICE waits for
 
     def unit(self, action: str, unit: str) -> UnitResult:
-        done = self._run([self.binary, action, unit])
+        timer = None
+        if self.say is not None:
+            timer = threading.Timer(SLOW_NOTICE, self.say, (f"waiting for 'systemctl {action} {unit}'",))
+            timer.daemon = True
+            timer.start()
+        try:
+            done = self._run([self.binary, action, unit])
+        finally:
+            if timer is not None:
+                timer.cancel()
         return UnitResult(action, unit, done.returncode, (done.stdout or "").strip())
 
     def each(self, action: str, units: Iterable[str], report: Callable[[str], None]) -> int:

@@ -702,6 +702,9 @@ def main(config_file: str | None, idle_exit_after: float) -> None:
     settings_from(cfg)  # refuse a bad config before anything is logged
     log_mod.setup(DAEMON, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
+    cfg.log_notices(log)
+    if (warning := config_mod.plaintext_warning(cfg)) is not None:
+        log.warning("%s", warning)
     postd = Postd(paths, cfg, idle_after=idle_exit_after)
     try:
         serve(postd, config_file)

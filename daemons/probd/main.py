@@ -84,6 +84,7 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
                 log.error("reloading the configuration failed: %s; keeping the previous settings", e)
                 return None
             log.info("configuration reloaded from %s", new.source or "built-in defaults")
+            new.log_notices(log)
             return Settings.from_config(new)
 
         loop = IngestLoop(
@@ -152,6 +153,7 @@ def main(config_file: str | None) -> None:
     cfg = config_mod.load(paths, config_file)
     log_mod.setup(PROGRAM, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
+    cfg.log_notices(log)
     sys.exit(serve(paths, cfg, config_file))
 
 
