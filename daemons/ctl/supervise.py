@@ -1,9 +1,10 @@
 """User mode: telemprobd and telempostd as the user's own background processes.
 
 Without systemd something else has to start the daemons, remember them and tell whether
-they still run.  Each daemon runs in a session of its own with stdout and stderr appended
-to `<state_dir>/<name>.log`; its pid is kept in `<run_dir>/<name>.pid` (written
-atomically).  A pid only counts as the daemon while that process is alive, not a zombie,
+they still run.  Each daemon runs as its installed console script (so `ps` shows it by
+name) in a session of its own, logging with timestamps to `<state_dir>/<name>.log`,
+which it rotates at 1 MiB (stdout and stderr go there too); its pid is kept in
+`<run_dir>/<name>.pid` (written atomically).  A pid only counts as the daemon while that process is alive, not a zombie,
 owned by us, and running our daemon's command line, so a recycled pid is never mistaken
 for it.
 
@@ -39,6 +40,7 @@ from telemetry.daemons import MODULES
 from telemetry.daemons.ctl.units import SLOW_NOTICE
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import atomic_write, ensure_dir
+from telemetry.log import LOG_FILE_ENV, LOG_MODE
 from telemetry.paths import MODE_ENV, Mode, Paths
 
 PROBD = "telemprobd"
@@ -57,7 +59,6 @@ STOPPING_WORK = {
     "telemprobd": "commits and acknowledges the records being received",
     "telempostd": "finishes the requests in flight to the collector",
 }
-LOG_ROTATE_BYTES = 1 << 20
 LOG_TAIL_BYTES = 4096
 LOCK_FILE = "telemctl.lock"
 
@@ -169,11 +170,33 @@ def state_of(pid_file_present: bool, alive: bool, written_before_boot: bool = Fa
     return DaemonState.FAILED if pid_file_present and not written_before_boot else DaemonState.INACTIVE
 
 
-def child_environment(environ: Mapping[str, str], notify_socket: str) -> dict[str, str]:
+def child_environment(environ: Mapping[str, str], notify_socket: str, log_file: str = "") -> dict[str, str]:
     env = {k: v for k, v in environ.items() if k not in SYSTEMD_ENV}
     env[MODE_ENV] = Mode.USER.value
     env["NOTIFY_SOCKET"] = notify_socket
+    if log_file:
+        env[LOG_FILE_ENV] = log_file  # the daemon timestamps and rotates it
     return env
+
+
+def is_console_script(path: str) -> bool:
+    """A Python entry-point script (#! … python …), not another program of that name (the
+    original's telemprobd is an ELF binary)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and b"python" in first
+
+
+def console_script(name: str, search: Sequence[str]) -> str | None:
+    """The installed `name` script in one of the directories `search`, or None."""
+    for directory in search:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK) and is_console_script(path):
+            return path
+    return None
 
 
 def is_ready_message(message: bytes) -> bool:
@@ -324,18 +347,22 @@ class Supervisor:
                 raise NotInstalled(name)
 
     def argv(self, name: str) -> list[str]:
-        argv = [sys.executable, "-m", module_of(name)]
+        """The installed console script, found beside this interpreter or beside telemctl,
+        so that `ps`, `top` and `pgrep` show the daemon by its name (the kernel names a
+        process after the script it executes); else `python -m module`."""
+        search = [os.path.dirname(sys.executable), os.path.dirname(os.path.abspath(sys.argv[0]))]
+        script = console_script(name, search)
+        argv = [script] if script else [sys.executable, "-m", module_of(name)]
         if self.config_file:
             argv += ["-f", self.config_file]
         return argv
 
     def _open_log(self, name: str) -> int:
+        """For what the daemon prints before its logging is set up; it then takes the file
+        over (timestamps, rotation: telemetry.log.RotatingLog)."""
         ensure_dir(self.paths.state_dir)
-        path = self.log_file(name)
-        with contextlib.suppress(OSError):
-            if os.lstat(path).st_size > LOG_ROTATE_BYTES:
-                os.replace(path, path + ".1")
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        return os.open(self.log_file(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       LOG_MODE)
 
     def start(self, name: str, say: Callable[[str], None] | None = None) -> StartResult:
         current = self.status(name)
@@ -354,7 +381,7 @@ class Supervisor:
             notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             try:
                 child = subprocess.Popen(
-                    self.argv(name), cwd="/", env=child_environment(os.environ, "@" + address),
+                    self.argv(name), cwd="/", env=child_environment(os.environ, "@" + address, self.log_file(name)),
                     stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True,
                     close_fds=True,
                 )

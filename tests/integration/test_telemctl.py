@@ -292,6 +292,20 @@ def test_unknown_keys_are_warnings_listed_by_status_and_restart_goes_on(pipeline
 
 
 @needs_daemons
+def test_user_mode_daemons_show_by_name_and_log_with_timestamps(pipeline):
+    inst = pipeline
+    inst.opt_in()
+    assert ctl(inst, "start").returncode == 0
+    for name, pid in pids(inst).items():
+        proc = psutil.Process(pid)
+        assert proc.name() == name  # comm: what ps -e, top and pgrep show
+        assert os.path.basename(proc.cmdline()[1]) == name, proc.cmdline()  # ps aux: python …/telemprobd
+        log = Path(inst.paths.state_dir, f"{name}.log").read_text().splitlines()
+        assert log and all(re.match(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} {name}: [A-Z]+: ", line)
+                           for line in log), log
+
+
+@needs_daemons
 def test_reload_sends_sighup_to_the_running_daemons(pipeline, collector):
     inst = pipeline
     inst.opt_in()
@@ -446,6 +460,24 @@ def test_bad_config_is_one_line(user_install):
 def test_bad_mode_is_one_line(user_install):
     done = user_install.run(CTL, "status", env={"TELEMETRY_MODE": "bogus"})
     assert_one_line_error(done, 1, "TELEMETRY_MODE='bogus' is not a mode")
+
+
+@pytest.mark.parametrize("module, args", [(CTL, ("--user", "status")), ("telemetry.probes.hprobe", ("--user",)),
+                                          (MODULES["telemprobd"], ())])
+def test_a_runtime_dir_others_can_write_is_refused(user_install, module, args):
+    """/tmp: another user could bind the socket there first and take the records."""
+    done = user_install.run(module, *args, env={"XDG_RUNTIME_DIR": "/tmp"})
+    assert_one_line_error(done, 1, "XDG_RUNTIME_DIR=/tmp ")
+    assert "user mode keeps its socket there" in err(done)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory another user owns needs root")
+def test_a_runtime_dir_of_another_user_is_refused(user_install, tmp_path):
+    other = tmp_path / "other-run"
+    other.mkdir(mode=0o700)
+    os.chown(other, 65534, 65534)
+    done = ctl(user_install, "status", env={"XDG_RUNTIME_DIR": str(other)})
+    assert_one_line_error(done, 1, f"XDG_RUNTIME_DIR={other} belongs to uid 65534, not to you (uid 0)")
 
 
 def test_unreadable_journal_is_one_line(user_install):
