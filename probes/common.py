@@ -92,12 +92,13 @@ def opt_in_hint(paths: Paths) -> str:
 class Probe:
     """One run of a probe: its paths, config and client, and the shared policies."""
 
+    signals: Signals | None = None  # set by watch_signals()
+
     def __init__(self, name: str, config_file: str | None = None, paths: Paths | None = None):
         self.paths, self.config = load_config(config_file, paths)
         self.client = Client(self.paths, self.config, config_file)
         self.log = log_mod.setup(name, self.config.log_level)
         self.config.log_notices(self.log)
-        self.signals: Signals | None = None
 
     def watch_signals(self) -> Signals:
         """From now on SIGTERM and SIGINT mark the probe as stopping (see `stopping`)

@@ -11,6 +11,7 @@ import select
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -368,6 +369,67 @@ def test_klogscanner_follows_a_stream(user_install):
         assert proc.wait(30) == 0, proc.stderr.read()
         proc.stderr.close()
         assert len(rows(probd)) == 1
+
+
+# A process names itself like a kernel report, then faults: the kernel logs
+# "BUG: x[pid]: segfault at …" (facility kernel, level info).  PR_SET_DUMPABLE 0: no core.
+CRASH_NAMED = """
+import ctypes, sys
+libc = ctypes.CDLL(None)
+libc.prctl(15, sys.argv[1].encode(), 0, 0, 0)
+libc.prctl(4, 0, 0, 0, 0)
+ctypes.string_at(0)
+"""
+
+
+def crash_named(name: str) -> int:
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_NAMED, name], stderr=subprocess.DEVNULL)
+    assert proc.wait(30) == -signal.SIGSEGV
+    return proc.pid
+
+
+def kernel_lines_about(pid: int) -> list[bytes]:
+    """This process's records in the real /dev/kmsg; [] when it cannot be read here."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return []
+    found = []
+    try:
+        while True:
+            try:
+                rec = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: overwritten while read
+                continue
+            if f"[{pid}]: segfault".encode() in rec:
+                found.append(rec if rec.endswith(b"\n") else rec + b"\n")
+    finally:
+        os.close(fd)
+    return found
+
+
+def test_klogscanner_ignores_a_crashing_process_named_like_a_report(user_install, tmp_path):
+    pid = crash_named("BUG: x")
+    real = kernel_lines_about(pid)
+    forged = real[0].split(b";", 1)[1] if real else (
+        f"BUG: x[{pid}]: segfault at 0 ip 00007f3f7b5d1f2d sp 00007ffd3a4b8c18 error 4 in "
+        "libc.so.6[7f3f7b4ac000+155000] likely on CPU 1 (core 1, socket 0)\n").encode()
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_bytes(kmsg_file(WARN) + f"6,{len(WARN)},2000000,-;".encode() + forged
+                     + kmsg_record(len(WARN) + 1, "Code: Unable to access opcode bytes at 0x7f3f7b5d1f03.", 6)
+                     + kmsg_file(["Call Trace:", "  f+0x1/0x2", "next"], first_seq=len(WARN) + 2))
+    dmesg = tmp_path / "dmesg"
+    dmesg.write_bytes(b"<6>[   12.345678] " + forged)
+    with Probd(user_install) as probd:
+        assert run(user_install, "klogscanner", "--kmsg", str(kmsg), "--once").returncode == 0
+        assert [headers(r)["classification"] for r in rows(probd)] == ["org.clearlinux/kernel/warning"]
+        r = run(user_install, "klogscanner", "--replay", str(dmesg), "--dry-run")
+        assert (r.returncode, r.stdout) == (0, b"")
+    if real:  # the real kernel log, read as the service reads it
+        r = run(user_install, "klogscanner", "--once", "--dry-run")
+        assert r.returncode == 0 and f"BUG: x[{pid}]".encode() not in r.stdout
 
 
 def test_klogscanner_stopped_while_retrying_sends_the_oops_next_run(user_install, tmp_path):

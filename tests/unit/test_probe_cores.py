@@ -269,3 +269,28 @@ def test_send_retrying_backs_off_until_the_outcome_is_final(monkeypatch):
     not_in = result(common.Outcome.NOT_OPTED_IN)
     assert probe_answering(not_in).send_retrying(None, retry=True) is not_in
     assert sleeps == [1]
+
+
+def test_a_stop_during_the_wait_ends_send_retrying_at_once(monkeypatch):
+    """A real SIGTERM to this process while the probe waits to retry: the wait ends and
+    the last failure comes back, with `stopping` set for the caller to save and exit."""
+    import os
+    import signal
+    import threading
+
+    from telemetry.daemons.runtime.signals import Signals
+
+    probe = object.__new__(common.Probe)
+    probe.log = logging.getLogger("test")
+    away = common.SendResult(common.Outcome.UNAVAILABLE, "")
+    monkeypatch.setattr(probe, "send", lambda record: away)
+    monkeypatch.setattr(common, "RETRY_MAX_DELAY", 3600.0)
+    with Signals() as sig:
+        probe.signals = sig
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        try:
+            assert probe.send_retrying(None, retry=True) is away  # not an hour of retries
+        finally:
+            timer.cancel()
+        assert probe.stopping and probe.stop_status() == 0
