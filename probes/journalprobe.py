@@ -61,8 +61,8 @@ Application Options:
 
 Unlike the original: the position is saved, so a restart resumes where it stopped
 (-t only applies to the very first start); a failed send is retried, not dropped;
-entries are selected on fields journald records itself (a unit exit reported by a
-service manager, not any line carrying EXIT_CODE=exited), and entries logged before
+entries are selected on fields journald records itself (a unit exit reported by the
+system manager, PID 1, not any line carrying EXIT_CODE=exited), and entries logged before
 opting in are not sent.
 
 """

@@ -157,7 +157,12 @@ def entry(**fields: str) -> journal_select.Entry:
         ({"_BOOT_ID": "f" * 32}, False, False),
         ({"_PID": "4242", "_UID": "1000"}, False, False),  # forged EXIT_CODE
         ({"_PID": "1", "_UID": "1000"}, False, False),  # PID 1 of a user namespace, not root
-        ({"_PID": "900", "_UID": "1000", "_EXE": "/usr/lib/systemd/systemd"}, False, True),  # user manager
+        # The systemd binary run by a user (LD_PRELOAD), or a user manager: both the user's own.
+        ({"_PID": "900", "_UID": "1000", "_EXE": "/usr/lib/systemd/systemd", "_COMM": "systemd"}, False, False),
+        ({"_PID": "900", "_UID": "1000", "_EXE": "/usr/lib/systemd/systemd", "_SYSTEMD_UNIT": "user@1000.service",
+          "_SYSTEMD_USER_UNIT": "init.scope"}, False, False),
+        ({"_SYSTEMD_UNIT": "init.scope"}, False, True),  # PID 1, as journald records it under systemd
+        ({"_SYSTEMD_UNIT": "sshd.service"}, False, False),  # PID 1 of a container, seen from the host
         ({"_TRANSPORT": "stdout"}, False, False),
         ({"EXIT_CODE": "killed"}, False, False),
         ({"EXIT_CODE": "-", "PRIORITY": "2"}, False, False),
