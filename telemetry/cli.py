@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import click
@@ -50,8 +50,7 @@ def _quiet_broken_stdout() -> None:
         pass
 
 
-def run_main(command: click.Command, main: Callable[..., Any], args: Any, prog: str,
-             usage_exit: int, **extra: Any) -> NoReturn:
+def run_main(main: Callable[..., Any], args: Any, prog: str, usage_exit: int, **extra: Any) -> NoReturn:
     """Run `main` (a click command's own main) without click's error printing, and exit."""
     try:
         rv = main(args, prog, standalone_mode=False, **extra)
@@ -86,10 +85,12 @@ class OneLineErrors:
 
     usage_exit: int = EXIT_USAGE
 
-    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> NoReturn:  # type: ignore[override]
-        extra.pop("standalone_mode", None)
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> NoReturn:
+        """Always exits, whatever `standalone_mode` says."""
         prog = prog_name or getattr(self, "name", None) or os.path.basename(sys.argv[0])
-        run_main(self, super().main, args, prog, self.usage_exit, **extra)  # type: ignore[misc]
+        run_main(super().main, args, prog, self.usage_exit,  # type: ignore[misc]  # a mixin
+                 complete_var=complete_var, **extra)
 
 
 class Command(OneLineErrors, click.Command):

@@ -378,10 +378,10 @@ def config_from_text(text: str, paths: Paths, path: str | None = None) -> Config
         lost = f"; its settings ({', '.join(known)}) are not applied" if known else ""
         notices.append(Notice(NoticeKind.UNKNOWN_SECTION, path, line,
                               f"unknown section [{name}] ignored: only [{SECTION}] is read{lost}"))
-    for section, key, first, again in ini.repeated:
+    for section, repeated, first, again in ini.repeated:
         if section == SECTION:
             notices.append(Notice(NoticeKind.DUPLICATE_KEY, path, again,
-                                  f"{key}: also set at line {first}; the last value, this line's, is used"))
+                                  f"{repeated}: also set at line {first}; the last value, this line's, is used"))
     values: dict[str, Any] = {}
     for name, entry in ini.sections.get(SECTION, {}).items():
         key = KEY_BY_NAME.get(name)
