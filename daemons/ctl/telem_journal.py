@@ -52,7 +52,11 @@ def _checked(check):
     return callback
 
 
-@click.command(PROG, cls=JournalCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(PROG, cls=JournalCommand, context_settings={"help_option_names": ["-h", "--help"]},
+               help="Print the telemetry journal: what became of each record the daemons handled, "
+               "the last 100 entries, as 'telemctl journal' prints them, with the original "
+               "telem_journal's options.  Exit status: 0 (also when nothing matches); 1 for a bad "
+               "option or filter value, or a journal that cannot be read.")
 @click.option("-r", "--record_id", metavar="ID", callback=_checked(journal_view.record_id_filter))
 @click.option("-e", "--event_id", metavar="ID", callback=_checked(journal_view.event_id_filter))
 @click.option("-c", "--classification", metavar="CLASS", callback=_checked(journal_view.classification_filter))
