@@ -53,6 +53,7 @@ def _checked(check):
 
 
 @click.command(PROG, cls=JournalCommand, context_settings={"help_option_names": ["-h", "--help"]},
+               short_help="Print the telemetry journal, as the original telem_journal",
                help="Print the telemetry journal: what became of each record the daemons handled, "
                "the last 100 entries, as 'telemctl journal' prints them, with the original "
                "telem_journal's options.  Exit status: 0 (also when nothing matches); 1 for a bad "
