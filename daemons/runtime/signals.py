@@ -21,7 +21,7 @@ import contextlib
 import os
 import select
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
@@ -33,9 +33,14 @@ class Signals:
     restores the previous handlers and wake-up fd on exit.  Main thread only (as every
     Python signal handler)."""
 
-    def __init__(self, stop: Iterable[int] = STOP_SIGNALS, reload: Iterable[int] = ()):
+    def __init__(self, stop: Iterable[int] = STOP_SIGNALS, reload: Iterable[int] = (), *,
+                 on_stop: Callable[[], None] | None = None, on_reload: Callable[[], None] | None = None):
+        """`on_stop`/`on_reload` run in the handler, for a loop that keeps its own flag:
+        they may only set state (never raise, block or log)."""
         self._stop_set = frozenset(int(s) for s in stop)
         self._reload_set = frozenset(int(s) for s in reload)
+        self._on_stop = on_stop
+        self._on_reload = on_reload
         self._stop_signal: int | None = None
         self._reloads = 0
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -78,8 +83,12 @@ class Signals:
         if signum in self._stop_set:
             if self._stop_signal is None:
                 self._stop_signal = signum
+            if self._on_stop is not None:
+                self._on_stop()
         elif signum in self._reload_set:
             self._reloads += 1
+            if self._on_reload is not None:
+                self._on_reload()
 
     # --- what the loops look at -----------------------------------------------------
 

@@ -74,3 +74,12 @@ def test_request_stop_from_the_program_wakes_a_waiter():
     with Signals() as sig:
         sig.request_stop()
         assert sig.stop_requested and sig.wait(3600) == []
+
+
+def test_a_loop_with_its_own_flags_hears_of_them():
+    seen: list[str] = []
+    with Signals(reload=RELOAD_SIGNALS, on_stop=lambda: seen.append("stop"),
+                 on_reload=lambda: seen.append("reload")) as sig:
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == ["reload", "stop"] and sig.stop_requested and sig.take_reload()
