@@ -2,7 +2,11 @@
 --user/--system, and the one error handler: whatever goes wrong before or inside a
 command (a usage error, a bad config, an unusable file) is one line on stderr,
 `<program>: <message>`, and a non-zero exit, never click's multi-line usage block or a
-traceback.
+traceback.  The click command classes that use it are in `telemetry.command` (the
+daemons, telemctl) and `probes/probe_cli.py`.
+
+click is imported by the helpers that build a command line, not by this module: a program
+that only loads its config (crashprobe as the kernel starts it) does not pay for it.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
-
-import click
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import config as config_mod
 from .errors import TelemetryError
 from .paths import Mode, Paths
 from .version import __version__
+
+if TYPE_CHECKING:
+    import click
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_FAILURE = 1
@@ -35,8 +40,9 @@ def one_line(text: str) -> str:
 
 def _say(line: str) -> None:
     try:
-        click.echo(line, err=True)
-    except OSError:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
         pass
 
 
@@ -52,6 +58,8 @@ def _quiet_broken_stdout() -> None:
 
 def run_main(main: Callable[..., Any], args: Any, prog: str, usage_exit: int, **extra: Any) -> NoReturn:
     """Run `main` (a click command's own main) without click's error printing, and exit."""
+    import click
+
     try:
         rv = main(args, prog, standalone_mode=False, **extra)
     except click.UsageError as e:
@@ -93,17 +101,10 @@ class OneLineErrors:
                  complete_var=complete_var, **extra)
 
 
-class Command(OneLineErrors, click.Command):
-    """A program's click command with one-line errors."""
-
-
-class Group(OneLineErrors, click.Group):
-    """A program's click group with one-line errors."""
-
-
 def mode_options(f: Callable) -> Callable:
     """--user / --system, as telemctl has them; both together is a usage error.  The choice
     is read with `chosen_mode()` (None: TELEMETRY_MODE, else who runs the program)."""
+    import click
 
     def remember(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         if not value:
@@ -121,8 +122,10 @@ def mode_options(f: Callable) -> Callable:
 
 
 def chosen_mode(ctx: click.Context | None = None) -> str | None:
-    """The mode given with --user/--system, or None."""
-    ctx = ctx or click.get_current_context(silent=True)
+    """The mode given with --user/--system, or None (also when no click command runs)."""
+    click = sys.modules.get("click")
+    if ctx is None and click is not None:
+        ctx = click.get_current_context(silent=True)
     if ctx is None:
         return None
     mode = ctx.meta.get(_MODE_META)
@@ -130,6 +133,8 @@ def chosen_mode(ctx: click.Context | None = None) -> str | None:
 
 
 def version_option(f: Callable) -> Callable:
+    import click
+
     return click.version_option(
         __version__, "-V", "--version", message="%(version)s", help="Print the program version and exit."
     )(f)
@@ -137,6 +142,8 @@ def version_option(f: Callable) -> Callable:
 
 def config_option(*names: str) -> Callable:
     """-f/--config_file PATH, validated as the original validates it (absolute, regular file)."""
+    import click
+
     names = names or ("-f", "--config_file")
 
     def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -160,6 +167,8 @@ def config_option(*names: str) -> Callable:
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     """Print one line to stderr and exit; for errors the user can act on."""
+    import click
+
     ctx = click.get_current_context(silent=True)
     prog = ctx.find_root().info_name if ctx else None
     click.echo(f"{prog}: {message}" if prog else message, err=True)

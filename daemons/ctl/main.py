@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from telemetry import cli as cli_mod
+from telemetry import command as command_mod
 from telemetry import config as config_mod
 from telemetry import optin
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
@@ -61,7 +62,7 @@ class Ctl:
 
 
 
-class Group(cli_mod.Group):
+class Group(command_mod.Group):
     """Commands listed in the original's order; an unknown one is a one-line usage error."""
 
     usage_exit = EXIT_USAGE

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import click
 
-from telemetry.cli import Command, chosen_mode, mode_options
+from telemetry.cli import chosen_mode, mode_options
+from telemetry.command import Command
 from telemetry.daemons.ctl import journal_print, journal_view
 from telemetry.paths import Paths
 

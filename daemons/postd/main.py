@@ -32,7 +32,8 @@ import click
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
-from telemetry.cli import CONTEXT_SETTINGS, Command, config_option, handle_errors, version_option
+from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.command import Command
 from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate, next_attempt_at

@@ -23,7 +23,8 @@ import click
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
-from telemetry.cli import CONTEXT_SETTINGS, Command, config_option, handle_errors, version_option
+from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.command import Command
 from telemetry.daemons.probd.ingest import IngestLoop, Settings
 from telemetry.daemons.probd.listener import open_listener
 from telemetry.daemons.probd.ratelimit import RateLimiter
