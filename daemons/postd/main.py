@@ -41,6 +41,7 @@ from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused, c
 from telemetry.daemons.postd.inotify import FileWatch
 from telemetry.daemons.postd.outcome import Classified, Response, Verdict, classify
 from telemetry.daemons.postd.request import Request, RequestFormat, build_request
+from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.journal import (
     Counter,
@@ -251,6 +252,9 @@ class Postd:
         self._config_error_logged = False
         self._refresh_view()
         log.info("configuration reloaded from %s", cfg.source or "built-in defaults")
+        cfg.log_notices(log)
+        if (warning := config_mod.plaintext_warning(cfg)) is not None:
+            log.warning("%s", warning)
 
     # --- one pass ----------------------------------------------------------------------
 
@@ -572,43 +576,15 @@ class Postd:
         return wake is not None and now >= wake
 
 
-class _Signals:
-    """SIGTERM/SIGINT ask for a stop, SIGHUP for a reload; a byte on a pipe wakes the selector."""
-
-    def __init__(self, postd: Postd):
-        self.postd = postd
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.w)
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGHUP, self._reload)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-
-    def _stop(self, signum: int, frame: object) -> None:
-        self.postd.stopping = True
-
-    def _reload(self, signum: int, frame: object) -> None:
-        self.postd.reload_requested = True
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(-1)
-        os.close(self.r)
-        os.close(self.w)
-
-
 def serve(postd: Postd, config_file: str | None) -> None:
-    signals = _Signals(postd)
+    # The loop and the passes look at postd.stopping; the signal only sets it.
+    signals = Signals(reload=RELOAD_SIGNALS, on_stop=lambda: setattr(postd, "stopping", True),
+                      on_reload=lambda: setattr(postd, "reload_requested", True)).install()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
     sel = selectors.DefaultSelector()
     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
-    sel.register(signals.r, selectors.EVENT_READ, "signal")
+    sel.register(signals.fileno(), selectors.EVENT_READ, "signal")
     log.info("delivering %s to %s (%s requests, up to %d in flight)%s", postd.queue.path,
              postd.settings.delivery.url, postd.settings.request_format.value,
              postd.settings.delivery.max_in_flight,
