@@ -32,6 +32,7 @@ from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.bootid import read_boot_id
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.command import Command
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate
 from telemetry.daemons.postd.core import (
@@ -55,6 +56,7 @@ from telemetry.daemons.postd.request import RequestFormat
 from telemetry.daemons.postd.transport import Transport, TransportFactory
 from telemetry.daemons.runtime.lifecycle import IDLE_EXIT_AFTER, started_by_systemd
 from telemetry.daemons.runtime.notify import notify
+from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.journal import Counter, Journal, JournalError
 from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError
@@ -230,6 +232,9 @@ class Postd:
         self.core.reload(settings)
         self._refresh_view()
         log.info("configuration reloaded from %s", cfg.source or "built-in defaults")
+        cfg.log_notices(log)
+        if (warning := config_mod.plaintext_warning(cfg)) is not None:
+            log.warning("%s", warning)
 
     # --- one pass ----------------------------------------------------------------------
 
@@ -354,43 +359,15 @@ class Postd:
         return self.core.pass_due(self.clock(), self.next_wake())
 
 
-class _Signals:
-    """SIGTERM/SIGINT ask for a stop, SIGHUP for a reload; a byte on a pipe wakes the selector."""
-
-    def __init__(self, postd: Postd):
-        self.postd = postd
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.w)
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGHUP, self._reload)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-
-    def _stop(self, signum: int, frame: object) -> None:
-        self.postd.stopping = True
-
-    def _reload(self, signum: int, frame: object) -> None:
-        self.postd.reload_requested = True
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(-1)
-        os.close(self.r)
-        os.close(self.w)
-
-
 def serve(postd: Postd, config_file: str | None) -> None:
-    signals = _Signals(postd)
+    # The loop and the passes look at postd.stopping; the signal only sets it.
+    signals = Signals(reload=RELOAD_SIGNALS, on_stop=lambda: setattr(postd, "stopping", True),
+                      on_reload=lambda: setattr(postd, "reload_requested", True)).install()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
     sel = selectors.DefaultSelector()
     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
-    sel.register(signals.r, selectors.EVENT_READ, "signal")
+    sel.register(signals.fileno(), selectors.EVENT_READ, "signal")
     log.info("delivering %s to %s (%s requests, up to %d in flight)%s", postd.queue.path,
              postd.settings.delivery.url, postd.settings.request_format.value,
              postd.settings.delivery.max_in_flight,
@@ -465,7 +442,7 @@ configuration, an unusable queue), with a one-line message.
 """
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
 @click.option("--idle-exit-after", type=click.FloatRange(min=0), default=IDLE_EXIT_AFTER, hidden=True)
@@ -485,6 +462,9 @@ def main(config_file: str | None, idle_exit_after: float) -> None:
     settings_from(cfg)  # refuse a bad config before anything is logged
     log_mod.setup(DAEMON, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
+    cfg.log_notices(log)
+    if (warning := config_mod.plaintext_warning(cfg)) is not None:
+        log.warning("%s", warning)
     postd = Postd(paths, cfg, idle_after=idle_exit_after)
     try:
         serve(postd, config_file)

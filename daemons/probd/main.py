@@ -25,6 +25,7 @@ from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.bootid import read_boot_id
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.command import Command
 from telemetry.daemons.probd.core import Settings
 from telemetry.daemons.probd.ingest import IngestLoop
 from telemetry.daemons.probd.listener import open_listener
@@ -78,6 +79,7 @@ def serve(paths: Paths, cfg, config_file: str | None, idle_exit_after: float = I
                 log.error("reloading the configuration failed: %s; keeping the previous settings", e)
                 return None
             log.info("configuration reloaded from %s", new.source or "built-in defaults")
+            new.log_notices(log)
             return Settings.from_config(new)
 
         loop = IngestLoop(
@@ -130,7 +132,7 @@ configuration, a socket it cannot listen on), with a one-line message.
 """
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
 @click.option("--idle-exit-after", type=click.FloatRange(min=0), default=IDLE_EXIT_AFTER, hidden=True)
@@ -148,6 +150,7 @@ def main(config_file: str | None, idle_exit_after: float) -> None:
     cfg = config_mod.load(paths, config_file)
     log_mod.setup(PROGRAM, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
+    cfg.log_notices(log)
     sys.exit(serve(paths, cfg, config_file, idle_exit_after))
 
 
