@@ -204,6 +204,11 @@ class Database:
         self.close()
         self.db = self._open()
 
+    def is_current(self) -> bool:
+        """Whether the file at our path is the one open (one stat)."""
+        now = _identity(self.path)
+        return now is not None and now == self.identity
+
     def follow(self) -> None:
         """Reopen if the file at our path is no longer the one open (replaced after a
         recovery by the other daemon, or removed with its directory), or if the last

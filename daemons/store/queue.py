@@ -236,6 +236,8 @@ class Queue:
     def follow(self) -> None:
         """Open the queue file now at our path if it is not the one open (a recovery by the
         other daemon replaced it, or the spool directory was removed)."""
+        if self._db.is_current():  # the usual case, once per commit: one stat
+            return
         self._ensure_dir()
         self._db.follow()
 
