@@ -15,9 +15,10 @@ DESTDIR ?=
 # journal files (systemd-journal-remote), man pages (man-db, groff-base), PostgreSQL for the
 # collector, openssl for TLS certificates, gdb and elfutils to check crash backtraces (with Go
 # and clang builds among the crashing programs), nginx
-# for HTTP/2 delivery.  Tests whose tool is missing are skipped with the reason.
+# for HTTP/2 delivery, chromium and its chromedriver for the collector's web views.  Tests whose
+# tool is missing are skipped with the reason.
 APT_PACKAGES := libsystemd-dev pkg-config gcc systemd systemd-journal-remote man-db groff-base \
-	postgresql openssl gdb elfutils nginx-light golang-go clang
+	postgresql openssl gdb elfutils nginx-light chromium chromium-driver golang-go clang
 PYTEST_ARGS ?=
 
 .PHONY: venv deps test demo bench lint typecheck install clean
@@ -27,7 +28,7 @@ $(VENV)/.stamp: pyproject.toml collector/pyproject.toml
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]' -e ./collector
+	$(PY) -m pip install --quiet -e '.[test]' -e './collector[test]'
 	touch $@
 
 venv: $(VENV)/.stamp

@@ -1,7 +1,7 @@
 """The ASGI application (Starlette): routes, credentials, limits, and the hand-off to the writer.
 
 Routes (contract §1): ``POST /`` and ``POST /v2/collector`` ingest; ``GET`` on them answers
-302 to ``/telemetryui`` as the reference does (here a one-line page, there is no UI).
+302 to ``/telemetryui``, the index of the web views (`views`), as the reference does.
 Reads, each behind a read credential (`auth.requires`): ``GET /api/records`` (streamed,
 paged with ``before_id``), ``GET /api/records/<id>``, ``GET /api/stats``; with the admin
 scope, ``GET /api/tokens`` and ``DELETE /api/tokens/<name>``.  Other methods on these
@@ -34,15 +34,16 @@ from typing import Any, TypeVar
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from telemetry.daemons.runtime.throttle import LogThrottle
 
-from . import identity, reading
+from . import identity, reading, views
 from .auth import Authenticator, Denied, requires
 from .credentials import Scope
 from .dburl import DatabaseURL
+from .derive.hook import IngestHook
 from .limits import Limits, RateLimiter, retry_after
 from .model import to_json
 from .protocol import Refusal
@@ -65,12 +66,6 @@ STATS_PATH = "/api/stats"
 TOKENS_PATH = "/api/tokens"
 REFUSED_PREFIX = "refused."
 JSON = "application/json"
-UI_TEXT = (
-    "telemetry-collector has no web UI.\n"
-    "Records: GET /api/records (filters: severity, classification, build, machine_id,\n"
-    "created_in_days, created_in_sec, from_id, before_id, ts_capture, limit), GET /api/records/ID.\n"
-    "Counters: GET /api/stats.  Reads need a credential: Authorization: Bearer <token>.\n"
-)
 
 
 class Refused(enum.Enum):
@@ -88,6 +83,7 @@ class Settings:
     purge_interval: float = PURGE_INTERVAL
     durability: Durability = Durability.FULL
     reads: bool = True  # False: an ingest-only node, every read route answers 404
+    payload_parsers: bool = True  # False: no crash groups or parser facts (the counters are kept)
     machine_identity: bool = True  # with a client certificate, Machine-Id must be its CN
 
     @property
@@ -147,7 +143,8 @@ class CollectorApp:
     def __init__(self, url: DatabaseURL, settings: Settings, *, writer_store: Store | None = None,
                  reader_store: Store | None = None):
         self.settings = settings
-        self.writer = Writer(url, writer_store, settings.durability)
+        self.writer = Writer(url, writer_store, settings.durability,
+                             hook=IngestHook.installed(parse=settings.payload_parsers))
         self.reader = ReadConnection(url, reader_store)
         self.credentials = ReadConnection(url, None)  # so a long read never delays a credential check
         limits = settings.limits
@@ -162,11 +159,11 @@ class CollectorApp:
         self.starlette.state.collector = self
         self.starlette.state.authenticator = Authenticator(self.credentials, reads=settings.reads,
                                                            refused=self._auth_refused)
+        views.install(self)
 
     def _routes(self) -> list[BaseRoute]:
         return [
             *(Route(p, ingest_or_redirect, methods=["POST", "GET"]) for p in INGEST_PATHS),
-            Route(UI_PATH, ui, methods=["GET"]),
             Route(RECORDS_PATH, records, methods=["GET"]),
             Route(RECORDS_PATH + "/{record_id}", one_record, methods=["GET"]),
             Route(STATS_PATH, stats, methods=["GET"]),
@@ -354,10 +351,6 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def ui(request: Request) -> Response:
-    return PlainTextResponse(UI_TEXT)
 
 
 # --- reads ------------------------------------------------------------------------------------

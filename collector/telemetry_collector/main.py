@@ -45,6 +45,7 @@ from .credentials import (
     secret_hash,
 )
 from .dburl import parse_database_url
+from .derive.hook import IngestHook, regroup_stored
 from .limits import Limits
 from .protocol import Guard
 from .purge import DEFAULT_DAYS, PurgePolicy, PurgeSpecError, check_days, parse_filter
@@ -248,6 +249,9 @@ def main() -> None:
 @click.option("--reads/--no-reads", default=True, show_default=True,
               help="Serve the read routes (/api/*) to holders of a read credential; --no-reads makes an "
               "ingest-only node, where they answer 404.")
+@click.option("--payload-parsers/--no-payload-parsers", default=True, show_default=True,
+              help="Run the payload parsers on each record as it arrives: the crash and kernel groups of the "
+              "Crashes and Kernel views, and the installed parsers' facts. The views' counters are kept either way.")
 @click.option("--machine-identity/--no-machine-identity", default=True, show_default=True,
               help="With --tls-client-ca: a record's Machine-Id must be the client certificate's subject "
               "Common Name (403 otherwise). --no-machine-identity for a fleet sharing one certificate.")
@@ -263,7 +267,8 @@ def main() -> None:
               help="Log every request line.")
 @handle_errors
 def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: str | None,
-          tls_key: str | None, tls_client_ca: str | None, durability: str, reads: bool, machine_identity: bool,
+          tls_key: str | None, tls_client_ca: str | None, durability: str, reads: bool, payload_parsers: bool,
+          machine_identity: bool,
           trusted_proxies: tuple[str, ...], purge_days: int, purge_filters: tuple[str, ...], log_level: str,
           access_log: bool, **limit_values: Any) -> None:
     """Serve POST /v2/collector (open to every sender, within the limits below) and, to
@@ -301,7 +306,7 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
         writer_store.close()
         raise
     settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), limits=limits, purge=policy, durability=mode,
-                        reads=reads, machine_identity=machine_identity)
+                        reads=reads, payload_parsers=payload_parsers, machine_identity=machine_identity)
     app = CollectorApp(url, settings, writer_store=writer_store, reader_store=reader_store)
     guard = Guard(limits, refused=lambda reason, client, detail: app.refuse(reason, client, detail),
                   trusted_proxies=frozenset(trusted_proxies))
@@ -349,6 +354,25 @@ def stats(database: str | None) -> None:
     finally:
         store.close()
     click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@database_option
+@handle_errors
+def regroup(database: str | None) -> None:
+    """Group the stored crash and kernel records that have no group yet.
+
+    Records are grouped as they arrive; this is for those stored before the web views
+    existed (a database upgraded from an earlier version), or before a payload parser was
+    installed. It can run while the collector serves, and again: a grouped record is left
+    as it is.
+    """
+    store = open_store(parse_database_url(database))
+    try:
+        done = regroup_stored(store, IngestHook.installed())
+    finally:
+        store.close()
+    click.echo(f"grouped {done} records")
 
 
 @main.group(context_settings=CONTEXT_SETTINGS)

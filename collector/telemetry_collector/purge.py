@@ -112,3 +112,23 @@ def purge_statements(policy: PurgePolicy, now: int) -> list[tuple[str, tuple[obj
         values.append(now - policy.unfiltered_days * DAY)
         statements.append(("DELETE FROM records WHERE " + " AND ".join(clauses), tuple(values)))
     return statements
+
+
+def derived_statements(policy: PurgePolicy, now: int) -> list[tuple[str, tuple[object, ...]]]:
+    """What the views keep about records (derive/), after the records themselves: crash
+    rows of deleted records, and the counters of days older than any record the policy
+    keeps (none while a filter keeps records forever)."""
+    statements: list[tuple[str, tuple[object, ...]]] = [
+        ("DELETE FROM crash_records WHERE NOT EXISTS (SELECT 1 FROM records WHERE records.id = crash_records.record_id)",
+         ()),
+    ]
+    if policy.unfiltered_days == 0 or any(f.days == 0 for f in policy.filters):
+        return statements
+    oldest_kept_day = (now - max([policy.unfiltered_days, *(f.days for f in policy.filters)]) * DAY) // DAY
+    statements += [
+        ("DELETE FROM tallies WHERE day < ?", (oldest_kept_day,)),
+        ("DELETE FROM reception_hours WHERE hour < ?", (oldest_kept_day * 24,)),
+        ("DELETE FROM machine_spans WHERE last_day < ?", (oldest_kept_day,)),
+        ("DELETE FROM machine_gaps WHERE last_day < ?", (oldest_kept_day,)),
+    ]
+    return statements
