@@ -64,7 +64,7 @@ class Entry:
             line = line.strip()
             if not module:
                 raise NeverGuiltyError(f"{text.strip()!r}: the module in brackets is empty")
-        if not line:
+        if not line or line.startswith("["):
             raise NeverGuiltyError(f"{text.strip()!r}: no function before the module")
         return cls(line, module)
 
@@ -166,7 +166,7 @@ def choose_guilty(stack: Stack, never: NeverGuilty) -> Guilty:
 DEFAULT_CRASH = (
     # reporting, not causing: abort and its signal
     "abort", "raise", "__GI_*", "__pthread_kill*", "pthread_kill", "__restore_rt",
-    "__libc_message", "__libc_fatal", "__fortify_fail*", "__chk_fail", "__stack_chk_fail",
+    "__libc_message", "__libc_fatal", "__fortify_fail*", "__chk_fail", "__stack_chk_fail", "__*_chk",
     "__assert_fail", "__assert_fail_base", "__assert_perror_fail", "__assert",
     # allocator internals: they find the corruption someone else caused
     "malloc_printerr", "malloc_consolidate", "_int_malloc", "_int_free", "_int_free_*",
@@ -188,8 +188,9 @@ DEFAULT_CRASH = (
     "runtime.sighandler", "runtime.sigtrampgo", "runtime.sigtramp", "runtime.abort",
     "g_assertion_message*", "g_assert_warning", "_g_log_abort", "g_log", "g_logv", "g_log_default_handler",
     "g_log_structured*", "g_log_writer_*",
-    # where every program starts: guilty only when nothing else is
-    "_start", "__libc_start_main", "__libc_start_main_*", "__libc_start_call_main",
+    # where every program and thread starts: guilty only when nothing else is
+    "_start", "__libc_start_main", "__libc_start_main_*", "__libc_start_call_main", "start_thread", "clone",
+    "clone3", "__clone*",
 )
 
 DEFAULT_KERNEL = (

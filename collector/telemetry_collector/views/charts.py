@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from .safetext import code, hidden
+
 CHAR_WIDTH = 6.4  # px per character of the 11 px label font, roughly
 COLUMN_MIN = 22
 COLUMN_MAX = 64
@@ -31,7 +33,13 @@ class Point:
     value: int
 
 
+def _plain(text: str) -> str:
+    """Characters that would not show (controls, bidi overrides) by their code, as pages do."""
+    return "".join(code(ch) if hidden(ch) else ch for ch in text)
+
+
 def _cut(text: str, limit: int = LABEL_MAX) -> str:
+    text = _plain(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -60,7 +68,7 @@ def column_chart(points: Sequence[Point], *, title: str, table_id: str) -> Marku
     width = left + right + column * len(points)
     height = upper + PLOT_HEIGHT + lower
     out = [f'<svg class="chart column" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)} (the table below has the '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(_plain(title))} (the table below has the '
            f'numbers)" aria-describedby="{escape(table_id)}">']
     base = upper + PLOT_HEIGHT
     for tick in _ticks(top):
@@ -70,7 +78,7 @@ def column_chart(points: Sequence[Point], *, title: str, table_id: str) -> Marku
     for i, p in enumerate(points):
         x = left + i * column
         h = p.value / top * PLOT_HEIGHT if top else 0
-        label = escape(p.label)
+        label = escape(_plain(p.label))
         out.append(f'<g><title>{label}: {_number(p.value)}</title>'
                    f'<rect class="bar" x="{x + 3}" y="{base - h:.1f}" width="{column - 6}" height="{h:.1f}"/>')
         if column >= 34 or len(points) <= 12:
@@ -94,13 +102,13 @@ def bar_chart(points: Sequence[Point], *, title: str, table_id: str, total: int 
     width = label_width + plot + number
     height = len(points) * (BAR_HEIGHT + BAR_GAP) + BAR_GAP
     out = [f'<svg class="chart bars" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}" role="img" aria-label="{escape(title)} (the table has the '
+           f'width="{width}" height="{height}" role="img" aria-label="{escape(_plain(title))} (the table has the '
            f'numbers)" aria-describedby="{escape(table_id)}">']
     for i, p in enumerate(points):
         y = BAR_GAP + i * (BAR_HEIGHT + BAR_GAP)
         w = p.value / top * plot if top else 0
         share = f"{p.value / whole:.1%}" if whole else "–"
-        label = escape(p.label)
+        label = escape(_plain(p.label))
         out.append(f'<g><title>{label}: {_number(p.value)} ({share})</title>'
                    f'<text class="label" x="{label_width - 8}" y="{y + 13}" text-anchor="end">'
                    f'{escape(_cut(p.label))}</text>'

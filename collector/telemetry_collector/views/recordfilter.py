@@ -131,8 +131,8 @@ def parse_record_filter(params: Mapping[str, str]) -> RecordFilter:
     if (text := params.get("to", "").strip()):
         received_until = parse_time(text, "to", end=True)
     group = None
-    if (text := _text(params, "group")) is not None:
-        domain, colon, function = text.partition(":")
+    if (wanted := _text(params, "group")) is not None:
+        domain, colon, function = wanted.partition(":")
         try:
             group = GroupKey(Domain(domain), function, params.get("module", "").strip())
         except ValueError:
