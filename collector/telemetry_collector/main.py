@@ -6,6 +6,7 @@
     telemetry-collector token revoke NAME [--database URL]
     telemetry-collector purge [--database URL] [--purge-days N] [--purge-filter FIELD=VALUE:DAYS ...]
     telemetry-collector stats [--database URL]
+    telemetry-collector regroup [--database URL]
 
 The server is the ASGI application in `app` on uvicorn (one process, one event loop, one
 writer thread; see the README for why).  It binds its socket before serving and prints
@@ -272,7 +273,10 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
           trusted_proxies: tuple[str, ...], purge_days: int, purge_filters: tuple[str, ...], log_level: str,
           access_log: bool, **limit_values: Any) -> None:
     """Serve POST /v2/collector (open to every sender, within the limits below) and, to
-    holders of a read credential, GET /api/records, /api/records/ID and /api/stats.
+    holders of a read credential, GET /api/records, /api/records/ID and /api/stats, and
+    the web views under /telemetryui (GET / leads there): Records, Builds, Stats, Crashes,
+    Kernel, Population and the installed plugin views. A browser asks for the token as
+    the password of its login prompt (any user name).
 
     \b
     Reads need a credential: a bearer token (Authorization: Bearer TOKEN) made with
@@ -389,8 +393,9 @@ def token() -> None:
 @token.command("add", context_settings=CONTEXT_SETTINGS)
 @click.argument("name")
 @click.option("--scope", type=click.Choice([s.value for s in Scope]), default=Scope.READ.value, show_default=True,
-              help="read: GET /api/records, /api/records/ID, /api/stats (and the web views); admin: also "
-              "GET /api/tokens and DELETE /api/tokens/NAME.")
+              help="read: GET /api/records, /api/records/ID, /api/stats and the web views; admin: also "
+              "GET /api/tokens, DELETE /api/tokens/NAME, and editing the never-guilty lists of the Crashes and "
+              "Kernel views.")
 @click.option("--certificate", is_flag=True,
               help="NAME is the subject Common Name of a client certificate (with serve --tls-client-ca): "
               "that certificate reads without a token. No secret is made.")

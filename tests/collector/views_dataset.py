@@ -22,7 +22,7 @@ from telemetry.probes.crash.payload import Header, backtrace_payload, stub_paylo
 from telemetry.probes.crash.unwind import StopReason
 from telemetry_collector.dburl import parse_database_url
 from telemetry_collector.derive.hook import IngestHook
-from telemetry_collector.model import NewRecord, StoredRecord
+from telemetry_collector.model import COLUMNS, NewRecord, StoredRecord
 from telemetry_collector.store import Store, open_store
 
 OOPS_DIR = Path(__file__).resolve().parents[1] / "data" / "oops"
@@ -174,7 +174,8 @@ def record(classification: str, payload: str, *, received: int, machine: str, bu
     return NewRecord(
         record_format_version=4, severity=severity, classification=classification, machine_id=machine,
         ts_capture=received - 5, arch=arch, host_type=platform, build=build, kernel_version="6.6.10-1400.native",
-        payload_format_version=1, system_name="clear-linux-os", board_name="blank|blank",
+        payload_format_version=1, system_name="clear-linux-os" if build.isdigit() else "debian",
+        board_name="blank|blank",
         cpu_model="Intel(R) Xeon(R) CPU @ 2.20GHz", bios_version="1.16.3", event_id="0" * 32, external=False,
         payload=payload, ts_reception=received, record_id=record_id,
     )
@@ -200,13 +201,28 @@ def store_records(database: str, records: Iterable[NewRecord], *, batch: int = 5
     return n
 
 
+_ROWS = 100  # records per INSERT statement
+
+
 def _store_batch(store: Store, hook: IngestHook, batch: list[NewRecord]) -> int:
+    """As the writer's transaction: the records, then the hook (records with a record id go
+    in multi-row statements, which loads a benchmark's million records quicker)."""
     with store.transaction():
-        stored = []
-        for r in batch:
-            s = store.insert(r)
-            if not s.duplicate:
-                stored.append(s.record)
+        stored: list[StoredRecord] = []
+        if all(r.record_id is not None for r in batch):
+            for i in range(0, len(batch), _ROWS):
+                chunk = batch[i:i + _ROWS]
+                one = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+                rows = store.rows(f"INSERT INTO records ({', '.join(COLUMNS)}) VALUES {', '.join([one] * len(chunk))} "
+                                  "ON CONFLICT (record_id) DO NOTHING RETURNING id, record_id",
+                                  [getattr(r, c) for r in chunk for c in COLUMNS])
+                ids = {rid: int(n) for n, rid in rows}
+                stored += [StoredRecord(ids[r.record_id], r) for r in chunk if r.record_id in ids]
+        else:
+            for r in batch:
+                s = store.insert(r)
+                if not s.duplicate:
+                    stored.append(s.record)
         counters = hook.after_insert(store, stored)
         if counters:
             store.add_counters(counters)

@@ -94,7 +94,8 @@ def guilty_of_frame(frame: Frame) -> Guilty:
 
 def clip(text: str, limit: int = TEXT_MAX) -> str:
     """One line of printable text: no tabs or line breaks can split a stored frame."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    text = text[:limit]
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def frames_text(frames: tuple[Frame, ...]) -> str:

@@ -237,9 +237,12 @@ def same_origin(request: Request) -> bool:
     """A form posted from this site's own pages (a browser says where it comes from; a
     client that is not a browser says nothing and is let through on its credential)."""
     origin = request.headers.get("origin")
-    host = (request.headers.get("host") or "").rpartition(":")[0] or request.headers.get("host", "")
     if origin is not None:
-        return origin != "null" and (urllib.parse.urlsplit(origin).hostname or "") == host.strip("[]")
+        try:
+            host = urllib.parse.urlsplit("//" + request.headers.get("host", "")).hostname
+            return origin != "null" and host is not None and urllib.parse.urlsplit(origin).hostname == host
+        except ValueError:  # a malformed Host or Origin
+            return False
     site = request.headers.get("sec-fetch-site")
     return site is None or site in ("same-origin", "none")
 
