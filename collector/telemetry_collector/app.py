@@ -299,7 +299,9 @@ async def ingest(request: Request) -> Response:
         size = f"{declared} bytes" if declared is not None and declared > limit else "larger"
         message = f"Request body is {size}; this collector accepts at most {limit} bytes"
         app.reject(client, Rule.TOO_LARGE, message)
-        return _json(413, message, {"connection": "close"})
+        # The connection stays open: the server reads the rest of the body and drops it (within
+        # --body-timeout), so the client, still sending, is not reset before it reads the 413.
+        return _json(413, message)
     sub = submission_from_request(request.scope["headers"], body)
     try:
         record = validate(sub, app.settings.tids, int(time.time()))
