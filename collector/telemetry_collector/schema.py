@@ -134,6 +134,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 last_day   INTEGER NOT NULL,
                 PRIMARY KEY (build, machine_id, first_day)
             )""",
+            "CREATE INDEX machine_gaps_days ON machine_gaps (last_day, first_day, build)",
             # Distinct crashing-thread stacks, each with the guilty frame the current list picks.
             """CREATE TABLE crash_stacks (
                 id              {ID},
@@ -154,8 +155,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                 machine_id   TEXT NOT NULL,
                 build        TEXT NOT NULL
             )""",
-            "CREATE INDEX crash_records_time ON crash_records (domain, ts_reception, stack_id)",
-            "CREATE INDEX crash_records_stack ON crash_records (stack_id, ts_reception)",
+            # A group's records in a period, with what its machines and builds need, from the index alone.
+            "CREATE INDEX crash_records_stack ON crash_records (stack_id, ts_reception, machine_id, build)",
+            # Records per stack and UTC day: a period's groups are summed from these.
+            """CREATE TABLE crash_days (
+                domain         TEXT NOT NULL,
+                day            INTEGER NOT NULL,
+                stack_id       {BIGINT} NOT NULL,
+                records        {BIGINT} NOT NULL,
+                first_seen     {BIGINT} NOT NULL,  -- reception times
+                last_seen      {BIGINT} NOT NULL,
+                last_record_id {BIGINT} NOT NULL,  -- the group's example
+                PRIMARY KEY (domain, day, stack_id)
+            )""",
             """CREATE TABLE never_guilty (
                 domain TEXT NOT NULL,
                 entry  TEXT NOT NULL,

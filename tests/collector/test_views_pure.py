@@ -103,6 +103,7 @@ def test_where_is_one_condition():
     assert where(RecordFilter()) == ("1 = 1", [])
     sql, params = where(RecordFilter(classification="a_b/%/*", severity=2))
     assert sql == "classification LIKE ? ESCAPE '\\' AND severity = ?" and params == ["a\\_b/\\%/%", 2]
+    assert where(RecordFilter(classification="a/*"), by_id=True)[0] == "classification || '' LIKE ? ESCAPE '\\'"
 
 
 CLASSES = ["org.clearlinux/hello/world", "org.clearlinux/crash/clr", "org.clearlinux/crash/error", "a_b/%x/y"]

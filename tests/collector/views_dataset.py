@@ -279,8 +279,8 @@ def realistic(n: int, *, end: int, days: int = 30, machines: int = 20_000, seed:
         machine = f"{(m * 2654435761 + (day + m % 3) // 3) % (1 << 128):032x}"
         if m % 20 == 0:
             build = ("bookworm", "trixie", "12.4", "2024.05-rc1")[m % 4]
-        else:
-            build = str(41000 + 10 * min(29, max(0, (day + m % 6) // 1)))
+        else:  # a build every day; a machine updates to the latest every 5 days
+            build = str(41000 + 10 * max(0, day - (day + m) % 5))
         platform = PLATFORMS[m % len(PLATFORMS)]
         x = rng.random()
         classification, severity = next(((c, sev) for cum, c, sev in class_cum if x < cum), CLASSES[0][:2])

@@ -75,31 +75,45 @@ class Deltas:
 
 
 def count(records: Sequence[StoredRecord], parsed: Iterable[Parsed] = ()) -> Deltas:
-    hours: dict[int, HourSpan] = {}
-    tallies: dict[tuple[str, str, int, str], Tally] = {}
+    # Plain lists while counting (this runs for every batch, in the writer's transaction).
+    hours: dict[int, list[int]] = {}  # hour -> [first_id, last_id, records]
+    tallies: dict[tuple[str, str, int, str], list[int]] = {}  # key -> [records, first_id]
+    seen: dict[tuple[str, str], set[int]] = {}
 
     def tally(key: tuple[str, str, int, str], record_id: int) -> None:
-        old = tallies.get(key)
-        tallies[key] = Tally(1, record_id) if old is None else Tally(old.records + 1, min(old.first_id, record_id))
+        t = tallies.get(key)
+        if t is None:
+            tallies[key] = [1, record_id]
+        else:
+            t[0] += 1
+            if record_id < t[1]:
+                t[1] = record_id
 
-    seen: dict[tuple[str, str], set[int]] = {}
     for s in records:
         r = s.record
-        hour = r.ts_reception // HOUR
-        span = hours.get(hour)
-        hours[hour] = (HourSpan(s.id, s.id, 1) if span is None else
-                       HourSpan(min(span.first_id, s.id), max(span.last_id, s.id), span.records + 1))
-        day = day_of(r.ts_reception)
-        tally((RECORD_SOURCE, Field.BUILD, day, r.build), s.id)
-        tally((RECORD_SOURCE, Field.CLASSIFICATION, day, r.classification), s.id)
-        tally((RECORD_SOURCE, Field.PLATFORM, day, r.host_type), s.id)
-        seen.setdefault((r.build, r.machine_id), set()).add(day)
+        rid = s.id
+        span = hours.get(r.ts_reception // HOUR)
+        if span is None:
+            hours[r.ts_reception // HOUR] = [rid, rid, 1]
+        else:
+            span[0] = min(span[0], rid)
+            span[1] = max(span[1], rid)
+            span[2] += 1
+        day = r.ts_reception // DAY
+        tally((RECORD_SOURCE, Field.BUILD, day, r.build), rid)
+        tally((RECORD_SOURCE, Field.CLASSIFICATION, day, r.classification), rid)
+        tally((RECORD_SOURCE, Field.PLATFORM, day, r.host_type), rid)
+        days = seen.get((r.build, r.machine_id))
+        if days is None:
+            seen[(r.build, r.machine_id)] = {day}
+        else:
+            days.add(day)
 
     stacks: dict[str, Stack] = {}
     crashes: list[CrashRow] = []
     for p in parsed:
         r = p.record.record
-        day = day_of(r.ts_reception)
+        day = r.ts_reception // DAY
         stacked = False
         for item in p.items:
             if isinstance(item, Fact):
@@ -117,8 +131,8 @@ def count(records: Sequence[StoredRecord], parsed: Iterable[Parsed] = ()) -> Del
                 rounds.append({})
             rounds[i][key] = day
     return Deltas(
-        hours=dict(sorted(hours.items())),
-        tallies=dict(sorted(tallies.items())),
+        hours={h: HourSpan(*v) for h, v in sorted(hours.items())},
+        tallies={k: Tally(*v) for k, v in sorted(tallies.items())},
         sightings=rounds,
         stacks=stacks,
         crashes=sorted(crashes, key=lambda c: c.record_id),

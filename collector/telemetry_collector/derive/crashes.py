@@ -21,8 +21,8 @@ from .guilty import plain_name
 from .parsers import Fact
 from .stacks import MAX_FRAMES, Domain, Frame, Stack, clip
 
-PROCESS = "Process: "
-THREAD = re.compile(r"Backtrace \(TID (\d+)\):$")
+THREAD_LINE = re.compile(r"^Backtrace \(TID \d+\):$", re.MULTILINE)
+PROGRAM_LINE = re.compile(r"^Process: (.*)$", re.MULTILINE)
 FRAME = re.compile(
     r"#(\d+) (?:\(no symbols\)(?: at 0x[0-9a-f]+)?"
     r"|(?P<function>.+?) - \[(?P<module>.*)\](?: - .+:\d+)?(?: \(\+0x(?P<offset>[0-9a-f]+)\))?(?: \(inlined\))?)$"
@@ -33,20 +33,19 @@ SCAN_MAX = 512 * 1024  # characters of a payload looked at; the crashing thread 
 
 def crashing_thread(payload: str) -> tuple[str, list[str]]:
     """(program, lines of the crashing thread's block, frames and their extra lines)."""
-    program = ""
-    block: list[str] = []
-    inside = False
-    for line in payload[:SCAN_MAX].splitlines():
-        if not inside:
-            if line.startswith(PROCESS) and not program:
-                program = line[len(PROCESS):]
-            elif THREAD.match(line):
-                inside = True
-            continue
-        if not line or THREAD.match(line):
-            break
-        block.append(line)
-    return program, block
+    text = payload[:SCAN_MAX]
+    head = THREAD_LINE.search(text)
+    program = PROGRAM_LINE.search(text, 0, head.start() if head else len(text))
+    if program is None:
+        return "", []
+    if head is None:
+        return program.group(1), []
+    start = head.end() + 1
+    end = text.find("\n\n", start - 1)
+    following = THREAD_LINE.search(text, start)
+    if following is not None and (end < 0 or following.start() < end):
+        end = following.start() - 1
+    return program.group(1), text[start:end if end >= 0 else len(text)].splitlines()
 
 
 def parse_frames(lines: list[str]) -> tuple[Frame, ...]:

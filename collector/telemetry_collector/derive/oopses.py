@@ -22,7 +22,8 @@ from .parsers import Fact
 from .stacks import MAX_FRAMES, Domain, Frame, Stack, clip
 
 REASON = "Reason: "
-FRAME = re.compile(r"#\d+ (\? )?(\S+) - \[(.*)\]$")
+REASON_LINE = re.compile(r"^Reason: (.*)$", re.MULTILINE)
+FRAME_LINE = re.compile(r"^#\d+ (\? )?(\S+) - \[(.*)\]$", re.MULTILINE)
 WARNED_AT = re.compile(r" at \S+:\d+ ([A-Za-z_][\w.]*)\+0x")
 FUNCTION = re.compile(r"[A-Za-z_][\w.]*")
 SUFFIX = re.compile(r"(?:\.(?:isra|constprop|part|cold|lto_priv|llvm)(?:\.\d+)?)+$")
@@ -43,27 +44,22 @@ def headline(reason: str) -> str:
 
 def stack_of(payload: str) -> Stack | None:
     """None for a payload that is not an oops report."""
-    reason: str | None = None
-    frames: list[Frame] = []
-    for line in payload[:SCAN_MAX].splitlines():
-        if reason is None:
-            if line.startswith(REASON):
-                reason = line[len(REASON):]
-                m = WARNED_AT.search(reason)
-                name = function_name(m.group(1)) if m else None
-                if name is not None:
-                    frames.append(Frame(clip(name), KERNEL_MODULE))
-            continue
-        if not line.startswith("#") or len(frames) >= MAX_FRAMES:
-            continue
-        m = FRAME.match(line)
-        if m is None:
-            continue
-        name = function_name(m.group(2))
-        if name is not None:
-            frames.append(Frame(clip(name), clip(m.group(3)) or KERNEL_MODULE, unreliable=m.group(1) is not None))
-    if reason is None:
+    text = payload[:SCAN_MAX]
+    m = REASON_LINE.search(text)
+    if m is None:
         return None
+    reason = m.group(1)
+    frames: list[Frame] = []
+    warned = WARNED_AT.search(reason)
+    name = function_name(warned.group(1)) if warned else None
+    if name is not None:
+        frames.append(Frame(clip(name), KERNEL_MODULE))
+    for f in FRAME_LINE.finditer(text, m.end()):
+        if len(frames) >= MAX_FRAMES:
+            break
+        name = function_name(f.group(2))
+        if name is not None:
+            frames.append(Frame(clip(name), clip(f.group(3)) or KERNEL_MODULE, unreliable=f.group(1) is not None))
     return Stack(Domain.KERNEL, KERNEL_MODULE, tuple(frames), "" if frames else headline(reason))
 
 

@@ -60,10 +60,11 @@ class Stack:
 
     def signature(self) -> str:
         """Equal for stacks that group alike: same domain, program and frames."""
-        digest = hashlib.sha256()
-        digest.update(f"{self.domain.value}\n{self.program}\n{self.headline}\n".encode("utf-8", "replace"))
-        digest.update(frames_text(self.frames).encode("utf-8", "replace"))
-        return digest.hexdigest()
+        parts = [self.domain.value, self.program, self.headline]
+        for f in self.frames:
+            parts.append(f"{f.function}\x1f{f.module}\x1f{f.offset}\x1f{f.unreliable:d}\x1f{f.function is None:d}"
+                         f"{f.module is None:d}")
+        return hashlib.sha256("\x1e".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)

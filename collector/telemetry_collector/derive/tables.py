@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ..store import Store
-from .counts import CrashRow, HourSpan, Tally, gap_after
+from .counts import DAY, CrashRow, HourSpan, Tally, gap_after
 from .guilty import NeverGuilty, choose_guilty, default_list
 from .stacks import Domain, Guilty, Stack, frames_from_text, frames_text
 
@@ -93,11 +93,34 @@ def stack_id(store: Store, signature: str, stack: Stack, guilty: Guilty) -> int:
 
 
 def add_crashes(store: Store, crashes: Sequence[CrashRow], ids: dict[str, int]) -> None:
+    """The crash rows, and the counts per stack and day the groups are summed from."""
     rows = [(c.record_id, c.domain.value, ids[c.signature], c.ts_reception, c.machine_id, c.build) for c in crashes]
+    new: set[int] = set()  # a record grouped before (regroup beside the writer) is not counted twice
     for chunk in _chunks(rows):
-        store.run(f"INSERT INTO crash_records (record_id, domain, stack_id, ts_reception, machine_id, build) "
-                  f"VALUES {_values(len(chunk), 6)} ON CONFLICT (record_id) DO NOTHING",
-                  _flat(chunk), "storing crash records")
+        new.update(int(r[0]) for r in store.rows(
+            f"INSERT INTO crash_records (record_id, domain, stack_id, ts_reception, machine_id, build) "
+            f"VALUES {_values(len(chunk), 6)} ON CONFLICT (record_id) DO NOTHING RETURNING record_id",
+            _flat(chunk), "storing crash records"))
+    days: dict[tuple[str, int, int], list[int]] = {}
+    for record_id, domain, stack, ts, _, _ in rows:
+        if record_id not in new:
+            continue
+        d = days.get((domain, ts // DAY, stack))
+        if d is None:
+            days[(domain, ts // DAY, stack)] = [1, ts, ts, record_id]
+        else:
+            d[0] += 1
+            d[1], d[2], d[3] = min(d[1], ts), max(d[2], ts), max(d[3], record_id)
+    day_rows = [(*key, *v) for key, v in sorted(days.items())]
+    for chunk in _chunks(day_rows):
+        store.run(
+            f"INSERT INTO crash_days (domain, day, stack_id, records, first_seen, last_seen, last_record_id) "
+            f"VALUES {_values(len(chunk), 7)} ON CONFLICT (domain, day, stack_id) DO UPDATE SET "
+            "records = crash_days.records + excluded.records, "
+            f"first_seen = {store.least}(crash_days.first_seen, excluded.first_seen), "
+            f"last_seen = {store.greatest}(crash_days.last_seen, excluded.last_seen), "
+            f"last_record_id = {store.greatest}(crash_days.last_record_id, excluded.last_record_id)",
+            _flat(chunk), "counting crash records")
 
 
 # --- the never-guilty lists ---------------------------------------------------------------

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..auth import requires
+from ..auth import Endpoint, requires
 from ..credentials import Scope
 from ..derive.stacks import Domain
 from . import pages, plugin
@@ -40,10 +40,10 @@ def install(app: CollectorApp, plugins: list[plugin.PluginView] | None = None) -
     def error(status: int, message: str, headers: dict[str, str]) -> Response:
         return site.error(None, status, message, headers)
 
-    def read(endpoint):  # type: ignore[no-untyped-def]
+    def read(endpoint: Endpoint) -> Endpoint:
         return requires(Scope.READ, error=error)(endpoint)
 
-    def admin(endpoint):  # type: ignore[no-untyped-def]
+    def admin(endpoint: Endpoint) -> Endpoint:
         return requires(Scope.ADMIN, error=error)(endpoint)
 
     routes: list[BaseRoute] = [

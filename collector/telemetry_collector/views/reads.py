@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..dburl import Backend
 from ..derive import crashes, oopses
-from ..derive.counts import HOUR, RECORD_SOURCE, Field
+from ..derive.counts import DAY, HOUR, RECORD_SOURCE, Field
 from ..derive.guilty import NeverGuilty, default_list
 from ..derive.stacks import UNKNOWN_FUNCTION, Domain
 from ..derive.tables import never_guilty
@@ -60,13 +60,30 @@ def id_range(store: Store, start: int | None, until: int | None) -> IdRange | No
     return None if row[0] is None else IdRange(int(row[0]), int(row[1]))
 
 
+DENSE = 0.01  # a prefix matching this share of the records is read along the ids
+
+
+def prefix_share(store: Store, f: RecordFilter) -> float:
+    """The share of the records in the filter's days whose classification has its prefix,
+    from the day counters."""
+    first = (f.received_from or 0) // DAY
+    last = ((f.received_until - 1) // DAY) if f.received_until is not None else 2**31
+    rows = store.rows("SELECT value, sum(records) FROM tallies WHERE source = ? AND name = ? AND day >= ? "
+                      "AND day <= ? GROUP BY value", (RECORD_SOURCE, Field.CLASSIFICATION, first, last),
+                      "reading counters")
+    total = sum(int(n) for _, n in rows)
+    prefix = f.prefix or ""
+    return sum(int(n) for v, n in rows if v.startswith(prefix)) / total if total else 0.0
+
+
 def record_page(store: Store, f: RecordFilter) -> RecordPage:
     ids = None
     if f.received_from is not None or f.received_until is not None:
         ids = id_range(store, f.received_from, f.received_until)
         if ids is None:
             return RecordPage([], None, None)
-    condition, params = where(f, ids)
+    by_id = f.prefix is not None and prefix_share(store, f) >= DENSE
+    condition, params = where(f, ids, by_id=by_id)
     backwards = f.after is not None and f.before is None
     sql = (f"SELECT id, classification, severity, machine_id, build, arch, host_type, ts_capture, ts_reception, "
            f"{_size(store)} FROM records WHERE {condition} ORDER BY id {'ASC' if backwards else 'DESC'} LIMIT ?")
@@ -146,8 +163,10 @@ def population(store: Store, period: Period) -> list[Population]:
     """Distinct machine ids seen on each build in the period, in the builds' order: those
     whose span of sightings overlaps it, minus those with no sighting inside it (the
     period lies within one of their gaps)."""
-    spans = store.rows("SELECT build, count(*) FROM machine_spans WHERE last_day >= ? AND first_day <= ? "
-                       "GROUP BY build", (period.first_day, period.last_day), "reading the population")
+    # Grouped by an expression, so that SQLite reads the days' index (the period's spans
+    # only) rather than the whole table in build order.
+    spans = store.rows("SELECT build || '' AS b, count(*) FROM machine_spans WHERE last_day >= ? AND first_day <= ? "
+                       "GROUP BY b", (period.first_day, period.last_day), "reading the population")
     gaps = dict(store.rows("SELECT build, count(*) FROM machine_gaps WHERE first_day <= ? AND last_day >= ? "
                            "GROUP BY build", (period.first_day, period.last_day), "reading the population"))
     first = dict(store.rows("SELECT value, min(first_id) FROM tallies WHERE source = ? AND name = ? GROUP BY value",
@@ -202,40 +221,52 @@ class CrashSummary:
     total_records: int
 
 
-_GROUPS_FROM = ("FROM crash_records c JOIN crash_stacks s ON s.id = c.stack_id "
-                "WHERE c.domain = ? AND c.ts_reception >= ? AND c.ts_reception < ?")
-
-
 def crash_groups(store: Store, domain: Domain, period: Period, limit: int) -> CrashSummary:
-    span = (domain.value, period.start, period.end)
-    top = store.rows(
-        "SELECT s.guilty_function, s.guilty_module, count(*), count(DISTINCT c.machine_id), min(c.ts_reception), "
-        f"max(c.ts_reception), max(c.record_id) {_GROUPS_FROM} GROUP BY s.guilty_function, s.guilty_module "
-        "ORDER BY count(*) DESC, s.guilty_function, s.guilty_module", span, "reading crash groups")
-    total_records = sum(int(r[2]) for r in top)
-    shown = top[:limit]
-    keys = {(r[0], r[1]) for r in shown}
-    per_build: dict[tuple[str, str], list[BuildCount]] = {}
-    if keys:
-        for function, module, build, n in store.rows(
-                f"SELECT s.guilty_function, s.guilty_module, c.build, count(*) {_GROUPS_FROM} "
-                "GROUP BY s.guilty_function, s.guilty_module, c.build", span, "reading crash groups"):
-            if (function, module) in keys:
-                per_build.setdefault((function, module), []).append(BuildCount(build, int(n)))
-    examples = {r.id: r for r in store.records_by_id([int(r[6]) for r in shown])}
+    """The period's groups, most records first: counts summed from the records per stack and
+    day, then the machines and builds of the groups shown from their records' index."""
+    per_stack = store.rows(
+        "SELECT d.stack_id, s.guilty_function, s.guilty_module, sum(d.records), min(d.first_seen), max(d.last_seen), "
+        "max(d.last_record_id) FROM crash_days d JOIN crash_stacks s ON s.id = d.stack_id "
+        "WHERE d.domain = ? AND d.day >= ? AND d.day <= ? GROUP BY d.stack_id, s.guilty_function, s.guilty_module",
+        (domain.value, period.first_day, period.last_day), "reading crash groups")
+    found: dict[tuple[str, str], list] = {}  # -> [records, first, last, example, stack ids]
+    for stack, function, module, n, first, last, example in per_stack:
+        g = found.setdefault((function, module), [0, first, last, example, []])
+        g[0] += int(n)
+        g[1], g[2], g[3] = min(g[1], first), max(g[2], last), max(g[3], example)
+        g[4].append(int(stack))
+    ranked = sorted(found.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    shown = ranked[:limit]
+    span = (period.start, period.end)
+    builds: dict[int, list[tuple[str, int]]] = {}
+    stacks = [s for _, g in shown for s in g[4]]
+    for chunk in (stacks[i:i + 500] for i in range(0, len(stacks), 500)):
+        for stack, build, n in store.rows(
+                f"SELECT stack_id, build, count(*) FROM crash_records WHERE stack_id IN ({', '.join('?' * len(chunk))}) "
+                "AND ts_reception >= ? AND ts_reception < ? GROUP BY stack_id, build", (*chunk, *span),
+                "reading crash groups"):
+            builds.setdefault(int(stack), []).append((build, int(n)))
+    examples = {r.id: r for r in store.records_by_id([int(g[3]) for _, g in shown])}
     parse = crashes if domain is Domain.CRASH else oopses
     groups = []
-    for function, module, n, machines, first, last, example_id in shown:
+    for (function, module), (n, first, last, example_id, ids) in shown:
+        machines = store.rows(
+            f"SELECT count(DISTINCT machine_id) FROM crash_records WHERE stack_id IN ({', '.join('?' * len(ids))}) "
+            "AND ts_reception >= ? AND ts_reception < ?", (*ids, *span), "reading crash groups")[0][0]
+        per_build: dict[str, int] = {}
+        for stack in ids:
+            for build, count in builds.get(stack, []):
+                per_build[build] = per_build.get(build, 0) + count
         example = examples.get(int(example_id))
         payload = example.record.payload if example is not None else ""
-        program = crashes.crashing_thread(payload)[0] if domain is Domain.CRASH else ""
         groups.append(CrashGroup(
-            function=function, module=module, records=int(n), machines=int(machines), first_seen=int(first),
+            function=function, module=module, records=n, machines=int(machines), first_seen=int(first),
             last_seen=int(last), example_id=int(example_id),
-            builds=buildorder.order(per_build.get((function, module), [])),
-            example=parse.display_lines(payload), program=program, domain=domain,
+            builds=buildorder.order([BuildCount(b, c) for b, c in per_build.items()]),
+            example=parse.display_lines(payload),
+            program=crashes.crashing_thread(payload)[0] if domain is Domain.CRASH else "", domain=domain,
         ))
-    return CrashSummary(groups, len(top), total_records)
+    return CrashSummary(groups, len(ranked), sum(g[0] for _, g in ranked))
 
 
 def never_guilty_list(store: Store, domain: Domain) -> tuple[NeverGuilty, bool]:
