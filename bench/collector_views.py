@@ -20,7 +20,9 @@ For each store:
   collector with the payload parsers (crash and kernel grouping, MCE facts) on, then to
   one with them off (``--no-payload-parsers``; the views' counters are kept either way),
   alternately, K rounds each, into the loaded store; records/s (median of the rounds) and
-  the collector's CPU time per record.  Target: on at least 90 % of off.
+  the collector's CPU time per record.  Target: on at least 90 % of off.  Then the
+  writer's transactions alone, in this process (batches of 8 and 64 records of the mix):
+  without the hook, with its counters only, and with counters and parsers.
 
 Figures depend on the machine and its load: they are printed, never asserted.
 """
@@ -169,6 +171,36 @@ def ingest(database: str, work: str, label: str, count: int, rounds: int) -> Non
     print(f"{label}:   rounds on {[round(r) for r, _ in results[True]]}, off {[round(r) for r, _ in results[False]]}")
 
 
+def write_path(database: str, label: str, count: int = 20_000) -> None:
+    """The writer's transactions in process, without HTTP: records/s storing batches of the
+    mix with no hook, with the counters only, and with counters and parsers."""
+    from telemetry_collector.dburl import parse_database_url
+    from telemetry_collector.derive.hook import IngestHook
+    from telemetry_collector.store import open_store
+
+    mix = list(realistic(count, end=int(time.time()), seed=11))
+    for batch in (8, 64):
+        rates = {}
+        for name, hook in (("no hook", None), ("counters", IngestHook.installed(parse=False)),
+                           ("counters and parsers", IngestHook.installed())):
+            store = open_store(parse_database_url(database))
+            try:
+                tag = f"{hash((name, batch)) & 0xFFFFFFFF:08x}"
+                records = [r.__class__(**{**r.__dict__, "record_id": f"{tag}{i:024x}"}) for i, r in enumerate(mix)]
+                t0 = time.perf_counter()
+                for i in range(0, len(records), batch):
+                    with store.transaction():
+                        stored = [store.insert(r).record for r in records[i:i + batch]]
+                        if hook is not None:
+                            hook.after_insert(store, stored)
+                rates[name] = len(records) / (time.perf_counter() - t0)
+            finally:
+                store.close()
+        print(f"{label}: write path, transactions of {batch}: " + ", ".join(f"{k} {v:,.0f} records/s" for k, v in
+                                                                       rates.items())
+              + f"; parsers on is {rates['counters and parsers'] / rates['counters']:.0%} of off")
+
+
 def load(database: str, label: str, count: int) -> tuple[str, str]:
     """Store the mix; returns a machine id in it and the date of 10 days ago (for filters)."""
     end = int(time.time())
@@ -189,6 +221,7 @@ def run_store(label: str, database: str, work: str, args: argparse.Namespace, an
         time_views(c, label, views(1, machine, day), args.repeat)
     if args.ingest:
         ingest(database, work, label, args.ingest, args.rounds)
+        write_path(database, label)
 
 
 def main() -> int:

@@ -244,8 +244,8 @@ def test_frames_round_trip(frames):
 @given(frames_st, frames_st)
 def test_signature_is_the_stack(a, b):
     sa, sb = Stack(Domain.CRASH, "/p", a), Stack(Domain.CRASH, "/p", b)
-    assert (sa.signature() == sb.signature()) == (frames_text(a) == frames_text(b))
-    assert sa.signature() != Stack(Domain.KERNEL, "/p", a).signature()
+    assert (sa.signature == sb.signature) == (frames_text(a) == frames_text(b))
+    assert sa.signature != Stack(Domain.KERNEL, "/p", a).signature
 
 
 def test_source_lines_do_not_split_groups():
@@ -301,7 +301,7 @@ def test_batch_counts():
     assert deltas.tallies[("crash", "x", 11, "1")] == counts.Tally(1, 3)
     assert deltas.sightings == [{("100", "a"): 10, ("101", "b"): 11}]
     assert [c.record_id for c in deltas.crashes] == [3]
-    assert list(deltas.stacks) == [stack.signature()]
+    assert list(deltas.stacks) == [stack.signature]
     assert list(deltas.tallies) == sorted(deltas.tallies)  # locked in one order by every worker
 
 

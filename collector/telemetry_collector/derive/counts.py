@@ -120,7 +120,7 @@ def count(records: Sequence[StoredRecord], parsed: Iterable[Parsed] = ()) -> Del
                 tally((p.source, item.name, day, item.value), p.record.id)
             elif not stacked:  # one stack per record: its crashing thread
                 stacked = True
-                signature = item.signature()
+                signature = item.signature
                 stacks.setdefault(signature, item)
                 crashes.append(CrashRow(p.record.id, item.domain, signature, r.ts_reception, r.machine_id, r.build))
 

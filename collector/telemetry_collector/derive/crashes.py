@@ -11,6 +11,7 @@ texts of ``crash/clr-build`` and ``crash/unknown``) gives nothing.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 
@@ -31,21 +32,27 @@ UNKNOWN = "???"
 SCAN_MAX = 512 * 1024  # characters of a payload looked at; the crashing thread comes first
 
 
-def crashing_thread(payload: str) -> tuple[str, list[str]]:
-    """(program, lines of the crashing thread's block, frames and their extra lines)."""
+def _block(payload: str) -> tuple[str, str]:
+    """(program, the text of the crashing thread's block); ("", "") for a non-report."""
     text = payload[:SCAN_MAX]
     head = THREAD_LINE.search(text)
     program = PROGRAM_LINE.search(text, 0, head.start() if head else len(text))
     if program is None:
-        return "", []
+        return "", ""
     if head is None:
-        return program.group(1), []
+        return program.group(1), ""
     start = head.end() + 1
     end = text.find("\n\n", start - 1)
     following = THREAD_LINE.search(text, start)
     if following is not None and (end < 0 or following.start() < end):
         end = following.start() - 1
-    return program.group(1), text[start:end if end >= 0 else len(text)].splitlines()
+    return program.group(1), text[start:end if end >= 0 else len(text)]
+
+
+def crashing_thread(payload: str) -> tuple[str, list[str]]:
+    """(program, lines of the crashing thread's block, frames and their extra lines)."""
+    program, block = _block(payload)
+    return program, block.splitlines()
 
 
 def parse_frames(lines: list[str]) -> tuple[Frame, ...]:
@@ -71,10 +78,22 @@ def parse_frames(lines: list[str]) -> tuple[Frame, ...]:
 
 def stack_of(payload: str) -> Stack | None:
     """The crashing thread as a stack; None for a payload that is not a crash report."""
-    program, block = crashing_thread(payload)
+    program, block = _block(payload)
     if not program:
         return None
-    return Stack(Domain.CRASH, clip(program), parse_frames(block))
+    if len(block) + len(program) > CACHED_MAX:
+        return _stack.__wrapped__(program, block)
+    return _stack(program, block)
+
+
+# The same crash, on many machines, prints the same block: parsed once (blocks up to
+# CACHED_MAX characters, so the cache stays within a few megabytes whatever is sent).
+CACHED_MAX = 8192
+
+
+@functools.lru_cache(maxsize=1024)
+def _stack(program: str, block: str) -> Stack:
+    return Stack(Domain.CRASH, clip(program), parse_frames(block.splitlines()))
 
 
 def display_lines(payload: str) -> list[str]:

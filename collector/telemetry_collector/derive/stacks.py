@@ -11,6 +11,7 @@ one per record.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ class Stack:
     frames: tuple[Frame, ...]  # innermost first, at most MAX_FRAMES
     headline: str = ""  # what the report says happened (a kernel oops's reason), for display
 
+    @functools.cached_property
     def signature(self) -> str:
         """Equal for stacks that group alike: same domain, program and frames."""
         parts = [self.domain.value, self.program, self.headline]
