@@ -23,7 +23,7 @@ from telemetry_collector.derive.hook import (
     IngestHook,
 )
 from telemetry_collector.derive.parsers import Fact, load_entry_points
-from telemetry_collector.derive.stacks import Domain
+from telemetry_collector.derive.stacks import Domain, Stack
 from telemetry_collector.launch import start_collector
 from telemetry_collector.purge import PurgePolicy, parse_filter
 from telemetry_collector.schema import MIGRATIONS, VERSION_TABLE
@@ -83,6 +83,14 @@ class Exploding:
         raise RuntimeError("bug in a third party's parser")
 
 
+class Malformed:
+    name = "malformed"
+    classifications = ("org.clearlinux/crash/*",)
+
+    def parse(self, record):
+        yield Stack("crash", "/bin/p", ())  # type: ignore[arg-type]  # a domain as text
+
+
 class Counting:
     name = "counting"
     classifications = ("org.clearlinux/crash/clr",)
@@ -92,9 +100,9 @@ class Counting:
 
 
 def test_a_failing_parser_loses_only_its_own_output(url):
-    hook = IngestHook([Exploding(), crashes.PARSER, Counting()])
+    hook = IngestHook([Exploding(), Malformed(), crashes.PARSER, Counting()])
     counters = stored_in(url, [crash(0), crash(1)], hook)
-    assert counters == {PARSER_ERRORS_PREFIX + "exploding": 2}
+    assert counters == {PARSER_ERRORS_PREFIX + "exploding": 2, PARSER_ERRORS_PREFIX + "malformed": 2}
     summary = with_store(url, lambda s: reads.crash_groups(s, Domain.CRASH, ALL_TIME, 10))
     assert [(g.function, g.records) for g in summary.groups] == [("vim_free", 2)]
     assert with_store(url, lambda s: reads.tallies(s, "counting", "program", ALL_TIME))[0].records == 2

@@ -38,7 +38,7 @@ from . import tables
 from .counts import Deltas, Parsed, count
 from .guilty import NeverGuilty, choose_guilty
 from .parsers import FACTS_PER_RECORD, Fact, PayloadParser, fact_ok, load_entry_points, matches
-from .stacks import Domain, Stack
+from .stacks import MAX_FRAMES, Domain, Frame, Stack
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ class IngestHook:
         if not records:
             return counters
         parsed = self._parse(records, counters)
-        deltas = count(records, parsed)
         try:
+            deltas = count(records, parsed)
             with store.savepoint():
                 self._write(store, deltas)
         except Exception as e:  # noqa: BLE001 - the records are kept; only what the views know is lost
@@ -99,6 +99,7 @@ class IngestHook:
                     facts = 0
                     for item in parser.parse(stored.record):
                         if isinstance(item, Stack):
+                            checked_stack(item)
                             items.append(item)
                         elif isinstance(item, Fact) and facts < FACTS_PER_RECORD:
                             fact = fact_ok(item)
@@ -189,3 +190,18 @@ def regroup_stored(store: Store, hook: IngestHook) -> int:
         except Exception:
             hook.rolled_back()
             raise
+
+
+def checked_stack(stack: Stack) -> None:
+    """A parser's stack is stored as it is: its parts must be what the tables hold."""
+    if not isinstance(stack.domain, Domain) or not isinstance(stack.program, str) \
+            or not isinstance(stack.headline, str) or not isinstance(stack.frames, tuple):
+        raise TypeError("a Stack needs a Domain, a program and a headline (str) and a tuple of Frames")
+    for f in stack.frames[:MAX_FRAMES + 1]:
+        if not isinstance(f, Frame) or not isinstance(f.function, str | None) or not isinstance(f.module, str | None) \
+                or not isinstance(f.offset, int | None):
+            raise TypeError(f"not a usable Frame: {f!r:.100}")
+    if len(stack.frames) > MAX_FRAMES:
+        raise TypeError(f"a Stack holds at most {MAX_FRAMES} frames")
+    stack.signature  # noqa: B018 - computed here, where a failure is the parser's
+

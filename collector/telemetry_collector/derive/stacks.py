@@ -89,8 +89,8 @@ def guilty_of_frame(frame: Frame) -> Guilty:
         return Guilty("(no symbols)", "")
     if frame.function is None:
         at = f" (+{frame.offset:#x})" if frame.offset is not None else ""
-        return Guilty(UNKNOWN_FUNCTION + at, frame.module)
-    return Guilty(frame.function, frame.module)
+        return Guilty(UNKNOWN_FUNCTION + at, clip(frame.module))
+    return Guilty(clip(frame.function), clip(frame.module))
 
 
 # --- stored form: one frame per line, tab-separated ----------------------------------------
