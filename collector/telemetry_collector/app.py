@@ -43,7 +43,7 @@ from . import identity, reading, views
 from .auth import Authenticator, Denied, requires
 from .credentials import Scope
 from .dburl import DatabaseURL
-from .derive.hook import IngestHook
+from .derive.hook import DERIVE_ERRORS, PARSER_ERRORS_PREFIX, IngestHook
 from .limits import Limits, RateLimiter, retry_after
 from .model import to_json
 from .protocol import Refusal
@@ -249,10 +249,16 @@ class CollectorApp:
 
 def stats_document(records: int, counters: dict[str, int]) -> dict[str, Any]:
     """What /api/stats and `telemetry-collector stats` show: the writer's counts of records,
-    and the refusals of connections and requests (``refused``)."""
+    the refusals of connections and requests (``refused``), and the records whose payload a
+    parser could not read (``parser_errors`` by parser) or whose view counters could not be
+    written (``derive_errors``)."""
     document = Stats(records=records, counters=counters).document()
     document["refused"] = {k[len(REFUSED_PREFIX):]: v for k, v in sorted(counters.items())
                            if k.startswith(REFUSED_PREFIX)}
+    # What the views could not learn of stored records (derive/hook.py).
+    document["parser_errors"] = {k[len(PARSER_ERRORS_PREFIX):]: v for k, v in sorted(counters.items())
+                                 if k.startswith(PARSER_ERRORS_PREFIX)}
+    document["derive_errors"] = counters.get(DERIVE_ERRORS, 0)
     return document
 
 

@@ -199,6 +199,13 @@ def test_shipped_parsers_are_entry_points():
     assert [p.name for p in load_entry_points()] == ["crash", "kernel", "mce"]
 
 
+def test_stats_show_what_the_views_could_not_learn(user_install):
+    from telemetry_collector.app import stats_document
+
+    document = stats_document(3, {"stored": 3, PARSER_ERRORS_PREFIX + "mce": 2, DERIVE_ERRORS: 1})
+    assert document["parser_errors"] == {"mce": 2} and document["derive_errors"] == 1
+
+
 def test_serving_without_parsers_keeps_the_counters(user_install):
     database = f"sqlite:///{user_install.root}/records.db"
     with start_collector(database, env=user_install.env, args=["--no-payload-parsers"]) as c:

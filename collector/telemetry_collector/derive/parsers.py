@@ -18,7 +18,7 @@ returns facts, each counted per day (``name=value``; a view reads the counts wit
 `views.plugin.ViewData.tallies`), and stacks, which the Crashes and Kernel views group by
 their guilty frame.  The built-in crash and kernel groupings are parsers like any other
 (`crashes.PARSER`, `oopses.PARSER`).  A parser that raises is logged and counted
-(``parser_errors.<name>`` in /api/stats) and the record is stored all the same.
+(``parser_errors`` by name in /api/stats) and the record is stored all the same.
 """
 
 from __future__ import annotations
