@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from starlette.responses import Response
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -46,8 +47,12 @@ def install(app: CollectorApp, plugins: list[plugin.PluginView] | None = None) -
     def admin(endpoint: Endpoint) -> Endpoint:
         return requires(Scope.ADMIN, error=error)(endpoint)
 
+    async def to_index(request: Request) -> Response:
+        return RedirectResponse(PREFIX, status_code=308)
+
     routes: list[BaseRoute] = [
         Route(PREFIX, read(pages.index), methods=["GET"]),
+        Route(PREFIX + "/", to_index, methods=["GET"]),
         Route(PREFIX + "/records", read(pages.records), methods=["GET"]),
         Route(PREFIX + "/records/{record_id}", read(pages.record), methods=["GET"]),
         Route(PREFIX + "/builds", read(pages.builds), methods=["GET"]),
