@@ -19,6 +19,7 @@ from markupsafe import Markup, escape
 from .safetext import code, hidden
 
 CHAR_WIDTH = 6.4  # px per character of the 11 px label font, roughly
+LABEL_CHAR_WIDTH = 7.4  # the same, generously: a bar's label must not run off the chart's left edge
 COLUMN_MIN = 22
 COLUMN_MAX = 64
 PLOT_HEIGHT = 180
@@ -97,7 +98,7 @@ def bar_chart(points: Sequence[Point], *, title: str, table_id: str, total: int 
         return Markup('<p class="empty">Nothing to chart.</p>')
     top = max(p.value for p in points)
     whole = total if total is not None else sum(p.value for p in points)
-    label_width = int(min(max(len(_cut(p.label)) for p in points), LABEL_MAX) * CHAR_WIDTH) + 8
+    label_width = int(min(max(len(_cut(p.label)) for p in points), LABEL_MAX) * LABEL_CHAR_WIDTH) + 12
     plot, number = 260, 120
     width = label_width + plot + number
     height = len(points) * (BAR_HEIGHT + BAR_GAP) + BAR_GAP
