@@ -46,7 +46,6 @@ from .dburl import DatabaseURL
 from .derive.hook import DERIVE_ERRORS, PARSER_ERRORS_PREFIX, IngestHook
 from .limits import Limits, RateLimiter, retry_after
 from .model import to_json
-from .protocol import Refusal
 from .purge import PurgePolicy
 from .query import QueryRejected, parse_query, parse_query_string
 from .request import submission_from_request
@@ -216,9 +215,10 @@ class CollectorApp:
         self.writer.count(REJECTED_PREFIX + rule.value)
         self._record_log.log(time.monotonic(), logging.WARNING, "rejected a record from %s: %s", client, message)
 
-    def refuse(self, reason: Refusal | Denied, client: str, detail: str) -> None:
-        """A connection or request refused before it was a record (the protocol's and auth's)."""
-        name = reason.value if isinstance(reason, Refusal) else reason.refusal.value
+    def refuse(self, reason: enum.Enum | Denied, client: str, detail: str) -> None:
+        """A connection or request refused before it was a record (the protocol's, auth's and
+        the views' forms'); the reason's value names the counter."""
+        name = reason.refusal.value if isinstance(reason, Denied) else reason.value
         self.writer.count(REFUSED_PREFIX + name)
         self._refusal_log.log(time.monotonic(), logging.WARNING, "refused %s from %s: %s", name, client, detail)
 

@@ -475,6 +475,7 @@ def test_credentials_headers_and_forged_posts(site):
     forged = http_request(url, "POST", "/telemetryui/crashes/never-guilty",
                           [*post, ("Authorization", f"Bearer {site.admin}"), ("Origin", "http://evil.example")], form)
     assert forged.status == 403 and b"own pages" in forged.body
+    assert site.collector.stats()["refused"]["cross_site_form"] >= 1  # counted (and logged)
     cross = http_request(url, "POST", "/telemetryui/kernel/never-guilty",
                          [*post, ("Authorization", f"Bearer {site.admin}"), ("Sec-Fetch-Site", "cross-site")], form)
     assert cross.status == 403

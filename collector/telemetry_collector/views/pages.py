@@ -6,6 +6,7 @@ Sec-Fetch-Site, names this site), so another site cannot make a signed-in browse
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 import urllib.parse
@@ -265,14 +266,28 @@ async def _form(request: Request) -> dict[str, str] | None:
     return out
 
 
+class FormRefusal(enum.Enum):
+    """The value names the counter (``refused.<value>`` in /api/stats)."""
+
+    CROSS_SITE = "cross_site_form"
+    TOO_LARGE = "form_too_large"
+
+
+def _refused(request: Request, reason: FormRefusal, status: int, message: str) -> Response:
+    client = request.client.host if request.client else "?"
+    _app(request).refuse(reason, client, f"POST {request.url.path[:100]}: {message}")
+    return _site(request).error(request, status, message)
+
+
 def edit_never_guilty(domain: Domain) -> Callable[[Request], Awaitable[Response]]:
     async def edit(request: Request) -> Response:
         site = _site(request)
         if not same_origin(request):
-            return site.error(request, 403, "This form can only be sent from the collector's own pages.")
+            return _refused(request, FormRefusal.CROSS_SITE, 403,
+                            "This form can only be sent from the collector's own pages.")
         form = await _form(request)
         if form is None:
-            return site.error(request, 413, f"The form is larger than {FORM_MAX // 1024} KiB.")
+            return _refused(request, FormRefusal.TOO_LARGE, 413, f"The form is larger than {FORM_MAX // 1024} KiB.")
         params = params_of(request)
         action = form.get("action", "save")
         try:
