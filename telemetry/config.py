@@ -160,6 +160,10 @@ KEYS: tuple[Key, ...] = (
         "crashprobe", unit="seconds", lo=0, hi=86400, original=False),
     Key("crash_daily_cap", Kind.INT, 20, "Reports per executable per day.", "crashprobe",
         lo=1, hi=100000, original=False),
+    Key("metrics_textfile", Kind.STRING, "", "File the daemons rewrite with their counters in "
+        "Prometheus' text format at most once a minute while they run (a node-exporter textfile "
+        "collector's directory, name ending in .prom; empty: none). 'telemctl metrics' prints the same.",
+        "telemprobd, telempostd", original=False),
     Key("log_level", Kind.CHOICE, "info", "Lowest level of log messages written.", "all programs",
         choices=("debug", "info", "warning", "error"), original=False),
 )
@@ -207,6 +211,7 @@ class Config:
     crash_time_limit: int
     crash_flood_window: int
     crash_daily_cap: int
+    metrics_textfile: str
     log_level: str
     source: str | None = None
 

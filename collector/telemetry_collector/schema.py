@@ -100,13 +100,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             # The id range of each reception hour: a time range of the Records view becomes an
             # id range, read newest first along the primary key.
             """CREATE TABLE reception_hours (
-                hour     {BIGINT} PRIMARY KEY,  -- ts_reception / 3600
+                hour     {BIGINT} NOT NULL,  -- ts_reception / 3600
+                shard    INTEGER NOT NULL DEFAULT 0,
                 first_id {BIGINT} NOT NULL,
                 last_id  {BIGINT} NOT NULL,
-                records  {BIGINT} NOT NULL
+                records  {BIGINT} NOT NULL,
+                PRIMARY KEY (hour, shard)
             )""",
             # Records per UTC day of the record's fields (source 'record': build, classification,
             # platform) and of the facts payload parsers find (source: the parser's name).
+            # Counters that every batch touches have a row per writer (shard: its worker), so the
+            # writers of several workers never wait for each other's commit; reads add them up.
             """CREATE TABLE tallies (
                 source   TEXT NOT NULL,
                 name     TEXT NOT NULL,
@@ -114,7 +118,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 value    TEXT NOT NULL,
                 records  {BIGINT} NOT NULL,
                 first_id {BIGINT} NOT NULL,        -- the first record counted: orders builds by appearance
-                PRIMARY KEY (source, name, day, value)
+                shard    INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (source, name, day, value, shard)
             )""",
             # Each machine id on each build: the first and last day it was seen, and the runs of
             # days between two sightings without one (so a range inside such a run does not count it).
@@ -166,7 +171,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 first_seen     {BIGINT} NOT NULL,  -- reception times
                 last_seen      {BIGINT} NOT NULL,
                 last_record_id {BIGINT} NOT NULL,  -- the group's example
-                PRIMARY KEY (domain, day, stack_id)
+                shard          INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (domain, day, stack_id, shard)
             )""",
             """CREATE TABLE never_guilty (
                 domain TEXT NOT NULL,

@@ -215,3 +215,27 @@ def test_serving_without_parsers_keeps_the_counters(user_install):
     today = Period(0, 10**6)
     assert with_store(database, lambda s: sum(c.records for c in reads.builds(s, today))) == 2
     assert with_store(database, lambda s: reads.crash_groups(s, Domain.CRASH, today, 10)).groups == []
+
+
+def test_several_workers_count_into_their_own_rows(user_install, postgres_server):
+    """Two worker processes on one PostgreSQL database: each writer adds to its own counter
+    rows, and the views add them up."""
+    import concurrent.futures
+
+    database = postgres_server.create_database()
+    with start_collector(database, env=user_install.env, args=["--workers", "2", "--machine-rate", "0",
+                                                               "--address-rate", "0"]) as c:
+        fields = record_fields(**{H.CLASSIFICATION: "org.clearlinux/crash/clr", H.SEVERITY: "3"})
+
+        def post(i: int) -> int:
+            return post_headers(c.url, fields, crash_payload("/usr/bin/vim", PROGRAMS["/usr/bin/vim"][0],
+                                                             pid=100 + i).encode()).status
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(post, range(60))) == {201}
+    shards = with_store(database, lambda s: s.rows("SELECT count(DISTINCT shard) FROM tallies"))[0][0]
+    assert shards == 2  # both workers wrote (a fresh connection each: the kernel spreads them)
+    today = Period(0, 10**6)
+    assert with_store(database, lambda s: sum(c.records for c in reads.builds(s, today))) == 60
+    summary = with_store(database, lambda s: reads.crash_groups(s, Domain.CRASH, today, 10))
+    assert [(g.function, g.records, g.machines) for g in summary.groups] == [("vim_free", 60, 1)]

@@ -48,8 +48,9 @@ STACK_CACHE = 50_000  # signatures remembered per writer
 
 
 class IngestHook:
-    def __init__(self, parsers: Sequence[PayloadParser] = (), *, parse: bool = True):
+    def __init__(self, parsers: Sequence[PayloadParser] = (), *, parse: bool = True, shard: int = 0):
         self.parsers = tuple(parsers) if parse else ()
+        self.shard = shard  # the writer's rows of the counters every batch touches (its worker)
         self._routes: dict[str, tuple[PayloadParser, ...]] = {}  # classification -> its parsers
         self._stack_ids: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._lists: dict[Domain, NeverGuilty] = {}
@@ -57,9 +58,9 @@ class IngestHook:
         self._log = LogThrottle(logger=log)
 
     @classmethod
-    def installed(cls, *, parse: bool = True) -> IngestHook:
+    def installed(cls, *, parse: bool = True, shard: int = 0) -> IngestHook:
         """With every parser installed (entry points)."""
-        return cls(load_entry_points() if parse else (), parse=parse)
+        return cls(load_entry_points() if parse else (), parse=parse, shard=shard)
 
     def after_insert(self, store: Store, records: Sequence[StoredRecord]) -> collections.Counter[str]:
         """Inside the caller's transaction; returns counter deltas for it to store."""
@@ -116,11 +117,11 @@ class IngestHook:
         return out
 
     def _write(self, store: Store, deltas: Deltas) -> None:
-        tables.add_hours(store, deltas.hours)
-        tables.add_tallies(store, deltas.tallies)
+        tables.add_hours(store, deltas.hours, self.shard)
+        tables.add_tallies(store, deltas.tallies, self.shard)
         tables.add_sightings(store, deltas.sightings)
         if deltas.crashes:
-            tables.add_crashes(store, deltas.crashes, self._ids(store, deltas.stacks))
+            tables.add_crashes(store, deltas.crashes, self._ids(store, deltas.stacks), self.shard)
 
     def _ids(self, store: Store, stacks: dict[str, Stack]) -> dict[str, int]:
         ids: dict[str, int] = {}
@@ -154,7 +155,7 @@ class IngestHook:
                   for p in self._parse(records, collections.Counter())]
         deltas = count([], [p for p in parsed if p.items])
         if deltas.crashes:
-            tables.add_crashes(store, deltas.crashes, self._ids(store, deltas.stacks))
+            tables.add_crashes(store, deltas.crashes, self._ids(store, deltas.stacks), self.shard)
         return len(deltas.crashes)
 
 

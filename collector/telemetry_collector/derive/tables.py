@@ -34,23 +34,23 @@ def _flat(rows: Sequence[tuple]) -> list[object]:
     return [v for row in rows for v in row]
 
 
-def add_hours(store: Store, hours: dict[int, HourSpan]) -> None:
-    rows = [(h, s.first_id, s.last_id, s.records) for h, s in hours.items()]
+def add_hours(store: Store, hours: dict[int, HourSpan], shard: int = 0) -> None:
+    rows = [(h, shard, s.first_id, s.last_id, s.records) for h, s in hours.items()]
     for chunk in _chunks(rows):
         store.run(
-            f"INSERT INTO reception_hours (hour, first_id, last_id, records) VALUES {_values(len(chunk), 4)} "
-            f"ON CONFLICT (hour) DO UPDATE SET first_id = {store.least}(reception_hours.first_id, excluded.first_id), "
+            f"INSERT INTO reception_hours (hour, shard, first_id, last_id, records) VALUES {_values(len(chunk), 5)} "
+            f"ON CONFLICT (hour, shard) DO UPDATE SET first_id = {store.least}(reception_hours.first_id, excluded.first_id), "
             f"last_id = {store.greatest}(reception_hours.last_id, excluded.last_id), "
             "records = reception_hours.records + excluded.records",
             _flat(chunk), "counting records per hour")
 
 
-def add_tallies(store: Store, tallies: dict[tuple[str, str, int, str], Tally]) -> None:
-    rows = [(*key, t.records, t.first_id) for key, t in tallies.items()]
+def add_tallies(store: Store, tallies: dict[tuple[str, str, int, str], Tally], shard: int = 0) -> None:
+    rows = [(*key, shard, t.records, t.first_id) for key, t in tallies.items()]
     for chunk in _chunks(rows):
         store.run(
-            f"INSERT INTO tallies (source, name, day, value, records, first_id) VALUES {_values(len(chunk), 6)} "
-            "ON CONFLICT (source, name, day, value) DO UPDATE SET records = tallies.records + excluded.records, "
+            f"INSERT INTO tallies (source, name, day, value, shard, records, first_id) VALUES {_values(len(chunk), 7)} "
+            "ON CONFLICT (source, name, day, value, shard) DO UPDATE SET records = tallies.records + excluded.records, "
             f"first_id = {store.least}(tallies.first_id, excluded.first_id)",
             _flat(chunk), "counting records per day")
 
@@ -92,7 +92,7 @@ def stack_id(store: Store, signature: str, stack: Stack, guilty: Guilty) -> int:
     return int(row[0][0])
 
 
-def add_crashes(store: Store, crashes: Sequence[CrashRow], ids: dict[str, int]) -> None:
+def add_crashes(store: Store, crashes: Sequence[CrashRow], ids: dict[str, int], shard: int = 0) -> None:
     """The crash rows, and the counts per stack and day the groups are summed from."""
     rows = [(c.record_id, c.domain.value, ids[c.signature], c.ts_reception, c.machine_id, c.build) for c in crashes]
     new: set[int] = set()  # a record grouped before (regroup beside the writer) is not counted twice
@@ -111,11 +111,11 @@ def add_crashes(store: Store, crashes: Sequence[CrashRow], ids: dict[str, int]) 
         else:
             d[0] += 1
             d[1], d[2], d[3] = min(d[1], ts), max(d[2], ts), max(d[3], record_id)
-    day_rows = [(*key, *v) for key, v in sorted(days.items())]
+    day_rows = [(*key, shard, *v) for key, v in sorted(days.items())]
     for chunk in _chunks(day_rows):
         store.run(
-            f"INSERT INTO crash_days (domain, day, stack_id, records, first_seen, last_seen, last_record_id) "
-            f"VALUES {_values(len(chunk), 7)} ON CONFLICT (domain, day, stack_id) DO UPDATE SET "
+            f"INSERT INTO crash_days (domain, day, stack_id, shard, records, first_seen, last_seen, last_record_id) "
+            f"VALUES {_values(len(chunk), 8)} ON CONFLICT (domain, day, stack_id, shard) DO UPDATE SET "
             "records = crash_days.records + excluded.records, "
             f"first_seen = {store.least}(crash_days.first_seen, excluded.first_seen), "
             f"last_seen = {store.greatest}(crash_days.last_seen, excluded.last_seen), "

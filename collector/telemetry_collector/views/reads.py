@@ -136,9 +136,9 @@ def tallies(store: Store, source: str, name: str, period: Period) -> list[Count]
 
 def tallies_by_day(store: Store, source: str, name: str, period: Period) -> list[tuple[int, str, int]]:
     """(day, value, records) over the period, by day."""
-    rows = store.rows("SELECT day, value, records FROM tallies WHERE source = ? AND name = ? AND day >= ? "
-                      "AND day <= ? ORDER BY day, value", (source, name, period.first_day, period.last_day),
-                      "reading counters")
+    rows = store.rows("SELECT day, value, sum(records) FROM tallies WHERE source = ? AND name = ? AND day >= ? "
+                      "AND day <= ? GROUP BY day, value ORDER BY day, value",
+                      (source, name, period.first_day, period.last_day), "reading counters")
     return [(int(d), v, int(n)) for d, v, n in rows]
 
 
