@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from ..dburl import Backend
 from ..store import Store
 from .counts import DAY, CrashRow, HourSpan, Tally, gap_after
 from .guilty import NeverGuilty, choose_guilty, default_list
@@ -92,9 +93,31 @@ def stack_id(store: Store, signature: str, stack: Stack, guilty: Guilty) -> int:
     return int(row[0][0])
 
 
+_CRASH_DAYS_UPDATE = (
+    "ON CONFLICT (domain, day, stack_id, shard) DO UPDATE SET records = crash_days.records + excluded.records, "
+    "first_seen = {least}(crash_days.first_seen, excluded.first_seen), "
+    "last_seen = {greatest}(crash_days.last_seen, excluded.last_seen), "
+    "last_record_id = {greatest}(crash_days.last_record_id, excluded.last_record_id)"
+)
+
+
 def add_crashes(store: Store, crashes: Sequence[CrashRow], ids: dict[str, int], shard: int = 0) -> None:
     """The crash rows, and the counts per stack and day the groups are summed from."""
     rows = [(c.record_id, c.domain.value, ids[c.signature], c.ts_reception, c.machine_id, c.build) for c in crashes]
+    update = _CRASH_DAYS_UPDATE.format(least=store.least, greatest=store.greatest)
+    if store.backend is Backend.POSTGRESQL:
+        # One statement, one round trip: the day counts from the rows the insert returns.
+        for chunk in _chunks(rows):
+            store.run(
+                "WITH new AS (INSERT INTO crash_records (record_id, domain, stack_id, ts_reception, machine_id, build) "
+                f"VALUES {_values(len(chunk), 6)} ON CONFLICT (record_id) DO NOTHING "
+                "RETURNING record_id, domain, stack_id, ts_reception) "
+                "INSERT INTO crash_days (domain, day, stack_id, shard, records, first_seen, last_seen, last_record_id) "
+                "SELECT domain, ts_reception / 86400, stack_id, CAST(? AS INTEGER), count(*), min(ts_reception), "
+                "max(ts_reception), max(record_id) FROM new GROUP BY domain, ts_reception / 86400, stack_id "
+                f"ORDER BY 1, 2, 3 {update}",
+                [*_flat(chunk), shard], "storing crash records")
+        return
     new: set[int] = set()  # a record grouped before (regroup beside the writer) is not counted twice
     for chunk in _chunks(rows):
         new.update(int(r[0]) for r in store.rows(
@@ -113,14 +136,8 @@ def add_crashes(store: Store, crashes: Sequence[CrashRow], ids: dict[str, int], 
             d[1], d[2], d[3] = min(d[1], ts), max(d[2], ts), max(d[3], record_id)
     day_rows = [(*key, shard, *v) for key, v in sorted(days.items())]
     for chunk in _chunks(day_rows):
-        store.run(
-            f"INSERT INTO crash_days (domain, day, stack_id, shard, records, first_seen, last_seen, last_record_id) "
-            f"VALUES {_values(len(chunk), 8)} ON CONFLICT (domain, day, stack_id, shard) DO UPDATE SET "
-            "records = crash_days.records + excluded.records, "
-            f"first_seen = {store.least}(crash_days.first_seen, excluded.first_seen), "
-            f"last_seen = {store.greatest}(crash_days.last_seen, excluded.last_seen), "
-            f"last_record_id = {store.greatest}(crash_days.last_record_id, excluded.last_record_id)",
-            _flat(chunk), "counting crash records")
+        store.run(f"INSERT INTO crash_days (domain, day, stack_id, shard, records, first_seen, last_seen, "
+                  f"last_record_id) VALUES {_values(len(chunk), 8)} {update}", _flat(chunk), "counting crash records")
 
 
 # --- the never-guilty lists ---------------------------------------------------------------
