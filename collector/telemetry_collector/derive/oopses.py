@@ -12,6 +12,7 @@ numbers in it masked.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 
@@ -48,13 +49,26 @@ def stack_of(payload: str) -> Stack | None:
     m = REASON_LINE.search(text)
     if m is None:
         return None
-    reason = m.group(1)
+    start = text.find("\n#", m.end())
+    frames = text[start:] if start >= 0 else ""
+    if len(frames) + len(m.group(1)) > CACHED_MAX:
+        return _stack.__wrapped__(m.group(1), frames)
+    return _stack(m.group(1), frames)
+
+
+# The same oops, on many machines, prints the same reason and frames (what varies, the
+# kernel version, taint, modules and registers, comes before the frames): parsed once.
+CACHED_MAX = 8192
+
+
+@functools.lru_cache(maxsize=1024)
+def _stack(reason: str, text: str) -> Stack:
     frames: list[Frame] = []
     warned = WARNED_AT.search(reason)
     name = function_name(warned.group(1)) if warned else None
     if name is not None:
         frames.append(Frame(clip(name), KERNEL_MODULE))
-    for f in FRAME_LINE.finditer(text, m.end()):
+    for f in FRAME_LINE.finditer(text):
         if len(frames) >= MAX_FRAMES:
             break
         name = function_name(f.group(2))
