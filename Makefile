@@ -3,7 +3,7 @@
 #   make test     the whole test suite
 #   make demo     the pipeline end to end in user mode
 #   make bench    benchmarks; they print figures
-#   make lint     ruff
+#   make lint     ruff and mypy
 #   make install  DESTDIR=… PREFIX=… as a distribution package would
 
 PYTHON ?= python3
@@ -19,13 +19,14 @@ APT_PACKAGES := libsystemd-dev pkg-config gcc systemd systemd-journal-remote man
 	postgresql openssl gdb elfutils nginx-light
 PYTEST_ARGS ?=
 
-.PHONY: venv deps test demo bench lint install clean
+.PHONY: venv deps test demo bench lint typecheck install clean
 
-$(VENV)/.stamp: pyproject.toml
+# Both distributions, editable: the client (pyproject.toml) and the collector (collector/).
+$(VENV)/.stamp: pyproject.toml collector/pyproject.toml
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,collector]'
+	$(PY) -m pip install --quiet -e '.[test]' -e ./collector
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -47,15 +48,27 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv
-	$(PY) -m telemetry.demo
+	$(PY) packaging/demo.py
 
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-lint: venv
-	$(VENV)/bin/ruff check telemetry daemons probes collector tests bench
+lint: venv typecheck
+	$(VENV)/bin/ruff check telemetry daemons probes collector packaging tests bench
 
-# Installs into $(DESTDIR)$(PREFIX) as a distribution package would (telemetry/install/).
+# mypy cannot follow setuptools' package-dir mapping (daemons/ and probes/ install as
+# telemetry.daemons and telemetry.probes), so it reads a tree of links shaped like the
+# installed package, rebuilt on every run: build/typecheck/telemetry/{*.py,daemons,probes}.
+TYPECHECK_TREE := build/typecheck
+typecheck: venv
+	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/telemetry
+	@for f in telemetry/*.py; do ln -s ../../../$$f $(TYPECHECK_TREE)/telemetry/; done
+	@ln -s ../../../daemons $(TYPECHECK_TREE)/telemetry/daemons
+	@ln -s ../../../probes $(TYPECHECK_TREE)/telemetry/probes
+	MYPYPATH=$(TYPECHECK_TREE):collector:packaging $(VENV)/bin/mypy \
+		-p telemetry -p telemetry_collector -p telemetry_install
+
+# Installs into $(DESTDIR)$(PREFIX) as a distribution package would (packaging/telemetry_install/).
 # The programs run with INSTALL_PYTHON (their #! line); the package goes where that
 # interpreter looks below PREFIX, or to PYTHONDIR.  After a real install (no DESTDIR):
 # systemd-sysusers; systemd-tmpfiles --create; sysctl --system; systemctl daemon-reload.
@@ -66,7 +79,7 @@ INSTALL_PYTHON ?= /usr/bin/python3
 PYTHONDIR ?=
 
 install: venv
-	$(PY) -m telemetry.install install --destdir "$(DESTDIR)" --prefix "$(PREFIX)" \
+	PYTHONPATH=packaging $(PY) -m telemetry_install install --destdir "$(DESTDIR)" --prefix "$(PREFIX)" \
 		--sysconfdir "$(SYSCONFDIR)" --localstatedir "$(LOCALSTATEDIR)" --rundir "$(RUNDIR)" \
 		--python "$(INSTALL_PYTHON)" $(if $(PYTHONDIR),--pythondir "$(PYTHONDIR)")
 

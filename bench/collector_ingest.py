@@ -3,7 +3,7 @@
     .venv/bin/python bench/collector_ingest.py [--records N] [--in-flight K,K] [--latency-posts N]
                                                [--no-postgres] [--no-telempostd]
 
-For each store it starts a collector (`telemetry.collector.launch`) and measures:
+For each store it starts a collector (`telemetry_collector.launch`) and measures:
 
 - ingest: N distinct version-4 records POSTed in the headers generation over K kept-alive
   connections (pycurl multi, as telempostd sends with max_in_flight=K; K = 4, its default,
@@ -16,7 +16,7 @@ For each store it starts a collector (`telemetry.collector.launch`) and measures
 - latency: POSTs one at a time on one kept-alive connection; p50 and p99 of the time from
   sending the request to the complete answer.
 
-PostgreSQL runs in a private throwaway server (`telemetry.collector.tempdb`), with its
+PostgreSQL runs in a private throwaway server (`telemetry_collector.tempdb`), with its
 default durability (fsync on, synchronous_commit on); SQLite runs in WAL mode with
 synchronous=FULL.  Both commit before answering 201.  SQLite is also measured with
 ``--durability relaxed`` (synchronous=NORMAL).  The figures depend on the machine
@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import METADATA, make_user_install  # noqa: E402
 
 from telemetry import headers as H  # noqa: E402
-from telemetry.collector.launch import RunningCollector, start_collector  # noqa: E402
 from telemetry.config import DEFAULT_TID  # noqa: E402
+from telemetry_collector.launch import RunningCollector, start_collector  # noqa: E402
 
 FLOOR_SQLITE = 2000
 
@@ -187,7 +187,7 @@ def _telempostd_drain(collector: RunningCollector, label: str, count: int, workd
                       in_flight: int) -> str | None:
     import uuid
 
-    from telemetry.daemons.queue import NewRecord, Queue, Sender
+    from telemetry.daemons.store.queue import NewRecord, Queue, Sender
     from telemetry.record import create_record
 
     root = os.path.join(workdir, f"postd-{label.lower()}-{in_flight}")
@@ -212,7 +212,7 @@ def _telempostd_drain(collector: RunningCollector, label: str, count: int, workd
         queue.close()
     t0 = time.perf_counter()
     with open(os.path.join(root, "postd.log"), "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telempostd", "-f", conf],
+        proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.postd.main", "-f", conf],
                                 env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = t0 + max(120.0, count / 100)
@@ -266,7 +266,7 @@ def main() -> int:
             relaxed = argparse.Namespace(**{**vars(args), "latency_posts": 200})
             measure(c, "SQLite --durability relaxed", relaxed, 0)
         if not args.no_postgres:
-            from telemetry.collector.tempdb import TemporaryPostgres, TempPostgresError
+            from telemetry_collector.tempdb import TemporaryPostgres, TempPostgresError
 
             try:
                 pg = TemporaryPostgres(durable=True).start()

@@ -3,7 +3,7 @@
     .venv/bin/python bench/postd_delivery.py [--records 5000] [--in-flight 4] [--down-seconds 60]
     .venv/bin/python bench/postd_delivery.py --quick      # 2,000 records, 10 s down
 
-Starts a real telempostd (`python -m telemetry.daemons.telempostd`) in a private user-mode
+Starts a real telempostd (`python -m telemetry.daemons.postd.main`) in a private user-mode
 tree and a local collector answering 201 to every POST: nginx (Debian nginx-light) with a
 temp config (`return 201;`, HTTP/1.1 keep-alive) when it is installed, else a Python
 http.server (much slower; the figure then measures that server). Then:
@@ -38,7 +38,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import METADATA, free_port, make_user_install, proc_memory  # noqa: E402
 
-from telemetry.daemons.queue import NewRecord, Queue, Sender  # noqa: E402
+from telemetry.daemons.store.queue import NewRecord, Queue, Sender  # noqa: E402
 from telemetry.record import create_record  # noqa: E402
 
 ORIGINAL_RATE = 2400  # records/s, the original on this machine (a new connection per record)
@@ -173,7 +173,7 @@ def main() -> int:
     collector, collector_name = start_collector(root, port)
     log_path = os.path.join(root, "telempostd.log")
     log = open(log_path, "wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telempostd"], env=inst.env,
+    daemon = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.postd.main"], env=inst.env,
                               stdout=log, stderr=subprocess.STDOUT)
     proc = psutil.Process(daemon.pid)
     try:

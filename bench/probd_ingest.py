@@ -221,7 +221,7 @@ def main() -> int:
             return drive_c(exe, sock, frames, senders, root, half_close)
         return drive(sock, frames, senders, half_close)
 
-    daemon = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telemprobd"], env=inst.env)
+    daemon = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.probd.main"], env=inst.env)
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(sock):

@@ -83,7 +83,7 @@ class UserTree:
         self.socket = os.path.join(self.root, "s")
         inst.write_config(f"socket_path={self.socket}\nrate_limit_enabled=false\n")
         inst.opt_in()
-        self.proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telemprobd"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.probd.main"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.socket):

@@ -25,8 +25,8 @@ from telemetry.record import create_record, new_event_id  # noqa: E402
 
 
 def fill(paths: Paths, rows: int) -> tuple[str, str]:
-    from telemetry.daemons.journal import ENTRIES_MAX, Journal, Outcome, entry_for
-    from telemetry.daemons.queue import NewRecord, Queue, Sender
+    from telemetry.daemons.store.journal import ENTRIES_MAX, Journal, Outcome, entry_for
+    from telemetry.daemons.store.queue import NewRecord, Queue, Sender
 
     journal = Journal(paths.journal_dir, boot_id="60c014cd-4693-40f1-b334-548cd932949b")
     now = time.time()
@@ -63,7 +63,7 @@ def median_run(env: dict[str, str], args: list[str], repeat: int) -> tuple[float
     times, lines = [], 0
     for _ in range(repeat):
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "telemetry.daemons.telemctl", "--user", *args],
+        done = subprocess.run([sys.executable, "-m", "telemetry.daemons.ctl.main", "--user", *args],
                               env=env, capture_output=True)
         if done.returncode not in (0, 3):  # 3: is-active with the daemons stopped
             raise SystemExit(f"telemctl {' '.join(args)} failed: {done.stderr.decode().strip()}")
@@ -83,7 +83,7 @@ def main(rows: int, repeat: int) -> None:
         event_id, record_id = fill(paths, rows)
         print(f"filled journal (10,000 entries) and queue ({rows} records) in {time.perf_counter() - t0:.1f} s")
 
-        from telemetry.daemons.journal import query
+        from telemetry.daemons.store.journal import query
 
         t0 = time.perf_counter()
         for _ in range(20):

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import stat
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import TelemetryError
@@ -168,13 +168,57 @@ KEY_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 
 _KIND_TYPE = {Kind.STRING: str, Kind.INT: int, Kind.BOOL: bool, Kind.CHOICE: str}
 
-# The typed settings; one attribute per key, plus where they came from.
-Config = make_dataclass(
-    "Config",
-    [(k.name, _KIND_TYPE[k.kind]) for k in KEYS] + [("source", str | None, field(default=None))],
-    frozen=True,
-    namespace={"__doc__": "Typed, validated settings; `source` is the file read (None: built-in)."},
-)
+
+@dataclass(frozen=True)
+class Config:
+    """Typed, validated settings; `source` is the file read (None: built-in).
+
+    One attribute per entry of KEYS, in its order and of its kind's type (checked when the
+    module is imported), spelled out so that type checkers know every setting."""
+
+    server: str
+    socket_path: str
+    spool_dir: str
+    cainfo: str
+    tidheader: str
+    rate_limit_strategy: str
+    record_expiry: int
+    spool_max_size: int
+    spool_process_time: int
+    record_window_length: int
+    byte_window_length: int
+    record_burst_limit: int
+    byte_burst_limit: int
+    rate_limit_enabled: bool
+    daemon_recycling_enabled: bool
+    record_retention_enabled: bool
+    record_server_delivery_enabled: bool
+    request_format: str
+    tls_client_cert: str
+    tls_client_key: str
+    max_in_flight: int
+    connect_timeout: int
+    request_timeout: int
+    retry_max_delay: int
+    rate_limit_uid_share: int
+    max_connections: int
+    connection_timeout: int
+    crash_max_core_size: int
+    crash_time_limit: int
+    crash_flood_window: int
+    crash_daily_cap: int
+    log_level: str
+    source: str | None = None
+
+
+def _check_config_matches_keys() -> None:
+    declared = [(f.name, f.type) for f in fields(Config)][:-1]
+    wanted = [(k.name, _KIND_TYPE[k.kind].__name__) for k in KEYS]
+    if declared != wanted:
+        raise AssertionError(f"Config does not follow KEYS: {declared} != {wanted}")
+
+
+_check_config_matches_keys()
 
 
 # --- The original's INI dialect (src/nica/inifile.c) ---------------------------------

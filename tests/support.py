@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 from unittest import mock
 
-from telemetry.daemons.supervise import SYSTEMD_ENV
+from telemetry.daemons.ctl.supervise import SYSTEMD_ENV
 from telemetry.metadata import Metadata
 from telemetry.paths import Paths
 
@@ -42,6 +42,9 @@ METADATA = Metadata(
 # Every collector of the tests and benchmarks listens here: a proxy set in the environment
 # must not catch their requests.
 LOOPBACK = "127.0.0.1,localhost"
+# The install tooling is not installed with the package; it runs from the source tree.
+PACKAGING_DIR = str(Path(__file__).resolve().parent.parent / "packaging")
+INSTALL_TOOL_ENV = {"PYTHONPATH": PACKAGING_DIR}
 
 
 # --- a user-mode installation ---------------------------------------------------------------

@@ -16,9 +16,9 @@ import pytest
 import support
 
 from telemetry import headers as H
-from telemetry.collector.model import NewRecord
-from telemetry.collector.tempdb import TemporaryPostgres, TempPostgresError
 from telemetry.config import DEFAULT_TID
+from telemetry_collector.model import NewRecord
+from telemetry_collector.tempdb import TemporaryPostgres, TempPostgresError
 
 TID = DEFAULT_TID
 NOW = 1_800_000_000  # reception time of stored test records

@@ -25,7 +25,7 @@ from collector_support import (
 from support import make_user_install
 
 from telemetry import headers as H
-from telemetry.collector.launch import start_collector
+from telemetry_collector.launch import start_collector
 
 SECOND_TID = "0b7e1c9e-2f3a-4c5d-8e9f-0a1b2c3d4e5f"
 MAX_BODY = 4096

@@ -27,12 +27,12 @@ from collector_support import (
 from support import METADATA, wait_until
 
 from telemetry import headers as H
-from telemetry.collector.dburl import parse_database_url
-from telemetry.collector.launch import CollectorStartError, start_collector
-from telemetry.collector.query import DAY
-from telemetry.collector.store import open_store
+from telemetry_collector.dburl import parse_database_url
+from telemetry_collector.launch import CollectorStartError, start_collector
+from telemetry_collector.query import DAY
+from telemetry_collector.store import open_store
 
-MODULE = "telemetry.collector.main"
+MODULE = "telemetry_collector.main"
 
 
 def start(inst, database: str | None = None, *args: str, env: dict[str, str] | None = None):
@@ -278,8 +278,8 @@ def test_socket_activation(user_install):
 
 @pytest.mark.parametrize("request_format", ["headers", "json"])
 def test_telempostd_delivers_to_the_collector(user_install, request_format):
-    pytest.importorskip("telemetry.daemons.telempostd", reason="telempostd is not installed")
-    from telemetry.daemons.queue import NewRecord, Queue, Sender
+    pytest.importorskip("telemetry.daemons.postd.main", reason="telempostd is not installed")
+    from telemetry.daemons.store.queue import NewRecord, Queue, Sender
     from telemetry.record import create_record
 
     records = []
@@ -296,7 +296,7 @@ def test_telempostd_delivers_to_the_collector(user_install, request_format):
         queue.insert_many(records)
         queue.close()
         log = open(user_install.root / "postd.log", "wb")
-        postd = user_install.popen("telemetry.daemons.telempostd", stdout=log, stderr=subprocess.STDOUT)
+        postd = user_install.popen("telemetry.daemons.postd.main", stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: c.stats()["records"] >= 20, timeout=60, what="20 records at the collector")
         finally:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry.collector.purge import (
+from telemetry_collector.purge import (
     PurgeField,
     PurgeFilter,
     PurgePolicy,
@@ -15,7 +15,7 @@ from telemetry.collector.purge import (
     parse_filter,
     purge_statements,
 )
-from telemetry.collector.query import (
+from telemetry_collector.query import (
     DAY,
     INT64_MAX,
     MAX_WINDOW,

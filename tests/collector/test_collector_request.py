@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from telemetry import headers as H
-from telemetry.collector.request import decode_text, media_type, submission_from_request
-from telemetry.collector.rules import Rule
+from telemetry_collector.request import decode_text, media_type, submission_from_request
+from telemetry_collector.rules import Rule
 
 
 def raw(pairs: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

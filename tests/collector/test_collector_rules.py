@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from telemetry import headers as H
-from telemetry.collector.model import NOT_APPLICABLE, StoredRecord, to_json
-from telemetry.collector.rules import (
+from telemetry_collector.model import NOT_APPLICABLE, StoredRecord, to_json
+from telemetry_collector.rules import (
     ARCHITECTURES,
     Rejected,
     Rule,

@@ -9,11 +9,11 @@ import stat
 import pytest
 from collector_support import NOW, new_record, temporary_postgres
 
-from telemetry.collector.dburl import Backend, DatabaseURLError, parse_database_url
-from telemetry.collector.purge import PurgePolicy, parse_filter
-from telemetry.collector.query import DAY, RecordQuery
-from telemetry.collector.schema import SCHEMA_VERSION
-from telemetry.collector.store import Durability, StoreError, open_store
+from telemetry_collector.dburl import Backend, DatabaseURLError, parse_database_url
+from telemetry_collector.purge import PurgePolicy, parse_filter
+from telemetry_collector.query import DAY, RecordQuery
+from telemetry_collector.schema import SCHEMA_VERSION
+from telemetry_collector.store import Durability, StoreError, open_store
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_bad_database_urls(value):
 def test_sqlite_query_does_not_wait_for_the_writer(user_install, monkeypatch):
     """A GET reads the committed rows while the writer holds its transaction open, and never
     takes the write lock itself (WAL: readers and the one writer do not block each other)."""
-    import telemetry.collector.store as store_module
+    import telemetry_collector.store as store_module
 
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.2)
     url = parse_database_url(f"sqlite:///{user_install.root}/concurrent.db")

@@ -269,7 +269,7 @@ def flapping(inst, workdir: Path, plan: FlapPlan = FlapPlan()) -> FlapOutcome:
     acknowledged record is lost, and failures are retried by round, not in a hot loop."""
     import http_collector as hc  # tests/integration
 
-    from telemetry.daemons.backoff import MIN_DELAY
+    from telemetry.daemons.postd.backoff import MIN_DELAY
 
     rng = random.Random(plan.seed)
     kinds = failure_kinds()

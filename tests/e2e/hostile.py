@@ -9,6 +9,7 @@ import contextlib
 import glob
 import os
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -38,7 +39,8 @@ from services import POSTD, PROBD, READY_MARK
 from support import proc_memory, short_tempdir, wait_until
 from telemprobd_harness import send_raw
 
-from telemetry.daemons.queue import NewRecord, Queue, Sender
+from telemetry.daemons import MODULES
+from telemetry.daemons.store.queue import NewRecord, Queue, Sender
 from telemetry.record import RecordError, parse_header_block
 from telemetry.wire import FramingError, decode_frame
 
@@ -393,9 +395,12 @@ class Run:
         return len(self.errors) == 1 and not any("Traceback" in e for e in self.errors)
 
 
-def run_program(module: str, env: dict[str, str], args: tuple[str, ...] = (), timeout: float = 20.0) -> Run:
-    name = module.rsplit(".", 1)[1]
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdin=subprocess.DEVNULL,
+# What the daemons log to stderr (telemetry/log.py); anything else is an error line.
+LOG_LINE = re.compile(r"telem(?:probd|postd): (?:DEBUG|INFO|WARNING|ERROR|CRITICAL): ")
+
+
+def run_program(name: str, env: dict[str, str], args: tuple[str, ...] = (), timeout: float = 20.0) -> Run:
+    proc = subprocess.Popen([sys.executable, "-m", MODULES[name], *args], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
     lines: list[str] = []
     ready = threading.Event()
@@ -417,7 +422,7 @@ def run_program(module: str, env: dict[str, str], args: tuple[str, ...] = (), ti
         proc.send_signal(15) if state == "started" else proc.kill()
         proc.wait(30)
     reader.join(5)
-    errors = tuple(e for e in lines if not e.startswith(f"{name}: ") or "Traceback" in e)
+    errors = tuple(e for e in lines if not LOG_LINE.match(e) or "Traceback" in e)
     return Run(state, proc.returncode, errors)
 
 
@@ -485,7 +490,7 @@ def malformed_configs(inst, workdir: Path, seed: int = 17, mutants: int = 20, th
     def one(job):
         name, program, path = job
         with isolated_env(inst, program) as env:
-            return (name, program), run_program(f"telemetry.daemons.{program}", env, ("-f", path))
+            return (name, program), run_program(program, env, ("-f", path))
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         runs = dict(pool.map(one, jobs))

@@ -156,7 +156,7 @@ class Stored:
 
 
 class ReferenceCollector:
-    """The reference collector (`python -m telemetry.collector.main serve`) with a SQLite
+    """The reference collector (`python -m telemetry_collector.main serve`) with a SQLite
     database; it can be stopped and started again on the same port (an outage)."""
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None):
@@ -167,7 +167,7 @@ class ReferenceCollector:
         self._running = None
 
     def start(self) -> ReferenceCollector:
-        from telemetry.collector.launch import start_collector
+        from telemetry_collector.launch import start_collector
 
         args = ("--listen", f"127.0.0.1:{self.port}") if self.port else ()
         self._running = start_collector(f"sqlite:///{self.db_path}", args=args, env=self.env,

@@ -34,6 +34,8 @@ from pathlib import Path
 
 from support import proc_memory
 
+from telemetry.daemons import MODULES
+
 RESTART_SEC = 0.1
 MONITOR_INTERVAL = 0.02
 SAMPLE_INTERVAL = 0.2
@@ -49,7 +51,7 @@ _ACTIVATED = (
     "import os, runpy, sys; fd = int(sys.argv[1]); fd != 3 and (os.dup2(fd, 3), os.close(fd)); "
     "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
     "sys.argv = [sys.argv[2]] + sys.argv[3:]; "
-    "runpy.run_module('telemetry.daemons.' + sys.argv[0], run_name='__main__', alter_sys=True)"
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
 )
 
 
@@ -109,10 +111,10 @@ class Service:
             self.log_offset = 0
         if self.name == PROBD and self.manager.listener is not None:
             pass_fds = (self.manager.listener.fileno(),)
-            argv = [sys.executable, "-c", _ACTIVATED, str(pass_fds[0]), self.name]
+            argv = [sys.executable, "-c", _ACTIVATED, str(pass_fds[0]), MODULES[self.name]]
         else:
             pass_fds = ()
-            argv = [sys.executable, "-m", f"telemetry.daemons.{self.name}"]
+            argv = [sys.executable, "-m", MODULES[self.name]]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=self.manager.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          pass_fds=pass_fds)

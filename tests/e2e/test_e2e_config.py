@@ -53,7 +53,7 @@ def test_the_default_config_file_that_cannot_be_read_is_one_line(user_install, k
     reader forever), a directory, a link to nowhere, or too big."""
     special(kind, user_install.paths.config_file)
     with isolated_env(user_install, program) as env:
-        run = run_program(f"telemetry.daemons.{program}", env, timeout=15)
+        run = run_program(program, env, timeout=15)
     assert run.state == "refused", run
     assert run.returncode == 1 and run.one_line, run
     assert user_install.paths.config_file in run.errors[0]

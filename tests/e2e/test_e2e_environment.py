@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-MODULE = "telemetry.daemons.telemprobd"
+MODULE = "telemetry.daemons.probd.main"
 
 
 @pytest.mark.parametrize("listen_fds", ["1", "abc", "-3"])

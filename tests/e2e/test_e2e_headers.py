@@ -102,7 +102,7 @@ def test_unusual_valid_values_arrive_whole_as_one_header_each(user_install, tmp_
 
 def test_a_line_break_in_the_config_tidheader_is_refused(user_install):
     user_install.write_config("tidheader=X-Telemetry-TID: 6907c830-eed9-4ce9-81ae-76daf8d88f0f\rX-Injected: 1\n")
-    r = user_install.run("telemetry.daemons.telempostd")
+    r = user_install.run("telemetry.daemons.postd.main")
     assert r.returncode == 1
     err = r.stderr.decode().strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err

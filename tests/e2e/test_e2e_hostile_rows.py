@@ -18,7 +18,7 @@ from pipeline import Pipeline, journal_outcomes, make_record
 from services import POSTD
 from support import wait_until
 
-from telemetry.daemons.queue import NewRecord, Queue, Sender
+from telemetry.daemons.store.queue import NewRecord, Queue, Sender
 
 GOOD = make_record(1, 1, 100, "org.example/e2e/rows")
 

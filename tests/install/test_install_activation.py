@@ -23,7 +23,7 @@ import pytest
 from telemetry import create_record
 from telemetry.client import Client
 from telemetry.config import load
-from telemetry.daemons.queue import WAKEUP_FILE, Queue
+from telemetry.daemons.store.queue import WAKEUP_FILE, Queue
 
 WAIT = 60.0  # a bound for a loaded machine, never a measurement
 
@@ -79,7 +79,7 @@ def test_socket_activated_telemprobd_receives_a_record(user_install, short_dir):
     with notify_socket(short_dir / "notify") as ready:
         env_args.append(f"-ENOTIFY_SOCKET={short_dir / 'notify'}")
         proc = subprocess.Popen(
-            [activate, "-l", str(sock_path), *env_args, sys.executable, "-m", "telemetry.daemons.telemprobd"],
+            [activate, "-l", str(sock_path), *env_args, sys.executable, "-m", "telemetry.daemons.probd.main"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         try:
@@ -115,7 +115,7 @@ def test_telempostd_tells_systemd_it_is_ready(user_install, short_dir):
     user_install.opt_in()
     with notify_socket(short_dir / "notify") as ready:
         env = {**user_install.env, "NOTIFY_SOCKET": str(short_dir / "notify")}
-        proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telempostd"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.postd.main"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             messages = wait_ready(ready, proc)

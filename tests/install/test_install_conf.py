@@ -7,11 +7,12 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import INSTALL_TOOL_ENV
 
 from telemetry import config
-from telemetry.install.defaultconf import escape_value, render
-from telemetry.install.layout import Layout
 from telemetry.paths import Paths
+from telemetry_install.defaultconf import escape_value, render
+from telemetry_install.layout import Layout
 
 LAYOUTS = [Layout(), Layout(prefix="/opt/tm", sysconfdir="/opt/etc", localstatedir="/srv", rundir="/run2")]
 _KEY_LINE = re.compile(r"^#([a-z_]+)=(.*)$")
@@ -64,6 +65,6 @@ def test_tidheader_is_written_as_the_original_writes_it(user_install):
 
 
 def test_the_printed_default_conf_is_the_installed_one(user_install):
-    done = user_install.run("telemetry.install", "conf", "--prefix", "/opt/tm", "--localstatedir", "/srv")
+    done = user_install.run("telemetry_install", "conf", "--prefix", "/opt/tm", "--localstatedir", "/srv", env=INSTALL_TOOL_ENV)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode() == render(Layout(prefix="/opt/tm", localstatedir="/srv").paths)

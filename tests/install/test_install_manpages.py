@@ -12,11 +12,12 @@ import click
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import INSTALL_TOOL_ENV
 
 from telemetry import config
-from telemetry.install import helptext, manpages, roff
-from telemetry.install.layout import Layout
-from telemetry.install.programs import (
+from telemetry_install import helptext, manpages, roff
+from telemetry_install.layout import Layout
+from telemetry_install.programs import (
     Program,
     ProgramError,
     load_command,
@@ -257,7 +258,7 @@ def test_the_conf_page_lists_every_key(tmp_path, user_install):
 # --- the command line --------------------------------------------------------------------
 
 def test_man_prints_a_page(user_install):
-    done = user_install.run("telemetry.install", "man", "telemetrics.conf")
+    done = user_install.run("telemetry_install", "man", "telemetrics.conf", env=INSTALL_TOOL_ENV)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(b'.\\" Generated')
 
@@ -271,7 +272,7 @@ def test_man_prints_a_page(user_install):
      "cannot run /nonexistent/python3"),
 ])
 def test_bad_input_is_one_line_and_exit_1(args, message, user_install):
-    done = user_install.run("telemetry.install", *args)
+    done = user_install.run("telemetry_install", *args, env=INSTALL_TOOL_ENV)
     err = done.stderr.decode()
     assert done.returncode == 1, err
     assert message in err

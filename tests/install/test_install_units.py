@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import zipfile
 from pathlib import Path
 
@@ -10,13 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry.daemons.queue import WAKEUP_FILE
-from telemetry.install import artifacts
-from telemetry.install.layout import Layout, under
-from telemetry.install.package import choose_site_dir
-from telemetry.install.templates import TemplateError, fill, placeholders_in, programs_named
-from telemetry.install.wheel import PREFIX_MODULE, add_file, prefix_module, record_line
+from telemetry.daemons import MODULES
+from telemetry.daemons.store.queue import WAKEUP_FILE
 from telemetry.paths import SERVICE_USER
+from telemetry_install import artifacts
+from telemetry_install.layout import Layout, under
+from telemetry_install.package import choose_site_dir
+from telemetry_install.templates import TemplateError, fill, placeholders_in, programs_named
+from telemetry_install.wheel import PREFIX_MODULE, add_file, prefix_module, record_line
 
 TREE = Path(__file__).resolve().parents[2]
 ALL = artifacts.discover(TREE)
@@ -142,11 +144,11 @@ def test_type_and_watchdog_follow_what_the_daemon_sends(name, user_install):
     """Type=notify only for a daemon that sends READY=1 (tested live in
     test_install_activation); WatchdogSec= only for one that pings WATCHDOG=1."""
     s = unit(next(a for a in UNITS if a.name == name))["Service"]
-    sources = "".join(p.read_text() for p in (TREE / "daemons").glob("*.py"))
+    sources = "".join(p.read_text() for p in (TREE / "daemons").rglob("*.py"))
     assert s["Type"] == "notify"
     if "WatchdogSec" in s:
         assert "WATCHDOG=1" in sources
-    assert "SIGHUP" in (TREE / "daemons" / f"{DAEMONS[name]}.py").read_text()
+    assert "SIGHUP" in Path(importlib.util.find_spec(MODULES[DAEMONS[name]]).origin).read_text()
     assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
 
 

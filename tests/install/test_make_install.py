@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.install import artifacts
-from telemetry.install.layout import Layout
-from telemetry.install.programs import read_programs, resolve
-from telemetry.install.templates import placeholders_in
 from telemetry.version import __version__
+from telemetry_install import artifacts
+from telemetry_install.layout import Layout
+from telemetry_install.programs import read_programs, resolve
+from telemetry_install.templates import placeholders_in
 
 TREE = Path(__file__).resolve().parents[2]
 PREFIX = "/usr"
@@ -97,7 +97,8 @@ def test_the_package_knows_its_prefix(installed, user_install):
     exec((site / "telemetry" / "_prefix.py").read_text(), namespace)
     assert (namespace["PREFIX"], namespace["SYSCONFDIR"], namespace["LOCALSTATEDIR"], namespace["RUNDIR"]) == (
         PREFIX, "/etc", "/var", "/run")
-    for sub in ("daemons", "probes", "install"):
+    for sub in ("daemons", "probes", "daemons/probd", "daemons/postd", "daemons/ctl", "daemons/store",
+                "daemons/runtime"):
         assert (site / "telemetry" / sub / "__init__.py").exists()
     done = subprocess.run(
         [sys.executable, "-c", "import telemetry.paths as p; print(p.__file__); print(p.Paths.system().defaults_file)"],

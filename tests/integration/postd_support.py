@@ -14,12 +14,12 @@ from pathlib import Path
 from support import METADATA
 
 from telemetry import config as config_mod
-from telemetry.daemons.queue import NewRecord, Queue, Sender
+from telemetry.daemons.store.queue import NewRecord, Queue, Sender
 from telemetry.record import Record, create_record
 
 MACHINE_ID = "6a1f0e3c2b7d4e8f9a0b1c2d3e4f5a6b"
 SENDER = Sender(os.getuid(), os.getgid(), os.getpid())
-MODULE = "telemetry.daemons.telempostd"
+MODULE = "telemetry.daemons.postd.main"
 
 
 def record(n: int = 0, payload: str | None = None, **fields: object) -> Record:

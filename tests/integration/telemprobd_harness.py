@@ -98,7 +98,7 @@ class Probd:
     def start(self, wait: bool = True) -> Probd:
         self._lines = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "telemetry.daemons.telemprobd", *self.args],
+            [sys.executable, "-m", "telemetry.daemons.probd.main", *self.args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **self.popen_kw,
         )
         threading.Thread(target=self._collect, args=(self.proc,), daemon=True).start()
@@ -206,7 +206,7 @@ def read_reply(s: socket.socket) -> bytes:
 
 
 def queued(spool_dir: str | Path):
-    from telemetry.daemons.queue import Queue
+    from telemetry.daemons.store.queue import Queue
 
     q = Queue(str(spool_dir), create=False)
     try:
@@ -226,7 +226,7 @@ def row_headers(row) -> dict[str, str]:
 
 
 def counters(spool_dir: str | Path) -> dict[str, int]:
-    from telemetry.daemons.queue import Queue
+    from telemetry.daemons.store.queue import Queue
 
     q = Queue(str(spool_dir), create=False)
     try:

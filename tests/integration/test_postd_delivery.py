@@ -27,10 +27,10 @@ from postd_support import (
 )
 from support import free_port
 
-from telemetry.daemons import journal as journal_mod
-from telemetry.daemons.journal import Outcome
-from telemetry.daemons.queue import Queue
-from telemetry.daemons.telempostd import RECORD_WARNINGS_PER_PASS, Counter, Postd
+from telemetry.daemons.postd.main import RECORD_WARNINGS_PER_PASS, Counter, Postd
+from telemetry.daemons.store import journal as journal_mod
+from telemetry.daemons.store.journal import Outcome
+from telemetry.daemons.store.queue import Queue
 
 BOOT_ID = "11111111-2222-3333-4444-555555555555"
 

@@ -8,8 +8,8 @@ from postd_support import Daemon
 from support import wait_until
 from telemprobd_harness import Probd, c_frame, good_headers
 
-from telemetry.daemons import journal as journal_mod
-from telemetry.daemons.journal import Outcome
+from telemetry.daemons.store import journal as journal_mod
+from telemetry.daemons.store.journal import Outcome
 
 
 def frame(n: int) -> bytes:

@@ -24,7 +24,7 @@ from postd_support import (
 )
 from support import free_port, make_pki, wait_until
 
-from telemetry.daemons.telempostd import Counter, Postd
+from telemetry.daemons.postd.main import Counter, Postd
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
 

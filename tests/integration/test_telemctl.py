@@ -25,12 +25,13 @@ from http_collector import Collector
 from support import free_port, wait_until
 
 from telemetry.client import Client
-from telemetry.daemons import journal as journal_mod
+from telemetry.daemons import MODULES
+from telemetry.daemons.store import journal as journal_mod
 from telemetry.record import create_record
 
-CTL = "telemetry.daemons.telemctl"
+CTL = "telemetry.daemons.ctl.main"
 HAVE_DAEMONS = all(
-    importlib.util.find_spec(f"telemetry.daemons.{d}") is not None for d in ("telemprobd", "telempostd")
+    importlib.util.find_spec(MODULES[d]) is not None for d in ("telemprobd", "telempostd")
 )
 HAVE_HPROBE = importlib.util.find_spec("telemetry.probes.hprobe") is not None
 needs_daemons = pytest.mark.skipif(not HAVE_DAEMONS, reason="telemprobd/telempostd are not installed")
@@ -375,7 +376,7 @@ def test_daemons_not_installed(user_install, tmp_path):
     shutil.copytree(os.path.dirname(telemetry.__file__), site / "telemetry",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(os.path.dirname(telemetry.daemons.__file__), site / "telemetry" / "daemons",
-                    ignore=shutil.ignore_patterns("__pycache__", "telemprobd.py", "telempostd.py"))
+                    ignore=shutil.ignore_patterns("__pycache__", "probd", "postd"))
     third_party = os.path.dirname(os.path.dirname(click.__file__))
     user_install.opt_in()
     env = {**user_install.env, "PYTHONPATH": f"{site}{os.pathsep}{third_party}"}
@@ -385,7 +386,7 @@ def test_daemons_not_installed(user_install, tmp_path):
                               env=env, cwd=tmp_path, timeout=60)
 
     try:
-        assert_one_line_error(run("start"), 1, "telempostd is not installed (no module telemetry.daemons.telempostd)")
+        assert_one_line_error(run("start"), 1, "telempostd is not installed (no module telemetry.daemons.postd.main)")
         assert run("is-active").returncode == 3
         assert not os.path.exists(os.path.join(user_install.paths.run_dir, "telempostd.pid"))
     finally:

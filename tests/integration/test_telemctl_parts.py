@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from telemetry.daemons import purge, supervise, units
+from telemetry.daemons.ctl import purge, supervise, units
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -184,7 +184,7 @@ def test_daemon_command_line_with_our_module_counts(user_install):
     (fake_root / "telemetry" / "__init__.py").write_text("")
     (fake_root / "telemetry" / "daemons" / "__init__.py").write_text("")
     (fake_root / "telemetry" / "daemons" / "telempostd.py").write_text("import time\ntime.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.telempostd"], cwd=fake_root,
+    proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.postd.main"], cwd=fake_root,
                             env={**user_install.env, "PYTHONPATH": str(fake_root)})
     try:
         os.makedirs(user_install.paths.run_dir, exist_ok=True)
@@ -203,8 +203,8 @@ def test_daemon_command_line_with_our_module_counts(user_install):
 # --- status over a real queue ---------------------------------------------------------------------
 
 def test_status_reads_the_queue_beside_a_writer(user_install):
-    from telemetry.daemons import status as status_mod
-    from telemetry.daemons.queue import NewRecord, Queue, Sender
+    from telemetry.daemons.ctl import status as status_mod
+    from telemetry.daemons.store.queue import NewRecord, Queue, Sender
     from telemetry.record import create_record, new_event_id
 
     spool = user_install.paths.spool_dir
@@ -234,7 +234,7 @@ def test_status_reads_the_queue_beside_a_writer(user_install):
 
 
 def test_status_of_a_damaged_queue_says_so(user_install):
-    from telemetry.daemons import status as status_mod
+    from telemetry.daemons.ctl import status as status_mod
 
     os.makedirs(user_install.paths.spool_dir)
     with open(os.path.join(user_install.paths.spool_dir, "queue.db"), "wb") as f:

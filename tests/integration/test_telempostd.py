@@ -24,9 +24,9 @@ from postd_support import (
 )
 from support import wait_until
 
-from telemetry.daemons import journal as journal_mod
-from telemetry.daemons.journal import Outcome
-from telemetry.daemons.queue import QUEUE_DB
+from telemetry.daemons.store import journal as journal_mod
+from telemetry.daemons.store.journal import Outcome
+from telemetry.daemons.store.queue import QUEUE_DB
 from telemetry.version import __version__
 
 

@@ -12,7 +12,7 @@ import pytest
 from support import wait_until
 from telemprobd_harness import Probd, c_frame, counters, good_headers, queued
 
-from telemetry.daemons.queue import Queue
+from telemetry.daemons.store.queue import Queue
 
 FRAME = c_frame(good_headers(), b"x" * 1000)
 LIMIT_3 = "record_burst_limit=3\nrecord_window_length=1\nrate_limit_uid_share=100\n"
@@ -117,7 +117,7 @@ def test_spool_quota_refuses_with_no_space_and_journals_the_refusal(user_install
         assert b"spool full" in replies[2]
         wait_until(lambda: counters(probd.spool_dir).get("rejected:no-space") == 1, what="counter")
 
-        from telemetry.daemons.journal import query
+        from telemetry.daemons.store.journal import query
 
         entries = wait_until(lambda: query(user_install.paths.journal_dir), what="journal entry")
         assert entries[0].outcome.value == "dropped" and "spool full" in entries[0].detail

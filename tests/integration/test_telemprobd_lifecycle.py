@@ -16,7 +16,7 @@ from telemprobd_harness import Probd, c_frame, good_headers
 from telemetry.version import __version__
 
 FRAME = c_frame(good_headers(), b"x" * 100)
-MODULE = "telemetry.daemons.telemprobd"
+MODULE = "telemetry.daemons.probd.main"
 
 
 def test_version_and_help(user_install):
@@ -183,8 +183,8 @@ def test_pings_the_watchdog_systemd_asks_for(short_dir, user_install):
 
 
 IDLE_1S = (
-    "import telemetry.daemons.ingest as ingest; ingest.IDLE_EXIT_AFTER = 1.0; "
-    "from telemetry.daemons.telemprobd import main; main()"
+    "import telemetry.daemons.probd.ingest as ingest; ingest.IDLE_EXIT_AFTER = 1.0; "
+    "from telemetry.daemons.probd.main import main; main()"
 )
 
 

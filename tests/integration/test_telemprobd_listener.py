@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from telemetry.daemons.listener import ListenerError, bind
+from telemetry.daemons.probd.listener import ListenerError, bind
 
 
 def test_a_listener_with_a_full_backlog_is_not_taken_for_a_stale_socket(short_dir):

@@ -8,9 +8,9 @@ import time
 import pytest
 from telemprobd_harness import Probd, c_frame, good_headers
 
-from telemetry.daemons.ingest import LogThrottle
-from telemetry.daemons.queue import QUEUE_DB, NewRecord, Queue, QueueError, Sender
-from telemetry.daemons.staging import Stager
+from telemetry.daemons.probd.ingest import LogThrottle
+from telemetry.daemons.probd.staging import Stager
+from telemetry.daemons.store.queue import QUEUE_DB, NewRecord, Queue, QueueError, Sender
 
 
 def rows(n: int, size: int = 100) -> list[NewRecord]:

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from telemetry.daemons import journal as J
-from telemetry.daemons.journal import Journal, JournalEntry, Outcome, SetAside, entry_for
+from telemetry.daemons.store import journal as J
+from telemetry.daemons.store.journal import Journal, JournalEntry, Outcome, SetAside, entry_for
 from telemetry.metadata import Metadata
 from telemetry.record import create_record
 

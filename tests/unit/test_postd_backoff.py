@@ -7,7 +7,7 @@ import email.utils
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry.daemons.backoff import (
+from telemetry.daemons.postd.backoff import (
     MIN_DELAY,
     Gate,
     full_jitter,

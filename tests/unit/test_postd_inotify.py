@@ -9,8 +9,14 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry.daemons.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, Event, FileWatch, parse_events
-from telemetry.daemons.queue import Queue
+from telemetry.daemons.postd.inotify import (
+    IN_CLOSE_WRITE,
+    IN_MOVED_TO,
+    Event,
+    FileWatch,
+    parse_events,
+)
+from telemetry.daemons.store.queue import Queue
 
 names = st.text(st.characters(blacklist_characters="\0/", blacklist_categories=("Cs",)), min_size=0, max_size=40)
 

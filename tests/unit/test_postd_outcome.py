@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry.daemons.outcome import Response, Verdict, classify, excerpt
+from telemetry.daemons.postd.outcome import Response, Verdict, classify, excerpt
 
 NOW = 1_700_000_000.0
 

@@ -10,8 +10,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from telemetry import headers as H
-from telemetry.daemons.contract import HEADER_BLOCK_MAX, check_header_block, check_record
-from telemetry.daemons.request import RequestFormat, build_request, header_line
+from telemetry.contract import HEADER_BLOCK_MAX, check_header_block, check_record
+from telemetry.daemons.postd.request import RequestFormat, build_request, header_line
 from telemetry.metadata import Metadata
 from telemetry.record import create_record, parse_header_block
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry.daemons.backoff import Gate
-from telemetry.daemons.spool import (
+from telemetry.daemons.postd.backoff import Gate
+from telemetry.daemons.postd.spool import (
     Disposition,
     QueueView,
     disposition,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from telemetry import headers as H
 from telemetry.ack import AckStatus
-from telemetry.daemons.admission import (
+from telemetry.daemons.probd.admission import (
     Accept,
     Admission,
     Context,
@@ -20,10 +20,10 @@ from telemetry.daemons.admission import (
     spool_limit_bytes,
     stamp_machine_id,
 )
-from telemetry.daemons.ingest import Counters, LogThrottle
-from telemetry.daemons.queue import QueueError, Sender
-from telemetry.daemons.ratelimit import Limit, Policy, RateLimiter
-from telemetry.daemons.staging import classify_failure, elapsed_since, new_record_id
+from telemetry.daemons.probd.ingest import Counters, LogThrottle
+from telemetry.daemons.probd.ratelimit import Limit, Policy, RateLimiter
+from telemetry.daemons.probd.staging import classify_failure, elapsed_since, new_record_id
+from telemetry.daemons.store.queue import QueueError, Sender
 from telemetry.record import parse_header_block
 from telemetry.wire import Frame
 

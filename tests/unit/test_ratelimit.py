@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetry.daemons.ratelimit import (
+from telemetry.daemons.probd.ratelimit import (
     DISABLED,
     SLOTS,
     Limit,

@@ -8,7 +8,7 @@ import sys
 
 from support import LOOPBACK, make_user_install
 
-from telemetry.daemons.supervise import SYSTEMD_ENV
+from telemetry.daemons.ctl.supervise import SYSTEMD_ENV
 
 
 def test_installations_made_from_several_threads_keep_their_own_paths(tmp_path):

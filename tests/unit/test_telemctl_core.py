@@ -14,10 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from telemetry.ack import AckStatus
-from telemetry.daemons import journal_view as jv
-from telemetry.daemons import purge, supervise, units
-from telemetry.daemons import status as status_mod
-from telemetry.daemons.journal import Counter, JournalEntry, Outcome
+from telemetry.daemons.ctl import journal_view as jv
+from telemetry.daemons.ctl import purge, supervise, units
+from telemetry.daemons.ctl import status as status_mod
+from telemetry.daemons.store.journal import Counter, JournalEntry, Outcome
 
 HEX = "0123456789abcdef"
 hex32 = st.text(alphabet=HEX, min_size=32, max_size=32)
@@ -135,13 +135,13 @@ def test_pid_file_limits():
 
 
 @pytest.mark.parametrize("argv,name,ours", [
-    (["/usr/bin/python3", "-m", "telemetry.daemons.telemprobd"], "telemprobd", True),
-    (["/v/bin/python", "-m", "telemetry.daemons.telempostd", "-f", "/x.conf"], "telempostd", True),
+    (["/usr/bin/python3", "-m", "telemetry.daemons.probd.main"], "telemprobd", True),
+    (["/v/bin/python", "-m", "telemetry.daemons.postd.main", "-f", "/x.conf"], "telempostd", True),
     (["/usr/bin/python3", "/usr/bin/telemprobd"], "telemprobd", True),
     (["/usr/bin/telempostd"], "telempostd", True),
-    (["/usr/bin/python3", "-m", "telemetry.daemons.telemprobd"], "telempostd", False),
+    (["/usr/bin/python3", "-m", "telemetry.daemons.probd.main"], "telempostd", False),
     (["sleep", "100"], "telemprobd", False),
-    (["vim", "notes", "telemetry.daemons.telemprobd"], "telemprobd", False),
+    (["vim", "notes", "telemetry.daemons.probd.main"], "telemprobd", False),
     ([], "telemprobd", False),
 ])
 def test_daemon_command_lines(argv, name, ours):

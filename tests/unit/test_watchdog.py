@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry.daemons.watchdog import Watchdog, interval_from
+from telemetry.daemons.runtime.watchdog import Watchdog, interval_from
 
 
 @pytest.mark.parametrize("env, interval", [

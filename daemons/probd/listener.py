@@ -15,10 +15,9 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from telemetry.daemons.store.queue import Sender
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import UnsafePathError, ensure_dir
-
-from .queue import Sender
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from telemetry.daemons.store.queue import is_corruption
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import ensure_dir
 from telemetry.record import Record
-
-from .queue import is_corruption
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +344,8 @@ class Journal:
         in "/*" (`org.clearlinux/*`). `window` looks only at the newest N entries (the
         original's readers use READER_WINDOW); `limit` returns at most the newest N matches.
         """
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         for column, value in (("record_id", record_id), ("event_id", event_id), ("boot_id", boot_id)):
             if value is not None:
                 where.append(f"{column} = ?")

@@ -33,16 +33,15 @@ import click
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.errors import TelemetryError
-from telemetry.paths import Paths
-from telemetry.record import Record, RecordError, parse_header_block
-
-from . import spool
-from .backoff import Gate, next_attempt_at
-from .contract import check_header_block, check_record, check_record_id, printable_id
-from .endpoint import DeliverySettings, RequestRefused, check_settings
-from .inotify import FileWatch
-from .journal import (
+from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
+from telemetry.daemons.postd import spool
+from telemetry.daemons.postd.backoff import Gate, next_attempt_at
+from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused, check_settings
+from telemetry.daemons.postd.inotify import FileWatch
+from telemetry.daemons.postd.outcome import Classified, Response, Verdict, classify
+from telemetry.daemons.postd.request import Request, RequestFormat, build_request
+from telemetry.daemons.runtime.watchdog import Watchdog
+from telemetry.daemons.store.journal import (
     Counter,
     Journal,
     JournalEntry,
@@ -52,13 +51,19 @@ from .journal import (
     entry_for,
     read_boot_id,
 )
-from .outcome import Classified, Response, Verdict, classify
-from .queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, is_corruption
-from .request import Request, RequestFormat, build_request
-from .watchdog import Watchdog
+from telemetry.daemons.store.queue import (
+    WAKEUP_FILE,
+    Queue,
+    QueuedRecord,
+    QueueError,
+    is_corruption,
+)
+from telemetry.errors import TelemetryError
+from telemetry.paths import Paths
+from telemetry.record import Record, RecordError, parse_header_block
 
 if TYPE_CHECKING:
-    from .delivery import Delivery
+    from telemetry.daemons.postd.delivery import Delivery
 
 DAEMON = "telempostd"
 log = logging.getLogger(DAEMON)
@@ -213,7 +218,9 @@ class Postd:
 
     def delivery(self) -> Delivery:
         if self._delivery is None:
-            from .delivery import Delivery  # libcurl is loaded once there is something to send
+            from telemetry.daemons.postd.delivery import (
+                Delivery,  # libcurl is loaded once there is something to send
+            )
 
             self._delivery = Delivery(self.settings.delivery)
         return self._delivery
@@ -435,7 +442,8 @@ class Postd:
                 if not inflight or delivery is None:
                     break  # nothing more could be started
                 for token, response in delivery.poll(POLL_WAIT):
-                    decided(self._judge(*inflight.pop(token), response))  # type: ignore[call-overload]
+                    row, record = inflight.pop(token)  # type: ignore[call-overload]
+                    decided(self._judge(row, record, response))
                 if pending and time.monotonic() - pending_since >= spool.COMMIT_INTERVAL:
                     self._commit(pending, tally)
                     pending.clear()
@@ -702,4 +710,4 @@ def main(config_file: str | None, idle_exit_after: float) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name=DAEMON)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .backoff import Gate
+from telemetry.daemons.postd.backoff import Gate
 
 # Rows read from the queue at once, and outcomes written back in one transaction; a
 # delivered record's outcome waits at most COMMIT_INTERVAL s for its transaction.

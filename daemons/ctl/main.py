@@ -20,12 +20,11 @@ import click
 from telemetry import config as config_mod
 from telemetry import optin
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.daemons.ctl import journal_view, purge, supervise, units
+from telemetry.daemons.ctl import status as status_mod
+from telemetry.daemons.store import journal as journal_mod
 from telemetry.errors import TelemetryError
 from telemetry.paths import Mode, Paths
-
-from . import journal as journal_mod
-from . import journal_view, purge, supervise, units
-from . import status as status_mod
 
 PROG = "telemctl"
 EXIT_USAGE = 2

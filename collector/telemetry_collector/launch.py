@@ -1,6 +1,6 @@
 """Start a collector from another program (demo, tests, benchmarks) and talk to it.
 
-`start_collector` runs ``python -m telemetry.collector.main`` on a free port of 127.0.0.1,
+`start_collector` runs ``python -m telemetry_collector.main`` on a free port of 127.0.0.1,
 waits for its ``listening on URL`` line, and returns a `RunningCollector` that can list the
 records and counters it holds and stop it.  Reads use the standard library's HTTP client,
 so nothing here needs the server's own dependencies.
@@ -87,7 +87,7 @@ def start_collector(
     python: str = sys.executable,
 ) -> RunningCollector:
     """A collector serving `database` on a free port of `host`; its log goes to `log_path`."""
-    command = [python, "-m", "telemetry.collector.main", "serve", "--listen", f"{host}:0",
+    command = [python, "-m", "telemetry_collector.main", "serve", "--listen", f"{host}:0",
                "--database", database, *args]
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:

@@ -19,7 +19,7 @@ import enum
 import json
 from dataclasses import dataclass
 
-from .backoff import parse_retry_after
+from telemetry.daemons.postd.backoff import parse_retry_after
 
 TID_MISMATCH = "Telemetry ID mismatch"
 DETAIL_MAX = 200

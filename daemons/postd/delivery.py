@@ -17,11 +17,10 @@ from collections.abc import Hashable
 
 import pycurl
 
+from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused
+from telemetry.daemons.postd.outcome import Response
+from telemetry.daemons.postd.request import Request
 from telemetry.version import __version__
-
-from .endpoint import DeliverySettings, RequestRefused
-from .outcome import Response
-from .request import Request
 
 BODY_KEEP = 2048
 USER_AGENT = f"telempostd/{__version__}"

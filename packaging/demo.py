@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 
-from .record import create_record
-from .wire import encode_frame
+from telemetry.record import create_record
+from telemetry.wire import encode_frame
 
 BIN = os.path.join(sys.prefix, "bin")
 
@@ -72,7 +72,7 @@ def show_local_record() -> None:
 
 def main() -> int:
     show_local_record()
-    from telemetry.collector.launch import start_collector
+    from telemetry_collector.launch import start_collector
 
     root = tempfile.mkdtemp(prefix="telem-demo-")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_"))}

@@ -24,14 +24,13 @@ import click
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.daemons.probd.ingest import IngestLoop, Settings
+from telemetry.daemons.probd.listener import open_listener
+from telemetry.daemons.probd.ratelimit import RateLimiter
+from telemetry.daemons.probd.staging import LIMITER_META_KEY, Stager, elapsed_since
+from telemetry.daemons.store.journal import read_boot_id
 from telemetry.machineid import MachineId
 from telemetry.paths import Mode, Paths
-
-from .ingest import IngestLoop, Settings
-from .journal import read_boot_id
-from .listener import open_listener
-from .ratelimit import RateLimiter
-from .staging import LIMITER_META_KEY, Stager, elapsed_since
 
 PROGRAM = "telemprobd"
 log = logging.getLogger(PROGRAM)
@@ -157,4 +156,4 @@ def main(config_file: str | None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name=PROGRAM)

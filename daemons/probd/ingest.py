@@ -27,17 +27,10 @@ from dataclasses import dataclass, replace
 
 from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
-from telemetry.limits import FRAME_MAX
-from telemetry.machineid import MachineId
-from telemetry.optin import is_opted_in
-from telemetry.paths import Paths
-from telemetry.wire import FrameDecoder, FramingError, decode_frame, frame_size
-
-from .admission import Admission, Context, Refuse, spool_limit_bytes
-from .listener import Listener, peer_credentials
-from .queue import Sender
-from .ratelimit import Policy, RateLimiter
-from .staging import (
+from telemetry.daemons.probd.admission import Admission, Context, Refuse, spool_limit_bytes
+from telemetry.daemons.probd.listener import Listener, peer_credentials
+from telemetry.daemons.probd.ratelimit import Policy, RateLimiter
+from telemetry.daemons.probd.staging import (
     BUSY_GIVE_UP,
     FLUSH_INTERVAL,
     LIMITER_META_KEY,
@@ -49,7 +42,13 @@ from .staging import (
     new_record_id,
     reply,
 )
-from .watchdog import Watchdog
+from telemetry.daemons.runtime.watchdog import Watchdog
+from telemetry.daemons.store.queue import Sender
+from telemetry.limits import FRAME_MAX
+from telemetry.machineid import MachineId
+from telemetry.optin import is_opted_in
+from telemetry.paths import Paths
+from telemetry.wire import FrameDecoder, FramingError, decode_frame, frame_size
 
 log = logging.getLogger("telemprobd")
 
@@ -391,7 +390,7 @@ class IngestLoop:
             try:
                 # _accept() + a plain constructor: socket.accept() converts family and
                 # type to enums on every call, a measurable share of a record's cost.
-                fd, _ = self.listener.sock._accept()
+                fd, _ = self.listener.sock._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 return
             except OSError as e:

@@ -12,11 +12,10 @@ from dataclasses import dataclass, replace
 
 from telemetry import headers as H
 from telemetry.ack import AckStatus
+from telemetry.daemons.probd.ratelimit import Booking, RateLimiter, Verdict
+from telemetry.daemons.store.queue import NewRecord, Sender
 from telemetry.record import Record, RecordError, parse_header_block
 from telemetry.wire import Frame
-
-from .queue import NewRecord, Sender
-from .ratelimit import Booking, RateLimiter, Verdict
 
 _MACHINE_ID_LINE = 3  # position of machine_id among the 15 header lines
 _MACHINE_ID_PREFIX = f"{H.MACHINE_ID}: ".encode()

@@ -14,12 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from telemetry.ack import AckStatus
+from telemetry.daemons.store import journal
+from telemetry.daemons.store.queue import QUEUE_DB, Queue
 from telemetry.errors import TelemetryError
 from telemetry.optin import is_opted_in
 from telemetry.paths import Paths
-
-from . import journal
-from .queue import QUEUE_DB, Queue
 
 PROBD = "telemprobd"
 POSTD = "telempostd"

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .dburl import DatabaseURL
 from .model import to_json
@@ -30,6 +31,7 @@ from .store import Durability, Store, StoreError, open_store
 from .writer import REJECTED_PREFIX, Stats, Writer
 
 log = logging.getLogger("telemetry-collector")
+T = TypeVar("T")
 
 DEFAULT_MAX_BODY = 1 << 20
 PURGE_INTERVAL = 24 * 60 * 60.0
@@ -80,7 +82,7 @@ class _Reader:
         self._store = store
         self._lock = threading.Lock()
 
-    def run(self, fn: Callable[[Store], object]) -> object:
+    def run(self, fn: Callable[[Store], T]) -> T:
         with self._lock:
             if self._store is not None:
                 try:

@@ -33,12 +33,11 @@ import time
 from dataclasses import dataclass
 
 from telemetry.ack import Ack, AckStatus
+from telemetry.daemons.probd.ratelimit import Booking
+from telemetry.daemons.store.journal import Journal, Outcome, entry_for
+from telemetry.daemons.store.queue import QUEUE_DB, NewRecord, Queue, QueueError, is_corruption
 from telemetry.errors import TelemetryError
 from telemetry.record import Record
-
-from .journal import Journal, Outcome, entry_for
-from .queue import QUEUE_DB, NewRecord, Queue, QueueError, is_corruption
-from .ratelimit import Booking
 
 log = logging.getLogger(__name__)
 

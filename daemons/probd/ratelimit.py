@@ -274,6 +274,7 @@ class RateLimiter:
         slots = [w.slot_if_fits(now, amount) for w, amount in windows]
         if None not in slots:
             for (w, amount), idx in zip(windows, slots, strict=True):
+                assert idx is not None
                 w.book(idx, amount)
             return Decision(Verdict.ADMIT, Booking(uid, size, now))
         over = next("over the limit of " + w.label

@@ -9,5 +9,5 @@ pyproject.toml's [project.scripts]; one whose module does not exist is skipped.
 
 It lives inside the package (not in a build script) because it imports what it
 documents, the click commands and the key table, and the top-level folders are fixed;
-`python -m telemetry.install --help` lists what it can write.
+`python -m telemetry_install --help` lists what it can write.
 """

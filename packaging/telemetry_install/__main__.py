@@ -1,4 +1,4 @@
-"""`python -m telemetry.install`: what `make install` runs, and the generated files alone."""
+"""`python -m telemetry_install`: what `make install` runs, and the generated files alone."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def source_tree(source: str | None) -> Path:
 
 
 def note(message: str) -> None:
-    click.echo(f"telemetry.install: {message}", err=True)
+    click.echo(f"telemetry_install: {message}", err=True)
 
 
 def resolved_programs(tree: Path) -> list[tuple[Program, click.Command]]:

@@ -102,12 +102,13 @@ def purge_statements(policy: PurgePolicy, now: int) -> list[tuple[str, tuple[obj
             sql, params = f.predicate()
             statements.append((f"DELETE FROM records WHERE {sql} AND ts_reception < ?", (*params, now - f.days * DAY)))
     if policy.unfiltered_days:
-        clauses, params = [], []
+        clauses: list[str] = []
+        values: list[object] = []
         for f in policy.filters:
             sql, p = f.predicate()
             clauses.append(f"NOT ({sql})")
-            params.extend(p)
+            values.extend(p)
         clauses.append("ts_reception < ?")
-        params.append(now - policy.unfiltered_days * DAY)
-        statements.append(("DELETE FROM records WHERE " + " AND ".join(clauses), tuple(params)))
+        values.append(now - policy.unfiltered_days * DAY)
+        statements.append(("DELETE FROM records WHERE " + " AND ".join(clauses), tuple(values)))
     return statements

@@ -13,11 +13,10 @@ import re
 import time
 from collections.abc import Callable
 
+from telemetry.daemons.store.journal import JournalEntry
 from telemetry.errors import TelemetryError
 from telemetry.limits import CLASSIFICATION_MAX
 from telemetry.record import RecordError, check_classification
-
-from .journal import JournalEntry
 
 HEADER_FORMAT = "%-30s %-27s %-32s %-32s %-36s"
 HEADER_TITLES = ("Classification", "Time stamp", "Record ID", "Event ID", "Boot ID")

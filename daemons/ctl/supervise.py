@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from telemetry.daemons import MODULES
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import atomic_write, ensure_dir
 from telemetry.paths import MODE_ENV, Mode, Paths
@@ -43,7 +44,6 @@ PROBD = "telemprobd"
 POSTD = "telempostd"
 # Started in this order, stopped in the reverse: delivery is up before intake.
 DAEMONS: tuple[str, ...] = (POSTD, PROBD)
-PACKAGE = "telemetry.daemons"
 
 READY_TIMEOUT = 30.0
 # telempostd finishes the POST in flight on SIGTERM (request_timeout is at most 3600 s,
@@ -121,7 +121,7 @@ class StopResult:
 # --- pure rules ---------------------------------------------------------------------------
 
 def module_of(name: str) -> str:
-    return f"{PACKAGE}.{name}"
+    return MODULES[name]
 
 
 def parse_pid(data: bytes) -> int | None:

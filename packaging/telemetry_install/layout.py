@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from telemetry.daemons.queue import WAKEUP_FILE
+from telemetry.daemons.store.queue import WAKEUP_FILE
 from telemetry.paths import SERVICE_USER, Paths
 from telemetry.version import __version__
 
