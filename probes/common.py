@@ -122,10 +122,12 @@ class Probe:
         twice as long each time up to RETRY_MAX_DELAY, until the outcome is final."""
         delay = 1.0
         while True:
+            check_stop()
             result = self.send(record)
             if result.sent or not retry or not result.retryable:
                 return result
             self.log.warning("Failed to send record: %s; retrying in %.0f s", result.message, delay)
+            check_stop()
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY)
 
@@ -160,15 +162,29 @@ class Stop(Exception):
         self.code = code
 
 
+# The exit status a stop signal asked for.  The signal raises Stop wherever the probe is, and
+# a few places swallow it (logging's handlers catch every exception raised while they
+# write), so the request is also kept here and raised again at the next check_stop().
+_stop_requested: int | None = None
+
+
 def stop_on_signals() -> None:
     """SIGTERM (a service stop) ends the scan with status 0, SIGINT with 1; either way the
     probe saves its position on the way out."""
 
     def stop(signum: int, frame: object) -> None:
-        raise Stop(EXIT_OK if signum == signal.SIGTERM else EXIT_FAILURE)
+        global _stop_requested
+        _stop_requested = EXIT_OK if signum == signal.SIGTERM else EXIT_FAILURE
+        raise Stop(_stop_requested)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+def check_stop() -> None:
+    """Raise the Stop a signal asked for, if it was swallowed on its way."""
+    if _stop_requested is not None:
+        raise Stop(_stop_requested)
 
 
 def read_boot_id(path: str = BOOT_ID_FILE) -> str:
@@ -237,6 +253,7 @@ __all__ = [
     "SendResult",
     "StateFile",
     "Stop",
+    "check_stop",
     "opt_in_hint",
     "read_boot_id",
     "run",

@@ -10,6 +10,7 @@ connection past HEAD_LIMIT.  Without httptools the server uses h11 and its own b
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -83,7 +84,8 @@ def serve(app: Callable, sock: socket.socket, *, tls_cert: str | None, tls_key: 
     config = uvicorn.Config(
         app,
         http=protocol or "h11",
-        h11_max_incomplete_event_size=HEAD_LIMIT,
+        **_newer_settings(uvicorn.Config, h11_max_incomplete_event_size=HEAD_LIMIT,
+                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN),
         lifespan="on",
         interface="asgi3",
         log_config=None,
@@ -93,7 +95,6 @@ def serve(app: Callable, sock: socket.socket, *, tls_cert: str | None, tls_key: 
         server_header=False,
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=KEEP_ALIVE,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         ssl_ca_certs=tls_client_ca,
@@ -123,6 +124,14 @@ def serve(app: Callable, sock: socket.socket, *, tls_cert: str | None, tls_key: 
     finally:
         signal.signal(signal.SIGTERM, previous)
     return bool(server.started)
+
+
+def _newer_settings(config: type, **settings: object) -> dict[str, object]:
+    """The settings this uvicorn knows.  Debian 12's (0.17) has neither: its h11 parser keeps
+    h11's own 16 KiB bound on the request head, and at SIGTERM it waits for the requests in
+    flight without a time limit (systemd's stop timeout is then the bound)."""
+    known = inspect.signature(config.__init__).parameters
+    return {k: v for k, v in settings.items() if k in known}
 
 
 def url_of(sock: socket.socket, tls: bool) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from crash_programs import Lab
+from support import no_such_option
 from telemprobd_harness import Probd, row_headers, rows
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="crashprobe unwinds x86-64 cores")
@@ -383,7 +384,7 @@ def test_offline_send(user_install, lab):
         (["--follow"], "--follow needs --journal"),
         (["-p", "x", "--send"], "--send goes with --core"),
         (["-p", "x", "-f", "relative.conf"], "must be absolute"),
-        (["--bogus"], "No such option '--bogus'"),
+        (["--bogus"], no_such_option("--bogus")),
     ],
 )
 def test_bad_arguments_one_line_and_exit_1(user_install, args, message):
