@@ -18,8 +18,6 @@ from telemetry.daemons.postd.backoff import Gate
 # delivered record's outcome waits at most COMMIT_INTERVAL s for its transaction.
 FETCH_SLICE = 64
 COMMIT_INTERVAL = 0.5
-# The original's idle time before a recycled daemon exits.
-IDLE_EXIT_AFTER = 300.0
 
 
 class Disposition(enum.Enum):

@@ -8,7 +8,7 @@ and then acknowledges it.  telempostd delivers from the queue.
 Signals: SIGHUP reloads the configuration (a bad file is refused and the running
 settings kept); SIGTERM and SIGINT finish the records in flight and exit 0.  When
 started by systemd (socket activation or a service unit) and `daemon_recycling_enabled`,
-it exits after 300 s without a client; the socket unit starts it again.
+it exits after daemon_idle_time (300 s) without a client; the socket unit starts it again.
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ Signals:
 
 \b
 systemd: Type=notify (READY=1, STATUS= with the counters, WATCHDOG=1 when WatchdogSec=
-is set).  Started by systemd with daemon_recycling_enabled=true, it exits after 300 s
-without work; the socket starts it again.
+is set).  Started by systemd with daemon_recycling_enabled=true, it exits after
+daemon_idle_time (300 s) without work; the socket starts it again.
 
 \b
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
