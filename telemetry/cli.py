@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from . import config as config_mod
+from .entry import missing_module_message
 from .errors import TelemetryError
 from .paths import Paths
 from .version import __version__
@@ -58,7 +59,8 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
 
 
 def handle_errors(f: Callable) -> Callable:
-    """Run a command; a TelemetryError becomes `<prog>: <message>` and exit 1."""
+    """Run a command; a TelemetryError, or a dependency found missing when first imported,
+    becomes `<prog>: <message>` and exit 1."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -66,6 +68,11 @@ def handle_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except TelemetryError as e:
             fail(str(e))
+        except ModuleNotFoundError as e:
+            message = missing_module_message(e)
+            if message is None:
+                raise
+            fail(message)
         except KeyboardInterrupt:
             sys.exit(130)
 

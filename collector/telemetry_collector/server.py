@@ -76,9 +76,9 @@ def serve(app: Callable, sock: socket.socket, *, tls_cert: str | None, tls_key: 
     try:
         import uvicorn
     except ImportError:
-        raise MissingDependency(
-            "the collector needs uvicorn: pip install 'telemetrics-client[collector]'"
-        ) from None
+        from .dependencies import hint
+
+        raise MissingDependency(f"the collector needs uvicorn: {hint('uvicorn')}") from None
 
     protocol = _bounded_httptools()
     config = uvicorn.Config(

@@ -41,6 +41,7 @@ from telemetry.daemons.postd.inotify import FileWatch
 from telemetry.daemons.postd.outcome import Classified, Response, Verdict, classify
 from telemetry.daemons.postd.request import Request, RequestFormat, build_request
 from telemetry.daemons.runtime.watchdog import Watchdog
+from telemetry.entry import require
 from telemetry.daemons.store.journal import (
     Counter,
     Journal,
@@ -704,6 +705,7 @@ def main(config_file: str | None, idle_exit_after: float | None) -> None:
     another attempt after an exponential backoff (Retry-After honoured) until
     `record_expiry`.  Each outcome goes to the journal ('telemctl journal').  Settings:
     telemetrics.conf(5)."""
+    require("pycurl")  # imported at the first delivery
     os.environ["LC_ALL"] = "C"
     paths = Paths.detect()
     cfg = config_mod.load(paths, config_file)
