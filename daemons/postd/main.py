@@ -41,7 +41,6 @@ from telemetry.daemons.postd.inotify import FileWatch
 from telemetry.daemons.postd.outcome import Classified, Response, Verdict, classify
 from telemetry.daemons.postd.request import Request, RequestFormat, build_request
 from telemetry.daemons.runtime.watchdog import Watchdog
-from telemetry.entry import require
 from telemetry.daemons.store.journal import (
     Counter,
     Journal,
@@ -59,6 +58,7 @@ from telemetry.daemons.store.queue import (
     QueueError,
     is_corruption,
 )
+from telemetry.entry import require
 from telemetry.errors import TelemetryError
 from telemetry.paths import Paths
 from telemetry.record import Record, RecordError, parse_header_block

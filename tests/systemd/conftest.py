@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from machine import BASE_PACKAGES, Machine, TreeSpec, Unavailable, booted, cached_tree, check_host
-from system import CLIENT_PACKAGE, COLLECTOR_PACKAGE, ASSETS, Figures, ensure_installed
+from system import ASSETS, CLIENT_PACKAGE, COLLECTOR_PACKAGE, Figures, ensure_installed
 
 SUITE_DIR = Path(__file__).resolve().parent
 REPO = SUITE_DIR.parents[1]
