@@ -685,8 +685,15 @@ Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)
   /var/log/telemetry/journal.db       what became of each record, and retained payloads
 
 \b
-Exit status: 0 when stopped by a signal or for recycling; 1 when it cannot start (a bad
-configuration, an unusable queue), with a one-line message.
+Exit status:
+  0  stopped by a signal, or exited for recycling
+  1  it cannot start (a bad configuration, an unusable queue); one line says why
+
+\b
+Examples:
+  systemctl status telempostd.path telempostd.service   how systemd runs it
+  systemctl reload telempostd                           read telemetrics.conf again (SIGHUP)
+  telemctl journal -n 20                                what became of the last 20 records
 """
 
 

@@ -130,12 +130,20 @@ Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)
   /var/log/telemetry/journal.db    records refused for lack of spool space
 
 \b
-Exit status: 0 when stopped by a signal or for recycling; 1 when it cannot start (a bad
-configuration, a socket it cannot listen on), with a one-line message.
+Exit status:
+  0  stopped by a signal, or exited for recycling
+  1  it cannot start (a bad configuration, a socket it cannot listen on); one line says why
+
+\b
+Examples:
+  systemctl status telemprobd.socket telemprobd.service   how systemd runs it
+  telemprobd -f /etc/telemetrics/test.conf                by hand, with another configuration
+  telemctl --user start                                   as your own process (user mode)
 """
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG,
+               short_help="receive the probes' records, check them and queue them for telempostd")
 @config_option()
 @version_option
 @handle_errors

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from telemetry.entry import DEPENDENCIES, missing_module_message
 from telemetry.errors import TelemetryError
 
 PROBES_PACKAGE = "telemetry.probes"
@@ -81,6 +82,19 @@ def _is_missing(module: str, error: ModuleNotFoundError) -> bool:
     return module == missing or module.startswith(missing + ".")
 
 
+def _missing_dependency(error: ModuleNotFoundError) -> str | None:
+    """The one-line message naming the package, for the client's or the collector's
+    dependencies."""
+    known = DEPENDENCIES
+    try:
+        from telemetry_collector.dependencies import KNOWN
+
+        known = KNOWN
+    except ImportError:
+        pass
+    return missing_module_message(error, known)
+
+
 def load_command(program: Program) -> click.Command | None:
     """The click command of `program`; None when its module does not exist."""
     try:
@@ -88,6 +102,9 @@ def load_command(program: Program) -> click.Command | None:
     except ModuleNotFoundError as e:
         if _is_missing(program.module, e):
             return None
+        dependency = _missing_dependency(e)
+        if dependency:
+            raise ProgramError(f"{program.name} cannot be imported to make its man page: {dependency}") from None
         raise ProgramError(f"{program.name}: importing {program.module} failed: {e}") from None
     except Exception as e:
         raise ProgramError(f"{program.name}: importing {program.module} failed: "

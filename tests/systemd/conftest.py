@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 from machine import BASE_PACKAGES, Machine, TreeSpec, Unavailable, booted, cached_tree, check_host
-from system import ASSETS, CLIENT_PACKAGE, COLLECTOR_PACKAGE, Figures, ensure_installed
+from system import (
+    ASSETS,
+    CLIENT_PACKAGE,
+    COLLECTOR_PACKAGE,
+    Figures,
+    ensure_installed,
+    opted_in_and_started,
+    start_collector,
+)
 
 SUITE_DIR = Path(__file__).resolve().parent
 REPO = SUITE_DIR.parents[1]
@@ -62,17 +70,26 @@ def _dependencies(deb: Path) -> set[str]:
     return names
 
 
+def _make(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-C", str(REPO), "--no-print-directory", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def _built_debs(out: Path) -> Path:
+    """TELEMETRY_TEST_DEBS, else `make deb` into `out`.  Build dependencies that cannot be
+    installed are a reason to skip; a build or lintian failure is a failure."""
     given = os.environ.get("TELEMETRY_TEST_DEBS")
     if given:
         return Path(given)
-    if shutil.which("dpkg-buildpackage") is None:
-        raise Unavailable("dpkg-buildpackage is not installed (Debian package dpkg-dev): "
-                          "the suite installs the .debs 'make deb' builds")
-    done = subprocess.run(["make", "-C", str(REPO), "--no-print-directory", "deb", f"DEB_DIR={out}"],
-                          capture_output=True, text=True, timeout=1200)
+    if shutil.which("dpkg") is None:
+        raise Unavailable("not a Debian system: the suite installs the .debs 'make deb' builds")
+    deps = _make("deb-deps", timeout=900)
+    if deps.returncode != 0:
+        tail = " / ".join((deps.stderr or deps.stdout).strip().splitlines()[-2:])
+        raise Unavailable(f"the build dependencies of the .debs cannot be installed: {tail}")
+    done = _make("deb", f"DEB_DIR={out}")
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        tail = (done.stderr + done.stdout).strip().splitlines()[-20:]
         pytest.fail("make deb failed:\n" + "\n".join(tail), pytrace=False)
     return out
 
@@ -121,3 +138,11 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
 @pytest.fixture(scope="session")
 def figures() -> Figures:
     return FIGURES
+
+
+@pytest.fixture
+def ready(machine: Machine) -> Machine:
+    """Installed, configured for the collector in the container, opted in, started."""
+    opted_in_and_started(machine)
+    start_collector(machine)
+    return machine

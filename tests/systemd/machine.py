@@ -159,9 +159,17 @@ class Machine:
                 raise Unavailable(f"the container's systemd did not start within {timeout:.0f} s")
             self.leader = self._find_leader()
             time.sleep(0.1)
-        left = max(5.0, deadline - time.monotonic())
-        r = self.run("systemctl", "is-system-running", "--wait", timeout=left)
-        state = r.stdout.strip()
+        # Until its manager answers (right after it starts, systemctl cannot connect yet).
+        state = ""
+        while state not in ("running", "degraded", "maintenance", "stopping"):
+            if time.monotonic() > deadline or self.nspawn.poll() is not None:
+                self.shutdown()
+                raise Unavailable(f"the container's systemd did not come up (state {state!r}): "
+                                  f"{self._console_tail()}")
+            left = max(1.0, deadline - time.monotonic())
+            state = self.run("systemctl", "is-system-running", "--wait", timeout=left).stdout.strip()
+            if state not in ("running", "degraded"):
+                time.sleep(0.2)
         if state not in ("running", "degraded"):
             self.shutdown()
             raise Unavailable(f"the container's systemd did not come up (state {state!r}): {self._console_tail()}")

@@ -61,9 +61,10 @@ def ensure_installed(m: Machine) -> None:
     already holds every dependency, so no mirror is needed)."""
     if installed(m, CLIENT_PACKAGE) and installed(m, COLLECTOR_PACKAGE):
         return
-    r = m.sh(f"ls {ASSETS}/debs/*.deb")
-    debs = r.stdout.split()
-    m.run("apt-get", "install", "-y", "-q", "--no-download", *debs, check=True, timeout=300,
+    # apt takes local packages from a folder it can write to, not from the read-only mount.
+    m.sh(f"mkdir -p /root/debs && cp {ASSETS}/debs/*.deb /root/debs/", check=True)
+    debs = m.sh("ls /root/debs/*.deb").stdout.split()
+    m.run("apt-get", "install", "-y", "-q", *debs, check=True, timeout=300,
           env={"DEBIAN_FRONTEND": "noninteractive"})
 
 
@@ -99,6 +100,12 @@ def systemctl(m: Machine, *args: str) -> None:
     m.run("systemctl", *args, check=True)
 
 
+def restart(m: Machine, *units: str) -> None:
+    """Restart units, clearing their start-limit count first (see opted_in_and_started)."""
+    m.run("systemctl", "reset-failed", *units)
+    systemctl(m, "restart", *units)
+
+
 def journal(m: Machine, unit: str, since: str = "") -> str:
     """The unit's journal (messages only), from a cursor when given."""
     args = ["journalctl", "--no-pager", "-q", "-o", "cat", "-u", unit]
@@ -122,8 +129,11 @@ def write_config(m: Machine, **settings: object) -> None:
 
 
 def opted_in_and_started(m: Machine) -> None:
-    """The state an admin leaves after `telemctl opt-in` and `telemctl start`."""
+    """The state an admin leaves after `telemctl opt-in` and `telemctl start`.  The tests
+    start the services far more often than systemd's start limit (5 in 10 s) allows, so
+    every test begins with the units' failure counts reset."""
     ensure_installed(m)
+    m.run("systemctl", "reset-failed")
     write_config(m)
     if m.run("test", "-e", OPT_IN).returncode != 0:
         m.run("telemctl", "opt-in", check=True)
@@ -138,6 +148,19 @@ def stop_daemons(m: Machine) -> None:
     for unit in ("telemprobd.service", "telempostd.service"):
         wait_state(m, unit, "inactive", "failed")
     m.run("systemctl", "reset-failed", "telemprobd.service", "telempostd.service")
+
+
+# --- probes ---------------------------------------------------------------------------------
+
+# A local user who is neither root nor the telemetry user.
+AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+
+
+def hprobe_ok(m: Machine, *args: str, as_nobody: bool = True) -> str:
+    """hprobe as a local user runs it; its output once telemprobd kept the record."""
+    r = m.run(*(AS_NOBODY if as_nobody else ()), "hprobe", *args)
+    assert r.returncode == 0 and "Successfully sent record" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    return r.stdout
 
 
 # --- the collector --------------------------------------------------------------------------
