@@ -16,10 +16,11 @@ PREFIX ?= /usr
 DESTDIR ?=
 # What the build needs (systemd-python compiles against libsystemd) and what the tests use:
 # journal files (systemd-journal-remote), man pages (man-db, groff-base), PostgreSQL for the
-# collector, openssl for TLS certificates, gdb and elfutils to check crash backtraces, nginx
+# collector, openssl for TLS certificates, gdb and elfutils to check crash backtraces (with Go
+# and clang builds among the crashing programs), nginx
 # for HTTP/2 delivery.  Tests whose tool is missing are skipped with the reason.
 APT_PACKAGES := libsystemd-dev pkg-config gcc systemd systemd-journal-remote man-db groff-base \
-	postgresql openssl gdb elfutils nginx-light
+	postgresql openssl gdb elfutils nginx-light golang-go clang
 PYTEST_ARGS ?=
 
 .PHONY: venv deps test test-systemd demo bench lint typecheck import-tree install install-collector \

@@ -16,17 +16,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import click
 
 from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
 from telemetry.cli import EXIT_FAILURE, load_config
 from telemetry.client import Client, DaemonUnavailable, NotOptedIn, RecordRejected, SendError
-from telemetry.errors import TelemetryError
 from telemetry.fsutil import atomic_write, ensure_dir, read_small
 from telemetry.metadata import Metadata, read_metadata
 from telemetry.optin import is_opted_in, opt_in_command
@@ -104,9 +100,11 @@ class Probe:
         """The admin's override file: raw register values, wider journal selection."""
         return os.path.lexists(self.paths.no_privacy_filters_file)
 
-    def send(self, record: Record) -> SendResult:
+    def send(self, record: Record, on_behalf_of: Any = None) -> SendResult:
+        """Send `record`; `on_behalf_of` (telemetry.client.Credentials, root only) names the
+        process the record is about, whose user telemprobd then counts it for."""
         try:
-            ack = self.client.send(record)
+            ack = self.client.send(record, on_behalf_of=on_behalf_of)
         except NotOptedIn:
             return SendResult(Outcome.NOT_OPTED_IN, opt_in_hint(self.paths))
         except RecordRejected as e:
@@ -196,52 +194,14 @@ def read_boot_id(path: str = BOOT_ID_FILE) -> str:
         return ""
 
 
-# --- the command-line shell -----------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """The click shell (`ProbeCommand`, `run`) is loaded by the probes that parse with it,
+    so a probe that only sends (crashprobe as the kernel starts it) never imports click."""
+    if name in ("ProbeCommand", "run"):
+        from . import probe_cli
 
-class ProbeCommand(click.Command):
-    """A click command whose usage errors are one line (`prog: message`, exit 1), and whose
-    help is the original program's text (with `%s` for the program name) when it has one.
-    """
-
-    def __init__(self, *args: Any, usage_text: str | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.usage_text = usage_text
-
-    def get_help(self, ctx: click.Context) -> str:
-        if self.usage_text is None:
-            return super().get_help(ctx)
-        return self.usage_text.replace("%s", ctx.find_root().info_name or self.name or "")
-
-    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
-        prog = prog_name or self.name or "probe"
-        try:
-            rv = super().main(args, prog, standalone_mode=False, **extra)
-        except click.ClickException as e:
-            click.echo(f"{prog}: {e.format_message()}", err=True)
-            sys.exit(EXIT_FAILURE)
-        except click.Abort:
-            sys.exit(EXIT_FAILURE)
-        except TelemetryError as e:
-            click.echo(f"{prog}: {e}", err=True)
-            sys.exit(EXIT_FAILURE)
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except BrokenPipeError:
-            sys.exit(EXIT_FAILURE)
-        except OSError as e:  # the environment (permissions, full disk), not a bug: one line
-            where = f": {e.filename}" if e.filename else ""
-            click.echo(f"{prog}: {e.strerror or e}{where}", err=True)
-            sys.exit(EXIT_FAILURE)
-        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
-
-
-def run(command: click.Command, name: str) -> Callable[[], None]:
-    """The console-script entry point of a probe command."""
-
-    def main() -> None:
-        command.main(prog_name=name)
-
-    return main
+        return getattr(probe_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -249,13 +209,11 @@ __all__ = [
     "EXIT_OK",
     "Outcome",
     "Probe",
-    "ProbeCommand",
     "SendResult",
     "StateFile",
     "Stop",
     "check_stop",
     "opt_in_hint",
     "read_boot_id",
-    "run",
     "stop_on_signals",
 ]

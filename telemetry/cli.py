@@ -1,5 +1,8 @@
 """What every program's command line shares: -f/--config_file, -h/--help, -V/--version,
 and turning a `TelemetryError` into one line on stderr and a non-zero exit.
+
+click is imported by the helpers that build a command line, not by this module: a program
+that only loads its config (crashprobe as the kernel starts it) does not pay for it.
 """
 
 from __future__ import annotations
@@ -8,8 +11,6 @@ import functools
 import sys
 from collections.abc import Callable
 from typing import Any
-
-import click
 
 from . import config as config_mod
 from .entry import missing_module_message
@@ -22,6 +23,8 @@ EXIT_FAILURE = 1
 
 
 def version_option(f: Callable) -> Callable:
+    import click
+
     return click.version_option(
         __version__, "-V", "--version", message="%(version)s", help="Print the program version and exit."
     )(f)
@@ -29,6 +32,8 @@ def version_option(f: Callable) -> Callable:
 
 def config_option(*names: str) -> Callable:
     """-f/--config_file PATH, validated as the original validates it (absolute, regular file)."""
+    import click
+
     names = names or ("-f", "--config_file")
 
     def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -52,6 +57,8 @@ def config_option(*names: str) -> Callable:
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     """Print one line to stderr and exit; for errors the user can act on."""
+    import click
+
     ctx = click.get_current_context(silent=True)
     prog = ctx.find_root().info_name if ctx else None
     click.echo(f"{prog}: {message}" if prog else message, err=True)

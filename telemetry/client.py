@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import time
+from dataclasses import dataclass
 
 from . import config as config_mod
 from .ack import Ack, AckError, decode_ack
@@ -43,6 +45,23 @@ class RecordRejected(SendError):
         self.ack = ack
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """The process a record is sent on behalf of.  Only a sender with the privilege to state
+    them (root: CAP_SETUID, CAP_SETGID, CAP_SYS_ADMIN for another pid) may; the kernel
+    checks, and telemprobd then counts the record in that user's share of the rate limits.
+    crashprobe sends each crash report on behalf of the user whose process crashed."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    def ancillary(self, pid: int | None = None) -> list[tuple[int, int, bytes]]:
+        """SCM_CREDENTIALS (struct ucred) for sendmsg."""
+        creds = struct.pack("iII", self.pid if pid is None else pid, self.uid, self.gid)
+        return [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)]
+
+
 class Client:
     """Holds the paths and the config (and -f path, sent as the CFG: field like the original)."""
 
@@ -63,16 +82,16 @@ class Client:
     def frame(self, record: Record) -> bytes:
         return encode_frame(record.header_block(), record.payload, self.config_file)
 
-    def send(self, record: Record, timeout: float = ACK_TIMEOUT) -> Ack:
+    def send(self, record: Record, timeout: float = ACK_TIMEOUT, on_behalf_of: Credentials | None = None) -> Ack:
         """Send and wait for the verdict; raises `SendError` unless the record was kept."""
         if not is_opted_in(self.paths):
             raise NotOptedIn(self.paths)
-        ack = self.send_frame(self.frame(record), timeout)
+        ack = self.send_frame(self.frame(record), timeout, on_behalf_of)
         if not ack.kept:
             raise RecordRejected(ack)
         return ack
 
-    def send_frame(self, frame: bytes, timeout: float = ACK_TIMEOUT) -> Ack:
+    def send_frame(self, frame: bytes, timeout: float = ACK_TIMEOUT, on_behalf_of: Credentials | None = None) -> Ack:
         path = self.socket_path
         if len(os.fsencode(path)) > SUN_PATH_MAX:
             raise SendError(f"socket path {path} is longer than {SUN_PATH_MAX} bytes")
@@ -91,7 +110,8 @@ class Client:
             sock.settimeout(timeout)
             write_error: OSError | None = None
             try:
-                sock.sendall(frame)
+                sent = _send_credentials(sock, frame, on_behalf_of) if on_behalf_of is not None else 0
+                sock.sendall(frame[sent:])
                 sock.shutdown(socket.SHUT_WR)
             except OSError as e:  # the daemon may have refused early; its reply says why
                 if e.errno not in (errno.EPIPE, errno.ECONNRESET) and not isinstance(e, TimeoutError):
@@ -106,6 +126,20 @@ class Client:
             return decode_ack(reply)
         except AckError as e:
             raise SendError(str(e)) from None
+
+
+def _send_credentials(sock: socket.socket, frame: bytes, creds: Credentials) -> int:
+    """The frame's first bytes with `creds` attached; what was sent.  A pid that is gone
+    (a crashed process already reaped) is replaced by ours; a sender not allowed to state
+    them sends as itself (0: nothing sent yet)."""
+    for pid in (creds.pid, os.getpid()):
+        try:
+            return sock.sendmsg([frame], creds.ancillary(pid))
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            return 0
+    return 0
 
 
 def _read_reply(sock: socket.socket, deadline: float) -> bytes:

@@ -28,7 +28,13 @@ from dataclasses import dataclass, replace
 from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
 from telemetry.daemons.probd.admission import Admission, Context, Refuse, spool_limit_bytes
-from telemetry.daemons.probd.listener import Listener, peer_credentials
+from telemetry.daemons.probd.listener import (
+    CREDENTIALS_SPACE,
+    Listener,
+    pass_credentials,
+    peer_credentials,
+    stated_credentials,
+)
 from telemetry.daemons.probd.ratelimit import Policy, RateLimiter
 from telemetry.daemons.probd.staging import (
     BUSY_GIVE_UP,
@@ -155,12 +161,13 @@ class LogThrottle:
 
 
 class Connection:
-    __slots__ = ("sock", "fd", "sender", "deadline", "decoder", "registered")
+    __slots__ = ("sock", "fd", "sender", "stated", "deadline", "decoder", "registered")
 
     def __init__(self, sock: socket.socket, sender: Sender, deadline: float):
         self.sock = sock
         self.fd = sock.fileno()
-        self.sender = sender
+        self.sender = sender  # SO_PEERCRED: who connected (the per-uid connection cap)
+        self.stated: Sender | None = None  # SCM_CREDENTIALS of the first bytes, if any
         self.deadline = deadline
         self.decoder: FrameDecoder | None = None
         self.registered = False
@@ -409,6 +416,7 @@ class IngestLoop:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
             try:
                 sender = peer_credentials(sock)
+                pass_credentials(sock)
             except OSError:
                 sender = _UNKNOWN
             conn = Connection(sock, sender, now + self.settings.connection_timeout)
@@ -452,7 +460,11 @@ class IngestLoop:
         # sender's connection (data left unread) instead of closing it cleanly, which the
         # library would take for an original telemprobd's silent accept.
         try:
-            data = conn.sock.recv(RECV_MAX, _PEEK)
+            if conn.decoder is None and conn.stated is None:
+                data, ancdata, _flags, _addr = conn.sock.recvmsg(RECV_MAX, CREDENTIALS_SPACE, _PEEK)
+                conn.stated = stated_credentials(ancdata)
+            else:
+                data = conn.sock.recv(RECV_MAX, _PEEK)
         except BlockingIOError:
             return
         except OSError as e:
@@ -506,7 +518,7 @@ class IngestLoop:
             self._opted_in = is_opted_in(self.paths)
         ctx = Context(
             record_id=new_record_id(wall),
-            sender=conn.sender,
+            sender=conn.stated or conn.sender,
             received_at=wall,
             now=now,
             opted_in=self._opted_in,

@@ -144,3 +144,25 @@ def open_listener(path: str, *, create_dir: bool) -> Listener:
 def peer_credentials(sock: socket.socket) -> Sender:
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     return Sender(uid=uid, gid=gid, pid=pid)
+
+
+# Credentials a sender states with its first bytes (SCM_CREDENTIALS).  The kernel lets a
+# process state only its own, unless it holds the privilege to state another's (root:
+# crashprobe sends each crash report on behalf of the user whose process crashed), so
+# they identify the sender for the rate limits' per-uid share.  With SO_PASSCRED on the
+# connection, bytes sent without stated credentials carry the sender's own; bytes queued
+# before SO_PASSCRED was set carry none (pid 0), and SO_PEERCRED stands.
+CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
+
+
+def pass_credentials(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+
+def stated_credentials(ancdata: list[tuple[int, int, bytes]]) -> Sender | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
+            pid, uid, gid = _UCRED.unpack_from(data)
+            if pid > 0:
+                return Sender(uid=uid, gid=gid, pid=pid)
+    return None

@@ -114,6 +114,9 @@ def load_command(program: Program) -> click.Command | None:
         return target
     if target is None:
         raise ProgramError(f"{program.name}: {program.module} has no {program.attr!r}")
+    named = getattr(module, "command", None)  # a module may load its command only when asked
+    if isinstance(named, click.Command):
+        return named
     # A plain main() wrapping the command: take the module's one top-level click command.
     commands = [v for v in vars(module).values()
                 if isinstance(v, click.Command) and getattr(v, "callback", None) is not None

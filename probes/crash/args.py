@@ -7,6 +7,8 @@ The kernel expands an unsupported specifier to nothing, so every extra is passed
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from telemetry.errors import TelemetryError
 
 # The original's three (-p %e -E %E -s %s) plus identity: the pid in the initial pid
@@ -48,3 +50,62 @@ def parse_optional_id(name: str, text: str | None, lo: int = 0, hi: int = 2**32 
     if not lo <= value <= hi:
         raise ArgumentError(f"--{name}={value} is out of range ({lo}..{hi})")
     return value
+
+
+# The handler's own options, as core_pattern and the original's file mode pass them:
+# option -> field.  Anything else (help, offline, journal, a typo) goes to the full CLI.
+_KERNEL_OPTIONS = {
+    "-p": "process_name", "--process-name": "process_name",
+    "-E": "process_path", "--process-path": "process_path",
+    "-s": "signal", "--signal": "signal",
+    "-c": "core_file", "--core-file": "core_file",
+    "-f": "config_file", "--config-file": "config_file", "--config_file": "config_file",
+    "--pid": "pid", "--uid": "uid", "--gid": "gid", "--dump-mode": "dump_mode", "--time": "time",
+    "--pidfd": "pidfd", "--debug-dir": "debug_dir",
+}
+_KERNEL_FLAGS = {"-v": "verbose", "--verbose": "verbose"}
+
+
+@dataclass(frozen=True)
+class HandlerArgs:
+    """The handler's command line, read without the CLI framework: the kernel starts
+    crashprobe for every crash, and the framework's import alone costs more than the rest
+    of a run that ends early (not opted in, flood control)."""
+
+    values: tuple[tuple[str, str], ...]
+    verbose: bool = False
+
+    def get(self, name: str) -> str | None:
+        found = [v for k, v in self.values if k == name]
+        return found[-1] if found else None
+
+    def all(self, name: str) -> tuple[str, ...]:
+        return tuple(v for k, v in self.values if k == name)
+
+
+def parse_handler_argv(argv: list[str]) -> HandlerArgs | None:
+    """The handler's options (`-p NAME`, `--pid=N`, ...) or None when `argv` holds anything
+    else, which the full CLI then parses (and explains)."""
+    values: list[tuple[str, str]] = []
+    verbose = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _KERNEL_FLAGS:
+            verbose = True
+            i += 1
+            continue
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        field = _KERNEL_OPTIONS.get(name)
+        if field is None:
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+            i += 1
+        values.append((field, value))
+        i += 1
+    if not any(k == "process_name" for k, _ in values):
+        return None  # the CLI says what is missing
+    return HandlerArgs(tuple(values), verbose)

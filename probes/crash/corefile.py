@@ -1,16 +1,22 @@
-"""A streaming reader of ELF core files: bytes in, threads, notes and a little memory out.
+"""An ELF core reader: bytes in, threads, notes and the memory an unwinder needs out.
 
 The kernel hands a core to its handler through a pipe, and a core can be many gigabytes,
-so this reader never goes back and never holds more than it needs.  It is a sans-I/O
-state machine (as h11 is for HTTP): `next_request()` says which byte range of the file it
-wants next, always at or after the previous one; the caller skips to it however it can
-(lseek on a file, splice to /dev/null on a pipe) and hands the bytes to `feed()`.
+so on a pipe this reader never goes back and never holds more than it needs.  It is a
+sans-I/O state machine (as h11 is for HTTP): `next_request()` says which byte range of the
+file it wants next; the caller fetches it however it can and hands the bytes to `feed()`.
 
-What it keeps of the memory segments: a window above each thread's stack pointer (for
-unwinding), the first page of every mapped file (ELF headers and build id), the vDSO, and
-the top of the main stack.  Everything else is skipped unread.  A core whose notes come
-after its memory (gdb's gcore writes them last) is read speculatively: the first page and
-the top of every writable segment are kept, within the same budget, then pruned.
+On a pipe (`seekable=False`) every request is at or after the previous one and the caller
+skips to it (splice to /dev/null).  What is kept of the memory segments is planned once the
+notes are known, within `max_kept_bytes`, most important first: the crashing thread's
+stack, the first page of every mapped file (ELF headers and build id), the vDSO, the first
+part of every other thread's stack, then the rest of their stacks and the top of the main
+stack.  A core whose notes come after its memory (gdb's gcore writes them last) is read
+speculatively: the first page and the top of every writable segment are kept, then pruned;
+what that misses is said in `problems`.
+
+A seekable core (a file, or bytes in memory) is read where it is needed: the reader asks
+only for the headers and notes, and `SeekableMemory` reads the pages the unwinder touches,
+within the same budget, wherever they are in the file.
 
 Every length is checked before it is used; a truncated or crafted core ends the reading
 with a `problems` entry and whatever was gathered, never an exception or a large
@@ -48,7 +54,7 @@ class CoreFormatError(ValueError):
 
 @dataclass(frozen=True)
 class ReadLimits:
-    max_core_bytes: int = 2048 * MiB  # never read past this offset (config crash_max_core_size)
+    max_core_bytes: int = 2048 * MiB  # a pipe is never read past this offset (crash_max_core_size)
     max_note_bytes: int = 8 * MiB
     max_phdrs: int = 65535
     stack_above: int = 256 * 1024  # bytes kept from each thread's stack pointer upwards
@@ -56,6 +62,7 @@ class ReadLimits:
     main_stack_top: int = 64 * 1024
     image_bytes: int = PAGE
     vdso_bytes: int = 64 * 1024
+    other_stack_first: int = 32 * 1024  # of every other thread's stack, before any thread gets more
     speculative_top: int = 128 * 1024
     max_kept_bytes: int = 24 * MiB
 
@@ -135,6 +142,76 @@ class Memory:
         return self._chunks[i][off : off + size] if off < len(self._chunks[i]) else b""
 
 
+MAX_READ = 1 << 20  # the largest single read the unwinder or the module map makes
+
+
+class SeekableMemory:
+    """The memory of a core that can be read anywhere: pages are read from the file when
+    first asked for and kept, at most `budget` bytes of them."""
+
+    def __init__(self, read_at: Callable[[int, int], bytes], segments: tuple[Segment, ...], budget: int,
+                 file_size: int):
+        self._read_at = read_at
+        self._segments = segments
+        self._budget = budget
+        self._size = file_size
+        self._pages: dict[int, bytes | None] = {}
+        self._kept = 0
+        self.exhausted = False
+
+    def __len__(self) -> int:
+        return self._kept
+
+    def _page(self, n: int) -> bytes | None:
+        if n in self._pages:
+            return self._pages[n]
+        addr = n * PAGE
+        seg = _segment_at(self._segments, addr)
+        data = None
+        if seg is not None and addr < seg.vaddr + seg.filesz:
+            if self._kept + PAGE > self._budget:
+                self.exhausted = True
+                return None
+            offset = seg.offset + (addr - seg.vaddr)
+            length = min(PAGE, seg.vaddr + seg.filesz - addr, max(0, self._size - offset))
+            if length > 0:
+                try:
+                    data = self._read_at(offset, length)
+                except OSError:
+                    data = None
+                self._kept += len(data or b"")
+        self._pages[n] = data
+        return data
+
+    def read_at_most(self, addr: int, size: int) -> bytes:
+        size = min(size, MAX_READ)
+        parts = []
+        pos, end = addr, addr + size
+        while pos < end:
+            page = self._page(pos // PAGE)
+            if page is None:
+                break
+            off = pos % PAGE
+            if off >= len(page):
+                break
+            piece = page[off : off + end - pos]
+            parts.append(piece)
+            pos += len(piece)
+            if len(page) < PAGE:
+                break
+        return b"".join(parts)
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        if size < 0 or size > MAX_READ:
+            return None
+        data = self.read_at_most(addr, size)
+        return data if len(data) == size else None
+
+    def read_u64(self, addr: int) -> int | None:
+        data = self.read(addr, 8)
+        return None if data is None else int.from_bytes(data, "little")
+
+
 @dataclass(frozen=True)
 class CoreDump:
     machine: int
@@ -144,12 +221,20 @@ class CoreDump:
     siginfo: N.SignalInfo | None
     auxv: tuple[tuple[int, int], ...]
     files: tuple[N.FileMapping, ...]
-    memory: Memory
-    problems: tuple[str, ...]
+    memory: Memory | SeekableMemory
+    problems: tuple[str, ...]  # what makes the reading incomplete: the report is an error
     bytes_read: int
+    remarks: tuple[str, ...] = ()  # what was left out on purpose (budget, a gcore on a pipe)
 
     def aux(self, key: int) -> int | None:
         return _aux(self.auxv, key)
+
+    @property
+    def memory_gap(self) -> str | None:
+        """Why memory the unwinder asks for may be missing, beyond what the kernel dumped."""
+        if isinstance(self.memory, SeekableMemory) and self.memory.exhausted:
+            return "the memory budget was spent"
+        return self.remarks[0] if self.remarks else None
 
     def segment_at(self, addr: int) -> Segment | None:
         return _segment_at(self.segments, addr)
@@ -168,8 +253,14 @@ class CoreReader:
         self,
         limits: ReadLimits | None = None,
         stack_pointer: Callable[[int, bytes], int | None] = arch_stack_pointer,
+        *,
+        seekable: bool = False,
+        file_size: int | None = None,
     ):
         self.limits = limits or ReadLimits()
+        self.seekable = seekable  # requests may go back; memory is not requested at all
+        self._file_size = file_size
+        self._remarks: list[str] = []
         self._stack_pointer = stack_pointer
         self._state = "ehdr"
         self._pos = 0  # the offset the next unread byte of the input has
@@ -215,6 +306,8 @@ class CoreReader:
             return
         self._pos = req.offset + len(data)
         short = len(data) < req.length
+        if short and self._state == "body":
+            self._problem(f"core truncated at byte {self._pos}")  # said first: it explains the rest
         try:
             self._consume(req, data)
         except CoreFormatError as e:
@@ -231,7 +324,8 @@ class CoreReader:
         self._problem(reason)
         self._done = True
 
-    def result(self) -> CoreDump:
+    def result(self, memory: SeekableMemory | None = None) -> CoreDump:
+        """The core as read; a seekable core's memory is the caller's `SeekableMemory`."""
         self._finish_speculation()
         return CoreDump(
             machine=self._machine,
@@ -241,10 +335,15 @@ class CoreReader:
             siginfo=self._siginfo,
             auxv=self._auxv,
             files=self._files,
-            memory=Memory(self._chunks),
+            memory=memory if memory is not None else Memory(self._chunks),
             problems=tuple(self._problems),
             bytes_read=self._pos,
+            remarks=tuple(self._remarks),
         )
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return tuple(self._segments)
 
     # --- states ----------------------------------------------------------------------
 
@@ -256,11 +355,12 @@ class CoreReader:
         while self._queue or self._agenda:
             if self._queue:
                 offset, length, _vaddr, _kind = self._queue[0]
-                if offset < self._pos:
+                if offset < self._pos and not self.seekable:
                     self._queue.pop(0)
                     continue
-                if offset + length > self.limits.max_core_bytes:
-                    self._problem(f"core larger than the {self.limits.max_core_bytes // MiB} MiB read limit; the rest was not read")
+                if offset + length > self.limits.max_core_bytes and not self.seekable:
+                    self._problem(f"core larger than the {self.limits.max_core_bytes // MiB} MiB read limit "
+                                  "(crash_max_core_size); the rest was not read")
                     self._done = True
                     return None
                 return Request(offset, length)
@@ -329,16 +429,22 @@ class CoreReader:
                 agenda.append((p_offset, "note", Segment(p_offset, 0, p_filesz, 0, 0, p_align)))
         agenda.sort(key=lambda t: (t[0], t[1] != "note"))
         notes = [a for a in agenda if a[1] == "note"]
+        self._segments.sort(key=lambda s: s.vaddr)
+        if self._file_size is not None:
+            ends = [a[0] + a[2].filesz for a in agenda]
+            if ends and max(ends) > self._file_size:
+                self._problem(f"core truncated at byte {self._file_size}")
         if not notes:
             self._problem("core has no notes (no threads or registers)")
+        elif self.seekable:
+            agenda = notes[:1]  # the memory is read where the unwinder needs it
         elif any(a[1] == "load" and a[0] < notes[0][0] for a in agenda):
             self._notes_after_loads = True
-        self._segments.sort(key=lambda s: s.vaddr)
         self._agenda = [a for a in agenda if a[0] + a[2].filesz > end_of_headers]
         self._state = "body"
 
     def _schedule(self, kind: str, seg: Segment) -> None:
-        start = max(seg.offset, self._pos)
+        start = seg.offset if self.seekable else max(seg.offset, self._pos)
         if kind == "note":
             if self._notes_known:
                 return  # a second PT_NOTE adds nothing the first did not
@@ -380,29 +486,56 @@ class CoreReader:
         if not self._threads:
             self._problem("core has no thread status notes")
         self._notes_known = True
-        self._wanted = self._compute_wanted()
+        if self.seekable:
+            return
+        if self._notes_after_loads:
+            self._remark("the core's notes come after its memory (as gdb writes cores) and it came "
+                         f"through a pipe: only the top {self.limits.speculative_top // 1024} KiB of each "
+                         "writable segment was kept before the notes said where the stacks are")
+        self._wanted = self._plan()
         self._finish_speculation()
 
-    def _compute_wanted(self) -> list[tuple[int, int]]:
-        """Memory ranges worth keeping, most important first (the budget cuts the tail)."""
+    def _plan(self) -> list[tuple[int, int]]:
+        """The memory to keep, allocated from the budget most important first: the crashing
+        thread's stack and the images' first pages, then the start of every other stack,
+        then the rest of those stacks and the top of the main stack."""
         lim = self.limits
-        want: list[tuple[int, int]] = []
-        for t in self._threads:
+        tiers: list[list[tuple[int, int]]] = [[], [], []]
+        for i, t in enumerate(self._threads):
             sp = self._stack_pointer(self._machine, t.regs)
-            if sp:
-                want.append((max(0, sp - lim.stack_below), sp + lim.stack_above))
+            if not sp:
+                continue
+            lo, hi = max(0, sp - lim.stack_below), sp + lim.stack_above
+            if i == 0:
+                tiers[0].append((lo, hi))
+            else:
+                split = min(hi, sp + lim.other_stack_first)
+                tiers[1].append((lo, split))
+                tiers[2].append((split, hi))
         for f in self._files:
             if f.offset == 0:
-                want.append((f.start, min(f.end, f.start + lim.image_bytes)))
+                tiers[0].append((f.start, min(f.end, f.start + lim.image_bytes)))
         vdso = _aux(self._auxv, N.AT_SYSINFO_EHDR)
         if vdso:
-            want.append((vdso, vdso + lim.vdso_bytes))
+            tiers[0].append((vdso, vdso + lim.vdso_bytes))
         execfn = _aux(self._auxv, N.AT_EXECFN) or _aux(self._auxv, N.AT_RANDOM)
         if execfn:
             seg = _segment_at(self._segments, execfn)  # sorted by _parse_phdrs
             if seg is not None:
-                want.append((max(seg.vaddr, seg.end - lim.main_stack_top), seg.end))
-        return want
+                tiers[2].append((max(seg.vaddr, seg.end - lim.main_stack_top), seg.end))
+        budget = lim.max_kept_bytes
+        planned: list[tuple[int, int]] = []
+        for tier in tiers:
+            for lo, hi in tier:
+                for a, b in _dumped_parts(self._segments, lo, hi):
+                    take = min(b - a, budget)
+                    if take < b - a:
+                        self._remark(f"the memory budget ({lim.max_kept_bytes // MiB} MiB) was spent: "
+                                     "some stacks were kept only in part")
+                    if take > 0:
+                        planned.append((a, a + take))
+                        budget -= take
+        return _merge(planned)
 
     def _wanted_in(self, seg: Segment) -> list[tuple[int, int]]:
         lo_seg, hi_seg = seg.vaddr, seg.vaddr + seg.filesz
@@ -426,7 +559,7 @@ class CoreReader:
             room = self.limits.max_kept_bytes - self._kept
             if room <= 0:
                 return
-            self._problem("memory budget reached; some stacks were not kept")
+            self._remark("the memory budget was spent; some stacks were not kept")
             data = data[:room]
         self._chunks.append((vaddr, bytes(data)))
         self._kept += len(data)
@@ -449,6 +582,10 @@ class CoreReader:
         if text not in self._problems:
             self._problems.append(text)
 
+    def _remark(self, text: str) -> None:
+        if text not in self._remarks:
+            self._remarks.append(text)
+
 
 def _aux(auxv: tuple[tuple[int, int], ...], key: int) -> int | None:
     for k, v in auxv:
@@ -466,6 +603,19 @@ def _segment_at(segments: list[Segment] | tuple[Segment, ...], addr: int) -> Seg
     return None
 
 
+def _dumped_parts(segments: list[Segment], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of [lo, hi) that the core holds bytes for (segments sorted by address)."""
+    out = []
+    i = max(0, bisect.bisect_right(segments, lo, key=lambda s: s.vaddr) - 1)
+    while i < len(segments) and segments[i].vaddr < hi:
+        seg = segments[i]
+        a, b = max(lo, seg.vaddr), min(hi, seg.vaddr + seg.filesz)
+        if a < b:
+            out.append((a, b))
+        i += 1
+    return out
+
+
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for lo, hi in sorted(ranges):
@@ -476,9 +626,22 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def parse_core(data: bytes, limits: ReadLimits | None = None) -> CoreDump:
-    """The whole reader over bytes already in memory (tests, fuzzing, small cores)."""
-    reader = CoreReader(limits)
+def parse_core(data: bytes, limits: ReadLimits | None = None, *, seekable: bool = False) -> CoreDump:
+    """The whole reader over bytes already in memory: read as a pipe would give them, or
+    (`seekable`) where they are needed."""
+    if not seekable:
+        reader = CoreReader(limits)
+        while (req := reader.next_request()) is not None:
+            reader.feed(data[req.offset : req.offset + req.length], reached=min(req.offset, len(data)))
+        return reader.result()
+    view = memoryview(data)
+    return read_seekable(lambda offset, n: bytes(view[offset : offset + n]), len(data), limits)
+
+
+def read_seekable(read_at: Callable[[int, int], bytes], size: int, limits: ReadLimits | None = None) -> CoreDump:
+    """Headers and notes now; memory later, where the unwinder asks for it."""
+    reader = CoreReader(limits, seekable=True, file_size=size)
     while (req := reader.next_request()) is not None:
-        reader.feed(data[req.offset : req.offset + req.length], reached=min(req.offset, len(data)))
-    return reader.result()
+        data = read_at(req.offset, req.length) if req.offset < size else b""
+        reader.feed(data, reached=min(req.offset, size) if not data else None)
+    return reader.result(SeekableMemory(read_at, reader.segments, reader.limits.max_kept_bytes, size))

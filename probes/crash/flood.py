@@ -1,4 +1,6 @@
-"""Crash-flood control: one report per executable per short window, and a daily cap.
+"""Crash-flood control: one report per executable per short window, and a daily cap, each
+counted for the user whose process crashed (one user's crash loop never suppresses the
+reports of another user's crashes of the same program).
 
 `decide` is the pure rule over a `FloodState`; `FloodStore` keeps the state in a small
 JSON file under the state directory, read and replaced under a lock so that concurrent
@@ -54,6 +56,11 @@ class History:
     executable: str
     reports: tuple[float, ...]  # times of reports sent within the last day, oldest first
     suppressed: int = 0
+    uid: int | None = None  # the crashed process's real uid (None: not known)
+
+    @property
+    def key(self) -> tuple[int | None, str]:
+        return (self.uid, self.executable)
 
 
 @dataclass(frozen=True)
@@ -63,16 +70,17 @@ class FloodState:
     suppressed_window: int = 0
     suppressed_cap: int = 0
 
-    def history(self, executable: str) -> History | None:
+    def history(self, executable: str, uid: int | None = None) -> History | None:
         for h in self.histories:
-            if h.executable == executable:
+            if h.key == (uid, executable):
                 return h
         return None
 
 
-def decide(state: FloodState, executable: str, now: float, policy: FloodPolicy) -> tuple[Verdict, FloodState]:
-    """Whether this crash is reported, and the state that counts it."""
-    old = state.history(executable) or History(executable, ())
+def decide(state: FloodState, executable: str, now: float, policy: FloodPolicy,
+           uid: int | None = None) -> tuple[Verdict, FloodState]:
+    """Whether this crash of `uid`'s process is reported, and the state that counts it."""
+    old = state.history(executable, uid) or History(executable, (), 0, uid)
     recent = tuple(t for t in old.reports if now - DAY < t <= now + CLOCK_SLACK)
     if policy.window > 0 and recent and now - max(recent) < policy.window:
         verdict = Verdict.WITHIN_WINDOW
@@ -81,10 +89,10 @@ def decide(state: FloodState, executable: str, now: float, policy: FloodPolicy) 
     else:
         verdict = Verdict.REPORT
     if verdict is Verdict.REPORT:
-        history = History(executable, (recent + (now,))[-max(policy.daily_cap, 1):], old.suppressed)
+        history = History(executable, (recent + (now,))[-max(policy.daily_cap, 1):], old.suppressed, uid)
     else:
-        history = History(executable, recent, old.suppressed + 1)
-    others = tuple(h for h in state.histories if h.executable != executable)
+        history = History(executable, recent, old.suppressed + 1, uid)
+    others = tuple(h for h in state.histories if h.key != history.key)
     histories = (others + (history,))[-MAX_EXECUTABLES:]
     new = replace(
         state,
@@ -103,7 +111,8 @@ def encode(state: FloodState) -> bytes:
         "suppressed_window": state.suppressed_window,
         "suppressed_cap": state.suppressed_cap,
         "executables": [
-            {"path": h.executable, "reports": list(h.reports), "suppressed": h.suppressed} for h in state.histories
+            {"path": h.executable, "uid": h.uid, "reports": list(h.reports), "suppressed": h.suppressed}
+            for h in state.histories
         ],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -114,7 +123,8 @@ def decode(data: bytes) -> FloodState:
     try:
         doc = json.loads(data)
         histories = tuple(
-            History(str(e["path"]), tuple(float(t) for t in e["reports"]), int(e.get("suppressed", 0)))
+            History(str(e["path"]), tuple(float(t) for t in e["reports"]), int(e.get("suppressed", 0)),
+                    None if e.get("uid") is None else int(e["uid"]))
             for e in doc["executables"]
         )
         return FloodState(
@@ -139,12 +149,13 @@ class FloodStore:
     def __init__(self, state_dir: str):
         self.file = StateFile(os.path.join(state_dir, STATE_NAME))
 
-    def check(self, executable: str, policy: FloodPolicy, now: float | None = None) -> tuple[Verdict, FloodState]:
+    def check(self, executable: str, policy: FloodPolicy, now: float | None = None,
+              uid: int | None = None) -> tuple[Verdict, FloodState]:
         """Count this crash; TelemetryError (LockUnavailable among them) or OSError when the
         state cannot be read under its lock and replaced."""
         now = time.time() if now is None else now
         with _locked(self.file.path + ".lock", LOCK_WAIT):
-            verdict, new = decide(self.load(), executable, now, policy)
+            verdict, new = decide(self.load(), executable, now, policy, uid)
             self.file.write(encode(new))
         return verdict, new
 

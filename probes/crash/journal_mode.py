@@ -124,7 +124,8 @@ def _report(cp, crash: JournalCrash, verbose: bool) -> bool | None:
     if outcome.action is Action.ANALYZE and crash.core.data is None and crash.core.path is None:
         report = cp.report(event, replace(outcome, action=Action.STUB, reason=crash.core.missing_reason), None, None)
     elif outcome.action is Action.ANALYZE:
-        report = cp.report(event, outcome, lambda: _read(cp, crash.core), cp.access_for(event, None), exe_path=None)
+        with _CoreInput(cp, crash.core) as core_input:
+            report = cp.report(event, outcome, core_input.read, cp.access_for(event, None), exe_path=None)
     else:
         report = cp.report(event, outcome, None, None)
     if verbose:
@@ -134,29 +135,44 @@ def _report(cp, crash: JournalCrash, verbose: bool) -> bool | None:
     return None if cp.last_send_retryable else False
 
 
-def _read(cp, core: CoreLocation):
-    if core.data is not None:
-        return parse_core(core.data, cp.limits)
-    try:
-        fd = open_core(core.path, owners=frozenset({0, os.geteuid()}))
-    except FileRefused as e:
-        raise JournalError(f"cannot open {core.path}: {e}") from None
-    try:
+class _CoreInput:
+    """An entry's core, open until its report is made: a core file's memory is read while
+    the unwinder runs, so its descriptor must outlive `read`."""
+
+    def __init__(self, cp, core: CoreLocation):
+        self.cp, self.core = cp, core
+        self._fds: list[int] = []
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> _CoreInput:
+        return self
+
+    def read(self):
+        cp, core = self.cp, self.core
+        if core.data is not None:
+            return parse_core(core.data, cp.limits, seekable=True)
+        try:
+            fd = open_core(core.path, owners=frozenset({0, os.geteuid()}))
+        except FileRefused as e:
+            raise JournalError(f"cannot open {core.path}: {e}") from None
+        self._fds.append(fd)
         tool = core.decompressor
         if tool is None:
             return cp.read_core(fd)
-        proc = subprocess.Popen(list(tool), stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                close_fds=True, env={"PATH": "/usr/bin:/bin"})
         try:
-            return cp.read_core(proc.stdout.fileno())
-        finally:
-            proc.stdout.close()
-            proc.kill()
-            proc.wait()
-    except FileNotFoundError as e:
-        raise JournalError(f"cannot decompress {core.path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
+            self._proc = subprocess.Popen(list(tool), stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                          close_fds=True, env={"PATH": "/usr/bin:/bin"})
+        except FileNotFoundError as e:
+            raise JournalError(f"cannot decompress {core.path}: {e.strerror}") from None
+        return cp.read_core(self._proc.stdout.fileno())  # a pipe: read whole, nothing read later
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self._proc.stdout.close()
+            self._proc.kill()
+            self._proc.wait()
+        for fd in self._fds:
+            os.close(fd)
 
 
 def _load_cursor(cursor_file: StateFile) -> str | None:

@@ -18,8 +18,11 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from .elfbounds import SECTION_MAX, TooLarge, stream_size
+
 SHF_COMPRESSED = 0x800
 ELFCOMPRESS_ZLIB = 1
+INFLATE_MAX = 2 * SECTION_MAX  # of a compressed DWARF section, inflated from its start
 MAX_CUS_SCANNED = 4096
 NAME_MAX = 256
 
@@ -68,6 +71,8 @@ class _Window(_View):
         if n is None or n < 0:
             n = self._size - self._pos
         n = max(0, min(n, self._size - self._pos))
+        if n > SECTION_MAX:
+            raise TooLarge(f"a DWARF read of {n} bytes; at most {SECTION_MAX} are read at once")
         pos = self._pos
         if not (self._block_at <= pos and pos + n <= self._block_at + len(self._block)):
             self._f.seek(self._start + pos)
@@ -104,6 +109,8 @@ class _Inflating(_View):
 
     def _fill(self, upto: int) -> None:
         upto = min(upto, self._size)
+        if upto > INFLATE_MAX:
+            raise TooLarge(f"a compressed DWARF section read {upto} bytes in; at most {INFLATE_MAX} are inflated")
         while len(self._buf) < upto and not self._z.eof:
             data = self._z.unconsumed_tail or self._src.read(self.CHUNK)
             if not data:
@@ -116,6 +123,8 @@ def _section_stream(elf, section):
     header = section.header
     if section["sh_type"] == "SHT_NOBITS":
         return None
+    if header["sh_offset"] + header["sh_size"] > stream_size(elf.stream):
+        return None  # claims bytes the file does not have
     if header["sh_flags"] & SHF_COMPRESSED:
         raw = elf.stream
         raw.seek(header["sh_offset"])
@@ -123,7 +132,7 @@ def _section_stream(elf, section):
         if len(chdr) < 24:
             return None
         ch_type, _res, ch_size, _align = struct.unpack("<IIQQ", chdr)
-        if ch_type != ELFCOMPRESS_ZLIB or ch_size > 1 << 31:
+        if ch_type != ELFCOMPRESS_ZLIB or ch_size > 1 << 40:
             return None  # zstd needs a module the standard library does not have yet
         return _Inflating(raw, header["sh_offset"] + 24, header["sh_size"] - 24, ch_size), ch_size
     return _Window(elf.stream, header["sh_offset"], header["sh_size"]), header["sh_size"]
@@ -222,6 +231,57 @@ class LineTable:
         name = _file_name(program, file_index, cu)
         return SourceLine(name, line) if name else None
 
+    def inlined_at(self, addr: int) -> list[InlineCall]:
+        """The calls inlined at `addr`, innermost first: for each, the function inlined and
+        where in its caller the call was (DW_TAG_inlined_subroutine, as gdb reads them)."""
+        try:
+            return self._inlined_at(addr)
+        except Exception:  # DWARF we cannot read costs the inline frames, not the backtrace
+            return []
+
+    def _inlined_at(self, addr: int) -> list[InlineCall]:
+        if not self._loaded:
+            self._loaded = True
+            self._dwarf = _dwarf_info(self._elf)
+        if self._dwarf is None:
+            return []
+        cu_offset = self._cu_offset(addr)
+        if cu_offset is None:
+            return []
+        cu = self._dwarf.get_CU_at(cu_offset)
+        top = cu.get_top_DIE()
+        low = top.attributes.get("DW_AT_low_pc")
+        base = low.value if low is not None else 0
+        program = self._dwarf.line_program_for_CU(cu)
+        chain: list[InlineCall] = []
+        budget = [MAX_DIES_VISITED]
+
+        def scope_at(die):
+            """The child of `die` (looking inside namespaces) whose code holds `addr`."""
+            for child in die.iter_children():
+                budget[0] -= 1
+                if budget[0] < 0:
+                    return None
+                if child.tag == "DW_TAG_namespace" and child.has_children:
+                    found = scope_at(child)
+                    if found is not None:
+                        return found
+                elif child.tag in _SCOPES and _die_contains(self._dwarf, cu, child, addr, base):
+                    return child
+            return None
+
+        scope = scope_at(top)
+        while scope is not None:
+            if scope.tag == "DW_TAG_inlined_subroutine":
+                attrs = scope.attributes
+                call_file = attrs["DW_AT_call_file"].value if "DW_AT_call_file" in attrs else None
+                call_line = attrs["DW_AT_call_line"].value if "DW_AT_call_line" in attrs else 0
+                where = _file_name(program, call_file, cu) if program is not None and call_file else None
+                chain.append(InlineCall(_die_name(scope) or "??",
+                                        SourceLine(where, call_line) if where and call_line else None))
+            scope = scope_at(scope) if scope.has_children else None
+        return list(reversed(chain))
+
     def _spans(self, key: int, program) -> tuple[list[int], list[tuple[int, int, int]]]:
         """The line table as sorted address ranges: [start, end) -> (file, line)."""
         got = self._programs.get(key)
@@ -230,8 +290,8 @@ class LineTable:
             prev = None
             for e in program.get_entries():
                 st = e.state
-                if st is None:
-                    continue
+                if st is None or (st.line == 0 and not st.end_sequence):
+                    continue  # as gdb: a line-0 row (code of no one line) extends the row before it
                 if prev is not None and st.address > prev[0]:
                     ranges.append((prev[0], st.address, prev[1], prev[2]))
                 prev = None if st.end_sequence else (st.address, st.file, st.line)
@@ -256,26 +316,93 @@ class LineTable:
         return None
 
     def _scan_cus(self) -> list[tuple[int, int, int]]:
+        """Address ranges of the compile units, from their top DIEs (for files without
+        `.debug_aranges`, as Go and clang write them)."""
         out = []
         for n, cu in enumerate(self._dwarf.iter_CUs()):
             if n >= MAX_CUS_SCANNED:
                 break
-            top = cu.get_top_DIE()
-            attrs = top.attributes
-            if "DW_AT_low_pc" in attrs and "DW_AT_high_pc" in attrs:
-                lo = attrs["DW_AT_low_pc"].value
-                hi = attrs["DW_AT_high_pc"].value
-                if attrs["DW_AT_high_pc"].form != "DW_FORM_addr":
-                    hi += lo
-                out.append((lo, hi, cu.cu_offset))
-            elif "DW_AT_ranges" in attrs:
-                try:
-                    for r in self._dwarf.range_lists().get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
-                        if hasattr(r, "begin_offset"):
-                            out.append((r.begin_offset, r.end_offset, cu.cu_offset))
-                except Exception:
-                    continue
+            try:
+                out += cu_ranges(self._dwarf, cu)
+            except Exception:
+                continue
         return out
+
+
+def cu_ranges(dwarf, cu) -> list[tuple[int, int, int]]:
+    """(start, end, CU offset) of one compile unit: low/high pc, or its range list, whose
+    offset pairs count from the CU's base address (its low pc, or the last base entry)."""
+    attrs = cu.get_top_DIE().attributes
+    low = attrs.get("DW_AT_low_pc")
+    base = low.value if low is not None else 0
+    if "DW_AT_ranges" in attrs:
+        out = []
+        for r in dwarf.range_lists().get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
+            if hasattr(r, "base_address"):
+                base = r.base_address
+            elif r.is_absolute:
+                out.append((r.begin_offset, r.end_offset, cu.cu_offset))
+            else:
+                out.append((base + r.begin_offset, base + r.end_offset, cu.cu_offset))
+        return [t for t in out if t[0] < t[1]]
+    high = attrs.get("DW_AT_high_pc")
+    if low is None or high is None:
+        return []
+    hi = high.value if high.form == "DW_FORM_addr" else low.value + high.value
+    return [(low.value, hi, cu.cu_offset)] if low.value < hi else []
+
+
+@dataclass(frozen=True)
+class InlineCall:
+    function: str  # the function inlined (demangled later, like any name)
+    call: SourceLine | None  # where its caller called it
+
+
+_SCOPES = ("DW_TAG_subprogram", "DW_TAG_inlined_subroutine", "DW_TAG_lexical_block")
+MAX_DIES_VISITED = 200_000
+
+
+def _die_contains(dwarf, cu, die, addr: int, base: int) -> bool:
+    attrs = die.attributes
+    if "DW_AT_low_pc" in attrs and "DW_AT_high_pc" in attrs:
+        lo = attrs["DW_AT_low_pc"].value
+        hi = attrs["DW_AT_high_pc"].value
+        if attrs["DW_AT_high_pc"].form != "DW_FORM_addr":
+            hi += lo
+        return lo <= addr < hi
+    if "DW_AT_ranges" in attrs:
+        for r in dwarf.range_lists().get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
+            if hasattr(r, "base_address"):
+                base = r.base_address
+                continue
+            lo, hi = (r.begin_offset, r.end_offset) if r.is_absolute else (base + r.begin_offset, base + r.end_offset)
+            if lo <= addr < hi:
+                return True
+    return False
+
+
+def _die_name(die, depth: int = 0) -> str | None:
+    """The linkage name (mangled) of the function a DIE is about, else its qualified name."""
+    if depth > 8:
+        return None
+    attrs = die.attributes
+    for key in ("DW_AT_linkage_name", "DW_AT_MIPS_linkage_name"):
+        if key in attrs:
+            return _text(attrs[key].value)
+    for key in ("DW_AT_abstract_origin", "DW_AT_specification"):
+        if key in attrs:
+            return _die_name(die.get_DIE_from_attribute(key), depth + 1)
+    if "DW_AT_name" in attrs:
+        name = _text(attrs["DW_AT_name"].value)
+        scopes = []
+        parent = die.get_parent()
+        while parent is not None and parent.tag in ("DW_TAG_namespace", "DW_TAG_class_type",
+                                                     "DW_TAG_structure_type"):
+            if "DW_AT_name" in parent.attributes:
+                scopes.append(_text(parent.attributes["DW_AT_name"].value))
+            parent = parent.get_parent()
+        return "::".join([*reversed(scopes), name])
+    return None
 
 
 def _text(value) -> str:
@@ -295,13 +422,16 @@ def _file_name(program, index: int, cu) -> str | None:
     name = _text(entry.name)
     if not posixpath.isabs(name):
         d = entry.dir_index
+        comp = cu.get_top_DIE().attributes.get("DW_AT_comp_dir")
+        comp_dir = _text(comp.value) if comp is not None else ""
         if version >= 5:
             directory = _text(dirs[d]) if 0 <= d < len(dirs) else ""
         elif d == 0:
-            comp = cu.get_top_DIE().attributes.get("DW_AT_comp_dir")
-            directory = _text(comp.value) if comp is not None else ""
+            directory = comp_dir
         else:
             directory = _text(dirs[d - 1]) if d - 1 < len(dirs) else ""
+        if directory and not posixpath.isabs(directory) and posixpath.isabs(comp_dir):
+            directory = posixpath.join(comp_dir, directory)  # clang's are relative to the build's
         if directory:
             name = posixpath.join(directory, name)
     return os.path.normpath(name)[:NAME_MAX] if name.startswith("/") else name[:NAME_MAX]
@@ -311,6 +441,8 @@ def parse_aranges(stream, size: int) -> list[tuple[int, int, int]]:
     """(start, end, CU offset) from `.debug_aranges` (DWARF 6.1.2), 32-bit DWARF, 8-byte
     addresses.  Unpacked in bulk: pyelftools builds an object per entry, which costs a
     tenth of a second on libc."""
+    if size > SECTION_MAX:
+        return []
     stream.seek(0)
     data = stream.read(size)
     out = []

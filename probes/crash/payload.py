@@ -10,11 +10,22 @@ Layout (every line ends in a newline; bracketed lines are optional):
     [Too many frames. Backtrace truncated.]
     <empty line>
     Backtrace (TID <tid>):
-    #<n> <function>() - [<module>][ - <file>:<line>]     or  #<n> ??? - [<module>]
-                                                          or  #<n> (no symbols)
+    #<n> <function>() - [<module>][ - <file>:<line>][ (inlined)]   or  #<n> ??? - [<module>]
+                                                          or  #<n> (no symbols) at <address>
+    [    mangled: <symbol>]
+    [Backtrace stopped: <reason>]
+
+C++ and Rust names are demangled as gdb shows them; a C++ name keeps its parameter list
+and takes no extra `()` (`#0 shapes::Box<int>::open(int) const - [...]`), and the symbol
+as the file has it follows on its own indented `mangled:` line (the original's consumers
+match frame lines only, and see the same frames).  A function inlined into its caller is
+a frame of its own, as gdb shows it, marked ` (inlined)`; the frame that follows it is
+the function it was inlined into, at the line of the call.
 
 Beyond the original: a frame without a source line ends in ` (+0x<offset>)`, its offset in
-the module, so it can be symbolized later; a report that omits its backtrace (unsafe dump,
+the module, so it can be symbolized later; a frame outside every module shows its address
+(a wild function pointer is recognised by it); a walk that ended early says why, after its
+last frame, as gdb does; a report that omits its backtrace (unsafe dump,
 flood, another mount namespace) says why in one `Backtrace:` line.  Every text taken from
 the core or the files is made printable, and the payload always fits the record limit,
 the crashing thread first.
@@ -32,6 +43,7 @@ if TYPE_CHECKING:  # the layout needs no analysis code: a fixed or stub report i
     from .analyze import Analysis, Frame, ThreadTrace
 
 FIELD_MAX = 256
+MANGLED_PREFIX = "    mangled: "
 TRUNCATED_LINE = "Too many frames. Backtrace truncated."
 
 
@@ -105,23 +117,49 @@ def header_lines(header: Header, error: str | None = None, truncated: bool = Fal
     return lines
 
 
+def function_text(name: str) -> str:
+    """`name()` as the original writes it; a demangled C++ name keeps its own parameter
+    list (`ns::Box<int>::open(int) const`), as gdb shows it."""
+    return name if "(" in name else f"{name}()"
+
+
 def frame_line(n: int, frame: Frame) -> str:
     if frame.module is None:
-        return f"#{n} (no symbols)"
+        return f"#{n} (no symbols) at {frame.pc:#x}"
     module = printable(frame.module)
     if frame.function:
-        line = f"#{n} {printable(frame.function)}() - [{module}]"
+        line = f"#{n} {function_text(printable(frame.function))} - [{module}]"
     else:
         line = f"#{n} ??? - [{module}]"
     if frame.source is not None:
-        return f"{line} - {printable(frame.source.file)}:{frame.source.line}"
-    if frame.module_offset is not None:
-        return f"{line} (+{frame.module_offset:#x})"
-    return line
+        line = f"{line} - {printable(frame.source.file)}:{frame.source.line}"
+    elif frame.module_offset is not None:
+        line = f"{line} (+{frame.module_offset:#x})"
+    return f"{line} (inlined)" if frame.inlined else line
+
+
+def frame_lines(n: int, frame: Frame) -> list[str]:
+    lines = [frame_line(n, frame)]
+    if frame.mangled:
+        lines.append(f"{MANGLED_PREFIX}{printable(frame.mangled, FIELD_MAX)}")
+    return lines
 
 
 def thread_lines(trace: ThreadTrace) -> list[str]:
-    return ["", f"Backtrace (TID {trace.tid}):"] + [frame_line(i, f) for i, f in enumerate(trace.frames)]
+    lines = ["", f"Backtrace (TID {trace.tid}):"]
+    for i, f in enumerate(trace.frames):
+        lines += frame_lines(i, f)
+    stop = stop_line(trace)
+    return lines + [stop] if stop else lines
+
+
+def stop_line(trace: ThreadTrace) -> str | None:
+    """Why a walk ended before the outermost frame, as gdb says it; None when it did not."""
+    if trace.stop.clean or trace.truncated:
+        return None
+    reason = trace.stop.value
+    return printable(f"Backtrace stopped: {reason} ({trace.detail})" if trace.detail else
+                     f"Backtrace stopped: {reason}", 512)
 
 
 def category_of(analysis: Analysis) -> Category:

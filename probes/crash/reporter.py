@@ -26,7 +26,7 @@ from telemetry.record import create_record
 
 from ..common import EXIT_FAILURE, Probe, SendResult
 from .files import FileAccess
-from .flood import FloodPolicy, FloodStore
+from .flood import FloodPolicy, FloodStore, LockUnavailable
 from .payload import Category, backtrace_payload, category_of, stub_payload
 from .pipeline import Action, CrashEvent, Namespace, Outcome, decide
 
@@ -87,19 +87,35 @@ class Reporter:
     def outcome(self, event: CrashEvent) -> Outcome:
         return decide(event, filters_off=self.filters_off, service_uid=self.service_uid)
 
+    def _private(self, path: str) -> str:
+        """A directory of root's own state: created and checked in system mode."""
+        from .places import private_dir
+
+        return private_dir(path) if self.system else path
+
+    def lock_dir(self) -> str:
+        from .places import PlaceUnsafe, run_dir
+
+        try:
+            return self._private(run_dir(self.probe.paths))
+        except PlaceUnsafe as e:
+            raise LockUnavailable(str(e)) from None
+
     def flood_allows(self, event: CrashEvent) -> bool:
         """Whether flood control lets this crash be reported.  A state that cannot be read or
         written (planted link, full disk, a lock held too long) does not silence the crash:
         whoever can write the state directory must not be able to suppress reports, and what
         a storm can then cost stays bounded by the analysis lock and telemprobd's rate limits."""
-        store = FloodStore(self.probe.paths.state_dir)
+        from .places import state_dir
+
         try:
-            verdict, state = store.check(event.executable, self.flood)
+            store = FloodStore(self._private(state_dir(self.probe.paths)))
+            verdict, state = store.check(event.executable, self.flood, uid=event.uid)
         except (OSError, TelemetryError) as e:
             self.log.warning("flood control unavailable (%s); the crash of %s is reported", e, event.executable)
             return True
         if verdict.suppressed:
-            h = state.history(event.executable)
+            h = state.history(event.executable, event.uid)
             self.log.info(
                 "crash of %s not reported (%s): %d suppressed for it so far; totals: %d reported, "
                 "%d within the window, %d over the daily cap",
@@ -119,8 +135,27 @@ class Reporter:
         return FileAccess(trusted_uids=trusted, debug_dirs=self.debug_dirs,
                           require_build_id=event.namespace is Namespace.UNKNOWN)
 
+    @functools.cached_property
+    def cache(self):
+        """The cache of parsed tables; root's in system mode, the user's own otherwise."""
+        from .cache import Cache
+        from .places import cache_dir
+
+        return Cache(cache_dir(self.probe.paths), 0 if self.system else os.geteuid())
+
+    def store_cache(self, updates) -> None:
+        """Write what an analysis parsed; a cache that cannot be written costs only speed."""
+        from .cache import CacheInvalid
+
+        for build_id, data in updates:
+            try:
+                self.cache.store(data, build_id)
+            except (OSError, TelemetryError, CacheInvalid) as e:
+                self.log.info("cache entry %s not written: %s", build_id.hex(), e)
+                return
+
     def report(self, event: CrashEvent, outcome: Outcome, read: Callable[[], object] | None,
-               access: FileAccess | None, exe_path: str | None = None) -> Report:
+               access: FileAccess | None, exe_path: str | None = None, store_cache: bool = True) -> Report:
         if outcome.action is Action.FIXED:
             return Report(outcome.category, outcome.category.fixed_payload)
         if outcome.action is Action.STUB or read is None or access is None:
@@ -131,7 +166,7 @@ class Reporter:
         try:
             with _watchdog(self.time_limit):
                 core = read()
-                analysis = analyze(core, access, exe_path=exe_path, deadline=deadline)
+                analysis = analyze(core, access, exe_path=exe_path, deadline=deadline, cache=self.cache)
         except TimeLimitReached:
             analysis = Analysis(None, (), f"time limit of {self.time_limit} s reached")
         except (TelemetryError, OSError) as e:
@@ -142,16 +177,44 @@ class Reporter:
         for note in analysis.problems:
             self.log.info("%s", note)
         payload = backtrace_payload(event.header(analysis.pid, analysis.executable, analysis.signal), analysis)
+        if store_cache and analysis.cache_updates:
+            self.store_cache(analysis.cache_updates)
         return Report(category_of(analysis), payload, analysis)
 
-    def send(self, report: Report) -> bool:
+    def report_from_child(self, document: dict) -> Report:
+        """The report an analysis child sent back (its values checked: it ran as the user)."""
+        import base64
+        import binascii
+
+        category = Category.__members__.get(str(document.get("category")), Category.ERROR)
+        payload = document.get("payload")
+        if not isinstance(payload, str):
+            payload = "Error: the analysis sent no payload\n"
+        updates = []
+        for item in document.get("cache") or ():
+            try:
+                updates.append((bytes.fromhex(item[0]), base64.b64decode(item[1], validate=True)))
+            except (TypeError, ValueError, IndexError, binascii.Error):
+                continue
+        self.store_cache(updates)  # each entry is checked whole before it is written
+        return Report(category, payload)
+
+    def send(self, report: Report, on_behalf_of: CrashEvent | None = None) -> bool:
+        """Send the report; as root, on behalf of the crashed process's user (its uid and
+        gid in the socket's credentials), so telemprobd counts it in that user's share."""
         try:
             record = create_record(report.category.classification, report.category.severity, report.payload,
                                    truncate=True)
         except TelemetryError as e:
             self.log.error("Failed to create record: %s", e)
             return False
-        result = self.probe.send(record)
+        sender = None
+        if on_behalf_of is not None and on_behalf_of.uid is not None and os.geteuid() == 0:
+            from telemetry.client import Credentials
+
+            gid = on_behalf_of.gid if on_behalf_of.gid is not None else on_behalf_of.uid
+            sender = Credentials(on_behalf_of.pid or os.getpid(), on_behalf_of.uid, gid)
+        result = self.probe.send(record, on_behalf_of=sender)
         self.last_send = result
         if not result.sent:
             self.log.error("Failed to send record: %s", result.message)
@@ -169,10 +232,11 @@ def preload() -> None:
     import elftools.dwarf.lineprogram  # noqa: F401
     import elftools.elf.elffile  # noqa: F401
 
-    from . import analyze, corefile, source  # noqa: F401
+    from . import analyze, cache, corefile, demangle, places, source  # noqa: F401
     from .unwind import expr, x86_64  # noqa: F401
 
     expr._parser()
+    demangle.preload()
 
 
 def _service_uid() -> int | None:

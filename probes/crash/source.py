@@ -1,6 +1,7 @@
 """Feeding the core reader from a file descriptor: the kernel's pipe, a core file, or a
-decompressor's output.  Gaps the reader does not want are skipped without being stored:
-lseek on a file, splice into /dev/null on a pipe, reads into one reused buffer otherwise.
+decompressor's output.  A regular file is read where it is needed (pread); on a stream,
+gaps the reader does not want are skipped without being stored: splice into /dev/null on
+a pipe, reads into one reused buffer otherwise.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import errno
 import os
 import stat
 
-from .corefile import CoreDump, CoreReader, ReadLimits
+from .corefile import CoreDump, CoreReader, ReadLimits, read_seekable
 
 SKIP_CHUNK = 1 << 20
 
@@ -119,8 +120,34 @@ def _widen_pipe(fd: int) -> None:
         pass  # over /proc/sys/fs/pipe-max-size, or not Linux: the default size works too
 
 
+def pread_all(fd: int, offset: int, n: int) -> bytes:
+    """`n` bytes at `offset`, fewer only at the end of the file."""
+    parts = []
+    while n > 0:
+        try:
+            chunk = os.pread(fd, min(n, SKIP_CHUNK), offset)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
 def read_core(fd: int, limits: ReadLimits | None = None) -> CoreDump:
-    """Run the streaming reader over `fd`; I/O errors end the reading like a truncation."""
+    """The core on `fd`: a regular file read where needed (its memory stays readable through
+    `fd` until the caller closes it), anything else streamed; I/O errors end the reading
+    like a truncation."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        try:
+            return read_seekable(lambda offset, n: pread_all(fd, offset, n), st.st_size, limits)
+        except OSError as e:
+            reader = CoreReader(limits)
+            reader.abort(f"reading the core failed: {e.strerror or e}")
+            return reader.result()
     reader = CoreReader(limits)
     source = FdSource(fd)
     try:

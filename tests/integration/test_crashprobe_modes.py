@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from crash_programs import Lab
+from crash_programs import Lab, shared_lab
 from support import no_such_option
 from telemprobd_harness import Probd, row_headers, rows
 
@@ -25,9 +26,9 @@ MODULE = "telemetry.probes.crash"
 GARBAGE = b"this is not a core file\n" * 100
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def lab(tmp_path_factory) -> Lab:
-    return Lab(tmp_path_factory.mktemp("crashmodes"))
+    return shared_lab(tmp_path_factory)
 
 
 def bang(path: Path | str) -> str:
@@ -552,3 +553,71 @@ def test_journal_mode_bad_directory(user_install, tmp_path):
     r = user_install.run(MODULE, "--journal", "--journal-dir", str(tmp_path / "missing"))
     assert r.returncode in (0, 1)
     assert b"Traceback" not in r.stderr
+
+
+# --- the analysis child -----------------------------------------------------------------
+
+def test_kernel_path_never_imports_the_cli_framework(user_install, lab):
+    core = lab.core("O0", "segv").read_bytes()
+    filters_off(user_install)
+    check = ("import atexit, runpy, sys; "
+             "atexit.register(lambda: sys.stderr.write('click loaded: %s\\n' % ('click' in sys.modules))); "
+             f"sys.argv = ['crashprobe', '-p', 'crasher', '-E', '!usr!bin!crasher', '-s', '11']; "
+             f"runpy.run_module('{MODULE}', run_name='__main__')")
+    with Probd(user_install) as probd:
+        r = subprocess.run([sys.executable, "-c", check], input=core, capture_output=True, env=user_install.env,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr.decode()
+        [row] = rows(probd)
+    assert b"click loaded: False" in r.stderr
+    assert "#0 leaf() - [" in row.payload.decode()
+
+
+def test_stopped_analysis_is_killed_and_never_holds_the_lock(user_install, lab):
+    """The crashed user can stop the analysis (it runs as them); the parent notices, reports
+    without a backtrace, and the next crash is analysed at once."""
+    import psutil
+
+    core = lab.core("O0", "segv").read_bytes()
+    filters_off(user_install)
+    with Probd(user_install, "crash_flood_window=0") as probd:
+        proc = subprocess.Popen([sys.executable, "-m", MODULE, "-p", "crasher", "-E", "!usr!bin!crasher"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=user_install.env)
+        proc.stdin.write(core[:4096])  # the child reads this, then waits for more
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        children = []
+        while not children and time.monotonic() < deadline:
+            children = psutil.Process(proc.pid).children()
+            time.sleep(0.02)
+        assert children, "no analysis child appeared"
+        time.sleep(0.2)
+        os.kill(children[0].pid, signal.SIGSTOP)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            proc.stdin.close()
+        err = proc.stderr.read().decode()
+        assert proc.returncode == 0, err
+        assert "stopped by a signal" in err
+        second = handler(user_install, "-p", "crasher", "-E", "!usr!bin!crasher", core=core)
+        assert second.returncode == 0, second.stderr.decode()
+        first_row, second_row = rows(probd)
+    assert first_row.payload.decode().endswith("Backtrace: not collected (the analysis was stopped by a signal)\n")
+    assert "#0 leaf() - [" in second_row.payload.decode()  # the lock was free
+
+
+def test_each_users_crash_loop_is_counted_for_that_user(user_install, lab):
+    core = lab.core("O0", "segv").read_bytes()
+    filters_off(user_install)
+    with Probd(user_install, "crash_flood_window=3600") as probd:
+        for uid in ("1000", "1000", "1001"):
+            r = handler(user_install, "-p", "x", "-E", "!usr!bin!x", f"--uid={uid}", "--gid=100", core=core)
+            assert r.returncode == 0, r.stderr.decode()
+        got = rows(probd)
+        assert len(got) == 2  # 1000's second crash is within its window; 1001's is its first
+    if os.geteuid() == 0:  # sent on behalf of the crashed user: telemprobd counts it for them
+        assert sorted(r.sender.uid for r in got) == [1000, 1001]
+    state = json.loads(Path(user_install.paths.state_dir, "crashprobe-flood.json").read_text())
+    assert sorted((e["uid"], e["suppressed"]) for e in state["executables"]) == [(1000, 1), (1001, 0)]

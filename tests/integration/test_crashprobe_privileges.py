@@ -58,10 +58,10 @@ print(report.payload)
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="crashprobe unwinds x86-64 cores")
-def test_preload_imports_everything_the_analysis_needs(user_install, tmp_path):
-    from crash_programs import Lab
+def test_preload_imports_everything_the_analysis_needs(user_install, tmp_path_factory):
+    from crash_programs import shared_lab
 
-    core = Lab(tmp_path).core("O0", "segv")
+    core = shared_lab(tmp_path_factory).core("O0", "segv")
     r = subprocess.run([sys.executable, "-c", AFTER_PRELOAD, str(core)], capture_output=True, text=True,
                        env=user_install.env, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -104,7 +104,58 @@ def test_memory_budget_is_respected():
     core = parse_core(data, limits)
     assert len(core.threads) == 40
     assert len(core.memory) <= limits.max_kept_bytes
-    assert any("budget" in p for p in core.problems)
+    assert any("budget" in p for p in core.remarks)
+    assert not core.problems  # a budget spent is a remark, not an error
+
+
+def test_budget_goes_to_the_crashing_thread_first():
+    """The thread that took the signal comes first in the notes; its stack is kept whole
+    even when it is last in the file and the budget cannot hold every stack."""
+    n = 40
+    sps = [0x10000000 + i * 0x100000 + 0x1000 for i in range(n)]
+    order = [n - 1] + list(range(n - 1))  # the crashing thread's stack is the last segment
+    threads = [note(b"CORE", NT_PRSTATUS, prstatus(200 + i, 11, 0x1000, sps[i])) for i in order]
+    loads = [Load(0x10000000 + i * 0x100000, b"\1" * 0x40000) for i in range(n)]
+    data = CoreSpec(notes=threads, loads=loads).build()
+    limits = ReadLimits(max_kept_bytes=2 << 20)
+    core = parse_core(data, limits)
+    crashing = sps[n - 1]
+    assert core.memory.read(crashing, limits.stack_above - 0x1000 - 8) is not None
+    for i in range(n - 1):  # every other thread has at least the start of its stack
+        assert core.memory.read(sps[i], limits.other_stack_first) is not None
+
+
+def test_seekable_core_is_read_where_needed():
+    data, facts = simple_core(heap_size=1 << 20)
+    core = parse_core(data, seekable=True)
+    assert core.problems == ()
+    assert core.memory.read(facts["sp"], 8) == b"\0" * 8
+    assert core.memory.read(facts["heap"] + 256, 4) == bytes(range(4))  # anywhere, on demand
+    assert len(core.memory) == 2 * 4096
+    assert core.bytes_read < 8192  # headers and notes only
+
+
+def test_seekable_gcore_layout_needs_no_speculation():
+    data, facts = simple_core(notes_last=True, stack_size=0x40000)
+    core = parse_core(data, seekable=True)
+    assert core.problems == () and core.remarks == ()
+    assert core.memory.read(facts["stack_base"], 8) == b"\0" * 8  # below the speculative top
+
+
+def test_gcore_layout_through_a_pipe_says_what_it_missed():
+    data, facts = simple_core(notes_last=True, stack_size=0x40000)
+    core = parse_core(data)
+    assert core.memory.read(facts["stack_base"], 8) is None
+    assert "gdb" in core.memory_gap
+
+
+def test_truncation_is_said_before_what_it_breaks():
+    data, _ = simple_core()
+    notes_at = struct.unpack_from("<Q", data, 64 + 8)[0]
+    core = parse_core(data[: notes_at + 20])
+    assert core.problems[0] == f"core truncated at byte {notes_at + 20}"
+    core = parse_core(data[: notes_at + 20], seekable=True)
+    assert core.problems[0] == f"core truncated at byte {notes_at + 20}"
 
 
 def test_notes_cap():

@@ -4,6 +4,7 @@ journal entries, symbol choice and the DWARF helpers."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -98,7 +99,7 @@ def test_frame_lines():
         "#0 g_closure_invoke() - [/usr/lib/libc.so.6] - ../gobject/gclosure.c:810"
     assert frame_line(1, frame("gtk_main")) == "#1 gtk_main() - [/usr/lib/libc.so.6] (+0x10)"
     assert frame_line(2, frame(None)) == "#2 ??? - [/usr/lib/libc.so.6] (+0x10)"
-    assert frame_line(3, Frame(0, None, None, None)) == "#3 (no symbols)"
+    assert frame_line(3, Frame(0xdead0000, None, None, None)) == "#3 (no symbols) at 0xdead0000"
     assert frame_line(4, frame("evil\nname\0")) == "#4 evil?name?() - [/usr/lib/libc.so.6] (+0x10)"
 
 
@@ -183,6 +184,29 @@ def test_flood_rules_hold_for_any_crash_times(times, window, cap):
     assert state.reported + state.suppressed_window + state.suppressed_cap == len(times)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1000, 1001, None]), st.floats(0, 86400, allow_nan=False)), max_size=40))
+def test_one_users_crashes_never_suppress_anothers(crashes):
+    """Flood control counts per crashed user: the verdicts for one uid are what they would
+    be if no other user had crashed the same program."""
+    policy = F.FloodPolicy(window=60, daily_cap=3)
+    crashes = sorted(crashes, key=lambda c: c[1])
+    mixed: dict = {}
+    state = F.FloodState()
+    for uid, t in crashes:
+        v, state = F.decide(state, "/usr/bin/x", t, policy, uid)
+        mixed.setdefault(uid, []).append(v)
+    for uid in mixed:
+        alone = F.FloodState()
+        verdicts = []
+        for u, t in crashes:
+            if u == uid:
+                v, alone = F.decide(alone, "/usr/bin/x", t, policy, uid)
+                verdicts.append(v)
+        assert verdicts == mixed[uid]
+    assert F.decode(F.encode(state)) == state
+
+
 def test_flood_state_roundtrip_and_garbage():
     policy = F.FloodPolicy(0, 5)
     state = F.FloodState()
@@ -262,11 +286,12 @@ def test_journal_entries():
 
 def test_symbol_lookup():
     strtab = b"\0main\0helper\0label\0"
-    table = SymbolTable([(0x1000, 0x40, 1), (0x1040, 0x10, 6), (0x2000, 0, 13)], strtab)
+    table = SymbolTable([0x1000, 0x1040, 0x2000], [0x1040, 0x1050, 0x2200], [1, 6, 13], strtab)
     assert table.lookup(0x1000).name == "main"
     assert (table.lookup(0x1045).name, table.lookup(0x1045).offset) == ("helper", 5)
     assert table.lookup(0x1050) is None  # past helper's end, before the label
-    assert table.lookup(0x2100).name == "label"  # an unsized label reaches to the next symbol
+    assert table.lookup(0x2100).name == "label"
+    assert table.lookup(0x2200) is None
     assert table.lookup(0x10) is None
 
 
@@ -287,3 +312,70 @@ def test_inflating_stream_reads_like_the_whole(data, reads):
     for pos, size in reads:
         stream.seek(pos)
         assert stream.read(size) == data[pos : pos + size]
+
+
+# --- where root's state lives -----------------------------------------------------------------
+
+def test_root_state_is_not_in_the_service_accounts_directory():
+    from telemetry.paths import Paths
+    from telemetry.probes.crash import places
+
+    system = Paths.system()
+    for where in (places.state_dir(system), places.run_dir(system), places.cache_dir(system)):
+        assert not where.startswith(system.state_dir.rstrip("/") + "/") and where != system.state_dir
+
+
+def test_private_dir_refuses_what_others_can_write(tmp_path):
+    from telemetry.probes.crash.places import PlaceUnsafe, private_dir
+
+    good = private_dir(str(tmp_path / "ok"))
+    assert oct(os.stat(good).st_mode & 0o777) == "0o700"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PlaceUnsafe, match="can be written by others"):
+        private_dir(str(shared))
+    with pytest.raises(PlaceUnsafe, match="can be written by others"):
+        private_dir(str(shared / "inner"))  # below a directory others can rename it in
+    (tmp_path / "link").symlink_to(good)
+    with pytest.raises(PlaceUnsafe, match="symbolic link"):
+        private_dir(str(tmp_path / "link"))
+
+
+def test_handler_argv_is_read_without_the_cli():
+    from telemetry.probes.crash.args import CORE_PATTERN_ARGS, parse_handler_argv
+
+    argv = CORE_PATTERN_ARGS.replace("%e", "prog").replace("%E", "!usr!bin!prog").split()
+    argv = [a.replace("%P", "42").replace("%u", "1000").replace("%g", "100").replace("%d", "1")
+            .replace("%t", "7").replace("%F", "").replace("%s", "11") for a in argv]
+    parsed = parse_handler_argv(argv)
+    assert (parsed.get("process_name"), parsed.get("pid"), parsed.get("pidfd"), parsed.get("signal")) == \
+        ("prog", "42", "", "11")
+    assert parse_handler_argv(["-p", "x", "-c", "/tmp/core", "-v"]).verbose
+    for other in (["--help"], ["--core", "c"], ["-p"], ["-E", "x"], ["-p", "x", "--bogus"], ["--journal"]):
+        assert parse_handler_argv(other) is None  # the full command line explains these
+
+
+# --- demangling ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("mangled", "readable"), [
+    ("_ZNK6shapes3BoxIiE4openEi", "shapes::Box<int>::open(int) const"),
+    ("_Z7run_boxv", "run_box()"),
+    ("_ZN4main6shapes5Crate4pick17he98b930a7a297ea4E", "main::shapes::Crate::pick"),  # hash dropped, as gdb
+    ("_RNvNtCsjrHSEGnQ3l9_3std2rt19lang_start_internal", "std::rt::lang_start_internal"),
+    ("_ZN3std2rt10lang_start28_$u7b$$u7b$closure$u7d$$u7d$17hdbee5a3fa7ab6636E", "std::rt::lang_start::{{closure}}"),
+    ("main", "main"),
+    ("_Zgarbage", "_Zgarbage"),
+    ("_Z" + "N1a" * 3000 + "E", "_Z" + "N1a" * 3000 + "E"),  # past the length cap: left alone
+])
+def test_demangle(mangled, readable):
+    from telemetry.probes.crash.demangle import demangle
+
+    assert demangle(mangled) == readable
+
+
+@given(st.text(max_size=300))
+def test_demangle_never_raises(name):
+    from telemetry.probes.crash.demangle import demangle
+
+    assert isinstance(demangle("_Z" + name), str) and isinstance(demangle("_R" + name), str)

@@ -166,12 +166,14 @@ def _open_index(elf, name: str) -> _Index | None:
     section = elf.get_section_by_name(name)
     if section is None or section["sh_type"] == "SHT_NOBITS" or section["sh_size"] == 0:
         return None
-    data = section.data()
+    from ..elfbounds import section_data
+
+    data = section_data(elf, section)
     if name == ".eh_frame":
         hdr = elf.get_section_by_name(".eh_frame_hdr")
         table = None
         if hdr is not None and hdr["sh_type"] != "SHT_NOBITS":
-            table = parse_eh_frame_hdr(hdr.data(), hdr["sh_addr"], section["sh_addr"], len(data))
+            table = parse_eh_frame_hdr(section_data(elf, hdr), hdr["sh_addr"], section["sh_addr"], len(data))
         return _Index(data, section["sh_addr"], True, table)
     return _Index(data, section["sh_addr"], False, None)
 
