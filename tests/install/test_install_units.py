@@ -161,7 +161,7 @@ def test_type_and_watchdog_follow_what_the_daemon_sends(name, user_install):
     if "WatchdogSec" in s:
         assert "WATCHDOG=1" in sources
     assert "SIGHUP" in Path(importlib.util.find_spec(MODULES[DAEMONS[name]]).origin).read_text()
-    assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert s["ExecReload"] == "/bin/sh -c 'kill -HUP \"$$MAINPID\"'"
 
 
 def test_socket_and_path_units_follow_the_configured_locations(user_install):

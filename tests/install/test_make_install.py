@@ -228,7 +228,7 @@ def test_uninstall_removes_what_install_wrote(tmp_path, user_install):
 
 def verify_root(installed: Installed, tmp: Path) -> Path:
     """The installed tree, plus what a real system has: its targets and the programs the
-    units call outside the package (/bin/kill)."""
+    units call outside the package (/bin/sh)."""
     host_units = Path("/usr/lib/systemd/system")
     if not (host_units / "sysinit.target").exists():
         pytest.skip("this machine has no systemd unit directory to verify against")

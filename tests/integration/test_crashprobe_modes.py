@@ -530,6 +530,28 @@ def test_journal_mode_reports_each_coredump_once(user_install, lab, tmp_path):
 
 
 @pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")
+def test_journal_mode_trusts_the_coredump_service_logging_as_the_crashed_user(user_install, lab, tmp_path):
+    """systemd-coredump@.service drops to the crashed user before it logs (systemd 252): the
+    entry's _UID is that user's, its _SYSTEMD_UNIT the service's.  The same fields with a
+    user's own unit (systemd-coredump --backtrace run by hand) are a forgery."""
+    exe = lab.exe("O0")
+    user = str(os.getuid() + 1)
+    jdir = tmp_path / "journal"
+    write_journal(jdir, "a.journal", [
+        coredump_entry(exe, 4260, _UID=user, COREDUMP_UID=user, _SYSTEMD_UNIT="systemd-coredump@0-401-0.service"),
+        coredump_entry(exe, 4261, _UID=user, COREDUMP_UID=user, _SYSTEMD_UNIT=f"user@{user}.service"),
+        coredump_entry(exe, 4262, _UID=user, COREDUMP_UID=user),
+    ])
+    with Probd(user_install, "crash_flood_window=0") as probd:
+        t = time.time() - 60
+        os.utime(user_install.paths.opt_in_file, (t, t))
+        r = user_install.run(MODULE, "--journal", "--journal-dir", str(jdir))
+        assert r.returncode == 0, r.stderr.decode()
+        [row] = rows(probd)
+        assert "\nPID: 4260\n" in row.payload.decode()
+
+
+@pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")
 def test_journal_mode_damaged_cursor_starts_from_the_opt_in(user_install, lab, tmp_path):
     exe = lab.exe("O0")
     jdir = tmp_path / "journal"

@@ -99,6 +99,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     """The booted container with both packages installed (not yet opted in)."""
     core_pattern = Path("/proc/sys/kernel/core_pattern").read_text()
     assets = tmp_path_factory.mktemp("assets")
+    assets.chmod(0o755)  # read by unprivileged users in the container (the test program)
     try:
         check_host()
         debs = _built_debs(tmp_path_factory.mktemp("debs"))

@@ -207,8 +207,11 @@ class Machine:
         base = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/root", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
         cmd = ["nsenter", "-t", str(self.leader), "-a", "env", "-i",
                *(f"{k}={v}" for k, v in {**base, **(env or {})}.items()), *argv]
-        text = not isinstance(input, bytes)
-        done = subprocess.run(cmd, input=input, capture_output=True, text=text, timeout=timeout)
+        if isinstance(input, bytes):  # output as bytes too
+            done = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)
+        else:
+            done = subprocess.run(cmd, input=input, capture_output=True, text=True, errors="replace",
+                                  timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} exited with {done.returncode}: "
                                  f"{_text(done.stderr).strip() or _text(done.stdout).strip()}")

@@ -130,6 +130,19 @@ def test_daemons_work_with_every_option(running):
         assert show(m, unit, "Result")["Result"] == "success"
 
 
+def test_reload_reads_the_configuration_again(running):
+    """ExecReload= (a SIGHUP) under the daemons' own sandbox: both read the file again and
+    keep running."""
+    m = running
+    pids = {unit: main_pid(m, unit) for unit in DAEMONS}
+    cursor = m.run("journalctl", "-q", "-n", "0", "--show-cursor").stdout.strip().removeprefix("-- cursor: ")
+    m.run("systemctl", "reload", *DAEMONS, check=True)
+    for unit, said in (("telemprobd.service", "settings now:"), ("telempostd.service", "configuration reloaded")):
+        wait_for(lambda u=unit, s=said: s in m.run("journalctl", "-q", "-o", "cat", "-u", u, "--after-cursor",
+                                                   cursor).stdout, what=f"{unit} reloaded")
+        assert main_pid(m, unit) == pids[unit]
+
+
 def test_exposure(ready, figures):
     """systemd-analyze security of the installed units, as the container's systemd sees them."""
     m = ready

@@ -280,6 +280,11 @@ def test_journal_entries():
     assert trusted(entry(), frozenset({0}))
     assert not trusted(entry(_UID=1000), frozenset({0}))
     assert not trusted(entry(_EXE="/usr/bin/logger"), frozenset({0}))
+    # systemd-coredump's service logs as the crashed user; a user's own process cannot be it
+    assert trusted(entry(_UID=1000, _SYSTEMD_UNIT="systemd-coredump@3-1234-0.service"), frozenset({0}))
+    assert not trusted(entry(_UID=1000, _SYSTEMD_UNIT="user@1000.service"), frozenset({0}))
+    assert not trusted(entry(_UID=1000, _EXE="/usr/bin/logger", _SYSTEMD_UNIT="systemd-coredump@1.service"),
+                       frozenset({0}))
 
 
 # --- symbols and DWARF helpers ----------------------------------------------------------------
