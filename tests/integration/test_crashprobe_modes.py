@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from crash_programs import Lab, shared_lab
-from support import no_such_option
+from support import no_such_option, wait_until
 from telemprobd_harness import Probd, row_headers, rows
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="crashprobe unwinds x86-64 cores")
@@ -535,6 +535,7 @@ def test_journal_mode_trusts_the_coredump_service_logging_as_the_crashed_user(us
     entry's _UID is that user's, its _SYSTEMD_UNIT the service's.  The same fields with a
     user's own unit (systemd-coredump --backtrace run by hand) are a forgery."""
     exe = lab.exe("O0")
+    filters_off(user_install)
     user = str(os.getuid() + 1)
     jdir = tmp_path / "journal"
     write_journal(jdir, "a.journal", [
@@ -548,7 +549,36 @@ def test_journal_mode_trusts_the_coredump_service_logging_as_the_crashed_user(us
         r = user_install.run(MODULE, "--journal", "--journal-dir", str(jdir))
         assert r.returncode == 0, r.stderr.decode()
         [row] = rows(probd)
-        assert "\nPID: 4260\n" in row.payload.decode()
+        assert row.payload.decode().startswith(f"Process: {exe}\nPID: 4260\n")
+
+
+@pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")
+def test_journal_follow_reports_a_crash_logged_after_it_started_waiting(user_install, lab, tmp_path):
+    """--follow with nothing to report yet: an entry logged while it waits is read.  (The
+    live journal's case, where sd-journal does not go on from a seek that found nothing, is
+    tests/systemd/test_crash.py's: journal files written here do not show it.)"""
+    exe = lab.exe("O0")
+    filters_off(user_install)
+    jdir = tmp_path / "journal"
+    write_journal(jdir, "a.journal", [{**coredump_entry(exe, 4270), "MESSAGE_ID": "0" * 32}])  # not a crash
+    with Probd(user_install, "crash_flood_window=0") as probd:
+        t = time.time() - 60
+        os.utime(user_install.paths.opt_in_file, (t, t))
+        proc = user_install.popen(MODULE, "--journal", "--follow", "--journal-dir", str(jdir),
+                                  stderr=subprocess.PIPE)
+        try:
+            def reading() -> bool:  # it has the journal open: what comes now comes while it waits
+                fds = Path(f"/proc/{proc.pid}/fd")
+                return any(os.readlink(fd).endswith("a.journal") for fd in fds.iterdir() if fd.is_symlink())
+            wait_until(reading, what="crashprobe reading the journal")
+            time.sleep(1)
+            write_journal(jdir, "a.journal", [coredump_entry(exe, 4271)])  # appended, as journald does
+            [row] = wait_until(lambda: rows(probd), what="the crash logged later, reported")
+            assert "\nPID: 4271\n" in row.payload.decode()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, proc.stderr.read().decode()
+            proc.stderr.close()
 
 
 @pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")

@@ -33,9 +33,14 @@ COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 RLIMIT_UNLIMITED = "9223372036854775808"  # what 50-coredump.conf passes for the core size limit
 
 
+# Below /usr, as a distribution's program: crashprobe's privacy filters report crashes of
+# other programs as "third party" without a backtrace.
+INSTALLED = "/usr/libexec/telemetry-test"
+
+
 @pytest.fixture(scope="module")
 def crasher(machine, tmp_path_factory):
-    """The test program, in the container's view of the host's assets folder."""
+    """The test program, installed in the container (from the host's assets folder)."""
     if shutil.which("gcore") is None:
         pytest.skip("gdb's gcore is not installed (Debian package gdb)")
     try:
@@ -45,7 +50,8 @@ def crasher(machine, tmp_path_factory):
     target = machine.assets / "crash"
     shutil.copytree(exe.parent, target)
     target.chmod(0o755)
-    return f"{ASSETS}/crash/{exe.name}"
+    machine.run("cp", "-r", f"{ASSETS}/crash", INSTALLED, check=True)
+    return f"{INSTALLED}/{exe.name}"
 
 
 def crash_records(m) -> list[dict]:
@@ -54,9 +60,13 @@ def crash_records(m) -> list[dict]:
 
 @pytest.fixture
 def journal_mode(ready):
-    """crashprobe-journal.service enabled and running, as an admin sets it up."""
-    systemctl(ready, "enable", "--now", "crashprobe-journal.service")
-    yield ready
+    """crashprobe-journal.service enabled and running, as an admin sets it up, and already
+    waiting for entries (the crash comes while it follows the journal)."""
+    m = ready
+    systemctl(m, "enable", "--now", "crashprobe-journal.service")
+    wait_for(lambda: ".journal" in m.sh(f"ls -l /proc/{main_pid(m, 'crashprobe-journal.service')}/fd").stdout,
+             what="crashprobe following the journal")
+    yield m
     ready.run("systemctl", "disable", "--now", "crashprobe-journal.service")
 
 
@@ -99,6 +109,8 @@ def test_systemd_coredump_crash_is_reported(journal_mode, crasher, tmp_path):
     assert "Signal: 11" in payload
     assert "main() - [" in payload, payload  # symbolized from the program, read in the container
     assert prop(m, "crashprobe-journal.service", "ActiveState") == "active"
+    said = journal(m, "crashprobe-journal.service")
+    assert "unavailable" not in said and "cannot create" not in said, said  # its own folders are writable
     # Reported once: a restart resumes after the entry it handled (given a moment to not
     # send it again).
     restart(m, "crashprobe-journal.service")
