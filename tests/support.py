@@ -185,3 +185,18 @@ def make_pki(directory: Path) -> Path:
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
     return directory
+
+
+def make_client_cert(directory: Path, name: str, common_name: str) -> tuple[Path, Path]:
+    """Another client certificate from make_pki's CA, with the subject CN `common_name`:
+    (`name`.pem, `name`.key) in `directory`."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr", "-subj", f"/O=Test Fleet/CN={common_name}")
+    (directory / f"{name}.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                                           "extendedKeyUsage=clientAuth\nsubjectAltName=DNS:host.example\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return directory / f"{name}.pem", directory / f"{name}.key"

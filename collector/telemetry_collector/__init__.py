@@ -5,8 +5,12 @@ benchmarks deliver to a real server with real storage.  The contract it follows 
 reference backend's (POST /v2/collector, GET /api/records), minus that backend's bugs.
 
 Pure cores: `rules` (the ingestion checks), `request` (an HTTP request or a JSON body to a
-`Submission`), `query` (GET /api/records parameters), `purge` (retention policy), `model`
-(the stored row and its JSON).  I/O shells: `store` (SQLite or PostgreSQL), `writer`
-(group commit), `app` (the ASGI application), `server` (uvicorn), `main` (the program),
-`launch` (starting one from another program), `tempdb` (a throwaway PostgreSQL server).
+`Submission`), `query` (GET /api/records parameters), `reading` (a streamed answer in
+bounded groups), `purge` (retention policy), `model` (the stored row and its JSON),
+`limits` (every limit and timeout; token buckets, connection counts), `credentials` (read
+tokens, scopes), `identity` (who a client certificate names).  I/O shells: `store` (SQLite
+or PostgreSQL), `writer` (group commit), `auth` (credentials checked for any route), `app`
+(the Starlette application), `protocol` (uvicorn's HTTP protocol with deadlines and caps),
+`server` (uvicorn), `main` (the program), `launch` (starting one from another program),
+`tempdb` (a throwaway PostgreSQL server).
 """

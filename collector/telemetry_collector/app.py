@@ -1,28 +1,51 @@
-"""The ASGI application: routes, body limits, and the hand-off to the writer.
+"""The ASGI application (Starlette): routes, credentials, limits, and the hand-off to the writer.
 
 Routes (contract §1): ``POST /`` and ``POST /v2/collector`` ingest; ``GET`` on them answers
-302 to ``/telemetryui`` as the reference does (here a one-line page, there is no UI);
-``GET /api/records`` queries; ``GET /api/stats`` shows the counters (ours).  Other
-methods on these paths get 405, other paths 404, always with a JSON ``message``.
+302 to ``/telemetryui`` as the reference does (here a one-line page, there is no UI).
+Reads, each behind a read credential (`auth.requires`): ``GET /api/records`` (streamed,
+paged with ``before_id``), ``GET /api/records/<id>``, ``GET /api/stats``; with the admin
+scope, ``GET /api/tokens`` and ``DELETE /api/tokens/<name>``.  Other methods on these
+paths get 405, other paths 404, always with a JSON ``message``.
 
-Every refusal is counted by rule and logged with the peer; the application never lets an
-exception reach the server for a bad request.  Database failures answer 500 with nothing
-stored, so the client's retry is safe.
+Ingestion stays open to anonymous senders, within limits: a record costs a token of its
+client address's bucket before its body is read and one of its machine id's bucket once
+it is valid (429 with Retry-After beyond either); with a verified client certificate, the
+record's Machine-Id must be the certificate's Common Name (403 otherwise).
+
+Every refusal is counted (rejected records by rule in ``rejected.<rule>``, refused
+connections and requests in ``refused.<reason>``) and logged with the peer, at most a burst
+of lines at a time; the application never lets an exception reach the server for a bad
+request.  Database failures answer 500 with nothing stored, so the client's retry is safe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from telemetry.daemons.runtime.throttle import LogThrottle
+
+from . import identity, reading
+from .auth import Authenticator, Denied, requires
+from .credentials import Scope
 from .dburl import DatabaseURL
+from .limits import Limits, RateLimiter, retry_after
 from .model import to_json
+from .protocol import Refusal
 from .purge import PurgePolicy
 from .query import QueryRejected, parse_query, parse_query_string
 from .request import submission_from_request
@@ -33,49 +56,55 @@ from .writer import REJECTED_PREFIX, Stats, Writer
 log = logging.getLogger("telemetry-collector")
 T = TypeVar("T")
 
-DEFAULT_MAX_BODY = 1 << 20
+DEFAULT_MAX_BODY = Limits().max_body
 PURGE_INTERVAL = 24 * 60 * 60.0
 INGEST_PATHS = ("/", "/v2/collector")
 UI_PATH = "/telemetryui"
 RECORDS_PATH = "/api/records"
 STATS_PATH = "/api/stats"
-JSON = b"application/json"
+TOKENS_PATH = "/api/tokens"
+REFUSED_PREFIX = "refused."
+JSON = "application/json"
 UI_TEXT = (
-    b"telemetry-collector has no web UI.\n"
-    b"Records: GET /api/records (filters: severity, classification, build, machine_id,\n"
-    b"created_in_days, created_in_sec, from_id, ts_capture, limit). Counters: GET /api/stats.\n"
+    "telemetry-collector has no web UI.\n"
+    "Records: GET /api/records (filters: severity, classification, build, machine_id,\n"
+    "created_in_days, created_in_sec, from_id, before_id, ts_capture, limit), GET /api/records/ID.\n"
+    "Counters: GET /api/stats.  Reads need a credential: Authorization: Bearer <token>.\n"
 )
+
+
+class Refused(enum.Enum):
+    """Records refused for what they cost rather than what they say (counted as rejected)."""
+
+    RATE_LIMITED = "rate_limited"
+    MACHINE_IDENTITY = "machine_identity"
 
 
 @dataclass(frozen=True)
 class Settings:
     tids: frozenset[str]
-    max_body: int = DEFAULT_MAX_BODY
+    limits: Limits = field(default_factory=Limits)
     purge: PurgePolicy | None = None
     purge_interval: float = PURGE_INTERVAL
     durability: Durability = Durability.FULL
+    reads: bool = True  # False: an ingest-only node, every read route answers 404
+    machine_identity: bool = True  # with a client certificate, Machine-Id must be its CN
 
-
-class _ClientGone(Exception):
-    pass
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    @property
+    def max_body(self) -> int:
+        return self.limits.max_body
 
 
 def _message(text: str) -> bytes:
     return to_json({"message": text})
 
 
-class _Reader:
-    """A connection for GETs, used from worker threads one at a time."""
+def _json(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(_message(text), status_code=status, media_type=JSON, headers=headers)
+
+
+class ReadConnection:
+    """A database connection for reads, used from worker threads one at a time."""
 
     def __init__(self, url: DatabaseURL, store: Store | None):
         self.url = url
@@ -98,6 +127,9 @@ class _Reader:
                 self._drop()
                 raise
 
+    async def __call__(self, fn: Callable[[Store], T]) -> T:
+        return await asyncio.to_thread(self.run, fn)
+
     def _drop(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -109,36 +141,54 @@ class _Reader:
 
 
 class CollectorApp:
+    """The collector as one ASGI application; `starlette` is the Starlette app it serves,
+    to which other modules add routes with `add_routes` before it serves."""
+
     def __init__(self, url: DatabaseURL, settings: Settings, *, writer_store: Store | None = None,
                  reader_store: Store | None = None):
         self.settings = settings
         self.writer = Writer(url, writer_store, settings.durability)
-        self.reader = _Reader(url, reader_store)
+        self.reader = ReadConnection(url, reader_store)
+        self.credentials = ReadConnection(url, None)  # so a long read never delays a credential check
+        limits = settings.limits
+        self.machine_buckets = RateLimiter(limits.machine_rate, limits.machine_burst)
+        self.address_buckets = RateLimiter(limits.address_rate, limits.address_burst)
+        self._record_log = LogThrottle(logger=log)
+        self._refusal_log = LogThrottle(logger=log)
         self._purge_task: asyncio.Task | None = None
-        self.routes: dict[str, dict[str, Callable[..., Awaitable[None]]]] = {
-            **{p: {"POST": self._ingest, "GET": self._to_ui, "HEAD": self._to_ui} for p in INGEST_PATHS},
-            UI_PATH: {"GET": self._ui, "HEAD": self._ui},
-            RECORDS_PATH: {"GET": self._records, "HEAD": self._records},
-            STATS_PATH: {"GET": self._stats, "HEAD": self._stats},
-        }
+        self.starlette = Starlette(routes=self._routes(), lifespan=self._lifespan,
+                                   exception_handlers={HTTPException: _http_error})
+        self.starlette.router.redirect_slashes = False
+        self.starlette.state.collector = self
+        self.starlette.state.authenticator = Authenticator(self.credentials, reads=settings.reads,
+                                                           refused=self._auth_refused)
 
-    # --- ASGI ---------------------------------------------------------------------
+    def _routes(self) -> list[BaseRoute]:
+        return [
+            *(Route(p, ingest_or_redirect, methods=["POST", "GET"]) for p in INGEST_PATHS),
+            Route(UI_PATH, ui, methods=["GET"]),
+            Route(RECORDS_PATH, records, methods=["GET"]),
+            Route(RECORDS_PATH + "/{record_id}", one_record, methods=["GET"]),
+            Route(STATS_PATH, stats, methods=["GET"]),
+            Route(TOKENS_PATH, list_tokens, methods=["GET"]),
+            Route(TOKENS_PATH + "/{name}", revoke_token, methods=["DELETE"]),
+        ]
+
+    def add_routes(self, routes: Sequence[BaseRoute]) -> None:
+        self.starlette.router.routes.extend(routes)
+
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-        elif scope["type"] == "http":
-            await self._http(scope, receive, send)
+        await self.starlette(scope, receive, send)
 
-    async def _lifespan(self, receive: Callable, send: Callable) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self.startup()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    # --- lifespan ---------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.startup()
+        await self.first_run_hint()
+        try:
+            yield
+        finally:
+            await self.shutdown()
 
     def startup(self) -> None:
         self.writer.start()
@@ -153,6 +203,7 @@ class CollectorApp:
                 await self._purge_task
         await asyncio.to_thread(self.writer.stop)
         self.reader.close()
+        self.credentials.close()
 
     async def _purge_loop(self, policy: PurgePolicy) -> None:
         while True:
@@ -163,111 +214,263 @@ class CollectorApp:
                 log.error("retention purge failed: %s", e)
             await asyncio.sleep(self.settings.purge_interval)
 
-    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
-        methods = self.routes.get(scope["path"])
-        if methods is None:
-            await _respond(send, 404, _message(f"Not found: {scope['path'][:100]}"))
-            return
-        handler = methods.get(scope["method"])
-        if handler is None:
-            allow = ", ".join(sorted(methods)).encode()
-            await _respond(send, 405, _message(f"Method {scope['method'][:20]} is not allowed here"),
-                           extra=[(b"allow", allow)])
-            return
-        try:
-            await handler(scope, receive, send)
-        except _ClientGone:
-            pass
-
-    # --- handlers -----------------------------------------------------------------
-    def _refuse(self, scope: dict, rule: Rule, message: str) -> None:
+    # --- counting and logging refusals ------------------------------------------------
+    def reject(self, client: str, rule: Rule | Refused, message: str) -> None:
         self.writer.count(REJECTED_PREFIX + rule.value)
-        client = scope.get("client") or ("?", 0)
-        log.warning("rejected a record from %s: %s", client[0], message)
+        self._record_log.log(time.monotonic(), logging.WARNING, "rejected a record from %s: %s", client, message)
 
-    async def _read_body(self, receive: Callable) -> bytes | None:
-        """The whole body, or None once it exceeds the limit."""
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.settings.max_body:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+    def refuse(self, reason: Refusal | Denied, client: str, detail: str) -> None:
+        """A connection or request refused before it was a record (the protocol's and auth's)."""
+        name = reason.value if isinstance(reason, Refusal) else reason.refusal.value
+        self.writer.count(REFUSED_PREFIX + name)
+        self._refusal_log.log(time.monotonic(), logging.WARNING, "refused %s from %s: %s", name, client, detail)
 
-    async def _ingest(self, scope: dict, receive: Callable, send: Callable) -> None:
-        limit = self.settings.max_body
-        declared = _content_length(scope["headers"])
-        body = None if declared is not None and declared > limit else await self._read_body(receive)
-        if body is None:
-            size = f"{declared} bytes" if declared is not None and declared > limit else "larger"
-            message = f"Request body is {size}; this collector accepts at most {limit} bytes"
-            self._refuse(scope, Rule.TOO_LARGE, message)
-            await _respond(send, 413, _message(message), extra=[(b"connection", b"close")])
-            return
-        sub = submission_from_request(scope["headers"], body)
-        try:
-            record = validate(sub, self.settings.tids, int(time.time()))
-        except Rejected as r:
-            self._refuse(scope, r.rule, r.message)
-            await _respond(send, r.status, _message(r.message))
+    def _auth_refused(self, request: Request, denied: Denied) -> None:
+        self.refuse(denied, _client(request), f"{request.method} {request.url.path[:100]}: {denied.message}")
+
+    async def stats_document(self) -> dict[str, Any]:
+        counters = await self.writer.counters()
+        # The count scans the table: on the reader's connection, not the writer's thread.
+        count = await self.reader(lambda store: store.count_records())
+        return stats_document(count, counters)
+
+    async def first_run_hint(self) -> None:
+        """Tell the operator how to let the first reader in."""
+        if not self.settings.reads:
+            log.info("reads are turned off: this collector only ingests")
             return
         try:
-            reply = await self.writer.submit(record)
-        except StoreError:
-            await _respond(send, 500, _message("The record was not stored (database error); try again later"))
-            return
-        if reply.duplicate:
-            log.info("repeat of record %s answered from the stored row", record.record_id)
-        await _respond(send, reply.status, reply.body)
-
-    async def _to_ui(self, scope: dict, receive: Callable, send: Callable) -> None:
-        await _respond(send, 302, b"", content_type=b"text/plain", extra=[(b"location", UI_PATH.encode())])
-
-    async def _ui(self, scope: dict, receive: Callable, send: Callable) -> None:
-        await _respond(send, 200, UI_TEXT, content_type=b"text/plain; charset=utf-8")
-
-    async def _records(self, scope: dict, receive: Callable, send: Callable) -> None:
-        try:
-            q = parse_query(parse_query_string(scope.get("query_string", b"")))
-        except QueryRejected as e:
-            log.warning("bad records query: %s", e.message)
-            await _respond(send, 400, _message(e.message))
-            return
-        now = int(time.time())
-
-        def read(store: Store) -> bytes:
-            # Up to 1000 records with their payloads: rendered here, not on the event loop.
-            return to_json({"records": [r.as_json_dict() for r in store.query(q, now)]})
-
-        try:
-            body = await asyncio.to_thread(self.reader.run, read)
+            known = await self.credentials(lambda store: store.credentials())
         except StoreError as e:
-            log.error("records query failed: %s", e)
-            await _respond(send, 500, _message("The records could not be read (database error)"))
+            log.warning("cannot list read credentials: %s", e)
             return
-        await _respond(send, 200, body)
+        if not known:
+            log.warning("no read credential exists yet, so every read is refused (401); "
+                        "create one with: telemetry-collector token add NAME --scope read --database %s",
+                        self.reader.url.redacted())
 
-    async def _stats(self, scope: dict, receive: Callable, send: Callable) -> None:
+
+def stats_document(records: int, counters: dict[str, int]) -> dict[str, Any]:
+    """What /api/stats and `telemetry-collector stats` show: the writer's counts of records,
+    and the refusals of connections and requests (``refused``)."""
+    document = Stats(records=records, counters=counters).document()
+    document["refused"] = {k[len(REFUSED_PREFIX):]: v for k, v in sorted(counters.items())
+                           if k.startswith(REFUSED_PREFIX)}
+    return document
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def _collector(request: Request) -> CollectorApp:
+    return request.app.state.collector
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _json(404, f"Not found: {request.url.path[:100]}")
+    if exc.status_code == 405:
+        return _json(405, f"Method {request.method[:20]} is not allowed here", dict(exc.headers or {}))
+    return _json(exc.status_code, exc.detail or "Error", dict(exc.headers or {}))
+
+
+# --- ingestion -------------------------------------------------------------------------------
+
+async def ingest_or_redirect(request: Request) -> Response:
+    if request.method == "POST":
+        return await ingest(request)
+    return RedirectResponse(UI_PATH, status_code=302)
+
+
+async def ingest(request: Request) -> Response:
+    app = _collector(request)
+    client = _client(request)
+    wait = app.address_buckets.take(client, time.monotonic())
+    if wait:
+        return _rate_limited(app, client, f"address {client}", wait)
+    limit = app.settings.max_body
+    declared = _content_length(request)
+    try:
+        body = None if declared is not None and declared > limit else await _read_body(request, limit)
+    except ClientDisconnect:
+        # Gone, or dropped by the server for sending too slowly (it answered 408): nothing is
+        # stored and nobody reads an answer.
+        return Response(status_code=400)
+    if body is None:
+        size = f"{declared} bytes" if declared is not None and declared > limit else "larger"
+        message = f"Request body is {size}; this collector accepts at most {limit} bytes"
+        app.reject(client, Rule.TOO_LARGE, message)
+        # The connection stays open: the server reads the rest of the body and drops it (within
+        # --body-timeout), so the client, still sending, is not reset before it reads the 413.
+        return _json(413, message)
+    sub = submission_from_request(request.scope["headers"], body)
+    try:
+        record = validate(sub, app.settings.tids, int(time.time()))
+    except Rejected as r:
+        app.reject(client, r.rule, r.message)
+        return _json(r.status, r.message)
+    certificate = identity.of_scope(request.scope)
+    if certificate is not None and app.settings.machine_identity and certificate.common_name != record.machine_id:
+        message = (f"Machine-Id {record.machine_id[:40]!r} is not the identity of the client certificate "
+                   f"({certificate.subject[:200]})")
+        app.reject(client, Refused.MACHINE_IDENTITY, message)
+        return _json(403, message)
+    wait = app.machine_buckets.take(record.machine_id, time.monotonic())
+    if wait:
+        return _rate_limited(app, client, f"machine id {record.machine_id[:40]!r}", wait)
+    try:
+        reply = await app.writer.submit(record)
+    except StoreError:
+        return _json(500, "The record was not stored (database error); try again later")
+    if reply.duplicate:
+        log.info("repeat of record %s answered from the stored row", record.record_id)
+    return Response(reply.body, status_code=reply.status, media_type=JSON)
+
+
+def _rate_limited(app: CollectorApp, client: str, who: str, wait: float) -> Response:
+    seconds = retry_after(wait)
+    message = f"Too many records from {who}; retry after {seconds} s"
+    app.reject(client, Refused.RATE_LIMITED, message)
+    return _json(429, message, {"retry-after": str(seconds)})
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The whole body, or None once it exceeds the limit; `ClientDisconnect` if the client
+    goes before it is complete."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def ui(request: Request) -> Response:
+    return PlainTextResponse(UI_TEXT)
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+class _StreamAborted(Exception):
+    pass
+
+
+class RecordStream(StreamingResponse):
+    """A streamed answer that a failure cuts short: without its last chunk, the server closes
+    the connection and the client sees an incomplete answer, never a truncated 'complete' one."""
+
+    async def stream_response(self, send: Callable) -> None:
+        with contextlib.suppress(_StreamAborted):
+            await super().stream_response(send)
+
+
+@requires(Scope.READ)
+async def records(request: Request) -> Response:
+    app = _collector(request)
+    try:
+        q = parse_query(parse_query_string(request.scope.get("query_string", b"")))
+    except QueryRejected as e:
+        log.warning("bad records query from %s: %s", _client(request), e.message)
+        return _json(400, e.message)
+    now = int(time.time())
+    try:
+        index = await app.reader(lambda store: store.query_sizes(q, now))
+    except StoreError as e:
+        log.error("records query failed: %s", e)
+        return _json(500, "The records could not be read (database error)")
+    cursor = reading.next_cursor(index, q.limit)
+    headers = {}
+    if cursor is not None:
+        params = dict(parse_query_string(request.scope.get("query_string", b"")), before_id=str(cursor))
+        headers["link"] = f'<{RECORDS_PATH}?{urllib.parse.urlencode(params)}>; rel="next"'
+    if request.method == "HEAD":
+        return Response(b"", media_type=JSON, headers=headers)
+    return RecordStream(_stream(app, reading.plan_groups(index), cursor), media_type=JSON, headers=headers)
+
+
+async def _stream(app: CollectorApp, groups: list[list[int]], cursor: int | None) -> AsyncIterator[bytes]:
+    yield reading.opening(cursor)
+    first = True
+    for group in groups:
+
+        def render(store: Store, ids: list[int] = group, first: bool = first) -> list[bytes]:
+            return list(reading.render_group(store.records_by_id(ids), first))
+
         try:
-            counters = await self.writer.counters()
-            # The count scans the table: on the reader's connection, not the writer's thread.
-            records = await asyncio.to_thread(self.reader.run, lambda store: store.count_records())
-        except Exception as e:  # noqa: BLE001
-            log.error("stats failed: %s", e)
-            await _respond(send, 500, _message("The counters could not be read (database error)"))
-            return
-        await _respond(send, 200, to_json(Stats(records=records, counters=counters).document()))
+            chunks = await app.reader(render)
+        except StoreError as e:
+            log.error("records query failed while answering: %s", e)
+            raise _StreamAborted from None
+        for chunk in chunks:
+            yield chunk
+        first = first and not chunks
+        del chunks
+    yield reading.CLOSING
 
 
-async def _respond(send: Callable, status: int, body: bytes, *, content_type: bytes = JSON,
-                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
-    await send({"type": "http.response.body", "body": body})
+@requires(Scope.READ)
+async def one_record(request: Request) -> Response:
+    app = _collector(request)
+    text = request.path_params["record_id"]
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return _json(400, "Provided record id value is invalid")
+    record_id = int(text)
+    try:
+        found = await app.reader(lambda store: store.records_by_id([record_id]))
+    except StoreError as e:
+        log.error("record read failed: %s", e)
+        return _json(500, "The record could not be read (database error)")
+    if not found:
+        return _json(404, f"No record {record_id}")
+    return Response(to_json(found[0].as_json_dict()), media_type=JSON)
 
+
+@requires(Scope.READ)
+async def stats(request: Request) -> Response:
+    try:
+        document = await _collector(request).stats_document()
+    except Exception as e:  # noqa: BLE001
+        log.error("stats failed: %s", e)
+        return _json(500, "The counters could not be read (database error)")
+    return Response(to_json(document), media_type=JSON)
+
+
+@requires(Scope.ADMIN)
+async def list_tokens(request: Request) -> Response:
+    app = _collector(request)
+    try:
+        known = await app.credentials(lambda store: store.credentials())
+    except StoreError as e:
+        log.error("listing credentials failed: %s", e)
+        return _json(500, "The credentials could not be read (database error)")
+    return Response(to_json({"credentials": [
+        {"name": c.name, "kind": c.kind.value, "scope": c.scope.value, "created": c.created} for c in known]}),
+        media_type=JSON)
+
+
+@requires(Scope.ADMIN)
+async def revoke_token(request: Request) -> Response:
+    app = _collector(request)
+    name = request.path_params["name"]
+    try:
+        removed = await app.credentials(lambda store: store.revoke_credential(name))
+    except StoreError as e:
+        log.error("revoking a credential failed: %s", e)
+        return _json(500, "The credential could not be revoked (database error)")
+    if not removed:
+        return _json(404, f"No credential named {name[:100]!r}")
+    log.info("credential %r revoked by %s", name, request.state.principal.name)
+    return Response(status_code=204)

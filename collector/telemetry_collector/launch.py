@@ -2,8 +2,10 @@
 
 `start_collector` runs ``python -m telemetry_collector.main`` on a free port of 127.0.0.1,
 waits for its ``listening on URL`` line, and returns a `RunningCollector` that can list the
-records and counters it holds and stop it.  Reads use the standard library's HTTP client,
-so nothing here needs the server's own dependencies.
+records and counters it holds and stop it.  Reads need a credential: before serving, the
+launcher makes an admin token with ``telemetry-collector token add`` on the same database
+(as an operator would) and sends it with every read.  Reads use the standard library's HTTP
+client, so nothing here needs the server's own dependencies.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from telemetry.errors import TelemetryError
 
+MODULE = "telemetry_collector.main"
 READY_PREFIX = "listening on "
 START_TIMEOUT = 30.0
 
@@ -35,6 +39,7 @@ class RunningCollector:
     url: str  # scheme://host:port, without a path
     process: subprocess.Popen
     log_path: str | None = None
+    token: str | None = field(default=None, repr=False)  # an admin token, for reads
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -42,8 +47,13 @@ class RunningCollector:
         """What telempostd's `server` key should hold."""
         return self.url + "/v2/collector"
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     def get_json(self, path: str, timeout: float = 30.0) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+        request = urllib.request.Request(self.url + path, headers=self.auth_headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.load(response)
 
     def records(self, **params: object) -> list[dict]:
@@ -85,10 +95,12 @@ def start_collector(
     host: str = "127.0.0.1",
     timeout: float = START_TIMEOUT,
     python: str = sys.executable,
+    read_token: bool = True,
 ) -> RunningCollector:
-    """A collector serving `database` on a free port of `host`; its log goes to `log_path`."""
-    command = [python, "-m", "telemetry_collector.main", "serve", "--listen", f"{host}:0",
-               "--database", database, *args]
+    """A collector serving `database` on a free port of `host`; its log goes to `log_path`.
+    With `read_token`, an admin token is made first and kept in `RunningCollector.token`."""
+    token = make_token(database, f"launch-{uuid.uuid4().hex[:12]}", env=env, python=python) if read_token else None
+    command = [python, "-m", MODULE, "serve", "--listen", f"{host}:0", "--database", database, *args]
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env,
@@ -96,7 +108,7 @@ def start_collector(
     finally:
         if log_path:
             log.close()  # type: ignore[union-attr]
-    collector = RunningCollector(url="", process=process, log_path=log_path)
+    collector = RunningCollector(url="", process=process, log_path=log_path, token=token)
     try:
         text = _first_line(process, timeout).decode(errors="replace").strip()
         if not text.startswith(READY_PREFIX):
@@ -106,6 +118,16 @@ def start_collector(
         raise CollectorStartError(f"{e}{_see(log_path)}") from None
     collector.url = text[len(READY_PREFIX):]
     return collector
+
+
+def make_token(database: str, name: str, *, scope: str = "admin", env: dict[str, str] | None = None,
+               python: str = sys.executable) -> str:
+    """`telemetry-collector token add NAME --scope SCOPE --database DATABASE`; its secret."""
+    done = subprocess.run([python, "-m", MODULE, "token", "add", name, "--scope", scope, "--database", database],
+                          capture_output=True, env=env, stdin=subprocess.DEVNULL, timeout=START_TIMEOUT)
+    if done.returncode != 0:
+        raise CollectorStartError(f"cannot make a read token: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout.decode().strip()
 
 
 def _first_line(process: subprocess.Popen, timeout: float) -> bytes:
@@ -137,4 +159,4 @@ def _see(log_path: str | None) -> str:
     return f" (log {log_path}: {tail[-1] if tail else 'empty'})"
 
 
-__all__ = ["CollectorStartError", "RunningCollector", "start_collector"]
+__all__ = ["CollectorStartError", "RunningCollector", "make_token", "start_collector"]

@@ -1,6 +1,9 @@
 """telemetry-collector: serve the ingestion API, or purge and inspect the record store.
 
-    telemetry-collector [serve] [--listen HOST:PORT] [--database URL] [--tid TID ...] [TLS options]
+    telemetry-collector [serve] [--listen HOST:PORT] [--database URL] [--tid TID ...] [TLS options] [limits]
+    telemetry-collector token add NAME [--scope read|admin] [--certificate] [--database URL]
+    telemetry-collector token list [--json] [--database URL]
+    telemetry-collector token revoke NAME [--database URL]
     telemetry-collector purge [--database URL] [--purge-days N] [--purge-filter FIELD=VALUE:DAYS ...]
     telemetry-collector stats [--database URL]
 
@@ -13,12 +16,15 @@ systemd it takes a socket passed by socket activation and reports READY.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import ipaddress
 import json
 import logging
 import socket
 import ssl
 import time
+from typing import Any
 
 import click
 
@@ -28,12 +34,22 @@ from telemetry.config import DEFAULT_TID
 from telemetry.errors import TelemetryError
 
 from . import server
-from .app import DEFAULT_MAX_BODY, CollectorApp, Settings
+from .app import CollectorApp, Settings, stats_document
+from .credentials import (
+    Credential,
+    CredentialError,
+    Kind,
+    Scope,
+    check_name,
+    new_secret,
+    secret_hash,
+)
 from .dburl import parse_database_url
+from .limits import Limits
+from .protocol import Guard
 from .purge import DEFAULT_DAYS, PurgePolicy, PurgeSpecError, check_days, parse_filter
 from .server import announce_ready
 from .store import Durability, open_store
-from .writer import Stats
 
 PROG = "telemetry-collector"
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -92,6 +108,17 @@ def check_tids(tids: tuple[str, ...]) -> tuple[str, ...]:
     return tids
 
 
+def check_addresses(values: tuple[str, ...]) -> tuple[str, ...]:
+    """IP addresses, as the peer addresses of connections are compared with them."""
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an IP address (one proxy per option)") from None
+    return tuple(out)
+
+
 def check_tls(cert: str | None, key: str | None, client_ca: str | None) -> None:
     if (cert is None) != (key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -139,6 +166,46 @@ def purge_options(default_days: int):
         )(f)
 
     return decorate
+
+
+_DEFAULTS = Limits()
+_SECONDS = click.FloatRange(0, 3600, min_open=True)
+_COUNT = click.IntRange(0)
+_RATE = click.FloatRange(0)
+# (option, Limits field, type, metavar, help)
+_LIMIT_OPTIONS = (
+    ("--head-timeout", "head_timeout", _SECONDS, "SECONDS",
+     "Time a client has, from connecting (or from a request's first byte), to send the request head; 408 "
+     "and closed beyond."),
+    ("--body-timeout", "body_timeout", _SECONDS, "SECONDS",
+     "Time a client has, after the head, to send the whole body; 408 and closed beyond."),
+    ("--idle-timeout", "idle_timeout", _SECONDS, "SECONDS",
+     "A kept-alive connection without a request, or a reader taking no response bytes, is closed after this."),
+    ("--max-header-bytes", "max_header_bytes", _COUNT, "BYTES",
+     "Largest request line and headers; 431 and closed beyond."),
+    ("--max-body", "max_body", click.IntRange(0, MAX_BODY_CEILING), "BYTES",
+     "Largest request body accepted; 413 beyond."),
+    ("--max-connections", "max_connections", _COUNT, "N", "Open connections in total; 503 beyond."),
+    ("--max-connections-per-address", "max_connections_per_address", _COUNT, "N",
+     "Open connections from one client address; 503 beyond."),
+    ("--machine-rate", "machine_rate", _RATE, "RECORDS/S",
+     "Records per second one machine id may send, sustained (token bucket); 429 with Retry-After beyond."),
+    ("--machine-burst", "machine_burst", _COUNT, "RECORDS", "Records one machine id may send at once."),
+    ("--address-rate", "address_rate", _RATE, "RECORDS/S",
+     "Records per second one client address may send, sustained; 429 with Retry-After beyond."),
+    ("--address-burst", "address_burst", _COUNT, "RECORDS", "Records one client address may send at once."),
+)
+
+
+def limit_options(f):
+    for option, name, kind, metavar, text in reversed(_LIMIT_OPTIONS):
+        f = click.option(option, name, type=kind, default=getattr(_DEFAULTS, name), show_default=True,
+                         metavar=metavar, help=text)(f)
+    return f
+
+
+def make_limits(values: dict[str, Any]) -> Limits:
+    return Limits(**{name: values[name] for _, name, *_ in _LIMIT_OPTIONS})
 
 
 class _DefaultServe(click.Group):
@@ -203,12 +270,21 @@ def main() -> None:
               help="Private key of --tls-cert.")
 @click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
               help="Require client certificates signed by these CAs (mutual TLS).")
-@click.option("--max-body", type=click.IntRange(0, MAX_BODY_CEILING), default=DEFAULT_MAX_BODY,
-              show_default=True, metavar="BYTES", help="Largest request body accepted (413 beyond).")
 @click.option("--durability", type=click.Choice([d.value for d in Durability]), default=Durability.FULL.value,
               show_default=True, help="full: a record is on disk before it is answered; relaxed: it survives "
               "a collector crash, but a power cut can lose the last moments (SQLite synchronous=NORMAL, "
               "PostgreSQL synchronous_commit=off).")
+@click.option("--reads/--no-reads", default=True, show_default=True,
+              help="Serve the read routes (/api/*) to holders of a read credential; --no-reads makes an "
+              "ingest-only node, where they answer 404.")
+@click.option("--machine-identity/--no-machine-identity", default=True, show_default=True,
+              help="With --tls-client-ca: a record's Machine-Id must be the client certificate's subject "
+              "Common Name (403 otherwise). --no-machine-identity for a fleet sharing one certificate.")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
+              callback=lambda ctx, param, value: check_addresses(value),
+              help="A reverse proxy's address (repeatable): its X-Forwarded-For names the client for the "
+              "per-address rate limit, and its connections count only towards --max-connections.")
+@limit_options
 @purge_options(DEFAULT_DAYS)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
@@ -216,12 +292,34 @@ def main() -> None:
               help="Log every request line.")
 @handle_errors
 def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: str | None,
-          tls_key: str | None, tls_client_ca: str | None, max_body: int, durability: str, purge_days: int,
-          purge_filters: tuple[str, ...], log_level: str, access_log: bool) -> None:
-    """Serve POST /v2/collector, GET /api/records and GET /api/stats."""
+          tls_key: str | None, tls_client_ca: str | None, durability: str, reads: bool, machine_identity: bool,
+          trusted_proxies: tuple[str, ...], purge_days: int, purge_filters: tuple[str, ...], log_level: str,
+          access_log: bool, **limit_values: Any) -> None:
+    """Serve POST /v2/collector (open to every sender, within the limits below) and, to
+    holders of a read credential, GET /api/records, /api/records/ID and /api/stats.
+
+    \b
+    Reads need a credential: a bearer token (Authorization: Bearer TOKEN) made with
+      telemetry-collector token add NAME --scope read --database URL
+    or, with --tls-client-ca, a client certificate registered with
+      telemetry-collector token add CN --certificate --database URL
+    Without one a read is answered 401, with too small a scope 403.
+
+    \b
+    Limits (0 turns a count off): a client over one is refused and everyone else is
+    served. Slow heads and bodies get 408, heads over --max-header-bytes 431, bodies over
+    --max-body 413, connections over --max-connections(-per-address) 503 with Retry-After,
+    records over a rate 429 with Retry-After (telempostd waits as told).
+    """
     logsetup.setup(PROG, log_level)
     policy = purge_policy(purge_days, purge_filters)
     check_tls(tls_cert, tls_key, tls_client_ca)
+    limits = make_limits(limit_values)
+    usable = server.raise_file_limit(limits.max_connections)
+    if usable < limits.max_connections:
+        log.warning("the open-file limit allows %d connections, not --max-connections %d", usable,
+                    limits.max_connections)
+        limits = dataclasses.replace(limits, max_connections=usable)
     host, port = parse_listen(listen)
     url = parse_database_url(database)
     mode = Durability(durability)
@@ -231,8 +329,11 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
     except BaseException:
         writer_store.close()
         raise
-    settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), max_body=max_body, purge=policy, durability=mode)
+    settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), limits=limits, purge=policy, durability=mode,
+                        reads=reads, machine_identity=machine_identity)
     app = CollectorApp(url, settings, writer_store=writer_store, reader_store=reader_store)
+    guard = Guard(limits, refused=lambda reason, client, detail: app.refuse(reason, client, detail),
+                  trusted_proxies=frozenset(trusted_proxies))
     try:
         sock = systemd_socket() or bind(host, port)
     except BaseException:
@@ -244,7 +345,7 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
         log.info("serving %s, records in %s", address, url.redacted())
         announce_ready(address)
 
-    started = server.serve(app, sock, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+    started = server.serve(app, sock, guard, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
                            log_level=log_level, access_log=access_log, on_ready=ready)
     if not started:
         raise TelemetryError("the server did not start; see the messages above")
@@ -273,10 +374,95 @@ def stats(database: str | None) -> None:
     """Print the record count and counters as JSON."""
     store = open_store(parse_database_url(database))
     try:
-        document = Stats(records=store.count_records(), counters=store.counters()).document()
+        document = stats_document(store.count_records(), store.counters())
     finally:
         store.close()
     click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def token() -> None:
+    """Manage read credentials: bearer tokens and client-certificate readers.
+
+    \b
+    Each command takes the --database of the collector it manages; a change takes effect
+    on that collector's next request, without a restart. Secrets are stored only as
+    SHA-256 hashes: a token is shown once, when it is made.
+    """
+
+
+@token.command("add", context_settings=CONTEXT_SETTINGS)
+@click.argument("name")
+@click.option("--scope", type=click.Choice([s.value for s in Scope]), default=Scope.READ.value, show_default=True,
+              help="read: GET /api/records, /api/records/ID, /api/stats (and the web views); admin: also "
+              "GET /api/tokens and DELETE /api/tokens/NAME.")
+@click.option("--certificate", is_flag=True,
+              help="NAME is the subject Common Name of a client certificate (with serve --tls-client-ca): "
+              "that certificate reads without a token. No secret is made.")
+@database_option
+@handle_errors
+def token_add(name: str, scope: str, certificate: bool, database: str | None) -> None:
+    """Make a credential NAME and print its secret (once; it cannot be shown again)."""
+    try:
+        check_name(name)
+    except CredentialError as e:
+        raise click.BadParameter(str(e), param_hint="NAME") from None
+    kind = Kind.CERTIFICATE if certificate else Kind.TOKEN
+    secret = None if certificate else new_secret()
+    store = open_store(parse_database_url(database))
+    try:
+        store.add_credential(Credential(name, kind, Scope(scope), int(time.time())),
+                             None if secret is None else secret_hash(secret))
+    finally:
+        store.close()
+    if secret is None:
+        click.echo(f"certificate reader {name!r} added (scope {scope}): a client certificate with CN={name} "
+                   "may read", err=True)
+    else:
+        click.echo(secret)
+        click.echo(f"token {name!r} added (scope {scope}); this is the only time its secret is shown. "
+                   "Send it as: Authorization: Bearer TOKEN", err=True)
+
+
+@token.command("list", context_settings=CONTEXT_SETTINGS)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@database_option
+@handle_errors
+def token_list(as_json: bool, database: str | None) -> None:
+    """List the credentials (never their secrets)."""
+    store = open_store(parse_database_url(database))
+    try:
+        known = store.credentials()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([{"name": c.name, "kind": c.kind.value, "scope": c.scope.value, "created": c.created}
+                               for c in known], indent=2))
+        return
+    if not known:
+        click.echo("no credentials; make one with: telemetry-collector token add NAME --scope read", err=True)
+        return
+    width = max(len("NAME"), *(len(c.name) for c in known))
+    click.echo(f"{'NAME':<{width}}  {'KIND':<11}  {'SCOPE':<5}  CREATED")
+    for c in known:
+        created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(c.created))
+        click.echo(f"{c.name:<{width}}  {c.kind.value:<11}  {c.scope.value:<5}  {created}")
+
+
+@token.command("revoke", context_settings=CONTEXT_SETTINGS)
+@click.argument("name")
+@database_option
+@handle_errors
+def token_revoke(name: str, database: str | None) -> None:
+    """Remove the credential NAME; the collector refuses it from its next request on."""
+    store = open_store(parse_database_url(database))
+    try:
+        removed = store.revoke_credential(name)
+    finally:
+        store.close()
+    if not removed:
+        raise TelemetryError(f"no credential named {name!r} (see: telemetry-collector token list)")
+    click.echo(f"credential {name!r} revoked", err=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ always answered 500.  Fixed on purpose: numbers are ASCII digits compared as num
 ids and times beyond what the database holds are clamped instead of failing there.
 Unknown parameters are ignored and, for a repeated one, the first value counts, as the
 reference does.
+
+Ours: ``before_id`` (ids below it), the cursor for paging: a page that is full names the
+next page's cursor, the lowest id it holds (`app` puts it in the answer), so a client reads
+everything, newest first, in pages of at most ``limit`` records.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class RecordQuery:
     build: str | None = None
     machine_id: str | None = None
     from_id: int | None = None  # id >= from_id
+    before_id: int | None = None  # id < before_id (the paging cursor)
     ts_capture: int | None = None  # capture time > ts_capture
     limit: int = LIMIT_MAX
 
@@ -82,13 +87,15 @@ def parse_query(params: dict[str, str]) -> RecordQuery:
         if len(value) > MACHINE_ID_MAX:
             raise QueryRejected("Machine id value is invalid")
         machine_id = value
-    days = seconds = from_id = ts_capture = None
+    days = seconds = from_id = before_id = ts_capture = None
     if (value := params.get("created_in_days")) is not None:
         days = _digits(value, "Created (in days) value is invalid")
     if (value := params.get("created_in_sec")) is not None:
         seconds = _digits(value, "Created (in seconds) value is invalid")
     if (value := params.get("from_id")) is not None:
         from_id = _digits(value, "Provided record id value is invalid")
+    if (value := params.get("before_id")) is not None:
+        before_id = _digits(value, "Cursor (before_id) value is invalid")
     if (value := params.get("ts_capture")) is not None:
         ts_capture = _digits(value, "Time stamp from record capture")
     limit = LIMIT_MAX
@@ -109,6 +116,7 @@ def parse_query(params: dict[str, str]) -> RecordQuery:
         build=build,
         machine_id=machine_id,
         from_id=from_id,
+        before_id=before_id,
         ts_capture=ts_capture,
         limit=limit,
     )

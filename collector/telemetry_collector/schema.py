@@ -77,6 +77,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "read credentials",
+        (
+            """CREATE TABLE credentials (
+                name        TEXT PRIMARY KEY,
+                kind        TEXT NOT NULL,     -- token: a bearer secret; certificate: a client certificate's CN
+                scope       TEXT NOT NULL,     -- read or admin
+                secret_hash TEXT UNIQUE,       -- SHA-256 of a token's secret, hex; NULL for a certificate
+                created     {BIGINT} NOT NULL  -- unix seconds
+            )""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -1,18 +1,17 @@
-"""Running the application on uvicorn: protocol choice, limits, TLS, readiness.
+"""Running the application on uvicorn: the guarded protocol, TLS, file limits, readiness.
 
-uvicorn parses HTTP/1.1 with httptools (llhttp, C) when it is installed, about twice as
-fast here as h11 (pure Python).  uvicorn's httptools protocol sets no limit on the request
-head, though, while h11 stops at 16 KiB; `BoundedHttpTools` restores the bound by counting
-the bytes that arrive before the headers are complete and answering 400 and closing the
-connection past HEAD_LIMIT.  Without httptools the server uses h11 and its own bound.
+uvicorn parses HTTP/1.1 with httptools (llhttp, C), about twice as fast here as h11 (pure
+Python).  Its protocol is used through `protocol.guarded_protocol`, which adds what a
+server on a network needs and uvicorn lacks: head and body deadlines, a head size bound,
+connection caps in total and per address, and dropping readers that stall.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -23,78 +22,55 @@ import click
 
 from telemetry.errors import TelemetryError
 
+from .protocol import Guard, protocol_options
+
 log = logging.getLogger("telemetry-collector")
 
-HEAD_LIMIT = 64 * 1024  # bytes of request line and headers
-KEEP_ALIVE = 30  # seconds an idle kept-alive connection stays open
-MAX_CONNECTIONS = 1024  # beyond: 503
 GRACEFUL_SHUTDOWN = 10  # seconds for requests in flight at SIGTERM
+SPARE_FILES = 64  # descriptors beyond the connections: databases, logs, the listener
 
 
 class MissingDependency(TelemetryError):
     pass
 
 
-def _bounded_httptools() -> type | None:
-    try:
-        import httptools  # noqa: F401
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        return None
-    if not all(hasattr(HttpToolsProtocol, m) for m in ("data_received", "on_message_begin",
-                                                      "on_headers_complete", "send_400_response")):
-        return None
-
-    class BoundedHttpTools(HttpToolsProtocol):
-        _in_head = True
-        _head_bytes = 0
-
-        def on_message_begin(self) -> None:
-            self._in_head, self._head_bytes = True, 0
-            super().on_message_begin()
-
-        def on_headers_complete(self) -> None:
-            self._in_head = False
-            super().on_headers_complete()
-
-        def data_received(self, data: bytes) -> None:
-            if self._in_head:
-                self._head_bytes += len(data)
-                if self._head_bytes > HEAD_LIMIT:
-                    log.warning("closed a connection from %s: request head over %d bytes",
-                                (self.client or ("?",))[0], HEAD_LIMIT)
-                    self.send_400_response("Request head too large.")
-                    return
-            super().data_received(data)
-
-    return BoundedHttpTools
+def raise_file_limit(connections: int) -> int:
+    """Raise the soft limit on open files so `connections` fit; returns how many do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return connections
+    return max(0, min(connections, soft - SPARE_FILES))
 
 
-def serve(app: Callable, sock: socket.socket, *, tls_cert: str | None, tls_key: str | None,
+def serve(app: Callable, sock: socket.socket, guard: Guard, *, tls_cert: str | None, tls_key: str | None,
           tls_client_ca: str | None, log_level: str, access_log: bool, on_ready: Callable[[str], None]) -> bool:
     """Serve until SIGTERM/SIGINT; False if the server never started."""
     try:
         import uvicorn
     except ImportError:
-        from .dependencies import hint
+        raise MissingDependency(
+            "the collector needs uvicorn: pip install 'telemetrics-client[collector]'"
+        ) from None
 
-        raise MissingDependency(f"the collector needs uvicorn: {hint('uvicorn')}") from None
-
-    protocol = _bounded_httptools()
     config = uvicorn.Config(
         app,
-        http=protocol or "h11",
-        **_newer_settings(uvicorn.Config, h11_max_incomplete_event_size=HEAD_LIMIT,
-                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN),
+        **protocol_options(guard),
+        ws="none",
         lifespan="on",
         interface="asgi3",
         log_config=None,
         log_level=log_level,
         access_log=access_log,
-        proxy_headers=False,
         server_header=False,
-        limit_concurrency=MAX_CONNECTIONS,
-        timeout_keep_alive=KEEP_ALIVE,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         ssl_ca_certs=tls_client_ca,
@@ -124,14 +100,6 @@ def serve(app: Callable, sock: socket.socket, *, tls_cert: str | None, tls_key: 
     finally:
         signal.signal(signal.SIGTERM, previous)
     return bool(server.started)
-
-
-def _newer_settings(config: type, **settings: object) -> dict[str, object]:
-    """The settings this uvicorn knows.  Debian 12's (0.17) has neither: its h11 parser keeps
-    h11's own 16 KiB bound on the request head, and at SIGTERM it waits for the requests in
-    flight without a time limit (systemd's stop timeout is then the bound)."""
-    known = inspect.signature(config.__init__).parameters
-    return {k: v for k, v in settings.items() if k in known}
 
 
 def url_of(sock: socket.socket, tls: bool) -> str:

@@ -23,11 +23,13 @@ import logging
 import operator
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from telemetry.errors import TelemetryError
 
+from .credentials import Credential, Kind, Scope
 from .dburl import Backend, DatabaseURL
 from .model import COLUMNS, NewRecord, StoredRecord, record_from_row
 from .purge import PurgePolicy, purge_statements
@@ -58,6 +60,18 @@ _ADD_COUNTER = (
 
 class StoreError(TelemetryError):
     pass
+
+
+class CredentialExists(StoreError):
+    pass
+
+
+def _credential(row: tuple) -> Credential | None:
+    """A credentials row; None for one this version cannot read (written by a newer one)."""
+    try:
+        return Credential(name=row[0], kind=Kind(row[1]), scope=Scope(row[2]), created=int(row[3]))
+    except ValueError:
+        return None
 
 
 def one_line(error: BaseException) -> str:
@@ -176,7 +190,10 @@ class Store:
         with self._reporting("counting records"):
             return int(self._execute("SELECT count(*) FROM records").fetchone()[0])
 
-    def query(self, q: RecordQuery, now: int) -> list[StoredRecord]:
+    # --- reads ----------------------------------------------------------------------
+    _PAYLOAD_SIZE = "length(payload)"
+
+    def _where(self, q: RecordQuery, now: int) -> tuple[str, list[object]]:
         clauses = ["ts_reception > ?"]
         params: list[object] = [now - q.window]
         for column, value, op in (
@@ -185,17 +202,73 @@ class Store:
             ("build", q.build, "="),
             ("machine_id", q.machine_id, "="),
             ("id", q.from_id, ">="),
+            ("id", q.before_id, "<"),
             ("ts_capture", q.ts_capture, ">"),
         ):
             if value is not None:
                 clauses.append(f"{column} {op} ?")
                 params.append(value)
-        sql = f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
+        return " AND ".join(clauses), params
+
+    def query(self, q: RecordQuery, now: int) -> list[StoredRecord]:
+        where, params = self._where(q, now)
+        sql = f"{_SELECT} WHERE {where} ORDER BY id DESC LIMIT ?"
         params.append(q.limit)
         # One statement reads one snapshot; no transaction, which on SQLite would take the
         # write lock (BEGIN IMMEDIATE) and make the writer wait for this read.
         with self._reporting("querying records"):
             return [record_from_row(r) for r in self._execute(sql, params).fetchall()]
+
+    def query_sizes(self, q: RecordQuery, now: int) -> list[tuple[int, int]]:
+        """(id, payload size) of the records `q` selects, highest id first: what a streamed
+        answer reads in bounded groups (`reading`)."""
+        where, params = self._where(q, now)
+        sql = f"SELECT id, {self._PAYLOAD_SIZE} FROM records WHERE {where} ORDER BY id DESC LIMIT ?"
+        params.append(q.limit)
+        with self._reporting("querying records"):
+            return [(int(i), int(n or 0)) for i, n in self._execute(sql, params).fetchall()]
+
+    def records_by_id(self, ids: list[int]) -> list[StoredRecord]:
+        """Those of `ids` still stored, highest id first."""
+        if not ids:
+            return []
+        sql = f"{_SELECT} WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id DESC"
+        with self._reporting("reading records"):
+            return [record_from_row(r) for r in self._execute(sql, ids).fetchall()]
+
+    # --- read credentials -------------------------------------------------------------
+    def add_credential(self, credential: Credential, secret_hash: str | None) -> None:
+        """A new credential; `CredentialExists` if its name is taken."""
+        with self._reporting("adding a credential"), self.transaction():
+            taken = self._execute("SELECT 1 FROM credentials WHERE name = ?", (credential.name,)).fetchone()
+            if taken:
+                raise CredentialExists(f"a credential named {credential.name!r} exists; revoke it first "
+                                       "or choose another name")
+            self._execute("INSERT INTO credentials (name, kind, scope, secret_hash, created) VALUES (?, ?, ?, ?, ?)",
+                          (credential.name, credential.kind.value, credential.scope.value, secret_hash,
+                           credential.created))
+
+    def credentials(self) -> list[Credential]:
+        with self._reporting("listing credentials"):
+            rows = self._execute("SELECT name, kind, scope, created FROM credentials ORDER BY name").fetchall()
+        return [c for c in map(_credential, rows) if c is not None]
+
+    def revoke_credential(self, name: str) -> bool:
+        """False if there was no credential of that name."""
+        with self._reporting("revoking a credential"), self.transaction():
+            return self._execute("DELETE FROM credentials WHERE name = ?", (name,)).rowcount > 0
+
+    def credential_for_secret(self, secret_hash: str) -> Credential | None:
+        with self._reporting("checking a credential"):
+            row = self._execute("SELECT name, kind, scope, created FROM credentials WHERE secret_hash = ? "
+                                "AND kind = ?", (secret_hash, Kind.TOKEN.value)).fetchone()
+        return _credential(row) if row else None
+
+    def certificate_reader(self, common_name: str) -> Credential | None:
+        with self._reporting("checking a credential"):
+            row = self._execute("SELECT name, kind, scope, created FROM credentials WHERE name = ? AND kind = ?",
+                                (common_name, Kind.CERTIFICATE.value)).fetchone()
+        return _credential(row) if row else None
 
     def purge(self, policy: PurgePolicy, now: int) -> int:
         """Delete what the retention policy says is too old; returns how many records."""
@@ -210,6 +283,24 @@ class Store:
             self._conn.close()
 
 
+def _create_private(path: str) -> None:
+    """Create the database file private to its owner (records describe machines), and refuse
+    a symbolic link.  An existing file is only looked at, never opened here: closing any
+    descriptor of a file drops every POSIX lock this process holds on it, including those
+    of its open SQLite connections, and another process could then take the file for
+    unused and checkpoint away the WAL under them."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            _create_private(path)
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+
+
 class SQLiteStore(Store):
     backend = Backend.SQLITE
 
@@ -220,9 +311,7 @@ class SQLiteStore(Store):
         path = self.url.target
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            # Records describe machines: the database is private to its owner.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            os.close(fd)
+            _create_private(path)
         except OSError as e:
             hint = "; it is a symbolic link" if e.errno == errno.ELOOP else ""
             raise StoreError(f"cannot open SQLite database {path}: {e.strerror}{hint}") from None
@@ -273,6 +362,9 @@ class PostgresStore(Store):
             return conn
         except psycopg.Error as e:
             raise StoreError(f"cannot connect to {self.url.redacted()}: {one_line(e)}") from None
+
+    # The size from the value's header: no need to fetch a TOASTed payload to learn it.
+    _PAYLOAD_SIZE = "octet_length(payload)"
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s")

@@ -48,6 +48,7 @@ from telemetry.daemons.probd.staging import (
     new_record_id,
     reply,
 )
+from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.queue import Sender
 from telemetry.limits import FRAME_MAX
@@ -129,37 +130,6 @@ class Counters:
         return " ".join(parts)
 
 
-class LogThrottle:
-    """At most `burst` lines per `interval`; the rest are counted and reported later, so a
-    flood of bad frames or failing commits cannot flood the journal."""
-
-    def __init__(self, burst: int = 20, interval: float = 10.0):
-        self.burst, self.interval = burst, interval
-        self._start = float("-inf")
-        self._used = 0
-        self.suppressed = 0
-
-    def allow(self, now: float) -> bool:
-        if now - self._start >= self.interval:
-            self._start, self._used = now, 0
-        if self._used < self.burst:
-            self._used += 1
-            return True
-        self.suppressed += 1
-        return False
-
-    def take_suppressed(self) -> int:
-        n, self.suppressed = self.suppressed, 0
-        return n
-
-    def log(self, now: float, level: int, msg: str, *args) -> None:
-        if self.allow(now):
-            suppressed = self.take_suppressed()
-            if suppressed:
-                log.log(level, "%d similar messages were suppressed", suppressed)
-            log.log(level, msg, *args)
-
-
 class Connection:
     __slots__ = ("sock", "fd", "sender", "stated", "deadline", "decoder", "registered")
 
@@ -204,8 +174,8 @@ class IngestLoop:
         self._reload_settings = reload
         self._notify = notify
         # Apart, so that a flood of bad frames cannot hide that the queue is failing.
-        self._refusals_log = LogThrottle()
-        self._failures_log = LogThrottle()
+        self._refusals_log = LogThrottle(logger=log)
+        self._failures_log = LogThrottle(logger=log)
         self._conns: dict[int, Connection] = {}
         self._uid_conns: dict[int, int] = {}  # of _conns, by sender uid
         self._opted_in: bool | None = None  # as looked at since the last wake-up (_dispatch)

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .corefile import PAGE, CoreDump
 from .demangle import demangle
@@ -26,6 +27,11 @@ from .notes import AT_ENTRY, AT_PHDR, build_id_from_notes
 from .symbols import SymbolTable
 from .unwind import MAX_FRAMES, RawFrame, StopReason, for_machine, machine_name, unwind
 from .unwind.cfi import CallFrameTable, CfiRow
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+
+    from .cache import ModuleCache
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +82,8 @@ class _Loaded:
 
     def __init__(self, info: ModuleInfo):
         self.info = info
-        self.elf = None
-        self.debug_elf = None
+        self.elf: ELFFile | None = None
+        self.debug_elf: ELFFile | None = None
         self.bias = info.bias
         self.cfi: CallFrameTable | None = None
         self.symbols: SymbolTable | None = None
@@ -86,7 +92,7 @@ class _Loaded:
         self.lines_loaded = False
         self.files: list = []
         self.opened = False
-        self.entry = None  # cache.ModuleCache: what the cache knows, and what this run adds
+        self.entry: ModuleCache | None = None  # : what the cache knows, and what this run adds
         self.cacheable = False  # the files parsed may feed the cache
 
 
@@ -147,7 +153,7 @@ class Process:
             return lm.entry.cfi[key]
         self._ensure_open(lm)
         row = lm.cfi.row_at(key) if lm.cfi is not None else None
-        if lm.cacheable:
+        if lm.cacheable and lm.entry is not None:
             lm.entry.cfi[key] = row
             lm.entry.dirty = True
         return row
@@ -200,7 +206,7 @@ class Process:
                 calls = lines.inlined_at(file_addr) if lines else []
                 inlined = [[c.function, c.call.file if c.call else None, c.call.line if c.call else None]
                            for c in calls]
-                if lm.cacheable and self.want_lines:
+                if lm.cacheable and lm.entry is not None and self.want_lines:
                     lm.entry.frames[file_addr] = [name, source.file if source else None,
                                                   source.line if source else None, inlined]
                     lm.entry.dirty = True
@@ -227,7 +233,7 @@ class Process:
                         self.notes.append(f"{lm.info.path}: unreadable symbol table ({e})")
                     if lm.symbols is not None:
                         break
-            if lm.cacheable:
+            if lm.cacheable and lm.entry is not None:
                 lm.entry.symbols, lm.entry.symbols_known, lm.entry.dirty = lm.symbols, True, True
         return lm.symbols
 
@@ -290,7 +296,7 @@ class Process:
         return None
 
     def cache_updates(self) -> tuple[tuple[bytes, bytes], ...]:
-        out = []
+        out: list[tuple[bytes, bytes]] = []
         for lm in self._loaded.values():
             if lm.cacheable and lm.entry is not None and lm.entry.dirty:
                 try:
@@ -346,7 +352,7 @@ class Process:
                 continue
             lm.files.append(df)
             lm.debug_elf = debug
-            if lm.cacheable:  # only the debug file the entry is keyed by, and a trusted one
+            if lm.cacheable and lm.entry is not None:  # only the entry's own debug file, and a trusted one
                 from .cache import file_identity
 
                 st = os.fstat(df.fileno())

@@ -174,7 +174,8 @@ class _CoreInput:
 
     def __exit__(self, *exc) -> None:
         if self._proc is not None:
-            self._proc.stdout.close()
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
             self._proc.kill()
             self._proc.wait()
         for fd in self._fds:

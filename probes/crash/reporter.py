@@ -154,7 +154,7 @@ class Reporter:
                 self.log.info("cache entry %s not written: %s", build_id.hex(), e)
                 return
 
-    def report(self, event: CrashEvent, outcome: Outcome, read: Callable[[], object] | None,
+    def report(self, event: CrashEvent, outcome: Outcome, read: Callable[[], CoreDump] | None,
                access: FileAccess | None, exe_path: str | None = None, store_cache: bool = True) -> Report:
         if outcome.action is Action.FIXED:
             return Report(outcome.category, outcome.category.fixed_payload)

@@ -6,6 +6,8 @@ import dataclasses
 import http.client
 import json
 import shutil
+import socket
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,3 +156,68 @@ def new_record(i: int = 0, **changes) -> NewRecord:
         payload=f"payload {i}\n", ts_reception=NOW, record_id=None,
     )
     return dataclasses.replace(base, **changes)
+
+
+class Tricklers:
+    """Connections from several loopback addresses that send a request head one byte at a
+    time and never finish it."""
+
+    HEAD = b"POST /v2/collector HTTP/1.1\r\nHost: collector\r\nX-Slow: " + b"a" * 4000
+
+    def __init__(self, url: str, count: int, addresses: int, interval: float = 0.5):
+        parts = urllib.parse.urlsplit(url)
+        self.socks: list[socket.socket] = []
+        for i in range(count):
+            s = socket.socket()
+            s.bind((f"127.0.0.{2 + i % addresses}", 0))
+            s.connect((parts.hostname, parts.port))
+            s.setblocking(False)
+            self.socks.append(s)
+        self.sent = [0] * count
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for i, s in enumerate(self.socks):
+                if self.sent[i] < len(self.HEAD):
+                    try:
+                        s.send(self.HEAD[self.sent[i]:self.sent[i] + 1])
+                        self.sent[i] += 1
+                    except OSError:
+                        pass
+            self._stop.wait(self.interval)
+
+    def still_open(self) -> int:
+        """Connections the server has not closed (nothing to read and no EOF)."""
+        n = 0
+        for s in self.socks:
+            try:
+                if s.recv(1, socket.MSG_PEEK) == b"":
+                    continue
+            except BlockingIOError:
+                n += 1
+                continue
+            except OSError:
+                continue
+        return n
+
+    def answers(self) -> list[bytes]:
+        out = []
+        for s in self.socks:
+            try:
+                out.append(s.recv(200))
+            except OSError:
+                out.append(b"")
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def close(self) -> None:
+        self.stop()
+        for s in self.socks:
+            s.close()

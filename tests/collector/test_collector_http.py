@@ -57,7 +57,7 @@ def unique(prefix: str = "t") -> str:
 
 def records(collector, **params) -> list[dict]:
     query = urllib.parse.urlencode(params)
-    answer = http_request(collector.url, "GET", f"/api/records?{query}")
+    answer = http_request(collector.url, "GET", f"/api/records?{query}", list(collector.auth_headers.items()))
     assert answer.status == 200, answer.body
     return answer.json()["records"]
 
@@ -361,9 +361,10 @@ def test_records_query(collector):
     ("from_id=x", "Provided record id value is invalid"),
     ("ts_capture=x", "Time stamp from record capture"),
     ("limit=1001", "Record limit value is invalid"),
+    ("before_id=x", "Cursor (before_id) value is invalid"),
 ])
 def test_records_query_refusals(collector, query, message):
-    answer = http_request(collector.url, "GET", f"/api/records?{query}")
+    answer = http_request(collector.url, "GET", f"/api/records?{query}", list(collector.auth_headers.items()))
     assert (answer.status, answer.json()) == (400, {"message": message})
 
 

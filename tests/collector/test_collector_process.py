@@ -68,6 +68,11 @@ def one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
     (["--bogus"], "No such option"),
     (["--tid", ""], "not a usable telemetry ID"),
     (["--tid", " padded "], "not a usable telemetry ID"),
+    (["--trusted-proxy", "10.0.0.0/8"], "is not an IP address"),
+    (["--head-timeout", "0"], "--head-timeout"),
+    (["--max-header-bytes", "100"], "max-header-bytes must be at least 1024"),
+    (["--machine-rate", "-1"], "--machine-rate"),
+    (["--address-rate", "5", "--address-burst", "0"], "address-burst must be at least 1"),
 ])
 def test_bad_command_lines(user_install, args, expected):
     one_line_error(user_install.run(MODULE, *args), expected)
@@ -110,8 +115,10 @@ def test_help_and_version(user_install):
 def test_start_error_is_reported_by_the_launcher(user_install):
     open_fds = len(os.listdir("/proc/self/fd"))
     with pytest.raises(CollectorStartError, match="exited with status"):
-        start(user_install, "mysql://nope")
+        start_collector("mysql://nope", env=user_install.env, read_token=False)
     assert len(os.listdir("/proc/self/fd")) == open_fds  # the pipe from the collector is closed
+    with pytest.raises(CollectorStartError, match="cannot make a read token: .*the scheme must be sqlite"):
+        start(user_install, "mysql://nope")
 
 
 # --- a running server -----------------------------------------------------------------------
@@ -244,7 +251,8 @@ def test_tls_and_client_certificates(user_install):
     with start(user_install, None, *server) as c:
         assert c.url.startswith("https://127.0.0.1:")
         assert _curl_post(c.url, cainfo=ca) == 201
-    with start(user_install, None, *server, "--tls-client-ca", ca) as c:
+    # (machine identity, which ties Machine-Id to the certificate: test_collector_security)
+    with start(user_install, None, *server, "--tls-client-ca", ca, "--no-machine-identity") as c:
         with pytest.raises(pycurl.error):
             _curl_post(c.url, cainfo=ca)
         assert _curl_post(c.url, cainfo=ca, cert=str(pki / "client.pem"), key=str(pki / "client.key")) == 201

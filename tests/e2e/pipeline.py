@@ -169,7 +169,11 @@ class ReferenceCollector:
     def start(self) -> ReferenceCollector:
         from telemetry_collector.launch import start_collector
 
-        args = ("--listen", f"127.0.0.1:{self.port}") if self.port else ()
+        # The pipeline is measured here, not the collector's rate limits: every record comes
+        # from one address and one machine id.
+        args = ("--machine-rate", "0", "--address-rate", "0")
+        if self.port:
+            args += ("--listen", f"127.0.0.1:{self.port}")
         self._running = start_collector(f"sqlite:///{self.db_path}", args=args, env=self.env,
                                         log_path=str(self.log_path))
         self.port = int(self._running.url.rsplit(":", 1)[1])

@@ -14,6 +14,7 @@ import enum
 import io
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 DW_EH_PE_omit = 0xFF
 DW_EH_PE_udata4 = 0x03
@@ -77,6 +78,7 @@ class _Index:
         i = bisect.bisect_right(self.starts, pc) - 1
         if i < 0:
             return None
+        fde: Any
         if self.table is not None:
             fde = self.cfi._parse_entry_at(self.table[i][1])
         else:

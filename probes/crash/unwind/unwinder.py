@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from .arch import MASK64, Arch, Regs, Step
 from .cfi import CfiRow, RuleKind
@@ -188,18 +188,18 @@ def apply_row(arch: Arch, row: CfiRow, pc: int, regs: Regs, read) -> Step:
             if reg in here:
                 new[reg] = here[reg]
         elif kind is RuleKind.OFFSET:
-            new[reg] = load(cfa + arg)
+            new[reg] = load(cfa + cast(int, arg))
         elif kind is RuleKind.VAL_OFFSET:
-            new[reg] = (cfa + arg) & MASK64
+            new[reg] = (cfa + cast(int, arg)) & MASK64
         elif kind is RuleKind.REGISTER:
             if arg in here:
                 new[reg] = here[arg]
             else:
                 new.pop(reg, None)
         elif kind is RuleKind.EXPRESSION:
-            new[reg] = load(evaluate(arg, here, read, push=(cfa,)))
+            new[reg] = load(evaluate(cast(bytes, arg), here, read, push=(cfa,)))
         elif kind is RuleKind.VAL_EXPRESSION:
-            new[reg] = evaluate(arg, here, read, push=(cfa,)) & MASK64
+            new[reg] = evaluate(cast(bytes, arg), here, read, push=(cfa,)) & MASK64
     if not any(reg == arch.sp for reg, _, _ in row.rules):
         new[arch.sp] = cfa
     # Without a rule the return-address column keeps its value, unless it is the pc itself.
