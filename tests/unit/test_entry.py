@@ -101,5 +101,6 @@ def test_collector_without_uvicorn_names_its_package(user_install, tmp_path):
                 {**user_install.env, "TELEMETRY_COLLECTOR_DATABASE": f"sqlite:///{tmp_path}/r.db"},
                 "telemetry-collector")
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].endswith(
-        "the collector needs uvicorn: install the Debian package python3-uvicorn (or: pip install uvicorn)")
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("telemetry-collector: ") and line.endswith(
+        "install the Debian package python3-uvicorn (or: pip install uvicorn)"), line
