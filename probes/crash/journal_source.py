@@ -68,18 +68,18 @@ def _int(value) -> int | None:
 
 
 def trusted(entry: Mapping[str, object], trusted_uids: frozenset[int]) -> bool:
-    """Written by systemd-coredump, as journald's own fields say: its executable, and a
-    trusted uid or its own per-crash service.  That service logs after it dropped to the
-    crashed user's uid (systemd 252 does), so _UID alone would pass over every crash but
-    root's; the unit comes from the process's cgroup, which a user running the program by
-    hand (its --backtrace mode logs such entries) cannot claim."""
-    exe = _text(entry.get("_EXE")) or ""
-    if os.path.basename(exe) not in TRUSTED_EXE_NAMES:
-        return False
-    if _int(entry.get("_UID")) in trusted_uids:
-        return True
+    """Written by systemd-coredump, as journald's own fields say: logged from its per-crash
+    service, or by its executable under a trusted uid.  The service logs after it dropped
+    to the crashed user's uid (systemd 252 does), so _UID alone would pass over every crash
+    but root's; the unit comes from the process's cgroup, which a user running the program
+    by hand (its --backtrace mode logs such entries) cannot claim.  The unit alone
+    suffices: journald reads _EXE from /proc when it gets to the message, and the service
+    has often exited by then."""
     unit = _text(entry.get("_SYSTEMD_UNIT")) or ""
-    return unit.startswith(COREDUMP_UNIT[0]) and unit.endswith(COREDUMP_UNIT[1])
+    if unit.startswith(COREDUMP_UNIT[0]) and unit.endswith(COREDUMP_UNIT[1]):
+        return True
+    exe = _text(entry.get("_EXE")) or ""
+    return os.path.basename(exe) in TRUSTED_EXE_NAMES and _int(entry.get("_UID")) in trusted_uids
 
 
 def crash_from_entry(entry: Mapping[str, object]) -> JournalCrash | None:

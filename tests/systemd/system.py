@@ -165,22 +165,32 @@ def hprobe_ok(m: Machine, *args: str, as_nobody: bool = True) -> str:
 
 # --- the collector --------------------------------------------------------------------------
 
+COLLECTOR_DATABASE = "sqlite:////var/lib/test-collector/records.db"
+TOKEN_FILE = "/root/collector-token"
+# A GET with the read token: the collector's read routes need a credential.
 _GET = ("import sys, urllib.request\n"
-        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())\n")
+        "token = open(sys.argv[2]).read().strip()\n"
+        "request = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + token})\n"
+        "print(urllib.request.urlopen(request, timeout=10).read().decode())\n")
 
 
 def start_collector(m: Machine) -> None:
+    """The packaged collector as a transient service, and a read token for the tests."""
     if active_state(m, COLLECTOR_UNIT) == "active":
         return
-    m.run("systemd-run", f"--unit={COLLECTOR_UNIT}", "--property=StateDirectory=test-collector",
-          "/usr/bin/telemetry-collector", "serve", "--listen", f"127.0.0.1:{COLLECTOR_PORT}",
-          "--database", "sqlite:////var/lib/test-collector/records.db", check=True)
-    wait_for(lambda: m.run("python3", "-c", _GET, f"{COLLECTOR_URL}/api/stats").returncode == 0,
+    m.sh("mkdir -p /var/lib/test-collector", check=True)
+    if m.run("test", "-s", TOKEN_FILE).returncode != 0:
+        token = m.run("telemetry-collector", "token", "add", "systemd-tests", "--scope", "read", "--database",
+                      COLLECTOR_DATABASE, check=True).stdout.strip()
+        m.run("sh", "-c", f"umask 077 && cat > {TOKEN_FILE}", input=token, check=True)
+    m.run("systemd-run", f"--unit={COLLECTOR_UNIT}", "/usr/bin/telemetry-collector", "serve", "--listen",
+          f"127.0.0.1:{COLLECTOR_PORT}", "--database", COLLECTOR_DATABASE, check=True)
+    wait_for(lambda: m.run("python3", "-c", _GET, f"{COLLECTOR_URL}/api/stats", TOKEN_FILE).returncode == 0,
              what="the collector answering")
 
 
 def collector_records(m: Machine, **query: object) -> list[dict]:
     params = "&".join(f"{k}={v}" for k, v in {"limit": 1000, **query}.items())
-    r = m.run("python3", "-c", _GET, f"{COLLECTOR_URL}/api/records?{params}", check=True)
+    r = m.run("python3", "-c", _GET, f"{COLLECTOR_URL}/api/records?{params}", TOKEN_FILE, check=True)
     data = json.loads(r.stdout)
     return data["records"] if isinstance(data, dict) else data
