@@ -35,7 +35,7 @@ RLIMIT_UNLIMITED = "9223372036854775808"  # what 50-coredump.conf passes for the
 
 # Below /usr, as a distribution's program: crashprobe's privacy filters report crashes of
 # other programs as "third party" without a backtrace.
-INSTALLED = "/usr/libexec/telemetry-test"
+INSTALLED = "/usr/libexec/test-crasher"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def crasher(machine, tmp_path_factory):
     shutil.copytree(exe.parent, target)
     target.chmod(0o755)
     machine.run("cp", "-r", f"{ASSETS}/crash", INSTALLED, check=True)
-    return f"{INSTALLED}/{exe.name}"
+    yield f"{INSTALLED}/{exe.name}"
+    machine.run("rm", "-rf", INSTALLED)
 
 
 def crash_records(m) -> list[dict]:
