@@ -18,6 +18,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -103,11 +104,11 @@ def serve(app: Callable, sock: socket.socket, guard: Guard, *, tls_cert: str | N
     return bool(server.started)
 
 
-def _newer_settings(config: type, **settings: object) -> dict[str, object]:
+def _newer_settings(config: type, **settings: Any) -> dict[str, Any]:
     """The settings this uvicorn knows.  Debian 12's (0.17) has no graceful-shutdown time:
     at SIGTERM it waits for the requests in flight without a limit, and systemd's stop
     timeout is the bound."""
-    known = inspect.signature(config.__init__).parameters
+    known = inspect.signature(config).parameters
     return {k: v for k, v in settings.items() if k in known}
 
 
