@@ -556,7 +556,7 @@ def test_journal_mode_trusts_the_coredump_service_logging_as_the_crashed_user(us
 def test_journal_follow_reports_a_crash_logged_after_it_started_waiting(user_install, lab, tmp_path):
     """--follow with nothing to report yet: an entry logged while it waits is read.  (The
     live journal's case, where sd-journal does not go on from a seek that found nothing, is
-    tests/systemd/test_crash.py's: journal files written here do not show it.)"""
+    tests/systemd/test_systemd_crash.py's: journal files written here do not show it.)"""
     exe = lab.exe("O0")
     filters_off(user_install)
     jdir = tmp_path / "journal"
