@@ -49,13 +49,15 @@ def test_opt_out_stops_disables_and_removes_the_data_and_opt_in_enables_again(re
     hprobe_ok(m)
     m.run("telemctl", "journal")  # the journal exists once telempostd has run
     assert m.run("test", "-e", DATA[0]).returncode == 0
+    m.run("systemctl", "enable", "--now", "crashprobe-journal.service", check=True)  # an admin's choice
     r = m.run("telemctl", "opt-out")
     assert r.returncode == 0, r.stderr
     assert m.run("test", "-e", OPT_IN).returncode == 1
     for unit in TRIGGERS + SERVICES:
         assert active_state(m, unit) == "inactive", unit
-    for unit in TRIGGERS:
+    for unit in (*TRIGGERS, "crashprobe-journal.service"):
         assert enabled(m, unit) == "disabled", unit
+    assert active_state(m, "crashprobe-journal.service") == "inactive"
     for path in DATA:
         assert m.run("test", "-e", path).returncode == 1, f"{path} is left after opt-out"
     r = m.run(*AS_NOBODY, "hprobe")
@@ -66,5 +68,6 @@ def test_opt_out_stops_disables_and_removes_the_data_and_opt_in_enables_again(re
     assert r.returncode == 0, r.stderr
     for unit in TRIGGERS:
         assert enabled(m, unit) == "enabled", unit
+    assert enabled(m, "crashprobe-journal.service") == "disabled"  # left to the admin again
     m.run("telemctl", "start", check=True)
     hprobe_ok(m)
