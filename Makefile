@@ -17,21 +17,23 @@ DESTDIR ?=
 # What the build needs (systemd-python compiles against libsystemd) and what the tests use:
 # journal files (systemd-journal-remote), man pages (man-db, groff-base), PostgreSQL for the
 # collector, openssl for TLS certificates, gdb and elfutils to check crash backtraces (with Go
-# and clang builds among the crashing programs), nginx
-# for HTTP/2 delivery.  Tests whose tool is missing are skipped with the reason.
+# and clang builds among the crashing programs), nginx for HTTP/2 delivery, nats-server
+# (JetStream) for the collector's NATS dispatcher, wrk as the collector benchmark's load
+# generator.  Tests whose tool is missing are skipped with the reason.
 APT_PACKAGES := libsystemd-dev pkg-config gcc systemd systemd-journal-remote man-db groff-base \
-	postgresql openssl gdb elfutils nginx-light golang-go clang
+	postgresql openssl gdb elfutils nginx-light golang-go clang nats-server wrk
 PYTEST_ARGS ?=
 
 .PHONY: venv deps test test-systemd demo bench lint typecheck import-tree install install-collector \
 	uninstall uninstall-collector deb deb-deps clean
 
-# Both distributions, editable: the client (pyproject.toml) and the collector (collector/).
+# Both distributions, editable: the client (pyproject.toml) and the collector (collector/)
+# with every dispatcher's client library (its extras nats, kafka, zmq).
 $(VENV)/.stamp: pyproject.toml collector/pyproject.toml
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]' -e ./collector
+	$(PY) -m pip install --quiet -e '.[test]' -e './collector[all]'
 	touch $@
 
 venv: $(VENV)/.stamp

@@ -164,6 +164,10 @@ KEYS: tuple[Key, ...] = (
     Key("daemon_idle_time", Kind.INT, 300, "Time without work after which a daemon started by "
         "systemd exits, when daemon_recycling_enabled (300 s: the original's fixed time).",
         "telemprobd, telempostd", unit="seconds", lo=1, hi=86400, original=False),
+    Key("metrics_textfile", Kind.STRING, "", "File the daemons rewrite with their counters in "
+        "Prometheus' text format at most once a minute while they run (a node-exporter textfile "
+        "collector's directory, name ending in .prom; empty: none). 'telemctl metrics' prints the same.",
+        "telemprobd, telempostd", original=False),
     Key("log_level", Kind.CHOICE, "info", "Lowest level of log messages written.", "all programs",
         choices=("debug", "info", "warning", "error"), original=False),
 )
@@ -212,6 +216,7 @@ class Config:
     crash_flood_window: int
     crash_daily_cap: int
     daemon_idle_time: int
+    metrics_textfile: str
     log_level: str
     source: str | None = None
 

@@ -8,9 +8,12 @@ Pure cores: `rules` (the ingestion checks), `request` (an HTTP request or a JSON
 `Submission`), `query` (GET /api/records parameters), `reading` (a streamed answer in
 bounded groups), `purge` (retention policy), `model` (the stored row and its JSON),
 `limits` (every limit and timeout; token buckets, connection counts), `credentials` (read
-tokens, scopes), `identity` (who a client certificate names).  I/O shells: `store` (SQLite
-or PostgreSQL), `writer` (group commit), `auth` (credentials checked for any route), `app`
-(the Starlette application), `protocol` (uvicorn's HTTP protocol with deadlines and caps),
-`server` (uvicorn), `main` (the program), `launch` (starting one from another program),
-`tempdb` (a throwaway PostgreSQL server).
+tokens, scopes), `identity` (who a client certificate names), `dispatch.config` and
+`dispatch.message` (routes, the JSON message every stream gets).  I/O shells: `store`
+(SQLite or PostgreSQL), `writer` (group commit), `dispatch` (the router and one dispatcher
+per destination), `auth` (credentials checked for any route), `app` (the Starlette
+application), `metrics` (Prometheus, GET /metrics), `protocol` (uvicorn's HTTP protocol with
+deadlines and caps), `server` (uvicorn), `workers` (several processes on one port), `main`
+(the program), `launch` (starting one from another program), `tempdb` and `tempnats` (a
+throwaway PostgreSQL server, a throwaway NATS server).
 """

@@ -15,7 +15,9 @@ record's Machine-Id must be the certificate's Common Name (403 otherwise).
 Every refusal is counted (rejected records by rule in ``rejected.<rule>``, refused
 connections and requests in ``refused.<reason>``) and logged with the peer, at most a burst
 of lines at a time; the application never lets an exception reach the server for a bad
-request.  Database failures answer 500 with nothing stored, so the client's retry is safe.
+request.  A valid record goes to the dispatch router (dispatch/router.py), whose reliable
+dispatcher decides the answer: 201, 200 for a repeat, or 503 with Retry-After when it could
+not confirm the record (a database failure included), so the client keeps it and tries again.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from . import identity, reading
 from .auth import Authenticator, Denied, requires
 from .credentials import Scope
 from .dburl import DatabaseURL
+from .dispatch import build_dispatchers
+from .dispatch.config import DispatchConfig, Kind
+from .dispatch.router import Outcome, Router
 from .limits import Limits, RateLimiter, retry_after
 from .model import to_json
 from .protocol import Refusal
@@ -63,6 +68,8 @@ UI_PATH = "/telemetryui"
 RECORDS_PATH = "/api/records"
 STATS_PATH = "/api/stats"
 TOKENS_PATH = "/api/tokens"
+# Label values of the request metrics; other paths count as "other".
+ROUTE_PATHS = (*INGEST_PATHS, UI_PATH, RECORDS_PATH, RECORDS_PATH + "/{record_id}", STATS_PATH, TOKENS_PATH)
 REFUSED_PREFIX = "refused."
 JSON = "application/json"
 UI_TEXT = (
@@ -101,6 +108,28 @@ def _message(text: str) -> bytes:
 
 def _json(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
     return Response(_message(text), status_code=status, media_type=JSON, headers=headers)
+
+
+class _Unobserved:
+    """What the app reports to when nobody measures it (metrics.Metrics otherwise)."""
+
+    def reject(self, reason: str) -> None:
+        pass
+
+    def refuse(self, reason: str) -> None:
+        pass
+
+    def record(self, domain: str, outcome: Outcome) -> None:
+        pass
+
+    def dispatched(self, kind: Kind, ok: bool, seconds: float) -> None:
+        pass
+
+    def batch(self, kind: Kind, size: int) -> None:
+        pass
+
+    def connected(self, kind: Kind, up: bool) -> None:
+        pass
 
 
 class ReadConnection:
@@ -145,9 +174,15 @@ class CollectorApp:
     to which other modules add routes with `add_routes` before it serves."""
 
     def __init__(self, url: DatabaseURL, settings: Settings, *, writer_store: Store | None = None,
-                 reader_store: Store | None = None):
+                 reader_store: Store | None = None, dispatch: DispatchConfig | None = None,
+                 observer: Any = None, worker: int = 0):
         self.settings = settings
-        self.writer = Writer(url, writer_store, settings.durability)
+        # metrics.Metrics, or nothing; typed loosely so this module never imports prometheus-client.
+        self.observer: Any = observer or _Unobserved()
+        self.writer = Writer(url, writer_store, settings.durability,
+                             on_batch=lambda n: self.observer.batch(Kind.STORE, n), shard=worker)
+        config = dispatch or DispatchConfig()
+        self.router = Router(config, build_dispatchers(config, self.writer, self.observer), self.observer)
         self.reader = ReadConnection(url, reader_store)
         self.credentials = ReadConnection(url, None)  # so a long read never delays a credential check
         limits = settings.limits
@@ -184,6 +219,11 @@ class CollectorApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.startup()
+        try:
+            await self.router.start()
+        except BaseException:
+            await self.shutdown(dispatchers=False)
+            raise
         await self.first_run_hint()
         try:
             yield
@@ -196,7 +236,9 @@ class CollectorApp:
         if policy is not None and policy.active:
             self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop(policy))
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, *, dispatchers: bool = True) -> None:
+        if dispatchers:
+            await self.router.stop()
         if self._purge_task is not None:
             self._purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -217,12 +259,14 @@ class CollectorApp:
     # --- counting and logging refusals ------------------------------------------------
     def reject(self, client: str, rule: Rule | Refused, message: str) -> None:
         self.writer.count(REJECTED_PREFIX + rule.value)
+        self.observer.reject(rule.value)
         self._record_log.log(time.monotonic(), logging.WARNING, "rejected a record from %s: %s", client, message)
 
     def refuse(self, reason: Refusal | Denied, client: str, detail: str) -> None:
         """A connection or request refused before it was a record (the protocol's and auth's)."""
         name = reason.value if isinstance(reason, Refusal) else reason.refusal.value
         self.writer.count(REFUSED_PREFIX + name)
+        self.observer.refuse(name)
         self._refusal_log.log(time.monotonic(), logging.WARNING, "refused %s from %s: %s", name, client, detail)
 
     def _auth_refused(self, request: Request, denied: Denied) -> None:
@@ -320,13 +364,11 @@ async def ingest(request: Request) -> Response:
     wait = app.machine_buckets.take(record.machine_id, time.monotonic())
     if wait:
         return _rate_limited(app, client, f"machine id {record.machine_id[:40]!r}", wait)
-    try:
-        reply = await app.writer.submit(record)
-    except StoreError:
-        return _json(500, "The record was not stored (database error); try again later")
-    if reply.duplicate:
-        log.info("repeat of record %s answered from the stored row", record.record_id)
-    return Response(reply.body, status_code=reply.status, media_type=JSON)
+    answer = await app.router.submit(record)
+    if answer.outcome is Outcome.DUPLICATE:
+        log.info("repeat of record %s answered as already accepted", record.record_id)
+    headers = None if answer.retry_after is None else {"Retry-After": str(answer.retry_after)}
+    return Response(answer.body, status_code=answer.status, media_type=JSON, headers=headers)
 
 
 def _rate_limited(app: CollectorApp, client: str, who: str, wait: float) -> Response:

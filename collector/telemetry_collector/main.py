@@ -1,14 +1,16 @@
 """telemetry-collector: serve the ingestion API, or purge and inspect the record store.
 
     telemetry-collector [serve] [--listen HOST:PORT] [--database URL] [--tid TID ...] [TLS options] [limits]
+                        [--dispatch FILE] [--workers N] [--metrics-auth]
     telemetry-collector token add NAME [--scope read|admin] [--certificate] [--database URL]
     telemetry-collector token list [--json] [--database URL]
     telemetry-collector token revoke NAME [--database URL]
     telemetry-collector purge [--database URL] [--purge-days N] [--purge-filter FIELD=VALUE:DAYS ...]
     telemetry-collector stats [--database URL]
 
-The server is the ASGI application in `app` on uvicorn (one process, one event loop, one
-writer thread; see the README for why).  It binds its socket before serving and prints
+The server is the ASGI application in `app` on uvicorn (per worker process one event loop
+and one writer thread; see the README for why), behind the metrics middleware; with
+``--workers N`` a supervisor (`workers`) forks N of them on one port.  It binds its socket before serving and prints
 ``listening on URL`` on stdout once it accepts requests, which is how programs that start
 it (tests, benchmarks, the demo) learn a port chosen with ``--listen 127.0.0.1:0``; under
 systemd it takes a socket passed by socket activation and reports READY.
@@ -21,6 +23,7 @@ import errno
 import ipaddress
 import json
 import logging
+import shutil
 import socket
 import ssl
 import time
@@ -34,7 +37,7 @@ from telemetry.config import DEFAULT_TID
 from telemetry.errors import TelemetryError
 
 from . import server
-from .app import CollectorApp, Settings, stats_document
+from .app import INGEST_PATHS, ROUTE_PATHS, CollectorApp, Settings, stats_document
 from .credentials import (
     Credential,
     CredentialError,
@@ -45,11 +48,15 @@ from .credentials import (
     secret_hash,
 )
 from .dburl import parse_database_url
+from .dispatch import check_workers
+from .dispatch.config import DispatchConfig, load_dispatch_config
 from .limits import Limits
+from .metrics_dir import prepare_directory, worker_exited
 from .protocol import Guard
 from .purge import DEFAULT_DAYS, PurgePolicy, PurgeSpecError, check_days, parse_filter
 from .server import announce_ready
 from .store import Durability, open_store
+from .workers import MAX_WORKERS, Supervisor, reuseport_sockets
 
 PROG = "telemetry-collector"
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -72,7 +79,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port_text)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
@@ -83,6 +90,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError as e:
@@ -286,6 +295,18 @@ def main() -> None:
               "per-address rate limit, and its connections count only towards --max-connections.")
 @limit_options
 @purge_options(DEFAULT_DAYS)
+@click.option("--dispatch", "dispatch_file", type=click.Path(dir_okay=False), metavar="FILE",
+              envvar=f"{ENV_PREFIX}_DISPATCH", show_envvar=True,
+              help="TOML file routing records by classification to dispatchers (store, nats, kafka, zmq, "
+              "log) and naming the one whose confirmation decides the answer [default: everything to "
+              "the store].")
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True, metavar="N",
+              envvar=f"{ENV_PREFIX}_WORKERS", show_envvar=True,
+              help="Worker processes serving the one port (use PostgreSQL for more than one; each has its "
+              "own rate-limit buckets).")
+@click.option("--metrics-auth/--no-metrics-auth", default=False, show_default=True,
+              help="GET /metrics needs a read credential, as /api/* does (Prometheus: "
+              "authorization.credentials_file with a token from 'token add NAME --scope read').")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
@@ -293,10 +314,18 @@ def main() -> None:
 @handle_errors
 def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: str | None,
           tls_key: str | None, tls_client_ca: str | None, durability: str, reads: bool, machine_identity: bool,
-          trusted_proxies: tuple[str, ...], purge_days: int, purge_filters: tuple[str, ...], log_level: str,
+          trusted_proxies: tuple[str, ...], purge_days: int, purge_filters: tuple[str, ...],
+          dispatch_file: str | None, workers: int, metrics_auth: bool, log_level: str,
           access_log: bool, **limit_values: Any) -> None:
     """Serve POST /v2/collector (open to every sender, within the limits below) and, to
-    holders of a read credential, GET /api/records, /api/records/ID and /api/stats.
+    holders of a read credential, GET /api/records, /api/records/ID and /api/stats;
+    GET /metrics for Prometheus (open unless --metrics-auth).
+
+    \b
+    --dispatch FILE routes records by classification to the store, NATS JetStream, Kafka,
+    ZeroMQ or the log; the route's reliable dispatcher decides the answer: 201 once it has
+    the record, 503 with Retry-After when it could not confirm it (see the README and
+    docs/collector-dispatch.toml).
 
     \b
     Reads need a credential: a bearer token (Authorization: Bearer TOKEN) made with
@@ -323,33 +352,67 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
     host, port = parse_listen(listen)
     url = parse_database_url(database)
     mode = Durability(durability)
-    writer_store = open_store(url, durability=mode)
+    dispatch = load_dispatch_config(dispatch_file) if dispatch_file else DispatchConfig()
+    check_workers(dispatch, workers)
+    for route in dispatch.unreliable_routes():
+        log.warning("records of %s are answered 201 before any dispatcher confirms them (no reliable "
+                    "dispatcher among %s)", route.pattern, ", ".join(k.value for k in route.dispatchers))
+    settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), limits=limits, purge=policy, durability=mode,
+                        reads=reads, machine_identity=machine_identity)
+    proxies = frozenset(trusted_proxies)
+    metrics_dir, own_dir = prepare_directory()  # before prometheus-client is imported
+    try:
+        open_store(url, durability=mode).close()  # migrations, once, before any worker starts
+        inherited = systemd_socket()
+        sock = inherited or bind(host, port, reuseport=workers > 1)
+        tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
+
+        def serve_here(index: int, worker_sock: socket.socket, on_ready) -> bool:
+            app, guard = _worker_app(index, url, settings, dispatch, proxies, metrics_auth)
+            return server.serve(app, worker_sock, guard, **tls, log_level=log_level, access_log=access_log,
+                                on_ready=on_ready)
+
+        address = server.url_of(sock, tls_cert is not None)
+
+        def ready(_: str = "") -> None:
+            log.info("serving %s with %d worker%s, records in %s", address, workers, "s" * (workers > 1),
+                     url.redacted())
+            announce_ready(address)
+
+        if workers == 1:
+            if not serve_here(0, sock, ready):
+                raise TelemetryError("the server did not start; see the messages above")
+            return
+        sockets = [sock] if inherited else reuseport_sockets(sock, workers)
+        supervisor = Supervisor(sockets, workers, lambda index, s, on_ready: 0 if serve_here(
+            index, s, lambda _: on_ready()) else 1, on_exit=worker_exited)
+        if supervisor.run(ready):
+            raise TelemetryError("the workers did not start or did not stop cleanly; see the messages above")
+    finally:
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _worker_app(index: int, url, settings: Settings, dispatch: DispatchConfig, proxies: frozenset[str],
+                metrics_auth: bool):
+    """In the process that serves: its connections, its metrics, the app behind the metrics
+    middleware, and the protocol's guard."""
+    from .metrics import Metrics, MetricsMiddleware, metrics_route
+
+    metrics = Metrics()
+    metrics.started()
+    writer_store = open_store(url, migrate=False, durability=settings.durability)
     try:
         reader_store = open_store(url, migrate=False)
     except BaseException:
         writer_store.close()
         raise
-    settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), limits=limits, purge=policy, durability=mode,
-                        reads=reads, machine_identity=machine_identity)
-    app = CollectorApp(url, settings, writer_store=writer_store, reader_store=reader_store)
-    guard = Guard(limits, refused=lambda reason, client, detail: app.refuse(reason, client, detail),
-                  trusted_proxies=frozenset(trusted_proxies))
-    try:
-        sock = systemd_socket() or bind(host, port)
-    except BaseException:
-        writer_store.close()
-        reader_store.close()
-        raise
-
-    def ready(address: str) -> None:
-        log.info("serving %s, records in %s", address, url.redacted())
-        announce_ready(address)
-
-    started = server.serve(app, sock, guard, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
-                           log_level=log_level, access_log=access_log, on_ready=ready)
-    if not started:
-        raise TelemetryError("the server did not start; see the messages above")
-
+    app = CollectorApp(url, settings, writer_store=writer_store, reader_store=reader_store, dispatch=dispatch,
+                       observer=metrics, worker=index)
+    app.add_routes([metrics_route(metrics, credential=metrics_auth)])
+    guard = Guard(settings.limits, refused=lambda reason, client, detail: app.refuse(reason, client, detail),
+                  trusted_proxies=proxies)
+    return MetricsMiddleware(app, metrics, routes=ROUTE_PATHS, ingest=INGEST_PATHS), guard
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT = 10.0  # seconds
 CONNECT_TIMEOUT = 10  # seconds
 _MIGRATION_LOCK = 0x74656C65  # PostgreSQL advisory lock key for migrations
+SHARD_MARK = "#"  # counters: name#shard, one row per writer (see add_counters)
 
 _SELECT = f"SELECT id, duplicates, {', '.join(COLUMNS)} FROM records"
 _INSERT = (
@@ -171,20 +172,36 @@ class Store:
             row = self._execute(_INSERT, _VALUES(rec)).fetchone()
             if row is not None:
                 return Stored(StoredRecord(id=int(row[0]), record=rec), duplicate=False)
+        return self._repeat(rec)
+
+    def _repeat(self, rec: NewRecord) -> Stored:
+        with self._reporting("storing a record"):
             repeat = self._execute(_REPEAT, (rec.record_id,)).fetchone()
             if repeat is None:  # pragma: no cover - the conflict names an existing row
                 raise StoreError(f"{self.url.redacted()}: record {rec.record_id} conflicts but cannot be read")
             return Stored(record_from_row(repeat), duplicate=True)
 
-    def add_counters(self, deltas: Mapping[str, int]) -> None:
+    def insert_many(self, recs: list[NewRecord]) -> list[Stored]:
+        """`insert` for each, in order (inside the caller's transaction)."""
+        return [self.insert(rec) for rec in recs]
+
+    def add_counters(self, deltas: Mapping[str, int], shard: int = 0) -> None:
+        """Add to the counters (inside the caller's transaction).  Each writer adds to rows of
+        its own `shard` (``name#shard``): writers of several workers updating one row would
+        wait for each other's commit, one fsync after the other."""
         with self._reporting("updating counters"):
             for name, delta in sorted(deltas.items()):
                 if delta:
-                    self._execute(_ADD_COUNTER, (name, delta))
+                    self._execute(_ADD_COUNTER, (f"{name}{SHARD_MARK}{shard}" if shard else name, delta))
 
     def counters(self) -> dict[str, int]:
+        """Every counter, its shards added up."""
+        totals: dict[str, int] = {}
         with self._reporting("reading counters"):
-            return {n: int(v) for n, v in self._execute("SELECT name, value FROM counters").fetchall()}
+            for name, value in self._execute("SELECT name, value FROM counters").fetchall():
+                base = name.split(SHARD_MARK, 1)[0]
+                totals[base] = totals.get(base, 0) + int(value)
+        return totals
 
     def count_records(self) -> int:
         with self._reporting("counting records"):
@@ -368,6 +385,25 @@ class PostgresStore(Store):
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s")
+
+    def insert_many(self, recs: list[NewRecord]) -> list[Stored]:
+        """One multi-row INSERT for the batch: one round trip to the server instead of one per
+        record.  Rows it skipped (a record id stored before, or twice in the batch) are
+        repeats, counted on the stored row as `insert` does."""
+        if len(recs) < 2 or any(r.record_id is None for r in recs):
+            return super().insert_many(recs)
+        row = f"({', '.join(['%s'] * len(COLUMNS))})"
+        sql = (f"INSERT INTO records ({', '.join(COLUMNS)}) VALUES {', '.join([row] * len(recs))} "
+               "ON CONFLICT (record_id) DO NOTHING RETURNING id, record_id")
+        params = [v for rec in recs for v in _VALUES(rec)]
+        with self._reporting("storing records"):
+            ids = dict((rid, int(i)) for i, rid in self._conn.execute(sql, params).fetchall())
+        out: list[Stored] = []
+        for rec in recs:
+            new_id = ids.pop(rec.record_id, None)
+            out.append(Stored(StoredRecord(id=new_id, record=rec), duplicate=False) if new_id is not None
+                       else self._repeat(rec))
+        return out
 
     def _lock_for_migration(self) -> None:
         self._execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))

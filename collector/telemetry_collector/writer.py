@@ -100,8 +100,11 @@ def _settle(outcomes: list[_Outcome]) -> None:
 
 
 class Writer:
-    def __init__(self, url: DatabaseURL, store: Store | None = None, durability: Durability = Durability.FULL):
+    def __init__(self, url: DatabaseURL, store: Store | None = None, durability: Durability = Durability.FULL,
+                 on_batch: Callable[[int], None] | None = None, shard: int = 0):
         self.url = url
+        self.shard = shard  # this writer's counter rows (Store.add_counters), one per worker
+        self.on_batch = on_batch  # told each transaction's record count, on the thread
         self.durability = durability
         self._store = store
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -208,17 +211,18 @@ class Writer:
             self._store = None
 
     def _commit(self, inserts: list[_Insert]) -> list[_Outcome]:
+        if self.on_batch is not None:
+            self.on_batch(len(inserts))
         deltas = self._take_pending()
         replies: list[Reply] = []
         try:
             store = self._open()
             with store.transaction():
-                for item in inserts:
-                    stored = store.insert(item.record)
+                for stored in store.insert_many([item.record for item in inserts]):
                     body = to_json(stored.record.as_json_dict())
                     replies.append(Reply(200 if stored.duplicate else 201, body))
                     deltas[DUPLICATES if stored.duplicate else STORED] += 1
-                store.add_counters(deltas)
+                store.add_counters(deltas, self.shard)
         except Exception as e:  # noqa: BLE001 - every failure goes back to its request as a 500
             self._lost(e)
             # Nothing of the batch was committed: keep only the counters that came in with it.
@@ -246,7 +250,7 @@ class Writer:
         try:
             store = self._open()
             with store.transaction():
-                store.add_counters(deltas)
+                store.add_counters(deltas, self.shard)
         except Exception as e:  # noqa: BLE001
             self._lost(e)
             self._give_back(deltas)

@@ -36,7 +36,7 @@ OPT_IN_FIRST = "Opt in to telemetry first."
 ALREADY_IN = "Already opted in. Nothing to do."
 ALREADY_OUT = "Already opted out. Nothing to do."
 
-COMMAND_ORDER = ("stop", "start", "restart", "is-active", "opt-in", "opt-out", "journal", "status")
+COMMAND_ORDER = ("stop", "start", "restart", "is-active", "opt-in", "opt-out", "journal", "status", "metrics")
 IS_ACTIVE_ORDER = (supervise.PROBD, supervise.POSTD)
 
 
@@ -561,6 +561,43 @@ def status_cmd(ctl: Ctl, as_json: bool) -> int:
         click.echo(json.dumps(status_mod.to_json(st), indent=2))
     else:
         click.echo(status_mod.format_text(st))
+    return 0
+
+
+@command("metrics", "Prints the daemons' counters in Prometheus' text format", epilog="""
+\b
+Families: telemprobd_<counter>_total and telempostd_<counter>_total (rejections as
+telemprobd_rejected_total{reason=...}), telemetry_queue_* (records, bytes, staged, spooled,
+deferred, cap), telemetry_opted_in, telemetry_journal_entries.  The same format as the
+collector's /metrics, rendered by prometheus-client.
+
+\b
+--textfile writes them instead to PATH (default: metrics_textfile in telemetrics.conf) as
+node-exporter's textfile collector wants: a temporary file renamed over PATH.  With
+metrics_textfile set, telemprobd and telempostd rewrite that file themselves at most once
+a minute while they run.
+
+\b
+Exit status: 0; 1 when the configuration or the queue cannot be read, or PATH cannot be
+written.
+""")
+@click.option("--textfile", "textfile", is_flag=False, flag_value="", default=None, metavar="PATH",
+              help="Write to PATH (atomically) instead of printing; without PATH, to metrics_textfile.")
+@click.pass_obj
+@handle_errors
+def metrics_cmd(ctl: Ctl, textfile: str | None) -> int:
+    """Print the client daemons' counters and the queue's figures for Prometheus."""
+    from telemetry.daemons.ctl import metrics as metrics_mod
+
+    cfg = ctl.config()
+    figures = metrics_mod.ClientFigures(ctl.paths, cfg.spool_dir, cfg.spool_max_size)
+    if textfile is None:
+        click.echo(metrics_mod.render(figures).decode(), nl=False)
+        return 0
+    path = textfile or cfg.metrics_textfile
+    if not path:
+        raise TelemetryError("--textfile needs a PATH, or metrics_textfile set in telemetrics.conf")
+    metrics_mod.write_textfile(path, figures)
     return 0
 
 

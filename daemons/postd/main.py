@@ -26,7 +26,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -101,6 +101,8 @@ class Settings:
     idle_after: float
     spool_dir: str
     log_level: str
+    metrics_textfile: str = ""
+    spool_max_size_kib: int = -1
 
 
 def settings_from(cfg: config_mod.Config) -> Settings:
@@ -128,6 +130,8 @@ def settings_from(cfg: config_mod.Config) -> Settings:
         idle_after=float(cfg.daemon_idle_time),
         spool_dir=cfg.spool_dir,
         log_level=cfg.log_level,
+        metrics_textfile=cfg.metrics_textfile,
+        spool_max_size_kib=cfg.spool_max_size,
     )
 
 
@@ -192,6 +196,7 @@ class Postd:
         self._config_error_logged = False
         self._queue_retry_at: float | None = None
         self._record_warnings = 0  # in the current pass
+        self._textfile: Any = None  # ctl.metrics.TextfileWriter, when metrics_textfile is set
         # On the real clock, not `clock`: systemd's timeout runs on it.
         self.watchdog = Watchdog.from_environment(time.monotonic())
         self.view = spool.QueueView(0, None, None)
@@ -298,6 +303,12 @@ class Postd:
             self.notify(f"STATUS={self.view.rows} records waiting; collector retry in {wait:.0f} s")
         else:
             self.notify(f"STATUS={self.view.rows} records queued")
+        if self.settings.metrics_textfile:
+            from telemetry.daemons.ctl.metrics import refresh_textfile
+
+            s = self.settings
+            self._textfile = refresh_textfile(self._textfile, s.metrics_textfile, self.paths, s.spool_dir,
+                                              s.spool_max_size_kib, time.monotonic())
 
     def keep_alive(self) -> None:
         """Ping systemd's watchdog when due: from the main loop, and within a long pass."""
@@ -410,7 +421,7 @@ class Postd:
             if not pending:
                 pending_since = time.monotonic()
             pending.append(decision)
-            if len(pending) >= spool.FETCH_SLICE:
+            if len(pending) >= spool.COMMIT_SLICE:
                 self._commit(pending, tally)
                 pending.clear()
 

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 
 from telemetry.daemons.postd.backoff import Gate
 
-# Rows read from the queue at once, and outcomes written back in one transaction; a
-# delivered record's outcome waits at most COMMIT_INTERVAL s for its transaction.
+# Rows read from the queue at once.
 FETCH_SLICE = 64
+# Outcomes written back in one transaction (one fsync of the queue): at most COMMIT_SLICE,
+# and a delivered record's outcome waits at most COMMIT_INTERVAL s for its transaction.
+# A commit per 64 outcomes held delivery to ~2,700 records/s here however fast the
+# collector; a crash re-sends at most these records, which the collector drops by record id.
+COMMIT_SLICE = 512
 COMMIT_INTERVAL = 0.5
 
 

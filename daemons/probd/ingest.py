@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
@@ -88,6 +89,8 @@ class Settings:
     spool_dir: str
     socket_path: str
     log_level: str
+    metrics_textfile: str = ""
+    spool_max_size_kib: int = -1
 
     @classmethod
     def from_config(cls, cfg) -> Settings:
@@ -101,6 +104,8 @@ class Settings:
             spool_dir=cfg.spool_dir,
             socket_path=cfg.socket_path,
             log_level=cfg.log_level,
+            metrics_textfile=cfg.metrics_textfile,
+            spool_max_size_kib=cfg.spool_max_size,
         )
 
 
@@ -173,6 +178,7 @@ class IngestLoop:
         self.boot_id = boot_id
         self._reload_settings = reload
         self._notify = notify
+        self._textfile: Any = None  # ctl.metrics.TextfileWriter, when metrics_textfile is set
         # Apart, so that a flood of bad frames cannot hide that the queue is failing.
         self._refusals_log = LogThrottle(logger=log)
         self._failures_log = LogThrottle(logger=log)
@@ -655,6 +661,12 @@ class IngestLoop:
                 self._notify(f"STATUS={status}")
                 self._last_status = status
             self._next_status = now + STATUS_INTERVAL
+            if self.settings.metrics_textfile:
+                from telemetry.daemons.ctl.metrics import refresh_textfile
+
+                s = self.settings
+                self._textfile = refresh_textfile(self._textfile, s.metrics_textfile, self.paths, s.spool_dir,
+                                                  s.spool_max_size_kib, now)
         if self._stopping:
             if now >= self._stop_deadline:
                 for conn in list(self._conns.values()):

@@ -183,8 +183,9 @@ def test_server_purges_at_start(user_install):
         wait_until(lambda: c.stats()["records"] == 0, what="the start-up purge")
 
 
-def test_database_failure_answers_500_and_recovers(user_install):
-    """PostgreSQL drops the collector's connections: nothing is stored, the next POST reconnects."""
+def test_database_failure_answers_503_and_recovers(user_install):
+    """PostgreSQL drops the collector's connections: nothing is stored, the answer is 503 with
+    Retry-After (telempostd keeps the record), the next POST reconnects."""
     import psycopg
 
     with temporary_postgres() as pg:
@@ -194,8 +195,11 @@ def test_database_failure_answers_500_and_recovers(user_install):
             with psycopg.connect(pg.url("postgres"), autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                               "WHERE datname = %s AND pid <> pg_backend_pid()", (url.split("/")[3].split("?")[0],))
-            statuses = [post_headers(c.url, VALID).status for _ in range(3)]
-            assert statuses[0] == 500 and statuses[-1] == 201
+            answers = [post_headers(c.url, VALID) for _ in range(3)]
+            statuses = [a.status for a in answers]
+            assert statuses[0] == 503 and statuses[-1] == 201
+            assert answers[0].headers["retry-after"].isdigit() and "database is unavailable" in answers[0].message
+            assert "postgresql" not in answers[0].message  # nothing about the server reaches a sender
             answer = post_headers(c.url, VALID)
             assert answer.status == 201
             stats = c.stats()

@@ -85,12 +85,41 @@ def test_repeated_record_id_is_stored_once_and_counted(store):
     assert store.count_records() == 3
 
 
+def test_insert_many_is_insert_for_each(store):
+    """A batch (one multi-row INSERT on PostgreSQL) stores what `insert` one by one would: new
+    rows in order, a repeat of a stored id and a repeat inside the batch counted as repeats."""
+    [before] = add(store, new_record(0, record_id="old", payload="kept"))
+    batch = [new_record(1, record_id="a"), new_record(2, record_id="old"), new_record(3, record_id="b"),
+             new_record(4, record_id="a", payload="second a")]
+    with store.transaction():
+        stored = store.insert_many(batch)
+    assert [s.duplicate for s in stored] == [False, True, False, True]
+    assert stored[1].record.id == before.record.id and stored[1].record.record.payload == "kept"
+    assert stored[3].record.id == stored[0].record.id and stored[3].record.record.payload == "payload 1\n"
+    assert stored[0].record.id < stored[2].record.id
+    assert store.count_records() == 3
+    with store.transaction():
+        unkeyed = store.insert_many([new_record(5), new_record(6)])
+    assert not any(s.duplicate for s in unkeyed) and store.count_records() == 5
+
+
 def test_counters(store):
     with store.transaction():
         store.add_counters({"stored": 2, "rejected.tid": 1, "zero": 0})
     with store.transaction():
         store.add_counters({"stored": 3})
     assert store.counters() == {"stored": 5, "rejected.tid": 1}
+
+
+def test_counter_shards_add_up(store):
+    """Each worker's writer adds to its own rows; readers see the sums."""
+    with store.transaction():
+        store.add_counters({"stored": 2, "rejected.tid": 1})
+    with store.transaction():
+        store.add_counters({"stored": 3}, shard=1)
+    with store.transaction():
+        store.add_counters({"stored": 4, "rejected.tid": 1}, shard=2)
+    assert store.counters() == {"stored": 9, "rejected.tid": 2}
 
 
 def test_failed_transaction_stores_nothing(store):
