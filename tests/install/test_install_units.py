@@ -8,6 +8,7 @@ import importlib.util
 import stat
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -349,3 +350,19 @@ def test_install_wheel_refuses_files_outside_its_tree(tmp_path, name, user_insta
     with pytest.raises(WheelError):
         install_wheel(wheel, destdir=str(tmp_path / "d"), site_dir="/site", bindir="/bin", python="/p")
     assert not (tmp_path / "etc").exists() and not (tmp_path / "evil.py").exists()
+
+
+@pytest.mark.parametrize("subdir", ["", "collector"])
+def test_every_package_folder_is_in_its_distribution(subdir, user_install):
+    """A sub-package missing from [tool.setuptools] packages is missing from the wheel and
+    the .deb, though an editable install still finds it."""
+    root = Path(__file__).resolve().parents[2] / subdir
+    table = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(table["packages"])
+    dirs = table.get("package-dir") or {name.split(".")[0]: name.split(".")[0] for name in listed}
+    found = set()
+    for name, folder in dirs.items():
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder)
+            found.add(".".join((name, *rel.parts)))
+    assert found - listed == set(), "listed in no distribution"
