@@ -94,7 +94,8 @@ ZSHCOMPDIR ?=
 INSTALL_PYTHON ?= /usr/bin/python3
 INSTALL_TOOL_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(INSTALL_PYTHON))
 PYTHONDIR ?=
-INSTALL_TOOL = PYTHONPATH=$(IMPORT_TREE):collector:packaging $(INSTALL_TOOL_PYTHON) -m telemetry_install
+# -P: the tree of links, not the telemetry/ folder of the current directory.
+INSTALL_TOOL = PYTHONPATH=$(IMPORT_TREE):collector:packaging $(INSTALL_TOOL_PYTHON) -P -m telemetry_install
 INSTALL_ARGS = --destdir "$(DESTDIR)" --prefix "$(PREFIX)" --sysconfdir "$(SYSCONFDIR)" \
 	--localstatedir "$(LOCALSTATEDIR)" --rundir "$(RUNDIR)" --python "$(INSTALL_PYTHON)" \
 	$(if $(UNITDIR),--unitdir "$(UNITDIR)") $(if $(ZSHCOMPDIR),--zshcompdir "$(ZSHCOMPDIR)") \
