@@ -122,7 +122,8 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     name = f"telemtest-{os.getpid()}"
     t0 = time.monotonic()
     try:
-        with booted(tree, name, binds=[(assets, ASSETS)]) as m:
+        console = tmp_path_factory.mktemp("console") / f"{name}.console"
+        with booted(tree, name, binds=[(assets, ASSETS)], log=console) as m:
             FIGURES.add("boot to running", f"{time.monotonic() - t0:.1f} s ({m.boot_state})")
             m.assets = assets
             t0 = time.monotonic()
