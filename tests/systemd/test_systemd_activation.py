@@ -90,9 +90,11 @@ def test_cold_start_figure(ready, figures):
         if active_state(m, unit) != "active":
             hprobe_ok(m)
         memory = prop(m, unit, "MemoryCurrent")
-        pid = main_pid(m, unit)
-        status = m.run("cat", f"/proc/{pid}/status").stdout if pid else ""
-        rss = next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), "?")
         shown = f"{int(memory) / 2**20:.1f} MiB" if memory.isdigit() else \
-            f"{memory} (no memory controller for the container's systemd here)"
-        figures.add(f"{unit} MemoryCurrent", f"{shown}; VmRSS {int(rss) / 1024:.1f} MiB" if rss != "?" else shown)
+            f"{memory} (the container's systemd has no memory controller on this host)"
+        pid = main_pid(m, unit)
+        rollup = m.run("cat", f"/proc/{pid}/smaps_rollup").stdout if pid else ""
+        kib = {line.split(":")[0]: int(line.split()[1]) for line in rollup.splitlines()[1:] if line.split()[1:2]}
+        if "Rss" in kib:
+            shown += f"; RSS {kib['Rss'] / 1024:.1f} MiB, PSS {kib['Pss'] / 1024:.1f} MiB"
+        figures.add(f"{unit} MemoryCurrent", shown)
