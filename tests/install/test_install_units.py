@@ -366,3 +366,12 @@ def test_every_package_folder_is_in_its_distribution(subdir, user_install):
             rel = init.parent.relative_to(root / folder)
             found.add(".".join((name, *rel.parts)))
     assert found - listed == set(), "listed in no distribution"
+
+
+def test_the_debian_version_is_the_programs_version(user_install):
+    from telemetry.version import __version__
+    from telemetry_collector.version import __version__ as collector_version
+
+    first = (Path(__file__).resolve().parents[2] / "debian" / "changelog").read_text().splitlines()[0]
+    debian = first.split("(", 1)[1].split(")", 1)[0]
+    assert debian == __version__ == collector_version, "bump debian/changelog with the version"
