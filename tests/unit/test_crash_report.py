@@ -3,6 +3,7 @@ journal entries, symbol choice and the DWARF helpers."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import struct
@@ -378,6 +379,9 @@ def test_handler_argv_is_read_without_the_cli():
 ])
 def test_demangle(mangled, readable):
     from telemetry.probes.crash.demangle import demangle
+
+    if mangled.startswith(("_R", "_ZN4main", "_ZN3std")) and importlib.util.find_spec("rust_demangler") is None:
+        pytest.skip("rust-demangler (the extra 'rust') is not installed: Rust names stay mangled")
 
     assert demangle(mangled) == readable
 
