@@ -10,7 +10,6 @@ KNOWN: dict[str, Dependency] = {
     "uvicorn": Dependency("python3-uvicorn", "uvicorn"),
     "httptools": Dependency("python3-httptools", "httptools"),
     "psycopg": Dependency("python3-psycopg", "psycopg[binary]"),
-    "prometheus_client": Dependency("python3-prometheus-client", "prometheus-client"),
 }
 
 

@@ -150,3 +150,26 @@ def test_exposure(ready, figures):
         r = m.run("systemd-analyze", "security", "--no-pager", unit)
         line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()
         figures.add(f"systemd-analyze security {unit}", line.split("Overall exposure level for")[-1].strip())
+
+
+def test_metrics_textfile_where_the_units_allow_it(running):
+    """metrics_textfile in a folder both daemons may write (their ReadWritePaths=); elsewhere
+    the sandbox refuses it, and each daemon says so once."""
+    m = running
+    allowed, refused = "/var/log/telemetry/telemetrics.prom", "/var/lib/node-exporter/telemetrics.prom"
+    m.run("mkdir", "-p", "/var/lib/node-exporter", check=True)
+    for path in (allowed, refused):
+        m.run("rm", "-f", path)
+        write_config(m, daemon_idle_time=600, metrics_textfile=path)
+        cursor = m.run("journalctl", "-q", "-n", "0", "--show-cursor").stdout.strip().removeprefix("-- cursor: ")
+        restart(m, *DAEMONS)
+        hprobe_ok(m)
+        if path == allowed:
+            text = wait_for(lambda: m.run("cat", allowed).stdout, what="the metrics file")
+            assert "telemetry" in text, text
+        else:
+            for unit in DAEMONS:
+                wait_for(lambda u=unit: "metrics_textfile: cannot write" in m.run(
+                    "journalctl", "-q", "-o", "cat", "-u", u, "--after-cursor", cursor).stdout,
+                    what=f"{unit} saying it cannot write {refused}")
+    write_config(m, daemon_idle_time=600)
