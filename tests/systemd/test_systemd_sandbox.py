@@ -169,7 +169,7 @@ def test_metrics_textfile_where_the_units_allow_it(running):
             assert "telemetry" in text, text
         else:
             for unit in DAEMONS:
-                wait_for(lambda u=unit: "metrics_textfile: cannot write" in m.run(
-                    "journalctl", "-q", "-o", "cat", "-u", u, "--after-cursor", cursor).stdout,
+                wait_for(lambda u=unit, c=cursor: "metrics_textfile: cannot write" in m.run(
+                    "journalctl", "-q", "-o", "cat", "-u", u, "--after-cursor", c).stdout,
                     what=f"{unit} saying it cannot write {refused}")
     write_config(m, daemon_idle_time=600)
