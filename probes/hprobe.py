@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import EXIT_FAILURE, EXIT_OK, Probe, ProbeCommand, run
 
@@ -36,6 +36,8 @@ USAGE = """\
   -b,  --bundles        Include installed bundles in the record
   -V,  --version        Print the program version
        --bundles-dir    Directory of installed bundles (default /usr/share/clear/bundles)
+       --user           Send to your own daemons (telemctl --user start)
+       --system         Send to the system daemons
 """
 
 
@@ -118,6 +120,7 @@ Examples:
     short_help="send the hello-world or heartbeat record",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+@mode_options
 @config_option("-f", "--config_file")
 @click.option("-H", "--heartbeat", is_flag=True)
 @click.option("-l", "--locale", "with_locale", is_flag=True)
@@ -146,7 +149,11 @@ def command(
     if not result.sent:
         click.echo(f"Failed to send record to daemon: {result.message}", err=True)
         return EXIT_FAILURE
-    click.echo("Successfully sent record to daemon.")
+    if result.deferred:
+        click.echo("Record queued by the daemon for later: it is over the rate limit and is "
+                   "delivered when the limit allows.")
+    else:
+        click.echo("Successfully sent record to daemon.")
     return EXIT_OK
 
 

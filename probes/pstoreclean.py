@@ -13,7 +13,7 @@ import os
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import EXIT_FAILURE, EXIT_OK, Probe, ProbeCommand, run
 from .safedir import SafeDir, UnsafeEntry
@@ -31,6 +31,8 @@ Application Options:
   -f, --config_file     Specify a configuration file other than default
       --pstore-dir DIR  Mounted pstore file system (default /sys/fs/pstore)
       --cache-dir DIR   Where the dumps are kept for pstoreprobe (default: the pstore cache)
+      --user            Use your own XDG directories (user mode)
+      --system          Use the system directories
   -V, --version         Print the program version
   -h, --help            Show help options
 
@@ -66,6 +68,7 @@ Examples:
 @click.command(PROG, cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
                short_help="move pstore crash dumps into the pstore cache",
                context_settings={"help_option_names": ["-h", "--help"]})
+@mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--pstore-dir", default=PSTORE_DIR, metavar="DIR")
 @click.option("--cache-dir", metavar="DIR")
@@ -93,7 +96,10 @@ def command(config_file: str | None, pstore_dir: str, cache_dir: str | None) -> 
             return EXIT_FAILURE
         with cache:
             status = EXIT_OK
+            probe.watch_signals()
             for name in names:
+                if probe.stopping:
+                    return probe.stop_status()
                 if not move(source, cache, name, probe):
                     status = EXIT_FAILURE
     return status

@@ -13,7 +13,7 @@ import os
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import EXIT_FAILURE, EXIT_OK, Outcome, Probe, ProbeCommand, StateFile, run
 from .oops import oops_payload
@@ -32,6 +32,8 @@ USAGE = """\
   -h,  --help           Display this help message
        --cache-dir DIR  Directory of the dumps pstoreclean saved (default: the pstore cache)
        --dry-run        Print the records instead of sending them; remove nothing
+       --user           Send to your own daemons (telemctl --user start)
+       --system         Send to the system daemons
   -V,  --version        Print the program version
 
 Unlike the original, a dump's files are removed only after all its records were
@@ -93,6 +95,8 @@ def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
     """True when every oops of the dump was acknowledged (or printed, with --dry-run)."""
     dump_fp = dump.fingerprint()
     for n, oops in enumerate(dump_oopses(dump), start=1):
+        if probe.stopping:
+            return False
         fp = f"{dump_fp}:{n}"
         if fp in memory:
             continue
@@ -103,7 +107,8 @@ def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
             continue
         result = probe.send(record)
         if result.sent:
-            probe.log.info("sent %s from %s (oops %d): %s", oops.classification, dump.names[0], n, oops.reason)
+            probe.log.info("%s %s from %s (oops %d): %s", result.done, oops.classification, dump.names[0], n,
+                           oops.reason)
             memory.add(fp)
             continue
         if result.outcome is Outcome.NOT_OPTED_IN:
@@ -144,6 +149,7 @@ Examples:
 @click.command(PROG, cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
                short_help="report the kernel crash dumps saved from pstore",
                context_settings={"help_option_names": ["-h", "--help"]})
+@mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--cache-dir", metavar="DIR")
 @click.option("--dry-run", is_flag=True)
@@ -163,12 +169,17 @@ def command(config_file: str | None, cache_dir: str | None, dry_run: bool) -> in
         return EXIT_FAILURE
     memory = Memory(None if dry_run else probe.state_file(STATE_NAME), probe)
     status = EXIT_OK
+    probe.watch_signals()
     with d:
         for dump in assemble(read_chunks(d, probe)):
+            if probe.stopping:
+                return probe.stop_status()
             if not dump.complete:
                 probe.log.warning("dump %d is incomplete (%s); left in place", dump.count, ", ".join(dump.names))
                 continue
             if not send_dump(probe, dump, memory, dry_run):
+                if probe.stopping:
+                    return probe.stop_status()
                 status = EXIT_FAILURE if probe.opted_in else EXIT_OK
                 break
             if dry_run:

@@ -27,6 +27,7 @@ PROGRAMS: dict[str, str] = {
     "pstoreclean": "telemetry.probes.pstoreclean:main",
     "crashprobe": "telemetry.probes.crash.main:main",
     "telemctl": "telemetry.daemons.ctl.main:main",
+    "telem_journal": "telemetry.daemons.ctl.telem_journal:main",
     "telempostd": "telemetry.daemons.postd.main:main",
     "telemprobd": "telemetry.daemons.probd.main:main",
 }

@@ -33,6 +33,7 @@ import click
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.command import Command
 from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate, next_attempt_at
@@ -40,6 +41,7 @@ from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused, c
 from telemetry.daemons.postd.inotify import FileWatch
 from telemetry.daemons.postd.outcome import Classified, Response, Verdict, classify
 from telemetry.daemons.postd.request import Request, RequestFormat, build_request
+from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.journal import (
     Counter,
@@ -258,6 +260,9 @@ class Postd:
         self._config_error_logged = False
         self._refresh_view()
         log.info("configuration reloaded from %s", cfg.source or "built-in defaults")
+        cfg.log_notices(log)
+        if (warning := config_mod.plaintext_warning(cfg)) is not None:
+            log.warning("%s", warning)
 
     # --- one pass ----------------------------------------------------------------------
 
@@ -589,43 +594,15 @@ class Postd:
         return wake is not None and now >= wake
 
 
-class _Signals:
-    """SIGTERM/SIGINT ask for a stop, SIGHUP for a reload; a byte on a pipe wakes the selector."""
-
-    def __init__(self, postd: Postd):
-        self.postd = postd
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.w)
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGHUP, self._reload)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-
-    def _stop(self, signum: int, frame: object) -> None:
-        self.postd.stopping = True
-
-    def _reload(self, signum: int, frame: object) -> None:
-        self.postd.reload_requested = True
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(-1)
-        os.close(self.r)
-        os.close(self.w)
-
-
 def serve(postd: Postd, config_file: str | None) -> None:
-    signals = _Signals(postd)
+    # The loop and the passes look at postd.stopping; the signal only sets it.
+    signals = Signals(reload=RELOAD_SIGNALS, on_stop=lambda: setattr(postd, "stopping", True),
+                      on_reload=lambda: setattr(postd, "reload_requested", True)).install()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
     sel = selectors.DefaultSelector()
     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
-    sel.register(signals.r, selectors.EVENT_READ, "signal")
+    sel.register(signals.fileno(), selectors.EVENT_READ, "signal")
     log.info("delivering %s to %s (%s requests, up to %d in flight)%s", postd.queue.path,
              postd.settings.delivery.url, postd.settings.request_format.value,
              postd.settings.delivery.max_in_flight,
@@ -708,7 +685,7 @@ Examples:
 """
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(DAEMON, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
 # Sub-second idle times for the tests; daemon_idle_time is the setting.
@@ -730,6 +707,9 @@ def main(config_file: str | None, idle_exit_after: float | None) -> None:
     settings_from(cfg)  # refuse a bad config before anything is logged
     log_mod.setup(DAEMON, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
+    cfg.log_notices(log)
+    if (warning := config_mod.plaintext_warning(cfg)) is not None:
+        log.warning("%s", warning)
     postd = Postd(paths, cfg, idle_after=idle_exit_after)
     try:
         serve(postd, config_file)

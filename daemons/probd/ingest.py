@@ -17,9 +17,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
-import os
 import select
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -49,6 +47,7 @@ from telemetry.daemons.probd.staging import (
     new_record_id,
     reply,
 )
+from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.queue import Sender
@@ -210,15 +209,15 @@ class IngestLoop:
         self._accept_paused_until = 0.0
         self._ep = select.epoll()
         self._lfd = listener.sock.fileno()
-        self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._signals = Signals(reload=RELOAD_SIGNALS)
 
     # --- running ---------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or idle recycling); 0 when it ended as asked."""
-        self._install_signals()
+        self._signals.install()
         self._ep.register(self._lfd, select.EPOLLIN)
-        self._ep.register(self._sig_r, select.EPOLLIN)
+        self._ep.register(self._signals.fileno(), select.EPOLLIN)
         if self.settings.spool_max_bytes >= 0:
             self._measure(time.monotonic())
         self._notify(f"READY=1\nSTATUS={self.counters.status()}")
@@ -236,9 +235,7 @@ class IngestLoop:
             self._flush(time.monotonic(), final=True)
         finally:
             self._ep.close()
-            signal.set_wakeup_fd(-1)
-            os.close(self._sig_r)
-            os.close(self._sig_w)
+            self._signals.close()
         return 0
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
@@ -250,7 +247,7 @@ class IngestLoop:
         for fd, _ in events:
             if fd == self._lfd:
                 self._accept()
-            elif fd == self._sig_r:
+            elif fd == self._signals.fileno():
                 self._on_signals()
             else:
                 conn = self._conns.get(fd)
@@ -309,23 +306,13 @@ class IngestLoop:
 
     # --- signals and settings --------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda *_: None)  # the number arrives on the wake-up pipe
-        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
-
     def _on_signals(self) -> None:
-        try:
-            received = os.read(self._sig_r, 64)
-        except BlockingIOError:
-            return
-        for signum in received:
-            if signum == signal.SIGHUP:
-                self._reload()
-            elif signum in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
-                log.info("%s received: finishing records in flight, then exiting",
-                         signal.Signals(signum).name)
-                self._begin_stop()
+        self._signals.drain()
+        if self._signals.take_reload():
+            self._reload()
+        if self._signals.stop_requested and not self._stopping:
+            log.info("%s received: finishing records in flight, then exiting", self._signals.stop_name)
+            self._begin_stop()
 
     def _reload(self) -> None:
         settings = self._reload_settings()

@@ -24,6 +24,7 @@ import click
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.command import Command
 from telemetry.daemons.probd.ingest import IngestLoop, Settings
 from telemetry.daemons.probd.listener import open_listener
 from telemetry.daemons.probd.ratelimit import RateLimiter
@@ -84,6 +85,7 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
                 log.error("reloading the configuration failed: %s; keeping the previous settings", e)
                 return None
             log.info("configuration reloaded from %s", new.source or "built-in defaults")
+            new.log_notices(log)
             return Settings.from_config(new)
 
         loop = IngestLoop(
@@ -142,7 +144,7 @@ Examples:
 """
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG,
+@click.command(PROGRAM, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG,
                short_help="receive the probes' records, check them and queue them for telempostd")
 @config_option()
 @version_option
@@ -160,6 +162,7 @@ def main(config_file: str | None) -> None:
     cfg = config_mod.load(paths, config_file)
     log_mod.setup(PROGRAM, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
+    cfg.log_notices(log)
     sys.exit(serve(paths, cfg, config_file))
 
 

@@ -64,6 +64,17 @@ def test_bad_configuration_is_one_line_and_exit_1(user_install, text, words):
     assert len(err.splitlines()) == 1
 
 
+def test_plaintext_http_to_another_machine_is_one_warning(user_install):
+    """Nothing is queued, so nothing is sent to the unroutable TEST-NET address."""
+    user_install.write_config("server=http://192.0.2.1:9/v2/collector\n")
+    with Daemon(user_install) as d:
+        wait_until(lambda: "delivering" in d.log(), what="start-up")
+        assert d.stop() == 0
+    warnings = [line for line in d.log().splitlines() if "unencrypted" in line]
+    assert warnings == ["telempostd: WARNING: server=http://192.0.2.1:9/v2/collector: records are sent to "
+                        "192.0.2.1 unencrypted (http://); use an https:// URL for a collector on another machine"]
+
+
 def test_bad_config_file_option(user_install):
     r = user_install.run(MODULE, "-f", "/nonexistent/telemetrics.conf")
     assert r.returncode != 0 and b"Traceback" not in r.stderr

@@ -104,3 +104,14 @@ def test_collector_without_uvicorn_names_its_package(user_install, tmp_path):
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("telemetry-collector: ") and line.endswith(
         "install the Debian package python3-uvicorn (or: pip install uvicorn)"), line
+
+
+@pytest.mark.parametrize("program", sorted(entry.PROGRAMS))
+def test_a_bad_option_names_the_program(user_install, program):
+    """As its console script runs it: the one-line error starts with the program's name."""
+    code = (f"import sys\nsys.argv = [{program!r}, '--no-such-option']\n"
+            f"from telemetry.entry import {entry.function_name(program)} as main\nmain()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=user_install.env, timeout=60)
+    assert r.returncode != 0
+    [line] = r.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"{program}: "), line
