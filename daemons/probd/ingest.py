@@ -62,7 +62,6 @@ log = logging.getLogger("telemprobd")
 RECV_MAX = FRAME_MAX + 1
 ACCEPT_BATCH = 64
 TICK = 0.25
-IDLE_EXIT_AFTER = 300.0  # the original's recycling time
 SHUTDOWN_GRACE = 2.0  # how long senders still mid-frame get after SIGTERM
 STATUS_INTERVAL = 2.0
 MEASURE_MIN_INTERVAL = 0.25  # re-reading the queue size when a record seems not to fit
@@ -85,6 +84,7 @@ class Settings:
     spool_max_bytes: int
     policy: Policy
     recycling: bool
+    idle_after: float
     spool_dir: str
     socket_path: str
     log_level: str
@@ -99,6 +99,7 @@ class Settings:
             spool_max_bytes=spool_limit_bytes(cfg.spool_max_size),
             policy=Policy.from_config(cfg),
             recycling=cfg.daemon_recycling_enabled,
+            idle_after=float(cfg.daemon_idle_time),
             spool_dir=cfg.spool_dir,
             socket_path=cfg.socket_path,
             log_level=cfg.log_level,
@@ -293,7 +294,7 @@ class IngestLoop:
         if self.counters.status() != self._last_status:
             wake = min(wake, self._next_status)
         if self.idle_exit and self.settings.recycling:
-            wake = min(wake, self._last_activity + IDLE_EXIT_AFTER)
+            wake = min(wake, self._last_activity + self.settings.idle_after)
         if self._accept_paused_until:
             wake = min(wake, self._accept_paused_until)
         wake = min(wake, self._watchdog.next_at)
@@ -658,6 +659,6 @@ class IngestLoop:
                 for conn in list(self._conns.values()):
                     self._refuse(conn, AckStatus.BUSY, "telemprobd is shutting down; try again")
         elif (self.idle_exit and self.settings.recycling and self._drained()
-              and now - self._last_activity >= IDLE_EXIT_AFTER):
+              and now - self._last_activity >= self.settings.idle_after):
             log.info("Daemon exiting for recycling")
             self._begin_stop()
