@@ -1,6 +1,10 @@
 """What every probe shares: the command-line shell, the opt-in rule, sending one record and
 telling the user what became of it, and what the long-running probes (klogscanner,
-journalprobe) add: retrying a send, stopping on a signal, the boot id.
+journalprobe, the pstore probes) add: retrying a send, stopping on a signal, the boot id.
+
+Signals are state (`telemetry.daemons.runtime.signals`): SIGTERM or SIGINT only marks the
+probe as stopping; its loops look at `Probe.stopping` where stopping is safe, save their
+position and end, and a wait between two attempts ends at once.
 
 The opt-in rule is the same for every probe: when the machine's owner has not opted in, a
 probe collects nothing, sends nothing, prints one info line and exits 0, so a timer or a
@@ -23,9 +27,11 @@ from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
 from telemetry.cli import EXIT_FAILURE, load_config
 from telemetry.client import Client, DaemonUnavailable, NotOptedIn, RecordRejected, SendError
+from telemetry.daemons.runtime.signals import Signals
 from telemetry.fsutil import atomic_write, ensure_dir, read_small
+from telemetry.hints import opt_in_phrase
 from telemetry.metadata import Metadata, read_metadata
-from telemetry.optin import is_opted_in, opt_in_command
+from telemetry.optin import is_opted_in
 from telemetry.paths import Paths
 from telemetry.record import Record, create_record
 
@@ -52,7 +58,18 @@ class SendResult:
 
     @property
     def sent(self) -> bool:
+        """The daemon kept the record (delivered now or, when deferred, later)."""
         return self.outcome is Outcome.SENT
+
+    @property
+    def deferred(self) -> bool:
+        """Kept, but held back by the rate limit (strategy spool): delivered later."""
+        return self.sent and self.ack is not None and self.ack.status is AckStatus.DEFERRED
+
+    @property
+    def done(self) -> str:
+        """What became of a kept record, for a log line: "sent" or "queued for later"."""
+        return "queued for later (over the rate limit)" if self.deferred else "sent"
 
     @property
     def retryable(self) -> bool:
@@ -66,16 +83,43 @@ class SendResult:
 
 def opt_in_hint(paths: Paths) -> str:
     return (f"not opted in to telemetry ({paths.opt_in_file} is missing); nothing collected or sent. "
-            f"Run '{opt_in_command(paths)}' to opt in")
+            f"Run {opt_in_phrase(paths)} to opt in")
 
 
 class Probe:
     """One run of a probe: its paths, config and client, and the shared policies."""
 
+    signals: Signals | None = None  # set by watch_signals()
+
     def __init__(self, name: str, config_file: str | None = None, paths: Paths | None = None):
         self.paths, self.config = load_config(config_file, paths)
         self.client = Client(self.paths, self.config, config_file)
         self.log = log_mod.setup(name, self.config.log_level)
+        self.config.log_notices(self.log)
+
+    def watch_signals(self) -> Signals:
+        """From now on SIGTERM and SIGINT mark the probe as stopping (see `stopping`)
+        instead of ending it wherever it is."""
+        if self.signals is None:
+            self.signals = Signals().install()
+        return self.signals
+
+    @property
+    def stopping(self) -> bool:
+        return self.signals is not None and self.signals.stop_requested
+
+    def stop_status(self) -> int:
+        """The exit status of a probe stopped by a signal: 0 for SIGTERM (a service stop),
+        1 for SIGINT."""
+        signum = self.signals.stop_signal if self.signals is not None else None
+        return EXIT_OK if signum in (None, signal.SIGTERM) else EXIT_FAILURE
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, ending at once when a stop is asked."""
+        if self.signals is not None:
+            self.signals.wait(seconds)
+        else:
+            time.sleep(seconds)
 
     @functools.cached_property
     def metadata(self) -> Metadata:
@@ -117,14 +161,17 @@ class Probe:
 
     def send_retrying(self, record: Record, retry: bool) -> SendResult:
         """`send`; with `retry`, a retryable failure is sent again after 1 s, then after
-        twice as long each time up to RETRY_MAX_DELAY, until the outcome is final."""
+        twice as long each time up to RETRY_MAX_DELAY, until the outcome is final or a stop
+        is asked (then the last failure is returned: the caller looks at `stopping`)."""
         delay = 1.0
         while True:
             result = self.send(record)
-            if result.sent or not retry or not result.retryable:
+            if result.sent or not retry or not result.retryable or self.stopping:
                 return result
             self.log.warning("Failed to send record: %s; retrying in %.0f s", result.message, delay)
-            time.sleep(delay)
+            self.sleep(delay)
+            if self.stopping:
+                return result
             delay = min(delay * 2, RETRY_MAX_DELAY)
 
     def state_file(self, name: str) -> StateFile:
@@ -151,22 +198,12 @@ class StateFile:
 
 
 class Stop(Exception):
-    """Ends a long-running probe's scan with this exit status."""
+    """Ends a long-running probe's scan with this exit status.  Raised by the probe's own
+    code where it decided to stop (never from a signal handler)."""
 
     def __init__(self, code: int):
         super().__init__(code)
         self.code = code
-
-
-def stop_on_signals() -> None:
-    """SIGTERM (a service stop) ends the scan with status 0, SIGINT with 1; either way the
-    probe saves its position on the way out."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise Stop(EXIT_OK if signum == signal.SIGTERM else EXIT_FAILURE)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
 
 
 def read_boot_id(path: str = BOOT_ID_FILE) -> str:
@@ -198,5 +235,4 @@ __all__ = [
     "Stop",
     "opt_in_hint",
     "read_boot_id",
-    "stop_on_signals",
 ]

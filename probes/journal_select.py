@@ -3,11 +3,15 @@
 The original selects entries carrying `EXIT_CODE=exited` (plus `PRIORITY` 0-3 with the
 privacy override): fields any program can put on its own log lines, so any user could
 forge "service failed" reports.  We decide on the fields journald itself writes from the
-sender's credentials (`_PID`, `_UID`, `_EXE`, `_TRANSPORT`, `_BOOT_ID`), never on what a
-client can set for identity:
+sender's kernel credentials and its cgroup (`_PID`, `_UID`, `_TRANSPORT`,
+`_SYSTEMD_UNIT`, `_BOOT_ID`), which no client can set:
 
-- a unit-exit notice counts only when it comes from a service manager: PID 1 running as
-  root (the system manager), or a user manager (`_EXE` is the systemd binary);
+- a unit-exit notice counts only when the system service manager sent it: PID 1, uid 0,
+  over the native journal protocol (and, where journald records its unit, from
+  init.scope).  `_EXE` is not evidence: it names the file a process runs, and any user
+  can run the systemd binary with LD_PRELOAD code that logs whatever it likes.  A user
+  manager (`systemd --user`) is not trusted either: everything about it, its unit and
+  cgroup included, is under the control of the user it runs for;
 - with the privacy override, an error-priority entry counts only from root or the kernel;
 - only entries of the current boot, and none logged before the owner opted in.
 
@@ -26,7 +30,7 @@ from typing import Any
 CLASSIFICATION = "org.clearlinux/journal/error"
 SEVERITY = 2
 PAYLOAD_VERSION = 1
-SYSTEMD_EXES = frozenset({"/usr/lib/systemd/systemd", "/lib/systemd/systemd"})
+SYSTEM_MANAGER_UNIT = "init.scope"  # PID 1's cgroup, as journald records it
 ERROR_PRIORITIES = frozenset({"0", "1", "2", "3"})
 
 
@@ -70,11 +74,10 @@ def entry_from_reader(raw: Mapping[str, Any]) -> Entry:
 
 
 def from_service_manager(e: Entry) -> bool:
-    if e.get("_TRANSPORT") != "journal":
-        return False
-    if e.get("_PID") == "1" and e.get("_UID") == "0":
-        return True
-    return e.get("_EXE") in SYSTEMD_EXES
+    """Sent by PID 1 as root over the journal protocol: only the system manager can."""
+    unit = e.get("_SYSTEMD_UNIT")
+    return (e.get("_TRANSPORT") == "journal" and e.get("_PID") == "1" and e.get("_UID") == "0"
+            and unit in (None, SYSTEM_MANAGER_UNIT))
 
 
 def from_root_or_kernel(e: Entry) -> bool:

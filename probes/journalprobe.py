@@ -13,7 +13,7 @@ import os
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import (
     EXIT_FAILURE,
@@ -25,7 +25,6 @@ from .common import (
     Stop,
     read_boot_id,
     run,
-    stop_on_signals,
 )
 from .journal_select import (
     CLASSIFICATION,
@@ -56,11 +55,14 @@ Application Options:
   -V, --version         Print the program version
   -D, --directory DIR   Read the journal files in DIR instead of the local journal
       --once            Stop after the entries already in the journal
+      --user            Send to your own daemons (telemctl --user start); state in
+                        your XDG directories
+      --system          Send to the system daemons
 
 Unlike the original: the position is saved, so a restart resumes where it stopped
 (-t only applies to the very first start); a failed send is retried, not dropped;
-entries are selected on fields journald records itself (a unit exit reported by a
-service manager, not any line carrying EXIT_CODE=exited), and entries logged before
+entries are selected on fields journald records itself (a unit exit reported by the
+system manager, PID 1, not any line carrying EXIT_CODE=exited), and entries logged before
 opting in are not sent.
 
 """
@@ -110,8 +112,8 @@ class JournalProbe:
             self.reader.seek_head()
 
     def drain(self) -> None:
-        """Handle every entry after the current position."""
-        while True:
+        """Handle every entry after the current position (until a stop is asked)."""
+        while not self.probe.stopping:
             raw, self.pending = self.pending or self.reader.get_next(), None
             if not raw:
                 break
@@ -124,9 +126,12 @@ class JournalProbe:
     def deliver(self, entry: Entry) -> None:
         record = self.probe.record(CLASSIFICATION, SEVERITY, journal_payload(entry), PAYLOAD_VERSION, truncate=True)
         result = self.probe.send_retrying(record, retry=self.follow)
+        if not result.sent and self.probe.stopping:  # stopped while retrying: it goes next run
+            self.save()
+            raise Stop(self.probe.stop_status())
         if result.sent:
             self.sent += 1
-            self.probe.log.info("sent %s (%s)", CLASSIFICATION, result.message)
+            self.probe.log.info("%s %s (%s)", result.done, CLASSIFICATION, result.message)
             self.cursor = entry.cursor or self.cursor
             self.save()
             return
@@ -181,7 +186,35 @@ def open_reader(directory: str | None, boot_id: str, override: bool):
     return reader
 
 
-@click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+# The man page's text; --help prints HELP, in the original's layout.
+DESCRIPTION = """Report failed units: one record per unit that a service manager logged as
+failed in the systemd journal (org.clearlinux/journal/error), carrying that message.
+
+Entries are selected on the fields journald records itself, so no program can forge one.
+The journal position is saved, so a restart resumes where it stopped; -t makes the very
+first start skip what is already in the journal.  journal-probe.service (or
+journal-probe-tail.service, with -t) runs it.  Nothing is read until telemetry is opted in."""
+
+EPILOG = """\b
+Exit status:
+  0  stopped by SIGTERM, the end of the journal with --once, or not opted in
+  1  a bad option, a journal it cannot open, or stopped by SIGINT
+
+\b
+Files:
+  /var/lib/telemetry/journalprobe.cursor  the position in the journal
+
+\b
+Examples:
+  journalprobe --once                        report the failures logged so far, then exit
+  journalprobe -D /var/log/journal/ID --once  the same from another machine's journal files
+"""
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=HELP, help=DESCRIPTION, epilog=EPILOG,
+               short_help="report failed units from the systemd journal",
+               context_settings={"help_option_names": ["-h", "--help"]})
+@mode_options
 @config_option("-f", "--config-file", "--config_file")
 @click.option("-t", "--tail", is_flag=True)
 @click.option("-D", "--directory", metavar="DIR")
@@ -196,13 +229,18 @@ def command(config_file: str | None, tail: bool, directory: str | None, once: bo
         return EXIT_FAILURE
     reader = open_reader(directory, boot_id, probe.privacy_filters_off)
     jp = JournalProbe(probe, reader, probe.state_file(CURSOR_NAME), boot_id, follow=not once)
-    stop_on_signals()
+    signals = probe.watch_signals()
     try:
         jp.position(tail)
         jp.drain()
-        while not once:
-            reader.wait(WAIT_SECONDS)
+        while not once and not probe.stopping:
+            # Not reader.wait(): a signal would end it with EINTR, an error to it.
+            signals.wait(WAIT_SECONDS, [reader.fileno()])
+            reader.process()
             jp.drain()
+        if probe.stopping:
+            jp.save()
+            return probe.stop_status()
     except Stop as e:
         jp.save()
         return e.code

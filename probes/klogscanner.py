@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import sys
 from collections.abc import Iterator
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import (
     EXIT_FAILURE,
@@ -27,7 +26,6 @@ from .common import (
     Stop,
     read_boot_id,
     run,
-    stop_on_signals,
 )
 from .kmsg import Found, KmsgScanner, ScanState, StateError, TextScanner, decode_state, parse_record
 from .oops import EndReason, decode_line, oops_payload
@@ -50,6 +48,9 @@ Application Options:
       --once            Stop at the end of the kernel log instead of waiting for more
       --replay FILE     Scan a saved kernel log (dmesg text; - for stdin) and exit
       --dry-run         Print the records instead of sending them; save no state
+      --user            Send to your own daemons (telemctl --user start); state in
+                        your XDG directories
+      --system          Send to the system daemons
   -V, --version         Print the program version
   -h, --help            Show help options
 
@@ -114,14 +115,13 @@ class Reporter:
             sys.stdout.buffer.write(record.header_block() + record.payload + b"\n")
             sys.stdout.flush()
             return
-        try:
-            result = self.probe.send_retrying(record, retry=self.follow)
-        except Stop:  # a signal while sending or waiting to retry: this oops goes next run
+        result = self.probe.send_retrying(record, retry=self.follow)
+        if not result.sent and self.probe.stopping:  # stopped while retrying: it goes next run
             self.pin(found.first_seq)
-            raise
+            raise Stop(self.probe.stop_status())
         if result.sent:
             self.sent += 1
-            self.probe.log.info("sent %s (%s): %s", oops.classification, result.message, oops.reason)
+            self.probe.log.info("%s %s (%s): %s", result.done, oops.classification, result.message, oops.reason)
             self.state = self.state.remember(found.fingerprint)
             return
         if result.outcome is Outcome.NOT_OPTED_IN:
@@ -137,17 +137,19 @@ class Reporter:
         raise Stop(EXIT_FAILURE)
 
 
-def kmsg_lines(fd: int, follow: bool) -> Iterator[bytes]:
-    """Records of /dev/kmsg (one per read) or of a file or pipe in its format (many per read)."""
+def kmsg_lines(fd: int, follow: bool, probe: Probe) -> Iterator[bytes]:
+    """Records of /dev/kmsg (one per read) or of a file or pipe in its format (many per
+    read); ends when a stop is asked."""
     pending = b""
-    while True:
+    while not probe.stopping:
         try:
             chunk = os.read(fd, READ_SIZE)
         except BlockingIOError:
             if not follow:
                 return
             yield b""  # idle: a chance to save the position
-            select.select([fd], [], [])
+            if probe.signals is not None:
+                probe.signals.wait(None, [fd])
             continue
         except OSError as e:
             if e.errno == errno.EPIPE:  # the ring overwrote records before we read them
@@ -173,7 +175,7 @@ def scan_kmsg(path: str, reporter: Reporter, boot_id: str, follow: bool, dry_run
     reporter.state = ScanState(boot_id, scanner.next_seq, reporter.state.sent)
     reporter.kmsg = True
     try:
-        for raw in kmsg_lines(fd, follow):
+        for raw in kmsg_lines(fd, follow, reporter.probe):
             if not raw:
                 reporter.save(scanner.next_seq)
                 continue
@@ -184,6 +186,8 @@ def scan_kmsg(path: str, reporter: Reporter, boot_id: str, follow: bool, dry_run
                 reporter.report(found, dry_run)
                 reporter.save(scanner.next_seq)
             reporter.tick(scanner.next_seq)
+        if reporter.probe.stopping:
+            raise Stop(reporter.probe.stop_status())
     finally:
         os.close(fd)
         reporter.save(scanner.next_seq)
@@ -196,16 +200,48 @@ def scan_text(source: str, reporter: Reporter, dry_run: bool) -> None:
     except OSError as e:
         raise click.ClickException(f"Cannot read {source}: {e.strerror}") from None
     with stream:
-        while True:
+        while not reporter.probe.stopping:
             raw = stream.readline(LINE_MAX)
             if not raw:
                 break
             for found in scanner.feed(decode_line(raw.rstrip(b"\n"))):
                 reporter.report(found, dry_run)
                 reporter.save()
+    if reporter.probe.stopping:
+        raise Stop(reporter.probe.stop_status())
 
 
-@click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+# The man page's text; --help prints HELP, in the original's layout.
+DESCRIPTION = """Report kernel oopses, warnings, BUGs and panics: one record each
+(org.clearlinux/kernel/*), read from the kernel log as it is written.
+
+/dev/kmsg is read without consuming it, kernel messages only, from the position saved in
+the state directory, so an oops is reported once across restarts; an oops that could not
+be sent is read again at the next start.  klogscanner.service runs it (not in containers,
+whose kernel log is the host's).  Nothing is read until telemetry is opted in."""
+
+EPILOG = """\b
+Exit status:
+  0  stopped by SIGTERM, the end of the log with --once or --replay, or not opted in
+  1  a bad option, a kernel log it cannot read, or stopped by SIGINT
+
+\b
+Files:
+  /dev/kmsg                         the kernel log
+  /var/lib/telemetry/klogscanner.state  the position read and the oopses already sent
+
+\b
+Examples:
+  klogscanner --replay /var/log/dmesg --dry-run   the records a saved log would give
+  dmesg | klogscanner --replay - --dry-run        the same for the log in memory now
+  klogscanner --once                              report what the log holds, then exit
+"""
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=HELP, help=DESCRIPTION, epilog=EPILOG,
+               short_help="report kernel oopses, warnings and BUGs",
+               context_settings={"help_option_names": ["-h", "--help"]})
+@mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--kmsg", "kmsg_path", default=KMSG, metavar="PATH")
 @click.option("--once", is_flag=True)
@@ -228,7 +264,7 @@ def command(config_file: str | None, kmsg_path: str, once: bool, replay: str | N
             raise click.ClickException(f"Cannot read {state_file.path}: {e.strerror or e}") from None
     follow = replay is None and not once
     reporter = Reporter(probe, state_file, state, follow)
-    stop_on_signals()
+    probe.watch_signals()
     try:
         if replay is not None:
             scan_text(replay, reporter, dry_run)

@@ -19,6 +19,11 @@ Where the original loses whole reports we do not (each is covered by a test):
 - `finish()` reports the oops still open at the end of a finished dump (pstore); a live
   kernel log simply waits for more lines.
 
+Where the original is fooled we are not: a report starts only with the kernel's own
+words at the start of a message, never with a line the kernel prints about a user
+process, which begins with that process's self-chosen name (a process named `BUG: x`
+that crashes logs `BUG: x[42]: segfault at …`); the irq pattern is anchored too.
+
 What it extracts (Tainted: a 16-character slice; Kernel Version: to the end of the line;
 registers right to left within a line) is kept exactly, quirks included: dashboards
 have grouped these payloads for years.
@@ -85,7 +90,7 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern("sysctl table check failed: ", K_WARNING, 2),
     Pattern("IRQ handler type mismatch for IRQ", K_WARNING, 2),
     _regex("^ALSA (.*): BUG(.*)", "crash/kernel/bug", 2, Mode.ALSA),
-    _regex("irq [[:digit:]]+: nobody cared", "crash/kernel/warning", 2),
+    _regex("^irq [[:digit:]]+: nobody cared", "crash/kernel/warning", 2),
     Pattern("WARNING: ", K_WARNING, 2),
     Pattern("general protection fault: ", K_BUG, 4),
     Pattern("BUG: unable to handle kernel ", K_BUG, 4),
@@ -155,7 +160,33 @@ def normalise(line: str) -> str:
     return line
 
 
+# The kernel's messages about a user process begin with the process's name and pid:
+# "comm[pid]: segfault at …", "comm[pid] trap …", "traps: comm[pid] general protection …",
+# "comm (pid): …".  comm is at most 15 bytes, every one of them chosen by that process
+# (prctl(PR_SET_NAME), or the name of the file it runs), so "BUG: x" and "WARNING: x" are
+# valid names; /dev/kmsg shows its control and non-ASCII bytes as \xNN.
+COMM_MAX = 15
+_PROCESS_PREFIX = re.compile(r"(?:[a-z_]+: )?(?P<comm>.{1,60}?)(?:\[[0-9]+\]:? | \([0-9]+\): )")
+_ESCAPED_BYTE = re.compile(r"\\x[0-9a-fA-F]{2}")
+
+
+def _comm_bytes(comm: str) -> int:
+    escaped = _ESCAPED_BYTE.findall(comm)
+    return len(escaped) + len(_ESCAPED_BYTE.sub("", comm).encode("utf-8", "surrogatepass"))
+
+
+def names_a_process(text: str) -> bool:
+    """Whether `text` is a kernel message about a user process, whose start the process
+    chose: it can never be the start (or the end) of a kernel report."""
+    m = _PROCESS_PREFIX.match(text)
+    return m is not None and _comm_bytes(m.group("comm")) <= COMM_MAX
+
+
 def match_start(text: str) -> Pattern | None:
+    """The report this kernel line begins: the trigger at the very start of the message,
+    never text of a process's own name (see names_a_process)."""
+    if names_a_process(text):
+        return None
     for pattern in PATTERNS:
         if pattern.matches(text):
             return pattern
@@ -250,7 +281,8 @@ class OopsParser:
                 self._in_stack = True
         elif _ends_stack(text):
             ended = EndReason.STACK_END
-        if ended is None and mode is not Mode.ALSA and ("WARNING:" in text or "Unable to handle" in text):
+        if (ended is None and mode is not Mode.ALSA and ("WARNING:" in text or "Unable to handle" in text)
+                and not names_a_process(text)):
             ended = EndReason.NEXT_OOPS
         return ended
 

@@ -13,7 +13,7 @@ import os
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import EXIT_FAILURE, EXIT_OK, Probe, ProbeCommand, run
 from .safedir import SafeDir, UnsafeEntry
@@ -31,6 +31,8 @@ Application Options:
   -f, --config_file     Specify a configuration file other than default
       --pstore-dir DIR  Mounted pstore file system (default /sys/fs/pstore)
       --cache-dir DIR   Where the dumps are kept for pstoreprobe (default: the pstore cache)
+      --user            Use your own XDG directories (user mode)
+      --system          Use the system directories
   -V, --version         Print the program version
   -h, --help            Show help options
 
@@ -39,7 +41,34 @@ cache is not emptied first, links are never followed, and it runs only when opte
 """
 
 
-@click.command(PROG, cls=ProbeCommand, usage_text=USAGE, context_settings={"help_option_names": ["-h", "--help"]})
+# The man page's text; --help prints USAGE, in the original's layout.
+HELP = """Move the crash dumps the kernel left in pstore (/sys/fs/pstore) into the pstore
+cache, where pstoreprobe reports them, so that pstore has room for the next crash.
+
+An entry leaves pstore only once its copy is written and synced; the cache is not emptied
+first and links are never followed.  pstore-clean.service runs it as root at boot.  It does
+nothing until telemetry is opted in ('telemctl opt-in')."""
+
+EPILOG = """\b
+Exit status:
+  0  every entry was moved (or there was none), or not opted in
+  1  a bad option, or an entry could not be moved (it stays in pstore)
+
+\b
+Files:
+  /sys/fs/pstore/              the kernel's crash dumps
+  /var/cache/telemetry/pstore/  where they are kept for pstoreprobe
+
+\b
+Examples:
+  pstoreclean && pstoreprobe    what pstore-clean.service and pstore-probe.service do at boot
+"""
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
+               short_help="move pstore crash dumps into the pstore cache",
+               context_settings={"help_option_names": ["-h", "--help"]})
+@mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--pstore-dir", default=PSTORE_DIR, metavar="DIR")
 @click.option("--cache-dir", metavar="DIR")
@@ -67,7 +96,10 @@ def command(config_file: str | None, pstore_dir: str, cache_dir: str | None) -> 
             return EXIT_FAILURE
         with cache:
             status = EXIT_OK
+            probe.watch_signals()
             for name in names:
+                if probe.stopping:
+                    return probe.stop_status()
                 if not move(source, cache, name, probe):
                     status = EXIT_FAILURE
     return status

@@ -13,7 +13,7 @@ import os
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 
 from .common import EXIT_FAILURE, EXIT_OK, Outcome, Probe, ProbeCommand, StateFile, run
 from .oops import oops_payload
@@ -32,6 +32,8 @@ USAGE = """\
   -h,  --help           Display this help message
        --cache-dir DIR  Directory of the dumps pstoreclean saved (default: the pstore cache)
        --dry-run        Print the records instead of sending them; remove nothing
+       --user           Send to your own daemons (telemctl --user start)
+       --system         Send to the system daemons
   -V,  --version        Print the program version
 
 Unlike the original, a dump's files are removed only after all its records were
@@ -93,6 +95,8 @@ def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
     """True when every oops of the dump was acknowledged (or printed, with --dry-run)."""
     dump_fp = dump.fingerprint()
     for n, oops in enumerate(dump_oopses(dump), start=1):
+        if probe.stopping:
+            return False
         fp = f"{dump_fp}:{n}"
         if fp in memory:
             continue
@@ -103,7 +107,8 @@ def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
             continue
         result = probe.send(record)
         if result.sent:
-            probe.log.info("sent %s from %s (oops %d): %s", oops.classification, dump.names[0], n, oops.reason)
+            probe.log.info("%s %s from %s (oops %d): %s", result.done, oops.classification, dump.names[0], n,
+                           oops.reason)
             memory.add(fp)
             continue
         if result.outcome is Outcome.NOT_OPTED_IN:
@@ -115,7 +120,36 @@ def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
     return True
 
 
-@click.command(PROG, cls=ProbeCommand, usage_text=USAGE, context_settings={"help_option_names": ["-h", "--help"]})
+# The man page's text; --help prints the original's USAGE.
+HELP = """Report the kernel crash dumps pstoreclean saved from pstore: one record per oops in
+them (org.clearlinux/kernel/*, as klogscanner reports a live kernel's).
+
+A dump's files are removed from the cache only after every record made from it was
+acknowledged; links and other non-regular files are left alone, and reads are capped.
+pstore-probe.service runs it at boot, after pstore-clean.service.  Nothing is sent until
+telemetry is opted in ('telemctl opt-in')."""
+
+EPILOG = """\b
+Exit status:
+  0  every dump was reported (or there was none), or not opted in
+  1  a bad option, or a record was not kept (its dump stays for the next run)
+
+\b
+Files:
+  /var/cache/telemetry/pstore/          the dumps pstoreclean saved
+  /var/lib/telemetry/pstoreprobe.state  the dumps already reported
+
+\b
+Examples:
+  pstoreprobe --dry-run                 the records the saved dumps would give
+  pstoreprobe --cache-dir /tmp/dumps    report dumps copied from another machine
+"""
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
+               short_help="report the kernel crash dumps saved from pstore",
+               context_settings={"help_option_names": ["-h", "--help"]})
+@mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--cache-dir", metavar="DIR")
 @click.option("--dry-run", is_flag=True)
@@ -135,12 +169,17 @@ def command(config_file: str | None, cache_dir: str | None, dry_run: bool) -> in
         return EXIT_FAILURE
     memory = Memory(None if dry_run else probe.state_file(STATE_NAME), probe)
     status = EXIT_OK
+    probe.watch_signals()
     with d:
         for dump in assemble(read_chunks(d, probe)):
+            if probe.stopping:
+                return probe.stop_status()
             if not dump.complete:
                 probe.log.warning("dump %d is incomplete (%s); left in place", dump.count, ", ".join(dump.names))
                 continue
             if not send_dump(probe, dump, memory, dry_run):
+                if probe.stopping:
+                    return probe.stop_status()
                 status = EXIT_FAILURE if probe.opted_in else EXIT_OK
                 break
             if dry_run:

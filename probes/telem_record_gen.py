@@ -1,7 +1,8 @@
 """telem-record-gen: build one custom record from the command line and send it.
 
-The checks run in the original's order with its messages (`check_options`, pure).  Two
-things differ on purpose: a payload over the 8192-byte limit is an error instead of being
+The checks run in the original's order with its messages (`check_options`, pure).  Unlike
+the other probes, it exits 1 when telemetry is not opted in, as the original does: its
+caller asked for this record to be sent.  Two things differ on purpose: a payload over the 8192-byte limit is an error instead of being
 cut silently (`--truncate` cuts it at a UTF-8 boundary), and an unknown option is an
 error instead of being ignored.
 """
@@ -15,7 +16,7 @@ from typing import BinaryIO
 
 import click
 
-from telemetry.cli import config_option, version_option
+from telemetry.cli import config_option, mode_options, version_option
 from telemetry.limits import (
     CLASSIFICATION_FIRST_SEGMENT_MAX,
     CLASSIFICATION_MAX,
@@ -28,7 +29,7 @@ from telemetry.limits import (
 )
 from telemetry.record import RecordError
 
-from .common import EXIT_FAILURE, EXIT_OK, Outcome, Probe, ProbeCommand, run
+from .common import EXIT_FAILURE, EXIT_OK, Probe, ProbeCommand, run
 
 ULONG_MAX = 2**64 - 1
 EVENT_ID_ALPHABET = "0123456789abcdef"
@@ -52,6 +53,8 @@ Application Options:
   -n, --no-post         Do not post record just print
   -f, --config_file     Specify a configuration file other than default
       --truncate        Cut a payload over 8192 bytes instead of refusing it
+      --user            Send to your own daemons (telemctl --user start)
+      --system          Send to the system daemons
 
 """
 
@@ -164,8 +167,31 @@ def payload_from(payload: str | None, payload_file: str | None, truncate: bool) 
     return data
 
 
+# The man page's text; --help prints the original's USAGE.
+HELP = """Create one telemetry record and send it to telemprobd, or print it.
+
+The classification (-c) is three parts separated by slashes; the severity (-s) is 1 to 4;
+the payload comes from -p, else from the file -P, else from standard input.  A payload
+over 8192 bytes is refused, unless --truncate cuts it.  -o also prints the record (its
+header lines and payload) on standard output, -n only prints it.  Nothing is sent until
+telemetry is opted in ('telemctl opt-in')."""
+
+EPILOG = """\b
+Exit status:
+  0  telemprobd kept the record (or -n printed it), or telemetry is not opted in
+  1  a bad option or payload, or the record was not kept (the message says why)
+
+\b
+Examples:
+  telem-record-gen -c org.example/demo/hello -p 'it works'
+  dmesg | telem-record-gen -c org.example/kernel/dmesg -s 2 --truncate
+  telem-record-gen -c org.example/demo/test -p test -n   print the record, send nothing
+"""
+
+
 @click.command(
-    "telem-record-gen", cls=ProbeCommand, usage_text=USAGE,
+    "telem-record-gen", cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
+    short_help="create and send a custom telemetry record",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @version_option
@@ -177,6 +203,7 @@ def payload_from(payload: str | None, payload_file: str | None, truncate: bool) 
 @click.option("-e", "--event-id", metavar="HEX32")
 @click.option("-o", "--echo", is_flag=True)
 @click.option("-n", "--no-post", is_flag=True)
+@mode_options
 @config_option("-f", "--config-file", "--config_file")
 @click.option("--truncate", is_flag=True)
 def command(
@@ -206,12 +233,12 @@ def command(
     if no_post:
         return EXIT_OK
     result = probe.send(record)
-    if result.outcome is Outcome.NOT_OPTED_IN:
-        probe.log.info("Unable to send record: %s", result.message)
-        return EXIT_OK
-    if not result.sent:
+    if not result.sent:  # not opted in too: whoever ran it asked for a record (exit 1, as the original)
         click.echo(f"Unable to send record: {result.message}", err=True)
         return EXIT_FAILURE
+    if result.deferred:
+        probe.log.info("record queued by the daemon for later: over the rate limit, it is delivered "
+                       "when the limit allows")
     return EXIT_OK
 
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from . import config as config_mod
 from .ack import Ack, AckError, decode_ack
 from .errors import TelemetryError
+from .hints import opt_in_phrase, start_phrase
 from .limits import ACK_MAX, ACK_TIMEOUT, CONNECT_TIMEOUT, SUN_PATH_MAX
-from .optin import is_opted_in, opt_in_command
+from .optin import is_opted_in
 from .paths import Paths
 from .record import Record
 from .wire import encode_frame
@@ -32,7 +33,7 @@ class SendError(TelemetryError):
 class NotOptedIn(SendError):
     def __init__(self, paths: Paths):
         super().__init__(f"not opted in to telemetry ({paths.opt_in_file} is missing); "
-                         f"run '{opt_in_command(paths)}' first")
+                         f"run {opt_in_phrase(paths)} first")
 
 
 class DaemonUnavailable(SendError):
@@ -102,7 +103,7 @@ class Client:
                 sock.connect(path)
             except (FileNotFoundError, ConnectionRefusedError) as e:
                 raise DaemonUnavailable(
-                    f"telemprobd is not listening on {path} ({e.strerror}); start it with 'telemctl start'"
+                    f"telemprobd is not listening on {path} ({e.strerror}); {start_phrase(self.paths)}"
                 ) from None
             except OSError as e:
                 raise DaemonUnavailable(f"cannot connect to telemprobd at {path}: {e.strerror or e}") from None

@@ -8,22 +8,31 @@ Differences from the original, on purpose (spec/defects.md A1, A5): the file nam
 `-f` is the one used by every program, daemons included; every value is validated when
 the file is loaded, so a typo is a `ConfigError` naming file, line, key and the accepted
 range at start-up instead of a zero, a late exit or an `exit(1)` inside a probe.
+
+What the original ignores silently we ignore too, but say so (`Config.notices`, logged
+by every program that reads the file and listed by `telemctl status`): a key we do not
+know (an obsolete one from a C client's file: systemd's "unknown key, ignoring"), a
+section other than [settings] (a typo there would leave every setting at its default,
+the upstream server included), a key given twice (the last wins, as in the original:
+both lines are named), a value moved into its range.  Run as root, a file (or its
+directory) that another user can change is refused: it decides where root's programs
+send what they collect.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 import os
 import re
 import stat
+import urllib.parse
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import TelemetryError
 from .paths import Mode, Paths
-
-log = logging.getLogger(__name__)
 
 SECTION = "settings"
 INT64_MAX = 2**63 - 1
@@ -38,6 +47,26 @@ class ConfigError(TelemetryError):
         text = f"{where}: {key}: {message}" if key else f"{where}: {message}"
         super().__init__(text)
         self.path, self.line, self.key = path, line, key
+
+
+class NoticeKind(enum.Enum):
+    UNKNOWN_KEY = "unknown-key"
+    UNKNOWN_SECTION = "unknown-section"
+    DUPLICATE_KEY = "duplicate-key"
+    CLAMPED = "clamped"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something in the file that was ignored or changed; loading went on."""
+
+    kind: NoticeKind
+    path: str | None
+    line: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<config>'}:{self.line}: {self.text}"
 
 
 class Kind(enum.Enum):
@@ -121,8 +150,9 @@ KEYS: tuple[Key, ...] = (
         "real record sizes (-1: no limit).", "telemprobd", unit="bytes", lo=0, hi=INT64_MAX,
         out_of_range=OutOfRange.NEGATIVE_DISABLES),
     Key("rate_limit_enabled", Kind.BOOL, True, "Master switch of the rate limits.", "telemprobd"),
-    Key("daemon_recycling_enabled", Kind.BOOL, True, "Daemons exit after 300 s without work; "
-        "socket and path activation start them again.", "telemprobd, telempostd"),
+    Key("daemon_recycling_enabled", Kind.BOOL, True, "Daemons started by systemd exit after "
+        "daemon_idle_time without work; socket and path activation start them again.",
+        "telemprobd, telempostd"),
     Key("record_retention_enabled", Kind.BOOL, False, "Keep local copies of the last 100 records' "
         "payloads for 'telemctl journal -i'.", "telempostd"),
     Key("record_server_delivery_enabled", Kind.BOOL, True, "false: nothing is posted; records are "
@@ -160,6 +190,9 @@ KEYS: tuple[Key, ...] = (
         "crashprobe", unit="seconds", lo=0, hi=86400, original=False),
     Key("crash_daily_cap", Kind.INT, 20, "Reports per executable per day.", "crashprobe",
         lo=1, hi=100000, original=False),
+    Key("daemon_idle_time", Kind.INT, 300, "Time without work after which a daemon started by "
+        "systemd exits, when daemon_recycling_enabled (300 s: the original's fixed time).",
+        "telemprobd, telempostd", unit="seconds", lo=1, hi=86400, original=False),
     Key("metrics_textfile", Kind.STRING, "", "File the daemons rewrite with their counters in "
         "Prometheus' text format at most once a minute while they run (a node-exporter textfile "
         "collector's directory, name ending in .prom; empty: none). 'telemctl metrics' prints the same.",
@@ -211,13 +244,22 @@ class Config:
     crash_time_limit: int
     crash_flood_window: int
     crash_daily_cap: int
+    daemon_idle_time: int
     metrics_textfile: str
     log_level: str
     source: str | None = None
+    notices: tuple[Notice, ...] = ()
+
+    def log_notices(self, logger: logging.Logger) -> None:
+        for notice in self.notices:
+            logger.warning("%s", notice)
+
+
+_NOT_KEYS = ("source", "notices")
 
 
 def _check_config_matches_keys() -> None:
-    declared = [(f.name, f.type) for f in fields(Config)][:-1]
+    declared = [(f.name, f.type) for f in fields(Config) if f.name not in _NOT_KEYS]
     wanted = [(k.name, _KIND_TYPE[k.kind].__name__) for k in KEYS]
     if declared != wanted:
         raise AssertionError(f"Config does not follow KEYS: {declared} != {wanted}")
@@ -248,10 +290,23 @@ def _unescape(value: str) -> str:
     return "".join(out)
 
 
-def parse_ini(text: str, path: str | None = None) -> dict[str, dict[str, Entry]]:
-    """Sections of key → (value, line); the last repeated key wins, sections merge."""
+@dataclass(frozen=True)
+class Ini:
+    """A parsed file: section -> key -> last entry; where each section was first opened;
+    every (section, key, earlier line, later line) of a repeated key."""
+
+    sections: dict[str, dict[str, Entry]]
+    section_lines: dict[str, int]
+    repeated: tuple[tuple[str, str, int, int], ...]
+
+
+def read_ini(text: str, path: str | None = None) -> Ini:
+    """The original's dialect: the last repeated key wins, repeated sections merge."""
     sections: dict[str, dict[str, Entry]] = {}
+    section_lines: dict[str, int] = {}
+    repeated: list[tuple[str, str, int, int]] = []
     current: dict[str, Entry] | None = None
+    name = ""
     for n, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip(" \t\r")
         if not line or line[0] in "#;":
@@ -259,7 +314,9 @@ def parse_ini(text: str, path: str | None = None) -> dict[str, dict[str, Entry]]
         if line[0] == "[":
             if not line.endswith("]"):
                 raise ConfigError("Expected closing ']' for section", path, n)
-            current = sections.setdefault(line[1:-1], {})
+            name = line[1:-1]
+            current = sections.setdefault(name, {})
+            section_lines.setdefault(name, n)
             continue
         key, eq, value = line.partition("=")
         if not eq:
@@ -269,14 +326,21 @@ def parse_ini(text: str, path: str | None = None) -> dict[str, dict[str, Entry]]
             raise ConfigError("Encountered empty key", path, n)
         if current is None:
             raise ConfigError("Encountered key=value mapping without a valid section", path, n, key)
+        if key in current:
+            repeated.append((name, key, current[key].line, n))
         current[key] = Entry(_unescape(value.strip(" \t")), n)
-    return sections
+    return Ini(sections, section_lines, tuple(repeated))
+
+
+def parse_ini(text: str, path: str | None = None) -> dict[str, dict[str, Entry]]:
+    """Sections of key → (value, line); the last repeated key wins, sections merge."""
+    return read_ini(text, path).sections
 
 
 _INT = re.compile(r"[ \t]*[+-]?[0-9]+")
 
 
-def _convert(key: Key, raw: str, path: str | None, line: int | None) -> Any:
+def _convert(key: Key, raw: str, path: str | None, line: int, notices: list[Notice]) -> Any:
     def fail(msg: str) -> ConfigError:
         return ConfigError(f"{msg}; accepted: {key.range_text()}", path, line, key.name)
 
@@ -309,24 +373,37 @@ def _convert(key: Key, raw: str, path: str | None, line: int | None) -> Any:
     ):
         raise fail(f"{value} is out of range")
     clamped = min(max(value, key.lo), key.hi)
-    log.warning("%s:%s: %s=%d clamped to %d", path or "<config>", line, key.name, value, clamped)
+    notices.append(Notice(NoticeKind.CLAMPED, path, line,
+                          f"{key.name}={value} is out of range ({key.range_text()}); {clamped} is used"))
     return clamped
 
 
 def config_from_text(text: str, paths: Paths, path: str | None = None) -> Config:
-    sections = parse_ini(text, path)
-    settings = sections.get(SECTION, {})
+    ini = read_ini(text, path)
+    notices: list[Notice] = []
+    for name, line in sorted(ini.section_lines.items(), key=lambda item: item[1]):
+        if name == SECTION:
+            continue
+        known = [k for k in ini.sections[name] if k in KEY_BY_NAME]
+        lost = f"; its settings ({', '.join(known)}) are not applied" if known else ""
+        notices.append(Notice(NoticeKind.UNKNOWN_SECTION, path, line,
+                              f"unknown section [{name}] ignored: only [{SECTION}] is read{lost}"))
+    for section, repeated, first, again in ini.repeated:
+        if section == SECTION:
+            notices.append(Notice(NoticeKind.DUPLICATE_KEY, path, again,
+                                  f"{repeated}: also set at line {first}; the last value, this line's, is used"))
     values: dict[str, Any] = {}
-    for name, entry in settings.items():
+    for name, entry in ini.sections.get(SECTION, {}).items():
         key = KEY_BY_NAME.get(name)
         if key is None:
-            raise ConfigError(
-                "unknown key (see telemetrics.conf(5) for the list)", path, entry.line, name
-            )
-        values[name] = _convert(key, entry.value, path, entry.line)
+            notices.append(Notice(NoticeKind.UNKNOWN_KEY, path, entry.line,
+                                  f"{name}: unknown key, ignored (telemetrics.conf(5) lists the keys)"))
+            continue
+        values[name] = _convert(key, entry.value, path, entry.line, notices)
     for key in KEYS:
         values.setdefault(key.name, key.default_for(paths))
-    return Config(**values, source=path)
+    notices.sort(key=lambda n: n.line)
+    return Config(**values, source=path, notices=tuple(notices))
 
 
 def defaults(paths: Paths) -> Config:
@@ -361,8 +438,11 @@ def _read_text(path: str) -> str:
     place would hang every program that reads the config), as text mode reads it."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ConfigError("not a regular file", path)
+        if os.geteuid() == 0:
+            _refuse_if_others_can_change(path, st)
         data = f.read(CONFIG_MAX + 1)
     if len(data) > CONFIG_MAX:
         raise ConfigError(f"file is larger than {CONFIG_MAX} bytes", path)
@@ -371,6 +451,56 @@ def _read_text(path: str) -> str:
     except UnicodeDecodeError:
         raise ConfigError("file is not valid UTF-8", path) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")  # every CR LF and lone CR ends a line
+
+
+def changeable_by(st: os.stat_result, *, directory: bool = False) -> str | None:
+    """Who other than root can change a file (or replace one in a directory), or None."""
+    if st.st_uid != 0:
+        return f"it belongs to uid {st.st_uid}"
+    if directory and st.st_mode & stat.S_ISVTX:
+        return None  # sticky: only the owner of a file may replace it, and ours is root's
+    if st.st_mode & stat.S_IWOTH:
+        return "every user can write to it"
+    if st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+        return f"group {st.st_gid} can write to it"
+    return None
+
+
+def _refuse_if_others_can_change(path: str, st: os.stat_result) -> None:
+    """Root's programs send what they collect where this file says: nobody else may edit it."""
+    why = changeable_by(st)
+    where = path
+    if why is None:
+        where = os.path.dirname(os.path.realpath(path))
+        try:
+            why = changeable_by(os.stat(where), directory=True)
+        except OSError:
+            why = None
+    if why is not None:
+        raise ConfigError(
+            f"refused: {why}" + ("" if where == path else f" ({where})")
+            + "; run as root, only a file no other user can change is read (chown root, chmod go-w)",
+            path)
+
+
+def plaintext_warning(cfg: Config) -> str | None:
+    """One line when records would cross the network unencrypted: an http:// server that
+    is not this machine."""
+    if not cfg.server[:7].lower() == "http://":
+        return None
+    try:
+        host = urllib.parse.urlsplit(cfg.server).hostname or ""
+    except ValueError:
+        return None
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"server={cfg.server}: records are sent to {host} unencrypted (http://); "
+            "use an https:// URL for a collector on another machine")
 
 
 def load(paths: Paths | None = None, explicit: str | None = None) -> Config:
@@ -415,11 +545,15 @@ __all__ = [
     "KEY_BY_NAME",
     "Key",
     "Kind",
+    "Notice",
+    "NoticeKind",
     "OutOfRange",
     "check_config_path",
     "config_from_text",
     "defaults",
     "load",
     "parse_ini",
+    "plaintext_warning",
+    "read_ini",
     "tid_header",
 ]

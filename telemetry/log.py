@@ -1,12 +1,20 @@
-"""Logging set-up shared by every program: journald under systemd, stderr otherwise."""
+"""Logging set-up shared by every program: journald under systemd, stderr otherwise, and a
+log file of its own (timestamped, rotated) for a daemon telemctl started in user mode."""
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+# Set by telemctl for the daemons it starts in user mode: the file their log goes to.
+LOG_FILE_ENV = "TELEMETRY_LOG_FILE"
+LOG_MAX_BYTES = 1 << 20  # a file is rotated when the next line would take it past this
+LOG_BACKUPS = 3  # <name>.log.1 … .3 are kept
+LOG_MODE = 0o600
 
 
 def under_systemd() -> bool:
@@ -14,6 +22,41 @@ def under_systemd() -> bool:
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+class RotatingLog(logging.handlers.RotatingFileHandler):
+    """A private log file rotated by size.  The process's stdout and stderr follow the
+    current file, so whatever else it prints (a traceback of a crash) lands beside its
+    log lines instead of in a file that was rotated away."""
+
+    def __init__(self, path: str):
+        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8",
+                         errors="backslashreplace")
+        self._follow()
+
+    def _open(self):  # type: ignore[override]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     LOG_MODE)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self._follow()
+
+    def _follow(self) -> None:
+        if self.stream is None:
+            return
+        for std in (sys.stdout, sys.stderr):
+            try:
+                std.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        fd = self.stream.fileno()
+        for target in (1, 2):
+            try:
+                os.dup2(fd, target, inheritable=True)
+            except OSError:
+                pass
 
 
 def setup(program: str, level: str | int = "info", *, stream=None, journal: bool = False) -> logging.Logger:
@@ -36,6 +79,13 @@ def setup(program: str, level: str | int = "info", *, stream=None, journal: bool
             handler.setFormatter(logging.Formatter("%(message)s"))
         except Exception:  # systemd-python missing, or journald not answering: stderr
             handler = None
+    log_file = os.environ.get(LOG_FILE_ENV)
+    if handler is None and stream is None and log_file:
+        try:
+            handler = RotatingLog(log_file)
+            handler.setFormatter(logging.Formatter(f"%(asctime)s {program}: %(levelname)s: %(message)s"))
+        except OSError:
+            handler = None  # stderr still goes to the file telemctl opened
     if handler is None:
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(logging.Formatter(f"{program}: %(levelname)s: %(message)s"))

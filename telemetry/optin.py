@@ -23,11 +23,6 @@ def is_opted_in(paths: Paths) -> bool:
     return os.path.lexists(paths.opt_in_file)
 
 
-def opt_in_command(paths: Paths) -> str:
-    """What the user runs to opt in, for messages that say so."""
-    return "telemctl opt-in" + (" --user" if paths.mode is Mode.USER else "")
-
-
 def opt_in(paths: Paths) -> OptChange:
     if paths.mode is Mode.USER:
         ensure_dir(paths.config_dir)

@@ -129,10 +129,29 @@ class Paths:
 def _user_runtime_dir() -> str:
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isabs(base):
+        _check_runtime_dir(base)
         return os.path.join(base, APP)
     # Without a session runtime dir, keep the socket under the state dir: /tmp would be
     # shared with every other user.
     return os.path.join(platformdirs.user_state_dir(APP), "run")
+
+
+def _check_runtime_dir(base: str) -> None:
+    """The socket and the pid files go there: a directory another user owns or can write
+    to would let them take the records (bind the socket first) or stop our daemons."""
+    try:
+        st = os.stat(base)
+    except FileNotFoundError:
+        return  # created, private, when first needed
+    except OSError as e:
+        raise PathsError(f"XDG_RUNTIME_DIR={base} cannot be used: {e.strerror}") from None
+    uid = os.getuid()
+    if st.st_uid != uid:
+        raise PathsError(f"XDG_RUNTIME_DIR={base} belongs to uid {st.st_uid}, not to you (uid {uid}); "
+                         "user mode keeps its socket there, so it must be your own private directory")
+    if st.st_mode & 0o022:
+        raise PathsError(f"XDG_RUNTIME_DIR={base} can be written by other users (mode "
+                         f"{stat.S_IMODE(st.st_mode):04o}); user mode keeps its socket there: chmod 700 it")
 
 
 def _resolve_mode(mode: Mode | str | None) -> Mode:

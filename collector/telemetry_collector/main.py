@@ -229,12 +229,41 @@ class _DefaultServe(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=_DefaultServe, context_settings=CONTEXT_SETTINGS)
+EPILOG = f"""\b
+Environment:
+  {ENV_PREFIX}_LISTEN    serve's --listen
+  {ENV_PREFIX}_DATABASE  --database of every command
+  {ENV_PREFIX}_TID       serve's --tid (several: separated by spaces)
+
+\b
+Files:
+  $XDG_STATE_HOME/telemetrics/collector/records.db   the default database (SQLite, WAL);
+                                                     for root, /root/.local/state/...
+
+\b
+Exit status:
+  0  stopped by SIGTERM or SIGINT after the requests in flight; a command succeeded
+  1  it cannot start or run (a bad option, a database or address it cannot use); one line
+     says why
+
+\b
+Examples:
+  telemetry-collector --listen 127.0.0.1:8080       serve (in telemetrics.conf:
+                                                    server=http://127.0.0.1:8080/v2/collector)
+  curl -s 'http://127.0.0.1:8080/api/records?limit=10'   the last records received
+  telemetry-collector purge --purge-days 7          delete records older than a week
+"""
+
+
+@click.group(cls=_DefaultServe, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @version_option
 def main() -> None:
     """Reference collector for telemetry records (the telemetrics-backend ingestion API).
 
-    Without a command, serves (see `telemetry-collector serve --help`).
+    Without a command, serves (see `telemetry-collector serve --help`): records POSTed to
+    /v2/collector are checked field by field, stored, and answered with the stored record;
+    GET /api/records queries them and GET /api/stats shows the counters.  Started by
+    systemd with a listening socket, it serves on that socket.
     """
 
 

@@ -410,9 +410,9 @@ class PostgresStore(Store):
         try:
             import psycopg
         except ImportError:
-            raise StoreError(
-                "PostgreSQL needs psycopg 3: pip install 'telemetrics-client[collector]'"
-            ) from None
+            from .dependencies import hint
+
+            raise StoreError(f"PostgreSQL needs psycopg 3: {hint('psycopg')}") from None
         try:
             conn = psycopg.connect(self.url.target, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
             conn.execute(f"SET synchronous_commit = {'on' if self.durability is Durability.FULL else 'off'}")

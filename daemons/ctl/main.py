@@ -17,13 +17,16 @@ from typing import Any
 
 import click
 
+from telemetry import cli as cli_mod
+from telemetry import command as command_mod
 from telemetry import config as config_mod
 from telemetry import optin
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.daemons.ctl import journal_view, purge, supervise, units
+from telemetry.daemons.ctl import journal_print, journal_view, preflight, purge, supervise, units
 from telemetry.daemons.ctl import status as status_mod
 from telemetry.daemons.store import journal as journal_mod
 from telemetry.errors import TelemetryError
+from telemetry.hints import opt_in_phrase, run_phrase, systemd_running
 from telemetry.paths import Mode, Paths
 
 PROG = "telemctl"
@@ -36,7 +39,8 @@ OPT_IN_FIRST = "Opt in to telemetry first."
 ALREADY_IN = "Already opted in. Nothing to do."
 ALREADY_OUT = "Already opted out. Nothing to do."
 
-COMMAND_ORDER = ("stop", "start", "restart", "is-active", "opt-in", "opt-out", "journal", "status", "metrics")
+COMMAND_ORDER = ("stop", "start", "restart", "reload", "is-active", "opt-in", "opt-out", "journal", "status",
+                 "metrics")
 IS_ACTIVE_ORDER = (supervise.PROBD, supervise.POSTD)
 
 
@@ -58,13 +62,12 @@ class Ctl:
     def config(self) -> config_mod.Config:
         return config_mod.load(self.paths, self.config_file)
 
-    def supervisor(self) -> supervise.Supervisor:
-        return supervise.Supervisor(self.paths, config_file=self.config_file,
-                                    socket_path=self.config().socket_path)
 
 
-class Group(click.Group):
+class Group(command_mod.Group):
     """Commands listed in the original's order; an unknown one is a one-line usage error."""
+
+    usage_exit = EXIT_USAGE
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = super().list_commands(ctx)
@@ -79,6 +82,11 @@ class Group(click.Group):
         return super().resolve_command(ctx, args)
 
 
+def opt_in_first(ctl: Ctl) -> str:
+    """The original's message, and the command that opts in."""
+    return f"{OPT_IN_FIRST} Run {opt_in_phrase(ctl.paths)}."
+
+
 def require_root(ctl: Ctl) -> None:
     """System mode: the original's real-uid check."""
     if ctl.system and os.getuid() != 0:
@@ -87,9 +95,9 @@ def require_root(ctl: Ctl) -> None:
 
 
 def require_systemd() -> units.Systemctl:
-    if not units.systemd_running():
+    if not systemd_running():
         raise units.SystemdNotRunning()
-    return units.Systemctl()
+    return units.Systemctl(say=waiting)
 
 
 FILES_HELP = """\b
@@ -108,6 +116,7 @@ Files (system mode; user mode keeps the same files in the XDG directories):
     cls=Group,
     context_settings=CONTEXT_SETTINGS,
     invoke_without_command=True,
+    short_help="control the telemetry services and read their journal",
     epilog=FILES_HELP + """
 \b
 Environment:
@@ -123,20 +132,23 @@ Exit status:
   3  is-active: a daemon is not active
 
 \b
-Shell completion (bash; zsh_source and fish_source likewise):
-  eval "$(_TELEMCTL_COMPLETE=bash_source telemctl)"
+Examples:
+  telemctl opt-in && telemctl start    enable telemetry and start its services (root)
+  telemctl status                      opt-in, daemons, queue and counters
+  telemctl journal -c 'org.clearlinux/crash/*' -n 5   the last five crash records sent
+  telemctl --user start                the whole pipeline as your own processes
+
+\b
+Shell completion: installed for bash, zsh and fish; by hand (bash; zsh_source and
+fish_source likewise): eval "$(_TELEMCTL_COMPLETE=bash_source telemctl)"
 """,
 )
-@click.option("--user", "mode", flag_value=Mode.USER.value,
-              help="User mode: your own daemons, files in your XDG directories, no root or systemd.")
-@click.option("--system", "mode", flag_value=Mode.SYSTEM.value,
-              help="System mode: the systemd units and /etc, /var, /run (commands other than "
-              "is-active and status need root).")
+@cli_mod.mode_options
 @config_option()
 @version_option
 @click.pass_context
 @handle_errors
-def cli(ctx: click.Context, mode: str | None, config_file: str | None) -> int | None:
+def cli(ctx: click.Context, config_file: str | None) -> int | None:
     """Control the telemetry services: opt in or out, start and stop the daemons, read the
     journal of what was sent, and show the pipeline's status.
 
@@ -148,7 +160,7 @@ def cli(ctx: click.Context, mode: str | None, config_file: str | None) -> int | 
     and need root.  In user mode (--user, or TELEMETRY_MODE=user) any user runs the whole
     pipeline as background processes of their own, without systemd.
     """
-    paths = Paths.detect(mode)
+    paths = Paths.detect(cli_mod.chosen_mode(ctx))
     ctx.obj = Ctl(paths, config_file)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
@@ -191,10 +203,9 @@ def opt_in_cmd(ctl: Ctl) -> int:
         err(ALREADY_IN)
         return 0
     result = 0
-    if ctl.system and units.systemd_running():
+    if ctl.system and systemd_running():
         result = units.enable(units.Systemctl(), err)
-    click.echo("Opted in to telemetry. Start the services with 'telemctl"
-               + (" --user" if not ctl.system else "") + " start'.")
+    click.echo(f"Opted in to telemetry. Start the services with {run_phrase(ctl.paths, 'start')}.")
     return result
 
 
@@ -229,7 +240,7 @@ def opt_out_cmd(ctl: Ctl) -> int:
         return 0
     result = 0
     if ctl.system:
-        if units.systemd_running():
+        if systemd_running():
             systemctl = units.Systemctl()
             result |= units.stop(systemctl, err)
             result |= units.disable(systemctl, err)
@@ -260,17 +271,34 @@ Files:
 """
 
 
-def _user_start(ctl: Ctl) -> int:
+def checked_config(ctl: Ctl, refusing: str) -> preflight.Checked | None:
+    """The daemons' own start-up checks on the config, before anything is stopped; a bad
+    file is one line (`refusing` says what is not done) and None."""
+    try:
+        checked = preflight.check(ctl.paths, ctl.config_file)
+    except preflight.NotStartable as e:
+        err(f"{PROG}: {refusing}: {e}")
+        return None
+    for warning in checked.warnings:
+        err(f"{PROG}: warning: {warning}")
+    return checked
+
+
+def waiting(message: str) -> None:
+    err(f"{PROG}: {message}")
+
+
+def _user_start(ctl: Ctl, cfg: config_mod.Config) -> int:
     if not optin.is_opted_in(ctl.paths):
-        err(OPT_IN_FIRST)
+        err(opt_in_first(ctl))
         return 1
-    sup = ctl.supervisor()
+    sup = supervise.Supervisor(ctl.paths, config_file=ctl.config_file, socket_path=cfg.socket_path)
     sup.check_installed()
     result = 0
     with sup.locked():
         for name in supervise.DAEMONS:
             try:
-                done = sup.start(name)
+                done = sup.start(name, waiting)
             except supervise.StartFailed as e:
                 err(f"{PROG}: {e}")
                 result = 1
@@ -286,7 +314,7 @@ def _user_stop(ctl: Ctl, quiet: bool = False) -> int:
     sup = supervise.Supervisor(ctl.paths)
     with sup.locked():
         for name in reversed(supervise.DAEMONS):
-            done = sup.stop(name)
+            done = sup.stop(name, None if quiet else waiting)
             if not quiet:
                 pid = f" (pid {done.pid})" if done.pid else ""
                 click.echo(f"{name}: {done.outcome.value}{pid}")
@@ -296,7 +324,7 @@ def _user_stop(ctl: Ctl, quiet: bool = False) -> int:
 def _system_start(ctl: Ctl) -> int:
     systemctl = require_systemd()
     if not optin.is_opted_in(ctl.paths):
-        err(OPT_IN_FIRST)
+        err(opt_in_first(ctl))
         return 1
     missing = units.missing_units(systemctl, [u for _, u in units.ACTIVATION_UNITS])
     if missing:
@@ -311,10 +339,19 @@ def _system_stop(ctl: Ctl) -> int:
     return units.stop(require_systemd(), err)
 
 
-@command("start", "Starts all telemetry services", epilog=UNIT_FILES + """
+CHECKED = """
 \b
-Exit status: 0 when every service started, 1 otherwise (not opted in, a daemon that
-failed to start, systemd not running in system mode, not root in system mode).
+Before anything is stopped or started, the configuration is read and checked as the
+daemons check it at start (every key, the server URL, the TLS files, the socket path); a
+bad file is refused in one line and the running daemons are left as they are.  Keys and
+sections it ignores are printed as warnings.
+"""
+
+
+@command("start", "Starts all telemetry services", epilog=UNIT_FILES + CHECKED + """
+\b
+Exit status: 0 when every service started, 1 otherwise (not opted in, a bad configuration,
+a daemon that failed to start, systemd not running in system mode, not root in system mode).
 """)
 @click.pass_obj
 @handle_errors
@@ -327,10 +364,14 @@ def start_cmd(ctl: Ctl) -> int:
 
     User mode starts telempostd and telemprobd as background processes in sessions of
     their own, waits until each reports it is ready, and prints their pids.  A daemon
-    already running is left alone.
+    already running is left alone.  A start that takes more than a second says what it
+    waits for.
     """
     require_root(ctl)
-    return _system_start(ctl) if ctl.system else _user_start(ctl)
+    checked = checked_config(ctl, "not starting")
+    if checked is None:
+        return 1
+    return _system_start(ctl) if ctl.system else _user_start(ctl, checked.config)
 
 
 @command("stop", "Stops all running telemetry services", epilog=UNIT_FILES + """
@@ -344,26 +385,65 @@ def stop_cmd(ctl: Ctl) -> int:
 
     System mode stops the trigger units, then the services.  User mode sends SIGTERM to
     telemprobd, then telempostd (which finishes the requests in flight), and kills a
-    daemon that has not exited after 20 s.  Records already queued stay queued.
+    daemon that has not exited after 20 s.  A stop that takes more than a second says
+    what it waits for.  Records already queued stay queued.
     """
     require_root(ctl)
     return _system_stop(ctl) if ctl.system else _user_stop(ctl)
 
 
-@command("restart", "Restarts all telemetry services", epilog=UNIT_FILES + """
+@command("restart", "Restarts all telemetry services", epilog=UNIT_FILES + CHECKED + """
 \b
-Exit status: that of start, or 1 when stopping failed (then nothing is started).
+Exit status: that of start; 1 when the configuration is refused (nothing is stopped) or
+when stopping failed (then nothing is started).
 """)
 @click.pass_obj
 @handle_errors
 def restart_cmd(ctl: Ctl) -> int:
-    """Stop, then start the telemetry services (start only runs if stop succeeded)."""
+    """Check the configuration, then stop and start the telemetry services (start only
+    runs if stop succeeded)."""
     require_root(ctl)
+    checked = checked_config(ctl, "not restarting, the running daemons are left as they are")
+    if checked is None:
+        return 1
     if ctl.system:
         result = _system_stop(ctl)
         return result if result else _system_start(ctl)
     result = _user_stop(ctl)
-    return result if result else _user_start(ctl)
+    return result if result else _user_start(ctl, checked.config)
+
+
+@command("reload", "Makes the running daemons read the configuration again", epilog=CHECKED + """
+\b
+Exit status: 0 when every running daemon was asked to reload (also when none runs), 1
+when the configuration is refused or a reload failed.
+""")
+@click.pass_obj
+@handle_errors
+def reload_cmd(ctl: Ctl) -> int:
+    """Make the running daemons read telemetrics.conf again without stopping them: records
+    being received and requests in flight are not interrupted.
+
+    User mode sends SIGHUP to each running daemon.  System mode runs 'systemctl
+    try-reload-or-restart' on telemprobd.service and telempostd.service (their
+    ExecReload= sends SIGHUP); a daemon that is not running reads the file when it
+    starts.
+    """
+    require_root(ctl)
+    if ctl.system:
+        systemctl = require_systemd()
+        if checked_config(ctl, "not reloading, the daemons keep their current settings") is None:
+            return 1
+        return systemctl.each("try-reload-or-restart", units.DAEMON_SERVICES.values(), err)
+    if checked_config(ctl, "not reloading, the daemons keep their current settings") is None:
+        return 1
+    sup = supervise.Supervisor(ctl.paths)
+    with sup.locked():
+        for name in reversed(supervise.DAEMONS):
+            done = sup.reload(name)
+            pid = f" (pid {done.pid})" if done.pid else ""
+            click.echo(f"{name}: {done.outcome.value}{pid}")
+    return 0
 
 
 @command("is-active", "Checks if telemprobd and telempostd are active", epilog="""
@@ -416,7 +496,11 @@ def _filter(check: Callable[[str], str]) -> Callable:
 \b
 Output: one line per record, oldest first:
   classification (30 columns), local time, record id, event id, boot id
-as the original telem_journal prints it; -V adds a header line and "Total records: N".
+as the original telem_journal prints it; a record that was not delivered has its outcome
+added at the end, e.g. "[rejected 400: <detail>]", "[expired]", "[dropped: <detail>]".
+-V adds a header line and "Total records: N".  To a terminal every control character
+(of a payload too) is shown as an escape such as \\x1b; to a pipe, -i writes each
+payload as it was sent.
 
 \b
 Files: /var/log/telemetry/journal.db (system), $XDG_STATE_HOME/telemetrics/journal/journal.db
@@ -462,37 +546,13 @@ def journal_cmd(ctl: Ctl, record_id: str | None, event_id: str | None, classific
     last 100 lines.
     """
     require_root(ctl)
-    entries: list[journal_mod.JournalEntry] = []
-    journal = journal_mod.open_for_reading(ctl.paths.journal_dir)
-    try:
-        if journal is not None:
-            entries = journal.query(
-                record_id=record_id, event_id=event_id, classification=classification, boot_id=boot_id,
-                outcome=journal_mod.Outcome(outcome) if outcome else None, limit=lines or None,
-            )
-
-        def payload(entry: journal_mod.JournalEntry) -> bytes | None:
-            return journal.retained_payload(entry.record_id) if journal and include_record else None
-
-        if as_json:
-            out = [journal_view.entry_json(e, payload(e), include_payload=include_record) for e in entries]
-            click.echo(json.dumps(out, indent=2, ensure_ascii=False))
-            return 0
-        if verbose:
-            click.echo(journal_view.format_header())
-        for entry in entries:
-            click.echo(journal_view.format_line(entry))
-            data = payload(entry)
-            if data:
-                sys.stdout.flush()
-                sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
-                sys.stdout.buffer.flush()
-        if verbose:
-            click.echo(journal_view.format_total(len(entries)))
-        return 0
-    finally:
-        if journal is not None:
-            journal.close()
+    query = journal_print.JournalQuery(
+        record_id=record_id, event_id=event_id, classification=classification, boot_id=boot_id,
+        outcome=journal_mod.Outcome(outcome) if outcome else None, limit=lines or None,
+    )
+    journal_print.print_journal(ctl.paths.journal_dir, query, include_record=include_record,
+                                verbose=verbose, as_json=as_json)
+    return 0
 
 
 # --- status -------------------------------------------------------------------------------
@@ -505,7 +565,7 @@ def _daemon_infos(ctl: Ctl) -> list[status_mod.DaemonInfo]:
             st = sup.status(name)
             infos.append(status_mod.DaemonInfo(name, st.state.value, st.pid, f"log {st.log_file}"))
         return infos
-    if not units.systemd_running():
+    if not systemd_running():
         return [status_mod.DaemonInfo(name, "unknown", None, "systemd is not running")
                 for name, _ in units.ACTIVATION_UNITS]
     systemctl = units.Systemctl()
@@ -548,6 +608,7 @@ def status_cmd(ctl: Ctl, as_json: bool) -> int:
     st = status_mod.gather(
         ctl.paths, spool_dir=cfg.spool_dir, socket_path=cfg.socket_path,
         spool_max_size_kib=cfg.spool_max_size, config_file=cfg.source, daemons=_daemon_infos(ctl),
+        config_notices=cfg.notices,
     )
     if as_json:
         click.echo(json.dumps(status_mod.to_json(st), indent=2))
@@ -595,27 +656,8 @@ def metrics_cmd(ctl: Ctl, textfile: str | None) -> int:
 
 # --- entry point --------------------------------------------------------------------------
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def main(argv: list[str] | None = None) -> None:
-    try:
-        code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
-    except click.UsageError as e:
-        where = e.ctx.command_path if e.ctx else PROG
-        err(f"{where}: {_one_line(e.format_message())} (see '{where} --help')")
-        sys.exit(e.exit_code if e.exit_code else EXIT_USAGE)
-    except click.ClickException as e:
-        err(f"{PROG}: {_one_line(e.format_message())}")
-        sys.exit(e.exit_code or 1)
-    except click.Abort:
-        err(f"{PROG}: aborted")
-        sys.exit(1)
-    except TelemetryError as e:  # raised before a command ran (e.g. a bad TELEMETRY_MODE)
-        err(f"{PROG}: {e}")
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    cli.main(args=argv, prog_name=PROG)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from telemetry.ack import AckStatus
+from telemetry.config import Notice, NoticeKind
 from telemetry.daemons.store import journal
 from telemetry.daemons.store.queue import QUEUE_DB, Queue
 from telemetry.errors import TelemetryError
@@ -74,6 +75,7 @@ class Status:
     queue: QueueInfo
     counters: tuple[Counter, ...]
     now: float
+    config_notices: tuple[Notice, ...] = ()  # what the config file has that was ignored or changed
 
 
 # --- gathering ----------------------------------------------------------------------------
@@ -144,13 +146,14 @@ def counters_of(raw: Mapping[tuple[str, str], int], daemons: Sequence[str] = (PR
 
 
 def gather(paths: Paths, *, spool_dir: str, socket_path: str, spool_max_size_kib: int,
-           config_file: str | None, daemons: Sequence[DaemonInfo], now: float | None = None) -> Status:
+           config_file: str | None, daemons: Sequence[DaemonInfo], now: float | None = None,
+           config_notices: Sequence[Notice] = ()) -> Status:
     now = time.time() if now is None else now
     queue, raw = read_queue(spool_dir, spool_max_size_kib, now)
     return Status(
         mode=paths.mode.value, opted_in=is_opted_in(paths), opt_in_file=paths.opt_in_file,
         config_file=config_file, socket_path=socket_path, daemons=tuple(daemons), queue=queue,
-        counters=counters_of(raw), now=now,
+        counters=counters_of(raw), now=now, config_notices=tuple(config_notices),
     )
 
 
@@ -214,6 +217,8 @@ def format_text(st: Status, localtime: Callable[[float], time.struct_time] = tim
         f"Opted in:    {'yes' if st.opted_in else 'no'} ({st.opt_in_file})",
         f"Config:      {st.config_file or 'built-in defaults'}",
     ]
+    lines.extend(f"  ignored:   {n}" if n.kind is not NoticeKind.CLAMPED else f"  changed:   {n}"
+                 for n in st.config_notices)
     for d in st.daemons:
         state = d.state + (f" (pid {d.pid})" if d.pid else "")
         lines.append(f"{d.name + ':':<12} {state}" + (f"; {d.detail}" if d.detail else ""))
@@ -241,6 +246,8 @@ def to_json(st: Status) -> dict:
         "opted_in": st.opted_in,
         "opt_in_file": st.opt_in_file,
         "config_file": st.config_file,
+        "config_notices": [{"kind": n.kind.value, "path": n.path, "line": n.line, "text": n.text}
+                           for n in st.config_notices],
         "socket_path": st.socket_path,
         "daemons": {d.name: {"state": d.state, "pid": d.pid, "detail": d.detail} for d in st.daemons},
         "queue": {

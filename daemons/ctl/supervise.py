@@ -1,9 +1,10 @@
 """User mode: telemprobd and telempostd as the user's own background processes.
 
 Without systemd something else has to start the daemons, remember them and tell whether
-they still run.  Each daemon runs in a session of its own with stdout and stderr appended
-to `<state_dir>/<name>.log`; its pid is kept in `<run_dir>/<name>.pid` (written
-atomically).  A pid only counts as the daemon while that process is alive, not a zombie,
+they still run.  Each daemon runs as its installed console script (so `ps` shows it by
+name) in a session of its own, logging with timestamps to `<state_dir>/<name>.log`,
+which it rotates at 1 MiB (stdout and stderr go there too); its pid is kept in
+`<run_dir>/<name>.pid` (written atomically).  A pid only counts as the daemon while that process is alive, not a zombie,
 owned by us, and running our daemon's command line, so a recycled pid is never mistaken
 for it.
 
@@ -30,14 +31,16 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
 
 from telemetry.daemons import MODULES
+from telemetry.daemons.ctl.units import SLOW_NOTICE
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import atomic_write, ensure_dir
+from telemetry.log import LOG_FILE_ENV, LOG_MODE
 from telemetry.paths import MODE_ENV, Mode, Paths
 
 PROBD = "telemprobd"
@@ -51,7 +54,11 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 KILL_TIMEOUT = 5.0
 POLL_INTERVAL = 0.05
-LOG_ROTATE_BYTES = 1 << 20
+# What each daemon does between SIGTERM and its exit.
+STOPPING_WORK = {
+    "telemprobd": "commits and acknowledges the records being received",
+    "telempostd": "finishes the requests in flight to the collector",
+}
 LOG_TAIL_BYTES = 4096
 LOCK_FILE = "telemctl.lock"
 
@@ -118,6 +125,18 @@ class StopResult:
     pid: int | None
 
 
+class ReloadOutcome(enum.Enum):
+    SIGNALLED = "asked to reload (SIGHUP)"
+    NOT_RUNNING = "not running"
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    name: str
+    outcome: ReloadOutcome
+    pid: int | None
+
+
 # --- pure rules ---------------------------------------------------------------------------
 
 def module_of(name: str) -> str:
@@ -151,11 +170,33 @@ def state_of(pid_file_present: bool, alive: bool, written_before_boot: bool = Fa
     return DaemonState.FAILED if pid_file_present and not written_before_boot else DaemonState.INACTIVE
 
 
-def child_environment(environ: Mapping[str, str], notify_socket: str) -> dict[str, str]:
+def child_environment(environ: Mapping[str, str], notify_socket: str, log_file: str = "") -> dict[str, str]:
     env = {k: v for k, v in environ.items() if k not in SYSTEMD_ENV}
     env[MODE_ENV] = Mode.USER.value
     env["NOTIFY_SOCKET"] = notify_socket
+    if log_file:
+        env[LOG_FILE_ENV] = log_file  # the daemon timestamps and rotates it
     return env
+
+
+def is_console_script(path: str) -> bool:
+    """A Python entry-point script (#! … python …), not another program of that name (the
+    original's telemprobd is an ELF binary)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and b"python" in first
+
+
+def console_script(name: str, search: Sequence[str]) -> str | None:
+    """The installed `name` script in one of the directories `search`, or None."""
+    for directory in search:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK) and is_console_script(path):
+            return path
+    return None
 
 
 def is_ready_message(message: bytes) -> bool:
@@ -188,10 +229,15 @@ def _gone(proc: psutil.Process) -> bool:
         return True
 
 
-def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
-    """Wait for the process to exit; a zombie counts as gone (its parent is not us)."""
-    deadline = time.monotonic() + timeout
+def _wait_gone(proc: psutil.Process, timeout: float, on_slow: Callable[[], None] | None = None) -> bool:
+    """Wait for the process to exit; a zombie counts as gone (its parent is not us).
+    `on_slow` is called once if it takes longer than SLOW_NOTICE."""
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
+        if on_slow is not None and time.monotonic() - start >= SLOW_NOTICE:
+            on_slow()
+            on_slow = None
         try:
             proc.wait(timeout=POLL_INTERVAL)
             return True
@@ -206,8 +252,10 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
 
 
 def _listening_on(proc: psutil.Process, path: str) -> bool:
+    # net_connections() is psutil 6's name; Debian 12's psutil (5.9) calls it connections().
+    connections = getattr(proc, "net_connections", None) or proc.connections
     try:
-        return any(c.laddr == path for c in proc.net_connections(kind="unix"))
+        return any(c.laddr == path for c in connections(kind="unix"))
     except (psutil.Error, OSError):
         return False
 
@@ -301,20 +349,24 @@ class Supervisor:
                 raise NotInstalled(name)
 
     def argv(self, name: str) -> list[str]:
-        argv = [sys.executable, "-m", module_of(name)]
+        """The installed console script, found beside this interpreter or beside telemctl,
+        so that `ps`, `top` and `pgrep` show the daemon by its name (the kernel names a
+        process after the script it executes); else `python -m module`."""
+        search = [os.path.dirname(sys.executable), os.path.dirname(os.path.abspath(sys.argv[0]))]
+        script = console_script(name, search)
+        argv = [script] if script else [sys.executable, "-m", module_of(name)]
         if self.config_file:
             argv += ["-f", self.config_file]
         return argv
 
     def _open_log(self, name: str) -> int:
+        """For what the daemon prints before its logging is set up; it then takes the file
+        over (timestamps, rotation: telemetry.log.RotatingLog)."""
         ensure_dir(self.paths.state_dir)
-        path = self.log_file(name)
-        with contextlib.suppress(OSError):
-            if os.lstat(path).st_size > LOG_ROTATE_BYTES:
-                os.replace(path, path + ".1")
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        return os.open(self.log_file(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       LOG_MODE)
 
-    def start(self, name: str) -> StartResult:
+    def start(self, name: str, say: Callable[[str], None] | None = None) -> StartResult:
         current = self.status(name)
         if current.state is DaemonState.ACTIVE and current.pid is not None:
             return StartResult(name, StartOutcome.ALREADY, current.pid)
@@ -331,7 +383,7 @@ class Supervisor:
             notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             try:
                 child = subprocess.Popen(
-                    self.argv(name), cwd="/", env=child_environment(os.environ, "@" + address),
+                    self.argv(name), cwd="/", env=child_environment(os.environ, "@" + address, self.log_file(name)),
                     stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True,
                     close_fds=True,
                 )
@@ -345,16 +397,22 @@ class Supervisor:
                 child.wait()
                 raise StartFailed(f"{name} stopped: cannot write its pid file: "
                                   f"{_why(e) if isinstance(e, OSError) else e}") from None
-            outcome = self._wait_ready(name, child, notify)
+            outcome = self._wait_ready(name, child, notify, say)
         finally:
             notify.close()
             os.close(log_fd)
         return StartResult(name, outcome, child.pid)
 
-    def _wait_ready(self, name: str, child: subprocess.Popen, notify: socket.socket) -> StartOutcome:
-        deadline = time.monotonic() + self.ready_timeout
+    def _wait_ready(self, name: str, child: subprocess.Popen, notify: socket.socket,
+                    say: Callable[[str], None] | None = None) -> StartOutcome:
+        started = time.monotonic()
+        deadline = started + self.ready_timeout
         proc = psutil.Process(child.pid)
         while True:
+            if say is not None and time.monotonic() - started >= SLOW_NOTICE:
+                say(f"{name} (pid {child.pid}): waiting for it to report ready "
+                    f"(up to {self.ready_timeout:.0f} s)")
+                say = None
             status = child.poll()
             if status is not None:
                 self._remove_pid_file(name)
@@ -392,7 +450,9 @@ class Supervisor:
                 return True
             notify.settimeout(0)
 
-    def stop(self, name: str) -> StopResult:
+    def stop(self, name: str, say: Callable[[str], None] | None = None) -> StopResult:
+        """SIGTERM, then SIGKILL after stop_timeout; `say` hears what is waited for when
+        that takes more than a second."""
         present, pid = self._read_pid(name)
         proc = live_daemon(pid, name)
         if proc is None:
@@ -404,7 +464,13 @@ class Supervisor:
             proc.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-        if not _wait_gone(proc, self.stop_timeout):
+
+        def slow() -> None:
+            if say is not None:
+                say(f"{name} (pid {proc.pid}): waiting for it to exit; it "
+                    f"{STOPPING_WORK.get(name, 'finishes its work')} (killed after {self.stop_timeout:.0f} s)")
+
+        if not _wait_gone(proc, self.stop_timeout, slow):
             outcome = StopOutcome.KILLED
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
@@ -412,3 +478,15 @@ class Supervisor:
                 raise SuperviseError(f"{name} (pid {proc.pid}) did not exit even after SIGKILL")
         self._remove_pid_file(name)
         return StopResult(name, outcome, proc.pid)
+
+    def reload(self, name: str) -> ReloadResult:
+        """SIGHUP to the running daemon: it reads the config again (a bad file is logged and
+        its current settings kept)."""
+        proc = live_daemon(self._read_pid(name)[1], name)
+        if proc is None:
+            return ReloadResult(name, ReloadOutcome.NOT_RUNNING, None)
+        try:
+            proc.send_signal(signal.SIGHUP)
+        except psutil.NoSuchProcess:
+            return ReloadResult(name, ReloadOutcome.NOT_RUNNING, None)
+        return ReloadResult(name, ReloadOutcome.SIGNALLED, proc.pid)

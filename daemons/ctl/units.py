@@ -8,13 +8,14 @@ stdout), and each failure message ends its line.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from telemetry.errors import TelemetryError
+from telemetry.hints import SYSTEMD_RUNTIME_DIR
 
 # The original's two lists (src/telemctl.c), in its order.
 TRIGGER_UNITS: tuple[str, ...] = (
@@ -36,6 +37,9 @@ SERVICE_UNITS: tuple[str, ...] = (
 # unit, so that opt-out leaves no unit enabled (spec/defects.md E 26).
 OTHER_SERVICE_UNITS: tuple[str, ...] = ("pstore-clean.service",)
 ALL_UNITS: tuple[str, ...] = TRIGGER_UNITS + SERVICE_UNITS + OTHER_SERVICE_UNITS
+# Shipped but enabled only by an admin who chose it (crashprobe beside systemd-coredump):
+# stop and opt-out's disable include it, so nothing keeps running; enable does not.
+OPTIONAL_UNITS: tuple[str, ...] = ("crashprobe-journal.service",)
 # What is-active reports: the daemon's name and the unit that activates it.
 ACTIVATION_UNITS: tuple[tuple[str, str], ...] = (
     ("telemprobd", "telemprobd.socket"),
@@ -43,8 +47,8 @@ ACTIVATION_UNITS: tuple[tuple[str, str], ...] = (
 )
 DAEMON_SERVICES: dict[str, str] = {"telemprobd": "telemprobd.service", "telempostd": "telempostd.service"}
 
-SYSTEMD_RUNTIME_DIR = "/run/systemd/system"
 SYSTEMCTL = "systemctl"
+SLOW_NOTICE = 1.0  # seconds before a stop or start (systemctl's or our own) says what it waits for
 SYSTEMD_TMPFILES = "systemd-tmpfiles"
 
 
@@ -59,11 +63,6 @@ class SystemdNotRunning(SystemdError):
             "system services cannot be managed; use 'telemctl --user start' to run the daemons "
             "as your own background processes"
         )
-
-
-def systemd_running(runtime_dir: str = SYSTEMD_RUNTIME_DIR) -> bool:
-    """sd_booted()'s test: the directory exists only when systemd is PID 1."""
-    return os.path.isdir(runtime_dir)
 
 
 def failure_message(action: str, unit: str) -> str:
@@ -101,15 +100,25 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
 class Systemctl:
     """The few systemctl calls telemctl makes, each an argument vector."""
 
-    def __init__(self, binary: str = SYSTEMCTL, runner: Runner = _run):
+    def __init__(self, binary: str = SYSTEMCTL, runner: Runner = _run, say: Callable[[str], None] | None = None):
         path = shutil.which(binary)
         if path is None:
             raise SystemdError(f"{binary} is not installed; system mode needs systemd")
         self.binary = path
         self._run = runner
+        self.say = say  # hears what a call that takes more than SLOW_NOTICE waits for
 
     def unit(self, action: str, unit: str) -> UnitResult:
-        done = self._run([self.binary, action, unit])
+        timer = None
+        if self.say is not None:
+            timer = threading.Timer(SLOW_NOTICE, self.say, (f"waiting for 'systemctl {action} {unit}'",))
+            timer.daemon = True
+            timer.start()
+        try:
+            done = self._run([self.binary, action, unit])
+        finally:
+            if timer is not None:
+                timer.cancel()
         return UnitResult(action, unit, done.returncode, (done.stdout or "").strip())
 
     def each(self, action: str, units: Iterable[str], report: Callable[[str], None]) -> int:
@@ -162,7 +171,7 @@ def start(ctl: Systemctl, tmpfiles_conf: str, report: Callable[[str], None]) -> 
 
 def stop(ctl: Systemctl, report: Callable[[str], None]) -> int:
     """The trigger units first, so that nothing starts a service again while it stops."""
-    return ctl.each("stop", ALL_UNITS, report)
+    return ctl.each("stop", ALL_UNITS + OPTIONAL_UNITS, report)
 
 
 def enable(ctl: Systemctl, report: Callable[[str], None]) -> int:
@@ -172,7 +181,7 @@ def enable(ctl: Systemctl, report: Callable[[str], None]) -> int:
 
 def disable(ctl: Systemctl, report: Callable[[str], None]) -> int:
     """Opt-out disables every unit, not only stops it (spec/defects.md E 26)."""
-    return ctl.each("disable", ALL_UNITS, report)
+    return ctl.each("disable", ALL_UNITS + OPTIONAL_UNITS, report)
 
 
 def missing_units(ctl: Systemctl, units: Iterable[str]) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from telemetry.config import Config, tid_header
 from telemetry.errors import TelemetryError
 
 
@@ -23,6 +24,25 @@ class DeliverySettings:
     max_in_flight: int = 4
     connect_timeout: int = 5
     request_timeout: int = 10
+
+
+def delivery_settings(cfg: Config) -> DeliverySettings:
+    return DeliverySettings(
+        url=cfg.server,
+        cainfo=cfg.cainfo,
+        client_cert=cfg.tls_client_cert,
+        client_key=cfg.tls_client_key,
+        max_in_flight=cfg.max_in_flight,
+        connect_timeout=cfg.connect_timeout,
+        request_timeout=cfg.request_timeout,
+    )
+
+
+def check_config(cfg: Config) -> None:
+    """Everything telempostd refuses to start with (telemctl checks it before a restart)."""
+    if cfg.record_server_delivery_enabled:
+        check_settings(delivery_settings(cfg))
+    tid_header(cfg)
 
 
 def check_settings(s: DeliverySettings) -> None:

@@ -9,8 +9,8 @@ record). Every decided record is journaled; with retention on, its payload is ke
 
 Signals: SIGTERM/SIGINT let the requests in flight finish, record their outcome and exit
 0; SIGHUP reloads the config (a bad file is logged and the old settings kept). Started by
-systemd (INVOCATION_ID set) with daemon_recycling_enabled, it exits after 300 s without
-work once the queue is empty; path activation starts it again. Otherwise it sleeps until
+systemd (INVOCATION_ID set) with daemon_recycling_enabled, it exits after daemon_idle_time
+(300 s) without work once the queue is empty; path activation starts it again. Otherwise it sleeps until
 woken or until the next retry, expiry or deferral is due.
 """
 
@@ -33,6 +33,7 @@ import click
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.command import Command
 from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate, next_attempt_at
@@ -40,6 +41,7 @@ from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused, c
 from telemetry.daemons.postd.inotify import FileWatch
 from telemetry.daemons.postd.outcome import Classified, Response, Verdict, classify
 from telemetry.daemons.postd.request import Request, RequestFormat, build_request
+from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.journal import (
     Counter,
@@ -58,6 +60,7 @@ from telemetry.daemons.store.queue import (
     QueueError,
     is_corruption,
 )
+from telemetry.entry import require
 from telemetry.errors import TelemetryError
 from telemetry.paths import Paths
 from telemetry.record import Record, RecordError, parse_header_block
@@ -97,6 +100,7 @@ class Settings:
     delivery_enabled: bool
     retention_enabled: bool
     recycling: bool
+    idle_after: float
     spool_dir: str
     log_level: str
     metrics_textfile: str = ""
@@ -125,6 +129,7 @@ def settings_from(cfg: config_mod.Config) -> Settings:
         delivery_enabled=cfg.record_server_delivery_enabled,
         retention_enabled=cfg.record_retention_enabled,
         recycling=cfg.daemon_recycling_enabled,
+        idle_after=float(cfg.daemon_idle_time),
         spool_dir=cfg.spool_dir,
         log_level=cfg.log_level,
         metrics_textfile=cfg.metrics_textfile,
@@ -170,7 +175,7 @@ class Postd:
         rng: random.Random | None = None,
         boot_id: str | None = None,
         by_systemd: bool | None = None,
-        idle_after: float = spool.IDLE_EXIT_AFTER,
+        idle_after: float | None = None,
     ):
         self.paths = paths
         self.settings = settings_from(cfg)
@@ -180,7 +185,7 @@ class Postd:
         self.rng = rng or random.Random()
         self.boot_id = read_boot_id() if boot_id is None else boot_id
         self.by_systemd = started_by_systemd() if by_systemd is None else by_systemd
-        self.idle_after = idle_after
+        self._idle_after = idle_after  # None: daemon_idle_time
         self.queue = self._open_queue(self.settings.spool_dir)
         self.journal: Journal | None = None
         self._journal_tried = float("-inf")
@@ -255,6 +260,9 @@ class Postd:
         self._config_error_logged = False
         self._refresh_view()
         log.info("configuration reloaded from %s", cfg.source or "built-in defaults")
+        cfg.log_notices(log)
+        if (warning := config_mod.plaintext_warning(cfg)) is not None:
+            log.warning("%s", warning)
 
     # --- one pass ----------------------------------------------------------------------
 
@@ -544,6 +552,10 @@ class Postd:
 
     # --- waiting -----------------------------------------------------------------------
 
+    @property
+    def idle_after(self) -> float:
+        return self.settings.idle_after if self._idle_after is None else self._idle_after
+
     def idle_deadline(self) -> float | None:
         return spool.idle_deadline(
             last_activity=self.last_activity, idle_after=self.idle_after, recycling=self.settings.recycling,
@@ -582,43 +594,15 @@ class Postd:
         return wake is not None and now >= wake
 
 
-class _Signals:
-    """SIGTERM/SIGINT ask for a stop, SIGHUP for a reload; a byte on a pipe wakes the selector."""
-
-    def __init__(self, postd: Postd):
-        self.postd = postd
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.w)
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGHUP, self._reload)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-
-    def _stop(self, signum: int, frame: object) -> None:
-        self.postd.stopping = True
-
-    def _reload(self, signum: int, frame: object) -> None:
-        self.postd.reload_requested = True
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(-1)
-        os.close(self.r)
-        os.close(self.w)
-
-
 def serve(postd: Postd, config_file: str | None) -> None:
-    signals = _Signals(postd)
+    # The loop and the passes look at postd.stopping; the signal only sets it.
+    signals = Signals(reload=RELOAD_SIGNALS, on_stop=lambda: setattr(postd, "stopping", True),
+                      on_reload=lambda: setattr(postd, "reload_requested", True)).install()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
     sel = selectors.DefaultSelector()
     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
-    sel.register(signals.r, selectors.EVENT_READ, "signal")
+    sel.register(signals.fileno(), selectors.EVENT_READ, "signal")
     log.info("delivering %s to %s (%s requests, up to %d in flight)%s", postd.queue.path,
              postd.settings.delivery.url, postd.settings.request_format.value,
              postd.settings.delivery.max_in_flight,
@@ -678,7 +662,8 @@ Signals:
 
 \b
 systemd: Type=notify (READY=1, STATUS=, WATCHDOG=1 when WatchdogSec= is set).  Started
-by systemd with daemon_recycling_enabled=true, it exits after 300 s without work once
+by systemd with daemon_recycling_enabled=true, it exits after daemon_idle_time (300 s)
+without work once
 nothing is queued; telempostd.path starts it again when a record is queued.
 
 \b
@@ -688,17 +673,25 @@ Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)
   /var/log/telemetry/journal.db       what became of each record, and retained payloads
 
 \b
-Exit status: 0 when stopped by a signal or for recycling; 1 when it cannot start (a bad
-configuration, an unusable queue), with a one-line message.
+Exit status:
+  0  stopped by a signal, or exited for recycling
+  1  it cannot start (a bad configuration, an unusable queue); one line says why
+
+\b
+Examples:
+  systemctl status telempostd.path telempostd.service   how systemd runs it
+  systemctl reload telempostd                           read telemetrics.conf again (SIGHUP)
+  telemctl journal -n 20                                what became of the last 20 records
 """
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(DAEMON, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
-@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=spool.IDLE_EXIT_AFTER, hidden=True)
+# Sub-second idle times for the tests; daemon_idle_time is the setting.
+@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=None, hidden=True)
 @handle_errors
-def main(config_file: str | None, idle_exit_after: float) -> None:
+def main(config_file: str | None, idle_exit_after: float | None) -> None:
     """Deliver queued telemetry records to the collector.
 
     Records are POSTed to `server` in queue order, several at a time over kept-alive
@@ -707,12 +700,16 @@ def main(config_file: str | None, idle_exit_after: float) -> None:
     another attempt after an exponential backoff (Retry-After honoured) until
     `record_expiry`.  Each outcome goes to the journal ('telemctl journal').  Settings:
     telemetrics.conf(5)."""
+    require("pycurl")  # imported at the first delivery
     os.environ["LC_ALL"] = "C"
     paths = Paths.detect()
     cfg = config_mod.load(paths, config_file)
     settings_from(cfg)  # refuse a bad config before anything is logged
     log_mod.setup(DAEMON, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
+    cfg.log_notices(log)
+    if (warning := config_mod.plaintext_warning(cfg)) is not None:
+        log.warning("%s", warning)
     postd = Postd(paths, cfg, idle_after=idle_exit_after)
     try:
         serve(postd, config_file)

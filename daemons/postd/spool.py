@@ -22,8 +22,6 @@ FETCH_SLICE = 64
 # collector; a crash re-sends at most these records, which the collector drops by record id.
 COMMIT_SLICE = 512
 COMMIT_INTERVAL = 0.5
-# The original's idle time before a recycled daemon exits.
-IDLE_EXIT_AFTER = 300.0
 
 
 class Disposition(enum.Enum):

@@ -17,9 +17,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
-import os
 import select
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -49,6 +47,7 @@ from telemetry.daemons.probd.staging import (
     new_record_id,
     reply,
 )
+from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.queue import Sender
@@ -63,7 +62,6 @@ log = logging.getLogger("telemprobd")
 RECV_MAX = FRAME_MAX + 1
 ACCEPT_BATCH = 64
 TICK = 0.25
-IDLE_EXIT_AFTER = 300.0  # the original's recycling time
 SHUTDOWN_GRACE = 2.0  # how long senders still mid-frame get after SIGTERM
 STATUS_INTERVAL = 2.0
 MEASURE_MIN_INTERVAL = 0.25  # re-reading the queue size when a record seems not to fit
@@ -86,6 +84,7 @@ class Settings:
     spool_max_bytes: int
     policy: Policy
     recycling: bool
+    idle_after: float
     spool_dir: str
     socket_path: str
     log_level: str
@@ -100,6 +99,7 @@ class Settings:
             spool_max_bytes=spool_limit_bytes(cfg.spool_max_size),
             policy=Policy.from_config(cfg),
             recycling=cfg.daemon_recycling_enabled,
+            idle_after=float(cfg.daemon_idle_time),
             spool_dir=cfg.spool_dir,
             socket_path=cfg.socket_path,
             log_level=cfg.log_level,
@@ -209,15 +209,15 @@ class IngestLoop:
         self._accept_paused_until = 0.0
         self._ep = select.epoll()
         self._lfd = listener.sock.fileno()
-        self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._signals = Signals(reload=RELOAD_SIGNALS)
 
     # --- running ---------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or idle recycling); 0 when it ended as asked."""
-        self._install_signals()
+        self._signals.install()
         self._ep.register(self._lfd, select.EPOLLIN)
-        self._ep.register(self._sig_r, select.EPOLLIN)
+        self._ep.register(self._signals.fileno(), select.EPOLLIN)
         if self.settings.spool_max_bytes >= 0:
             self._measure(time.monotonic())
         self._notify(f"READY=1\nSTATUS={self.counters.status()}")
@@ -235,9 +235,7 @@ class IngestLoop:
             self._flush(time.monotonic(), final=True)
         finally:
             self._ep.close()
-            signal.set_wakeup_fd(-1)
-            os.close(self._sig_r)
-            os.close(self._sig_w)
+            self._signals.close()
         return 0
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
@@ -249,7 +247,7 @@ class IngestLoop:
         for fd, _ in events:
             if fd == self._lfd:
                 self._accept()
-            elif fd == self._sig_r:
+            elif fd == self._signals.fileno():
                 self._on_signals()
             else:
                 conn = self._conns.get(fd)
@@ -296,7 +294,7 @@ class IngestLoop:
         if self.counters.status() != self._last_status:
             wake = min(wake, self._next_status)
         if self.idle_exit and self.settings.recycling:
-            wake = min(wake, self._last_activity + IDLE_EXIT_AFTER)
+            wake = min(wake, self._last_activity + self.settings.idle_after)
         if self._accept_paused_until:
             wake = min(wake, self._accept_paused_until)
         wake = min(wake, self._watchdog.next_at)
@@ -308,23 +306,13 @@ class IngestLoop:
 
     # --- signals and settings --------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda *_: None)  # the number arrives on the wake-up pipe
-        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
-
     def _on_signals(self) -> None:
-        try:
-            received = os.read(self._sig_r, 64)
-        except BlockingIOError:
-            return
-        for signum in received:
-            if signum == signal.SIGHUP:
-                self._reload()
-            elif signum in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
-                log.info("%s received: finishing records in flight, then exiting",
-                         signal.Signals(signum).name)
-                self._begin_stop()
+        self._signals.drain()
+        if self._signals.take_reload():
+            self._reload()
+        if self._signals.stop_requested and not self._stopping:
+            log.info("%s received: finishing records in flight, then exiting", self._signals.stop_name)
+            self._begin_stop()
 
     def _reload(self) -> None:
         settings = self._reload_settings()
@@ -671,6 +659,6 @@ class IngestLoop:
                 for conn in list(self._conns.values()):
                     self._refuse(conn, AckStatus.BUSY, "telemprobd is shutting down; try again")
         elif (self.idle_exit and self.settings.recycling and self._drained()
-              and now - self._last_activity >= IDLE_EXIT_AFTER):
+              and now - self._last_activity >= self.settings.idle_after):
             log.info("Daemon exiting for recycling")
             self._begin_stop()

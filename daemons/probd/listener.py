@@ -15,6 +15,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from telemetry.config import Config
 from telemetry.daemons.store.queue import Sender
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import UnsafePathError, ensure_dir
@@ -102,11 +103,21 @@ def _remove_stale(path: str) -> None:
     raise ListenerError(f"another telemprobd is already listening on {path}")
 
 
-def bind(path: str, *, create_dir: bool) -> Listener:
+def check_socket_path(path: str) -> None:
+    """What socket_path must be to be bound at all (also checked by telemctl before a restart)."""
     if len(os.fsencode(path)) > SUN_PATH_MAX:
         raise ListenerError(f"socket path {path} is longer than {SUN_PATH_MAX} bytes; choose a shorter socket_path")
     if not os.path.isabs(path):
         raise ListenerError(f"socket_path {path!r} must be an absolute path")
+
+
+def check_config(cfg: Config) -> None:
+    """What telemprobd refuses to start with, of the config (telemctl checks it first)."""
+    check_socket_path(cfg.socket_path)
+
+
+def bind(path: str, *, create_dir: bool) -> Listener:
+    check_socket_path(path)
     directory = os.path.dirname(path)
     if create_dir:
         try:

@@ -8,7 +8,7 @@ and then acknowledges it.  telempostd delivers from the queue.
 Signals: SIGHUP reloads the configuration (a bad file is refused and the running
 settings kept); SIGTERM and SIGINT finish the records in flight and exit 0.  When
 started by systemd (socket activation or a service unit) and `daemon_recycling_enabled`,
-it exits after 300 s without a client; the socket unit starts it again.
+it exits after daemon_idle_time (300 s) without a client; the socket unit starts it again.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import click
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
+from telemetry.command import Command
 from telemetry.daemons.probd.ingest import IngestLoop, Settings
 from telemetry.daemons.probd.listener import open_listener
 from telemetry.daemons.probd.ratelimit import RateLimiter
@@ -84,6 +85,7 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
                 log.error("reloading the configuration failed: %s; keeping the previous settings", e)
                 return None
             log.info("configuration reloaded from %s", new.source or "built-in defaults")
+            new.log_notices(log)
             return Settings.from_config(new)
 
         loop = IngestLoop(
@@ -119,8 +121,8 @@ Signals:
 
 \b
 systemd: Type=notify (READY=1, STATUS= with the counters, WATCHDOG=1 when WatchdogSec=
-is set).  Started by systemd with daemon_recycling_enabled=true, it exits after 300 s
-without work; the socket starts it again.
+is set).  Started by systemd with daemon_recycling_enabled=true, it exits after
+daemon_idle_time (300 s) without work; the socket starts it again.
 
 \b
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
@@ -130,12 +132,20 @@ Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)
   /var/log/telemetry/journal.db    records refused for lack of spool space
 
 \b
-Exit status: 0 when stopped by a signal or for recycling; 1 when it cannot start (a bad
-configuration, a socket it cannot listen on), with a one-line message.
+Exit status:
+  0  stopped by a signal, or exited for recycling
+  1  it cannot start (a bad configuration, a socket it cannot listen on); one line says why
+
+\b
+Examples:
+  systemctl status telemprobd.socket telemprobd.service   how systemd runs it
+  telemprobd -f /etc/telemetrics/test.conf                by hand, with another configuration
+  telemctl --user start                                   as your own process (user mode)
 """
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(PROGRAM, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG,
+               short_help="receive the probes' records, check them and queue them for telempostd")
 @config_option()
 @version_option
 @handle_errors
@@ -152,6 +162,7 @@ def main(config_file: str | None) -> None:
     cfg = config_mod.load(paths, config_file)
     log_mod.setup(PROGRAM, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
+    cfg.log_notices(log)
     sys.exit(serve(paths, cfg, config_file))
 
 

@@ -354,7 +354,6 @@ MALFORMED_CONFIGS: dict[str, bytes] = {
     "unclosed section": b"[settings\nserver=x\n",
     "no equals sign": b"[settings]\nserver\n",
     "empty key": b"[settings]\n=value\n",
-    "unknown key": b"[settings]\nno_such_key=1\n",
     "integer with text": b"[settings]\nrecord_burst_limit=abc\n",
     "integer with a comment": b"[settings]\nspool_process_time=120 # two minutes\n",
     "integer overflow": b"[settings]\nrecord_burst_limit=99999999999999999999999\n",
@@ -369,6 +368,15 @@ MALFORMED_CONFIGS: dict[str, bytes] = {
     "binary garbage": bytes(range(256)) * 8,
     "line break in tidheader": b"[settings]\ntidheader=X-Telemetry-TID: x\rX-Injected: 1\n",
     "over 1 MiB": b"[settings]\n" + b"# padding\n" * 120_000 + b"bogus\n",
+}
+# Started by every program, with one warning naming the file and the line (the original
+# ignores these silently; a C client's file with an obsolete key must keep working).
+WARNED_CONFIGS: dict[str, tuple[bytes, str]] = {
+    "unknown key": (b"[settings]\nno_such_key=1\n", ":2: no_such_key: unknown key, ignored"),
+    "unknown section": (b"[setings]\nserver=http://127.0.0.1:9/\n",
+                        ":1: unknown section [setings] ignored: only [settings] is read; its settings (server)"),
+    "repeated key": (b"[settings]\nlog_level=info\nlog_level=debug\n",
+                     ":3: log_level: also set at line 2; the last value, this line's, is used"),
 }
 # Refused by the program that uses the key (telempostd); telemprobd does not read it.
 POSTD_ONLY = {
@@ -389,6 +397,7 @@ class Run:
     state: str  # refused | started | hung
     returncode: int | None
     errors: tuple[str, ...]  # stderr lines that are not log lines of the daemon
+    warnings: tuple[str, ...] = ()  # the daemon's WARNING log lines
 
     @property
     def one_line(self) -> bool:
@@ -423,7 +432,8 @@ def run_program(name: str, env: dict[str, str], args: tuple[str, ...] = (), time
         proc.wait(30)
     reader.join(5)
     errors = tuple(e for e in lines if not LOG_LINE.match(e) or "Traceback" in e)
-    return Run(state, proc.returncode, errors)
+    warnings = tuple(e for e in lines if LOG_LINE.match(e) and ": WARNING: " in e)
+    return Run(state, proc.returncode, errors, warnings)
 
 
 @contextlib.contextmanager
@@ -452,6 +462,8 @@ def config_cases(seed: int, mutants: int) -> dict[str, tuple[bytes, tuple[str, .
         cases[name] = (text, ("telempostd",))
     for name, text in PROBD_ONLY.items():
         cases[name] = (text, ("telemprobd",))
+    for name, (text, _) in WARNED_CONFIGS.items():
+        cases[name] = (text, ())
     sound = (b"[settings]\nserver=http://127.0.0.1:9/v2/collector\nrecord_burst_limit=100\n"
              b"rate_limit_strategy=drop\nspool_process_time=150\nlog_level=info\nmax_in_flight=2\n")
     for n in range(mutants):
@@ -474,6 +486,7 @@ class ConfigOutcome:
     result: Result
     runs: dict[tuple[str, str], Run]  # (case, program) -> run
     must_refuse: dict[str, tuple[str, ...]]
+    paths: dict[str, str]  # case -> the file given with -f
 
 
 def malformed_configs(inst, workdir: Path, seed: int = 17, mutants: int = 20, threads: int = 4) -> ConfigOutcome:
@@ -481,9 +494,11 @@ def malformed_configs(inst, workdir: Path, seed: int = 17, mutants: int = 20, th
     with one line, never a traceback or a hang; sound mutants may start."""
     cases = config_cases(seed, mutants)
     jobs = []
+    paths = {}
     for n, (name, (text, _)) in enumerate(cases.items()):
         path = workdir / f"case-{n}.conf"
         path.write_bytes(text)
+        paths[name] = str(path)
         for program in ("telemprobd", "telempostd"):
             jobs.append((name, program, str(path)))
 
@@ -501,4 +516,4 @@ def malformed_configs(inst, workdir: Path, seed: int = 17, mutants: int = 20, th
     result = Result("bad-config", len(runs), 0, 0, 0, 0, 0.0,
                     note=f"{len(cases)} files x 2 daemons: {refused} refused with one line, "
                          f"{len(runs) - refused} started (sound mutants), {bad} wrong")
-    return ConfigOutcome(result, runs, {n: c[1] for n, c in cases.items()})
+    return ConfigOutcome(result, runs, {n: c[1] for n, c in cases.items()}, paths)

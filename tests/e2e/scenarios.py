@@ -38,6 +38,7 @@ from faults import (
 from hostile import (
     DAMAGES,
     MALFORMED_CONFIGS,
+    WARNED_CONFIGS,
     ConfigOutcome,
     Damaged,
     DamagePlan,
@@ -56,7 +57,7 @@ from hostile import (
 from pipeline import Health, Unavailable
 
 __all__ = [
-    "DAMAGES", "MALFORMED_CONFIGS", "SYMLINK_PATHS", "ChaosOutcome", "ChaosPlan", "ConfigOutcome", "DamagePlan",
+    "DAMAGES", "MALFORMED_CONFIGS", "WARNED_CONFIGS", "SYMLINK_PATHS", "ChaosOutcome", "ChaosPlan", "ConfigOutcome", "DamagePlan",
     "Damaged", "DiskFullOutcome", "DiskFullPlan", "FairnessOutcome", "FairnessPlan", "FlapOutcome", "FlapPlan",
     "FramesOutcome", "FramesPlan", "Health", "OutageOutcome", "OutagePlan", "Planted", "RowsOutcome", "RowsPlan",
     "Run", "SlotsOutcome", "Unavailable", "chaos", "connection_hog", "damaged_queue_files", "disk_full", "fairness",

@@ -1,6 +1,7 @@
 """Malformed configuration: every daemon refuses it with one line and exit status 1, at
 start (-f, or the default file being something other than a readable regular file) and on
-SIGHUP (the running settings are kept)."""
+SIGHUP (the running settings are kept).  What the original ignores silently (an unknown
+key or section, a repeated key) starts, with one warning naming the file and the line."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import signal
 
 import pytest
 from pipeline import Ledger, Pipeline, ReferenceCollector, Senders
-from scenarios import MALFORMED_CONFIGS, isolated_env, malformed_configs, run_program
+from scenarios import (
+    MALFORMED_CONFIGS,
+    WARNED_CONFIGS,
+    isolated_env,
+    malformed_configs,
+    run_program,
+)
 from services import POSTD, PROBD
 from support import wait_until
 
@@ -28,6 +35,10 @@ def test_every_malformed_file_is_refused_with_one_line(user_install, tmp_path):
             wrong[(name, program)] = run
         elif run.state == "refused" and not run.one_line:
             wrong[(name, program)] = run
+        elif name in WARNED_CONFIGS:
+            expected = out.paths[name] + WARNED_CONFIGS[name][1]
+            if run.state != "started" or run.errors or not any(expected in w for w in run.warnings):
+                wrong[(name, program)] = run
     assert not wrong, wrong
 
 

@@ -138,7 +138,7 @@ def test_config_file_travels_as_cfg_field(user_install, record):
 
 def test_not_opted_in_refuses_before_connecting(user_install, record):
     c = Client(user_install.paths)
-    with pytest.raises(NotOptedIn, match="telemctl opt-in --user"):
+    with pytest.raises(NotOptedIn, match="telemctl --user opt-in"):
         c.send(record)
 
 

@@ -5,7 +5,9 @@ journal export format into real journal files, `_`-fields included) and a real t
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -85,7 +87,7 @@ def test_selects_only_trusted_unit_exits_and_never_resends(user_install, tmp_pat
             manager_exit("otherboot.service: Main process exited", _BOOT_ID=OTHER_BOOT),
             manager_exit("prio.service: error", EXIT_CODE="killed", PRIORITY="2"),
             manager_exit("u.service: Main process exited, code=exited, status=2/INVALIDARGUMENT", _PID="999",
-                         _UID="1000", _EXE="/usr/lib/systemd/systemd"),  # a user manager
+                         _UID="1000", _EXE="/usr/lib/systemd/systemd"),  # a user's systemd binary: not trusted
             {"_PID": "77", "_UID": "0", "_TRANSPORT": "stdout", "MESSAGE": "EXIT_CODE=exited"},
         )
         r = probe(user_install, journal)
@@ -93,7 +95,6 @@ def test_selects_only_trusted_unit_exits_and_never_resends(user_install, tmp_pat
         staged = rows(probd)
         assert [row.payload for row in staged] == [
             b"MESSAGE=a.service: Main process exited, code=exited, status=1/FAILURE\n",
-            b"MESSAGE=u.service: Main process exited, code=exited, status=2/INVALIDARGUMENT\n",
         ]
         for row in staged:
             h = row_headers(row)
@@ -101,10 +102,10 @@ def test_selects_only_trusted_unit_exits_and_never_resends(user_install, tmp_pat
                 "org.clearlinux/journal/error", "2", "1")
             assert h["kernel_version"] == os.uname().release and row.sender.uid == os.getuid()
         assert probe(user_install, journal).returncode == 0
-        assert len(rows(probd)) == 2  # the cursor was saved: nothing twice
+        assert len(rows(probd)) == 1  # the cursor was saved: nothing twice
         journal.write(manager_exit("b.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED"))
         assert probe(user_install, journal).returncode == 0
-        assert [row.payload for row in rows(probd)][2:] == [
+        assert [row.payload for row in rows(probd)][1:] == [
             b"MESSAGE=b.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED\n"]
 
 
@@ -165,6 +166,31 @@ def test_follows_new_entries(user_install, tmp_path):
             assert proc.wait(30) == 0
             proc.stderr.close()
         assert len(rows(probd)) == 2
+        assert probe(user_install, journal).returncode == 0  # the cursor was saved on SIGTERM
+        assert len(rows(probd)) == 2
+
+
+def test_stopped_while_retrying_sends_the_entry_next_run(user_install, tmp_path):
+    """SIGTERM while waiting to retry a send ends the wait at once; the entry is not
+    counted as handled, so the next run sends it."""
+    journal = Journal(tmp_path / "journal")
+    opt_in_earlier(user_install)
+    journal.write(manager_exit("a.service: Main process exited"))
+    user_install.write_config(f"socket_path={tmp_path}/absent.sock\n")  # telemprobd away
+    proc = user_install.popen("telemetry.probes.journalprobe", "-D", str(journal.dir), stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"retrying in" not in seen and time.monotonic() < deadline:
+        if select.select([proc.stderr], [], [], 1)[0]:
+            seen += os.read(proc.stderr.fileno(), 4096)
+    assert b"retrying in" in seen, seen
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    proc.stderr.close()
+    user_install.write_config("")
+    with Probd(user_install, opt_in=False) as probd:
+        assert probe(user_install, journal).returncode == 0
+        assert [row.payload for row in rows(probd)] == [b"MESSAGE=a.service: Main process exited\n"]
 
 
 def test_bad_directory_and_corrupt_cursor(user_install, tmp_path):
@@ -180,3 +206,86 @@ def test_bad_directory_and_corrupt_cursor(user_install, tmp_path):
         assert len(rows(probd)) == 1
     r = user_install.run("telemetry.probes.journalprobe", "--bogus")
     assert r.returncode == 1 and r.stderr.decode().count("\n") == 1
+
+
+# --- a user posing as systemd, through a real journald -------------------------------------
+
+JOURNALD = next((p for p in ("/usr/lib/systemd/systemd-journald", "/lib/systemd/systemd-journald")
+                 if os.access(p, os.X_OK)), None)
+SYSTEMD = next((p for p in ("/usr/lib/systemd/systemd", "/lib/systemd/systemd") if os.access(p, os.X_OK)), None)
+# Loaded into the real systemd binary: it logs a unit failure as PID 1 would word it,
+# with every field a client can set, then exits before systemd's main() runs.  It waits
+# a moment so that journald still finds the process and records its _EXE.
+FORGER = r"""
+#include <systemd/sd-journal.h>
+#include <unistd.h>
+__attribute__((constructor)) static void forge(void) {
+    sd_journal_send("MESSAGE=sshd.service: Main process exited, code=exited, status=1/FAILURE",
+                    "EXIT_CODE=exited", "EXIT_STATUS=1", "UNIT=sshd.service", "SYSLOG_IDENTIFIER=systemd",
+                    "PRIORITY=4", "_PID=1", "_UID=0", "_EXE=/usr/lib/systemd/systemd", NULL);
+    usleep(300000);
+    _exit(0);
+}
+"""
+# In a mount namespace of its own, over a private /run: a journald that only this test
+# talks to, keeping its journal in memory, which is then copied out.
+JOURNALD_RUN = """
+set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/journald.conf.d
+printf '[Journal]\\nStorage=volatile\\nReadKMsg=no\\nForwardToSyslog=no\\nForwardToWall=no\\nForwardToConsole=no\\n' \\
+    > /run/systemd/journald.conf.d/test.conf
+{journald} >/dev/null 2>&1 &
+pid=$!
+i=0; while [ ! -S /run/systemd/journal/socket ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done
+setpriv --reuid=65534 --regid=65534 --clear-groups env LD_PRELOAD={so} {systemd}
+kill $pid; wait $pid || true
+cp -r /run/log/journal {out}
+"""
+
+
+def _forgery_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "a private journald needs root (a mount namespace over /run)"
+    for tool in ("unshare", "setpriv", "gcc"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if JOURNALD is None or SYSTEMD is None:
+        return "systemd-journald or the systemd binary is not installed"
+    if not os.path.exists("/usr/include/systemd/sd-journal.h"):
+        return "libsystemd-dev (sd-journal.h) is not installed"
+    return None
+
+
+@pytest.mark.skipif(_forgery_unavailable() is not None, reason=str(_forgery_unavailable()))
+def test_a_user_running_systemd_with_ld_preload_is_not_the_service_manager(user_install, short_dir):
+    """The forger runs the real systemd binary as an unprivileged user, so journald
+    records _EXE=/usr/lib/systemd/systemd and _COMM=systemd; its own _PID/_UID/_EXE
+    fields are replaced by journald's.  Nothing of it is reported."""
+    from systemd import journal as sd_journal
+
+    work = short_dir
+    os.chmod(work, 0o755)
+    (work / "forge.c").write_text(FORGER)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(work / "forge.so"), str(work / "forge.c"), "-lsystemd"],
+                   check=True, capture_output=True, timeout=60)
+    os.chmod(work / "forge.so", 0o755)
+    script = JOURNALD_RUN.format(journald=JOURNALD, so=work / "forge.so", systemd=SYSTEMD, out=work / "journal")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                          timeout=60)
+    if done.returncode != 0:
+        pytest.skip(f"a private journald could not run here: {done.stderr.decode(errors='replace').strip()[-300:]}")
+    (machine_dir,) = (work / "journal").iterdir()
+    reader = sd_journal.Reader(path=str(machine_dir))
+    forged = [e for e in reader if e.get("EXIT_CODE") == "exited"]
+    reader.close()
+    assert len(forged) == 1, forged
+    fields = forged[0]
+    assert fields["_UID"] == 65534 and fields["_PID"] != 1 and fields["_TRANSPORT"] == "journal"
+    assert fields.get("_EXE") in (SYSTEMD, os.path.realpath(SYSTEMD)) and fields.get("_COMM") == "systemd"
+
+    with Probd(user_install, opt_in=False) as probd:
+        opt_in_earlier(user_install)
+        r = user_install.run("telemetry.probes.journalprobe", "-D", str(machine_dir), "--once")
+        assert r.returncode == 0, r.stderr
+        assert rows(probd) == []

@@ -11,11 +11,12 @@ import select
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from support import wait_until
+from support import no_such_option, wait_until
 from telemprobd_harness import HEADER_NAMES, Probd, rows
 
 from telemetry.probes.oops import oops_payload, parse_lines
@@ -93,7 +94,7 @@ def test_hprobe_bundle_name_that_is_not_utf8(user_install, tmp_path):
 
 def test_hprobe_bad_input_and_failures(user_install, tmp_path):
     r = run(user_install, "hprobe", "-x")
-    assert r.returncode == 1 and one_line(r.stderr) == "hprobe: No such option '-x'."
+    assert r.returncode == 1 and one_line(r.stderr) == f"hprobe: {no_such_option('-x')} (see 'hprobe --help')"
     r = run(user_install, "hprobe", "-f", "relative.conf")
     assert r.returncode == 1 and "configuration file path not valid" in one_line(r.stderr)
     user_install.opt_in()
@@ -101,9 +102,24 @@ def test_hprobe_bad_input_and_failures(user_install, tmp_path):
     r = run(user_install, "hprobe")
     assert r.returncode == 1
     assert one_line(r.stderr).startswith("Failed to send record to daemon: telemprobd is not listening")
+    assert one_line(r.stderr).endswith("start it with 'telemctl --user start'")
     with Probd(user_install):
         r = run(user_install, "hprobe", "-b", "--bundles-dir", str(tmp_path / "none"))
         assert r.returncode == 1 and one_line(r.stderr).startswith("hprobe: scandir failed")
+
+
+def test_probes_take_user_and_system_like_telemctl(user_install):
+    """--user beats TELEMETRY_MODE=system (root's probes reach root's own user-mode daemons);
+    both together are refused."""
+    with Probd(user_install) as probd:
+        r = run(user_install, "hprobe", "--user", env={"TELEMETRY_MODE": "system"})
+        assert r.returncode == 0, r.stderr
+        assert len(rows(probd)) == 1
+    for module in ("hprobe", "klogscanner", "journalprobe", "pstoreprobe", "pstoreclean", "telem_record_gen"):
+        r = run(user_install, module, "--user", "--system")
+        assert r.returncode == 1, module
+        assert one_line(r.stderr).endswith("--user and --system exclude each other; give one of them "
+                                           f"(see '{r.stderr.decode().split(':')[0]} --help')"), module
 
 
 def test_hprobe_help_and_version(user_install):
@@ -118,8 +134,13 @@ def test_every_probe_does_nothing_when_opted_out(user_install, tmp_path):
     pstore.mkdir()
     (pstore / "dmesg-ramoops-0").write_text("Oops#1 Part1\nBUG: x\n")
     with Probd(user_install, opt_in=False) as probd:
+        r = run(user_install, "telem_record_gen", "-c", "a/b/c", "-p", "x")
+        assert r.returncode == 1  # as the original: its caller asked for this record
+        assert one_line(r.stderr) == (f"Unable to send record: not opted in to telemetry "
+                                      f"({user_install.paths.opt_in_file} is missing); nothing collected "
+                                      "or sent. Run 'telemctl --user opt-in' to opt in")
         for module, args in [
-            ("hprobe", ()), ("telem_record_gen", ("-c", "a/b/c", "-p", "x")),
+            ("hprobe", ()),
             ("klogscanner", ("--replay", str(TESTDATA / "warning.txt"))),
             ("pstoreprobe", ("--cache-dir", str(pstore))),
             ("pstoreclean", ("--pstore-dir", str(pstore), "--cache-dir", str(tmp_path / "pcache"))),
@@ -128,8 +149,25 @@ def test_every_probe_does_nothing_when_opted_out(user_install, tmp_path):
             r = run(user_install, module, *args)
             assert r.returncode == 0, (module, r.stderr)
             assert "not opted in" in one_line(r.stderr) and "INFO" in r.stderr.decode(), module
+            assert "Run 'telemctl --user opt-in' to opt in" in r.stderr.decode(), module
         assert rows(probd) == []
     assert (pstore / "dmesg-ramoops-0").exists() and not (tmp_path / "pcache").exists()
+
+
+def test_a_deferred_record_is_reported_as_queued_for_later(user_install):
+    """Over the rate limit with strategy spool, telemprobd keeps the record for a later
+    window: not "Successfully sent"."""
+    with Probd(user_install, "record_burst_limit=2\nrate_limit_uid_share=100\nrate_limit_strategy=spool") as probd:
+        r = run(user_install, "hprobe")
+        assert (r.returncode, r.stdout) == (0, b"Successfully sent record to daemon.\n")
+        r = run(user_install, "telem_record_gen", "-c", "a/b/c", "-p", "x")
+        assert (r.returncode, r.stderr) == (0, b"")
+        r = run(user_install, "hprobe")
+        assert r.returncode == 0, r.stderr
+        assert one_line(r.stdout).startswith("Record queued by the daemon for later: it is over the rate limit")
+        r = run(user_install, "telem_record_gen", "-c", "a/b/c", "-p", "x")
+        assert r.returncode == 0 and "queued by the daemon for later" in one_line(r.stderr)
+        assert len(rows(probd)) == 4
 
 
 def test_rate_limited_rejection_is_reported(user_install):
@@ -199,7 +237,7 @@ def test_record_gen_echo_and_no_post(user_install):
         (("-c", "a/b/c", "-P", "/nonexistent/file"), "Error: file /nonexistent/file could not be opened for reading"),
         (("-c", "a/b/c", "-p", "x" * 8193), "Error: payload is 8193 bytes; the limit is 8192 (use --truncate to cut it)"),
         (("-c", "a/b\tc/d"), "Error: classification must be printable ASCII"),
-        (("-c", "a/b/c", "--zzz"), "telem-record-gen: No such option '--zzz'."),
+        (("-c", "a/b/c", "--zzz"), f"telem-record-gen: {no_such_option('--zzz')} (see 'telem-record-gen --help')"),
     ],
 )
 def test_record_gen_bad_input(user_install, args, message):
@@ -331,6 +369,67 @@ def test_klogscanner_follows_a_stream(user_install):
         assert proc.wait(30) == 0, proc.stderr.read()
         proc.stderr.close()
         assert len(rows(probd)) == 1
+
+
+# A process names itself like a kernel report, then faults: the kernel logs
+# "BUG: x[pid]: segfault at …" (facility kernel, level info).  PR_SET_DUMPABLE 0: no core.
+CRASH_NAMED = """
+import ctypes, sys
+libc = ctypes.CDLL(None)
+libc.prctl(15, sys.argv[1].encode(), 0, 0, 0)
+libc.prctl(4, 0, 0, 0, 0)
+ctypes.string_at(0)
+"""
+
+
+def crash_named(name: str) -> int:
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_NAMED, name], stderr=subprocess.DEVNULL)
+    assert proc.wait(30) == -signal.SIGSEGV
+    return proc.pid
+
+
+def kernel_lines_about(pid: int) -> list[bytes]:
+    """This process's records in the real /dev/kmsg; [] when it cannot be read here."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return []
+    found = []
+    try:
+        while True:
+            try:
+                rec = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: overwritten while read
+                continue
+            if f"[{pid}]: segfault".encode() in rec:
+                found.append(rec if rec.endswith(b"\n") else rec + b"\n")
+    finally:
+        os.close(fd)
+    return found
+
+
+def test_klogscanner_ignores_a_crashing_process_named_like_a_report(user_install, tmp_path):
+    pid = crash_named("BUG: x")
+    real = kernel_lines_about(pid)
+    forged = real[0].split(b";", 1)[1] if real else (
+        f"BUG: x[{pid}]: segfault at 0 ip 00007f3f7b5d1f2d sp 00007ffd3a4b8c18 error 4 in "
+        "libc.so.6[7f3f7b4ac000+155000] likely on CPU 1 (core 1, socket 0)\n").encode()
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_bytes(kmsg_file(WARN) + f"6,{len(WARN)},2000000,-;".encode() + forged
+                     + kmsg_record(len(WARN) + 1, "Code: Unable to access opcode bytes at 0x7f3f7b5d1f03.", 6)
+                     + kmsg_file(["Call Trace:", "  f+0x1/0x2", "next"], first_seq=len(WARN) + 2))
+    dmesg = tmp_path / "dmesg"
+    dmesg.write_bytes(b"<6>[   12.345678] " + forged)
+    with Probd(user_install) as probd:
+        assert run(user_install, "klogscanner", "--kmsg", str(kmsg), "--once").returncode == 0
+        assert [headers(r)["classification"] for r in rows(probd)] == ["org.clearlinux/kernel/warning"]
+        r = run(user_install, "klogscanner", "--replay", str(dmesg), "--dry-run")
+        assert (r.returncode, r.stdout) == (0, b"")
+    if real:  # the real kernel log, read as the service reads it
+        r = run(user_install, "klogscanner", "--once", "--dry-run")
+        assert r.returncode == 0 and f"BUG: x[{pid}]".encode() not in r.stdout
 
 
 def test_klogscanner_stopped_while_retrying_sends_the_oops_next_run(user_install, tmp_path):

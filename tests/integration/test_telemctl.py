@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from http_collector import Collector
+from http_collector import HANG, Collector
 from support import free_port, wait_until
 
 from telemetry.client import Client
@@ -244,6 +244,111 @@ def test_dead_daemon_shows_failed_and_restart_recovers(pipeline):
 
 
 @needs_daemons
+@pytest.mark.parametrize("bad, fragment", [
+    ("server=not a url", "server 'not a url' must be an http:// or https:// URL"),
+    ("record_burst_limit=abc", "record_burst_limit: 'abc' is not an integer"),
+    ("tidheader=no colon", "tidheader must be a header line"),
+])
+def test_restart_with_a_bad_config_leaves_the_daemons_running(pipeline, collector, bad, fragment):
+    """Checked before anything is stopped: one line, both daemons still serving."""
+    inst = pipeline
+    inst.opt_in()
+    assert ctl(inst, "start").returncode == 0
+    running = pids(inst)
+    client = Client(inst.paths)  # reads the good file
+    inst.write_config(f"server={collector.url}\n{bad}\n")
+    for command, refusing in (("restart", "not restarting, the running daemons are left as they are"),
+                              ("reload", "not reloading, the daemons keep their current settings"),
+                              ("start", "not starting")):
+        done = ctl(inst, command)
+        assert_one_line_error(done, 1, f"telemctl: {refusing}: ")
+        assert fragment in err(done) and done.stdout == b""
+    assert pids(inst) == running and ctl(inst, "is-active").returncode == 0
+    client.send(create_record("org.example/telemctl/still", 1, "x"))
+    collector.wait_for(1)
+
+
+@needs_daemons
+def test_unknown_keys_are_warnings_listed_by_status_and_restart_goes_on(pipeline, collector):
+    """As the C client and systemd: an unknown key (an obsolete one) is ignored, and said
+    with its file and line, by telemctl and in the daemons' logs."""
+    inst = pipeline
+    inst.opt_in()
+    conf = inst.write_config(f"server={collector.url}\nobsolete_key=1\n")
+    notice = f"{conf}:3: obsolete_key: unknown key, ignored (telemetrics.conf(5) lists the keys)"
+    done = ctl(inst, "start")
+    assert done.returncode == 0 and err(done) == f"telemctl: warning: {notice}\n"
+    for name in ("telemprobd", "telempostd"):
+        log = Path(inst.paths.state_dir, f"{name}.log").read_text()
+        assert f"WARNING: {notice}" in log, log
+    st = json.loads(out(ctl(inst, "status", "--json")))
+    assert st["config_notices"] == [{"kind": "unknown-key", "path": str(conf), "line": 3,
+                                     "text": "obsolete_key: unknown key, ignored (telemetrics.conf(5) lists the keys)"}]
+    assert f"  ignored:   {notice}" in out(ctl(inst, "status"))
+    running = pids(inst)
+    done = ctl(inst, "restart")
+    assert done.returncode == 0 and f"warning: {notice}" in err(done)
+    assert pids(inst).keys() == running.keys() and pids(inst) != running
+
+
+@needs_daemons
+def test_user_mode_daemons_show_by_name_and_log_with_timestamps(pipeline):
+    inst = pipeline
+    inst.opt_in()
+    assert ctl(inst, "start").returncode == 0
+    for name, pid in pids(inst).items():
+        proc = psutil.Process(pid)
+        assert proc.name() == name  # comm: what ps -e, top and pgrep show
+        assert os.path.basename(proc.cmdline()[1]) == name, proc.cmdline()  # ps aux: python …/telemprobd
+        log = Path(inst.paths.state_dir, f"{name}.log").read_text().splitlines()
+        assert log and all(re.match(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} {name}: [A-Z]+: ", line)
+                           for line in log), log
+
+
+@needs_daemons
+def test_reload_sends_sighup_to_the_running_daemons(pipeline, collector):
+    inst = pipeline
+    inst.opt_in()
+    done = ctl(inst, "reload")
+    assert (done.returncode, out(done)) == (0, "telemprobd: not running\ntelempostd: not running\n")
+    assert ctl(inst, "start").returncode == 0
+    running = pids(inst)
+    inst.write_config(f"server={collector.url}\nlog_level=debug\n")
+    done = ctl(inst, "reload")
+    assert done.returncode == 0, err(done)
+    assert out(done) == (f"telemprobd: asked to reload (SIGHUP) (pid {running['telemprobd']})\n"
+                         f"telempostd: asked to reload (SIGHUP) (pid {running['telempostd']})\n")
+    for name in ("telemprobd", "telempostd"):
+        wait_until(lambda n=name: "configuration reloaded" in Path(inst.paths.state_dir, f"{n}.log").read_text(),
+                   30, f"{name} to reload")
+    assert pids(inst) == running
+
+
+@needs_daemons
+def test_stop_says_what_it_waits_for(pipeline, collector):
+    """telempostd finishes the request in flight before it exits: a stop that takes more
+    than a second says so instead of sitting silent."""
+    inst = pipeline
+    inst.opt_in()
+    assert ctl(inst, "start").returncode == 0
+    running = pids(inst)
+    collector.answer(HANG)
+    Client(inst.paths).send(create_record("org.example/telemctl/slow", 1, "x"))
+    assert collector.wait_hanging(30)
+    stop = subprocess.Popen([sys.executable, "-m", CTL, "--user", "stop"], env=inst.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = stop.stderr.readline().decode()
+        assert line == (f"telemctl: telempostd (pid {running['telempostd']}): waiting for it to exit; it "
+                        "finishes the requests in flight to the collector (killed after 20 s)\n")
+    finally:
+        collector.release()
+        assert stop.wait(60) == 0
+        stop.stdout.close()
+        stop.stderr.close()
+
+
+@needs_daemons
 def test_status_while_the_collector_is_down(user_install):
     """A failed delivery: the record is spooled, counted as retried, and the retry time shown."""
     port = free_port()
@@ -320,7 +425,8 @@ def test_unusable_log_and_lock_files_are_one_line_each(user_install):
     (["bogus"], 2, "Unknown command passed to telemctl: 'bogus'"),
     (["journal", "-r", "xyz"], 2, "'xyz' is not a record id"),
     (["journal", "--record_id", "0" * 31], 2, "is not a record id"),
-    (["journal", "-e", "12"], 2, "'12' is not a event id"),
+    (["journal", "-e", "12"], 2, "'12' is not an event id"),
+    (["--system", "--user", "status"], 2, "--user and --system exclude each other"),
     (["journal", "-b", "not-a-boot-id"], 2, "is not a boot id"),
     (["journal", "-c", "a/b"], 2, "is not a classification"),
     (["journal", "-c", "a/b/c/*"], 2, "is not a classification prefix"),
@@ -354,6 +460,24 @@ def test_bad_config_is_one_line(user_install):
 def test_bad_mode_is_one_line(user_install):
     done = user_install.run(CTL, "status", env={"TELEMETRY_MODE": "bogus"})
     assert_one_line_error(done, 1, "TELEMETRY_MODE='bogus' is not a mode")
+
+
+@pytest.mark.parametrize("module, args", [(CTL, ("--user", "status")), ("telemetry.probes.hprobe", ("--user",)),
+                                          (MODULES["telemprobd"], ())])
+def test_a_runtime_dir_others_can_write_is_refused(user_install, module, args):
+    """/tmp: another user could bind the socket there first and take the records."""
+    done = user_install.run(module, *args, env={"XDG_RUNTIME_DIR": "/tmp"})
+    assert_one_line_error(done, 1, "XDG_RUNTIME_DIR=/tmp ")
+    assert "user mode keeps its socket there" in err(done)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory another user owns needs root")
+def test_a_runtime_dir_of_another_user_is_refused(user_install, tmp_path):
+    other = tmp_path / "other-run"
+    other.mkdir(mode=0o700)
+    os.chown(other, 65534, 65534)
+    done = ctl(user_install, "status", env={"XDG_RUNTIME_DIR": str(other)})
+    assert_one_line_error(done, 1, f"XDG_RUNTIME_DIR={other} belongs to uid 65534, not to you (uid 0)")
 
 
 def test_unreadable_journal_is_one_line(user_install):

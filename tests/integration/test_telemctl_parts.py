@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from telemetry.daemons.ctl import purge, supervise, units
+from telemetry.hints import systemd_running
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -125,8 +126,11 @@ def test_stop_disable_enable_order(fake_systemctl):
     assert units.stop(ctl, print) == 0
     assert units.disable(ctl, print) == 0
     calls = log.read_text().splitlines()
-    everything = units.TRIGGER_UNITS + units.SERVICE_UNITS + ("pstore-clean.service",)
+    everything = units.TRIGGER_UNITS + units.SERVICE_UNITS + ("pstore-clean.service", "crashprobe-journal.service")
     assert calls == [f"stop {u}" for u in everything] + [f"disable {u}" for u in everything]
+    log.write_text("")
+    assert units.enable(ctl, print) == 0
+    assert "enable crashprobe-journal.service" not in log.read_text().splitlines()  # the admin's choice
 
 
 def test_is_active_and_missing_units(fake_systemctl):
@@ -143,14 +147,37 @@ def test_no_shell_is_involved(fake_systemctl):
     assert not os.path.exists("/tmp/telemctl-injected")
 
 
+def test_a_slow_systemctl_call_says_what_it_waits_for(tmp_path):
+    """The stand-in systemctl blocks until the notice is out (a FIFO it reads), so the
+    test waits on the event, not on a clock."""
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    script = tmp_path / "systemctl"
+    script.write_text(f"#!/bin/sh\nread line < {fifo}\n")
+    script.chmod(0o755)
+    said: list[str] = []
+
+    def say(message: str) -> None:
+        said.append(message)
+        with open(fifo, "w") as f:
+            f.write("go\n")
+
+    ctl = units.Systemctl(binary=str(script), say=say)
+    assert ctl.unit("stop", "telempostd.service").ok
+    assert said == ["waiting for 'systemctl stop telempostd.service'"]
+    said.clear()
+    units.Systemctl(binary="/bin/true", say=said.append).unit("stop", "x")  # quick: nothing said
+    assert said == []
+
+
 def test_missing_systemctl_is_an_error():
     with pytest.raises(units.SystemdError, match="is not installed"):
         units.Systemctl(binary="/nonexistent/systemctl")
 
 
 def test_systemd_detection(tmp_path):
-    assert not units.systemd_running(str(tmp_path / "absent"))
-    assert units.systemd_running(str(tmp_path))
+    assert not systemd_running(str(tmp_path / "absent"))
+    assert systemd_running(str(tmp_path))
 
 
 # --- supervisor liveness -----------------------------------------------------------------------------

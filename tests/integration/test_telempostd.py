@@ -64,6 +64,17 @@ def test_bad_configuration_is_one_line_and_exit_1(user_install, text, words):
     assert len(err.splitlines()) == 1
 
 
+def test_plaintext_http_to_another_machine_is_one_warning(user_install):
+    """Nothing is queued, so nothing is sent to the unroutable TEST-NET address."""
+    user_install.write_config("server=http://192.0.2.1:9/v2/collector\n")
+    with Daemon(user_install) as d:
+        wait_until(lambda: "delivering" in d.log(), what="start-up")
+        assert d.stop() == 0
+    warnings = [line for line in d.log().splitlines() if "unencrypted" in line]
+    assert warnings == ["telempostd: WARNING: server=http://192.0.2.1:9/v2/collector: records are sent to "
+                        "192.0.2.1 unencrypted (http://); use an https:// URL for a collector on another machine"]
+
+
 def test_bad_config_file_option(user_install):
     r = user_install.run(MODULE, "-f", "/nonexistent/telemetrics.conf")
     assert r.returncode != 0 and b"Traceback" not in r.stderr
@@ -215,9 +226,10 @@ def test_damaged_journal_is_moved_aside(user_install, collector):
 
 
 def test_idle_exit_only_when_started_by_systemd(user_install, collector):
-    user_install.write_config(settings_text(collector.url))
+    # daemon_idle_time, the setting; the hidden --idle-exit-after below only goes under 1 s.
+    user_install.write_config(settings_text(collector.url) + "daemon_idle_time=1\n")
     ids = fill(user_install, 1)
-    with Daemon(user_install, "--idle-exit-after", "0.5", env={"INVOCATION_ID": "0123456789abcdef"}) as d:
+    with Daemon(user_install, env={"INVOCATION_ID": "0123456789abcdef"}) as d:
         assert d.wait(timeout=60) == 0  # (its log went to journald, as under systemd)
     assert [r.record_id for r in collector.accepted()] == ids
     # Not started by systemd, nothing would start it again: it keeps running.

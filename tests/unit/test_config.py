@@ -11,11 +11,13 @@ from telemetry.config import (
     KEYS,
     ConfigError,
     Kind,
+    NoticeKind,
     OutOfRange,
     config_from_text,
     defaults,
     load,
     parse_ini,
+    plaintext_warning,
     tid_header,
 )
 from telemetry.paths import Paths
@@ -184,7 +186,6 @@ def test_dialect():
         ("[settings]\n=x", "t.conf:2: Encountered empty key"),
         ("[settings]\nnovalue", "t.conf:2: Expected key=value notation"),
         ("server=x", "t.conf:1: server: Encountered key=value mapping without a valid section"),
-        ("[settings]\nsevrer=x", "t.conf:2: sevrer: unknown key"),
     ],
 )
 def test_dialect_errors_name_file_and_line(text, message):
@@ -193,8 +194,66 @@ def test_dialect_errors_name_file_and_line(text, message):
     assert message in str(e.value)
 
 
-def test_unknown_sections_are_ignored():
-    assert config_from_text("[collector]\nport=1\n", SYSTEM).server == ORIGINAL_DEFAULTS["server"]
+def test_what_is_ignored_is_said_with_file_and_line():
+    """Unknown keys and sections are ignored as the original (and systemd) ignore them, a
+    repeated key takes its last value as in the original, an out-of-range value is moved
+    into range: each is a notice naming the file and the line(s), and loading goes on."""
+    text = ("[settings]\nsevrer=http://typo\nrecord_expiry=10\n[setings]\nserver=http://a\nport=1\n"
+            "[settings]\nrecord_expiry=20\nspool_process_time=5\n")
+    cfg = config_from_text(text, SYSTEM, "/x/t.conf")
+    assert cfg.server == ORIGINAL_DEFAULTS["server"] and cfg.record_expiry == 20
+    assert cfg.spool_process_time == 120
+    assert [(n.kind, str(n)) for n in cfg.notices] == [
+        (NoticeKind.UNKNOWN_KEY, "/x/t.conf:2: sevrer: unknown key, ignored (telemetrics.conf(5) lists the keys)"),
+        (NoticeKind.UNKNOWN_SECTION, "/x/t.conf:4: unknown section [setings] ignored: only [settings] is read; "
+                                     "its settings (server) are not applied"),
+        (NoticeKind.DUPLICATE_KEY, "/x/t.conf:8: record_expiry: also set at line 3; the last value, this line's, "
+                                   "is used"),
+        (NoticeKind.CLAMPED, "/x/t.conf:9: spool_process_time=5 is out of range (120..300 seconds); 120 is used"),
+    ]
+    assert config_from_text("[settings]\nserver=http://a\n", SYSTEM).notices == ()
+
+
+@pytest.mark.parametrize(("server", "warned"), [
+    ("http://collector.example.com/v2/collector", True),
+    ("http://10.0.0.5:8080/", True),
+    ("HTTP://[2001:db8::1]/", True),
+    ("https://collector.example.com/", False),
+    ("http://127.0.0.1:8080/v2/collector", False),
+    ("http://127.1.2.3/", False),
+    ("http://[::1]:8080/", False),
+    ("http://localhost/", False),
+    ("http://a.localhost/", False),
+])
+def test_plaintext_to_another_machine_is_one_warning(server, warned):
+    warning = plaintext_warning(conf(f"server={server}"))
+    assert (warning is not None) == warned
+    if warned:
+        assert "unencrypted" in warning and "\n" not in warning
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root refuses a file other users can change")
+@pytest.mark.parametrize("how", ["other-writable", "group-writable", "owned by a user", "directory"])
+def test_root_refuses_a_file_other_users_can_change(tmp_path, how):
+    d = tmp_path / "etc"
+    d.mkdir()
+    path = d / "telemetrics.conf"
+    path.write_text("[settings]\n")
+    if how == "other-writable":
+        path.chmod(0o646)
+    elif how == "group-writable":
+        os.chown(path, 0, 100)
+        path.chmod(0o664)
+    elif how == "owned by a user":
+        os.chown(path, 65534, 0)
+    else:
+        d.chmod(0o777)
+    with pytest.raises(ConfigError, match="refused: .*only a file no other user can change is read"):
+        load(SYSTEM, str(path))
+    d.chmod(0o1777)  # sticky: others cannot replace root's file
+    path.chmod(0o644)
+    os.chown(path, 0, 0)
+    assert load(SYSTEM, str(path)).source == str(path)
 
 
 def test_tid_header_split():

@@ -341,3 +341,66 @@ def test_strtoll16_saturates_like_c(n):
     text = ("-" if n < 0 else "") + format(abs(n), "x")
     expected = max(min(n, 2**63 - 1), -(2**63)) % 2**64
     assert O.strtoll16(text, 0) == (expected, len(text))
+
+
+# --- forged reports: lines the kernel prints about a user process -------------------------
+
+def kmsg_escaped(comm: bytes) -> str:
+    """comm as /dev/kmsg prints it: control bytes, bytes >= 0x7f and the backslash as \\xNN."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in comm)
+
+
+# What the kernel prints when a process without a handler faults or traps, %s being comm.
+PROCESS_LINES = (
+    "{comm}[4242]: segfault at 0 ip 00007f0000001000 sp 00007ffc00000000 error 4 in libc.so.6[1000,7f0000000000+1000]"
+    " likely on CPU 1 (core 1, socket 0)",
+    "{comm}[4242] trap int3 ip:55d1a2b3c4d5 sp:7ffc00000000 error:0 in prog[1000,55d1a2b3c000+1000]",
+    "traps: {comm}[4242] general protection fault ip:7f00 sp:7ffc error:0 in libc.so.6[7f00+1000]",
+    "{comm} (4242): drop_caches: 1",
+)
+
+
+@pytest.mark.parametrize("comm", ["BUG: x", "WARNING: x", "kernel BUG at x", "Badness", "double fault",
+                                  "ACPI Error: x", "ALSA x: BUG y", "irq 5: nobody c", "BUG:"])
+@pytest.mark.parametrize("shape", PROCESS_LINES)
+def test_a_process_name_never_starts_a_report(comm, shape):
+    line = shape.format(comm=comm)
+    assert O.names_a_process(line)
+    assert O.match_start(line) is None
+    assert O.parse_lines([f"<6>[  12.345678] {line}", "Call Trace:", " f+0x1/0x2", "next"], flush=True) == []
+
+
+def test_a_process_line_does_not_end_a_real_report_early():
+    real = ["BUG: unable to handle page fault for address: 0000000000001000", "#PF: supervisor read access",
+            "WARNING: x[7]: segfault at 0 ip 0 sp 0 error 4 in x[1000,0+1000]", "Call Trace:", " f+0x1/0x2",
+            "---[ end trace 0000000000000000 ]---"]
+    (oops,) = O.parse_lines(f"<4>[ 1.0] {line}" for line in real)
+    assert oops.classification == O.K_BUG and oops.ended_by is O.EndReason.END_TRACE
+
+
+def test_the_irq_pattern_is_anchored():
+    line = "x[1]: segfault at 0 ip 0 sp 0 error 4 in irq 5: nobody cared[1000,0+1000]"
+    assert O.match_start(line) is None
+    assert O.match_start("irq 16: nobody cared (try booting with the \"irqpoll\" option)") is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(comm=st.binary(min_size=1, max_size=O.COMM_MAX).filter(lambda b: b"\x00" not in b),
+       shape=st.sampled_from(PROCESS_LINES), pid=st.integers(1, 2**22))
+def test_no_process_name_is_a_report(comm, shape, pid):
+    """Any name a process can give itself, printed as /dev/kmsg prints it."""
+    line = shape.format(comm=kmsg_escaped(comm)).replace("4242", str(pid))
+    assert O.match_start(line) is None
+
+
+@pytest.mark.parametrize("line", [
+    "BUG: unable to handle kernel paging request at 0000000000002658",
+    "BUG: soft lockup - CPU#8 stuck for 22s! [ceph-osd:12347]",
+    "BUG: using smp_processor_id() in preemptible [00000000] code: x/123",
+    "general protection fault: 0000 [1] SMP",
+    "double fault: 0000 [1] SMP",
+    "WARNING: CPU: 3 PID: 0 at net/sched/sch_generic.c:303 dev_watchdog+0x254/0x260",
+    "BUG: scheduling while atomic: swapper/0/0/0x00000002",
+])
+def test_the_kernels_own_report_lines_still_start_reports(line):
+    assert not O.names_a_process(line) and O.match_start(line) is not None

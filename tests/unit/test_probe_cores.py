@@ -157,7 +157,12 @@ def entry(**fields: str) -> journal_select.Entry:
         ({"_BOOT_ID": "f" * 32}, False, False),
         ({"_PID": "4242", "_UID": "1000"}, False, False),  # forged EXIT_CODE
         ({"_PID": "1", "_UID": "1000"}, False, False),  # PID 1 of a user namespace, not root
-        ({"_PID": "900", "_UID": "1000", "_EXE": "/usr/lib/systemd/systemd"}, False, True),  # user manager
+        # The systemd binary run by a user (LD_PRELOAD), or a user manager: both the user's own.
+        ({"_PID": "900", "_UID": "1000", "_EXE": "/usr/lib/systemd/systemd", "_COMM": "systemd"}, False, False),
+        ({"_PID": "900", "_UID": "1000", "_EXE": "/usr/lib/systemd/systemd", "_SYSTEMD_UNIT": "user@1000.service",
+          "_SYSTEMD_USER_UNIT": "init.scope"}, False, False),
+        ({"_SYSTEMD_UNIT": "init.scope"}, False, True),  # PID 1, as journald records it under systemd
+        ({"_SYSTEMD_UNIT": "sshd.service"}, False, False),  # PID 1 of a container, seen from the host
         ({"_TRANSPORT": "stdout"}, False, False),
         ({"EXIT_CODE": "killed"}, False, False),
         ({"EXIT_CODE": "-", "PRIORITY": "2"}, False, False),
@@ -269,3 +274,28 @@ def test_send_retrying_backs_off_until_the_outcome_is_final(monkeypatch):
     not_in = result(common.Outcome.NOT_OPTED_IN)
     assert probe_answering(not_in).send_retrying(None, retry=True) is not_in
     assert sleeps == [1]
+
+
+def test_a_stop_during_the_wait_ends_send_retrying_at_once(monkeypatch):
+    """A real SIGTERM to this process while the probe waits to retry: the wait ends and
+    the last failure comes back, with `stopping` set for the caller to save and exit."""
+    import os
+    import signal
+    import threading
+
+    from telemetry.daemons.runtime.signals import Signals
+
+    probe = object.__new__(common.Probe)
+    probe.log = logging.getLogger("test")
+    away = common.SendResult(common.Outcome.UNAVAILABLE, "")
+    monkeypatch.setattr(probe, "send", lambda record: away)
+    monkeypatch.setattr(common, "RETRY_MAX_DELAY", 3600.0)
+    with Signals() as sig:
+        probe.signals = sig
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        try:
+            assert probe.send_retrying(None, retry=True) is away  # not an hour of retries
+        finally:
+            timer.cancel()
+        assert probe.stopping and probe.stop_status() == 0
