@@ -19,9 +19,10 @@ DESTDIR ?=
 # collector, openssl for TLS certificates, gdb and elfutils to check crash backtraces (with Go
 # and clang builds among the crashing programs), nginx for HTTP/2 delivery, nats-server
 # (JetStream) for the collector's NATS dispatcher, wrk as the collector benchmark's load
-# generator.  Tests whose tool is missing are skipped with the reason.
+# generator, chromium and its chromedriver for the collector's web views.  Tests whose tool
+# is missing are skipped with the reason.
 APT_PACKAGES := libsystemd-dev pkg-config gcc systemd systemd-journal-remote man-db groff-base \
-	postgresql openssl gdb elfutils nginx-light golang-go clang nats-server wrk
+	postgresql openssl gdb elfutils nginx-light golang-go clang nats-server wrk chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: venv deps test test-systemd demo bench lint typecheck import-tree install install-collector \
@@ -33,7 +34,7 @@ $(VENV)/.stamp: pyproject.toml collector/pyproject.toml
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]' -e './collector[all]'
+	$(PY) -m pip install --quiet -e '.[test]' -e './collector[all,test]'
 	touch $@
 
 venv: $(VENV)/.stamp

@@ -10,6 +10,8 @@ KNOWN: dict[str, Dependency] = {
     "uvicorn": Dependency("python3-uvicorn", "uvicorn"),
     "httptools": Dependency("python3-httptools", "httptools"),
     "psycopg": Dependency("python3-psycopg", "psycopg[binary]"),
+    "jinja2": Dependency("python3-jinja2", "jinja2"),
+    "markupsafe": Dependency("python3-markupsafe", "markupsafe"),
 }
 
 
