@@ -93,8 +93,32 @@ def list_bundles(directory: str) -> list[str]:
         raise BundlesError(f"scandir failed: {directory}: {e.strerror}") from None
 
 
+# The man page's text; --help prints the original's USAGE.
+HELP = """Send the hello-world record (org.clearlinux/hello/world), or with -H the heartbeat
+(org.clearlinux/heartbeat/ping), to telemprobd: the check that the pipeline works end to end.
+
+-l adds the locale, -u the uptime and -b the installed bundles (the names in --bundles-dir).
+hprobe.timer sends the heartbeat with locale and uptime once a day.  As every probe,
+hprobe sends nothing, and exits 0, until telemetry is opted in ('telemctl opt-in')."""
+
+EPILOG = """\b
+Exit status:
+  0  telemprobd kept the record, or telemetry is not opted in (nothing sent)
+  1  a bad option, or the record was not kept (telemprobd not running, rate-limited, ...;
+     the message says why)
+
+\b
+Examples:
+  hprobe                        send the hello-world record
+  hprobe -Hlu                   the heartbeat with locale and uptime (as hprobe.service)
+  hprobe -f /root/test.conf     with another configuration file (its socket_path, say)
+"""
+
+
 @click.command(
-    "hprobe", cls=ProbeCommand, usage_text=USAGE, context_settings={"help_option_names": ["-h", "--help"]}
+    "hprobe", cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
+    short_help="send the hello-world or heartbeat record",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 @mode_options
 @config_option("-f", "--config_file")

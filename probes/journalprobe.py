@@ -186,7 +186,34 @@ def open_reader(directory: str | None, boot_id: str, override: bool):
     return reader
 
 
-@click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+# The man page's text; --help prints HELP, in the original's layout.
+DESCRIPTION = """Report failed units: one record per unit that a service manager logged as
+failed in the systemd journal (org.clearlinux/journal/error), carrying that message.
+
+Entries are selected on the fields journald records itself, so no program can forge one.
+The journal position is saved, so a restart resumes where it stopped; -t makes the very
+first start skip what is already in the journal.  journal-probe.service (or
+journal-probe-tail.service, with -t) runs it.  Nothing is read until telemetry is opted in."""
+
+EPILOG = """\b
+Exit status:
+  0  stopped by SIGTERM, the end of the journal with --once, or not opted in
+  1  a bad option, a journal it cannot open, or stopped by SIGINT
+
+\b
+Files:
+  /var/lib/telemetry/journalprobe.cursor  the position in the journal
+
+\b
+Examples:
+  journalprobe --once                        report the failures logged so far, then exit
+  journalprobe -D /var/log/journal/ID --once  the same from another machine's journal files
+"""
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=HELP, help=DESCRIPTION, epilog=EPILOG,
+               short_help="report failed units from the systemd journal",
+               context_settings={"help_option_names": ["-h", "--help"]})
 @mode_options
 @config_option("-f", "--config-file", "--config_file")
 @click.option("-t", "--tail", is_flag=True)

@@ -211,7 +211,36 @@ def scan_text(source: str, reporter: Reporter, dry_run: bool) -> None:
         raise Stop(reporter.probe.stop_status())
 
 
-@click.command(PROG, cls=ProbeCommand, usage_text=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+# The man page's text; --help prints HELP, in the original's layout.
+DESCRIPTION = """Report kernel oopses, warnings, BUGs and panics: one record each
+(org.clearlinux/kernel/*), read from the kernel log as it is written.
+
+/dev/kmsg is read without consuming it, kernel messages only, from the position saved in
+the state directory, so an oops is reported once across restarts; an oops that could not
+be sent is read again at the next start.  klogscanner.service runs it (not in containers,
+whose kernel log is the host's).  Nothing is read until telemetry is opted in."""
+
+EPILOG = """\b
+Exit status:
+  0  stopped by SIGTERM, the end of the log with --once or --replay, or not opted in
+  1  a bad option, a kernel log it cannot read, or stopped by SIGINT
+
+\b
+Files:
+  /dev/kmsg                         the kernel log
+  /var/lib/telemetry/klogscanner.state  the position read and the oopses already sent
+
+\b
+Examples:
+  klogscanner --replay /var/log/dmesg --dry-run   the records a saved log would give
+  dmesg | klogscanner --replay - --dry-run        the same for the log in memory now
+  klogscanner --once                              report what the log holds, then exit
+"""
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=HELP, help=DESCRIPTION, epilog=EPILOG,
+               short_help="report kernel oopses, warnings and BUGs",
+               context_settings={"help_option_names": ["-h", "--help"]})
 @mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--kmsg", "kmsg_path", default=KMSG, metavar="PATH")

@@ -41,7 +41,33 @@ cache is not emptied first, links are never followed, and it runs only when opte
 """
 
 
-@click.command(PROG, cls=ProbeCommand, usage_text=USAGE, context_settings={"help_option_names": ["-h", "--help"]})
+# The man page's text; --help prints USAGE, in the original's layout.
+HELP = """Move the crash dumps the kernel left in pstore (/sys/fs/pstore) into the pstore
+cache, where pstoreprobe reports them, so that pstore has room for the next crash.
+
+An entry leaves pstore only once its copy is written and synced; the cache is not emptied
+first and links are never followed.  pstore-clean.service runs it as root at boot.  It does
+nothing until telemetry is opted in ('telemctl opt-in')."""
+
+EPILOG = """\b
+Exit status:
+  0  every entry was moved (or there was none), or not opted in
+  1  a bad option, or an entry could not be moved (it stays in pstore)
+
+\b
+Files:
+  /sys/fs/pstore/              the kernel's crash dumps
+  /var/cache/telemetry/pstore/  where they are kept for pstoreprobe
+
+\b
+Examples:
+  pstoreclean && pstoreprobe    what pstore-clean.service and pstore-probe.service do at boot
+"""
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
+               short_help="move pstore crash dumps into the pstore cache",
+               context_settings={"help_option_names": ["-h", "--help"]})
 @mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--pstore-dir", default=PSTORE_DIR, metavar="DIR")

@@ -120,7 +120,35 @@ def send_dump(probe: Probe, dump: Dump, memory: Memory, dry_run: bool) -> bool:
     return True
 
 
-@click.command(PROG, cls=ProbeCommand, usage_text=USAGE, context_settings={"help_option_names": ["-h", "--help"]})
+# The man page's text; --help prints the original's USAGE.
+HELP = """Report the kernel crash dumps pstoreclean saved from pstore: one record per oops in
+them (org.clearlinux/kernel/*, as klogscanner reports a live kernel's).
+
+A dump's files are removed from the cache only after every record made from it was
+acknowledged; links and other non-regular files are left alone, and reads are capped.
+pstore-probe.service runs it at boot, after pstore-clean.service.  Nothing is sent until
+telemetry is opted in ('telemctl opt-in')."""
+
+EPILOG = """\b
+Exit status:
+  0  every dump was reported (or there was none), or not opted in
+  1  a bad option, or a record was not kept (its dump stays for the next run)
+
+\b
+Files:
+  /var/cache/telemetry/pstore/          the dumps pstoreclean saved
+  /var/lib/telemetry/pstoreprobe.state  the dumps already reported
+
+\b
+Examples:
+  pstoreprobe --dry-run                 the records the saved dumps would give
+  pstoreprobe --cache-dir /tmp/dumps    report dumps copied from another machine
+"""
+
+
+@click.command(PROG, cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
+               short_help="report the kernel crash dumps saved from pstore",
+               context_settings={"help_option_names": ["-h", "--help"]})
 @mode_options
 @config_option("-f", "--config_file", "--config-file")
 @click.option("--cache-dir", metavar="DIR")

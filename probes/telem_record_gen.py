@@ -167,8 +167,31 @@ def payload_from(payload: str | None, payload_file: str | None, truncate: bool) 
     return data
 
 
+# The man page's text; --help prints the original's USAGE.
+HELP = """Create one telemetry record and send it to telemprobd, or print it.
+
+The classification (-c) is three parts separated by slashes; the severity (-s) is 1 to 4;
+the payload comes from -p, else from the file -P, else from standard input.  A payload
+over 8192 bytes is refused, unless --truncate cuts it.  -o also prints the record (its
+header lines and payload) on standard output, -n only prints it.  Nothing is sent until
+telemetry is opted in ('telemctl opt-in')."""
+
+EPILOG = """\b
+Exit status:
+  0  telemprobd kept the record (or -n printed it), or telemetry is not opted in
+  1  a bad option or payload, or the record was not kept (the message says why)
+
+\b
+Examples:
+  telem-record-gen -c org.example/demo/hello -p 'it works'
+  dmesg | telem-record-gen -c org.example/kernel/dmesg -s 2 --truncate
+  telem-record-gen -c org.example/demo/test -p test -n   print the record, send nothing
+"""
+
+
 @click.command(
-    "telem-record-gen", cls=ProbeCommand, usage_text=USAGE,
+    "telem-record-gen", cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
+    short_help="create and send a custom telemetry record",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @version_option

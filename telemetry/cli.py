@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import config as config_mod
+from .entry import missing_module_message
 from .errors import TelemetryError
 from .paths import Mode, Paths
 from .version import __version__
@@ -176,7 +177,8 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
 
 
 def handle_errors(f: Callable) -> Callable:
-    """Run a command; a TelemetryError becomes `<prog>: <message>` and exit 1."""
+    """Run a command; a TelemetryError, or a dependency found missing when first imported,
+    becomes `<prog>: <message>` and exit 1."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -184,6 +186,11 @@ def handle_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except TelemetryError as e:
             fail(str(e))
+        except ModuleNotFoundError as e:
+            message = missing_module_message(e)
+            if message is None:
+                raise
+            fail(message)
         except KeyboardInterrupt:
             sys.exit(130)
 

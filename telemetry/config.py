@@ -150,8 +150,9 @@ KEYS: tuple[Key, ...] = (
         "real record sizes (-1: no limit).", "telemprobd", unit="bytes", lo=0, hi=INT64_MAX,
         out_of_range=OutOfRange.NEGATIVE_DISABLES),
     Key("rate_limit_enabled", Kind.BOOL, True, "Master switch of the rate limits.", "telemprobd"),
-    Key("daemon_recycling_enabled", Kind.BOOL, True, "Daemons exit after 300 s without work; "
-        "socket and path activation start them again.", "telemprobd, telempostd"),
+    Key("daemon_recycling_enabled", Kind.BOOL, True, "Daemons started by systemd exit after "
+        "daemon_idle_time without work; socket and path activation start them again.",
+        "telemprobd, telempostd"),
     Key("record_retention_enabled", Kind.BOOL, False, "Keep local copies of the last 100 records' "
         "payloads for 'telemctl journal -i'.", "telempostd"),
     Key("record_server_delivery_enabled", Kind.BOOL, True, "false: nothing is posted; records are "
@@ -189,6 +190,9 @@ KEYS: tuple[Key, ...] = (
         "crashprobe", unit="seconds", lo=0, hi=86400, original=False),
     Key("crash_daily_cap", Kind.INT, 20, "Reports per executable per day.", "crashprobe",
         lo=1, hi=100000, original=False),
+    Key("daemon_idle_time", Kind.INT, 300, "Time without work after which a daemon started by "
+        "systemd exits, when daemon_recycling_enabled (300 s: the original's fixed time).",
+        "telemprobd, telempostd", unit="seconds", lo=1, hi=86400, original=False),
     Key("metrics_textfile", Kind.STRING, "", "File the daemons rewrite with their counters in "
         "Prometheus' text format at most once a minute while they run (a node-exporter textfile "
         "collector's directory, name ending in .prom; empty: none). 'telemctl metrics' prints the same.",
@@ -240,6 +244,7 @@ class Config:
     crash_time_limit: int
     crash_flood_window: int
     crash_daily_cap: int
+    daemon_idle_time: int
     metrics_textfile: str
     log_level: str
     source: str | None = None

@@ -24,6 +24,12 @@ settings.register_profile("ci", deadline=None, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--systemd", action="store_true",
+                     help="run tests/systemd: the Debian packages under systemd in a booted container "
+                     "(make test-systemd; needs root)")
+
+
 @pytest.fixture
 def user_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> UserInstall:
     """An isolated user-mode tree; the test process itself runs in its environment too."""

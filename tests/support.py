@@ -140,6 +140,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# --- messages --------------------------------------------------------------------------------
+
+def no_such_option(option: str) -> str:
+    """click's message for an unknown option, in the installed click's words (8.1, Debian 12's,
+    says "No such option: -x", later ones "No such option '-x'.")."""
+    import click
+
+    return click.exceptions.NoSuchOption(option).format_message()
+
+
 # --- processes ---------------------------------------------------------------------------------
 
 def proc_memory(pid: int, field: str) -> int:

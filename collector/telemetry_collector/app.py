@@ -1,7 +1,7 @@
 """The ASGI application (Starlette): routes, credentials, limits, and the hand-off to the writer.
 
 Routes (contract §1): ``POST /`` and ``POST /v2/collector`` ingest; ``GET`` on them answers
-302 to ``/telemetryui`` as the reference does (here a one-line page, there is no UI).
+302 to ``/telemetryui``, the index of the web views (`views`), as the reference does.
 Reads, each behind a read credential (`auth.requires`): ``GET /api/records`` (streamed,
 paged with ``before_id``), ``GET /api/records/<id>``, ``GET /api/stats``; with the admin
 scope, ``GET /api/tokens`` and ``DELETE /api/tokens/<name>``.  Other methods on these
@@ -36,21 +36,21 @@ from typing import Any, TypeVar
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from telemetry.daemons.runtime.throttle import LogThrottle
 
-from . import identity, reading
+from . import identity, reading, views
 from .auth import Authenticator, Denied, requires
 from .credentials import Scope
 from .dburl import DatabaseURL
+from .derive.hook import DERIVE_ERRORS, PARSER_ERRORS_PREFIX, IngestHook
 from .dispatch import build_dispatchers
 from .dispatch.config import DispatchConfig, Kind
 from .dispatch.router import Outcome, Router
 from .limits import Limits, RateLimiter, retry_after
 from .model import to_json
-from .protocol import Refusal
 from .purge import PurgePolicy
 from .query import QueryRejected, parse_query, parse_query_string
 from .request import submission_from_request
@@ -69,15 +69,10 @@ RECORDS_PATH = "/api/records"
 STATS_PATH = "/api/stats"
 TOKENS_PATH = "/api/tokens"
 # Label values of the request metrics; other paths count as "other".
-ROUTE_PATHS = (*INGEST_PATHS, UI_PATH, RECORDS_PATH, RECORDS_PATH + "/{record_id}", STATS_PATH, TOKENS_PATH)
+ROUTE_PATHS = (*INGEST_PATHS, UI_PATH, UI_PATH + "/{view}", RECORDS_PATH, RECORDS_PATH + "/{record_id}", STATS_PATH,
+               TOKENS_PATH)
 REFUSED_PREFIX = "refused."
 JSON = "application/json"
-UI_TEXT = (
-    "telemetry-collector has no web UI.\n"
-    "Records: GET /api/records (filters: severity, classification, build, machine_id,\n"
-    "created_in_days, created_in_sec, from_id, before_id, ts_capture, limit), GET /api/records/ID.\n"
-    "Counters: GET /api/stats.  Reads need a credential: Authorization: Bearer <token>.\n"
-)
 
 
 class Refused(enum.Enum):
@@ -95,6 +90,7 @@ class Settings:
     purge_interval: float = PURGE_INTERVAL
     durability: Durability = Durability.FULL
     reads: bool = True  # False: an ingest-only node, every read route answers 404
+    payload_parsers: bool = True  # False: no crash groups or parser facts (the counters are kept)
     machine_identity: bool = True  # with a client certificate, Machine-Id must be its CN
 
     @property
@@ -180,7 +176,8 @@ class CollectorApp:
         # metrics.Metrics, or nothing; typed loosely so this module never imports prometheus-client.
         self.observer: Any = observer or _Unobserved()
         self.writer = Writer(url, writer_store, settings.durability,
-                             on_batch=lambda n: self.observer.batch(Kind.STORE, n), shard=worker)
+                             on_batch=lambda n: self.observer.batch(Kind.STORE, n), shard=worker,
+                             hook=IngestHook.installed(parse=settings.payload_parsers, shard=worker))
         config = dispatch or DispatchConfig()
         self.router = Router(config, build_dispatchers(config, self.writer, self.observer), self.observer)
         self.reader = ReadConnection(url, reader_store)
@@ -197,11 +194,11 @@ class CollectorApp:
         self.starlette.state.collector = self
         self.starlette.state.authenticator = Authenticator(self.credentials, reads=settings.reads,
                                                            refused=self._auth_refused)
+        views.install(self)
 
     def _routes(self) -> list[BaseRoute]:
         return [
             *(Route(p, ingest_or_redirect, methods=["POST", "GET"]) for p in INGEST_PATHS),
-            Route(UI_PATH, ui, methods=["GET"]),
             Route(RECORDS_PATH, records, methods=["GET"]),
             Route(RECORDS_PATH + "/{record_id}", one_record, methods=["GET"]),
             Route(STATS_PATH, stats, methods=["GET"]),
@@ -262,9 +259,10 @@ class CollectorApp:
         self.observer.reject(rule.value)
         self._record_log.log(time.monotonic(), logging.WARNING, "rejected a record from %s: %s", client, message)
 
-    def refuse(self, reason: Refusal | Denied, client: str, detail: str) -> None:
-        """A connection or request refused before it was a record (the protocol's and auth's)."""
-        name = reason.value if isinstance(reason, Refusal) else reason.refusal.value
+    def refuse(self, reason: enum.Enum | Denied, client: str, detail: str) -> None:
+        """A connection or request refused before it was a record (the protocol's, auth's and
+        the views' forms'); the reason's value names the counter."""
+        name = reason.refusal.value if isinstance(reason, Denied) else reason.value
         self.writer.count(REFUSED_PREFIX + name)
         self.observer.refuse(name)
         self._refusal_log.log(time.monotonic(), logging.WARNING, "refused %s from %s: %s", name, client, detail)
@@ -296,10 +294,16 @@ class CollectorApp:
 
 def stats_document(records: int, counters: dict[str, int]) -> dict[str, Any]:
     """What /api/stats and `telemetry-collector stats` show: the writer's counts of records,
-    and the refusals of connections and requests (``refused``)."""
+    the refusals of connections and requests (``refused``), and the records whose payload a
+    parser could not read (``parser_errors`` by parser) or whose view counters could not be
+    written (``derive_errors``)."""
     document = Stats(records=records, counters=counters).document()
     document["refused"] = {k[len(REFUSED_PREFIX):]: v for k, v in sorted(counters.items())
                            if k.startswith(REFUSED_PREFIX)}
+    # What the views could not learn of stored records (derive/hook.py).
+    document["parser_errors"] = {k[len(PARSER_ERRORS_PREFIX):]: v for k, v in sorted(counters.items())
+                                 if k.startswith(PARSER_ERRORS_PREFIX)}
+    document["derive_errors"] = counters.get(DERIVE_ERRORS, 0)
     return document
 
 
@@ -398,10 +402,6 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def ui(request: Request) -> Response:
-    return PlainTextResponse(UI_TEXT)
 
 
 # --- reads ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
     telemetry-collector token revoke NAME [--database URL]
     telemetry-collector purge [--database URL] [--purge-days N] [--purge-filter FIELD=VALUE:DAYS ...]
     telemetry-collector stats [--database URL]
+    telemetry-collector regroup [--database URL]
 
 The server is the ASGI application in `app` on uvicorn (per worker process one event loop
 and one writer thread; see the README for why), behind the metrics middleware; with
@@ -48,6 +49,7 @@ from .credentials import (
     secret_hash,
 )
 from .dburl import parse_database_url
+from .derive.hook import IngestHook, regroup_stored
 from .dispatch import check_workers
 from .dispatch.config import DispatchConfig, load_dispatch_config
 from .limits import Limits
@@ -227,12 +229,41 @@ class _DefaultServe(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=_DefaultServe, context_settings=CONTEXT_SETTINGS)
+EPILOG = f"""\b
+Environment:
+  {ENV_PREFIX}_LISTEN    serve's --listen
+  {ENV_PREFIX}_DATABASE  --database of every command
+  {ENV_PREFIX}_TID       serve's --tid (several: separated by spaces)
+
+\b
+Files:
+  $XDG_STATE_HOME/telemetrics/collector/records.db   the default database (SQLite, WAL);
+                                                     for root, /root/.local/state/...
+
+\b
+Exit status:
+  0  stopped by SIGTERM or SIGINT after the requests in flight; a command succeeded
+  1  it cannot start or run (a bad option, a database or address it cannot use); one line
+     says why
+
+\b
+Examples:
+  telemetry-collector --listen 127.0.0.1:8080       serve (in telemetrics.conf:
+                                                    server=http://127.0.0.1:8080/v2/collector)
+  curl -s 'http://127.0.0.1:8080/api/records?limit=10'   the last records received
+  telemetry-collector purge --purge-days 7          delete records older than a week
+"""
+
+
+@click.group(cls=_DefaultServe, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @version_option
 def main() -> None:
     """Reference collector for telemetry records (the telemetrics-backend ingestion API).
 
-    Without a command, serves (see `telemetry-collector serve --help`).
+    Without a command, serves (see `telemetry-collector serve --help`): records POSTed to
+    /v2/collector are checked field by field, stored, and answered with the stored record;
+    GET /api/records queries them and GET /api/stats shows the counters.  Started by
+    systemd with a listening socket, it serves on that socket.
     """
 
 
@@ -257,6 +288,9 @@ def main() -> None:
 @click.option("--reads/--no-reads", default=True, show_default=True,
               help="Serve the read routes (/api/*) to holders of a read credential; --no-reads makes an "
               "ingest-only node, where they answer 404.")
+@click.option("--payload-parsers/--no-payload-parsers", default=True, show_default=True,
+              help="Run the payload parsers on each record as it arrives: the crash and kernel groups of the "
+              "Crashes and Kernel views, and the installed parsers' facts. The views' counters are kept either way.")
 @click.option("--machine-identity/--no-machine-identity", default=True, show_default=True,
               help="With --tls-client-ca: a record's Machine-Id must be the client certificate's subject "
               "Common Name (403 otherwise). --no-machine-identity for a fleet sharing one certificate.")
@@ -284,13 +318,16 @@ def main() -> None:
               help="Log every request line.")
 @handle_errors
 def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: str | None,
-          tls_key: str | None, tls_client_ca: str | None, durability: str, reads: bool, machine_identity: bool,
-          trusted_proxies: tuple[str, ...], purge_days: int, purge_filters: tuple[str, ...],
+          tls_key: str | None, tls_client_ca: str | None, durability: str, reads: bool, payload_parsers: bool,
+          machine_identity: bool, trusted_proxies: tuple[str, ...], purge_days: int, purge_filters: tuple[str, ...],
           dispatch_file: str | None, workers: int, metrics_auth: bool, log_level: str,
           access_log: bool, **limit_values: Any) -> None:
     """Serve POST /v2/collector (open to every sender, within the limits below) and, to
-    holders of a read credential, GET /api/records, /api/records/ID and /api/stats;
-    GET /metrics for Prometheus (open unless --metrics-auth).
+    holders of a read credential, GET /api/records, /api/records/ID and /api/stats, and
+    the web views under /telemetryui (GET / leads there): Records, Builds, Stats, Crashes,
+    Kernel, Population and the installed plugin views (a browser asks for the token as
+    the password of its login prompt, any user name); GET /metrics for Prometheus (open
+    unless --metrics-auth).
 
     \b
     --dispatch FILE routes records by classification to the store, NATS JetStream, Kafka,
@@ -329,7 +366,7 @@ def serve(listen: str, database: str | None, tids: tuple[str, ...], tls_cert: st
         log.warning("records of %s are answered 201 before any dispatcher confirms them (no reliable "
                     "dispatcher among %s)", route.pattern, ", ".join(k.value for k in route.dispatchers))
     settings = Settings(tids=frozenset(tids or (DEFAULT_TID,)), limits=limits, purge=policy, durability=mode,
-                        reads=reads, machine_identity=machine_identity)
+                        reads=reads, payload_parsers=payload_parsers, machine_identity=machine_identity)
     proxies = frozenset(trusted_proxies)
     metrics_dir, own_dir = prepare_directory()  # before prometheus-client is imported
     try:
@@ -414,6 +451,25 @@ def stats(database: str | None) -> None:
     click.echo(json.dumps(document, indent=2, sort_keys=True))
 
 
+@main.command(context_settings=CONTEXT_SETTINGS)
+@database_option
+@handle_errors
+def regroup(database: str | None) -> None:
+    """Group the stored crash and kernel records that have no group yet.
+
+    Records are grouped as they arrive; this is for those stored before the web views
+    existed (a database upgraded from an earlier version), or before a payload parser was
+    installed. It can run while the collector serves, and again: a grouped record is left
+    as it is.
+    """
+    store = open_store(parse_database_url(database))
+    try:
+        done = regroup_stored(store, IngestHook.installed())
+    finally:
+        store.close()
+    click.echo(f"grouped {done} records")
+
+
 @main.group(context_settings=CONTEXT_SETTINGS)
 def token() -> None:
     """Manage read credentials: bearer tokens and client-certificate readers.
@@ -428,8 +484,9 @@ def token() -> None:
 @token.command("add", context_settings=CONTEXT_SETTINGS)
 @click.argument("name")
 @click.option("--scope", type=click.Choice([s.value for s in Scope]), default=Scope.READ.value, show_default=True,
-              help="read: GET /api/records, /api/records/ID, /api/stats (and the web views); admin: also "
-              "GET /api/tokens and DELETE /api/tokens/NAME.")
+              help="read: GET /api/records, /api/records/ID, /api/stats and the web views; admin: also "
+              "GET /api/tokens, DELETE /api/tokens/NAME, and editing the never-guilty lists of the Crashes and "
+              "Kernel views.")
 @click.option("--certificate", is_flag=True,
               help="NAME is the subject Common Name of a client certificate (with serve --tls-client-ca): "
               "that certificate reads without a token. No secret is made.")

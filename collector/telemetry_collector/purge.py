@@ -112,3 +112,35 @@ def purge_statements(policy: PurgePolicy, now: int) -> list[tuple[str, tuple[obj
         values.append(now - policy.unfiltered_days * DAY)
         statements.append(("DELETE FROM records WHERE " + " AND ".join(clauses), tuple(values)))
     return statements
+
+
+def derived_statements(policy: PurgePolicy, now: int) -> list[tuple[str, tuple[object, ...]]]:
+    """What the views keep about records (derive/), after the records themselves: crash
+    rows of deleted records and the crash counts of the days they were in (counted again
+    from what is left), and the counters of days older than any record the policy keeps
+    (none while a filter keeps records forever)."""
+    statements: list[tuple[str, tuple[object, ...]]] = [
+        ("DELETE FROM crash_records WHERE NOT EXISTS (SELECT 1 FROM records WHERE records.id = crash_records.record_id)",
+         ()),
+    ]
+    ages = [d for d in (policy.unfiltered_days, *(f.days for f in policy.filters)) if d > 0]
+    if ages:
+        # Every day a purge may have touched: up to the day of the most recent cut.
+        touched = (now - min(ages) * DAY) // DAY + 1
+        statements += [
+            ("DELETE FROM crash_days WHERE day < ?", (touched,)),
+            ("INSERT INTO crash_days (domain, day, stack_id, records, first_seen, last_seen, last_record_id) "
+             "SELECT domain, ts_reception / 86400, stack_id, count(*), min(ts_reception), max(ts_reception), "
+             "max(record_id) FROM crash_records WHERE ts_reception < ? "
+             "GROUP BY domain, ts_reception / 86400, stack_id", (touched * DAY,)),
+        ]
+    if policy.unfiltered_days == 0 or any(f.days == 0 for f in policy.filters):
+        return statements
+    oldest_kept_day = (now - max([policy.unfiltered_days, *(f.days for f in policy.filters)]) * DAY) // DAY
+    statements += [
+        ("DELETE FROM tallies WHERE day < ?", (oldest_kept_day,)),
+        ("DELETE FROM reception_hours WHERE hour < ?", (oldest_kept_day * 24,)),
+        ("DELETE FROM machine_spans WHERE last_day < ?", (oldest_kept_day,)),
+        ("DELETE FROM machine_gaps WHERE last_day < ?", (oldest_kept_day,)),
+    ]
+    return statements

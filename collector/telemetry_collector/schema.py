@@ -90,6 +90,124 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # What the views read (views/, derive/): kept at ingestion by the write path's hook, and
+    # filled from the records already stored when the migration runs.  Crash groups of records
+    # stored before it are made by `telemetry-collector regroup`.
+    Migration(
+        3,
+        "view counters, crash groups, never-guilty lists",
+        (
+            # The id range of each reception hour: a time range of the Records view becomes an
+            # id range, read newest first along the primary key.
+            """CREATE TABLE reception_hours (
+                hour     {BIGINT} NOT NULL,  -- ts_reception / 3600
+                shard    INTEGER NOT NULL DEFAULT 0,
+                first_id {BIGINT} NOT NULL,
+                last_id  {BIGINT} NOT NULL,
+                records  {BIGINT} NOT NULL,
+                PRIMARY KEY (hour, shard)
+            )""",
+            # Records per UTC day of the record's fields (source 'record': build, classification,
+            # platform) and of the facts payload parsers find (source: the parser's name).
+            # Counters that every batch touches have a row per writer (shard: its worker), so the
+            # writers of several workers never wait for each other's commit; reads add them up.
+            """CREATE TABLE tallies (
+                source   TEXT NOT NULL,
+                name     TEXT NOT NULL,
+                day      INTEGER NOT NULL,         -- ts_reception / 86400
+                value    TEXT NOT NULL,
+                records  {BIGINT} NOT NULL,
+                first_id {BIGINT} NOT NULL,        -- the first record counted: orders builds by appearance
+                shard    INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (source, name, day, value, shard)
+            )""",
+            # Each machine id on each build: the first and last day it was seen, and the runs of
+            # days between two sightings without one (so a range inside such a run does not count it).
+            """CREATE TABLE machine_spans (
+                build         TEXT NOT NULL,
+                machine_id    TEXT NOT NULL,
+                first_day     INTEGER NOT NULL,
+                last_day      INTEGER NOT NULL,
+                prev_last_day INTEGER,             -- last_day before the latest sighting
+                PRIMARY KEY (build, machine_id)
+            )""",
+            "CREATE INDEX machine_spans_days ON machine_spans (last_day, first_day, build)",
+            """CREATE TABLE machine_gaps (
+                build      TEXT NOT NULL,
+                machine_id TEXT NOT NULL,
+                first_day  INTEGER NOT NULL,
+                last_day   INTEGER NOT NULL,
+                PRIMARY KEY (build, machine_id, first_day)
+            )""",
+            "CREATE INDEX machine_gaps_days ON machine_gaps (last_day, first_day, build)",
+            # Distinct crashing-thread stacks, each with the guilty frame the current list picks.
+            """CREATE TABLE crash_stacks (
+                id              {ID},
+                domain          TEXT NOT NULL,     -- crash or kernel
+                signature       TEXT NOT NULL UNIQUE,
+                program         TEXT NOT NULL,
+                headline        TEXT NOT NULL,
+                frames          TEXT NOT NULL,     -- one frame per line: function, module, offset, flags
+                guilty_function TEXT NOT NULL,
+                guilty_module   TEXT NOT NULL
+            )""",
+            "CREATE INDEX crash_stacks_guilty ON crash_stacks (domain, guilty_function, guilty_module)",
+            """CREATE TABLE crash_records (
+                record_id    {BIGINT} PRIMARY KEY,  -- records.id
+                domain       TEXT NOT NULL,
+                stack_id     {BIGINT} NOT NULL,
+                ts_reception {BIGINT} NOT NULL,
+                machine_id   TEXT NOT NULL,
+                build        TEXT NOT NULL
+            )""",
+            # A group's records in a period, with what its machines and builds need, from the index alone.
+            "CREATE INDEX crash_records_stack ON crash_records (stack_id, ts_reception, machine_id, build)",
+            # Records per stack and UTC day: a period's groups are summed from these.
+            """CREATE TABLE crash_days (
+                domain         TEXT NOT NULL,
+                day            INTEGER NOT NULL,
+                stack_id       {BIGINT} NOT NULL,
+                records        {BIGINT} NOT NULL,
+                first_seen     {BIGINT} NOT NULL,  -- reception times
+                last_seen      {BIGINT} NOT NULL,
+                last_record_id {BIGINT} NOT NULL,  -- the group's example
+                shard          INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (domain, day, stack_id, shard)
+            )""",
+            """CREATE TABLE never_guilty (
+                domain TEXT NOT NULL,
+                entry  TEXT NOT NULL,
+                PRIMARY KEY (domain, entry)
+            )""",
+            # Settings the writers share; 'never_guilty' counts the list's changes, so each
+            # worker's writer knows when to read it again.
+            """CREATE TABLE view_settings (
+                name  TEXT PRIMARY KEY,
+                value {BIGINT} NOT NULL
+            )""",
+            "INSERT INTO view_settings (name, value) VALUES ('never_guilty', 0)",
+            # Filters of the Records view, newest first along the id within each value.
+            "DROP INDEX records_classification",
+            "CREATE INDEX records_classification ON records (classification, id)",
+            "CREATE INDEX records_build ON records (build, id)",
+            "CREATE INDEX records_machine ON records (machine_id, id)",
+            # The counters of the records already stored.
+            """INSERT INTO reception_hours (hour, first_id, last_id, records)
+                SELECT ts_reception / 3600, min(id), max(id), count(*) FROM records GROUP BY ts_reception / 3600""",
+            *(f"""INSERT INTO tallies (source, name, day, value, records, first_id)
+                SELECT 'record', '{name}', ts_reception / 86400, {column}, count(*), min(id) FROM records
+                GROUP BY ts_reception / 86400, {column}"""
+              for name, column in (("build", "build"), ("classification", "classification"), ("platform", "host_type"))),
+            """INSERT INTO machine_spans (build, machine_id, first_day, last_day)
+                SELECT build, machine_id, min(ts_reception / 86400), max(ts_reception / 86400) FROM records
+                GROUP BY build, machine_id""",
+            """INSERT INTO machine_gaps (build, machine_id, first_day, last_day)
+                SELECT build, machine_id, previous + 1, day - 1 FROM (
+                    SELECT build, machine_id, day, lag(day) OVER (PARTITION BY build, machine_id ORDER BY day) AS previous
+                    FROM (SELECT DISTINCT build, machine_id, ts_reception / 86400 AS day FROM records) AS days
+                ) AS sightings WHERE day > previous + 1""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

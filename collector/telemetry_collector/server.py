@@ -9,6 +9,7 @@ connection caps in total and per address, and dropping readers that stall.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import resource
@@ -17,6 +18,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -56,9 +58,9 @@ def serve(app: Callable, sock: socket.socket, guard: Guard, *, tls_cert: str | N
     try:
         import uvicorn
     except ImportError:
-        raise MissingDependency(
-            "the collector needs uvicorn: pip install 'telemetrics-client[collector]'"
-        ) from None
+        from .dependencies import hint
+
+        raise MissingDependency(f"the collector needs uvicorn: {hint('uvicorn')}") from None
 
     config = uvicorn.Config(
         app,
@@ -70,7 +72,7 @@ def serve(app: Callable, sock: socket.socket, guard: Guard, *, tls_cert: str | N
         log_level=log_level,
         access_log=access_log,
         server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        **_newer_settings(uvicorn.Config, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN),
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         ssl_ca_certs=tls_client_ca,
@@ -100,6 +102,14 @@ def serve(app: Callable, sock: socket.socket, guard: Guard, *, tls_cert: str | N
     finally:
         signal.signal(signal.SIGTERM, previous)
     return bool(server.started)
+
+
+def _newer_settings(config: type, **settings: Any) -> dict[str, Any]:
+    """The settings this uvicorn knows.  Debian 12's (0.17) has no graceful-shutdown time:
+    at SIGTERM it waits for the requests in flight without a limit, and systemd's stop
+    timeout is the bound."""
+    known = inspect.signature(config).parameters
+    return {k: v for k, v in settings.items() if k in known}
 
 
 def url_of(sock: socket.socket, tls: bool) -> str:

@@ -24,7 +24,7 @@ import operator
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from telemetry.errors import TelemetryError
@@ -32,7 +32,7 @@ from telemetry.errors import TelemetryError
 from .credentials import Credential, Kind, Scope
 from .dburl import Backend, DatabaseURL
 from .model import COLUMNS, NewRecord, StoredRecord, record_from_row
-from .purge import PurgePolicy, purge_statements
+from .purge import PurgePolicy, derived_statements, purge_statements
 from .query import RecordQuery
 from .schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 
@@ -293,7 +293,35 @@ class Store:
         with self._reporting("purging records"), self.transaction():
             for sql, params in purge_statements(policy, now):
                 deleted += max(self._execute(sql, params).rowcount, 0)
+            for sql, params in derived_statements(policy, now):
+                self._execute(sql, params)
         return deleted
+
+    # --- statements of the derived tables and the views (derive/tables.py, views/reads.py) --
+    # SQL with ``?`` placeholders; `least`/`greatest` and `share_lock` are the dialect's.
+    least = "min"
+    greatest = "max"
+    share_lock = ""  # appended to a SELECT: hold the rows read until the transaction ends
+
+    def rows(self, sql: str, params: Sequence[object] = (), what: str = "reading") -> list[tuple]:
+        with self._reporting(what):
+            return self._execute(sql, list(params)).fetchall()
+
+    def run(self, sql: str, params: Sequence[object] = (), what: str = "writing") -> int:
+        """Rows changed."""
+        with self._reporting(what):
+            return self._execute(sql, list(params)).rowcount
+
+    def run_many(self, sql: str, params: Sequence[Sequence[object]], what: str = "writing") -> None:
+        if params:
+            with self._reporting(what):
+                self._conn.cursor().executemany(self._sql(sql), [list(p) for p in params])
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:  # pragma: no cover - abstract
+        """Inside a transaction: undo only what the block wrote if it raises."""
+        raise NotImplementedError
+        yield
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -357,6 +385,18 @@ class SQLiteStore(Store):
             raise
         self._conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._conn.execute("SAVEPOINT derived")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK TO SAVEPOINT derived")
+                self._conn.execute("RELEASE SAVEPOINT derived")
+            raise
+        self._conn.execute("RELEASE SAVEPOINT derived")
+
 
 class PostgresStore(Store):
     backend = Backend.POSTGRESQL
@@ -370,9 +410,9 @@ class PostgresStore(Store):
         try:
             import psycopg
         except ImportError:
-            raise StoreError(
-                "PostgreSQL needs psycopg 3: pip install 'telemetrics-client[collector]'"
-            ) from None
+            from .dependencies import hint
+
+            raise StoreError(f"PostgreSQL needs psycopg 3: {hint('psycopg')}") from None
         try:
             conn = psycopg.connect(self.url.target, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
             conn.execute(f"SET synchronous_commit = {'on' if self.durability is Durability.FULL else 'off'}")
@@ -411,4 +451,13 @@ class PostgresStore(Store):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         with self._conn.transaction():
+            yield
+
+    least = "LEAST"
+    greatest = "GREATEST"
+    share_lock = " FOR SHARE"
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        with self._conn.transaction():  # nested: a savepoint
             yield

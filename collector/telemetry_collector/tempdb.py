@@ -22,6 +22,8 @@ import uuid
 
 from telemetry.errors import TelemetryError
 
+from .dependencies import hint
+
 SUPERUSER = "collector"
 PORT = 5432
 START_TIMEOUT = 30.0
@@ -78,7 +80,7 @@ class TemporaryPostgres:
         try:  # needed to see the server ready: known before a server is left running without it
             import psycopg  # noqa: F401
         except ImportError:
-            raise TempPostgresError("psycopg is not installed: pip install 'telemetrics-client[collector]'") from None
+            raise TempPostgresError(f"psycopg is not installed: {hint('psycopg')}") from None
         if os.geteuid() == 0:
             for name in UNPRIVILEGED:
                 with contextlib.suppress(KeyError):

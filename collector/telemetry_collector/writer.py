@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .dburl import DatabaseURL
+from .derive.hook import IngestHook
 from .model import NewRecord, to_json
 from .purge import PurgePolicy
 from .store import Durability, Store, StoreError, open_store
@@ -101,10 +102,11 @@ def _settle(outcomes: list[_Outcome]) -> None:
 
 class Writer:
     def __init__(self, url: DatabaseURL, store: Store | None = None, durability: Durability = Durability.FULL,
-                 on_batch: Callable[[int], None] | None = None, shard: int = 0):
+                 on_batch: Callable[[int], None] | None = None, shard: int = 0, hook: IngestHook | None = None):
         self.url = url
         self.shard = shard  # this writer's counter rows (Store.add_counters), one per worker
         self.on_batch = on_batch  # told each transaction's record count, on the thread
+        self.hook = hook  # what the views need of each batch, written in its transaction
         self.durability = durability
         self._store = store
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -218,12 +220,18 @@ class Writer:
         try:
             store = self._open()
             with store.transaction():
+                new = []
                 for stored in store.insert_many([item.record for item in inserts]):
                     body = to_json(stored.record.as_json_dict())
                     replies.append(Reply(200 if stored.duplicate else 201, body))
                     deltas[DUPLICATES if stored.duplicate else STORED] += 1
-                store.add_counters(deltas, self.shard)
+                    if not stored.duplicate:
+                        new.append(stored.record)
+                derived = self.hook.after_insert(store, new) if self.hook is not None else None
+                store.add_counters(deltas + derived if derived else deltas, self.shard)
         except Exception as e:  # noqa: BLE001 - every failure goes back to its request as a 500
+            if self.hook is not None:
+                self.hook.rolled_back()
             self._lost(e)
             # Nothing of the batch was committed: keep only the counters that came in with it.
             for name in (STORED, DUPLICATES):

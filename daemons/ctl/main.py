@@ -116,6 +116,7 @@ Files (system mode; user mode keeps the same files in the XDG directories):
     cls=Group,
     context_settings=CONTEXT_SETTINGS,
     invoke_without_command=True,
+    short_help="control the telemetry services and read their journal",
     epilog=FILES_HELP + """
 \b
 Environment:
@@ -131,8 +132,15 @@ Exit status:
   3  is-active: a daemon is not active
 
 \b
-Shell completion (bash; zsh_source and fish_source likewise):
-  eval "$(_TELEMCTL_COMPLETE=bash_source telemctl)"
+Examples:
+  telemctl opt-in && telemctl start    enable telemetry and start its services (root)
+  telemctl status                      opt-in, daemons, queue and counters
+  telemctl journal -c 'org.clearlinux/crash/*' -n 5   the last five crash records sent
+  telemctl --user start                the whole pipeline as your own processes
+
+\b
+Shell completion: installed for bash, zsh and fish; by hand (bash; zsh_source and
+fish_source likewise): eval "$(_TELEMCTL_COMPLETE=bash_source telemctl)"
 """,
 )
 @cli_mod.mode_options

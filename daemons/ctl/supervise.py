@@ -252,8 +252,10 @@ def _wait_gone(proc: psutil.Process, timeout: float, on_slow: Callable[[], None]
 
 
 def _listening_on(proc: psutil.Process, path: str) -> bool:
+    # net_connections() is psutil 6's name; Debian 12's psutil (5.9) calls it connections().
+    connections = getattr(proc, "net_connections", None) or proc.connections
     try:
-        return any(c.laddr == path for c in proc.net_connections(kind="unix"))
+        return any(c.laddr == path for c in connections(kind="unix"))
     except (psutil.Error, OSError):
         return False
 

@@ -53,12 +53,29 @@ def _checked(check):
     return callback
 
 
+# The man page's sections; --help prints the original's USAGE.
+EPILOG = """\b
+Exit status:
+  0  the matching entries were printed (none, when nothing matches)
+  1  a bad option or filter value, or a journal that cannot be read
+
+\b
+Files:
+  /var/log/telemetry/journal.db   the journal (user mode: in $XDG_STATE_HOME/telemetrics)
+
+\b
+Examples:
+  telem_journal -c org.clearlinux/hello/world   the hello records handled lately
+  telem_journal -V -i                           with a header, the total and kept payloads
+  telemctl journal --json                       the same journal as JSON (telemctl(1))
+"""
+
+
 @click.command(PROG, cls=JournalCommand, context_settings={"help_option_names": ["-h", "--help"]},
                short_help="Print the telemetry journal, as the original telem_journal",
                help="Print the telemetry journal: what became of each record the daemons handled, "
                "the last 100 entries, as 'telemctl journal' prints them, with the original "
-               "telem_journal's options.  Exit status: 0 (also when nothing matches); 1 for a bad "
-               "option or filter value, or a journal that cannot be read.")
+               "telem_journal's options.", epilog=EPILOG)
 @click.option("-r", "--record_id", metavar="ID", callback=_checked(journal_view.record_id_filter))
 @click.option("-e", "--event_id", metavar="ID", callback=_checked(journal_view.event_id_filter))
 @click.option("-c", "--classification", metavar="CLASS", callback=_checked(journal_view.classification_filter))

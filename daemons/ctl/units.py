@@ -37,6 +37,9 @@ SERVICE_UNITS: tuple[str, ...] = (
 # unit, so that opt-out leaves no unit enabled (spec/defects.md E 26).
 OTHER_SERVICE_UNITS: tuple[str, ...] = ("pstore-clean.service",)
 ALL_UNITS: tuple[str, ...] = TRIGGER_UNITS + SERVICE_UNITS + OTHER_SERVICE_UNITS
+# Shipped but enabled only by an admin who chose it (crashprobe beside systemd-coredump):
+# stop and opt-out's disable include it, so nothing keeps running; enable does not.
+OPTIONAL_UNITS: tuple[str, ...] = ("crashprobe-journal.service",)
 # What is-active reports: the daemon's name and the unit that activates it.
 ACTIVATION_UNITS: tuple[tuple[str, str], ...] = (
     ("telemprobd", "telemprobd.socket"),
@@ -168,7 +171,7 @@ def start(ctl: Systemctl, tmpfiles_conf: str, report: Callable[[str], None]) -> 
 
 def stop(ctl: Systemctl, report: Callable[[str], None]) -> int:
     """The trigger units first, so that nothing starts a service again while it stops."""
-    return ctl.each("stop", ALL_UNITS, report)
+    return ctl.each("stop", ALL_UNITS + OPTIONAL_UNITS, report)
 
 
 def enable(ctl: Systemctl, report: Callable[[str], None]) -> int:
@@ -178,7 +181,7 @@ def enable(ctl: Systemctl, report: Callable[[str], None]) -> int:
 
 def disable(ctl: Systemctl, report: Callable[[str], None]) -> int:
     """Opt-out disables every unit, not only stops it (spec/defects.md E 26)."""
-    return ctl.each("disable", ALL_UNITS, report)
+    return ctl.each("disable", ALL_UNITS + OPTIONAL_UNITS, report)
 
 
 def missing_units(ctl: Systemctl, units: Iterable[str]) -> tuple[str, ...]:

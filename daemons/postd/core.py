@@ -70,6 +70,7 @@ class Settings:
     delivery_enabled: bool
     retention_enabled: bool
     recycling: bool
+    idle_after: float  # daemon_idle_time
     spool_dir: str
     log_level: str
     metrics_textfile: str = ""

@@ -9,9 +9,9 @@ record). Every decided record is journaled; with retention on, its payload is ke
 
 Signals: SIGTERM/SIGINT let the requests in flight finish, record their outcome and exit
 0; SIGHUP reloads the config (a bad file is logged and the old settings kept). Started by
-systemd (INVOCATION_ID set) with daemon_recycling_enabled, it exits after 300 s without
-work once the queue is empty; path activation starts it again. Otherwise it sleeps until
-woken or until the next retry, expiry or deferral is due.
+systemd (INVOCATION_ID set) with daemon_recycling_enabled, it exits after daemon_idle_time
+(300 s) without work once the queue is empty; path activation starts it again. Otherwise
+it sleeps until woken or until the next retry, expiry or deferral is due.
 """
 
 from __future__ import annotations
@@ -54,12 +54,13 @@ from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused, c
 from telemetry.daemons.postd.inotify import FileWatch
 from telemetry.daemons.postd.request import RequestFormat
 from telemetry.daemons.postd.transport import Transport, TransportFactory
-from telemetry.daemons.runtime.lifecycle import IDLE_EXIT_AFTER, started_by_systemd
+from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.journal import Counter, Journal, JournalError
 from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError
+from telemetry.entry import require
 from telemetry.errors import TelemetryError
 from telemetry.paths import Paths
 
@@ -99,6 +100,7 @@ def settings_from(cfg: config_mod.Config) -> Settings:
         delivery_enabled=cfg.record_server_delivery_enabled,
         retention_enabled=cfg.record_retention_enabled,
         recycling=cfg.daemon_recycling_enabled,
+        idle_after=float(cfg.daemon_idle_time),
         spool_dir=cfg.spool_dir,
         log_level=cfg.log_level,
         metrics_textfile=cfg.metrics_textfile,
@@ -131,7 +133,7 @@ class Postd:
         rng: random.Random | None = None,
         boot_id: str | None = None,
         by_systemd: bool | None = None,
-        idle_after: float = IDLE_EXIT_AFTER,
+        idle_after: float | None = None,
         transport: TransportFactory = curl_transport,
         settle: SettlePolicy = SETTLE_BATCHED,
     ):
@@ -143,7 +145,7 @@ class Postd:
         self.boot_id = read_boot_id() if boot_id is None else boot_id
         self.core = Courier(settings, boot_id=self.boot_id, rng=rng, policy=settle)
         self.by_systemd = started_by_systemd() if by_systemd is None else by_systemd
-        self.idle_after = idle_after
+        self._idle_after = idle_after  # None: daemon_idle_time
         self._sync_settles = not settle.before_send
         self.queue = self._open_queue(settings.spool_dir)
         self.journal: Journal | None = None
@@ -336,6 +338,10 @@ class Postd:
 
     # --- waiting -----------------------------------------------------------------------
 
+    @property
+    def idle_after(self) -> float:
+        return self.settings.idle_after if self._idle_after is None else self._idle_after
+
     def idle_deadline(self) -> float | None:
         return spool.idle_deadline(
             last_activity=self.last_activity, idle_after=self.idle_after, recycling=self.settings.recycling,
@@ -427,7 +433,8 @@ Signals:
 
 \b
 systemd: Type=notify (READY=1, STATUS=, WATCHDOG=1 when WatchdogSec= is set).  Started
-by systemd with daemon_recycling_enabled=true, it exits after 300 s without work once
+by systemd with daemon_recycling_enabled=true, it exits after daemon_idle_time (300 s)
+without work once
 nothing is queued; telempostd.path starts it again when a record is queued.
 
 \b
@@ -437,17 +444,25 @@ Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)
   /var/log/telemetry/journal.db       what became of each record, and retained payloads
 
 \b
-Exit status: 0 when stopped by a signal or for recycling; 1 when it cannot start (a bad
-configuration, an unusable queue), with a one-line message.
+Exit status:
+  0  stopped by a signal, or exited for recycling
+  1  it cannot start (a bad configuration, an unusable queue); one line says why
+
+\b
+Examples:
+  systemctl status telempostd.path telempostd.service   how systemd runs it
+  systemctl reload telempostd                           read telemetrics.conf again (SIGHUP)
+  telemctl journal -n 20                                what became of the last 20 records
 """
 
 
-@click.command(cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(DAEMON, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @config_option()
 @version_option
-@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=IDLE_EXIT_AFTER, hidden=True)
+# Sub-second idle times for the tests; daemon_idle_time is the setting.
+@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=None, hidden=True)
 @handle_errors
-def main(config_file: str | None, idle_exit_after: float) -> None:
+def main(config_file: str | None, idle_exit_after: float | None) -> None:
     """Deliver queued telemetry records to the collector.
 
     Records are POSTed to `server` in queue order, several at a time over kept-alive
@@ -456,6 +471,7 @@ def main(config_file: str | None, idle_exit_after: float) -> None:
     another attempt after an exponential backoff (Retry-After honoured) until
     `record_expiry`.  Each outcome goes to the journal ('telemctl journal').  Settings:
     telemetrics.conf(5)."""
+    require("pycurl")  # imported at the first delivery
     os.environ["LC_ALL"] = "C"
     paths = Paths.detect()
     cfg = config_mod.load(paths, config_file)

@@ -42,7 +42,6 @@ from telemetry.daemons.probd.staging import (
     StageError,
     limiter_meta,
 )
-from telemetry.daemons.runtime.lifecycle import IDLE_EXIT_AFTER
 from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.store.queue import NewRecord, Sender
 from telemetry.wire import Frame
@@ -70,6 +69,7 @@ class Settings:
     spool_max_bytes: int
     policy: Policy
     recycling: bool
+    idle_after: float  # daemon_idle_time
     spool_dir: str
     socket_path: str
     log_level: str
@@ -84,6 +84,7 @@ class Settings:
             spool_max_bytes=spool_limit_bytes(cfg.spool_max_size),
             policy=Policy.from_config(cfg),
             recycling=cfg.daemon_recycling_enabled,
+            idle_after=float(cfg.daemon_idle_time),
             spool_dir=cfg.spool_dir,
             socket_path=cfg.socket_path,
             log_level=cfg.log_level,
@@ -176,13 +177,12 @@ class Ingest:
     """The state of telemprobd between two wake-ups; every method takes the time it is."""
 
     def __init__(self, settings: Settings, limiter: RateLimiter, *, boot_id: str, now: float,
-                 idle_exit: bool = False, idle_exit_after: float = IDLE_EXIT_AFTER):
+                 idle_exit: bool = False):
         self.settings = settings
         self.admission = Admission(limiter, settings.spool_max_bytes)  # owns the limiter
         self.counters = Counters()
         self.boot_id = boot_id
-        self.idle_exit = idle_exit
-        self.idle_exit_after = idle_exit_after
+        self.idle_exit = idle_exit  # started by systemd: recycling applies
         # Apart, so that a flood of bad frames cannot hide that the queue is failing.
         self.refusals_log = LogThrottle(logger=log)
         self.failures_log = LogThrottle(logger=log)
@@ -439,7 +439,7 @@ class Ingest:
                         replies.append(self._refuse(conn, state.sender, AckStatus.BUSY,
                                                     "telemprobd is shutting down; try again", now))
         elif (self.idle_exit and self.settings.recycling and self.drained()
-              and now - self._last_activity >= self.idle_exit_after):
+              and now - self._last_activity >= self.settings.idle_after):
             log.info("Daemon exiting for recycling")
             self.stop(now)
             stop = True
@@ -493,7 +493,7 @@ class Ingest:
         if self.counters.status() != self._last_status:
             wake = min(wake, self._next_status)
         if self.idle_exit and self.settings.recycling:
-            wake = min(wake, self._last_activity + self.idle_exit_after)
+            wake = min(wake, self._last_activity + self.settings.idle_after)
         self._next_tick = min(self._next_tick, wake)
         return wake
 

@@ -30,7 +30,6 @@ from telemetry.daemons.probd.listener import (
 )
 from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import StageError, Stager, new_record_id, reply
-from telemetry.daemons.runtime.lifecycle import IDLE_EXIT_AFTER
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.queue import Sender
@@ -83,11 +82,9 @@ class IngestLoop:
         boot_id: str,
         reload: Callable[[], Settings | None],
         notify: Callable[[str], object] = lambda _msg: None,
-        idle_exit_after: float = IDLE_EXIT_AFTER,
     ):
         now = time.monotonic()
-        self.core = Ingest(settings, limiter, boot_id=boot_id, now=now, idle_exit=idle_exit,
-                           idle_exit_after=idle_exit_after)
+        self.core = Ingest(settings, limiter, boot_id=boot_id, now=now, idle_exit=idle_exit)
         self.listener = listener
         self.stager = stager
         self.machine_id = machine_id

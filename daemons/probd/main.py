@@ -8,7 +8,7 @@ and then acknowledges it.  telempostd delivers from the queue.
 Signals: SIGHUP reloads the configuration (a bad file is refused and the running
 settings kept); SIGTERM and SIGINT finish the records in flight and exit 0.  When
 started by systemd (socket activation or a service unit) and `daemon_recycling_enabled`,
-it exits after 300 s without a client; the socket unit starts it again.
+it exits after daemon_idle_time (300 s) without a client; the socket unit starts it again.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from telemetry.daemons.probd.ingest import IngestLoop
 from telemetry.daemons.probd.listener import open_listener
 from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import LIMITER_META_KEY, Stager, elapsed_since
-from telemetry.daemons.runtime.lifecycle import IDLE_EXIT_AFTER, started_by_systemd
+from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.machineid import MachineId
 from telemetry.paths import Mode, Paths
@@ -61,7 +61,7 @@ def restore_limiter(stager: Stager, settings: Settings, boot_id: str) -> RateLim
 UMASK = 0o027
 
 
-def serve(paths: Paths, cfg, config_file: str | None, idle_exit_after: float = IDLE_EXIT_AFTER) -> int:
+def serve(paths: Paths, cfg, config_file: str | None) -> int:
     os.umask(os.umask(0) | UMASK)
     settings = Settings.from_config(cfg)
     listener = open_listener(cfg.socket_path, create_dir=paths.mode is Mode.USER)
@@ -93,7 +93,6 @@ def serve(paths: Paths, cfg, config_file: str | None, idle_exit_after: float = I
             boot_id=boot_id,
             reload=reload,
             notify=notify,
-            idle_exit_after=idle_exit_after,
         )
         try:
             code = loop.run()
@@ -116,8 +115,8 @@ Signals:
 
 \b
 systemd: Type=notify (READY=1, STATUS= with the counters, WATCHDOG=1 when WatchdogSec=
-is set).  Started by systemd with daemon_recycling_enabled=true, it exits after 300 s
-without work; the socket starts it again.
+is set).  Started by systemd with daemon_recycling_enabled=true, it exits after
+daemon_idle_time (300 s) without work; the socket starts it again.
 
 \b
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
@@ -127,17 +126,24 @@ Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)
   /var/log/telemetry/journal.db    records refused for lack of spool space
 
 \b
-Exit status: 0 when stopped by a signal or for recycling; 1 when it cannot start (a bad
-configuration, a socket it cannot listen on), with a one-line message.
+Exit status:
+  0  stopped by a signal, or exited for recycling
+  1  it cannot start (a bad configuration, a socket it cannot listen on); one line says why
+
+\b
+Examples:
+  systemctl status telemprobd.socket telemprobd.service   how systemd runs it
+  telemprobd -f /etc/telemetrics/test.conf                by hand, with another configuration
+  telemctl --user start                                   as your own process (user mode)
 """
 
 
-@click.command(cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(PROGRAM, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG,
+               short_help="receive the probes' records, check them and queue them for telempostd")
 @config_option()
 @version_option
-@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=IDLE_EXIT_AFTER, hidden=True)
 @handle_errors
-def main(config_file: str | None, idle_exit_after: float) -> None:
+def main(config_file: str | None) -> None:
     """Accept records from probes on the telemetry socket, validate and rate-limit them,
     queue them durably for telempostd and acknowledge each one.
 
@@ -151,7 +157,7 @@ def main(config_file: str | None, idle_exit_after: float) -> None:
     log_mod.setup(PROGRAM, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
     cfg.log_notices(log)
-    sys.exit(serve(paths, cfg, config_file, idle_exit_after))
+    sys.exit(serve(paths, cfg, config_file))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ class Artifact:
     libsubdir: str
 
     def destination(self, layout: Layout) -> str:
+        if self.kind is Kind.UNIT:
+            return os.path.join(layout.unitdir, self.name)
         return os.path.join(layout.libdir, self.libsubdir, self.name)
 
     @property

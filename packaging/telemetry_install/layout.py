@@ -21,13 +21,25 @@ class Layout:
     sysconfdir: str = "/etc"
     localstatedir: str = "/var"
     rundir: str = "/run"
+    # Where systemd units go; "" means PREFIX/lib/systemd/system.  Debian 12 wants
+    # /lib/systemd/system (its systemd.pc's systemdsystemunitdir).
+    unitdir: str = ""
+    # zsh's completion functions: "" means PREFIX/share/zsh/site-functions (zsh's own
+    # default); Debian's zsh searches PREFIX/share/zsh/vendor-completions.
+    zshcompdir: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("prefix", "sysconfdir", "localstatedir", "rundir"):
+        for name in ("prefix", "sysconfdir", "localstatedir", "rundir", "unitdir", "zshcompdir"):
             value = getattr(self, name)
+            if name in ("unitdir", "zshcompdir") and not value:
+                continue
             if not os.path.isabs(value) or "\n" in value or " " in value:
                 raise ValueError(f"{name} must be an absolute path without spaces, not {value!r}")
             object.__setattr__(self, name, os.path.normpath(value))
+        if not self.unitdir:
+            object.__setattr__(self, "unitdir", os.path.join(self.prefix, "lib/systemd/system"))
+        if not self.zshcompdir:
+            object.__setattr__(self, "zshcompdir", os.path.join(self.prefix, "share/zsh/site-functions"))
 
     @property
     def paths(self) -> Paths:
@@ -42,12 +54,20 @@ class Layout:
         return os.path.join(self.prefix, "lib")
 
     @property
-    def unitdir(self) -> str:
-        return os.path.join(self.libdir, "systemd/system")
-
-    @property
     def mandir(self) -> str:
         return os.path.join(self.prefix, "share/man")
+
+    @property
+    def bashcompdir(self) -> str:
+        return os.path.join(self.prefix, "share/bash-completion/completions")
+
+    @property
+    def fishcompdir(self) -> str:
+        return os.path.join(self.prefix, "share/fish/vendor_completions.d")
+
+    def manifest(self, distribution: str) -> str:
+        """The list of files `install` wrote for a distribution, which `uninstall` reads."""
+        return os.path.join(self.prefix, "share", distribution, "installed-files")
 
     def placeholders(self) -> dict[str, str]:
         """@NAME@ → value for every placeholder a template may use."""

@@ -257,14 +257,24 @@ def see_also(refs: Iterable[tuple[str, int]]) -> list[str]:
     return [roff.request("SH", "SEE ALSO"), ",\n".join(ref(n, s) for n, s in items)]
 
 
+# The sections every program's page has (tests/install check it); a program's epilog
+# supplies EXIT STATUS and EXAMPLES.
+REQUIRED_SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "FILES", "EXIT STATUS", "EXAMPLES",
+                     "SEE ALSO")
+# Where an epilog's sections go, in man-pages(7)'s order; others come after EXIT STATUS.
+_SECTION_RANK = {"EXIT STATUS": 0, "ENVIRONMENT": 2, "FILES": 3, "EXAMPLES": 4}
+_OTHER_RANK = 1
+
+
 def program_page(program: Program, command: click.Command, paths: Paths,
-                 others: Iterable[tuple[str, int]] = ()) -> Page:
+                 others: Iterable[tuple[str, int]] = (), client: bool = True) -> Page:
+    """A program's page; `client`: one of the client's programs, which read telemetrics.conf,
+    share its files and TELEMETRY_MODE (the collector does neither)."""
     ctx = context(command, program.name)
     printed = printed_help(command, ctx)
     module = sys.modules.get(program.module)
     summary = short_help(command, printed, doc_summary(getattr(module, "__doc__", None), program.name))
     plain, own_sections = epilog_sections(command)
-    own_titles = {section.title.upper() for section in own_sections}
     lines = header(program.name, 1)
     lines += [roff.request("SH", "NAME"),
               f"{roff.literal(program.name)} \\- {roff.words(summary)}"]
@@ -277,7 +287,7 @@ def program_page(program: Program, command: click.Command, paths: Paths,
         lines += [roff.request("SH", "OPTIONS"), *options]
     if isinstance(command, click.Group):
         lines += [roff.request("SH", "COMMANDS"), *subcommands(command, ctx, program.name)]
-    keys = [k for k in KEYS if reads(k, program)]
+    keys = [k for k in KEYS if reads(k, program)] if client else []
     if keys:
         lines += [
             roff.request("SH", "CONFIGURATION"),
@@ -285,14 +295,22 @@ def program_page(program: Program, command: click.Command, paths: Paths,
                       "telemetrics.conf(5):"),
             *key_items(keys, paths),
         ]
+    bodies: dict[str, list[str]] = {}
     for section in own_sections:
-        lines += [roff.request("SH", section.title.upper()), *preformatted(section.body)]
-    if "ENVIRONMENT" not in own_titles:
-        lines += [roff.request("SH", "ENVIRONMENT"), *environment_items()]
-    if "FILES" not in own_titles:
-        lines += [roff.request("SH", "FILES"), *files_items(paths)]
-    lines += see_also([CONF_PAGE, *(r for r in others if r != (program.name, 1))])
+        bodies.setdefault(section.title.upper(), []).extend(preformatted(section.body))
+    if client:
+        bodies.setdefault("ENVIRONMENT", environment_items())
+        shared = files_items(paths)
+        bodies["FILES"] = [*bodies["FILES"], ".PP", *shared] if "FILES" in bodies else shared
+    for title in sorted(bodies, key=lambda t: _SECTION_RANK.get(t, _OTHER_RANK)):
+        lines += [roff.request("SH", title), *bodies[title]]
+    refs = [CONF_PAGE, *others] if client else list(others)
+    lines += see_also(r for r in refs if r != (program.name, 1))
     return Page(program.name, 1, "\n".join(lines) + "\n")
+
+
+def section_titles(page: Page) -> list[str]:
+    return [line[4:].strip('"') for line in page.text.splitlines() if line.startswith(".SH ")]
 
 
 CONF_DESCRIPTION = (
@@ -331,6 +349,17 @@ def config_page(paths: Paths, programs: Iterable[str] = ()) -> Page:
                       "them: " + ", ".join(extension) + "."),
         ]
     lines += [roff.request("SH", "FILES"), *files_items(paths)]
+    lines += [roff.request("SH", "EXAMPLES"),
+              roff.text(f"Deliver to your own collector, keep the last payloads for 'telemctl journal -i', "
+                        f"and send records over the limits later instead of dropping them ({paths.config_file}):"),
+              *preformatted(CONF_EXAMPLE)]
     lines += see_also((p, 1) for p in programs)
     return Page(CONF_PAGE[0], CONF_PAGE[1], "\n".join(lines) + "\n")
+
+
+CONF_EXAMPLE = f"""[{SECTION}]
+server=https://telemetry.example.org/v2/collector
+record_retention_enabled=true
+rate_limit_strategy=spool
+"""
 

@@ -1,4 +1,5 @@
-"""The programs: pyproject.toml's [project.scripts], and the click command behind each.
+"""The programs: pyproject.toml's [project.scripts], and the click command behind each
+(through the entry module the scripts run, telemetry.entry).
 
 That table is the one list of programs; man pages and units follow it.  A program whose
 module does not exist (yet) is reported missing and skipped; a module that exists but
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import click
 
+from telemetry.entry import DEPENDENCIES, missing_module_message
 from telemetry.errors import TelemetryError
 
 PROBES_PACKAGE = "telemetry.probes"
+# An entry module's table of program name → "module:function" (telemetry.entry.PROGRAMS).
+ENTRY_TABLE = "PROGRAMS"
 
 
 class ProgramError(TelemetryError):
@@ -54,13 +58,41 @@ def read_programs(pyproject: Path) -> list[Program]:
         text = pyproject.read_text(encoding="utf-8")
     except OSError as e:
         raise ProgramError(f"cannot read {pyproject}: {e.strerror}") from None
-    return parse_scripts(text, str(pyproject))
+    return [behind_entry(p) for p in parse_scripts(text, str(pyproject))]
+
+
+def behind_entry(program: Program) -> Program:
+    """The function an entry module (telemetry.entry) runs for `program`, which is where
+    its command is; the program itself when its script names that function directly."""
+    try:
+        module = importlib.import_module(program.module)
+    except ImportError:
+        return program  # load_command says why
+    table = getattr(module, ENTRY_TABLE, None)
+    target = table.get(program.name) if isinstance(table, dict) else None
+    if not isinstance(target, str) or ":" not in target:
+        return program
+    name, _, attr = target.partition(":")
+    return Program(program.name, name, attr)
 
 
 def _is_missing(module: str, error: ModuleNotFoundError) -> bool:
     """True when `module` itself (or a package above it) is absent, not one of its imports."""
     missing = error.name or ""
     return module == missing or module.startswith(missing + ".")
+
+
+def _missing_dependency(error: ModuleNotFoundError) -> str | None:
+    """The one-line message naming the package, for the client's or the collector's
+    dependencies."""
+    known = DEPENDENCIES
+    try:
+        from telemetry_collector.dependencies import KNOWN
+
+        known = KNOWN
+    except ImportError:
+        pass
+    return missing_module_message(error, known)
 
 
 def load_command(program: Program) -> click.Command | None:
@@ -70,6 +102,9 @@ def load_command(program: Program) -> click.Command | None:
     except ModuleNotFoundError as e:
         if _is_missing(program.module, e):
             return None
+        dependency = _missing_dependency(e)
+        if dependency:
+            raise ProgramError(f"{program.name} cannot be imported to make its man page: {dependency}") from None
         raise ProgramError(f"{program.name}: importing {program.module} failed: {e}") from None
     except Exception as e:
         raise ProgramError(f"{program.name}: importing {program.module} failed: "

@@ -19,12 +19,32 @@ from .reporter import Reporter
 
 HELP = """Collect a backtrace from a core dump and send it as a crash record.
 
-As the kernel's core_pattern handler it reads the core from stdin (see the sysctl file in
-etc/); `-c CORE` processes a core file; `--core CORE` only prints the report it would send;
-`--journal` reports the crashes systemd-coredump recorded in the journal."""
+As the kernel's core_pattern handler (40-crash-probe.conf sets kernel.core_pattern) it
+reads the core from stdin; `-c CORE` processes a core file; `--core CORE` only prints the
+report it would send; `--journal` reports the crashes systemd-coredump recorded in the
+journal."""
+
+EPILOG = """\b
+Exit status:
+  0  the crash was reported, or left out on purpose (flood control, a crash it must not
+     report, not opted in); --core: the report was printed (and sent with --send)
+  1  a bad argument, no core to read, or the report was not kept (the message says why)
+
+\b
+Files:
+  /usr/lib/sysctl.d/40-crash-probe.conf  makes it the kernel's core_pattern handler
+  /usr/lib/debug/                        separate debug files, looked up by build id
+  /var/lib/telemetry/                    flood-control state and the journal cursor
+
+\b
+Examples:
+  crashprobe --core core.1234 --exe ./prog   print the report a core file gives
+  crashprobe --journal                       report the crashes systemd-coredump recorded
+  cat /proc/sys/kernel/core_pattern          see whether the kernel starts crashprobe
+"""
 
 
-@click.command(cls=ProbeCommand, context_settings=CONTEXT_SETTINGS, help=HELP)
+@click.command(cls=ProbeCommand, context_settings=CONTEXT_SETTINGS, help=HELP, epilog=EPILOG)
 @config_option("-f", "--config_file", "--config-file")
 @click.option("-c", "--core-file", metavar="PATH", help="Core file to process and report (never through a symlink).")
 @click.option("--core", "offline_core", metavar="PATH",

@@ -74,8 +74,9 @@ def run_journal(cp, journal_dir: str | None, follow: bool, verbose: bool) -> int
     if cursor and not _seek_after(reader, cursor):
         log.warning("%s holds no valid journal cursor; reporting the crashes since the opt-in", cursor_file.path)
         cursor = None
+    opted_in_at = os.lstat(cp.probe.paths.opt_in_file).st_mtime
     if not cursor:
-        reader.seek_realtime(os.lstat(cp.probe.paths.opt_in_file).st_mtime)
+        reader.seek_realtime(opted_in_at)
     stop = {"now": False}
     if follow:
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -91,11 +92,16 @@ def run_journal(cp, journal_dir: str | None, follow: bool, verbose: bool) -> int
                     status = EXIT_FAILURE
             if entry_cursor:
                 cursor_file.write(entry_cursor.encode() + b"\n")
+                cursor = entry_cursor
             if stop["now"]:
                 return status
         if not follow or stop["now"]:
             return status
         reader.wait(5)
+        if not cursor:
+            # A seek that found no entry yet is not where sd-journal goes on from: without
+            # seeking again, the entries logged from now on would never be read.
+            reader.seek_realtime(opted_in_at)
 
 
 def _seek_after(reader, cursor: str) -> bool:

@@ -7,7 +7,7 @@ COREDUMP_FILENAME, decompressed on the way), and the cursor of the last entry ha
 kept under the state directory so nothing is reported twice.
 
 Only entries written by systemd-coredump itself count: a user can log any field, but not
-the trusted `_UID`/`_EXE` journald adds.
+the trusted `_UID`/`_EXE`/`_SYSTEMD_UNIT` journald adds.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .pipeline import CrashEvent, Namespace
 COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 CURSOR_NAME = "crashprobe-journal.cursor"
 TRUSTED_EXE_NAMES = ("systemd-coredump",)
+COREDUMP_UNIT = ("systemd-coredump@", ".service")  # the per-crash service of its socket
 JOURNAL_CORE_MAX = 64 << 20
 DECOMPRESSORS = {".zst": ("zstd", "-dcq"), ".lz4": ("lz4", "-dcq"), ".xz": ("xz", "-dcq")}
 
@@ -67,10 +68,18 @@ def _int(value) -> int | None:
 
 
 def trusted(entry: Mapping[str, object], trusted_uids: frozenset[int]) -> bool:
-    """Written by systemd-coredump (journald's own _UID and _EXE), not by anyone else."""
-    uid = _int(entry.get("_UID"))
+    """Written by systemd-coredump, as journald's own fields say: logged from its per-crash
+    service, or by its executable under a trusted uid.  The service logs after it dropped
+    to the crashed user's uid (systemd 252 does), so _UID alone would pass over every crash
+    but root's; the unit comes from the process's cgroup, which a user running the program
+    by hand (its --backtrace mode logs such entries) cannot claim.  The unit alone
+    suffices: journald reads _EXE from /proc when it gets to the message, and the service
+    has often exited by then."""
+    unit = _text(entry.get("_SYSTEMD_UNIT")) or ""
+    if unit.startswith(COREDUMP_UNIT[0]) and unit.endswith(COREDUMP_UNIT[1]):
+        return True
     exe = _text(entry.get("_EXE")) or ""
-    return uid in trusted_uids and os.path.basename(exe) in TRUSTED_EXE_NAMES
+    return os.path.basename(exe) in TRUSTED_EXE_NAMES and _int(entry.get("_UID")) in trusted_uids
 
 
 def crash_from_entry(entry: Mapping[str, object]) -> JournalCrash | None:

@@ -10,6 +10,7 @@ inflated to find one unit near its start.
 from __future__ import annotations
 
 import bisect
+import inspect
 import io
 import os
 import posixpath
@@ -141,6 +142,13 @@ _SECTIONS = (".debug_info", ".debug_abbrev", ".debug_str", ".debug_line", ".debu
              ".debug_aranges", ".debug_str_offsets", ".debug_addr", ".debug_rnglists", ".debug_ranges")
 
 
+def _dwarf_info_extra() -> dict[str, None]:
+    """DWARFInfo's arguments that pyelftools 0.29 (Debian 12's) does not take yet."""
+    from elftools.dwarf.dwarfinfo import DWARFInfo
+
+    return {"debug_types_sec": None} if "debug_types_sec" in inspect.signature(DWARFInfo).parameters else {}
+
+
 def _dwarf_info(elf):
     from elftools.dwarf.dwarfinfo import DebugSectionDescriptor, DwarfConfig, DWARFInfo
 
@@ -174,7 +182,7 @@ def _dwarf_info(elf):
         debug_rnglists_sec=descs[".debug_rnglists"],
         debug_sup_sec=None,
         gnu_debugaltlink_sec=None,
-        debug_types_sec=None,
+        **_dwarf_info_extra(),
     )
 
 

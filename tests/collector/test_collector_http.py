@@ -322,7 +322,10 @@ def test_routes(collector):
         for method in ("PUT", "DELETE", "PATCH"):
             answer = http_request(collector.url, method, path, body=b"")
             assert answer.status == 405 and "POST" in answer.headers["allow"]
-    assert http_request(collector.url, "GET", "/telemetryui").status == 200
+    index = http_request(collector.url, "GET", "/telemetryui")  # the web views' index: a reader's
+    assert index.status == 401 and index.headers["content-type"].startswith("text/html")
+    index = http_request(collector.url, "GET", "/telemetryui", [("Authorization", f"Bearer {collector.token}")])
+    assert index.status == 200 and b'href="/telemetryui/records"' in index.body
     assert http_request(collector.url, "POST", "/api/records", body=b"").status == 405
     missing = http_request(collector.url, "GET", "/v3/collector")
     assert missing.status == 404 and missing.json()["message"].startswith("Not found")

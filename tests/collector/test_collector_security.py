@@ -13,6 +13,7 @@ import urllib.parse
 import uuid
 from io import BytesIO
 
+import httptools
 import pycurl
 import pytest
 from collector_support import (
@@ -31,6 +32,9 @@ from telemetry import headers as H
 from telemetry_collector.launch import make_token, start_collector
 
 MODULE = "telemetry_collector.main"
+
+# httptools 0.2 moved from http-parser to llhttp, which sets no limit of its own on a head.
+LLHTTP = tuple(int(p) for p in httptools.__version__.split(".")[:2]) >= (0, 2)
 
 
 def start(inst, *args: str, read_token: bool = True, name: str = "records"):
@@ -293,7 +297,9 @@ def test_oversized_heads_slow_bodies_and_garbage(user_install):
         big = b"GET /api/records HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n"
         assert raw(c.url, big).startswith(b"HTTP/1.1 431 ")
         endless = b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"e" * 100_000
-        assert raw(c.url, endless).startswith(b"HTTP/1.1 431 ")
+        # httptools before 0.2 (http-parser; Debian 12 has 0.1) refuses a head over 80 KiB
+        # itself, as malformed, before the bound is counted
+        assert raw(c.url, endless).startswith(b"HTTP/1.1 431 " if LLHTTP else b"HTTP/1.1 400 ")
         head = "".join(f"{n}: {v}\r\n" for n, v in header_list(VALID))
         slow = f"POST /v2/collector HTTP/1.1\r\nHost: x\r\n{head}Content-Length: 100\r\n\r\n".encode() + b"0" * 10
         assert raw(c.url, slow).startswith(b"HTTP/1.1 408 ")
@@ -303,7 +309,9 @@ def test_oversized_heads_slow_bodies_and_garbage(user_install):
         assert too_big.status == 413 and "at most 1048576 bytes" in too_big.message
         assert post_headers(c.url, VALID).status == 201
         counts = refused(c)
-        assert counts["head_too_large"] == 2 and counts["body_timeout"] == 1 and counts["malformed_request"] == 1
+        too_large, malformed = (2, 1) if LLHTTP else (1, 2)
+        assert counts["head_too_large"] == too_large and counts["body_timeout"] == 1
+        assert counts["malformed_request"] == malformed
         assert c.stats()["rejected_by_rule"]["too_large"] == 1
         text = log_of(c)
         for reason in ("head_too_large", "body_timeout", "malformed_request"):

@@ -243,6 +243,22 @@ def test_every_existing_program_gets_a_page_that_renders(tmp_path, user_install)
                     assert f"{program.name} {name}" in text
 
 
+@pytest.mark.parametrize("pyproject", ["pyproject.toml", "collector/pyproject.toml"])
+def test_every_page_has_the_sections_a_reader_expects(pyproject, tmp_path, user_install):
+    """NAME, SYNOPSIS, DESCRIPTION, OPTIONS, FILES, EXIT STATUS, EXAMPLES, SEE ALSO: the
+    program's own epilog gives EXIT STATUS and EXAMPLES, so a new program without them fails
+    here.  The collector's page stands alone (no telemetrics.conf keys, its own files)."""
+    found = resolve(read_programs(TREE / pyproject))[0]
+    client = pyproject == "pyproject.toml"
+    for program, command in found:
+        page = manpages.program_page(program, command, Layout().paths, [("telemctl", 1)], client=client)
+        titles = manpages.section_titles(page)
+        assert [t for t in manpages.REQUIRED_SECTIONS if t not in titles] == [], program.name
+        assert titles.index("EXIT STATUS") < titles.index("EXAMPLES") < titles.index("SEE ALSO")
+        assert ("CONFIGURATION" in titles) == client
+        render(page.text, tmp_path, page.filename)
+
+
 def test_the_conf_page_lists_every_key(tmp_path, user_install):
     paths = Layout(prefix="/opt/tm").paths
     text = flat(render(manpages.config_page(paths, ["telemprobd"]).text, tmp_path, "telemetrics.conf.5"))

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import configparser
+import csv
 import importlib.util
+import stat
+import subprocess
+import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -18,7 +23,14 @@ from telemetry_install import artifacts
 from telemetry_install.layout import Layout, under
 from telemetry_install.package import choose_site_dir
 from telemetry_install.templates import TemplateError, fill, placeholders_in, programs_named
-from telemetry_install.wheel import PREFIX_MODULE, add_file, prefix_module, record_line
+from telemetry_install.wheel import (
+    PREFIX_MODULE,
+    WheelError,
+    add_file,
+    install_wheel,
+    prefix_module,
+    record_line,
+)
 
 TREE = Path(__file__).resolve().parents[2]
 ALL = artifacts.discover(TREE)
@@ -115,7 +127,8 @@ def test_every_service_is_sandboxed(artifact, user_install):
     s = unit(artifact)["Service"]
     assert s["NoNewPrivileges"] == "yes"
     assert s["ProtectSystem"] == "strict"
-    assert s["ProtectHome"] == "yes"
+    # crashprobe-journal reads the crashed programs' files, which may be in a home folder.
+    assert s["ProtectHome"] == ("read-only" if artifact.name == "crashprobe-journal.service" else "yes")
     assert s["PrivateTmp"] == "yes"
     assert s["SystemCallFilter"]
     assert "RestrictAddressFamilies" in s
@@ -149,7 +162,7 @@ def test_type_and_watchdog_follow_what_the_daemon_sends(name, user_install):
     if "WatchdogSec" in s:
         assert "WATCHDOG=1" in sources
     assert "SIGHUP" in Path(importlib.util.find_spec(MODULES[DAEMONS[name]]).origin).read_text()
-    assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert s["ExecReload"] == "/bin/sh -c 'kill -HUP \"$$MAINPID\"'"
 
 
 def test_socket_and_path_units_follow_the_configured_locations(user_install):
@@ -291,5 +304,74 @@ def test_add_file_refuses_something_that_is_not_a_wheel(tmp_path, user_install):
     src = tmp_path / "x.whl"
     with zipfile.ZipFile(src, "w") as z:
         z.writestr("a.txt", b"")
-    with pytest.raises(ValueError, match="not a wheel"):
+    with pytest.raises(WheelError, match="not a wheel"):
         add_file(src, tmp_path / "y.whl", PREFIX_MODULE, b"")
+
+
+# --- installing a wheel without pip ------------------------------------------------------
+
+def tiny_wheel(path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    files = {
+        "pkg/__init__.py": b"def main():\n    return 0\n",
+        "pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n",
+        "pkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        "pkg-1.0.dist-info/entry_points.txt": b"[console_scripts]\nmy-tool = pkg:main\n",
+        **(extra or {}),
+    }
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr("pkg-1.0.dist-info/RECORD", "".join(f"{record_line(n, d)}\n" for n, d in files.items()))
+    return path
+
+
+def test_install_wheel_writes_the_files_scripts_and_record(tmp_path, user_install):
+    wheel = tiny_wheel(tmp_path / "pkg-1.0-py3-none-any.whl")
+    done = install_wheel(wheel, destdir=str(tmp_path / "d"), site_dir="/usr/lib/python3/dist-packages",
+                         bindir="/usr/bin", python="/usr/bin/python3")
+    site = tmp_path / "d/usr/lib/python3/dist-packages"
+    script = tmp_path / "d/usr/bin/my-tool"
+    assert script.read_text().splitlines()[:3] == ["#!/usr/bin/python3", "import sys", "from pkg import main"]
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+    assert (site / "pkg-1.0.dist-info/INSTALLER").read_text() == "telemetry_install\n"
+    record = {row[0]: row[1:] for row in csv.reader((site / "pkg-1.0.dist-info/RECORD").read_text().splitlines())}
+    assert record["../../../bin/my-tool"][0].startswith("sha256=")
+    assert record["pkg/__init__.py"][1] == str(len(b"def main():\n    return 0\n"))
+    assert record["pkg-1.0.dist-info/RECORD"] == ["", ""]
+    assert done.top_level == ("pkg", "pkg-1.0.dist-info")
+    assert "/usr/bin/my-tool" in done.files
+    ran = subprocess.run([sys.executable, str(script)], env={**user_install.env, "PYTHONPATH": str(site)})
+    assert ran.returncode == 0
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "/etc/evil", "pkg-1.0.data/scripts/x"])
+def test_install_wheel_refuses_files_outside_its_tree(tmp_path, name, user_install):
+    wheel = tiny_wheel(tmp_path / "w.whl", {name: b"x"})
+    with pytest.raises(WheelError):
+        install_wheel(wheel, destdir=str(tmp_path / "d"), site_dir="/site", bindir="/bin", python="/p")
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "evil.py").exists()
+
+
+@pytest.mark.parametrize("subdir", ["", "collector"])
+def test_every_package_folder_is_in_its_distribution(subdir, user_install):
+    """A sub-package missing from [tool.setuptools] packages is missing from the wheel and
+    the .deb, though an editable install still finds it."""
+    root = Path(__file__).resolve().parents[2] / subdir
+    table = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(table["packages"])
+    dirs = table.get("package-dir") or {name.split(".")[0]: name.split(".")[0] for name in listed}
+    found = set()
+    for name, folder in dirs.items():
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder)
+            found.add(".".join((name, *rel.parts)))
+    assert found - listed == set(), "listed in no distribution"
+
+
+def test_the_debian_version_is_the_programs_version(user_install):
+    from telemetry.version import __version__
+    from telemetry_collector.version import __version__ as collector_version
+
+    first = (Path(__file__).resolve().parents[2] / "debian" / "changelog").read_text().splitlines()[0]
+    debian = first.split("(", 1)[1].split(")", 1)[0]
+    assert debian == __version__ == collector_version, "bump debian/changelog with the version"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from telemetry.version import __version__
-from telemetry_install import artifacts
+from telemetry_install import artifacts, completion, manpages
 from telemetry_install.layout import Layout
 from telemetry_install.programs import read_programs, resolve
 from telemetry_install.templates import placeholders_in
@@ -61,23 +61,35 @@ class Installed:
                       (".service", ".socket", ".path", ".timer"))
 
 
+def offline() -> list[str]:
+    """A prefix that runs a command without any network (a new network namespace with only a
+    loopback that is down), when this user may make one; else nothing."""
+    if shutil.which("unshare") is None:
+        return []
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True)
+    return ["unshare", "--net"] if probe.returncode == 0 else []
+
+
+def make(target: str, destdir: Path, *extra: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    python = install_python()
+    venv = Path(sys.executable).parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_"))}
+    env["TELEMETRY_MODE"] = "user"
+    return subprocess.run(
+        [*(prefix or []), "make", "-C", str(TREE), "--no-print-directory", target, f"VENV={venv}",
+         f"PY={sys.executable}", f"DESTDIR={destdir}", f"PREFIX={PREFIX}", f"INSTALL_PYTHON={python}", *extra],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     destdir = tmp_path_factory.mktemp("destdir")
-    python = install_python()
-    venv = Path(sys.executable).parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TELEMETRY_"))}
-    env["TELEMETRY_MODE"] = "user"
-    # -o: use the running virtualenv as it is, never rebuild it from here.
-    done = subprocess.run(
-        ["make", "-C", str(TREE), "--no-print-directory", "-o", f"{venv}/.stamp", "install", f"VENV={venv}",
-         f"PY={sys.executable}", f"DESTDIR={destdir}", f"PREFIX={PREFIX}", f"INSTALL_PYTHON={python}"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    done = make("install", destdir, prefix=offline())
     assert done.returncode == 0, done.stdout + done.stderr
-    return Installed(destdir, python, done.stdout + done.stderr)
+    return Installed(destdir, install_python(), done.stdout + done.stderr)
 
 
 def existing_programs() -> list[str]:
@@ -152,13 +164,71 @@ def test_man_pages_for_every_program_and_the_config(installed, user_install):
     man = installed.root / "share/man"
     expected = {f"man1/{p}.1" for p in existing_programs()} | {"man5/telemetrics.conf.5"}
     assert {str(p.relative_to(man)) for p in man.rglob("*.[15]")} == expected
+    for name in existing_programs():
+        page = manpages.Page(name, 1, (man / f"man1/{name}.1").read_text())
+        titles = manpages.section_titles(page)
+        assert [t for t in manpages.REQUIRED_SECTIONS if t not in titles] == [], name
+
+
+def test_install_needs_no_network_apt_or_pip(installed, user_install):
+    """The module's installation ran without a network when this user can take it away;
+    either way make install asks neither apt nor pip for anything."""
+    if not offline():
+        pytest.skip("cannot run make install without a network here (unshare --net needs root)")
+    dry = subprocess.run(["make", "-C", str(TREE), "--no-print-directory", "-n", "install"], capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "apt-get" not in dry and " pip " not in dry and "-m pip" not in dry, dry
+
+
+@pytest.mark.parametrize("shell", completion.SHELLS)
+def test_completion_for_every_program(installed, user_install, shell):
+    layout = Layout(prefix=PREFIX)
+    for name in existing_programs():
+        f = completion.CompletionFile(name, shell, "")
+        path = installed.destdir / f.destination(layout).lstrip("/")
+        assert completion.complete_var(name) in path.read_text(), path
+        if shell == "bash":
+            done = subprocess.run(["bash", "-c", f'source "{path}" && complete -p {name}'], capture_output=True,
+                                  text=True, timeout=30)
+            assert done.returncode == 0 and name in done.stdout, (name, done.stderr)
+
+
+def test_completion_answers_from_the_installed_program(installed, user_install):
+    """What bash asks telemctl when the user types `telemctl op<TAB>`."""
+    script = installed.root / "bin" / "telemctl"
+    env = {**user_install.env, "PYTHONPATH": str(installed.site_dir()), "COMP_WORDS": "telemctl op", "COMP_CWORD": "1",
+           completion.complete_var("telemctl"): "bash_complete"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert {"plain,opt-in", "plain,opt-out"} <= set(done.stdout.split()), done.stdout
+
+
+def test_uninstall_removes_what_install_wrote(tmp_path, user_install):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    destdir = tmp_path / "stage"
+    done = make("install", destdir)
+    assert done.returncode == 0, done.stderr
+    manifest = destdir / f"{PREFIX.lstrip('/')}/share/telemetrics-client/installed-files"
+    listed = manifest.read_text().splitlines()
+    assert f"{PREFIX}/bin/telemctl" in listed and f"{PREFIX}/share/man/man1/telemctl.1" in listed
+    # What the programs may leave: compiled modules written on first use.
+    site = next(destdir.rglob("telemetry/__init__.py")).parent
+    (site / "__pycache__" / "extra.cpython-311.pyc").write_bytes(b"")
+    done = make("uninstall", destdir)
+    assert done.returncode == 0, done.stderr
+    left = sorted(str(p.relative_to(destdir)) for p in destdir.rglob("*") if not p.is_dir())
+    assert left == [], left
+    assert not list(destdir.rglob("*telemetr*")), "an empty folder of ours is left"
+    again = make("uninstall", destdir)
+    assert again.returncode == 2 and "nothing to uninstall" in again.stderr
 
 
 # --- systemd -----------------------------------------------------------------------------
 
 def verify_root(installed: Installed, tmp: Path) -> Path:
     """The installed tree, plus what a real system has: its targets and the programs the
-    units call outside the package (/bin/kill)."""
+    units call outside the package (/bin/sh)."""
     host_units = Path("/usr/lib/systemd/system")
     if not (host_units / "sysinit.target").exists():
         pytest.skip("this machine has no systemd unit directory to verify against")
@@ -225,3 +295,22 @@ def test_installed_man_pages_render(installed, user_install):
         done = subprocess.run(["man", "-l", str(page)], capture_output=True, text=True, env=env, timeout=60)
         assert done.returncode == 0 and done.stderr == "", (page, done.stderr)
         assert "NAME" in done.stdout and __version__ in done.stdout, page
+
+
+def test_install_with_the_system_python_and_no_virtualenv(tmp_path, user_install):
+    """A packager's build: no .venv, the system's python3 runs the tooling with its own
+    setuptools, wheel and the programs' dependencies (Debian's packages), offline."""
+    system = "/usr/bin/python3"
+    needed = ("setuptools", "wheel", "click", "platformdirs", "psutil", "pycurl", "elftools", "systemd")
+    if not os.access(system, os.X_OK) or subprocess.run(
+            [system, "-c", f"import {', '.join(needed)}"], capture_output=True).returncode != 0:
+        pytest.skip(f"{system} lacks one of {', '.join(needed)} (Debian: python3-setuptools python3-wheel "
+                    "python3-click python3-platformdirs python3-psutil python3-pycurl python3-pyelftools python3-systemd)")
+    destdir = tmp_path / "stage"
+    done = make("install", destdir, "INSTALL_TOOL_PYTHON=" + system, prefix=offline())
+    assert done.returncode == 0, done.stderr
+    script = destdir / PREFIX.lstrip("/") / "bin" / "hprobe"
+    site = next(destdir.rglob("telemetry/__init__.py")).parent.parent
+    ran = subprocess.run([system, str(script), "--version"], capture_output=True, text=True,
+                         env={**user_install.env, "PYTHONPATH": str(site)}, timeout=60)
+    assert (ran.returncode, ran.stdout.strip()) == (0, __version__), ran.stderr

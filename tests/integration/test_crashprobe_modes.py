@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from crash_programs import Lab, shared_lab
+from support import no_such_option, wait_until
 from telemprobd_harness import Probd, row_headers, rows
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="crashprobe unwinds x86-64 cores")
@@ -384,7 +385,7 @@ def test_offline_send(user_install, lab):
         (["--follow"], "--follow needs --journal"),
         (["-p", "x", "--send"], "--send goes with --core"),
         (["-p", "x", "-f", "relative.conf"], "must be absolute"),
-        (["--bogus"], "No such option '--bogus'"),
+        (["--bogus"], no_such_option("--bogus")),
     ],
 )
 def test_bad_arguments_one_line_and_exit_1(user_install, args, message):
@@ -526,6 +527,58 @@ def test_journal_mode_reports_each_coredump_once(user_install, lab, tmp_path):
         latest = rows(probd)[-1].payload.decode()
         assert len(rows(probd)) == 4
         assert "Backtrace: not collected (systemd-coredump kept no core" in latest
+
+
+@pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")
+def test_journal_mode_trusts_the_coredump_service_logging_as_the_crashed_user(user_install, lab, tmp_path):
+    """systemd-coredump@.service drops to the crashed user before it logs (systemd 252): the
+    entry's _UID is that user's, its _SYSTEMD_UNIT the service's.  The same fields with a
+    user's own unit (systemd-coredump --backtrace run by hand) are a forgery."""
+    exe = lab.exe("O0")
+    filters_off(user_install)
+    user = str(os.getuid() + 1)
+    jdir = tmp_path / "journal"
+    write_journal(jdir, "a.journal", [
+        coredump_entry(exe, 4260, _UID=user, COREDUMP_UID=user, _SYSTEMD_UNIT="systemd-coredump@0-401-0.service"),
+        coredump_entry(exe, 4261, _UID=user, COREDUMP_UID=user, _SYSTEMD_UNIT=f"user@{user}.service"),
+        coredump_entry(exe, 4262, _UID=user, COREDUMP_UID=user),
+    ])
+    with Probd(user_install, "crash_flood_window=0") as probd:
+        t = time.time() - 60
+        os.utime(user_install.paths.opt_in_file, (t, t))
+        r = user_install.run(MODULE, "--journal", "--journal-dir", str(jdir))
+        assert r.returncode == 0, r.stderr.decode()
+        [row] = rows(probd)
+        assert row.payload.decode().startswith(f"Process: {exe}\nPID: 4260\n")
+
+
+@pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")
+def test_journal_follow_reports_a_crash_logged_after_it_started_waiting(user_install, lab, tmp_path):
+    """--follow with nothing to report yet: an entry logged while it waits is read.  (The
+    live journal's case, where sd-journal does not go on from a seek that found nothing, is
+    tests/systemd/test_systemd_crash.py's: journal files written here do not show it.)"""
+    exe = lab.exe("O0")
+    filters_off(user_install)
+    jdir = tmp_path / "journal"
+    write_journal(jdir, "a.journal", [{**coredump_entry(exe, 4270), "MESSAGE_ID": "0" * 32}])  # not a crash
+    with Probd(user_install, "crash_flood_window=0") as probd:
+        t = time.time() - 60
+        os.utime(user_install.paths.opt_in_file, (t, t))
+        proc = user_install.popen(MODULE, "--journal", "--follow", "--journal-dir", str(jdir),
+                                  stderr=subprocess.PIPE)
+        try:
+            def reading() -> bool:  # it has the journal open: what comes now comes while it waits
+                fds = Path(f"/proc/{proc.pid}/fd")
+                return any(os.readlink(fd).endswith("a.journal") for fd in fds.iterdir() if fd.is_symlink())
+            wait_until(reading, what="crashprobe reading the journal")
+            time.sleep(1)
+            write_journal(jdir, "a.journal", [coredump_entry(exe, 4271)])  # appended, as journald does
+            [row] = wait_until(lambda: rows(probd), what="the crash logged later, reported")
+            assert "\nPID: 4271\n" in row.payload.decode()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, proc.stderr.read().decode()
+            proc.stderr.close()
 
 
 @pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")

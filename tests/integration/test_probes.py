@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import wait_until
+from support import no_such_option, wait_until
 from telemprobd_harness import HEADER_NAMES, Probd, rows
 
 from telemetry.probes.oops import oops_payload, parse_lines
@@ -94,7 +94,7 @@ def test_hprobe_bundle_name_that_is_not_utf8(user_install, tmp_path):
 
 def test_hprobe_bad_input_and_failures(user_install, tmp_path):
     r = run(user_install, "hprobe", "-x")
-    assert r.returncode == 1 and one_line(r.stderr) == "hprobe: No such option '-x'. (see 'hprobe --help')"
+    assert r.returncode == 1 and one_line(r.stderr) == f"hprobe: {no_such_option('-x')} (see 'hprobe --help')"
     r = run(user_install, "hprobe", "-f", "relative.conf")
     assert r.returncode == 1 and "configuration file path not valid" in one_line(r.stderr)
     user_install.opt_in()
@@ -237,7 +237,7 @@ def test_record_gen_echo_and_no_post(user_install):
         (("-c", "a/b/c", "-P", "/nonexistent/file"), "Error: file /nonexistent/file could not be opened for reading"),
         (("-c", "a/b/c", "-p", "x" * 8193), "Error: payload is 8193 bytes; the limit is 8192 (use --truncate to cut it)"),
         (("-c", "a/b\tc/d"), "Error: classification must be printable ASCII"),
-        (("-c", "a/b/c", "--zzz"), "telem-record-gen: No such option '--zzz'. (see 'telem-record-gen --help')"),
+        (("-c", "a/b/c", "--zzz"), f"telem-record-gen: {no_such_option('--zzz')} (see 'telem-record-gen --help')"),
     ],
 )
 def test_record_gen_bad_input(user_install, args, message):

@@ -126,8 +126,11 @@ def test_stop_disable_enable_order(fake_systemctl):
     assert units.stop(ctl, print) == 0
     assert units.disable(ctl, print) == 0
     calls = log.read_text().splitlines()
-    everything = units.TRIGGER_UNITS + units.SERVICE_UNITS + ("pstore-clean.service",)
+    everything = units.TRIGGER_UNITS + units.SERVICE_UNITS + ("pstore-clean.service", "crashprobe-journal.service")
     assert calls == [f"stop {u}" for u in everything] + [f"disable {u}" for u in everything]
+    log.write_text("")
+    assert units.enable(ctl, print) == 0
+    assert "enable crashprobe-journal.service" not in log.read_text().splitlines()  # the admin's choice
 
 
 def test_is_active_and_missing_units(fake_systemctl):

@@ -226,9 +226,10 @@ def test_damaged_journal_is_moved_aside(user_install, collector):
 
 
 def test_idle_exit_only_when_started_by_systemd(user_install, collector):
-    user_install.write_config(settings_text(collector.url))
+    # daemon_idle_time, the setting; the hidden --idle-exit-after below only goes under 1 s.
+    user_install.write_config(settings_text(collector.url) + "daemon_idle_time=1\n")
     ids = fill(user_install, 1)
-    with Daemon(user_install, "--idle-exit-after", "0.5", env={"INVOCATION_ID": "0123456789abcdef"}) as d:
+    with Daemon(user_install, env={"INVOCATION_ID": "0123456789abcdef"}) as d:
         assert d.wait(timeout=60) == 0  # (its log went to journald, as under systemd)
     assert [r.record_id for r in collector.accepted()] == ids
     # Not started by systemd, nothing would start it again: it keeps running.

@@ -181,20 +181,18 @@ def test_pings_the_watchdog_systemd_asks_for(short_dir, user_install):
                 pings += notify.recv(4096) == b"WATCHDOG=1"
 
 
-IDLE_1S = ("-m", "telemetry.daemons.probd.main", "--idle-exit-after", "1")
-
-
 @pytest.mark.parametrize("env, recycling, exits", [
     ({"INVOCATION_ID": "0123456789abcdef"}, "true", True),
     ({}, "true", False),  # not started by systemd: nothing would start it again
     ({"INVOCATION_ID": "0123456789abcdef"}, "false", False),
 ])
 def test_idle_exit_only_when_systemd_can_restart_it(short_dir, user_install, env, recycling, exits):
-    """The real daemon, with the 300 s idle time shortened to 1 s."""
+    """The real daemon, with the idle time (daemon_idle_time) set to 1 s."""
     user_install.opt_in()
     d = short_dir
-    user_install.write_config(f"socket_path={d}/telem-0\ndaemon_recycling_enabled={recycling}")
-    proc = subprocess.Popen([sys.executable, *IDLE_1S], env={**user_install.env, **env},
+    user_install.write_config(f"socket_path={d}/telem-0\ndaemon_recycling_enabled={recycling}\n"
+                              "daemon_idle_time=1")
+    proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.probd.main"], env={**user_install.env, **env},
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: os.path.exists(f"{d}/telem-0"), what="socket")

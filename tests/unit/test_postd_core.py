@@ -52,7 +52,7 @@ SETTINGS = Settings(
     delivery=DeliverySettings(url="http://collector.invalid/v2/collector", max_in_flight=4),
     request_format=RequestFormat.HEADERS, tid=("X-Telemetry-TID", "6907c830-eed9-4ce9-81ae-76daf8d88f0f"),
     base_delay=120.0, retry_max_delay=3600.0, record_expiry=1200, delivery_enabled=True, retention_enabled=False,
-    recycling=False, spool_dir="/spool", log_level="info",
+    recycling=False, idle_after=300.0, spool_dir="/spool", log_level="info",
 )
 OK = Response(201)
 

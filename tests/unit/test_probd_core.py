@@ -42,14 +42,15 @@ GOOD = Frame("".join(f"{n}: {VALUES[n]}\n" for n in H.RECORD_HEADERS).encode(), 
 BAD = Frame(b"not a header block\n", b"")
 MID = "a" * 32
 SETTINGS = Settings(max_connections=16, connection_timeout=5.0, spool_max_bytes=-1, policy=Policy(),
-                    recycling=True, spool_dir="/spool", socket_path="/run/telem-0", log_level="info")
+                    recycling=True, idle_after=300.0, spool_dir="/spool", socket_path="/run/telem-0",
+                    log_level="info")
 ALICE = Sender(1000, 1000, 11)
 BOB = Sender(1001, 1001, 12)
 
 
 def make(now: float = 0.0, *, idle_exit: bool = False, **changes) -> Ingest:
     s = replace(SETTINGS, **changes)
-    return Ingest(s, RateLimiter(s.policy), boot_id="boot", now=now, idle_exit=idle_exit, idle_exit_after=300.0)
+    return Ingest(s, RateLimiter(s.policy), boot_id="boot", now=now, idle_exit=idle_exit)
 
 
 _ids = iter(range(10**9))
