@@ -34,6 +34,7 @@ import click
 
 from telemetry import log as logsetup
 from telemetry.cli import CONTEXT_SETTINGS, handle_errors, version_option
+from telemetry.command import Group
 from telemetry.config import DEFAULT_TID
 from telemetry.errors import TelemetryError
 
@@ -219,7 +220,7 @@ def make_limits(values: dict[str, Any]) -> Limits:
     return Limits(**{name: values[name] for _, name, *_ in _LIMIT_OPTIONS})
 
 
-class _DefaultServe(click.Group):
+class _DefaultServe(Group):
     """`telemetry-collector --listen …` means `telemetry-collector serve --listen …`."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -255,7 +256,7 @@ Examples:
 """
 
 
-@click.group(cls=_DefaultServe, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.group("telemetry-collector", cls=_DefaultServe, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @version_option
 def main() -> None:
     """Reference collector for telemetry records (the telemetrics-backend ingestion API).

@@ -71,6 +71,7 @@ class Analysis:
 
     threads_omitted: int = 0  # threads past the cap, never unwound
     cache_updates: tuple[tuple[bytes, bytes], ...] = ()  # (build id, entry) to write to the cache
+    unreadable: bool = False  # the input was no core at all (offline use reports it as an error)
 
     @property
     def frames_truncated(self) -> bool:

@@ -52,6 +52,10 @@ class CoreFormatError(ValueError):
     """Raised only inside the reader; the caller sees it as a `problems` entry."""
 
 
+class NotACore(CoreFormatError):
+    """The input is no ELF core at all (another file, not an ELF file)."""
+
+
 @dataclass(frozen=True)
 class ReadLimits:
     max_core_bytes: int = 2048 * MiB  # a pipe is never read past this offset (crash_max_core_size)
@@ -225,6 +229,7 @@ class CoreDump:
     problems: tuple[str, ...]  # what makes the reading incomplete: the report is an error
     bytes_read: int
     remarks: tuple[str, ...] = ()  # what was left out on purpose (budget, a gcore on a pipe)
+    not_a_core: bool = False  # the input was no ELF core at all
 
     def aux(self, key: int) -> int | None:
         return _aux(self.auxv, key)
@@ -266,6 +271,7 @@ class CoreReader:
         self._pos = 0  # the offset the next unread byte of the input has
         self._pending: Request | None = None
         self._problems: list[str] = []
+        self._not_a_core = False
         self._machine = 0
         self._phoff = self._phnum = 0
         self._segments: list[Segment] = []
@@ -312,6 +318,7 @@ class CoreReader:
             self._consume(req, data)
         except CoreFormatError as e:
             self._problem(str(e))
+            self._not_a_core = isinstance(e, NotACore)
             self._done = True
             return
         if short:
@@ -339,6 +346,7 @@ class CoreReader:
             problems=tuple(self._problems),
             bytes_read=self._pos,
             remarks=tuple(self._remarks),
+            not_a_core=self._not_a_core,
         )
 
     @property
@@ -384,16 +392,16 @@ class CoreReader:
 
     def _parse_ehdr(self, data: bytes) -> None:
         if len(data) < EHDR_SIZE:
-            raise CoreFormatError("not an ELF core: the input is shorter than an ELF header")
+            raise NotACore("not an ELF core: the input is shorter than an ELF header")
         if data[:4] != ELF_MAGIC:
-            raise CoreFormatError("not an ELF core: bad magic")
+            raise NotACore("not an ELF core: bad magic")
         if data[4] != ELFCLASS64 or data[5] != ELFDATA2LSB:
             raise CoreFormatError("unsupported core: only 64-bit little-endian cores are read")
         e_type, e_machine = struct.unpack_from("<HH", data, 16)
         (phoff,) = struct.unpack_from("<Q", data, 32)
         phentsize, phnum = struct.unpack_from("<HH", data, 54)
         if e_type != ET_CORE:
-            raise CoreFormatError(f"not a core file (ELF type {e_type})")
+            raise NotACore(f"not a core file (ELF type {e_type})")
         if phentsize != PHDR_SIZE:
             raise CoreFormatError(f"unexpected program header size {phentsize}")
         if phnum == PN_XNUM:

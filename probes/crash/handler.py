@@ -47,6 +47,8 @@ def run_offline(cp: Reporter, event: CrashEvent, core_path: str, exe: str | None
         report = cp.report(event, outcome, lambda: cp.read_core(fd), access, exe_path=exe)
     finally:
         os.close(fd)
+    if report.analysis is not None and report.analysis.unreadable:
+        raise TelemetryError(f"{core_path}: {report.analysis.error}")
     _out(report.payload)
     if send:
         if not cp.probe.opted_in:

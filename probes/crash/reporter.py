@@ -10,6 +10,7 @@ them early when privileges are about to be dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pwd
@@ -167,10 +168,12 @@ class Reporter:
             with _watchdog(self.time_limit):
                 core = read()
                 analysis = analyze(core, access, exe_path=exe_path, deadline=deadline, cache=self.cache)
+            if core.not_a_core:
+                analysis = dataclasses.replace(analysis, unreadable=True)
         except TimeLimitReached:
             analysis = Analysis(None, (), f"time limit of {self.time_limit} s reached")
         except (TelemetryError, OSError) as e:
-            analysis = Analysis(None, (), f"the core could not be read: {e}")
+            analysis = Analysis(None, (), f"the core could not be read: {e}", unreadable=True)
         except Exception as e:  # a hostile core must never cost the report: say what failed
             self.log.debug("analysis failed", exc_info=True)
             analysis = Analysis(None, (), f"analysis failed: {type(e).__name__}: {e}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -75,7 +76,9 @@ def one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
     (["--address-rate", "5", "--address-burst", "0"], "address-burst must be at least 1"),
 ])
 def test_bad_command_lines(user_install, args, expected):
-    one_line_error(user_install.run(MODULE, *args), expected)
+    err = one_line_error(user_install.run(MODULE, *args), expected)
+    errors = [line for line in err.splitlines() if not re.match(r"telemetry-collector: [A-Z]+: ", line)]
+    assert len(errors) == 1 and errors[0].startswith("telemetry-collector"), err
 
 
 def test_unusable_tls_files(user_install):

@@ -191,6 +191,18 @@ def test_offline_relative_exe_needs_no_filter_override(user_install, lab):
     assert UNKNOWN not in [f.name for f in frames_of(out)][:4]
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"", "program"])
+def test_offline_input_that_is_no_core_is_one_line_and_exit_1(user_install, lab, tmp_path, content):
+    """The person at the keyboard gave the wrong file: say so, exit 1, print no report."""
+    path = tmp_path / "not-a-core"
+    path.write_bytes(lab.exe("O0").read_bytes() if content == "program" else content)
+    r = user_install.run(MODULE, "--core", str(path), "--debug-dir", "")
+    err = r.stderr.decode()
+    errors = [line for line in err.splitlines() if not line.startswith("crashprobe: INFO: ")]
+    assert r.returncode == 1 and r.stdout == b"", err
+    assert len(errors) == 1 and errors[0].startswith(f"crashprobe: {path}: not a"), err
+
+
 # --- names as gdb shows them ------------------------------------------------------------
 
 def bare(name: str) -> str:
