@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 SALVAGE_CHUNK = 256  # rows read at once where the file reads well
-PROBE_WITHOUT_BOUND = 65536  # rows looked for one by one past damage when the end is unknown
+PROBE_WITHOUT_BOUND = 65536  # keys looked up one by one past the last row found in damage
 _ROWID_MIN = -(2**63)
 
 
@@ -366,7 +366,7 @@ def readable_rows(db: sqlite3.Connection, table: Table) -> Iterator[tuple]:
     Where the file reads well, rows come a chunk at a time.  Where a read fails, the keys
     after the last good row are looked up one by one, with a range read every chunk's
     length to see whether the damage has been passed, up to the highest key the file
-    knows of (or PROBE_WITHOUT_BOUND keys when even that cannot be read).
+    knows of and never more than PROBE_WITHOUT_BOUND keys past the last row found.
     """
     columns = ", ".join(table.columns)
     chunk = f"SELECT rowid, {columns} FROM {table.name} WHERE rowid > ? ORDER BY rowid LIMIT {SALVAGE_CHUNK}"
@@ -378,7 +378,7 @@ def readable_rows(db: sqlite3.Connection, table: Table) -> Iterator[tuple]:
             rows = db.execute(chunk, (after,)).fetchall()
         except sqlite3.DatabaseError:
             rows = None
-        if rows is not None:
+        if rows is not None and (not rows or rows[-1][0] > after):
             if not rows:
                 return
             for r in rows:
@@ -388,9 +388,12 @@ def readable_rows(db: sqlite3.Connection, table: Table) -> Iterator[tuple]:
         if bound is None:
             bound = _highest_key(db, table.name, after)
         key = max(after, 0)  # our keys start at 1
+        # The highest key can itself be damaged: look no further than a bounded distance
+        # past the last row found.
+        stop = min(bound, key + PROBE_WITHOUT_BOUND)
         while True:
             key += 1
-            if key > bound:
+            if key > stop:
                 return
             try:
                 r = db.execute(one, (key,)).fetchone()

@@ -223,3 +223,24 @@ def test_a_damaged_attempt_count_can_still_be_counted_up(tmp_path):
     q.reschedule(rid, row.attempts + 1, 0.0, "HTTP 503")
     assert q.all()[0].attempts == row.attempts  # stored one more, read back at the limit again
     q.close()
+
+
+def test_a_salvage_ends_when_the_damaged_file_claims_keys_far_beyond_its_rows(tmp_path):
+    """The highest key a damaged file names can itself be damaged: the search for rows past
+    the damage gives up a bounded distance after the last row found."""
+    spool = tmp_path / "spool"
+    ids = filled_queue(spool, 200)
+    path = spool / QUEUE_DB
+    db = sqlite3.connect(path)
+    db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'records'", (2**62,))
+    db.commit()
+    db.close()
+    pages = os.path.getsize(path) // PAGE
+    with open(path, "r+b") as f:
+        f.seek((pages - 1) * PAGE)
+        f.write(b"\xde\xad\xbe\xef" * (PAGE // 4))
+    readable = readable_ids(path, len(ids))
+    q = Queue(str(spool))
+    survived = {r.record_id for r in q.all(10_000)}
+    q.close()
+    assert readable <= survived
