@@ -2,7 +2,8 @@
 
 No I/O: the shell gathers the facts of the moment (`Context`) and gets back either the
 row to stage or the refusal to send.  The checks run in the order that spends least on
-a record that will be refused: consent first, then the frame's content, then the quota
+a record that will be refused: consent first, then the frame's content (the record
+grammar, then the collector contract's rules: what is acknowledged can be sent), then the quota
 (so a record that will not fit does not use up rate-limit budget), then the limits.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from telemetry.ack import AckStatus
+from telemetry.contract import check_record
 from telemetry.daemons.probd.ratelimit import Booking, RateLimiter, Verdict
 from telemetry.daemons.store.queue import NewRecord, Sender
 from telemetry.record import Record, RecordError, parse_header_block
@@ -36,6 +38,7 @@ class Accept:
     booking: Booking
     deferred: bool
     reason: str = ""  # why it was deferred
+    severity: int = 1
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,11 @@ class Admission:
             parsed = parse_header_block(frame.header_block, frame.payload).with_machine_id(ctx.machine_id)
         except RecordError as e:
             return Refuse(AckStatus.INVALID, str(e))
+        # What is acknowledged must be deliverable: the collector contract's rules, judged
+        # once, here, rather than by telempostd after the sender was told it is kept.
+        violation = check_record(parsed)
+        if violation is not None:
+            return Refuse(AckStatus.INVALID, f"a collector would refuse it: {violation}")
         record = NewRecord(
             record_id=ctx.record_id,
             received_at=ctx.received_at,
@@ -88,5 +96,5 @@ class Admission:
         if decision.verdict is Verdict.DEFER:
             until = ctx.received_at + (decision.booking.at - ctx.now)
             return Accept(replace(record, deferred_until=until), decision.booking, deferred=True,
-                          reason=decision.reason)
-        return Accept(record, decision.booking, deferred=False)
+                          reason=decision.reason, severity=parsed.severity)
+        return Accept(record, decision.booking, deferred=False, severity=parsed.severity)

@@ -1,8 +1,10 @@
 """The record queue shared by telemprobd (writer) and telempostd (reader, deleter).
 
-One SQLite database, `queue.db`, in WAL mode with synchronous=FULL in the spool
-directory (design.md, "Why the queue is a database").  telemprobd inserts the records of
-every waiting sender in one transaction (group commit) and only then acknowledges them;
+One SQLite database, `queue.db`, in WAL mode in the spool directory (design.md, "Why the
+queue is a database").  telemprobd inserts the records of every waiting sender in one
+transaction (group commit) and only then acknowledges them, each commit in the WAL
+(synchronous=NORMAL: no process crash loses it) and synced to disk (`sync`) before the
+acknowledgement or within `sync_interval` after it, as its durability classes say;
 telempostd reads oldest first and deletes a row only once its fate is decided.  Neither
 daemon holds a write transaction across network or socket I/O.
 
@@ -277,6 +279,10 @@ class Queue:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
 
         self._db.write(write)
+
+    def sync(self) -> None:
+        """Every commit so far survives a power cut once this returns (OSError if not)."""
+        self._db.sync()
 
     def get_meta(self, key: str) -> str | None:
         row = self._db.run(lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
