@@ -13,10 +13,10 @@ What can lose or duplicate a record is decided here, and tested by property:
   every final fate is journaled in the same `Settle` that deletes the row.
 * A row is sent again only after an answer that asks for it (408, 429, 5xx, a connection
   failure, a configuration error); every answer settles the row it was for exactly once.
-* Fates are gathered into batches of up to `max_batch` rows or `max_delay` seconds
-  (`SETTLE_BATCHED`, the default), or settled before any new request starts
-  (`SETTLE_BEFORE_SEND`): then, when the daemon is killed, the rows that may be sent
-  again are at most the requests that were in flight, `max_in_flight`.
+* Answered requests whose fate is not written yet plus the requests in flight never
+  exceed the settle window (`max_in_flight`): when the daemon is killed, at most that
+  many records are sent again.  Fates decided without a request are gathered into
+  batches of up to `max_batch` rows or `max_delay` seconds.
 
 A row is parsed into its Record once per process (`_load`), not on every attempt: a row
 kept for another attempt keeps its parsed record beside its identity (bounded) until its
@@ -79,21 +79,20 @@ class Settings:
 
 @dataclass(frozen=True)
 class SettlePolicy:
-    """When decided fates are written: before any new request starts (`before_send`), and
-    in any case once `max_batch` wait or the first has waited `max_delay` seconds."""
+    """When decided fates are written.  `window`: the most POSTs a kill may repeat.  The
+    fates of answered requests not yet written plus the requests in flight never exceed
+    it: a new request starts only after the answered ones are settled when it would (None:
+    `max_in_flight`, the design's bound; the answers of one poll are settled together).
+    Fates decided without a request (expiry, local rejection) are written `max_batch` at a
+    time, or once the first has waited `max_delay` seconds."""
 
-    before_send: bool = False
+    window: int | None = None
     max_batch: int = spool.COMMIT_SLICE
     max_delay: float = spool.COMMIT_INTERVAL
 
 
-# Fewest transactions: after a kill, up to max_batch + max_in_flight records may be sent
-# again (the collector drops them by record id).  Measured on 2 cores, settling before each new request costs about 55 us of CPU
-# per record delivered (two small transactions), some 70 % on top of the rest of the work
-# (bench/postd_delivery.py: 0.080 -> 0.135 CPU s per 1,000 records).
-SETTLE_BATCHED = SettlePolicy()
-# Fewest repeats: after a kill, at most the requests in flight (max_in_flight) are sent again.
-SETTLE_BEFORE_SEND = SettlePolicy(before_send=True)
+# After a kill, at most max_in_flight records are sent again.
+SETTLE_IN_WINDOW = SettlePolicy()
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ class Courier:
     """The state of telempostd across passes; a pass runs from `start_pass` to DONE."""
 
     def __init__(self, settings: Settings, *, boot_id: str, rng: random.Random | None = None,
-                 policy: SettlePolicy = SETTLE_BATCHED):
+                 policy: SettlePolicy = SETTLE_IN_WINDOW):
         self.settings = settings
         self.boot_id = boot_id
         self.rng = rng or random.Random()
@@ -192,6 +191,7 @@ class Courier:
         self._inflight: dict[int, tuple[QueuedRecord, Record]] = {}
         self._decided: list[Decision] = []
         self._decided_since = 0.0
+        self._answered = 0  # decisions in _decided that answered a request (a kill repeats them)
 
     # --- a pass -------------------------------------------------------------------------
 
@@ -201,6 +201,7 @@ class Courier:
         self._buffer.clear()
         self._exhausted = False
         self._decided = []
+        self._answered = 0
         self._warnings.restart(now)
 
     def step(self, now: float, capacity: int) -> Action:
@@ -241,6 +242,7 @@ class Courier:
         """A request finished (or failed to): its row's fate."""
         sent = self._inflight.pop(token, None)
         if sent is not None:
+            self._answered += 1
             self._decide(self._judge(sent[0], sent[1], response, now), now)
 
     def refused(self, token: int, reason: str, now: float) -> None:
@@ -268,7 +270,11 @@ class Courier:
             return None
         if not self.settings.delivery_enabled:
             return self._keep_local(now)
+        window = self.policy.window or self.settings.delivery.max_in_flight
         while capacity > 0 and self.gate.is_open(now):
+            if self._answered + len(self._inflight) >= window:
+                # One more request would put more than the window at risk of a repeat.
+                return self._settle(now) if self._answered else None
             if not self._buffer:
                 if self._exhausted:
                     return None
@@ -280,9 +286,6 @@ class Courier:
                 if self._settle_due(now):
                     return self._settle(now)
                 continue
-            if self.policy.before_send and self._decided:
-                self._buffer.appendleft(row)
-                return self._settle(now)
             record, request = prepared
             self._inflight[row.seq] = (row, record)
             return Send(row.seq, request)
@@ -320,6 +323,7 @@ class Courier:
 
     def _settle(self, now: float) -> Settle:
         decisions, self._decided = self._decided, []
+        self._answered = 0
         return Settle(settlement(decisions, boot_id=self.boot_id, now=now, retention=self.settings.retention_enabled))
 
     # --- one row ------------------------------------------------------------------------

@@ -23,8 +23,7 @@ from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.core import (
     DONE,
     RECORD_WARNINGS_PER_PASS,
-    SETTLE_BATCHED,
-    SETTLE_BEFORE_SEND,
+    SETTLE_IN_WINDOW,
     WAIT,
     Courier,
     Fetch,
@@ -131,7 +130,7 @@ def run_pass(core: Courier, queue: Queue, transport: MemoryTransport, now: float
             return tally
 
 
-def courier(policy: SettlePolicy = SETTLE_BATCHED, **changes) -> Courier:
+def courier(policy: SettlePolicy = SETTLE_IN_WINDOW, **changes) -> Courier:
     return Courier(dataclasses.replace(SETTINGS, **changes), boot_id="boot", rng=random.Random(7), policy=policy)
 
 
@@ -159,7 +158,8 @@ def test_delivered_records_are_journaled_and_removed():
     assert q.rows == {} and {o for o, _ in q.journal.values()} == {Outcome.DELIVERED}
     assert [tok for tok, _ in t.sent] == [1, 2, 3, 4, 5]
     assert header(t.sent[0][1], "X-Telemetry-Record-Id") == f"{1:032x}"
-    assert q.settlements[0].queue_counters == {("telempostd", "delivered"): 5}
+    assert [s.queue_counters for s in q.settlements] == [{("telempostd", "delivered"): 4},
+                                                          {("telempostd", "delivered"): 1}]  # the window: 4
 
 
 def test_a_rejection_is_final_and_a_retry_keeps_the_row():
@@ -329,12 +329,13 @@ def test_settlement_orders_by_queue_position_and_keeps_what_it_must():
 # --- settling and what a kill may repeat --------------------------------------------------
 
 
-@pytest.mark.parametrize("policy, bound", [(SETTLE_BEFORE_SEND, 4), (SettlePolicy(max_batch=64), 64 + 4)])
-def test_a_kill_repeats_at_most_the_policys_window(policy, bound):
+@pytest.mark.parametrize("policy, bound, per_poll", [(SETTLE_IN_WINDOW, 4, 1), (SETTLE_IN_WINDOW, 4, 3),
+                                                     (SettlePolicy(window=2), 2, 4)])
+def test_a_kill_repeats_at_most_the_policys_window(policy, bound, per_poll):
     rows = [row(i) for i in range(1, 201)]
-    for kill_after in (7, 50, 123, 301):
+    for kill_after in range(3, 420, 7):
         q = Queue(rows)
-        t = answering()
+        t = MemoryTransport(lambda request: OK, max_in_flight=4, per_poll=per_poll)
         run_pass(courier(policy), q, t, T0, kill_after=kill_after)
         sent_before = {header(r, "X-Telemetry-Record-Id") for _, r in t.sent}
         after = answering()
@@ -347,7 +348,7 @@ def test_a_kill_repeats_at_most_the_policys_window(policy, bound):
 def test_settling_before_each_request_writes_as_the_answers_come():
     q = Queue([row(i) for i in range(1, 9)])
     t = MemoryTransport(lambda request: OK, max_in_flight=2, per_poll=1)
-    run_pass(courier(SETTLE_BEFORE_SEND), q, t, T0)
+    run_pass(courier(delivery=dataclasses.replace(SETTINGS.delivery, max_in_flight=2)), q, t, T0)
     assert q.rows == {}
     assert max(len(s.delete) for s in q.settlements) <= 2
 
@@ -370,7 +371,7 @@ RETRYABLE = ("HTTP 5", "HTTP 4", "curl error", "HTTP 408", "HTTP 429")
     damaged=st.sets(st.integers(1, 30), max_size=4),
     passes=st.lists(st.tuples(st.floats(0, 4000), st.one_of(st.none(), st.integers(0, 80))), min_size=1,
                     max_size=8),
-    policy=st.sampled_from([SETTLE_BATCHED, SETTLE_BEFORE_SEND, SettlePolicy(max_batch=3, max_delay=0.0)]),
+    policy=st.sampled_from([SETTLE_IN_WINDOW, SettlePolicy(window=1), SettlePolicy(max_batch=3, max_delay=0.0)]),
     in_flight=st.integers(1, 5),
 )
 def test_no_record_is_lost_or_sent_again_without_a_reason(answers, n, damaged, passes, policy, in_flight):
