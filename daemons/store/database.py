@@ -132,7 +132,7 @@ class Database:
         self.busy_timeout_ms = busy_timeout_ms
         self.cache_kib = cache_kib
         self.identity: Identity | None = None
-        self._dir_synced: Identity | None = None
+        self._synced_file: Identity | None = None
         self.db = self._open()
 
     # --- opening ------------------------------------------------------------------------
@@ -226,20 +226,24 @@ class Database:
 
     def sync(self) -> None:
         """Make every transaction committed so far survive a power cut: fsync the WAL (what
-        synchronous=FULL does at each commit), and the directory once per file, so that a
-        newly created WAL's name is on disk too.  OSError when the disk refuses."""
-        for path in (self.path + "-wal", os.path.dirname(self.path) or "."):
-            if path != self.path + "-wal" and self._dir_synced == self.identity:
-                continue
+        synchronous=FULL does at each commit); the first time for this file, also the
+        database file and the directories naming it, so that a new file is found again.
+        OSError when the disk refuses."""
+        wal = self.path + "-wal"
+        paths = [wal]
+        if self._synced_file != self.identity:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            paths += [self.path, directory, os.path.dirname(directory)]
+        for path in paths:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                continue  # no WAL: every commit is in the database file, synced by its checkpoint
+                continue  # no WAL: every commit is in the database file
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self._dir_synced = self.identity
+        self._synced_file = self.identity
 
     def has_table(self, name: str) -> bool:
         return self.run(lambda db: _has_table(db, name))
