@@ -227,13 +227,17 @@ class Database:
     def sync(self) -> None:
         """Make every transaction committed so far survive a power cut: fsync the WAL (what
         synchronous=FULL does at each commit); the first time for this file, also the
-        database file and the directories naming it, so that a new file is found again.
-        OSError when the disk refuses."""
-        wal = self.path + "-wal"
-        paths = [wal]
+        directories naming it, so that a new file is found again.  OSError when the disk
+        refuses.
+
+        Never the database file itself: closing a descriptor of it would drop the POSIX
+        locks SQLite holds on it, and another process would then take this connection's
+        WAL for an orphan and delete it.  It needs none: SQLite syncs it when it creates it
+        (its header) and at every checkpoint, before the WAL is reused."""
+        paths = [self.path + "-wal"]
         if self._synced_file != self.identity:
             directory = os.path.dirname(os.path.abspath(self.path))
-            paths += [self.path, directory, os.path.dirname(directory)]
+            paths += [directory, os.path.dirname(directory)]
         for path in paths:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
