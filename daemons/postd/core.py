@@ -18,9 +18,12 @@ What can lose or duplicate a record is decided here, and tested by property:
   many records are sent again.  Fates decided without a request are gathered into
   batches of up to `max_batch` rows or `max_delay` seconds.
 
-A row is parsed into its Record once per process (`_load`), not on every attempt: a row
-kept for another attempt keeps its parsed record beside its identity (bounded) until its
-fate is final.
+A row queued with its request header lines (`request_headers`, made and validated by
+telemprobd at admission) is sent as it is: nothing is parsed, built or checked again but
+the size of the request head; its journal entry takes its three fields from those lines
+(`Brief`).  A row without them (queued by an older version) is parsed into its Record
+once per process (`_load`), not on every attempt: a row kept for another attempt keeps
+its parsed record beside its identity (bounded) until its fate is final.
 """
 
 from __future__ import annotations
@@ -34,12 +37,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
+from telemetry.contract import (
+    check_header_block,
+    check_record,
+    check_record_id,
+    printable_id,
+    stored_header_lines,
+)
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate, next_attempt_at
 from telemetry.daemons.postd.endpoint import DeliverySettings
 from telemetry.daemons.postd.outcome import Response, Verdict, classify
-from telemetry.daemons.postd.request import Request, RequestFormat, build_request
+from telemetry.daemons.postd.request import Request, RequestFormat, build_request, prepared_request
 from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.store.journal import Counter, JournalEntry, Outcome, SetAside, entry_for
 from telemetry.daemons.store.queue import QueuedRecord
@@ -95,12 +104,30 @@ class SettlePolicy:
 SETTLE_IN_WINDOW = SettlePolicy()
 
 
+class Brief(NamedTuple):
+    """What the journal and the log need of a record sent from its stored header lines."""
+
+    classification: str
+    event_id: str
+    creation_timestamp: int | None
+
+
+def _value(line: bytes) -> str:
+    return line.partition(b": ")[2].decode("utf-8", errors="replace")
+
+
+def brief(lines: tuple[bytes, ...]) -> Brief:
+    """From `contract.request_header_block`'s lines (fixed positions, wire order)."""
+    stamp = _value(lines[4])
+    return Brief(_value(lines[1])[:122], _value(lines[14])[:32], int(stamp) if stamp.isdecimal() else None)
+
+
 @dataclass(frozen=True)
 class Decision:
     """The fate of one queue row: final (`outcome` set) or tried again later."""
 
     row: QueuedRecord
-    record: Record | None
+    record: Record | Brief | None
     counter: Counter
     outcome: Outcome | None = None
     detail: str = ""
@@ -188,7 +215,7 @@ class Courier:
         self._after = 0
         self._buffer: collections.deque[QueuedRecord] = collections.deque()
         self._exhausted = False
-        self._inflight: dict[int, tuple[QueuedRecord, Record]] = {}
+        self._inflight: dict[int, tuple[QueuedRecord, Record | Brief]] = {}
         self._decided: list[Decision] = []
         self._decided_since = 0.0
         self._answered = 0  # decisions in _decided that answered a request (a kill repeats them)
@@ -312,7 +339,7 @@ class Courier:
         row = decision.row
         if decision.outcome is not None:
             self._loaded.pop(row.seq, None)
-        elif decision.record is not None:  # it will be read again: keep what it parsed into
+        elif isinstance(decision.record, Record):  # it will be read again: keep what it parsed into
             self._loaded[row.seq] = (row.headers, row.payload, row.record_id, decision.record, "")
             self._loaded.move_to_end(row.seq)
             if len(self._loaded) > LOADED_MAX:
@@ -341,10 +368,10 @@ class Courier:
         except (ValueError, TypeError) as e:  # bytes no record check anticipated
             return None, f"{type(e).__name__}: {e}"
 
-    def _local(self, row: QueuedRecord, record: Record | None, outcome: Outcome, detail: str) -> Decision:
+    def _local(self, row: QueuedRecord, record: Record | Brief | None, outcome: Outcome, detail: str) -> Decision:
         return Decision(row, record, Counter(outcome.value), outcome, detail, attempts=row.attempts)
 
-    def _expired(self, row: QueuedRecord, record: Record | None) -> Decision:
+    def _expired(self, row: QueuedRecord, record: Record | Brief | None) -> Decision:
         detail = f"not delivered within record_expiry ({self.settings.record_expiry} min)"
         if row.last_error:
             detail += f"; last error: {row.last_error}"
@@ -354,9 +381,13 @@ class Courier:
         """A record set aside or rejected: a warning for the first few of a pass, a count for the rest."""
         self._warnings.log(now, logging.WARNING, message, *args)
 
-    def _prepare(self, row: QueuedRecord, now: float) -> Decision | tuple[Record, Request]:
+    def _prepare(self, row: QueuedRecord, now: float) -> Decision | tuple[Record | Brief, Request]:
         """A local decision, or the request to send."""
         s = self.settings
+        if row.request_headers is not None and s.delivery_enabled and s.request_format is RequestFormat.HEADERS:
+            lines = stored_header_lines(row.request_headers)
+            if lines is not None and check_record_id(row.record_id) is None:
+                return self._prepared(row, lines, now)
         record, problem = self._load(row)
         bad_id = check_record_id(row.record_id)
         if bad_id is not None:  # it would go into a header line: never sent
@@ -388,7 +419,21 @@ class Courier:
                    record.classification if record else "?", violation)
         return self._local(row, record, Outcome.REJECTED_LOCAL, f"not sent: {violation}")
 
-    def _judge(self, row: QueuedRecord, record: Record, response: Response, now: float) -> Decision:
+    def _prepared(self, row: QueuedRecord, lines: tuple[bytes, ...], now: float) -> Decision | tuple[Brief, Request]:
+        """A row telemprobd validated and stored the header lines of: sent as stored."""
+        s = self.settings
+        summary = brief(lines)
+        if spool.is_expired(row.received_at, now, s.record_expiry):
+            return self._expired(row, summary)
+        request = prepared_request(lines, row.payload, row.record_id, s.tid)
+        violation = check_header_block(request.headers)
+        if violation is None:
+            return summary, request
+        self._warn(now, "record %s (%s) rejected without sending: %s", row.record_id, summary.classification,
+                   violation)
+        return self._local(row, summary, Outcome.REJECTED_LOCAL, f"not sent: {violation}")
+
+    def _judge(self, row: QueuedRecord, record: Record | Brief, response: Response, now: float) -> Decision:
         s = self.settings
         c = classify(response, now)
         if c.verdict is Verdict.DELIVERED:

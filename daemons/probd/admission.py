@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from telemetry.ack import AckStatus
-from telemetry.contract import check_record
+from telemetry.contract import check_record, request_header_block
 from telemetry.daemons.probd.ratelimit import Booking, RateLimiter, Verdict
 from telemetry.daemons.store.queue import NewRecord, Sender
 from telemetry.record import Record, RecordError, parse_header_block
@@ -81,6 +81,7 @@ class Admission:
             headers=parsed.header_block(),
             payload=frame.payload,
             cfg_path=frame.cfg_path,
+            request_headers=request_header_block(parsed),
         )
         size = record.size
         if not fits_spool(ctx.queued_bytes, size, self.spool_max_bytes):

@@ -26,6 +26,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from telemetry.bootid import read_boot_id
 from telemetry.daemons.store.database import Database, Fault, Layout, StoreError, Table
@@ -129,9 +130,20 @@ class SetAside:
     payload: bytes
 
 
+class Summary(Protocol):
+    """What an entry takes from a record (a Record, or telempostd's Brief of one)."""
+
+    @property
+    def classification(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def creation_timestamp(self) -> int | None: ...
+
+
 def entry_for(
     record_id: str,
-    record: Record | None,
+    record: Summary | None,
     outcome: Outcome,
     *,
     timestamp: float,

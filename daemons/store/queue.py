@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_DB = "queue.db"
 WAKEUP_FILE = "queue.changed"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: request_headers
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -64,7 +64,9 @@ CREATE TABLE IF NOT EXISTS records (
     deferred_until  REAL NOT NULL DEFAULT 0,-- rate limited with strategy spool: not before
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
-    last_error      TEXT
+    last_error      TEXT,
+    request_headers BLOB                    -- the record's HTTP header lines, one per line, made
+                                            -- once at admission (NULL: queued before version 2)
 );
 CREATE TABLE IF NOT EXISTS counters (
     daemon TEXT NOT NULL,
@@ -97,6 +99,7 @@ class NewRecord:
     payload: bytes
     cfg_path: str | None = None
     deferred_until: float = 0.0
+    request_headers: bytes | None = None  # contract.request_header_block of the record
 
     @property
     def size(self) -> int:
@@ -117,6 +120,7 @@ class QueuedRecord:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+    request_headers: bytes | None = None
 
 
 # SQLite stores any type in any column: every value is read as the type the code uses
@@ -125,7 +129,7 @@ _COLUMNS = (
     "seq, CAST(record_id AS BLOB), CAST(received_at AS REAL), CAST(sender_uid AS INTEGER), "
     "CAST(sender_gid AS INTEGER), CAST(sender_pid AS INTEGER), CAST(cfg_path AS BLOB), CAST(headers AS BLOB), "
     "CAST(payload AS BLOB), CAST(size AS INTEGER), CAST(deferred_until AS REAL), CAST(attempts AS INTEGER), "
-    "CAST(next_attempt_at AS REAL), CAST(last_error AS BLOB)"
+    "CAST(next_attempt_at AS REAL), CAST(last_error AS BLOB), CAST(request_headers AS BLOB)"
 )
 # Times beyond this are clamped (an infinity would not survive int()).
 _TIME_LIMIT = 1e15
@@ -148,24 +152,25 @@ def _row(r: Sequence) -> QueuedRecord:
         seq=r[0], record_id=_text(r[1]) or "", received_at=_time(r[2]), sender=Sender(r[3], r[4], r[5]),
         cfg_path=_text(r[6]), headers=bytes(r[7] or b""), payload=bytes(r[8] or b""), size=r[9] or 0,
         deferred_until=_time(r[10]), attempts=min(max(r[11] or 0, 0), _ATTEMPTS_LIMIT), next_attempt_at=_time(r[12]),
-        last_error=_text(r[13]),
+        last_error=_text(r[13]), request_headers=None if r[14] is None else bytes(r[14]),
     )
 
 
 _INSERT_COLUMNS = (
-    "record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path, headers, payload, size, deferred_until"
+    "record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path, headers, payload, size, deferred_until, "
+    "request_headers"
 )
-_MULTI_ROW_MAX = 256  # 10 parameters a row, well under SQLite's 32766
+_MULTI_ROW_MAX = 256  # 11 parameters a row, well under SQLite's 32766
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_sql(n: int) -> str:
-    return f"INSERT INTO records ({_INSERT_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * n)
+    return f"INSERT INTO records ({_INSERT_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * n)
 
 
 _RECORD_COLUMNS = (
     "seq", "record_id", "received_at", "sender_uid", "sender_gid", "sender_pid", "cfg_path", "headers", "payload",
-    "size", "deferred_until", "attempts", "next_attempt_at", "last_error",
+    "size", "deferred_until", "attempts", "next_attempt_at", "last_error", "request_headers",
 )
 LAYOUT = Layout(
     what="queue",
@@ -175,6 +180,7 @@ LAYOUT = Layout(
     tables=(Table("records", _RECORD_COLUMNS), Table("counters", ("daemon", "name", "value")),
             Table("meta", ("key", "value"))),
     error=QueueError,
+    migrations=((2, "ALTER TABLE records ADD COLUMN request_headers BLOB"),),
 )
 
 # Rows never tried are "staged", rows tried at least once "spooled".  After a failure
@@ -262,7 +268,7 @@ class Queue:
         bookings) written in the same durable transaction."""
         rows = [
             (r.record_id, r.received_at, r.sender.uid, r.sender.gid, r.sender.pid, r.cfg_path, r.headers,
-             r.payload, r.size, r.deferred_until)
+             r.payload, r.size, r.deferred_until, r.request_headers)
             for r in records
         ]
         if rows and not counters and not meta and len(rows) <= _MULTI_ROW_MAX:
