@@ -349,10 +349,15 @@ class Queue:
         retry = [(a, t, e[:500], i) for i, a, t, e in reschedule]
 
         def write(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM records WHERE record_id = ?", by_id)
-            db.executemany("DELETE FROM records WHERE seq = ?", by_seq)
-            db.executemany(
-                "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?", retry)
+            # Only the statements there is something for: a settle of a few rows at a time
+            # (the window of requests in flight) pays for every statement it runs.
+            if by_id:
+                db.executemany("DELETE FROM records WHERE record_id = ?", by_id)
+            if by_seq:
+                db.executemany("DELETE FROM records WHERE seq = ?", by_seq)
+            if retry:
+                db.executemany(
+                    "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?", retry)
             if counters:
                 _bump(db, counters)
 
