@@ -220,8 +220,7 @@ class Daemon:
     """Ours (`python -m telemetry.daemons.probd.main`) or the original C telemprobd, in a
     fresh directory.  The original reads only the defaults file under its build prefix
     (its -f sets the library's file, not the daemon's) and keeps its machine id there, so
-    the bench lays an overlay with its own over that prefix in a private mount namespace
-    (root only)."""
+    the bench gives it its own in a private mount namespace (root only)."""
 
     def __init__(self, kind: str, c_binary: str | None, root: str, extra: str):
         self.kind = kind
@@ -237,18 +236,22 @@ class Daemon:
             cmd, env = [sys.executable, "-m", "telemetry.daemons.probd.main"], inst.env
         else:
             assert c_binary
-            # Its build prefix seen through an overlay holding our defaults file and a
-            # writable var/lib/telemetry (the machine id), in a private mount namespace.
+            # Its build prefix rebuilt on a tmpfs in a private mount namespace: its own
+            # directories bound back in, our defaults file over its, an empty var/ for the
+            # machine id.  (An overlayfs does the same in one mount but made every open of
+            # the machine id cost half a millisecond here.)
             prefix = os.path.dirname(os.path.dirname(os.path.abspath(c_binary)))
-            upper, work = os.path.join(root, "upper"), os.path.join(root, "work")
-            os.makedirs(os.path.join(upper, "share", "defaults", "telemetrics"))
-            os.makedirs(os.path.join(upper, "var", "lib", "telemetry"))
-            os.makedirs(work)
-            with open(os.path.join(upper, "share", "defaults", "telemetrics", "telemetrics.conf"), "w") as f:
+            conf, orig = os.path.join(root, "conf"), os.path.join(root, "orig")
+            os.makedirs(conf)
+            os.makedirs(orig)
+            with open(os.path.join(conf, "telemetrics.conf"), "w") as f:
                 f.write(f"[settings]\nsocket_path={self.sock}\nspool_dir={self.spool}\nrate_limit_enabled=false\n"
                         "spool_max_size=-1\ndaemon_recycling_enabled=false\n")
+            binds = " && ".join(f"mkdir {prefix}/{d} && mount --bind {orig}/{d} {prefix}/{d}"
+                                for d in sorted(os.listdir(prefix)))
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                   f"mount -t overlay overlay -o lowerdir={prefix},upperdir={upper},workdir={work} {prefix} "
+                   f"mount --bind {prefix} {orig} && mount -t tmpfs tmpfs {prefix} && {binds} && "
+                   f"mount --bind {conf} {prefix}/share/defaults/telemetrics && mkdir -p {prefix}/var/lib/telemetry "
                    f"&& exec {c_binary}"]
             env = dict(os.environ)
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
