@@ -102,13 +102,15 @@ def require_systemd() -> units.Systemctl:
 
 FILES_HELP = """\b
 Files (system mode; user mode keeps the same files in the XDG directories):
-  /etc/telemetrics/opt-in            the opt-in marker
-  /etc/telemetrics/telemetrics.conf  the configuration (telemetrics.conf(5))
-  /var/spool/telemetry/queue.db      the record queue
-  /var/log/telemetry/journal.db      the journal and retained payloads
-  $XDG_CONFIG_HOME/telemetrics/      user mode: opt-in, telemetrics.conf
-  $XDG_STATE_HOME/telemetrics/       user mode: spool/, journal/, machine_id, *.log
-  $XDG_RUNTIME_DIR/telemetrics/      user mode: telem-0 socket, *.pid
+  /etc/telemetrics/opt-in              the opt-in marker
+  /etc/telemetrics/telemetrics.conf    the configuration (telemetrics.conf(5))
+  /var/spool/telemetry/                the C client's record files (imported at start)
+  /var/spool/telemetry/queue/queue.db  the record queue
+  /var/log/telemetry/journal.db        the journal and retained payloads
+  /var/log/telemetry/journal           the C client's journal (imported once)
+  $XDG_CONFIG_HOME/telemetrics/        user mode: opt-in, telemetrics.conf
+  $XDG_STATE_HOME/telemetrics/         user mode: spool/, journal/, machine_id, *.log
+  $XDG_RUNTIME_DIR/telemetrics/        user mode: telem-0 socket, *.pid
 """
 
 

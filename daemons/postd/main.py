@@ -59,7 +59,7 @@ from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store.journal import Counter, Journal, JournalError
-from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError
+from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, queue_dir
 from telemetry.entry import require
 from telemetry.errors import TelemetryError
 from telemetry.paths import Paths
@@ -370,7 +370,7 @@ def serve(postd: Postd, config_file: str | None) -> None:
     signals = Signals(reload=RELOAD_SIGNALS, on_stop=lambda: setattr(postd, "stopping", True),
                       on_reload=lambda: setattr(postd, "reload_requested", True)).install()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
+    watch = FileWatch(queue_dir(postd.settings.spool_dir), WAKEUP_FILE)
     sel = selectors.DefaultSelector()
     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
     sel.register(signals.fileno(), selectors.EVENT_READ, "signal")
@@ -392,7 +392,7 @@ def serve(postd: Postd, config_file: str | None) -> None:
                 if postd.settings.spool_dir != old_dir:
                     sel.unregister(watch.fileno())
                     watch.close()
-                    watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
+                    watch = FileWatch(queue_dir(postd.settings.spool_dir), WAKEUP_FILE)
                     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
                 postd.run_pass()
                 continue
@@ -439,9 +439,10 @@ nothing is queued; telempostd.path starts it again when a record is queued.
 
 \b
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
-  /var/spool/telemetry/queue.db       the queue it delivers from
-  /var/spool/telemetry/queue.changed  touched by telemprobd at each commit
-  /var/log/telemetry/journal.db       what became of each record, and retained payloads
+  /var/spool/telemetry/queue/queue.db       the queue it delivers from
+  /var/spool/telemetry/queue/queue.changed  touched by telemprobd at each commit
+  /var/log/telemetry/journal.db             what became of each record, and retained payloads
+  /var/log/telemetry/journal                the C client's journal, imported once at start
 
 \b
 Exit status:

@@ -31,7 +31,7 @@ def filled_queue(spool: Path, n: int) -> list[str]:
     batch = rows(n)
     q.insert_many(batch)
     q.close()
-    db = sqlite3.connect(spool / QUEUE_DB)
+    db = sqlite3.connect(spool / "queue" / QUEUE_DB)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     return [r.record_id for r in batch]
@@ -61,13 +61,13 @@ def digest(path: str) -> str:
 
 
 def aside_files(spool: Path) -> list[str]:
-    return [str(p) for p in spool.glob(QUEUE_DB + ".corrupt-*") if not str(p).endswith(("-wal", "-shm"))]
+    return [str(p) for p in (spool / "queue").glob(QUEUE_DB + ".corrupt-*") if not str(p).endswith(("-wal", "-shm"))]
 
 
 def test_a_truncated_queue_keeps_every_readable_acknowledged_record(tmp_path, caplog):
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 300)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     os.truncate(path, os.path.getsize(path) // 2)
     readable = readable_ids(path, len(ids))
     damaged = digest(str(path))
@@ -87,7 +87,7 @@ def test_a_truncated_queue_keeps_every_readable_acknowledged_record(tmp_path, ca
 def test_a_damaged_page_in_the_middle_loses_only_its_rows(tmp_path):
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 200)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     pages = os.path.getsize(path) // PAGE
     with open(path, "r+b") as f:
         f.seek((pages // 2) * PAGE)
@@ -103,7 +103,7 @@ def test_a_damaged_page_in_the_middle_loses_only_its_rows(tmp_path):
 def test_new_rows_after_a_salvage_come_after_the_old_ones(tmp_path):
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 100)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     os.truncate(path, os.path.getsize(path) * 3 // 4)
     q = Queue(str(spool))
     q.stage(rows(1, start=1000))
@@ -121,7 +121,7 @@ def test_the_other_daemon_follows_the_recovered_file(tmp_path, caplog):
     ids = filled_queue(spool, 50)
     writer = Queue(str(spool))
     reader = Queue(str(spool))
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     with open(path, "r+b") as f:
         f.seek(PAGE * 2)
         f.write(b"\0" * PAGE * 3)
@@ -139,9 +139,9 @@ def test_the_other_daemon_follows_the_recovered_file(tmp_path, caplog):
 
 def test_garbage_is_moved_aside_untouched(tmp_path):
     spool = tmp_path / "spool"
-    spool.mkdir()
+    (spool / "queue").mkdir(parents=True)
     garbage = b"this is not an SQLite database\n" * 200
-    (spool / QUEUE_DB).write_bytes(garbage)
+    (spool / "queue" / QUEUE_DB).write_bytes(garbage)
     q = Queue(str(spool))
     q.stage(rows(2))
     assert len(q.all()) == 2
@@ -152,8 +152,8 @@ def test_garbage_is_moved_aside_untouched(tmp_path):
 
 def test_a_read_only_reader_never_recovers(tmp_path):
     spool = tmp_path / "spool"
-    spool.mkdir()
-    (spool / QUEUE_DB).write_bytes(b"garbage" * 1000)
+    (spool / "queue").mkdir(parents=True)
+    (spool / "queue" / QUEUE_DB).write_bytes(b"garbage" * 1000)
     with pytest.raises(QueueError) as info:
         Queue(str(spool), readonly=True)
     assert info.value.fault is Fault.CORRUPT
@@ -164,7 +164,7 @@ def test_errors_are_classified_by_their_sqlite_code(tmp_path):
     spool = tmp_path / "spool"
     filled_queue(spool, 1)
     q = Queue(str(spool), busy_timeout_ms=0)
-    holder = sqlite3.connect(spool / QUEUE_DB, isolation_level=None)
+    holder = sqlite3.connect(spool / "queue" / QUEUE_DB, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(QueueError) as info:
@@ -214,7 +214,7 @@ def test_a_damaged_journal_keeps_its_readable_entries(tmp_path, caplog):
 def test_a_damaged_attempt_count_can_still_be_counted_up(tmp_path):
     spool = tmp_path / "spool"
     [rid] = filled_queue(spool, 1)
-    db = sqlite3.connect(spool / QUEUE_DB)
+    db = sqlite3.connect(spool / "queue" / QUEUE_DB)
     db.execute("UPDATE records SET attempts = ?", (2**63 - 1,))
     db.commit()
     db.close()
@@ -230,7 +230,7 @@ def test_a_salvage_ends_when_the_damaged_file_claims_keys_far_beyond_its_rows(tm
     the damage gives up a bounded distance after the last row found."""
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 200)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     db = sqlite3.connect(path)
     db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'records'", (2**62,))
     db.commit()
