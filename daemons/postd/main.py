@@ -58,6 +58,7 @@ from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
+from telemetry.daemons.store import cjournal
 from telemetry.daemons.store.journal import Counter, Journal, JournalError
 from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, queue_dir
 from telemetry.entry import require
@@ -199,6 +200,11 @@ class Postd:
             self.journal = Journal(self.paths.journal_dir, boot_id=self.boot_id)
         except JournalError as e:
             log.error("journal unavailable, records are delivered without journal entries: %s", e)
+            return
+        try:
+            cjournal.import_file(self.journal, os.path.join(self.paths.journal_dir, cjournal.C_JOURNAL))
+        except JournalError as e:
+            log.error("cannot import the C client's journal now: %s", e)
 
     def _transport_now(self) -> Transport:
         if self._transport is None:

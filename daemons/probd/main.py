@@ -34,6 +34,7 @@ from telemetry.daemons.probd.staging import LIMITER_META_KEY, Stager, elapsed_si
 from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.machineid import MachineId
+from telemetry.optin import is_opted_in
 from telemetry.paths import Mode, Paths
 
 PROGRAM = "telemprobd"
@@ -70,6 +71,8 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
         machine_id.refresh()
         boot_id = read_boot_id()
         stager = Stager(cfg.spool_dir, paths.journal_dir, PROGRAM)
+        if is_opted_in(paths):  # consent first, for these records as for any other
+            stager.import_c_spool()
         limiter = restore_limiter(stager, settings, boot_id)
 
         def reload() -> Settings | None:

@@ -10,7 +10,14 @@ from telemprobd_harness import Probd, c_frame, good_headers
 
 from telemetry.daemons.probd.staging import Stager
 from telemetry.daemons.runtime.throttle import LogThrottle
-from telemetry.daemons.store.queue import QUEUE_DB, QUEUE_SUBDIR, NewRecord, Queue, QueueError, Sender
+from telemetry.daemons.store.queue import (
+    QUEUE_DB,
+    QUEUE_SUBDIR,
+    NewRecord,
+    Queue,
+    QueueError,
+    Sender,
+)
 
 BURST = LogThrottle().burst  # telemprobd's default allowance
 
