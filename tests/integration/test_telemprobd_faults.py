@@ -58,7 +58,7 @@ def test_disk_full_is_answered_no_space_and_service_resumes(user_install, tiny_t
 
 def test_a_corrupt_queue_is_moved_aside_and_a_new_one_started(user_install):
     spool = user_install.paths.spool_dir
-    os.makedirs(spool, exist_ok=True)
+    os.makedirs(os.path.join(spool, "queue"), exist_ok=True)
     garbage = b"this is not an SQLite database\n" * 200
     with open(os.path.join(spool, "queue", "queue.db"), "wb") as f:
         f.write(garbage)
