@@ -21,7 +21,7 @@ import string
 from dataclasses import dataclass
 
 from telemetry.daemons.store import cspool
-from telemetry.daemons.store.queue import QUEUE_DB, Queue, queue_dir
+from telemetry.daemons.store.queue import QUEUE_DB, Queue, legacy_path, migrate_legacy, queue_dir
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import fsync_dir
 from telemetry.record import RecordError, parse_header_block
@@ -44,7 +44,9 @@ class ExportResult:
 
 def export_c_spool(spool_dir: str, target: str, *, keep: bool = False) -> ExportResult:
     if not os.path.exists(os.path.join(queue_dir(spool_dir), QUEUE_DB)):
-        return ExportResult(target, (), (), 0)
+        if not os.path.exists(legacy_path(spool_dir)):
+            return ExportResult(target, (), (), 0)
+        _move_legacy(spool_dir)
     try:
         st = os.stat(target)
     except OSError as e:
@@ -84,6 +86,20 @@ def export_c_spool(spool_dir: str, target: str, *, keep: bool = False) -> Export
     finally:
         queue.close()
     return ExportResult(target, tuple(written), tuple(skipped), 0 if keep else len(done))
+
+
+def _move_legacy(spool_dir: str) -> None:
+    """A queue no daemon has moved since an upgrade: moved as a daemon would, its new
+    directory owned as the spool directory (the daemons' user, when run as root)."""
+    qdir = queue_dir(spool_dir)
+    try:
+        os.makedirs(qdir, mode=0o750, exist_ok=True)
+        if os.getuid() == 0:
+            st = os.stat(spool_dir)
+            os.chown(qdir, st.st_uid, st.st_gid)
+    except OSError as e:
+        raise ExportError(f"{qdir}: {e.strerror}") from None
+    migrate_legacy(spool_dir)
 
 
 def _place(work: str, target: str, data: bytes, mtime: float, owner: tuple[int, int] | None) -> str:

@@ -589,7 +589,9 @@ def _daemon_infos(ctl: Ctl) -> list[status_mod.DaemonInfo]:
 Counters (since the queue was created): telemprobd received, staged, deferred (rate
 limited, kept for later) and rejected:<reason>; telempostd delivered, rejected (by the
 collector), rejected-local, expired, dropped, set-aside, retried and config-error (kept
-while the configuration is at fault).
+while the configuration is at fault).  After a switch from the C client, telemprobd's
+c-spool:imported, c-spool:already-queued, c-spool:not-a-record (left alone) and
+c-spool:unreadable count the C record files it found at its starts.
 
 \b
 Files: the opt-in file, the pid files (user mode), the queue database (read-only).
@@ -715,7 +717,8 @@ def export_cmd(ctl: Ctl, c_spool: str | None, keep: bool) -> int:
     for record_id, why in result.skipped:
         err(f"{PROG}: not exported: queued record {record_id}: {why}")
     kept = "; they stay in the queue too (--keep)" if keep else "; removed from the queue"
-    click.echo(f"{len(result.written)} records written to {target} as C spool files"
+    n = len(result.written)
+    click.echo(f"{n} record{'' if n == 1 else 's'} written to {target} as C spool files"
                + (kept if result.written else ""))
     return 0
 

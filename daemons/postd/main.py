@@ -444,6 +444,10 @@ without work once
 nothing is queued; telempostd.path starts it again when a record is queued.
 
 \b
+Switching from the C telemetrics-client: at start, the entries of the C journal
+(/var/log/telemetry/journal) are copied into journal.db once, as outcome "imported".
+
+\b
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
   /var/spool/telemetry/queue/queue.db       the queue it delivers from
   /var/spool/telemetry/queue/queue.changed  touched by telemprobd at each commit

@@ -108,6 +108,12 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
 
 
 EPILOG = """\b
+Switching from the C telemetrics-client: at start (opted in), the record files a C
+telemprobd left in spool_dir are queued with their original headers and staging time
+and removed, exactly once; a damaged one is kept in the journal (set-aside), any other
+file left alone; each is logged and counted (c-spool:* in telemctl status).
+
+\b
 Listening: on the socket systemd passes (telemprobd.socket); started by hand, it binds
 socket_path itself (mode 0666, a stale socket is replaced, a symbolic link refused).
 

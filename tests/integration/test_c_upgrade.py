@@ -274,6 +274,22 @@ def test_export_writes_files_a_c_telempostd_reads_and_empties_the_queue(user_ins
     assert list(out.iterdir()) == []
 
 
+def test_export_takes_a_queue_no_daemon_has_moved_yet(user_install, tmp_path):
+    spool = Path(user_install.paths.spool_dir)
+    with Probd(user_install) as probd:
+        probd.send_raw(c_frame(good_headers(event_id="d" * 32), b"old layout"))
+    for name in os.listdir(spool / "queue"):
+        os.rename(spool / "queue" / name, spool / name)
+    os.rmdir(spool / "queue")
+    out = tmp_path / "c-spool"
+    out.mkdir()
+    r = user_install.run(CTL, "export", "--c-spool", str(out))
+    assert r.returncode == 0 and b"1 record written" in r.stdout, r.stderr
+    (f,) = out.iterdir()
+    assert c_parse(f.read_bytes())[2] == b"old layout\n"
+    assert sorted(os.listdir(spool)) == ["queue"] and queued(spool) == []
+
+
 def test_export_refuses_while_a_daemon_runs_and_needs_a_format(user_install):
     r = user_install.run(CTL, "export")
     assert r.returncode == 2 and b"--c-spool" in r.stderr
