@@ -225,6 +225,7 @@ SYMLINK_PATHS = {
     "socket": ("daemons", lambda p: p.socket_path, False),
     "socket directory": ("daemons", lambda p: os.path.dirname(p.socket_path), True),
     "spool directory": ("daemons", lambda p: p.spool_dir, True),
+    "queue directory": ("daemons", lambda p: os.path.join(p.spool_dir, "queue"), True),
     "queue.db": ("daemons", lambda p: os.path.join(p.spool_dir, "queue", "queue.db"), False),
     "queue.db-wal": ("daemons", lambda p: os.path.join(p.spool_dir, "queue", "queue.db-wal"), False),
     "queue.db-shm": ("daemons", lambda p: os.path.join(p.spool_dir, "queue", "queue.db-shm"), False),
