@@ -111,8 +111,9 @@ def import_c_spool(spool_dir: str, queue: Queue, journal: Callable[[], Journal],
     damaged = [r for r in results if r.outcome is ImportOutcome.UNREADABLE and r.removed]
     if damaged:
         results = [r for r in results if r not in damaged] + _set_aside(spool_dir, damaged, journal)
+    queued = {_content_key(h, p) for h, p in queue.contents()} if candidates else set()
     for i in range(0, len(candidates), BATCH):
-        results.extend(_commit(spool_dir, queue, candidates[i:i + BATCH], daemon, new_id))
+        results.extend(_commit(spool_dir, queue, candidates[i:i + BATCH], daemon, new_id, queued))
     report = ImportReport(spool_dir, tuple(results))
     queue.bump({k: v for k, v in report.counters(daemon).items()
                 if k[1] != COUNTER + ImportOutcome.IMPORTED.value})
@@ -222,18 +223,22 @@ def _set_aside(spool_dir: str, damaged: list[FileResult], journal: Callable[[], 
     return damaged
 
 
+def _content_key(headers: bytes, payload: bytes) -> str:
+    return cspool.digest(len(headers).to_bytes(4, "little") + headers + payload)
+
+
 def _commit(spool_dir: str, queue: Queue, batch: list[_Candidate], daemon: str,
-            new_id: Callable[[float], str]) -> list[FileResult]:
+            new_id: Callable[[float], str], queued: set[str]) -> list[FileResult]:
+    """`queued`: the content keys of every queued row, this batch's added."""
     results: list[FileResult] = []
     records: list[NewRecord] = []
     markers: dict[str, str] = {}
-    seen: set[tuple[bytes, bytes]] = set()
     for c in batch:
-        key = (c.parsed.header_block, c.parsed.payload)
-        if key in seen or queue.holding(*key) is not None:
+        key = _content_key(c.parsed.header_block, c.parsed.payload)
+        if key in queued:
             results.append(FileResult(c.name, ImportOutcome.ALREADY_QUEUED, removed=True))
         else:
-            seen.add(key)
+            queued.add(key)
             records.append(NewRecord(
                 record_id=new_id(time.time()), received_at=c.st.st_mtime,
                 sender=Sender(c.st.st_uid, c.st.st_gid, 0), headers=c.parsed.header_block,

@@ -31,7 +31,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from telemetry.daemons.store.database import (
@@ -306,12 +306,18 @@ class Queue:
         if rows:
             self._db.write(lambda db: db.executemany("DELETE FROM meta WHERE key = ?", rows))
 
-    def holding(self, headers: bytes, payload: bytes) -> str | None:
-        """The id of a queued row with exactly this content, if there is one."""
-        row = self._db.run(lambda db: db.execute(
-            "SELECT CAST(record_id AS TEXT) FROM records WHERE headers = ? AND payload = ? LIMIT 1",
-            (headers, payload)).fetchone())
-        return None if row is None else str(row[0])
+    def contents(self, page: int = 512) -> Iterator[tuple[bytes, bytes]]:
+        """(headers, payload) of every queued row, read a page at a time."""
+        sql = ("SELECT seq, CAST(headers AS BLOB), CAST(payload AS BLOB) FROM records WHERE seq > ?"
+               " ORDER BY seq LIMIT ?")
+        after = 0
+        while True:
+            rows = self._db.run(lambda db, args=(after, page): db.execute(sql, args).fetchall())
+            if not rows:
+                return
+            for seq, headers, payload in rows:
+                after = seq
+                yield bytes(headers or b""), bytes(payload or b"")
 
     def touch_wakeup(self) -> None:
         # Rewritten in place with a fixed-width line: O_TRUNC would make ext4 flush the

@@ -244,3 +244,50 @@ def test_a_salvage_ends_when_the_damaged_file_claims_keys_far_beyond_its_rows(tm
     survived = {r.record_id for r in q.all(10_000)}
     q.close()
     assert readable <= survived
+
+
+# --- the queue's place: <spool_dir>/queue, moved there from spool_dir ----------------------------
+
+def to_legacy_layout(spool: Path) -> None:
+    for p in (spool / "queue").iterdir():
+        p.rename(spool / p.name)
+    (spool / "queue").rmdir()
+
+
+def test_a_queue_in_the_spool_directory_is_moved_in_with_its_rows_and_state(tmp_path):
+    spool = tmp_path / "spool"
+    ids = filled_queue(spool, 5)
+    q = Queue(str(spool))
+    q.stage([], {("telemprobd", "received"): 5}, {"telemprobd.ratelimit": "{}"})
+    q.touch_wakeup()
+    q.close()
+    to_legacy_layout(spool)
+    (spool / (QUEUE_DB + ".corrupt-20260101T000000-1")).write_bytes(b"kept")
+    reader = Queue(str(spool), readonly=True)
+    assert reader.stats()[0] == 5  # read in the old place meanwhile
+    reader.close()
+    q = Queue(str(spool))
+    try:
+        assert [r.record_id for r in q.all()] == ids
+        assert q.counters()[("telemprobd", "received")] == 5 and q.get_meta("telemprobd.ratelimit") == "{}"
+    finally:
+        q.close()
+    assert sorted(os.listdir(spool)) == ["queue"]
+    assert (spool / "queue" / (QUEUE_DB + ".corrupt-20260101T000000-1")).read_bytes() == b"kept"
+
+
+def test_a_queue_in_both_places_is_merged_once(tmp_path):
+    spool = tmp_path / "spool"
+    filled_queue(spool, 4)
+    to_legacy_layout(spool)
+    q = Queue(str(tmp_path / "other"))
+    q.insert_many(rows(3, start=2))  # two of them are in the old queue too
+    q.close()
+    shutil.copytree(tmp_path / "other" / "queue", spool / "queue")
+    for _ in range(2):
+        q = Queue(str(spool))
+        try:
+            assert sorted(r.record_id for r in q.all()) == [f"{i:032x}" for i in range(5)]
+        finally:
+            q.close()
+    assert sorted(os.listdir(spool)) == ["queue"]
