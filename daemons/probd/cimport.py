@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from telemetry.daemons.store import cspool
+from telemetry.daemons.store.database import StoreError
 from telemetry.daemons.store.journal import Journal, Outcome, SetAside, entry_for
 from telemetry.daemons.store.queue import (
     QUEUE_DB,
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 MARKER = "c-spool-import:"  # meta key prefix; the rest is the file's name
 COUNTER = "c-spool:"  # counter name prefix; the rest is an ImportOutcome
 BATCH = 256  # files committed in one transaction
-_OURS = (QUEUE_SUBDIR, QUEUE_DB, WAKEUP_FILE)  # names a pre-subdirectory version used
 
 
 class ImportOutcome(enum.Enum):
@@ -101,8 +101,8 @@ def import_c_spool(spool_dir: str, queue: Queue, journal: Callable[[], Journal],
     except FileNotFoundError:
         return ImportReport(spool_dir, ())
     for name in names:
-        if name in _OURS:
-            continue
+        if name == QUEUE_SUBDIR or name.startswith((QUEUE_DB, WAKEUP_FILE)):
+            continue  # a queue not yet moved into its directory (another process had it open)
         result = _look_at(spool_dir, name)
         if isinstance(result, FileResult):
             results.append(result)
@@ -115,8 +115,12 @@ def import_c_spool(spool_dir: str, queue: Queue, journal: Callable[[], Journal],
     for i in range(0, len(candidates), BATCH):
         results.extend(_commit(spool_dir, queue, candidates[i:i + BATCH], daemon, new_id, queued))
     report = ImportReport(spool_dir, tuple(results))
-    queue.bump({k: v for k, v in report.counters(daemon).items()
-                if k[1] != COUNTER + ImportOutcome.IMPORTED.value})
+    others = {k: v for k, v in report.counters(daemon).items() if k[1] != COUNTER + ImportOutcome.IMPORTED.value}
+    if others:  # the imported ones were counted with their rows
+        try:
+            queue.bump(others)
+        except StoreError as e:
+            log.warning("cannot count the C spool files that were not imported: %s", e)
     _log(report)
     return report
 

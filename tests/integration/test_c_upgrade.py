@@ -162,6 +162,24 @@ def test_c_staged_records_are_imported_and_delivered_once_the_bad_ones_reported(
     assert len(collector.accepted()) == 4
 
 
+def test_links_fifos_directories_and_huge_files_in_the_spool_are_left_alone(user_install, tmp_path):
+    spool = Path(user_install.paths.spool_dir)
+    victim = tmp_path / "victim"
+    victim.write_bytes(c_staged(9, b"not through a link"))
+    write_spool(spool, {"Ab3dE9": c_staged(1, b"one")})
+    os.symlink(victim, spool / "LnK123")
+    os.mkfifo(spool / "FiFo12")
+    (spool / "Dir123").mkdir()
+    with open(spool / "Big123", "wb") as f:
+        f.truncate(64 << 20)  # sparse: larger than any C record file
+    with Probd(user_install) as probd:  # a FIFO must not block it
+        log = probd.wait_for_log("C spool files in")
+    assert "1 imported" in log and "4 not-a-record" in log
+    assert [r.payload for r in queued(spool)] == [b"one"]
+    assert sorted(os.listdir(spool)) == ["Big123", "Dir123", "FiFo12", "LnK123", "queue"]
+    assert victim.read_bytes() == c_staged(9, b"not through a link")
+
+
 def test_nothing_is_imported_without_opt_in(user_install):
     spool = Path(user_install.paths.spool_dir)
     write_spool(spool, {"Ab3dE9": c_staged(1, b"one")})
