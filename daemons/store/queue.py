@@ -310,9 +310,12 @@ class Queue:
         """(headers, payload) of every queued row, read a page at a time."""
         sql = ("SELECT seq, CAST(headers AS BLOB), CAST(payload AS BLOB) FROM records WHERE seq > ?"
                " ORDER BY seq LIMIT ?")
+        def page_after(after: int) -> list:
+            return self._db.run(lambda db: db.execute(sql, (after, page)).fetchall())
+
         after = 0
         while True:
-            rows = self._db.run(lambda db, args=(after, page): db.execute(sql, args).fetchall())
+            rows = page_after(after)
             if not rows:
                 return
             for seq, headers, payload in rows:
