@@ -194,10 +194,20 @@ def test_kill_9_during_the_import_loses_and_duplicates_nothing(user_install):
     write_spool(spool, files)
     probe = Probd(user_install, start=False)
     rng = random.Random(1234)
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", PROBD_MODULE], env=probe.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     try:
-        for _ in range(6):
-            proc = subprocess.Popen([sys.executable, "-m", PROBD_MODULE], env=probe.env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # First in the narrowest window: rows committed, files being removed.
+        proc = start()
+        wait_until(lambda: len(os.listdir(spool)) < len(files) or proc.poll() is not None, interval=0.001,
+                   what="the first C files removed")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for _ in range(4):
+            proc = start()
             time.sleep(rng.uniform(0.2, 1.2))  # somewhere in start-up or the import
             proc.send_signal(signal.SIGKILL)
             proc.wait()
