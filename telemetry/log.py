@@ -1,10 +1,10 @@
 """Logging set-up shared by every program: journald under systemd, stderr otherwise, and a
-log file of its own (timestamped, rotated) for a daemon telemctl started in user mode."""
+log file of its own (timestamped, rotated: `telemetry.logfile`) for a daemon telemctl started
+in user mode."""
 
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 
@@ -22,41 +22,6 @@ def under_systemd() -> bool:
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-
-
-class RotatingLog(logging.handlers.RotatingFileHandler):
-    """A private log file rotated by size.  The process's stdout and stderr follow the
-    current file, so whatever else it prints (a traceback of a crash) lands beside its
-    log lines instead of in a file that was rotated away."""
-
-    def __init__(self, path: str):
-        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8",
-                         errors="backslashreplace")
-        self._follow()
-
-    def _open(self):  # type: ignore[override]
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     LOG_MODE)
-        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
-
-    def doRollover(self) -> None:
-        super().doRollover()
-        self._follow()
-
-    def _follow(self) -> None:
-        if self.stream is None:
-            return
-        for std in (sys.stdout, sys.stderr):
-            try:
-                std.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
-        fd = self.stream.fileno()
-        for target in (1, 2):
-            try:
-                os.dup2(fd, target, inheritable=True)
-            except OSError:
-                pass
 
 
 def setup(program: str, level: str | int = "info", *, stream=None, journal: bool = False) -> logging.Logger:
@@ -82,6 +47,8 @@ def setup(program: str, level: str | int = "info", *, stream=None, journal: bool
     log_file = os.environ.get(LOG_FILE_ENV)
     if handler is None and stream is None and log_file:
         try:
+            from .logfile import RotatingLog  # only the daemons telemctl starts need it
+
             handler = RotatingLog(log_file)
             handler.setFormatter(logging.Formatter(f"%(asctime)s {program}: %(levelname)s: %(message)s"))
         except OSError:

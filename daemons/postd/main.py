@@ -17,6 +17,7 @@ woken or until the next retry, expiry or deferral is due.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import random
@@ -28,12 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import click
-
 from telemetry import config as config_mod
 from telemetry import log as log_mod
-from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.command import Command
+from telemetry.cli import VERSION, ConfigFile, command_attribute, handle_errors, program_main
 from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate, next_attempt_at
@@ -62,10 +60,13 @@ from telemetry.daemons.store.queue import (
 )
 from telemetry.entry import require
 from telemetry.errors import TelemetryError
+from telemetry.options import ClickOnly, Options
 from telemetry.paths import Paths
 from telemetry.record import Record, RecordError, parse_header_block
 
 if TYPE_CHECKING:
+    import click
+
     from telemetry.daemons.postd.delivery import Delivery
 
 DAEMON = "telempostd"
@@ -685,13 +686,19 @@ Examples:
 """
 
 
-@click.command(DAEMON, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
-@config_option()
-@version_option
-# Sub-second idle times for the tests; daemon_idle_time is the setting.
-@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=None, hidden=True)
+def _idle_exit_after(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Sub-second idle times for the tests; daemon_idle_time is the setting."""
+    import click
+
+    return click.option("--idle-exit-after", type=click.FloatRange(min=0), default=None, hidden=True)(f)
+
+
+# Read without click unless it is asked for help or the command line is wrong (telemetry.options).
+OPTIONS = Options(ConfigFile(), VERSION, ClickOnly(_idle_exit_after, (("idle_exit_after", None),)))
+
+
 @handle_errors
-def main(config_file: str | None, idle_exit_after: float | None) -> None:
+def run(config_file: str | None, idle_exit_after: float | None) -> None:
     """Deliver queued telemetry records to the collector.
 
     Records are POSTed to `server` in queue order, several at a time over kept-alive
@@ -717,5 +724,15 @@ def main(config_file: str | None, idle_exit_after: float | None) -> None:
         postd.close()
 
 
+@functools.cache
+def _command() -> click.Command:
+    from telemetry.command import build_command
+
+    return build_command(DAEMON, OPTIONS, run, epilog=EPILOG)
+
+
+main = program_main(DAEMON, OPTIONS, run, _command)
+__getattr__ = command_attribute(__name__, _command)
+
 if __name__ == "__main__":
-    main(prog_name=DAEMON)
+    main()
