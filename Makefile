@@ -1,6 +1,6 @@
 # telemetrics-client: build, test, demo, install and package.
 #   make venv          .venv with the package (editable) and the test tools
-#   make test          the whole test suite
+#   make test          ruff, mypy and the whole test suite
 #   make test-systemd  the suite under a real systemd: the .debs in a booted Debian 12 container
 #   make demo          the pipeline end to end in user mode
 #   make bench         benchmarks; they print figures
@@ -52,7 +52,8 @@ deps:
 		fi; \
 	fi
 
-test: venv
+# Lint first: ruff and mypy take seconds and catch what a test run would take minutes to.
+test: venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
+from telemetry.bootid import read_boot_id
 from telemetry.cli import EXIT_FAILURE, load_config
 from telemetry.client import Client, DaemonUnavailable, NotOptedIn, RecordRejected, SendError
 from telemetry.fsutil import atomic_write, ensure_dir, read_small
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from telemetry.daemons.runtime.signals import Signals
 
 EXIT_OK = 0
-BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 RETRY_MAX_DELAY = 60.0
 # Worth sending again later: the daemon is over a limit or could not keep the record now.
 _RETRYABLE = frozenset({AckStatus.RATE_LIMITED, AckStatus.BUSY, AckStatus.NO_SPACE, AckStatus.ERROR})
@@ -209,15 +209,6 @@ class Stop(Exception):
     def __init__(self, code: int):
         super().__init__(code)
         self.code = code
-
-
-def read_boot_id(path: str = BOOT_ID_FILE) -> str:
-    """This boot's id as 32 hex digits (as journald writes _BOOT_ID); "" when unreadable."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(64).decode("ascii", "replace").strip().replace("-", "")
-    except OSError:
-        return ""
 
 
 def __getattr__(name: str) -> Any:

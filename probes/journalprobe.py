@@ -223,7 +223,7 @@ Examples:
 def command(config_file: str | None, tail: bool, directory: str | None, once: bool) -> int:
     probe = Probe(PROG, config_file)
     probe.exit_unless_opted_in()
-    boot_id = read_boot_id()
+    boot_id = read_boot_id(dashes=False)
     if not boot_id:
         click.echo(f"{PROG}: sd_id128_get_boot failed: cannot read the boot id", err=True)
         return EXIT_FAILURE

@@ -269,7 +269,7 @@ def command(config_file: str | None, kmsg_path: str, once: bool, replay: str | N
         if replay is not None:
             scan_text(replay, reporter, dry_run)
         else:
-            scan_kmsg(kmsg_path, reporter, read_boot_id(), follow, dry_run)
+            scan_kmsg(kmsg_path, reporter, read_boot_id(dashes=False), follow, dry_run)
     except Stop as e:
         return e.code
     return EXIT_FAILURE if reporter.failed else EXIT_OK

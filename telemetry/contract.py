@@ -1,38 +1,268 @@
-"""What the collector can never accept, checked before a record is sent.
+"""The collector contract: what a collector accepts, as one table both sides read.
 
-A record that fails here would fail at the collector every time (collector-contract.md
-§4 and §10), so it is rejected locally, once, with the collector's own words in the
-journal, instead of costing a POST and a 400. The record model already guarantees the
-rest of §4 (severity 1..4, two '/' in the classification, a 32-hex event id, digits in
-the numeric fields, no NUL and valid UTF-8 in the payload).
+collector-contract.md §4 lists the reference backend's checks, in order, each with the
+message of its 400.  `FIELD_RULES` is that list: the telemetry-collector runs it to
+decide (`telemetry_collector.rules.validate`), and telempostd runs it before a POST
+(`check_record`), so a record that would be refused for a known reason is rejected
+locally, once, with the collector's own words in the journal, instead of costing a POST
+and a 400.
+
+Limits are written one way, as the largest accepted length (the reference's "fewer than
+250 characters" is `HOST_TYPE_MAX = 249`).  Where our collector deliberately differs from
+the reference (contract §11), the table says so: a rule may carry a stricter `sender`
+check, which is what the reference backend demands, so that telempostd only sends what
+both collectors take.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
+import itertools
+import operator
 import re
 import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from telemetry import headers as H
-from telemetry.record import Record
+from telemetry.record import Record, wire_values
 
-ARCHES = frozenset({"armv7l", "armv6l", "aarch64", "amd64", "sparc64", "ppc64", "i686", "i386", "x86_64", "ppc"})
+
+class Rule(enum.Enum):
+    """Every reason a collector refuses a POST; the value names its counter."""
+
+    TID = "tid"
+    MALFORMED = "malformed"
+    RECORD_FORMAT_VERSION = "record_format_version"
+    PRESENCE = "presence"
+    SEVERITY = "severity"
+    CLASSIFICATION = "classification"
+    MACHINE_ID = "machine_id"
+    TIMESTAMP = "timestamp"
+    ARCH = "arch"
+    HOST_TYPE = "host_type"
+    KERNEL_VERSION = "kernel_version"
+    BOARD_NAME = "board_name"
+    CPU_MODEL = "cpu_model"
+    BIOS_VERSION = "bios_version"
+    EVENT_ID = "event_id"
+    SYSTEM_NAME = "system_name"
+    BUILD = "build"
+    PAYLOAD_FORMAT_VERSION = "payload_format_version"
+    RECORD_ID = "record_id"
+    PAYLOAD = "payload"
+    TOO_LARGE = "too_large"
+    MEDIA_TYPE = "media_type"
+
+
+# --- limits (largest accepted values) -------------------------------------------------
+
+RECORD_FORMAT_VERSIONS = range(1, 5)
+SEVERITY_RANGE = range(1, 5)
 MACHINE_ID_MAX = 32
 HOST_TYPE_MAX = 249
-PRINTABLE_FIELD_MAX = 199
-PAYLOAD_FORMAT_VERSION_MAX = 2147483646
+# Ours (§11.9): the reference bounds neither, we give them Host-Type's bound.
+TEXT_MAX = 249  # Classification, Kernel-Version, System-Name
+PRINTABLE_MAX = 199  # Board-Name, Cpu-Model, Bios-Version; ours: Build too
+BUILD_MAX = PRINTABLE_MAX
+PAYLOAD_FORMAT_VERSION_MAX = 2147483646  # the reference's PostgreSQL integer, less one
+TIMESTAMP_MAX = 253402300799  # ours: 9999-12-31 23:59:59 UTC, so every stored time renders
+EVENT_ID_LEN = 32
+RECORD_ID_MAX = 64
 CLEAR_LINUX = "clear-linux-os"
 # The reference deployment reads the request head into a 4 KiB buffer (uWSGI
 # buffer-size); the request line, Host, Content-Length and the like need the rest.
 HEADER_BLOCK_MAX = 3584
+NUMBER_DIGITS_MAX = 18  # beyond this a number is out of every range above
+
+REFERENCE_ARCHITECTURES = frozenset(
+    ("armv7l", "armv6l", "aarch64", "amd64", "sparc64", "ppc64", "i686", "i386", "x86_64", "ppc")
+)
+# Ours (§11.8): what current kernels report is valid too.
+ARCHITECTURES = REFERENCE_ARCHITECTURES | frozenset(("ppc64le", "s390x", "riscv64", "loongarch64"))
 
 # The collector's rule for X-Telemetry-Record-Id; telemprobd writes 32 hex digits.
-RECORD_ID = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+RECORD_ID = re.compile(f"[0-9A-Za-z_.-]{{1,{RECORD_ID_MAX}}}")
 
-_PRINTABLE = frozenset(string.printable)
+_DIGITS = re.compile(r"[0-9]+")
+_HEX32 = re.compile(f"[0-9a-f]{{{EVENT_ID_LEN}}}")
 _CLEAR_BUILD = re.compile(r"[0-9]+")
 _BUILD = re.compile(r"[-_a-zA-Z0-9.]+")
-_DIGITS = re.compile(r"[0-9]+")
+# Python's string.printable: ASCII letters, digits, punctuation, space and \t\n\r\x0b\x0c.
+
+TID_NAME = "X-Telemetry-Tid"  # as rule 3's message spells it
+# Rule 3: the headers a version requires, in the order the first missing one is named;
+# None stands for the TID, which rule 1 has already required.
+PRESENCE: tuple[tuple[str, str | None], ...] = (
+    *((H.HTTP_HEADERS[f], f) for f in (
+        H.ARCH, H.BUILD, H.CREATION_TIMESTAMP, H.CLASSIFICATION, H.HOST_TYPE, H.KERNEL_VERSION,
+        H.MACHINE_ID, H.SEVERITY, H.RECORD_FORMAT_VERSION, H.PAYLOAD_FORMAT_VERSION, H.SYSTEM_NAME)),
+    (TID_NAME, None),
+    *((H.HTTP_HEADERS[f], f) for f in (H.BOARD_NAME, H.BIOS_VERSION, H.CPU_MODEL, H.EVENT_ID)),
+)
+_REQUIRED_COUNT = {1: 12, 2: 12, 3: 15, 4: 16}
+
+TID_MISMATCH = "Telemetry ID mismatch"
+RECORD_FORMAT_VERSION_INVALID = "Record-Format-Version is invalid"
+
+
+def required_headers(version: int) -> tuple[str, ...]:
+    """The header names a record of `version` must carry, in rule 3's order."""
+    return tuple(name for name, _ in PRESENCE[: _REQUIRED_COUNT[version]])
+
+
+def missing_header(version: int, present: Mapping[str, str]) -> str | None:
+    """Rule 3: the first required header that `present` (values by field name) lacks."""
+    for name, key in PRESENCE[: _REQUIRED_COUNT[version]]:
+        if key is not None and key not in present:
+            return name
+    return None
+
+
+# --- value tests --------------------------------------------------------------------------
+
+
+def parse_number(value: str | None) -> int | None:
+    """ASCII digits only; None for anything else or for more digits than any range allows.
+
+    Not `str.isdigit` (which takes ``²``) nor `int()` (which takes ``+7``, `` 7``,
+    ``1_000``): nothing that passes can fail later in a database or in rendering (§11.5).
+    """
+    if value is None or len(value) > NUMBER_DIGITS_MAX or not _DIGITS.fullmatch(value):
+        return None
+    return int(value)
+
+
+_printable_field: Callable[[str], object] = re.compile(f"[{re.escape(string.printable)}]{{0,{PRINTABLE_MAX}}}").fullmatch
+
+
+def printable(value: str) -> bool:
+    """At most PRINTABLE_MAX characters, all in Python's string.printable (the reference's test)."""
+    return _printable_field(value) is not None
+
+
+def unquote(value: str) -> str:
+    """Without ``"`` and ``'``, as the reference reads System-Name and Build."""
+    return value.replace('"', "").replace("'", "")
+
+
+# --- the table ----------------------------------------------------------------------------
+
+Fields = Mapping[str, str]  # a record's values by field name, as the collector reads them
+Accepts = Callable[[str], object]  # true (a match, True) when the value is accepted
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """One of rules 4-15: `accepts` tests the field's value, `message` is the collector's
+    400 when it fails.  A rule that reads other fields or has several messages has `judge`
+    instead (the message, or None).  `sender_accepts` is what a client must also keep so
+    that the reference backend accepts the record too (None: the same test)."""
+
+    rule: Rule
+    field: str
+    since: int  # the record format version from which the rule applies
+    hint: str  # what a sender is told, beside the collector's message
+    message: str
+    accepts: Accepts | None
+    judge: Callable[[Fields], str | None] | None = None
+    sender_accepts: Accepts | None = None
+
+
+def _build(f: Fields) -> str | None:
+    build = unquote(f[H.BUILD])
+    if unquote(f[H.SYSTEM_NAME]) == CLEAR_LINUX:
+        if not _CLEAR_BUILD.fullmatch(build):
+            return "Clear Linux OS build version has invalid characters"
+    elif not _BUILD.fullmatch(build):
+        return "Build version has invalid characters"
+    return None if len(build) <= BUILD_MAX else "Build version is too long"
+
+
+def _payload_format_version(f: Fields) -> str | None:
+    raw = f[H.PAYLOAD_FORMAT_VERSION]
+    number = parse_number(raw)
+    if number is None and not _DIGITS.fullmatch(raw):
+        return f"Error parsing payload_format_version, invalid literal for int() with base 10: {raw!r}"
+    if number is None or number > PAYLOAD_FORMAT_VERSION_MAX:
+        return "Payload format version outside of range supported"
+    return None
+
+
+def _timestamp_ok(value: str) -> bool:
+    ts = parse_number(value)
+    return ts is not None and ts <= TIMESTAMP_MAX
+
+
+_PRINTABLE_HINT = f"must be printable ASCII, at most {PRINTABLE_MAX} characters"
+
+def _matches(pattern: str) -> Accepts:
+    """A whole-value test as one compiled match (no Python frame per check)."""
+    return re.compile(pattern, re.DOTALL).fullmatch
+
+
+def _at_most(n: int) -> Accepts:
+    return _matches(f".{{0,{n}}}")
+
+
+FIELD_RULES: tuple[FieldRule, ...] = (
+    FieldRule(Rule.SEVERITY, H.SEVERITY, 1, "must be 1, 2, 3 or 4", "severity value is out of range",
+              _matches(f"0{{0,{NUMBER_DIGITS_MAX - 1}}}[{SEVERITY_RANGE.start}-{SEVERITY_RANGE.stop - 1}]")),
+    FieldRule(Rule.CLASSIFICATION, H.CLASSIFICATION, 1,
+              f"must have three '/'-separated parts, at most {TEXT_MAX} characters",
+              "Classification value is invalid", _matches(f"(?=.{{0,{TEXT_MAX}}}\\Z)[^/]*/[^/]*/[^/]*")),
+    FieldRule(Rule.MACHINE_ID, H.MACHINE_ID, 1, f"may have at most {MACHINE_ID_MAX} characters",
+              "Machine id value is invalid", _at_most(MACHINE_ID_MAX)),
+    FieldRule(Rule.TIMESTAMP, H.CREATION_TIMESTAMP, 1, "must be digits, no later than the year 9999",
+              "timestamp is invalid", _timestamp_ok),
+    FieldRule(Rule.ARCH, H.ARCH, 1, "is not an architecture the reference collector knows",
+              "architecture is invalid", ARCHITECTURES.__contains__,
+              sender_accepts=REFERENCE_ARCHITECTURES.__contains__),
+    FieldRule(Rule.HOST_TYPE, H.HOST_TYPE, 1, f"may have at most {HOST_TYPE_MAX} characters",
+              "host type is invalid", _at_most(HOST_TYPE_MAX)),
+    FieldRule(Rule.KERNEL_VERSION, H.KERNEL_VERSION, 1,
+              f"needs at least two dots and digits in its first two fields, at most {TEXT_MAX} characters",
+              "kernel version is invalid", _matches(f"(?=.{{0,{TEXT_MAX}}}\\Z)[0-9]+\\.[0-9]+\\..*")),
+    FieldRule(Rule.BOARD_NAME, H.BOARD_NAME, 3, _PRINTABLE_HINT, "board name is invalid", _printable_field),
+    FieldRule(Rule.CPU_MODEL, H.CPU_MODEL, 3, _PRINTABLE_HINT, "cpu model is invalid", _printable_field),
+    FieldRule(Rule.BIOS_VERSION, H.BIOS_VERSION, 3, _PRINTABLE_HINT, "BIOS version is invalid", _printable_field),
+    FieldRule(Rule.EVENT_ID, H.EVENT_ID, 4, f"must be {EVENT_ID_LEN} characters from 0-9a-f",
+              "Event id is invalid", _HEX32.fullmatch),
+    FieldRule(Rule.SYSTEM_NAME, H.SYSTEM_NAME, 1, f"may have at most {TEXT_MAX} characters",
+              "system name is invalid", _matches(f"(?:[\"']*[^\"']){{0,{TEXT_MAX}}}[\"']*")),  # quotes not counted
+    FieldRule(Rule.BUILD, H.BUILD, 1,
+              f"may hold only letters, digits and '-_.' (digits only for {CLEAR_LINUX}), "
+              f"at most {BUILD_MAX} characters", "Build version has invalid characters", None, judge=_build),
+    FieldRule(Rule.PAYLOAD_FORMAT_VERSION, H.PAYLOAD_FORMAT_VERSION, 1,
+              f"must be a number up to {PAYLOAD_FORMAT_VERSION_MAX}",
+              "Payload format version outside of range supported", None, judge=_payload_format_version),
+)
+# (field, the test, the stricter test for senders, the rule) by record format version
+_CHECKS = {
+    version: tuple((r.field, r.accepts, r.sender_accepts or r.accepts, r) for r in FIELD_RULES if r.since <= version)
+    for version in RECORD_FORMAT_VERSIONS
+}
+
+
+def first_refusal(fields: Fields, version: int, *, sender: bool = False) -> tuple[FieldRule, str] | None:
+    """The first of rules 4-15 that `fields` break, with the collector's message.
+
+    `fields` must hold every field `version` requires (rule 3).  `sender`: also apply
+    the reference backend's stricter checks.
+    """
+    for name, accepts, sender_accepts, rule in _CHECKS[version]:
+        test = sender_accepts if sender else accepts
+        if test is None:
+            message = rule.judge(fields)  # type: ignore[misc]
+            if message is not None:
+                return rule, message
+        elif not test(fields[name]):
+            return rule, rule.message
+    return None
+
+
+# --- the sending side ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -44,57 +274,70 @@ class Violation:
         return self.message
 
 
-def _ows(value: str) -> str:
-    """The collector's HTTP layer strips surrounding spaces and tabs before it checks."""
-    return value.strip(" \t")
+_OWS = itertools.repeat(" \t")  # what the collector's HTTP layer strips around a value
 
 
-def _printable_field(record: Record, name: str, what: str) -> Violation | None:
-    value = _ows(getattr(record, name))
-    if len(value) > PRINTABLE_FIELD_MAX:
-        return Violation(name, f"{name} is {len(value)} characters; the collector takes at most "
-                         f"{PRINTABLE_FIELD_MAX} ({what} is invalid)")
-    if not _PRINTABLE.issuperset(value):
-        return Violation(name, f"{name} has characters outside printable ASCII ({what} is invalid)")
+def _shown(value: str) -> str:
+    if len(value) > 40:
+        return f"({len(value)} characters)"
+    return repr(value)
+
+
+# The fields that describe the machine, not the record: every record of a machine has the
+# same, so their rules are judged once per set of values (`_machine_refusal`).
+_MACHINE_FIELDS = (H.ARCH, H.HOST_TYPE, H.KERNEL_VERSION, H.BOARD_NAME, H.CPU_MODEL, H.BIOS_VERSION,
+                   H.SYSTEM_NAME, H.BUILD)
+_machine_values = operator.itemgetter(*(H.RECORD_HEADERS.index(f) for f in _MACHINE_FIELDS))
+# The other rules, judged for every record: (place in the table, field's position, rule).
+_RECORD_RULES = tuple((i, H.RECORD_HEADERS.index(r.field), r) for i, r in enumerate(FIELD_RULES)
+                      if r.field not in _MACHINE_FIELDS)
+
+
+@functools.lru_cache(maxsize=64)
+def _machine_refusal(values: tuple[str, ...], version: int) -> tuple[int, FieldRule, str] | None:
+    """The first machine rule those values break, with its place in the table."""
+    fields = dict(zip(_MACHINE_FIELDS, values, strict=True))
+    for i, rule in enumerate(FIELD_RULES):
+        if rule.field not in fields or rule.since > version:
+            continue
+        if rule.judge is not None:
+            message = rule.judge(fields)
+            if message is not None:
+                return i, rule, message
+        elif not (rule.sender_accepts or rule.accepts)(fields[rule.field]):  # type: ignore[misc]
+            return i, rule, rule.message
     return None
-
-
-def _kernel_ok(version: str) -> bool:
-    parts = version.split(".", 2)
-    return len(parts) == 3 and all(_DIGITS.fullmatch(p) for p in parts[:2])
 
 
 def check_record(record: Record) -> Violation | None:
-    """The first rule the collector would refuse the record for, in the collector's order."""
-    if len(_ows(record.machine_id)) > MACHINE_ID_MAX:
-        return Violation(H.MACHINE_ID, f"machine_id is longer than {MACHINE_ID_MAX} characters "
-                         "(Machine id value is invalid)")
-    if _ows(record.arch) not in ARCHES:
-        return Violation(H.ARCH, f"arch {record.arch[:40]!r} is not one the collector knows "
-                         "(architecture is invalid)")
-    host_type = _ows(record.host_type)
-    if len(host_type) > HOST_TYPE_MAX:
-        return Violation(H.HOST_TYPE, f"host_type is {len(host_type)} characters; the collector "
-                         f"takes at most {HOST_TYPE_MAX} (host type is invalid)")
-    if not _kernel_ok(_ows(record.kernel_version)):
-        return Violation(H.KERNEL_VERSION, f"kernel_version {record.kernel_version[:40]!r} needs at least two "
-                         "dots and digits in its first two fields (kernel version is invalid)")
-    for name, what in ((H.BOARD_NAME, "board name"), (H.CPU_MODEL, "cpu model"), (H.BIOS_VERSION, "BIOS version")):
-        problem = _printable_field(record, name, what)
-        if problem:
-            return problem
-    build = _ows(record.build).replace('"', "").replace("'", "")
-    if _ows(record.system_name).replace('"', "").replace("'", "") == CLEAR_LINUX:
-        if not _CLEAR_BUILD.fullmatch(build):
-            return Violation(H.BUILD, f"build {record.build[:40]!r} must be digits for {CLEAR_LINUX} "
-                             "(Clear Linux OS build version has invalid characters)")
-    elif not _BUILD.fullmatch(build):
-        return Violation(H.BUILD, f"build {record.build[:40]!r} may hold only letters, digits and '-_.' "
-                         "(Build version has invalid characters)")
-    if record.payload_format_version > PAYLOAD_FORMAT_VERSION_MAX:
-        return Violation(H.PAYLOAD_FORMAT_VERSION, "payload_format_version is too large "
-                         "(Payload format version outside of range supported)")
-    return None
+    """The first rule any collector would refuse the record for, in the collector's order
+    (the table's, with the reference backend's stricter checks)."""
+    # As the collector reads them: its HTTP layer strips surrounding spaces and tabs.
+    values = list(map(str.strip, map(str, wire_values(record)), _OWS))
+    version = record.record_format_version
+    machine = _machine_refusal(_machine_values(values), version)
+    found: tuple[FieldRule, str, str] | None = None
+    for i, position, rule in _RECORD_RULES:
+        if machine is not None and i > machine[0]:
+            break
+        if rule.since > version:
+            continue
+        value = values[position]
+        if rule.judge is not None:
+            message = rule.judge({rule.field: value})
+            if message is not None:
+                found = rule, message, value
+                break
+        elif not (rule.sender_accepts or rule.accepts)(value):  # type: ignore[misc]
+            found = rule, rule.message, value
+            break
+    if found is None and machine is not None:
+        rule = machine[1]
+        found = rule, machine[2], values[H.RECORD_HEADERS.index(rule.field)]
+    if found is None:
+        return None
+    rule, message, value = found
+    return Violation(rule.field, f"{rule.field} {_shown(value)} {rule.hint} ({message})")
 
 
 def check_header_block(lines: tuple[bytes, ...]) -> Violation | None:

@@ -19,8 +19,8 @@ SEVERITY_MAX = 4
 # payload_format_version is a uint32, as in the original.
 PAYLOAD_FORMAT_VERSION_MAX = 2**32 - 1
 
-# A header line longer than this is not something any probe produces; the collector
-# refuses values of 250 characters and more.  (Ours: the original has no such check.)
+# A header line longer than this is not something any probe produces; the collector's
+# own bounds are tighter (telemetry/contract.py).  (Ours: the original has no such check.)
 HEADER_VALUE_MAX = 512
 
 # The library keeps at most this many payload bytes.  The original telemprobd drops
@@ -41,9 +41,9 @@ SYSTEM_NAME_MAX = 79
 # Socket frame.  8 + 4 + PATH_MAX + 8192 + 15*80: the original's ceiling for a whole frame.
 PATH_MAX = 4096
 FRAME_MAX = 13500
-FRAME_SIZE_FIELD = 4
-# A frame needs at least: size (4) + header_size (4) + terminator (1).
-FRAME_MIN = 9
+FRAME_SIZE_FIELD = 4  # record_size and header_size: uint32 little-endian
+# A frame needs at least: record_size + header_size + the terminator.
+FRAME_MIN = 2 * FRAME_SIZE_FIELD + 1
 
 # A unix socket path: sun_path holds 108 bytes, the NUL included.
 SUN_PATH_MAX = 107

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import operator
 import os
 import re
 import struct
@@ -141,16 +142,24 @@ class Record:
 
     def headers(self) -> tuple[tuple[str, str], ...]:
         """The 15 (name, value) pairs in wire order."""
-        return tuple((name, str(getattr(self, name))) for name in H.RECORD_HEADERS)
+        return tuple(zip(H.RECORD_HEADERS, map(str, wire_values(self)), strict=True))
 
     def header_block(self) -> bytes:
-        return "".join(f"{n}: {v}\n" for n, v in self.headers()).encode("utf-8")
+        """The 15 lines as a frame and the queue carry them."""
+        return (_BLOCK_TEMPLATE % wire_values(self)).encode("utf-8")
 
     def with_machine_id(self, machine_id: str) -> Record:
-        return dataclasses.replace(self, machine_id=machine_id)
+        """This record as telemprobd queues it: the machine id written in, as the original does."""
+        stamped = object.__new__(Record)  # a copy with one field changed, without __init__'s cost
+        stamped.__dict__.update(self.__dict__, machine_id=machine_id)
+        return stamped
 
     def with_payload(self, payload: bytes | str, *, truncate: bool = False) -> Record:
         return dataclasses.replace(self, payload=prepare_payload(payload, truncate=truncate))
+
+
+wire_values = operator.attrgetter(*H.RECORD_HEADERS)  # a record's 15 values in wire order
+_BLOCK_TEMPLATE = "".join(f"{name}: %s\n" for name in H.RECORD_HEADERS)
 
 
 def prepare_payload(payload: bytes | str, *, truncate: bool = False) -> bytes:
@@ -204,90 +213,94 @@ def create_record(
     )
 
 
-_INT_FIELDS = {
-    H.RECORD_FORMAT_VERSION,
-    H.SEVERITY,
-    H.CREATION_TIMESTAMP,
-    H.PAYLOAD_FORMAT_VERSION,
+# --- reading a header block (the daemon side) ------------------------------------------
+#
+# One grammar: the 15 lines in order, `name: value\n`, each value as `_VALUES` says.  The
+# block is read in one regex match built from it; a block the match refuses is walked
+# line by line (`_refusal`) only to name the first header at fault and why.
+
+_INT_FIELDS = frozenset({H.RECORD_FORMAT_VERSION, H.SEVERITY, H.CREATION_TIMESTAMP, H.PAYLOAD_FORMAT_VERSION})
+_NUMBER_DIGITS_MAX = 20
+_SEGMENT = "[ -.0-~]"  # printable ASCII except '/'
+# A free value: tab or anything but a control character; a non-ASCII one is checked with
+# str.isprintable after the match (Unicode's control and format characters).
+_FREE = f"[^\x00-\x08\x0a-\x1f\x7f]{{0,{HEADER_VALUE_MAX}}}"
+_VALUES: dict[str, str] = {
+    **{name: f"[0-9]{{1,{_NUMBER_DIGITS_MAX}}}" for name in _INT_FIELDS},
+    H.CLASSIFICATION: f"{_SEGMENT}{{0,{CLASSIFICATION_FIRST_SEGMENT_MAX}}}/{_SEGMENT}{{0,"
+                      f"{CLASSIFICATION_SEGMENT_MAX}}}/{_SEGMENT}{{0,{CLASSIFICATION_SEGMENT_MAX}}}",
+    H.EVENT_ID: f"[0-9a-f]{{{EVENT_ID_LEN}}}",
 }
-
-
-def _fast_pattern() -> re.Pattern[str]:
-    """One regex that only an all-ASCII, valid header block matches (see parse_header_block)."""
-    value = f"([\t -~]{{0,{HEADER_VALUE_MAX}}})"  # printable ASCII or tab: what _check_value allows
-    segment = "[ -.0-~]"  # printable ASCII except '/'
-    special = {
-        H.RECORD_FORMAT_VERSION: f"({RECORD_FORMAT_VERSION})",
-        H.CLASSIFICATION: f"({segment}{{0,{CLASSIFICATION_FIRST_SEGMENT_MAX}}}/{segment}{{0,"
-                          f"{CLASSIFICATION_SEGMENT_MAX}}}/{segment}{{0,{CLASSIFICATION_SEGMENT_MAX}}})",
-        H.SEVERITY: f"([{SEVERITY_MIN}-{SEVERITY_MAX}])",
-        H.CREATION_TIMESTAMP: "([0-9]{1,20})",
-        H.PAYLOAD_FORMAT_VERSION: "([0-9]{1,10})",
-        H.EVENT_ID: f"([0-9a-f]{{{EVENT_ID_LEN}}})",
-    }
-    return re.compile("".join(f"{name}: {special.get(name, value)}\n" for name in H.RECORD_HEADERS))
-
-
-_FAST_BLOCK = _fast_pattern()
-
-
-def _parse_fast(block: bytes, payload: bytes) -> Record | None:
-    """The usual record, accepted in one regex match; None means "ask the strict reader".
-
-    It accepts a subset of what the strict reader accepts (tests/unit check the two agree),
-    so every refusal, and its message, still comes from the strict reader.
-    """
-    if not block.isascii():
-        return None
-    m = _FAST_BLOCK.fullmatch(block.decode("ascii"))
-    if m is None:
-        return None
-    values: dict[str, object] = dict(zip(H.RECORD_HEADERS, m.groups(), strict=True))
-    for name in _INT_FIELDS:
-        values[name] = int(values[name])  # type: ignore[call-overload]
-    if (len(values[H.CLASSIFICATION]) > CLASSIFICATION_MAX  # type: ignore[arg-type]
-            or values[H.PAYLOAD_FORMAT_VERSION] > PAYLOAD_FORMAT_VERSION_MAX):  # type: ignore[operator]
-        return None
-    check_payload(payload)
-    return Record(payload=payload, **values)  # type: ignore[arg-type]
+_BLOCK = re.compile("".join(f"{name}: ({_VALUES.get(name, _FREE)})\n" for name in H.RECORD_HEADERS))
+_FREE_GROUPS = tuple(i for i, name in enumerate(H.RECORD_HEADERS) if name not in _VALUES)
+_INT_GROUPS = tuple(i for i, name in enumerate(H.RECORD_HEADERS) if name in _INT_FIELDS)
 
 
 def parse_header_block(block: bytes, payload: bytes = b"") -> Record:
-    """The daemon's strict reading of a frame's header block and payload."""
-    return _parse_fast(block, payload) or _parse_strict(block, payload)
+    """The daemon's strict reading of a frame's header block and payload: the Record, or
+    RecordError naming the first header (in wire order) that is not as the grammar says."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    m = _BLOCK.fullmatch(text) if text else None
+    if m is None:
+        raise _refusal(block)
+    values: list[object] = list(m.groups())
+    if not text.isascii() and not all(_printable(values[i]) for i in _FREE_GROUPS):  # type: ignore[arg-type]
+        raise _refusal(block)
+    for i in _INT_GROUPS:
+        values[i] = int(values[i])  # type: ignore[call-overload]
+    record = Record(*values[1:], payload=payload, record_format_version=values[0])  # type: ignore[arg-type, misc]
+    if (record.record_format_version != RECORD_FORMAT_VERSION
+            or not SEVERITY_MIN <= record.severity <= SEVERITY_MAX
+            or record.payload_format_version > PAYLOAD_FORMAT_VERSION_MAX
+            or len(record.classification) > CLASSIFICATION_MAX):
+        raise _refusal(block)
+    check_payload(payload)
+    return record
 
 
-def _parse_strict(block: bytes, payload: bytes) -> Record:
+def _printable(value: str) -> bool:
+    return value.isprintable() or value.replace("\t", " ").isprintable()
+
+
+def _refusal(block: bytes) -> RecordError:
+    """Why `block` is no header block: the first fault, line by line, in wire order."""
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RecordError("headers", f"header block is not valid UTF-8 (byte {e.start})") from None
+        return RecordError("headers", f"header block is not valid UTF-8 (byte {e.start})")
     if not text.endswith("\n"):
-        raise RecordError("headers", "header block does not end with a newline")
+        return RecordError("headers", "header block does not end with a newline")
     lines = text[:-1].split("\n")
     if len(lines) != len(H.RECORD_HEADERS):
-        raise RecordError("headers", f"expected {len(H.RECORD_HEADERS)} header lines, got {len(lines)}")
-    values: dict[str, object] = {}
+        return RecordError("headers", f"expected {len(H.RECORD_HEADERS)} header lines, got {len(lines)}")
+    numbers: dict[str, int] = {}
     for name, line in zip(H.RECORD_HEADERS, lines, strict=True):
         prefix = f"{name}: "
         if not line.startswith(prefix):
             got = line.split(":", 1)[0][:40]
-            raise RecordError(name, f"expected header {name!r}, got {got!r}")
+            return RecordError(name, f"expected header {name!r}, got {got!r}")
         value = line[len(prefix) :]
-        _check_value(name, value)
+        try:
+            _check_value(name, value)
+        except RecordError as e:
+            return e
         if name in _INT_FIELDS:
-            if not _DIGITS.fullmatch(value) or len(value) > 20:
-                raise RecordError(name, f"{name} must be a decimal number, got {value[:40]!r}")
-            values[name] = int(value)
-        else:
-            values[name] = value
-    if values[H.RECORD_FORMAT_VERSION] != RECORD_FORMAT_VERSION:
-        raise RecordError(H.RECORD_FORMAT_VERSION, f"record_format_version must be {RECORD_FORMAT_VERSION}")
-    if not SEVERITY_MIN <= values[H.SEVERITY] <= SEVERITY_MAX:  # type: ignore[operator]
-        raise RecordError(H.SEVERITY, f"severity must be {SEVERITY_MIN}..{SEVERITY_MAX}")
-    if values[H.PAYLOAD_FORMAT_VERSION] > PAYLOAD_FORMAT_VERSION_MAX:  # type: ignore[operator]
-        raise RecordError(H.PAYLOAD_FORMAT_VERSION, "payload_format_version must fit in 32 bits")
-    check_classification(values[H.CLASSIFICATION])  # type: ignore[arg-type]
-    check_event_id(values[H.EVENT_ID])  # type: ignore[arg-type]
-    check_payload(payload)
-    return Record(payload=payload, **values)  # type: ignore[arg-type]
+            if not _DIGITS.fullmatch(value) or len(value) > _NUMBER_DIGITS_MAX:
+                return RecordError(name, f"{name} must be a decimal number, got {value[:40]!r}")
+            numbers[name] = int(value)
+    if numbers[H.RECORD_FORMAT_VERSION] != RECORD_FORMAT_VERSION:
+        return RecordError(H.RECORD_FORMAT_VERSION, f"record_format_version must be {RECORD_FORMAT_VERSION}")
+    if not SEVERITY_MIN <= numbers[H.SEVERITY] <= SEVERITY_MAX:
+        return RecordError(H.SEVERITY, f"severity must be {SEVERITY_MIN}..{SEVERITY_MAX}")
+    if numbers[H.PAYLOAD_FORMAT_VERSION] > PAYLOAD_FORMAT_VERSION_MAX:
+        return RecordError(H.PAYLOAD_FORMAT_VERSION, "payload_format_version must fit in 32 bits")
+    by_name = dict(zip(H.RECORD_HEADERS, lines, strict=True))
+    for name, check in ((H.CLASSIFICATION, check_classification), (H.EVENT_ID, check_event_id)):
+        try:
+            check(by_name[name][len(name) + 2 :])
+        except RecordError as e:
+            return e
+    return RecordError("headers", "header block is not a record")  # the grammar and this walk disagree

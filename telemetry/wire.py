@@ -20,10 +20,11 @@ import struct
 from dataclasses import dataclass
 
 from .errors import TelemetryError
-from .limits import FRAME_MAX, FRAME_MIN, PATH_MAX, PAYLOAD_MAX
+from .limits import FRAME_MAX, FRAME_MIN, FRAME_SIZE_FIELD, PATH_MAX, PAYLOAD_MAX
 
-_U32 = struct.Struct("<I")
+_U32 = struct.Struct("<I")  # both size fields (FRAME_SIZE_FIELD bytes): record_size and header_size
 CFG_MAGIC = b"CFG:"
+_SIZE = FRAME_SIZE_FIELD
 
 
 class FramingError(TelemetryError):
@@ -58,15 +59,15 @@ def encode_frame(header_block: bytes, payload: bytes, cfg_path: str | None = Non
         if b"\0" in path or len(path) >= PATH_MAX:
             raise MalformedFrame("CFG path contains a NUL byte or is longer than PATH_MAX")
         cfg = CFG_MAGIC + path + b"\0"
-    size = 4 + len(cfg) + 4 + len(header_block) + len(payload) + 1
+    size = _SIZE + len(cfg) + _SIZE + len(header_block) + len(payload) + 1
     if size > FRAME_MAX:
         raise FrameSizeError(f"frame would be {size} bytes; the limit is {FRAME_MAX}")
     return b"".join((_U32.pack(size), cfg, _U32.pack(len(header_block)), header_block, payload, b"\0"))
 
 
 def frame_size(prefix: bytes) -> int | None:
-    """The declared size once 4 bytes are known, checked against the limits."""
-    if len(prefix) < 4:
+    """The declared size once its field is complete, checked against the limits."""
+    if len(prefix) < _SIZE:
         return None
     (size,) = _U32.unpack_from(prefix)
     if size < FRAME_MIN or size > FRAME_MAX:
@@ -82,25 +83,25 @@ def decode_frame(data: bytes) -> Frame:
         raise IncompleteFrame(f"frame incomplete: have {have} bytes" + (f" of {size}" if size else ""))
     if len(data) > size:
         raise MalformedFrame(f"{len(data) - size} bytes follow the frame")
-    body = memoryview(data)[4:size]
+    body = memoryview(data)[_SIZE:size]
     pos = 0
     cfg_path = None
-    if bytes(body[:4]) == CFG_MAGIC:
-        end = data.find(b"\0", 8, size)
+    if bytes(body[: len(CFG_MAGIC)]) == CFG_MAGIC:
+        end = data.find(b"\0", _SIZE + len(CFG_MAGIC), size)
         if end < 0:
             raise MalformedFrame("CFG path is not NUL-terminated")
-        raw_path = data[8:end]
+        raw_path = data[_SIZE + len(CFG_MAGIC):end]
         if not raw_path.startswith(b"/") or len(raw_path) >= PATH_MAX:
             raise MalformedFrame("CFG path must be an absolute path shorter than PATH_MAX")
         try:
             cfg_path = raw_path.decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedFrame("CFG path is not valid UTF-8") from None
-        pos = end + 1 - 4
-    if len(body) - pos < 4 + 1:
+        pos = end + 1 - _SIZE
+    if len(body) - pos < _SIZE + 1:
         raise MalformedFrame("frame too short for header_size and terminator")
     (header_size,) = _U32.unpack_from(body, pos)
-    pos += 4
+    pos += _SIZE
     room = len(body) - pos - 1
     if header_size == 0 or header_size > room:
         raise MalformedFrame(f"header_size {header_size} does not fit the {room} bytes left in the frame")
@@ -131,7 +132,7 @@ class FrameDecoder:
     def wanted(self) -> int:
         """How many more bytes complete the frame (or the size field)."""
         if self._size is None:
-            return 4 - len(self._buf)
+            return _SIZE - len(self._buf)
         return self._size - len(self._buf)
 
     def feed(self, data: bytes) -> Frame | None:
@@ -139,7 +140,7 @@ class FrameDecoder:
             raise MalformedFrame("bytes follow the frame on the same connection")
         self._buf += data
         if self._size is None:
-            self._size = frame_size(bytes(self._buf[:4]))
+            self._size = frame_size(bytes(self._buf[:_SIZE]))
             if self._size is None:
                 return None
             if len(self._buf) > self._size:

@@ -8,7 +8,6 @@ the user-mode supervisor) and handed in.  `format_text` and `to_json` are pure.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,19 +79,6 @@ class Status:
 
 # --- gathering ----------------------------------------------------------------------------
 
-# Rows never tried are "staged", rows tried at least once "spooled".  After a failure
-# telempostd holds every row back until the collector may be tried again, so when some
-# row has failed, its next attempt is the next retry of the whole queue.
-_BREAKDOWN = """
-SELECT COUNT(*), COALESCE(SUM(size), 0),
-       COALESCE(SUM(attempts = 0), 0), COALESCE(SUM(CASE WHEN attempts = 0 THEN size END), 0),
-       COALESCE(SUM(deferred_until > ?), 0),
-       MIN(MAX(next_attempt_at, deferred_until)),
-       MIN(CASE WHEN attempts > 0 THEN MAX(next_attempt_at, deferred_until) END)
-FROM records
-"""
-
-
 def cap_bytes(spool_max_size_kib: int) -> int | None:
     return None if spool_max_size_kib < 0 else spool_max_size_kib * 1024
 
@@ -110,19 +96,16 @@ def read_queue(spool_dir: str, spool_max_size_kib: int, now: float) -> tuple[Que
     except TelemetryError as e:
         return QueueInfo(path, error=_short(str(e), path), cap_bytes=cap), {}
     try:
-        rows, size, staged, staged_size, deferred, first_due, first_retry = (
-            queue.db.execute(_BREAKDOWN, (now,)).fetchone()
-        )
-        next_due = first_retry if first_retry is not None else first_due
+        b = queue.breakdown(now)
         counters = queue.counters()
-    except sqlite3.Error as e:
-        return QueueInfo(path, error=str(e), cap_bytes=cap), {}
+    except TelemetryError as e:
+        return QueueInfo(path, error=_short(str(e), path), cap_bytes=cap), {}
     finally:
         queue.close()
     info = QueueInfo(
-        path=path, records=rows, bytes=size, staged_records=staged, staged_bytes=staged_size,
-        spooled_records=rows - staged, spooled_bytes=size - staged_size, deferred_records=deferred,
-        cap_bytes=cap, next_retry=next_due,
+        path=path, records=b.rows, bytes=b.bytes, staged_records=b.staged_rows, staged_bytes=b.staged_bytes,
+        spooled_records=b.rows - b.staged_rows, spooled_bytes=b.bytes - b.staged_bytes,
+        deferred_records=b.deferred_rows, cap_bytes=cap, next_retry=b.next_due,
     )
     return info, counters
 

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from telemetry import headers as H
 from telemetry.ack import AckStatus
 from telemetry.daemons.probd.ratelimit import Booking, RateLimiter, Verdict
 from telemetry.daemons.store.queue import NewRecord, Sender
 from telemetry.record import Record, RecordError, parse_header_block
 from telemetry.wire import Frame
-
-_MACHINE_ID_LINE = 3  # position of machine_id among the 15 header lines
-_MACHINE_ID_PREFIX = f"{H.MACHINE_ID}: ".encode()
 
 
 @dataclass(frozen=True)
@@ -49,13 +45,6 @@ class Refuse:
     record: Record | None = None  # the parsed record, when it got that far (for the journal)
 
 
-def stamp_machine_id(header_block: bytes, machine_id: str) -> bytes:
-    """The validated header block with its machine_id line replaced, as the original does."""
-    lines = header_block.split(b"\n", _MACHINE_ID_LINE + 1)
-    lines[_MACHINE_ID_LINE] = _MACHINE_ID_PREFIX + machine_id.encode("ascii")
-    return b"\n".join(lines)
-
-
 def spool_limit_bytes(spool_max_size_kib: int) -> int:
     """The spool_max_size key (KiB, -1 = no cap) in bytes; -1 stays -1."""
     return -1 if spool_max_size_kib < 0 else spool_max_size_kib * 1024
@@ -74,14 +63,14 @@ class Admission:
         if not ctx.opted_in:
             return Refuse(AckStatus.NOT_OPTED_IN, "telemetry is not opted in on this machine")
         try:
-            parsed = parse_header_block(frame.header_block, frame.payload)
+            parsed = parse_header_block(frame.header_block, frame.payload).with_machine_id(ctx.machine_id)
         except RecordError as e:
             return Refuse(AckStatus.INVALID, str(e))
         record = NewRecord(
             record_id=ctx.record_id,
             received_at=ctx.received_at,
             sender=ctx.sender,
-            headers=stamp_machine_id(frame.header_block, ctx.machine_id),
+            headers=parsed.header_block(),
             payload=frame.payload,
             cfg_path=frame.cfg_path,
         )

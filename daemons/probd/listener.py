@@ -19,10 +19,10 @@ from telemetry.config import Config
 from telemetry.daemons.store.queue import Sender
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import UnsafePathError, ensure_dir
+from telemetry.limits import SUN_PATH_MAX
 
 log = logging.getLogger(__name__)
 
-SUN_PATH_MAX = 107
 SOCKET_MODE_UMASK = 0o111  # bind() then creates the socket file with mode 0666
 _UCRED = struct.Struct("3i")
 

@@ -23,12 +23,15 @@ from typing import TYPE_CHECKING
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
+from telemetry.bootid import read_boot_id
 from telemetry.cli import VERSION, ConfigFile, command_attribute, handle_errors, program_main
-from telemetry.daemons.probd.ingest import IngestLoop, Settings
+from telemetry.daemons.probd.core import Settings
+from telemetry.daemons.probd.ingest import IngestLoop
 from telemetry.daemons.probd.listener import open_listener
 from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import LIMITER_META_KEY, Stager, elapsed_since
-from telemetry.daemons.store.journal import read_boot_id
+from telemetry.daemons.runtime.lifecycle import started_by_systemd
+from telemetry.daemons.runtime.notify import notify
 from telemetry.machineid import MachineId
 from telemetry.options import Options
 from telemetry.paths import Mode, Paths
@@ -38,15 +41,6 @@ if TYPE_CHECKING:
 
 PROGRAM = "telemprobd"
 log = logging.getLogger(PROGRAM)
-
-
-def _notify(message: str) -> None:
-    try:
-        from systemd import daemon as sd
-
-        sd.notify(message)
-    except Exception as e:  # no notify socket, or systemd-python missing: nothing to tell
-        log.debug("sd_notify failed: %s", e)
 
 
 def restore_limiter(stager: Stager, settings: Settings, boot_id: str) -> RateLimiter:
@@ -98,10 +92,10 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
             limiter=limiter,
             machine_id=machine_id,
             paths=paths,
-            idle_exit=listener.activated or bool(os.environ.get("INVOCATION_ID")),
+            idle_exit=listener.activated or started_by_systemd(),
             boot_id=boot_id,
             reload=reload,
-            notify=_notify,
+            notify=notify,
         )
         try:
             code = loop.run()

@@ -16,9 +16,9 @@ CPU cost of a commit.
 Counters and the rate-limit bookings ride along with a group commit at most once a
 second (and at exit), so they cost no extra fsync; a crash can lose at most a second of
 counts, never a record.  A failed commit becomes the reason the senders are told
-(`classify_failure`).  A database SQLite reports as corrupt is moved aside and the batch
-committed into a new one; a queue file that disappeared (spool directory removed) is
-recreated.  Nothing here stops the daemon.
+(`classify_failure`).  A damaged database is replaced and the batch committed into the new
+one (the store salvages every readable row into it); a queue file
+that disappeared (spool directory removed) is recreated.  Nothing here stops the daemon.
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ import json
 import logging
 import os
 import socket
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from telemetry.ack import Ack, AckStatus
-from telemetry.daemons.probd.ratelimit import Booking
+from telemetry.daemons.store.database import Fault, StoreError
 from telemetry.daemons.store.journal import Journal, Outcome, entry_for
-from telemetry.daemons.store.queue import QUEUE_DB, NewRecord, Queue, QueueError, is_corruption
+from telemetry.daemons.store.queue import NewRecord, Queue
 from telemetry.errors import TelemetryError
 from telemetry.record import Record
 
@@ -86,16 +85,6 @@ class Dropped:
     at: float
 
 
-@dataclass(frozen=True)
-class Item:
-    """An admitted record and the connection waiting for its acknowledgement."""
-
-    record: NewRecord
-    sock: socket.socket
-    booking: Booking
-    deferred: bool
-
-
 class StageError(TelemetryError):
     """A commit failed; `status` and the message are what the senders are told."""
 
@@ -110,23 +99,19 @@ def classify_failure(error: BaseException) -> StageError:
     """The reply a sender gets when its batch could not be committed."""
     if isinstance(error, StageError):
         return error
-    if isinstance(error, sqlite3.Error):
-        code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
-        text = str(error)
-        if code == sqlite3.SQLITE_FULL or "disk is full" in text:
+    if isinstance(error, StoreError):
+        if error.fault is Fault.FULL:
             return StageError(AckStatus.NO_SPACE, "no space left on the spool file system")
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text:
+        if error.fault is Fault.BUSY:
             return StageError(AckStatus.BUSY, "the queue database is locked by another process; try again",
                               retry=True)
-        if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_AUTH):
-            return StageError(AckStatus.ERROR, f"cannot write the queue database: {text}")
-        return StageError(AckStatus.ERROR, f"queue database error: {text}")
+        if error.fault is Fault.DENIED:
+            return StageError(AckStatus.ERROR, f"cannot write the queue database: {error}")
+        return StageError(AckStatus.ERROR, f"queue database error: {error}")
     if isinstance(error, OSError):
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             return StageError(AckStatus.NO_SPACE, "no space left on the spool file system")
         return StageError(AckStatus.ERROR, f"cannot write the spool: {error.strerror or error}")
-    if isinstance(error, QueueError) and "disk is full" in str(error):
-        return StageError(AckStatus.NO_SPACE, "no space left on the spool file system")
     if isinstance(error, TelemetryError):
         return StageError(AckStatus.ERROR, str(error))
     return StageError(AckStatus.ERROR, f"internal error: {type(error).__name__}: {error}")
@@ -155,7 +140,6 @@ class Stager:
         self.staged = 0
         self.commit_seconds = 0.0
         self._queue: Queue | None = None
-        self._identity: tuple[int, int] | None = None
         self._journal: Journal | None = None
         try:
             self._ensure_queue()
@@ -166,7 +150,7 @@ class Stager:
         """A meta value of the queue, None if there is none or no queue."""
         try:
             return self._queue.get_meta(key) if self._queue else None
-        except sqlite3.Error as e:
+        except StoreError as e:
             log.warning("cannot read %s from the queue: %s", key, e)
             return None
 
@@ -182,14 +166,7 @@ class Stager:
         rows = {(self.daemon, name): n for name, n in counters.items() if n}
         try:
             q = self._ensure_queue()
-            try:
-                q.stage(records, rows, meta)
-            except sqlite3.DatabaseError as e:
-                if not is_corruption(e):
-                    raise
-                q.reopen_after_corruption(e)
-                self._adopt(q)
-                q.stage(records, rows, meta)
+            q.stage(records, rows, meta)
         except Exception as e:
             raise classify_failure(e) from None
         if not records:
@@ -236,34 +213,17 @@ class Stager:
                 f"({self.staged / self.commits:.1f} per commit, {self.commit_seconds / self.commits * 1000:.2f} ms each)")
 
     def _ensure_queue(self) -> Queue:
-        """The open queue, reopened if its file was removed or replaced under us."""
-        path = os.path.join(self.spool_dir, QUEUE_DB)
+        """The open queue, following its file if it was removed or replaced under us."""
         if self._queue is not None:
-            try:
-                st = os.stat(path)
-                if (st.st_dev, st.st_ino) == self._identity:
-                    return self._queue
-                log.warning("queue %s was replaced; opening the new file", path)
-            except FileNotFoundError:
-                log.warning("queue %s disappeared; starting a new one", path)
-            self._close_queue()
-        q = Queue(self.spool_dir)
-        self._adopt(q)
-        return q
-
-    def _adopt(self, q: Queue) -> None:
-        q.db.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_MS}")
-        st = os.stat(q.path)
-        self._queue, self._identity = q, (st.st_dev, st.st_ino)
+            self._queue.follow()
+            return self._queue
+        self._queue = Queue(self.spool_dir, busy_timeout_ms=LOCK_WAIT_MS)
+        return self._queue
 
     def _close_queue(self) -> None:
         if self._queue is not None:
-            try:
-                self._queue.close()
-            except sqlite3.Error:
-                pass
+            self._queue.close()
         self._queue = None
-        self._identity = None
 
 
 def limiter_meta(snapshot: str, *, boot_id: str, mono: float, wall: float) -> str:

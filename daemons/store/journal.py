@@ -27,8 +27,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from telemetry.daemons.store.queue import is_corruption
-from telemetry.errors import TelemetryError
+from telemetry.bootid import read_boot_id
+from telemetry.daemons.store.database import Database, Fault, Layout, StoreError, Table
 from telemetry.fsutil import ensure_dir
 from telemetry.record import Record
 
@@ -36,14 +36,11 @@ log = logging.getLogger(__name__)
 
 JOURNAL_DB = "journal.db"
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 5000
 ENTRIES_MAX = 10_000
 RETAINED_MAX = 100
 SET_ASIDE_MAX = 100
 # The original's readers look at the last 100 entries only.
 READER_WINDOW = 100
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-BOOT_ID_LEN = 36
 DETAIL_MAX = 500
 # Writers append and prune: a small page cache is enough and keeps the daemons small.
 CACHE_KIB = 256
@@ -82,7 +79,7 @@ CREATE TABLE IF NOT EXISTS set_aside (
 """
 
 
-class JournalError(TelemetryError):
+class JournalError(StoreError):
     """The journal cannot be opened or read; the message names the file and the cause."""
 
 
@@ -132,14 +129,6 @@ class SetAside:
     payload: bytes
 
 
-def read_boot_id(path: str = BOOT_ID_PATH) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read(BOOT_ID_LEN).decode("ascii", errors="replace").strip()
-    except OSError:
-        return ""
-
-
 def entry_for(
     record_id: str,
     record: Record | None,
@@ -179,9 +168,19 @@ def _entry(row: Sequence) -> JournalEntry:
     return JournalEntry(row[0], row[1], row[2], row[3], row[4], outcome, row[6], row[7], row[8])
 
 
-def _not_created_yet(e: sqlite3.Error) -> bool:
-    """A reader that opened the file between its creation and its schema."""
-    return isinstance(e, sqlite3.OperationalError) and str(e).startswith("no such table")
+LAYOUT = Layout(
+    what="journal",
+    schema=SCHEMA,
+    schema_version=SCHEMA_VERSION,
+    synchronous="NORMAL",
+    tables=(
+        Table("entries", ("id", *_ENTRY_COLUMNS.split(", "))),
+        Table("retained", ("seq", "record_id", "payload")),
+        Table("set_aside", ("seq", "record_id", "at", "reason", "headers", "payload")),
+        Table("meta", ("key", "value")),
+    ),
+    error=JournalError,
+)
 
 
 class Journal:
@@ -194,64 +193,11 @@ class Journal:
             try:
                 ensure_dir(journal_dir, 0o750)
             except OSError as e:
-                raise JournalError(f"{journal_dir}: {e.strerror or e}") from None
-        self.db = self._open()
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.readonly:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
-                                 check_same_thread=False)
-        else:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return db
-
-    def _init(self, db: sqlite3.Connection) -> None:
-        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.executescript(SCHEMA)
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            db = self._connect()
-            if not self.readonly:
-                self._init(db)
-            return db
-        except sqlite3.DatabaseError as e:
-            if self.readonly or not is_corruption(e):
-                raise JournalError(f"{self.path}: {e}") from None
-            self._move_aside(str(e))
-            try:
-                db = self._connect()
-                self._init(db)
-                return db
-            except sqlite3.Error as e2:
-                raise JournalError(f"{self.path}: {e2}") from None
-
-    def _move_aside(self, reason: str) -> None:
-        target = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        log.error("journal %s is damaged (%s); moved aside to %s and starting a new one", self.path, reason, target)
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                os.rename(self.path + suffix, target + suffix)
-            except FileNotFoundError:
-                pass
-
-    def recover(self, error: sqlite3.Error) -> None:
-        """After a write failed: start afresh if the file is damaged, else re-raise as JournalError."""
-        if not is_corruption(error) or self.readonly:
-            raise JournalError(f"{self.path}: {error}") from None
-        try:
-            self.db.close()
-        except sqlite3.Error:
-            pass
-        self._move_aside(str(error))
-        self.db = self._open()
+                raise JournalError(f"{journal_dir}: {e.strerror or e}", Fault.DENIED) from None
+        self._db = Database(self.path, LAYOUT, readonly=readonly, cache_kib=None if readonly else CACHE_KIB)
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
 
     # --- writing ------------------------------------------------------------------------
 
@@ -267,47 +213,35 @@ class Journal:
         retained = list(retained)
         set_aside = list(set_aside)
         try:
-            self._write(entries, retained, set_aside)
-            return
-        except sqlite3.Error as e:
-            self.recover(e)
-        try:
-            self._write(entries, retained, set_aside)
-        except sqlite3.Error as e:
-            raise JournalError(f"{self.path}: {e}; these entries were not written") from None
+            self._db.write(lambda db: self._write(db, entries, retained, set_aside))
+        except JournalError as e:
+            raise JournalError(f"{e}; these entries were not written", e.fault) from None
 
-    def _write(self, entries: Sequence[JournalEntry], retained: list[tuple[str, bytes]],
+    @staticmethod
+    def _write(db: sqlite3.Connection, entries: Sequence[JournalEntry], retained: list[tuple[str, bytes]],
                set_aside: list[SetAside]) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(
-                f"INSERT OR REPLACE INTO entries ({_ENTRY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                [(e.record_id, e.timestamp, e.classification, e.event_id, e.boot_id, e.outcome.value,
-                  e.http_status, e.detail, e.creation_timestamp) for e in entries],
+        db.executemany(
+            f"INSERT OR REPLACE INTO entries ({_ENTRY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(e.record_id, e.timestamp, e.classification, e.event_id, e.boot_id, e.outcome.value,
+              e.http_status, e.detail, e.creation_timestamp) for e in entries],
+        )
+        if entries:
+            db.execute("DELETE FROM entries WHERE id <= (SELECT MAX(id) FROM entries) - ?", (ENTRIES_MAX,))
+        if retained:
+            db.executemany("INSERT OR REPLACE INTO retained (record_id, payload) VALUES (?, ?)", retained)
+            db.execute(
+                "DELETE FROM retained WHERE seq NOT IN (SELECT seq FROM retained ORDER BY seq DESC LIMIT ?)",
+                (RETAINED_MAX,),
             )
-            if entries:
-                db.execute("DELETE FROM entries WHERE id <= (SELECT MAX(id) FROM entries) - ?", (ENTRIES_MAX,))
-            if retained:
-                db.executemany("INSERT OR REPLACE INTO retained (record_id, payload) VALUES (?, ?)", retained)
-                db.execute(
-                    "DELETE FROM retained WHERE seq NOT IN (SELECT seq FROM retained ORDER BY seq DESC LIMIT ?)",
-                    (RETAINED_MAX,),
-                )
-            if set_aside:
-                db.executemany(
-                    "INSERT OR REPLACE INTO set_aside (record_id, at, reason, headers, payload) VALUES (?,?,?,?,?)",
-                    [(s.record_id, s.at, s.reason[:DETAIL_MAX], s.headers, s.payload) for s in set_aside],
-                )
-                db.execute(
-                    "DELETE FROM set_aside WHERE seq NOT IN (SELECT seq FROM set_aside ORDER BY seq DESC LIMIT ?)",
-                    (SET_ASIDE_MAX,),
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        if set_aside:
+            db.executemany(
+                "INSERT OR REPLACE INTO set_aside (record_id, at, reason, headers, payload) VALUES (?,?,?,?,?)",
+                [(s.record_id, s.at, s.reason[:DETAIL_MAX], s.headers, s.payload) for s in set_aside],
+            )
+            db.execute(
+                "DELETE FROM set_aside WHERE seq NOT IN (SELECT seq FROM set_aside ORDER BY seq DESC LIMIT ?)",
+                (SET_ASIDE_MAX,),
+            )
 
     def dropped(
         self,
@@ -372,29 +306,25 @@ class Journal:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(max(limit, 0))
-        try:
-            rows = self.db.execute(sql, args).fetchall()
-        except sqlite3.Error as e:
-            if _not_created_yet(e):
-                return []
-            raise JournalError(f"{self.path}: {e}") from None
+        if not self._db.has_table("entries"):
+            return []  # opened between the file's creation and its schema
+        rows = self._db.run(lambda db: db.execute(sql, args).fetchall())
         return [_entry(r) for r in reversed(rows)]
 
     def retained_payload(self, record_id: str) -> bytes | None:
-        try:
-            row = self.db.execute("SELECT payload FROM retained WHERE record_id = ?", (record_id,)).fetchone()
-        except sqlite3.Error as e:
-            if _not_created_yet(e):
-                return None
-            raise JournalError(f"{self.path}: {e}") from None
+        if not self._db.has_table("retained"):
+            return None
+        row = self._db.run(
+            lambda db: db.execute("SELECT payload FROM retained WHERE record_id = ?", (record_id,)).fetchone())
         return bytes(row[0]) if row else None
 
     def set_aside_rows(self) -> list[SetAside]:
-        rows = self.db.execute("SELECT record_id, at, reason, headers, payload FROM set_aside ORDER BY seq").fetchall()
+        rows = self._db.run(lambda db: db.execute(
+            "SELECT record_id, at, reason, headers, payload FROM set_aside ORDER BY seq").fetchall())
         return [SetAside(r[0], r[1], r[2], bytes(r[3]), bytes(r[4])) for r in rows]
 
     def count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        return int(self._db.run(lambda db: db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]))
 
 
 def open_for_reading(journal_dir: str) -> Journal | None:

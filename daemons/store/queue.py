@@ -11,12 +11,14 @@ beside the database: telempostd's inotify watch (IN_CLOSE_WRITE) and systemd's
 telempostd.path (PathModified=) both watch that file, so delivery starts when something
 is queued, including while telempostd is not running.
 
-A database that SQLite reports as corrupt is renamed to `queue.db.corrupt-<time>` (never
-emptied in place) and a new one is started, so the damage can be examined.
+SQLite itself is `database.Database`'s: a damaged queue is replaced by a new one holding
+every row that can still be read, the damaged file kept aside; failures arrive as
+`QueueError` with a `Fault`.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -25,7 +27,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from telemetry.errors import TelemetryError
+from telemetry.daemons.store.database import (
+    BUSY_TIMEOUT_MS,
+    Database,
+    Fault,
+    Layout,
+    StoreError,
+    Table,
+)
 from telemetry.fsutil import ensure_dir
 
 log = logging.getLogger(__name__)
@@ -33,7 +42,6 @@ log = logging.getLogger(__name__)
 QUEUE_DB = "queue.db"
 WAKEUP_FILE = "queue.changed"
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -65,8 +73,8 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
-class QueueError(TelemetryError):
-    """The queue cannot be used; the message names the file and the cause."""
+class QueueError(StoreError):
+    """The queue cannot be used; the message names the file and the cause, `fault` the kind."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,8 @@ _COLUMNS = (
 )
 # Times beyond this are clamped (an infinity would not survive int()).
 _TIME_LIMIT = 1e15
+# So is a damaged attempt count: one more must still fit SQLite's 64-bit integer.
+_ATTEMPTS_LIMIT = 2**31
 
 
 def _text(value: bytes | None) -> str | None:
@@ -135,28 +145,9 @@ def _row(r: Sequence) -> QueuedRecord:
     return QueuedRecord(
         seq=r[0], record_id=_text(r[1]) or "", received_at=_time(r[2]), sender=Sender(r[3], r[4], r[5]),
         cfg_path=_text(r[6]), headers=bytes(r[7] or b""), payload=bytes(r[8] or b""), size=r[9] or 0,
-        deferred_until=_time(r[10]), attempts=r[11] or 0, next_attempt_at=_time(r[12]), last_error=_text(r[13]),
+        deferred_until=_time(r[10]), attempts=min(max(r[11] or 0, 0), _ATTEMPTS_LIMIT), next_attempt_at=_time(r[12]),
+        last_error=_text(r[13]),
     )
-
-
-def is_corruption(e: sqlite3.Error) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(e) or (
-        "not a database" in str(e)
-    )
-
-
-def move_aside(path: str, what: str, reason: str) -> str:
-    """Rename a damaged database (and its WAL and shared memory) out of the way, so the
-    damage can be examined; returns the new name."""
-    target = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    log.error("%s %s is damaged (%s); moved aside to %s and starting a new one", what, path, reason, target)
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.rename(path + suffix, target + suffix)
-        except FileNotFoundError:
-            pass
-    return target
 
 
 _INSERT_COLUMNS = (
@@ -170,68 +161,88 @@ def _insert_sql(n: int) -> str:
     return f"INSERT INTO records ({_INSERT_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * n)
 
 
+_RECORD_COLUMNS = (
+    "seq", "record_id", "received_at", "sender_uid", "sender_gid", "sender_pid", "cfg_path", "headers", "payload",
+    "size", "deferred_until", "attempts", "next_attempt_at", "last_error",
+)
+LAYOUT = Layout(
+    what="queue",
+    schema=SCHEMA,
+    schema_version=SCHEMA_VERSION,
+    synchronous="FULL",
+    tables=(Table("records", _RECORD_COLUMNS), Table("counters", ("daemon", "name", "value")),
+            Table("meta", ("key", "value"))),
+    error=QueueError,
+)
+
+# Rows never tried are "staged", rows tried at least once "spooled".  After a failure
+# telempostd holds every row back until the collector may be tried again, so when some
+# row has failed, its next attempt is the next retry of the whole queue.
+_BREAKDOWN = """
+SELECT COUNT(*), COALESCE(SUM(size), 0),
+       COALESCE(SUM(attempts = 0), 0), COALESCE(SUM(CASE WHEN attempts = 0 THEN size END), 0),
+       COALESCE(SUM(deferred_until > ?), 0),
+       MIN(MAX(next_attempt_at, deferred_until)),
+       MIN(CASE WHEN attempts > 0 THEN MAX(next_attempt_at, deferred_until) END)
+FROM records
+"""
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """The queue's figures for `telemctl status`."""
+
+    rows: int
+    bytes: int
+    staged_rows: int
+    staged_bytes: int
+    deferred_rows: int
+    next_due: float | None  # the next retry when a row has failed, else the first due
+
+
+def _bump(db: sqlite3.Connection, counters: dict[tuple[str, str], int]) -> None:
+    db.executemany(
+        "INSERT INTO counters (daemon, name, value) VALUES (?, ?, ?)"
+        " ON CONFLICT (daemon, name) DO UPDATE SET value = value + excluded.value",
+        [(d, n, v) for (d, n), v in counters.items() if v],
+    )
+
+
 class Queue:
-    def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False):
+    """`busy_timeout_ms`: how long one statement waits for the other daemon's lock;
+    `cache_kib`: SQLite's page cache (a reader going through rows once needs little);
+    `sync_commits` False: a commit survives the process at once and reaches the disk with
+    the next synced commit or checkpoint, for writes whose loss in a power cut only
+    repeats work (telempostd's settles: a delivered record sent again, never one lost)."""
+
+    def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False,
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None, sync_commits: bool = True):
         self.spool_dir = spool_dir
         self.path = os.path.join(spool_dir, QUEUE_DB)
         self.wakeup_path = os.path.join(spool_dir, WAKEUP_FILE)
-        self._readonly = readonly
-        if create and not readonly:
-            ensure_dir(spool_dir, 0o750)
-        self.db = self._open()
+        self._create = create and not readonly
+        self._ensure_dir()
+        self._db = Database(self.path, LAYOUT, readonly=readonly, busy_timeout_ms=busy_timeout_ms,
+                            cache_kib=cache_kib, synchronous=None if sync_commits else "NORMAL")
 
-    # --- opening and recovery ---------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._readonly:
-            uri = f"file:{self.path}?mode=ro"
-            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        else:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return db
-
-    @staticmethod
-    def _init(db: sqlite3.Connection) -> None:
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        db.executescript(SCHEMA)
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            db = self._connect()
-            if not self._readonly:
-                self._init(db)
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = None if row is None else str(row[0])
-            if version is not None and not version.isdecimal():
-                raise QueueError(f"{self.path}: schema version {version[:40]!r} is not a number")
-            if version is not None and int(version) > SCHEMA_VERSION:
-                raise QueueError(f"{self.path}: schema version {version} is newer than this program's")
-            return db
-        except sqlite3.DatabaseError as e:
-            if self._readonly or not is_corruption(e):
-                raise QueueError(f"{self.path}: {e}") from None
-            move_aside(self.path, "queue", str(e))
+    def _ensure_dir(self) -> None:
+        if self._create:
             try:
-                db = self._connect()
-                self._init(db)
-                return db
-            except sqlite3.Error as e2:
-                raise QueueError(f"{self.path}: {e2}") from None
+                ensure_dir(self.spool_dir, 0o750)
+            except OSError as e:  # not a directory, permission denied, no space
+                fault = Fault.FULL if e.errno in (errno.ENOSPC, errno.EDQUOT) else Fault.DENIED
+                raise QueueError(f"{self.spool_dir}: {e.strerror or e}", fault) from None
 
-    def reopen_after_corruption(self, error: sqlite3.Error) -> None:
-        """Called by a daemon that hits corruption mid-run: move aside, start afresh."""
-        try:
-            self.db.close()
-        except sqlite3.Error:
-            pass
-        move_aside(self.path, "queue", str(error))
-        self.db = self._open()
+    def follow(self) -> None:
+        """Open the queue file now at our path if it is not the one open (a recovery by the
+        other daemon replaced it, or the spool directory was removed)."""
+        if self._db.is_current():  # the usual case, once per commit: one stat
+            return
+        self._ensure_dir()
+        self._db.follow()
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
 
     # --- writing (telemprobd) ---------------------------------------------------------
 
@@ -252,27 +263,23 @@ class Queue:
              r.payload, r.size, r.deferred_until)
             for r in records
         ]
-        db = self.db
         if rows and not counters and not meta and len(rows) <= _MULTI_ROW_MAX:
             # One statement is one transaction: no BEGIN/COMMIT round trips (~10% of a commit).
-            db.execute(_insert_sql(len(rows)), [v for row in rows for v in row])
+            params = [v for row in rows for v in row]
+            self._db.run(lambda db: db.execute(_insert_sql(len(rows)), params))
             return
-        db.execute("BEGIN IMMEDIATE")
-        try:
+
+        def write(db: sqlite3.Connection) -> None:
             db.executemany(_insert_sql(1), rows)
             if counters:
-                self.bump(counters)
+                _bump(db, counters)
             if meta:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
-            db.execute("COMMIT")
-        except BaseException:
-            # SQLite may already have rolled back (disk full, I/O error): keep its error.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+
+        self._db.write(write)
 
     def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._db.run(lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
         return None if row is None else str(row[0])
 
     def touch_wakeup(self) -> None:
@@ -286,31 +293,34 @@ class Queue:
 
     # --- reading and deciding (telempostd) --------------------------------------------
 
+    def _rows(self, sql: str, args: Sequence[object]) -> list[QueuedRecord]:
+        return [_row(r) for r in self._db.run(lambda db: db.execute(sql, args).fetchall())]
+
     def due_after(self, now: float, after_seq: int, limit: int = 64) -> list[QueuedRecord]:
         """Records whose next attempt is due, oldest first, after queue position `after_seq`
         (one pass walks the queue once)."""
-        cur = self.db.execute(
+        return self._rows(
             f"SELECT {_COLUMNS} FROM records WHERE seq > ? AND next_attempt_at <= ? AND deferred_until <= ?"
             " ORDER BY seq LIMIT ?",
             (after_seq, now, now, limit),
         )
-        return [_row(r) for r in cur.fetchall()]
 
     def after(self, after_seq: int, limit: int = 64) -> list[QueuedRecord]:
         """Every row after queue position `after_seq`, due or not, oldest first."""
-        cur = self.db.execute(f"SELECT {_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
-        return [_row(r) for r in cur.fetchall()]
+        return self._rows(f"SELECT {_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
 
     def received_before(self, cutoff: float, limit: int = 64) -> list[QueuedRecord]:
         """Rows received before `cutoff` (expiry candidates), oldest first."""
-        cur = self.db.execute(
-            f"SELECT {_COLUMNS} FROM records WHERE received_at < ? ORDER BY seq LIMIT ?", (cutoff, limit)
-        )
-        return [_row(r) for r in cur.fetchall()]
+        return self._rows(f"SELECT {_COLUMNS} FROM records WHERE received_at < ? ORDER BY seq LIMIT ?",
+                          (cutoff, limit))
+
+    def _value(self, sql: str, args: Sequence[object] = ()) -> object:
+        row = self._db.run(lambda db: db.execute(sql, args).fetchone())
+        return None if row is None else row[0]
 
     def oldest_received_at(self) -> float | None:
-        row = self.db.execute("SELECT MIN(CAST(received_at AS REAL)) FROM records").fetchone()
-        return None if row is None or row[0] is None else _time(row[0])
+        value = self._value("SELECT MIN(CAST(received_at AS REAL)) FROM records")
+        return None if value is None else _time(value)  # type: ignore[arg-type]
 
     def settle(
         self,
@@ -322,35 +332,31 @@ class Queue:
         """Record the fate of a batch in one durable transaction: rows whose fate is decided
         are deleted (by record id, or by queue position: a damaged row's id may not even be
         text), rows to try again get (record_id, attempts, next_attempt_at, last_error)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("DELETE FROM records WHERE record_id = ?", [(i,) for i in delete])
-            db.executemany("DELETE FROM records WHERE seq = ?", [(n,) for n in delete_seqs])
+        by_id = [(i,) for i in delete]
+        by_seq = [(n,) for n in delete_seqs]
+        retry = [(a, t, e[:500], i) for i, a, t, e in reschedule]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM records WHERE record_id = ?", by_id)
+            db.executemany("DELETE FROM records WHERE seq = ?", by_seq)
             db.executemany(
-                "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?",
-                [(a, t, e[:500], i) for i, a, t, e in reschedule],
-            )
+                "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?", retry)
             if counters:
-                self.bump(counters)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+                _bump(db, counters)
+
+        self._db.write(write)
 
     def next_due_time(self) -> float | None:
-        row = self.db.execute(
-            "SELECT MIN(MAX(CAST(next_attempt_at AS REAL), CAST(deferred_until AS REAL))) FROM records"
-        ).fetchone()
-        return None if row is None or row[0] is None else _time(row[0])
+        value = self._value(
+            "SELECT MIN(MAX(CAST(next_attempt_at AS REAL), CAST(deferred_until AS REAL))) FROM records")
+        return None if value is None else _time(value)  # type: ignore[arg-type]
 
     def get(self, record_id: str) -> QueuedRecord | None:
-        r = self.db.execute(f"SELECT {_COLUMNS} FROM records WHERE record_id = ?", (record_id,)).fetchone()
-        return _row(r) if r else None
+        rows = self._rows(f"SELECT {_COLUMNS} FROM records WHERE record_id = ?", (record_id,))
+        return rows[0] if rows else None
 
     def all(self, limit: int = 1000) -> list[QueuedRecord]:
-        return [_row(r) for r in self.db.execute(f"SELECT {_COLUMNS} FROM records ORDER BY seq LIMIT ?", (limit,))]
+        return self._rows(f"SELECT {_COLUMNS} FROM records ORDER BY seq LIMIT ?", (limit,))
 
     def delete(self, record_ids: Iterable[str], counters: dict[tuple[str, str], int] | None = None) -> None:
         self.settle(record_ids, counters=counters)
@@ -361,18 +367,20 @@ class Queue:
     def stats(self) -> tuple[int, int]:
         """(rows, bytes) currently queued."""
         # TOTAL, not SUM: a damaged size must not overflow the sum into an error.
-        n, size = self.db.execute("SELECT COUNT(*), TOTAL(size) FROM records").fetchone()
+        n, size = self._db.run(lambda db: db.execute("SELECT COUNT(*), TOTAL(size) FROM records").fetchone())
         return int(n), int(min(max(size, -(2**63)), 2**63 - 1))
+
+    def breakdown(self, now: float) -> Breakdown:
+        rows, size, staged, staged_size, deferred, first_due, first_retry = self._db.run(
+            lambda db: db.execute(_BREAKDOWN, (now,)).fetchone())
+        return Breakdown(rows, size, staged, staged_size, deferred, first_retry if first_retry is not None else first_due)
 
     # --- counters -----------------------------------------------------------------------
 
     def bump(self, counters: dict[tuple[str, str], int]) -> None:
-        """Add to the counters (inside the caller's transaction, if one is open)."""
-        self.db.executemany(
-            "INSERT INTO counters (daemon, name, value) VALUES (?, ?, ?)"
-            " ON CONFLICT (daemon, name) DO UPDATE SET value = value + excluded.value",
-            [(d, n, v) for (d, n), v in counters.items() if v],
-        )
+        """Add to the counters, in a transaction of their own."""
+        self._db.write(lambda db: _bump(db, counters))
 
     def counters(self) -> dict[tuple[str, str], int]:
-        return {(d, n): v for d, n, v in self.db.execute("SELECT daemon, name, value FROM counters")}
+        rows = self._db.run(lambda db: db.execute("SELECT daemon, name, value FROM counters").fetchall())
+        return {(d, n): v for d, n, v in rows}

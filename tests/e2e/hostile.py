@@ -318,8 +318,10 @@ def damaged_queue_files(inst, workdir: Path, plan: DamagePlan = DamagePlan()) ->
             old_ids = [uuid.uuid4().hex for _ in old]
             q.insert_many([NewRecord(rid, time.time(), Sender(0, 0, 1), r.header_block(), r.payload)
                            for rid, r in zip(old_ids, old, strict=True)])
-            q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             q.close()
+            db = sqlite3.connect(os.path.join(pipe.spool_dir, "queue.db"), isolation_level=None)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every row in the file that is damaged
+            db.close()
             damage_file(pipe.spool_dir, kind, rng)
             ledger = Ledger()
             with pipe:

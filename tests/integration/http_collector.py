@@ -1,37 +1,47 @@
-"""A collector for tests: a real HTTP/1.1 server (keep-alive) on 127.0.0.1, in a thread.
+"""The real telemetry-collector for tests that need HTTP, behind a front that can misbehave.
 
-It validates a POST the way the reference collector does (collector-contract.md §4: TID,
-version, presence, then field by field, 400 `{"message": ...}` on the first failure) and
-otherwise answers as told: 201, any status (with Retry-After and a body), hang (read the
-request, never answer until released), or close the connection without an answer.
-Optionally over TLS, with or without requiring a client certificate.
+The collector (`telemetry-collector serve`, one process for the whole test run, SQLite in
+a temporary directory) judges and stores what it is sent, by the contract telempostd
+checks too (telemetry/contract.py); its answers are relayed.  The front, a threaded
+HTTP/1.1 server on 127.0.0.1 (keep-alive, optionally TLS), keeps every request it
+receives and, when told to, answers in the collector's place: any status (with
+Retry-After and a message), a hang (read the request, never answer until released), a
+slow answer, or a connection closed without an answer.
+
+Tests that only need something to answer telempostd's requests use the in-memory
+transport instead (`telemetry.daemons.postd.transport.MemoryTransport`).
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
+import http.client
 import http.server
 import json
-import re
+import os
+import shutil
 import socket
 import ssl
-import string
+import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
-TID = "6907c830-eed9-4ce9-81ae-76daf8d88f0f"
-FIELDS = (
-    "Arch", "Build", "Creation-Timestamp", "Classification", "Host-Type", "Kernel-Version", "Machine-Id",
-    "Severity", "Record-Format-Version", "Payload-Format-Version", "System-Name", "X-Telemetry-Tid",
-    "Board-Name", "Bios-Version", "Cpu-Model", "Event-Id",
-)
-ARCHES = {"armv7l", "armv6l", "aarch64", "amd64", "sparc64", "ppc64", "i686", "i386", "x86_64", "ppc"}
+from telemetry.config import DEFAULT_TID
+from telemetry_collector.launch import RunningCollector, start_collector
+
+TID = DEFAULT_TID
+# Not forwarded: they describe the hop to the front, not the request.
+_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length", "host",
+                  "expect", "te", "upgrade"})
 
 
 @dataclass(frozen=True)
 class Behaviour:
-    kind: str = "accept"  # accept | status | hang | close | slow (accept after `delay` s)
+    kind: str = "accept"  # accept (the collector answers) | status | hang | close | slow (accept after `delay` s)
     status: int = 201
     retry_after: str | None = None
     body: bytes = b""
@@ -73,56 +83,63 @@ class Received:
         return self.header("X-Telemetry-Record-Id")
 
 
-def validate(headers: dict[str, str], tid: str) -> str | None:
-    """The reference collector's checks, in its order; the 400 message or None."""
-    h = {k.lower(): v.strip() for k, v in headers.items()}
+# --- the collector behind the front: one for the test run ---------------------------------
 
-    def get(name: str) -> str | None:
-        return h.get(name.lower())
+_backend: RunningCollector | None = None
+_backend_lock = threading.Lock()
 
-    if get("X-Telemetry-TID") != tid:
-        return "Telemetry ID mismatch"
-    rfv = get("Record-Format-Version")
-    if rfv is None or not rfv.isdigit() or int(rfv) not in (1, 2, 3, 4):
-        return "Record-Format-Version is invalid"
-    if rfv == "4":
-        for name in FIELDS:
-            if get(name) is None:
-                return f"Record-Format-Version headers are invalid, {name} missing"
-    sev = get("Severity") or ""
-    if not sev.isdigit() or int(sev) not in (1, 2, 3, 4):
-        return "severity value is out of range"
-    if len((get("Classification") or "").split("/")) != 3:
-        return "Classification value is invalid"
-    if len(get("Machine-Id") or "") > 32:
-        return "Machine id value is invalid"
-    if not (get("Creation-Timestamp") or "").isdigit():
-        return "timestamp is invalid"
-    if get("Arch") not in ARCHES:
-        return "architecture is invalid"
-    if len(get("Host-Type") or "") >= 250:
-        return "host type is invalid"
-    parts = (get("Kernel-Version") or "").split(".", 2)
-    if len(parts) != 3 or not all(p.isdigit() for p in parts[:2]):
-        return "kernel version is invalid"
-    for name, what in (("Board-Name", "board name"), ("Cpu-Model", "cpu model"), ("Bios-Version", "BIOS version")):
-        value = get(name) or ""
-        if len(value) >= 200 or not all(c in string.printable for c in value):
-            return f"{what} is invalid"
-    event = get("Event-Id") or ""
-    if len(event) != 32 or any(c not in "0123456789abcdef" for c in event):
-        return "Event id is invalid"
-    system = (get("System-Name") or "").replace('"', "").replace("'", "")
-    build = (get("Build") or "").replace('"', "").replace("'", "")
-    pattern = r"[0-9]+" if system == "clear-linux-os" else r"[-_a-zA-Z0-9.]+"
-    if not re.fullmatch(pattern, build):
-        return "Build version has invalid characters"
-    try:
-        if int(get("Payload-Format-Version") or "") >= 2147483647:
-            return "Payload format version outside of range supported"
-    except ValueError:
-        return "Error parsing payload_format_version"
-    return None
+
+def backend_url() -> str:
+    """scheme://host:port of the collector, started on first use, stopped at exit."""
+    global _backend
+    with _backend_lock:
+        if _backend is None or _backend.process.poll() is not None:
+            workdir = tempfile.mkdtemp(prefix="tc-")
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
+            _backend = start_collector(f"sqlite:///{workdir}/records.db", env={**env, "HOME": workdir},
+                                       # The daemons are what is tested, not the collector's own
+                                       # limits: every record comes from one machine and address.
+                                       args=("--durability", "relaxed", "--purge-days", "0",
+                                             "--machine-rate", "0", "--address-rate", "0"),
+                                       log_path=f"{workdir}/collector.log", python=sys.executable)
+            atexit.register(_stop_backend, _backend, workdir)
+        return _backend.url
+
+
+def _stop_backend(running: RunningCollector, workdir: str) -> None:
+    running.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+_local = threading.local()
+
+
+def _forward(method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, list, bytes]:
+    """The request as the collector answers it, on this thread's kept-alive connection."""
+    target = urllib.parse.urlsplit(path).path or "/"  # a proxied request names the whole URL
+    for attempt in range(2):
+        conn = getattr(_local, "conn", None)
+        if conn is None:
+            netloc = urllib.parse.urlsplit(backend_url()).netloc
+            conn = _local.conn = http.client.HTTPConnection(netloc, timeout=30)
+        try:
+            conn.putrequest(method, target, skip_accept_encoding=True)
+            for name, value in headers:
+                if name.lower() not in _HOP:
+                    conn.putheader(name, value)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            answer = conn.getresponse()
+            return answer.status, answer.getheaders(), answer.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            _local.conn = None
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+# --- the front ------------------------------------------------------------------------------
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -143,23 +160,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         behaviour = col._next_behaviour()
-        answered = 0
+        headers = list(self.headers.items())
         if behaviour.kind == "slow":
             col._hanging.set()
             time.sleep(behaviour.delay)
+        answered, body_out, extra = 0, b"", {}
         if behaviour.kind in ("accept", "slow"):
-            message = validate(dict(self.headers.items()), col.tid) if col.validate else None
-            if message is None:
-                answered = 201
-            else:
-                answered = 400
-                body_out = json.dumps({"message": message}).encode()
+            answered, reply_headers, body_out = _forward("POST", self.path, headers, body)
+            extra = {k: v for k, v in reply_headers if k.lower() in ("content-type", "retry-after")}
         elif behaviour.kind == "status":
-            answered = behaviour.status
-            body_out = behaviour.body
-        rec = Received(self.path, tuple(self.headers.items()), body, self.client_address, answered,
-                       self.request_version)
-        col._record(rec)
+            answered, body_out = behaviour.status, behaviour.body
+            extra = {"Content-Type": "application/json"}
+            if behaviour.retry_after:
+                extra["Retry-After"] = behaviour.retry_after
+        col._record(Received(self.path, tuple(headers), body, self.client_address, answered, self.request_version))
         if behaviour.kind == "hang":
             col._hanging.set()
             col._release.wait(60)
@@ -172,14 +186,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
-        if answered == 201:
-            body_out = json.dumps({"id": len(col.received), "classification": self.headers.get("Classification")}).encode()
-        extra = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
         self._answer(answered, body_out, extra=extra)
 
     def _answer(self, code: int, body: bytes, extra: dict[str, str] | None = None) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
@@ -194,17 +204,13 @@ class _Server(http.server.ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:
         """A client that gave up (its timeout, a slow answer) is expected here, not a fault."""
-        import sys
-
         if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
             super().handle_error(request, client_address)
 
 
 @dataclass
 class Collector:
-    tid: str = TID
     tls: ssl.SSLContext | None = None
-    validate: bool = True
     port: int = 0
     default: Behaviour = ACCEPT
     received: list[Received] = field(default_factory=list)
@@ -219,6 +225,7 @@ class Collector:
     # --- control ------------------------------------------------------------------------
 
     def start(self) -> Collector:
+        backend_url()  # up before the first request, so none waits for it
         srv = _Server(("127.0.0.1", self.port), _Handler)
         srv.collector = self
         if self.tls is not None:
@@ -287,6 +294,7 @@ class Collector:
                 self._lock.wait(min(left, 0.2))
 
     def accepted(self) -> list[Received]:
+        """Requests the collector stored (201)."""
         with self._lock:
             return [r for r in self.received if r.answered == 201]
 

@@ -1,7 +1,10 @@
-"""Helpers of the telempostd tests: records, filling the queue, a settable clock."""
+"""Helpers of the telempostd tests: records, filling the queue, a settable clock, a collector
+in memory."""
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +17,9 @@ from pathlib import Path
 from support import METADATA
 
 from telemetry import config as config_mod
+from telemetry.daemons.postd.outcome import Response
+from telemetry.daemons.postd.request import Request
+from telemetry.daemons.postd.transport import MemoryTransport, TransportFactory
 from telemetry.daemons.store.queue import NewRecord, Queue, Sender
 from telemetry.record import Record, create_record
 
@@ -134,3 +140,64 @@ class Daemon:
             self.proc.wait(30)
         if not self._log.closed:
             self._log.close()
+
+
+# --- a collector in memory (no network), for Postd's MemoryTransport --------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request telempostd made, as the in-memory collector saw it, and its answer."""
+
+    request: Request
+    answered: int  # HTTP status, 0 for a connection-level failure
+
+    def header(self, name: str) -> str | None:
+        for line in self.request.headers:
+            key, _, value = line.decode().partition(": ")
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    @property
+    def record_id(self) -> str | None:
+        return self.header("X-Telemetry-Record-Id")
+
+    @property
+    def body(self) -> bytes:
+        return self.request.body
+
+
+def answer(code: int, *, retry_after: str | None = None, message: str | None = None) -> Response:
+    body = json.dumps({"message": message}).encode() if message is not None else b""
+    return Response(code, retry_after=retry_after, body=body)
+
+
+CLOSED = Response(curl_error=52, curl_message="Empty reply from server")  # the connection closed unanswered
+
+
+class FakeCollector:
+    """Answers telempostd's requests in memory: by plan, then as by default (201)."""
+
+    def __init__(self) -> None:
+        self.default = answer(201)
+        self._plan: collections.deque[Response] = collections.deque()
+        self.received: list[Sent] = []
+
+    def answer(self, response: Response) -> None:
+        self.default = response
+
+    def plan(self, *responses: Response) -> None:
+        self._plan.extend(responses)
+
+    def __call__(self, request: Request) -> Response:
+        response = self._plan.popleft() if self._plan else self.default
+        self.received.append(Sent(request, response.status))
+        return response
+
+    def accepted(self) -> list[Sent]:
+        return [s for s in self.received if 200 <= s.answered <= 299]
+
+    @property
+    def transport(self) -> TransportFactory:
+        return MemoryTransport.factory(self)

@@ -1,8 +1,10 @@
-"""telempostd's delivery pass against a real HTTP collector on 127.0.0.1.
+"""telempostd's delivery pass: the daemon's `Postd` object driven in this process, so that
+time can be moved (backoff, expiry), on a real queue and journal.
 
-These drive the daemon's `Postd` object in this process so that time can be moved
-(backoff, expiry): the queue, the journal, pycurl and the server are all real; only the
-clock the daemon consults for its schedule is a settable one.
+Where HTTP itself is tested (headers on the wire, connections, proxies, timeouts, the
+collector refusing a TID) the requests go through pycurl to the real collector on
+127.0.0.1 (http_collector.py); where only the answers matter they go to a collector in
+memory (`fake`, through telempostd's MemoryTransport).
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import time
 from dataclasses import replace
 
 import pytest
-from http_collector import ACCEPT, CLOSE, HANG, TID, Collector, status
+from http_collector import HANG, TID, Collector
 from postd_support import (
+    CLOSED,
     Clock,
+    FakeCollector,
+    answer,
     counters,
     enqueue,
     load_config,
@@ -35,9 +40,20 @@ from telemetry.daemons.store.queue import Queue
 BOOT_ID = "11111111-2222-3333-4444-555555555555"
 
 
-def make_postd(inst, url: str, clock: Clock | None = None, **settings) -> Postd:
-    inst.write_config(settings_text(url, **settings))
-    return Postd(inst.paths, load_config(inst), clock=clock or time.time, boot_id=BOOT_ID, by_systemd=False)
+MEMORY_URL = "http://collector.invalid/v2/collector"  # never resolved: requests stay in memory
+
+
+def make_postd(inst, url: str | FakeCollector, clock: Clock | None = None, **settings) -> Postd:
+    fake = url if isinstance(url, FakeCollector) else None
+    inst.write_config(settings_text(MEMORY_URL if fake else url, **settings))
+    extra = {"transport": fake.transport} if fake else {}
+    return Postd(inst.paths, load_config(inst), clock=clock or time.time, boot_id=BOOT_ID, by_systemd=False,
+                 **extra)
+
+
+@pytest.fixture
+def fake() -> FakeCollector:
+    return FakeCollector()
 
 
 def entries(inst, **filters):
@@ -83,7 +99,6 @@ def test_delivers_with_collector_headers_and_journals(user_install, collector):
 
 
 def test_json_request_keeps_values_whole(user_install, collector):
-    collector.validate = False
     r = record(1, payload='say "hi"\n\tthere é\n')
     [rid] = enqueue(user_install.paths.spool_dir, [new_row(r)])
     postd = make_postd(user_install, collector.url, request_format="json")
@@ -127,10 +142,10 @@ def test_proxy_from_environment(user_install, collector, monkeypatch):
 # --- permanent rejections ---------------------------------------------------------------
 
 
-def test_400_is_rejected_for_good_with_the_message(user_install, collector):
-    collector.plan(status(400, message="kernel version is invalid"))
+def test_400_is_rejected_for_good_with_the_message(user_install, fake):
+    fake.plan(answer(400, message="kernel version is invalid"))
     ids = fill(user_install, 2)
-    postd = make_postd(user_install, collector.url, max_in_flight=1)
+    postd = make_postd(user_install, fake, max_in_flight=1)
     tally = postd.run_pass()
     postd.close()
     assert tally[Counter.REJECTED] == 1 and tally[Counter.DELIVERED] == 1
@@ -142,31 +157,31 @@ def test_400_is_rejected_for_good_with_the_message(user_install, collector):
     assert counters(user_install.paths.spool_dir)["rejected"] == 1
 
 
-def test_record_the_collector_cannot_accept_is_not_sent(user_install, collector):
+def test_record_the_collector_cannot_accept_is_not_sent(user_install, fake):
     bad = new_row(record(0, arch="riscv64"))
     good = new_row(record(1))
     enqueue(user_install.paths.spool_dir, [bad, good])
-    postd = make_postd(user_install, collector.url)
+    postd = make_postd(user_install, fake)
     tally = postd.run_pass()
     postd.close()
     assert tally[Counter.REJECTED_LOCAL] == 1 and tally[Counter.DELIVERED] == 1
-    assert [r.record_id for r in collector.received] == [good.record_id]
+    assert [r.record_id for r in fake.received] == [good.record_id]
     [e] = entries(user_install, record_id=bad.record_id)
     assert e.outcome is Outcome.REJECTED_LOCAL
     assert "architecture is invalid" in e.detail
     assert counters(user_install.paths.spool_dir)["rejected-local"] == 1
 
 
-def test_unreadable_row_is_set_aside_and_the_rest_delivered(user_install, collector):
+def test_unreadable_row_is_set_aside_and_the_rest_delivered(user_install, fake):
     r = record(0)
     broken = new_row(r, headers=b"classification: org.example/test/broken\nthis is not a record\n")
     ids = enqueue(user_install.paths.spool_dir, [broken, new_row(record(1)), new_row(record(2))])
-    postd = make_postd(user_install, collector.url)
+    postd = make_postd(user_install, fake)
     tally = postd.run_pass()
     aside = postd.journal.set_aside_rows()
     postd.close()
     assert tally[Counter.SET_ASIDE] == 1 and tally[Counter.DELIVERED] == 2
-    assert sorted(x.record_id for x in collector.accepted()) == sorted(ids[1:])
+    assert sorted(x.record_id for x in fake.accepted()) == sorted(ids[1:])
     [e] = entries(user_install, record_id=ids[0])
     assert e.outcome is Outcome.SET_ASIDE
     assert e.classification == "org.example/test/broken"
@@ -176,11 +191,11 @@ def test_unreadable_row_is_set_aside_and_the_rest_delivered(user_install, collec
     assert counters(user_install.paths.spool_dir)["set-aside"] == 1
 
 
-def test_a_queue_of_damaged_rows_does_not_flood_the_log(user_install, collector, caplog):
+def test_a_queue_of_damaged_rows_does_not_flood_the_log(user_install, fake, caplog):
     broken = [new_row(record(i), headers=f"classification: org.example/test/b{i}\nnot a record\n".encode())
               for i in range(40)]
     ids = enqueue(user_install.paths.spool_dir, [*broken, new_row(record(99))])
-    postd = make_postd(user_install, collector.url)
+    postd = make_postd(user_install, fake)
     tally = postd.run_pass()
     postd.close()
     assert tally[Counter.SET_ASIDE] == 40 and tally[Counter.DELIVERED] == 1
@@ -192,12 +207,12 @@ def test_a_queue_of_damaged_rows_does_not_flood_the_log(user_install, collector,
     assert len(ids) == 41
 
 
-def test_two_rows_with_the_same_id_text_and_blob_are_both_decided(user_install, collector):
+def test_two_rows_with_the_same_id_text_and_blob_are_both_decided(user_install, fake):
     ids = fill(user_install, 2)
     db = sqlite3.connect(f"{user_install.paths.spool_dir}/queue.db", isolation_level=None)
     db.execute("UPDATE records SET record_id = CAST(? AS BLOB) WHERE record_id = ?", (ids[0], ids[1]))
     db.close()
-    postd = make_postd(user_install, collector.url, max_in_flight=2)
+    postd = make_postd(user_install, fake, max_in_flight=2)
     tally = postd.run_pass()
     postd.close()
     assert tally[Counter.DELIVERED] == 2
@@ -207,12 +222,12 @@ def test_two_rows_with_the_same_id_text_and_blob_are_both_decided(user_install, 
 # --- retries ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("behaviour", [status(500), status(503), status(408), CLOSE], ids=["500", "503", "408", "close"])
-def test_server_trouble_keeps_records_and_backs_off(user_install, collector, behaviour):
-    collector.answer(behaviour)
+@pytest.mark.parametrize("behaviour", [answer(500), answer(503), answer(408), CLOSED], ids=["500", "503", "408", "close"])
+def test_server_trouble_keeps_records_and_backs_off(user_install, fake, behaviour):
+    fake.answer(behaviour)
     clock = Clock(time.time())
     ids = fill(user_install, 3)
-    postd = make_postd(user_install, collector.url, clock, max_in_flight=1)
+    postd = make_postd(user_install, fake, clock, max_in_flight=1)
     tally = postd.run_pass()
     assert tally[Counter.RETRIED] == 1  # the gate closed after the first failure
     assert not postd.gate.is_open(clock())
@@ -230,21 +245,21 @@ def test_server_trouble_keeps_records_and_backs_off(user_install, collector, beh
     assert not postd.pass_due()
     clock.now = postd.gate.open_at - 0.001
     assert not postd.pass_due()
-    collector.answer(ACCEPT)
+    fake.answer(answer(201))
     clock.now = postd.gate.open_at
     assert postd.pass_due()
     assert postd.run_pass()[Counter.DELIVERED] == 5
     postd.close()
-    assert [r.record_id for r in collector.accepted()] == ids
+    assert [r.record_id for r in fake.accepted()] == ids
     assert counters(user_install.paths.spool_dir)["retried"] == 1
     assert entries(user_install)[0].outcome is Outcome.DELIVERED
 
 
-def test_429_retry_after_is_honoured(user_install, collector):
-    collector.plan(status(429, retry_after="37"))
+def test_429_retry_after_is_honoured(user_install, fake):
+    fake.plan(answer(429, retry_after="37"))
     clock = Clock(time.time())
     [rid] = fill(user_install, 1)
-    postd = make_postd(user_install, collector.url, clock)
+    postd = make_postd(user_install, fake, clock)
     postd.run_pass()
     assert postd.gate.open_at == pytest.approx(clock() + 37)
     clock.advance(36)
@@ -252,15 +267,15 @@ def test_429_retry_after_is_honoured(user_install, collector):
     clock.advance(1)
     assert postd.run_pass()[Counter.DELIVERED] == 1
     postd.close()
-    assert [r.answered for r in collector.received] == [429, 201]
+    assert [r.answered for r in fake.received] == [429, 201]
 
 
-def test_retry_after_http_date_is_capped(user_install, collector):
+def test_retry_after_http_date_is_capped(user_install, fake):
     far = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 10 * 86400))
-    collector.plan(status(503, retry_after=far))
+    fake.plan(answer(503, retry_after=far))
     clock = Clock(time.time())
     fill(user_install, 1)
-    postd = make_postd(user_install, collector.url, clock, retry_max_delay=600)
+    postd = make_postd(user_install, fake, clock, retry_max_delay=600)
     postd.run_pass()
     postd.close()
     assert postd.gate.open_at == pytest.approx(clock() + 600)
@@ -303,15 +318,15 @@ def test_collector_down_then_up_delivers_all_once_in_order(user_install, in_flig
     assert queued_ids(user_install.paths.spool_dir) == []
 
 
-def test_a_record_failing_alone_does_not_hold_up_the_others(user_install, collector):
+def test_a_record_failing_alone_does_not_hold_up_the_others(user_install, fake):
     clock = Clock(time.time())
     fill(user_install, 3)
-    postd = make_postd(user_install, collector.url, clock, max_in_flight=3)
-    collector.plan(status(500))
+    postd = make_postd(user_install, fake, clock, max_in_flight=3)
+    fake.plan(answer(500))
     tally = postd.run_pass()
     postd.close()
     assert tally[Counter.DELIVERED] == 2 and tally[Counter.RETRIED] == 1
-    failed = [r.record_id for r in collector.received if r.answered == 500]
+    failed = [r.record_id for r in fake.received if r.answered == 500]
     assert queued_ids(user_install.paths.spool_dir) == failed
 
 
@@ -336,12 +351,12 @@ def test_tid_mismatch_stops_delivery_and_keeps_records(user_install, collector, 
     assert counters(user_install.paths.spool_dir)["config-error"] >= 1
 
 
-def test_reload_applies_the_log_level(user_install, collector):
+def test_reload_applies_the_log_level(user_install, fake):
     root = logging.getLogger()
     before = root.level
-    postd = make_postd(user_install, collector.url)  # log_level=debug
+    postd = make_postd(user_install, fake)  # log_level=debug
     try:
-        user_install.write_config(settings_text(collector.url).replace("log_level=debug", "log_level=error"))
+        user_install.write_config(settings_text(MEMORY_URL).replace("log_level=debug", "log_level=error"))
         postd.reload(load_config(user_install))
         assert root.level == logging.ERROR
     finally:
@@ -350,9 +365,8 @@ def test_reload_applies_the_log_level(user_install, collector):
 
 
 def test_wrong_path_is_a_configuration_error_not_a_rejection(user_install, collector):
-    collector.answer(status(404))
     ids = fill(user_install, 3)
-    postd = make_postd(user_install, collector.url)
+    postd = make_postd(user_install, collector.url.replace("/v2/collector", "/v3/collector"))  # a 404 there
     tally = postd.run_pass()
     postd.close()
     assert tally[Counter.REJECTED] == 0 and tally[Counter.CONFIG_ERROR] >= 1
@@ -362,16 +376,16 @@ def test_wrong_path_is_a_configuration_error_not_a_rejection(user_install, colle
 # --- spool: expiry, deferral, delivery disabled, retention --------------------------------
 
 
-def test_expired_records_are_removed_and_journaled(user_install, collector):
+def test_expired_records_are_removed_and_journaled(user_install, fake):
     t0 = time.time()
     clock = Clock(t0)
     old = fill(user_install, 2, received_at=t0 - 20 * 60 - 5)
     fresh = fill(user_install, 1, received_at=t0)
-    collector.answer(status(503))
-    postd = make_postd(user_install, collector.url, clock, record_expiry=20)
+    fake.answer(answer(503))
+    postd = make_postd(user_install, fake, clock, record_expiry=20)
     tally = postd.run_pass()
     assert tally[Counter.EXPIRED] == 2
-    assert [r.record_id for r in collector.received] == fresh  # expired ones were never sent
+    assert [r.record_id for r in fake.received] == fresh  # expired ones were never sent
     assert [e.outcome for e in entries(user_install)] == [Outcome.EXPIRED, Outcome.EXPIRED]
     # The fresh one keeps failing until it too is older than record_expiry.
     assert postd.next_wake() <= t0 + 20 * 60 + 1
@@ -385,11 +399,11 @@ def test_expired_records_are_removed_and_journaled(user_install, collector):
     assert {old[0], old[1]} <= {e.record_id for e in entries(user_install)}
 
 
-def test_deferred_records_wait_for_their_window(user_install, collector):
+def test_deferred_records_wait_for_their_window(user_install, fake):
     clock = Clock(time.time())
     row = replace(new_row(record(0)), deferred_until=clock() + 300)
     enqueue(user_install.paths.spool_dir, [row])
-    postd = make_postd(user_install, collector.url, clock)
+    postd = make_postd(user_install, fake, clock)
     assert postd.run_pass()[Counter.DELIVERED] == 0
     assert postd.next_wake() == pytest.approx(clock() + 300)
     clock.advance(300)
@@ -397,16 +411,16 @@ def test_deferred_records_wait_for_their_window(user_install, collector):
     postd.close()
 
 
-def test_delivery_disabled_posts_nothing_and_retains(user_install, collector):
+def test_delivery_disabled_posts_nothing_and_retains(user_install, fake):
     rows = [new_row(record(i, payload=f"local {i}\n")) for i in range(3)]
     rows.append(replace(new_row(record(3)), deferred_until=time.time() + 3600))
     ids = enqueue(user_install.paths.spool_dir, rows)
-    postd = make_postd(user_install, collector.url, record_server_delivery_enabled=False,
+    postd = make_postd(user_install, fake, record_server_delivery_enabled=False,
                        record_retention_enabled=True)
     tally = postd.run_pass()
     postd.close()
     assert tally[Counter.DROPPED] == 4
-    assert collector.received == []
+    assert fake.received == []
     assert queued_ids(user_install.paths.spool_dir) == []
     journal = entries(user_install)
     assert [e.record_id for e in journal] == ids
@@ -416,9 +430,9 @@ def test_delivery_disabled_posts_nothing_and_retains(user_install, collector):
     assert counters(user_install.paths.spool_dir)["dropped"] == 4
 
 
-def test_retention_keeps_the_last_100_payloads(user_install, collector):
+def test_retention_keeps_the_last_100_payloads(user_install, fake):
     ids = enqueue(user_install.paths.spool_dir, [new_row(record(i, payload=f"p{i}")) for i in range(105)])
-    postd = make_postd(user_install, collector.url, record_retention_enabled=True)
+    postd = make_postd(user_install, fake, record_retention_enabled=True)
     assert postd.run_pass()[Counter.DELIVERED] == 105
     postd.close()
     jd = user_install.paths.journal_dir
@@ -428,9 +442,9 @@ def test_retention_keeps_the_last_100_payloads(user_install, collector):
     assert len(entries(user_install)) == 105
 
 
-def test_no_retention_by_default(user_install, collector):
+def test_no_retention_by_default(user_install, fake):
     [rid] = fill(user_install, 1)
-    postd = make_postd(user_install, collector.url)
+    postd = make_postd(user_install, fake)
     postd.run_pass()
     postd.close()
     assert journal_mod.retained_payload(user_install.paths.journal_dir, rid) is None

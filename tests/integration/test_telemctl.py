@@ -66,7 +66,7 @@ def assert_one_line_error(done, code, fragment):
 @pytest.fixture
 def collector():
     """201 to every POST: the records carry this machine's own metadata, whatever it is."""
-    with Collector(validate=False) as c:
+    with Collector() as c:
         yield c
 
 

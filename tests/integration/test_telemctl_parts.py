@@ -207,10 +207,11 @@ def test_daemon_command_line_with_our_module_counts(user_install):
     sup = supervise.Supervisor(user_install.paths)
     # A process whose command line is the daemon's: python -m <module> (it only sleeps).
     fake_root = user_install.root / "pkg"
-    (fake_root / "telemetry" / "daemons").mkdir(parents=True)
+    (fake_root / "telemetry" / "daemons" / "postd").mkdir(parents=True)
     (fake_root / "telemetry" / "__init__.py").write_text("")
     (fake_root / "telemetry" / "daemons" / "__init__.py").write_text("")
-    (fake_root / "telemetry" / "daemons" / "telempostd.py").write_text("import time\ntime.sleep(60)\n")
+    (fake_root / "telemetry" / "daemons" / "postd" / "__init__.py").write_text("")
+    (fake_root / "telemetry" / "daemons" / "postd" / "main.py").write_text("import time\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-m", "telemetry.daemons.postd.main"], cwd=fake_root,
                             env={**user_install.env, "PYTHONPATH": str(fake_root)})
     try:

@@ -168,3 +168,35 @@ def test_counters_survive_restarts(user_install):
     with probd:
         probd.send_raw(FRAME)
     assert counters(user_install.paths.spool_dir) == {"received": 3, "staged": 2, "rejected:invalid": 1}
+
+
+def test_a_truncated_queue_keeps_every_readable_acknowledged_record(user_install):
+    """The queue file cut in half (a bad restore, a full disk during a copy): telemprobd
+    starts again with every acknowledged record that can still be read."""
+    probd = Probd(user_install, "rate_limit_enabled=false")
+    with probd:
+        acked = [probd.send_raw(c_frame(good_headers(event_id=f"{i:032x}"), b"x" * 900)).split()[2].decode()
+                 for i in range(120)]
+    path = os.path.join(user_install.paths.spool_dir, "queue.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    os.truncate(path, os.path.getsize(path) // 2)
+    oracle = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    oracle.execute("PRAGMA writable_schema = ON")
+    readable = set()
+    for seq in range(1, len(acked) + 1):
+        try:
+            row = oracle.execute("SELECT record_id FROM records WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row:
+            readable.add(row[0])
+    oracle.close()
+    assert 0 < len(readable & set(acked)) < len(acked)
+    probd.start()
+    with probd:
+        assert probd.send_raw(FRAME).startswith(b"TM/1 accepted")
+    kept = {r.record_id for r in queued(user_install.paths.spool_dir)}
+    assert readable & set(acked) <= kept
+    assert "moved aside" in probd.log()

@@ -8,9 +8,11 @@ import time
 import pytest
 from telemprobd_harness import Probd, c_frame, good_headers
 
-from telemetry.daemons.probd.ingest import LogThrottle
 from telemetry.daemons.probd.staging import Stager
+from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.store.queue import QUEUE_DB, NewRecord, Queue, QueueError, Sender
+
+BURST = LogThrottle().burst  # telemprobd's default allowance
 
 
 def rows(n: int, size: int = 100) -> list[NewRecord]:
@@ -72,6 +74,6 @@ def test_failing_commits_are_logged_a_burst_at_a_time(user_install, tmp_path):
     blocker.write_text("not a directory")
     frame = c_frame(good_headers(), b"x" * 100)
     with Probd(user_install, f"spool_dir={blocker}/spool") as probd:
-        replies = [probd.send_raw(frame) for _ in range(3 * LogThrottle().burst)]
+        replies = [probd.send_raw(frame) for _ in range(3 * BURST)]
         assert all(r.startswith(b"TM/1 error ") for r in replies)
-    assert 1 <= probd.log().count("could not stage") <= LogThrottle().burst
+    assert 1 <= probd.log().count("could not stage") <= BURST

@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from telemetry.bootid import BOOT_ID_PATH, read_boot_id
 from telemetry.daemons.store import journal as J
 from telemetry.daemons.store.journal import Journal, JournalEntry, Outcome, SetAside, entry_for
 from telemetry.metadata import Metadata
@@ -89,7 +90,9 @@ def test_retention_keeps_the_last_100(journal):
     assert journal.retained_payload(entry(29).record_id) is None
     assert journal.retained_payload(entry(30).record_id) == b"payload 30"
     assert journal.retained_payload(entry(129).record_id) == b"payload 129"
-    assert journal.db.execute("SELECT COUNT(*) FROM retained").fetchone()[0] == 100
+    db = sqlite3.connect(journal.path)
+    assert db.execute("SELECT COUNT(*) FROM retained").fetchone()[0] == 100
+    db.close()
 
 
 def test_set_aside_rows_are_kept_for_examination(journal):
@@ -128,11 +131,13 @@ def test_reader_while_a_writer_holds_a_transaction(tmp_path):
     jd = str(tmp_path / "j")
     w = Journal(jd, boot_id=BOOT)
     w.add([entry(1)])
-    w.db.execute("BEGIN IMMEDIATE")
-    w.db.execute("INSERT INTO entries (record_id, timestamp, classification, event_id, boot_id, outcome)"
-                 " VALUES ('z', 1, 'a/b/c', 'e', 'b', 'delivered')")
+    other = sqlite3.connect(w.path, isolation_level=None)  # a second writer, mid-transaction
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO entries (record_id, timestamp, classification, event_id, boot_id, outcome)"
+                  " VALUES ('z', 1, 'a/b/c', 'e', 'b', 'delivered')")
     assert [e.record_id for e in J.query(jd)] == [entry(1).record_id]  # WAL: not blocked
-    w.db.execute("COMMIT")
+    other.execute("COMMIT")
+    other.close()
     w.close()
 
 
@@ -151,14 +156,20 @@ def test_damaged_file_is_moved_aside(tmp_path, caplog):
 def test_boot_id_is_the_first_36_characters(tmp_path):
     p = tmp_path / "boot_id"
     p.write_text("60c014cd-4693-40f1-b334-548cd932949b\n")
-    assert J.read_boot_id(str(p)) == BOOT
-    assert J.read_boot_id(str(tmp_path / "missing")) == ""
-    if os.path.exists(J.BOOT_ID_PATH):
-        assert len(J.read_boot_id()) == 36
+    assert read_boot_id(str(p)) == BOOT
+    assert read_boot_id(str(tmp_path / "missing")) == ""
+    if os.path.exists(BOOT_ID_PATH):
+        assert len(read_boot_id()) == 36
 
 
 def test_wal_mode(journal):
-    assert journal.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db = sqlite3.connect(journal.path)
     assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(J.SCHEMA_VERSION)
     db.close()
+
+
+def test_boot_id_as_journald_writes_it(tmp_path):
+    p = tmp_path / "boot_id"
+    p.write_text("60c014cd-4693-40f1-b334-548cd932949b\n")
+    assert read_boot_id(str(p), dashes=False) == "60c014cd469340f1b334548cd932949b"

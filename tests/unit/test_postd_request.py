@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from telemetry import headers as H
-from telemetry.contract import HEADER_BLOCK_MAX, check_header_block, check_record
+from telemetry.contract import HEADER_BLOCK_MAX, check_header_block, check_record, first_refusal
 from telemetry.daemons.postd.request import RequestFormat, build_request, header_line
 from telemetry.metadata import Metadata
 from telemetry.record import create_record, parse_header_block
@@ -136,3 +136,21 @@ def test_header_block_must_fit_the_collectors_buffer():
     # No record within the record model's limits gets near it; the check guards the limits.
     v = check_header_block(small.headers + (b"X-Big: " + b"x" * HEADER_BLOCK_MAX,))
     assert v is not None and str(HEADER_BLOCK_MAX) in v.message
+
+
+_odd = st.one_of(values, st.sampled_from(["riscv64", "6.1", "12 3", "h" * 250, "m" * 33, "\u00e9", "", "b" * 200]))
+
+
+@given(st.dictionaries(st.sampled_from([H.ARCH, H.HOST_TYPE, H.KERNEL_VERSION, H.BOARD_NAME, H.CPU_MODEL,
+                                        H.BIOS_VERSION, H.SYSTEM_NAME, H.BUILD, H.MACHINE_ID]), _odd, max_size=4),
+       st.integers(0, 2**32 - 1), st.integers(0, 10**13))
+def test_the_senders_check_is_the_tables_in_its_order(changes, pfv, ts):
+    """check_record judges the machine's fields once per set of values; its answer is the
+    table's first refusal all the same."""
+    r = dataclasses.replace(BASE, payload_format_version=pfv, creation_timestamp=ts, **changes)
+    fields = {name: value.strip(" \t") for name, value in r.headers()}
+    expected = first_refusal(fields, 4, sender=True)
+    got = check_record(r)
+    assert (got and got.field) == (expected and expected[0].field)
+    if expected:
+        assert expected[1] in got.message

@@ -18,11 +18,12 @@ from telemetry.daemons.probd.admission import (
     Refuse,
     fits_spool,
     spool_limit_bytes,
-    stamp_machine_id,
 )
-from telemetry.daemons.probd.ingest import Counters, LogThrottle
+from telemetry.daemons.probd.core import Counters
 from telemetry.daemons.probd.ratelimit import Limit, Policy, RateLimiter
 from telemetry.daemons.probd.staging import classify_failure, elapsed_since, new_record_id
+from telemetry.daemons.runtime.throttle import LogThrottle
+from telemetry.daemons.store.database import Fault, fault_of
 from telemetry.daemons.store.queue import QueueError, Sender
 from telemetry.record import parse_header_block
 from telemetry.wire import Frame
@@ -59,7 +60,8 @@ printable_ascii = st.text(alphabet=string.ascii_letters + string.digits + string
 @given(printable_ascii, st.sampled_from(["FFFFFFFF", "", "x" * 64, "0"]), st.sampled_from(["x86_64", "a b c"]))
 def test_stamping_replaces_only_the_machine_id(machine_id, sent, arch):
     original = block(machine_id=sent, arch=arch)
-    stamped = parse_header_block(stamp_machine_id(original, machine_id))
+    verdict = admission().judge(Frame(original, b""), ctx(machine_id=machine_id))
+    stamped = parse_header_block(verdict.record.headers)
     before = parse_header_block(original)
     assert stamped.machine_id == machine_id
     assert stamped.with_machine_id(sent) == before
@@ -125,16 +127,25 @@ def test_rate_limit_drop_and_spool():
     assert 1_000_000.0 + 60 <= deferred.record.deferred_until <= 1_000_000.0 + 62
 
 
+def sqlite_error(code: int, message: str) -> QueueError:
+    """What the queue raises for an SQLite error with this result code."""
+    e = sqlite3.OperationalError(message)
+    e.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return QueueError(f"/x/queue.db: {message}", fault_of(e))
+
+
 def test_failures_become_the_reason_senders_are_told():
-    full = classify_failure(sqlite3.OperationalError("database or disk is full"))
+    full = classify_failure(sqlite_error(sqlite3.SQLITE_FULL, "database or disk is full"))
     assert full.status is AckStatus.NO_SPACE and not full.retry
-    locked = classify_failure(sqlite3.OperationalError("database is locked"))
+    locked = classify_failure(sqlite_error(sqlite3.SQLITE_BUSY, "database is locked"))
     assert locked.status is AckStatus.BUSY and locked.retry
     assert classify_failure(OSError(errno.ENOSPC, "No space left on device")).status is AckStatus.NO_SPACE
     denied = classify_failure(PermissionError(errno.EACCES, "Permission denied"))
     assert denied.status is AckStatus.ERROR and "Permission denied" in denied.detail
-    assert classify_failure(QueueError("/x/queue.db: database or disk is full")).status is AckStatus.NO_SPACE
-    assert classify_failure(sqlite3.DatabaseError("file is not a database")).status is AckStatus.ERROR
+    assert classify_failure(QueueError("/x/queue.db: database or disk is full", Fault.FULL)).status is AckStatus.NO_SPACE
+    assert classify_failure(sqlite_error(sqlite3.SQLITE_NOTADB, "file is not a database")).status is AckStatus.ERROR
+    readonly = classify_failure(sqlite_error(sqlite3.SQLITE_READONLY, "attempt to write a readonly database"))
+    assert readonly.status is AckStatus.ERROR and "cannot write the queue database" in readonly.detail
     odd = classify_failure(ValueError("boom"))
     assert odd.status is AckStatus.ERROR and "ValueError" in odd.detail
 

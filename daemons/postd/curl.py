@@ -1,5 +1,5 @@
-"""The HTTP shell: POSTs prepared requests with pycurl, several at once, on reused
-connections.
+"""The HTTP transport: POSTs prepared requests with pycurl, several at once, on reused
+connections (`transport.Transport`; tests may use `transport.MemoryTransport` instead).
 
 One CurlMulti owns the connection cache, so every request after the first reuses a
 kept-alive connection (and its TLS session); over HTTPS, HTTP/2 is negotiated when the
@@ -13,7 +13,6 @@ finished transfer is handed back as an `outcome.Response`.
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
 
 import pycurl
 
@@ -34,12 +33,12 @@ class _Slot:
 
     def __init__(self, curl: pycurl.Curl):
         self.curl = curl
-        self.token: Hashable | None = None
+        self.token: int | None = None
         self.body: list[bytes] = []
         self.body_len = 0
         self.retry_after: str | None = None
 
-    def reset(self, token: Hashable) -> None:
+    def reset(self, token: int) -> None:
         self.token = token
         self.body = []
         self.body_len = 0
@@ -55,7 +54,7 @@ class _Slot:
             self.retry_after = line[12:].decode("latin-1").strip()
 
 
-class Delivery:
+class CurlTransport:
     def __init__(self, settings: DeliverySettings):
         # `settings` passed endpoint.check_settings when the config was loaded; a file
         # that became unreadable since is curl's error on the first request.
@@ -89,10 +88,11 @@ class Delivery:
             c.setopt(pycurl.SSLKEY, s.client_key or s.client_cert)
         return slot
 
-    def has_capacity(self) -> bool:
-        return bool(self._free)
+    def capacity(self) -> int:
+        """How many more requests can start now."""
+        return len(self._free)
 
-    def submit(self, token: Hashable, request: Request) -> None:
+    def submit(self, token: int, request: Request) -> None:
         """Start a transfer; a request curl refuses to send raises RequestRefused."""
         slot = self._free[-1]
         c = slot.curl
@@ -112,8 +112,8 @@ class Delivery:
             if ret != pycurl.E_CALL_MULTI_PERFORM:
                 return
 
-    def _finished(self) -> list[tuple[Hashable, Response]]:
-        done: list[tuple[Hashable, Response]] = []
+    def _finished(self) -> list[tuple[int, Response]]:
+        done: list[tuple[int, Response]] = []
         while True:
             queued, ok, failed = self.multi.info_read()
             for c in ok:
@@ -128,15 +128,16 @@ class Delivery:
             if not queued:
                 return done
 
-    def _release(self, c: pycurl.Curl, resp: Response) -> tuple[Hashable, Response]:
+    def _release(self, c: pycurl.Curl, resp: Response) -> tuple[int, Response]:
         self.multi.remove_handle(c)
         slot = self._busy.pop(c)
         token, slot.token = slot.token, None
+        assert token is not None  # set by submit for every busy slot
         slot.body = []
         self._free.append(slot)
         return token, resp
 
-    def poll(self, timeout: float) -> list[tuple[Hashable, Response]]:
+    def poll(self, timeout: float) -> list[tuple[int, Response]]:
         """Drive the transfers; returns those that finished, waiting up to `timeout` s for one."""
         if not self._busy:
             return []

@@ -1,0 +1,476 @@
+"""telempostd's rules, with no I/O: which queued record is sent, what each answer means
+for it, when its fate is written down, and when the daemon must look again.
+
+`Courier` is fed queue rows, transport answers and the time, and answers with what to do
+next (`step`): read rows (`Fetch`), start a request (`Send`), write the fates decided so
+far (`Settle`: journal first, then the queue), wait for an answer in flight (`WAIT`), or
+nothing more this pass (`DONE`).  `main.Postd` is the loop that does each of these.
+
+What can lose or duplicate a record is decided here, and tested by property:
+
+* A row leaves the queue only with a final fate (delivered on 2xx, rejected on another
+  4xx, rejected locally, expired, set aside, kept locally when delivery is off), and
+  every final fate is journaled in the same `Settle` that deletes the row.
+* A row is sent again only after an answer that asks for it (408, 429, 5xx, a connection
+  failure, a configuration error); every answer settles the row it was for exactly once.
+* Fates are gathered into batches of up to `max_batch` rows or `max_delay` seconds
+  (`SETTLE_BATCHED`, the default), or settled before any new request starts
+  (`SETTLE_BEFORE_SEND`): then, when the daemon is killed, the rows that may be sent
+  again are at most the requests that were in flight, `max_in_flight`.
+
+A row is parsed into its Record once per process (`_load`), not on every attempt: a row
+kept for another attempt keeps its parsed record beside its identity (bounded) until its
+fate is final.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
+from telemetry.daemons.postd import spool
+from telemetry.daemons.postd.backoff import Gate, next_attempt_at
+from telemetry.daemons.postd.endpoint import DeliverySettings
+from telemetry.daemons.postd.outcome import Response, Verdict, classify
+from telemetry.daemons.postd.request import Request, RequestFormat, build_request
+from telemetry.daemons.runtime.throttle import LogThrottle
+from telemetry.daemons.store.journal import Counter, JournalEntry, Outcome, SetAside, entry_for
+from telemetry.daemons.store.queue import QueuedRecord
+from telemetry.record import Record, RecordError, parse_header_block
+
+log = logging.getLogger("telempostd")
+
+DAEMON = "telempostd"
+# A pass logs the first records it sets aside or that are rejected one line each, and
+# only counts the rest: a queue of damaged rows must not flood the log (the journal has
+# every one of them).
+RECORD_WARNINGS_PER_PASS = 10
+LOADED_MAX = 256  # parsed records kept for rows whose fate is not final yet
+_CLASSIFICATION = b"classification: "
+_EVENT_ID = b"event_id: "
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What telempostd takes from the config, checked at load."""
+
+    delivery: DeliverySettings
+    request_format: RequestFormat
+    tid: tuple[str, str]
+    base_delay: float
+    retry_max_delay: float
+    record_expiry: int
+    delivery_enabled: bool
+    retention_enabled: bool
+    recycling: bool
+    idle_after: float  # daemon_idle_time
+    spool_dir: str
+    log_level: str
+    metrics_textfile: str = ""
+    spool_max_size_kib: int = -1
+
+
+@dataclass(frozen=True)
+class SettlePolicy:
+    """When decided fates are written: before any new request starts (`before_send`), and
+    in any case once `max_batch` wait or the first has waited `max_delay` seconds."""
+
+    before_send: bool = False
+    max_batch: int = spool.COMMIT_SLICE
+    max_delay: float = spool.COMMIT_INTERVAL
+
+
+# Fewest transactions: after a kill, up to max_batch + max_in_flight records may be sent
+# again (the collector drops them by record id).  Measured on 2 cores, settling before each new request costs about 55 us of CPU
+# per record delivered (two small transactions), some 70 % on top of the rest of the work
+# (bench/postd_delivery.py: 0.080 -> 0.135 CPU s per 1,000 records).
+SETTLE_BATCHED = SettlePolicy()
+# Fewest repeats: after a kill, at most the requests in flight (max_in_flight) are sent again.
+SETTLE_BEFORE_SEND = SettlePolicy(before_send=True)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The fate of one queue row: final (`outcome` set) or tried again later."""
+
+    row: QueuedRecord
+    record: Record | None
+    counter: Counter
+    outcome: Outcome | None = None
+    detail: str = ""
+    http_status: int | None = None
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a Settle writes: the journal (entries, payload copies, set-aside rows) first,
+    then the queue (rows deleted by position, rows rescheduled, counters)."""
+
+    decisions: tuple[Decision, ...]
+    entries: tuple[JournalEntry, ...]
+    retained: tuple[tuple[str, bytes], ...]
+    aside: tuple[SetAside, ...]
+    delete: tuple[int, ...]  # queue positions: a damaged row's id may not even be text
+    retry: tuple[tuple[str, int, float, str], ...]
+    counts: collections.Counter[Counter]
+
+    @property
+    def queue_counters(self) -> dict[tuple[str, str], int]:
+        return {(DAEMON, c.value): n for c, n in self.counts.items()}
+
+
+class Query(enum.Enum):
+    EXPIRED = "expired"  # rows received before `cutoff`
+    DUE = "due"  # rows due at `now`, after queue position `after`
+    ALL = "all"  # every row after queue position `after`
+
+
+@dataclass(frozen=True)
+class Fetch:
+    query: Query
+    after: int = 0
+    cutoff: float = 0.0
+    now: float = 0.0
+    limit: int = spool.FETCH_SLICE
+
+
+class Send(NamedTuple):  # one per record sent: a tuple is the cheapest value to make
+    token: int  # the row's queue position: unique even in a damaged queue
+    request: Request
+
+
+@dataclass(frozen=True)
+class Settle:
+    settlement: Settlement
+
+
+class _Signal(enum.Enum):
+    WAIT = "wait"  # requests are in flight: poll the transport
+    DONE = "done"  # nothing more this pass
+
+
+WAIT = _Signal.WAIT
+DONE = _Signal.DONE
+Action = Fetch | Send | Settle | _Signal
+
+
+class _Phase(enum.Enum):
+    EXPIRE = 1
+    DELIVER = 2
+    FINISH = 3
+
+
+class Courier:
+    """The state of telempostd across passes; a pass runs from `start_pass` to DONE."""
+
+    def __init__(self, settings: Settings, *, boot_id: str, rng: random.Random | None = None,
+                 policy: SettlePolicy = SETTLE_BATCHED):
+        self.settings = settings
+        self.boot_id = boot_id
+        self.rng = rng or random.Random()
+        self.policy = policy
+        self.gate = Gate()
+        self.view = spool.QueueView(0, None, None)
+        self.stopping = False
+        self._config_error_logged = False
+        self._warnings = LogThrottle(RECORD_WARNINGS_PER_PASS, math.inf, logger=log)
+        self._loaded: collections.OrderedDict[int, tuple[bytes, bytes, str, Record | None, str]] = (
+            collections.OrderedDict())
+        self._phase = _Phase.FINISH
+        self._after = 0
+        self._buffer: collections.deque[QueuedRecord] = collections.deque()
+        self._exhausted = False
+        self._inflight: dict[int, tuple[QueuedRecord, Record]] = {}
+        self._decided: list[Decision] = []
+        self._decided_since = 0.0
+
+    # --- a pass -------------------------------------------------------------------------
+
+    def start_pass(self, now: float) -> None:
+        self._phase = _Phase.EXPIRE
+        self._after = 0
+        self._buffer.clear()
+        self._exhausted = False
+        self._decided = []
+        self._warnings.restart(now)
+
+    def step(self, now: float, capacity: int) -> Action:
+        """The next thing to do; `capacity`: how many more requests the transport takes now."""
+        if self._decided and self._settle_due(now):
+            return self._settle(now)
+        if self._phase is _Phase.EXPIRE:
+            if self._decided:  # settled before the next read, which would return them again
+                return self._settle(now)
+            return Fetch(Query.EXPIRED, cutoff=spool.expiry_cutoff(now, self.settings.record_expiry))
+        if self._phase is _Phase.DELIVER:
+            action = self._deliver(now, capacity)
+            if action is not None:
+                return action
+        if self._inflight:
+            return WAIT
+        if self._decided:
+            return self._settle(now)
+        self._phase = _Phase.FINISH
+        return DONE
+
+    def fetched(self, rows: Sequence[QueuedRecord], now: float) -> None:
+        """The rows a Fetch asked for."""
+        if self._phase is _Phase.EXPIRE:
+            if not rows:
+                self._phase = _Phase.DELIVER
+                return
+            for row in rows:
+                self._decide(self._expired(row, self._load(row)[0]), now)
+            return
+        if not rows:
+            self._exhausted = True
+            return
+        self._after = rows[-1].seq
+        self._buffer.extend(rows)
+
+    def answered(self, token: int, response: Response, now: float) -> None:
+        """A request finished (or failed to): its row's fate."""
+        sent = self._inflight.pop(token, None)
+        if sent is not None:
+            self._decide(self._judge(sent[0], sent[1], response, now), now)
+
+    def refused(self, token: int, reason: str, now: float) -> None:
+        """The transport would not take the request (the record's fault, not the collector's)."""
+        sent = self._inflight.pop(token, None)
+        if sent is not None:
+            self._decide(self._local(sent[0], sent[1], Outcome.REJECTED_LOCAL, f"not sent: {reason}"), now)
+
+    def abandon(self) -> list[QueuedRecord]:
+        """The loop lost its transport with requests in flight: their rows stay as they are."""
+        rows = [row for row, _ in self._inflight.values()]
+        self._inflight.clear()
+        return rows
+
+    def finish_pass(self) -> int:
+        """After DONE: how many record warnings the pass held back (to be said in one line)."""
+        return self._warnings.take_suppressed()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def _deliver(self, now: float, capacity: int) -> Action | None:
+        if self.stopping:
+            return None
+        if not self.settings.delivery_enabled:
+            return self._keep_local(now)
+        while capacity > 0 and self.gate.is_open(now):
+            if not self._buffer:
+                if self._exhausted:
+                    return None
+                return Fetch(Query.DUE, after=self._after, now=now)
+            row = self._buffer.popleft()
+            prepared = self._prepare(row, now)
+            if isinstance(prepared, Decision):
+                self._decide(prepared, now)
+                if self._settle_due(now):
+                    return self._settle(now)
+                continue
+            if self.policy.before_send and self._decided:
+                self._buffer.appendleft(row)
+                return self._settle(now)
+            record, request = prepared
+            self._inflight[row.seq] = (row, record)
+            return Send(row.seq, request)
+        return None
+
+    def _keep_local(self, now: float) -> Action | None:
+        """record_server_delivery_enabled=false: journal (and retain) every record, post none."""
+        while True:
+            if not self._buffer:
+                if self._exhausted:
+                    return None
+                return Fetch(Query.ALL, after=self._after)
+            row = self._buffer.popleft()
+            self._decide(self._prepare(row, now), now)  # type: ignore[arg-type]
+            if self._settle_due(now):
+                return self._settle(now)
+
+    # --- settling -----------------------------------------------------------------------
+
+    def _decide(self, decision: Decision, now: float) -> None:
+        if not self._decided:
+            self._decided_since = now
+        self._decided.append(decision)
+        row = decision.row
+        if decision.outcome is not None:
+            self._loaded.pop(row.seq, None)
+        elif decision.record is not None:  # it will be read again: keep what it parsed into
+            self._loaded[row.seq] = (row.headers, row.payload, row.record_id, decision.record, "")
+            self._loaded.move_to_end(row.seq)
+            if len(self._loaded) > LOADED_MAX:
+                self._loaded.popitem(last=False)
+
+    def _settle_due(self, now: float) -> bool:
+        return len(self._decided) >= self.policy.max_batch or now - self._decided_since >= self.policy.max_delay
+
+    def _settle(self, now: float) -> Settle:
+        decisions, self._decided = self._decided, []
+        return Settle(settlement(decisions, boot_id=self.boot_id, now=now, retention=self.settings.retention_enabled))
+
+    # --- one row ------------------------------------------------------------------------
+
+    def _load(self, row: QueuedRecord) -> tuple[Record | None, str]:
+        """The row's record: parsed when first seen, kept while the row waits for another
+        attempt (`_decide`); a damaged row's problem."""
+        seen = self._loaded.get(row.seq)
+        if seen is not None and seen[0] == row.headers and seen[1] == row.payload and seen[2] == row.record_id:
+            return seen[3], seen[4]
+        try:
+            return parse_header_block(row.headers, row.payload), ""
+        except RecordError as e:
+            return None, str(e)
+        except (ValueError, TypeError) as e:  # bytes no record check anticipated
+            return None, f"{type(e).__name__}: {e}"
+
+    def _local(self, row: QueuedRecord, record: Record | None, outcome: Outcome, detail: str) -> Decision:
+        return Decision(row, record, Counter(outcome.value), outcome, detail, attempts=row.attempts)
+
+    def _expired(self, row: QueuedRecord, record: Record | None) -> Decision:
+        detail = f"not delivered within record_expiry ({self.settings.record_expiry} min)"
+        if row.last_error:
+            detail += f"; last error: {row.last_error}"
+        return self._local(row, record, Outcome.EXPIRED, detail)
+
+    def _warn(self, now: float, message: str, *args: object) -> None:
+        """A record set aside or rejected: a warning for the first few of a pass, a count for the rest."""
+        self._warnings.log(now, logging.WARNING, message, *args)
+
+    def _prepare(self, row: QueuedRecord, now: float) -> Decision | tuple[Record, Request]:
+        """A local decision, or the request to send."""
+        s = self.settings
+        record, problem = self._load(row)
+        bad_id = check_record_id(row.record_id)
+        if bad_id is not None:  # it would go into a header line: never sent
+            record, problem = None, str(bad_id)
+        violation = None
+        request = None
+        if record is not None and s.delivery_enabled:
+            violation = check_record(record)
+            if violation is None:
+                request = build_request(record, row.record_id, s.request_format, s.tid)
+                if s.request_format is RequestFormat.HEADERS:
+                    violation = check_header_block(request.headers)
+        disposition = spool.disposition(
+            received_at=row.received_at, now=now, record_expiry_minutes=s.record_expiry,
+            readable=record is not None, acceptable=violation is None, delivery_enabled=s.delivery_enabled,
+        )
+        if disposition is spool.Disposition.SEND:
+            assert record is not None and request is not None
+            return record, request
+        if disposition is spool.Disposition.EXPIRE:
+            return self._expired(row, record)
+        if disposition is spool.Disposition.SET_ASIDE:
+            self._warn(now, "queue row %s holds no readable record, set aside: %s", printable_id(row.record_id),
+                       problem)
+            return self._local(row, None, Outcome.SET_ASIDE, f"unreadable record: {problem}")
+        if disposition is spool.Disposition.KEEP_LOCAL:
+            return self._local(row, record, Outcome.DROPPED, "not sent: record_server_delivery_enabled is false")
+        self._warn(now, "record %s (%s) rejected without sending: %s", row.record_id,
+                   record.classification if record else "?", violation)
+        return self._local(row, record, Outcome.REJECTED_LOCAL, f"not sent: {violation}")
+
+    def _judge(self, row: QueuedRecord, record: Record, response: Response, now: float) -> Decision:
+        s = self.settings
+        c = classify(response, now)
+        if c.verdict is Verdict.DELIVERED:
+            self.gate = self.gate.after_success()
+            self._config_error_logged = False
+            return Decision(row, record, Counter.DELIVERED, Outcome.DELIVERED, c.detail, c.status, row.attempts + 1)
+        if c.verdict is Verdict.REJECTED:
+            self.gate = self.gate.after_success()
+            self._warn(now, "record %s (%s) rejected by the collector: %s", row.record_id, record.classification,
+                       c.detail)
+            return Decision(row, record, Counter.REJECTED, Outcome.REJECTED, c.detail, c.status, row.attempts + 1)
+        if c.verdict is Verdict.CONFIG_ERROR:
+            self.gate = self.gate.hold(now, s.retry_max_delay)
+            if not self._config_error_logged:
+                self._config_error_logged = True
+                log.error("delivery stopped: %s; records are kept, next attempt in %.0f s or after "
+                          "a reload (SIGHUP)", c.detail, self.gate.open_at - now)
+            return Decision(row, record, Counter.CONFIG_ERROR, None, c.detail, c.status, row.attempts,
+                            row.next_attempt_at)
+        was_open = self.gate.is_open(now)
+        self.gate = self.gate.after_failure(now, base=s.base_delay, cap=s.retry_max_delay,
+                                            rand=self.rng.random(), retry_after=c.retry_after)
+        attempts = row.attempts + 1
+        when = next_attempt_at(attempts, self.gate, now, base=s.base_delay, cap=s.retry_max_delay,
+                               rand=self.rng.random())
+        if was_open:
+            log.warning("delivery failed (%s); trying again in %.0f s", c.detail, self.gate.open_at - now)
+        return Decision(row, record, Counter.RETRIED, None, c.detail, c.status, attempts, when)
+
+    # --- between passes ---------------------------------------------------------------
+
+    def reload(self, settings: Settings) -> None:
+        """New settings; the gate reopens (the fix may be in them)."""
+        self.settings = settings
+        self.gate = Gate()
+        self._config_error_logged = False
+
+    def next_wake(self, now: float, idle_deadline: float | None) -> float | None:
+        return spool.next_wake(now, self.view, self.gate, record_expiry_minutes=self.settings.record_expiry,
+                               delivery_enabled=self.settings.delivery_enabled, idle_deadline=idle_deadline)
+
+    def pass_due(self, now: float, wake: float | None) -> bool:
+        """Whether a pass can do anything now, `wake` being when the loop would look anyway.
+
+        While the collector is waited for (the gate is closed) and records are queued,
+        records queued meanwhile can neither be sent nor move the next wake (they are due
+        no earlier than the gate opens, and expire after the oldest): a pass reads the
+        whole queue, so during an outage it waits for its time instead of following
+        every commit of telemprobd."""
+        if not self.settings.delivery_enabled or self.gate.is_open(now) or not self.view.rows:
+            return True
+        return wake is not None and now >= wake
+
+
+def _header_value(headers: bytes, prefix: bytes, limit: int) -> str:
+    """Best-effort field of a row that does not parse, for its journal entry."""
+    for line in headers.split(b"\n"):
+        if line.startswith(prefix):
+            return line[len(prefix):][:limit].decode("utf-8", errors="replace")
+    return ""
+
+
+def settlement(decisions: Sequence[Decision], *, boot_id: str, now: float, retention: bool) -> Settlement:
+    """The journal and queue writes that record `decisions`, in queue order."""
+    entries: list[JournalEntry] = []
+    retained: list[tuple[str, bytes]] = []
+    aside: list[SetAside] = []
+    delete: list[int] = []
+    retry: list[tuple[str, int, float, str]] = []
+    counts: collections.Counter[Counter] = collections.Counter()
+    ordered = tuple(sorted(decisions, key=lambda d: d.row.seq))
+    for d in ordered:
+        counts[d.counter] += 1
+        row = d.row
+        if d.outcome is None:
+            retry.append((row.record_id, d.attempts, d.next_attempt_at, d.detail))
+            continue
+        delete.append(row.seq)
+        rid = printable_id(row.record_id)  # the key of its journal entry and payload copy
+        entries.append(entry_for(
+            rid, d.record, d.outcome, timestamp=now, boot_id=boot_id, http_status=d.http_status, detail=d.detail,
+            classification="" if d.record else _header_value(row.headers, _CLASSIFICATION, 122),
+            event_id="" if d.record else _header_value(row.headers, _EVENT_ID, 32),
+        ))
+        if d.outcome is Outcome.SET_ASIDE:
+            aside.append(SetAside(rid, now, d.detail, row.headers, row.payload))
+        elif retention:
+            retained.append((rid, row.payload))
+    return Settlement(ordered, tuple(entries), tuple(retained), tuple(aside), tuple(delete), tuple(retry), counts)

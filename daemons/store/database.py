@@ -1,0 +1,428 @@
+"""The one place the daemons speak SQLite: opening a database, its PRAGMAs, what an error
+means, and what happens to a damaged file.
+
+`Database` is one of our files (the queue or the journal) as its `Layout` describes it:
+schema, schema version, durability.  Callers never see `sqlite3` errors: every failure
+is a `StoreError` whose `fault` says what kind it is (`sqlite_errorcode`, never the
+message text): the disk is full, another process holds the lock, the file cannot be
+written, or it is damaged.
+
+A damaged file is not emptied in place and not given up: every row that can still be
+read is copied into a new file (`salvage`), the damaged one is renamed
+`<name>.corrupt-<time>-<pid>` (with its WAL) so the damage can be examined, and the new
+file takes its name in one rename, so the other daemon never sees the name missing.  The
+recovering process holds an exclusive lock on the directory (flock) and the damaged
+database's write lock while it copies, so no record can be written into the damaged file
+after the copy was taken; a process that meets the damage after another has recovered
+sees that the file was replaced and simply opens the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from telemetry.errors import TelemetryError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+SALVAGE_CHUNK = 256  # rows read at once where the file reads well
+PROBE_WITHOUT_BOUND = 65536  # keys looked up one by one past the last row found in damage
+_ROWID_MIN = -(2**63)
+
+
+class Fault(enum.Enum):
+    """What kind of failure an SQLite error is, for the caller to decide what to do."""
+
+    CORRUPT = "corrupt"  # the file is damaged (or is no database)
+    FULL = "full"  # no space on the file system
+    BUSY = "busy"  # another process holds the lock longer than we wait
+    DENIED = "denied"  # the file cannot be opened or written (permissions, read-only)
+    OTHER = "other"
+
+
+_FAULTS = {
+    sqlite3.SQLITE_CORRUPT: Fault.CORRUPT,
+    sqlite3.SQLITE_NOTADB: Fault.CORRUPT,
+    sqlite3.SQLITE_FULL: Fault.FULL,
+    sqlite3.SQLITE_BUSY: Fault.BUSY,
+    sqlite3.SQLITE_LOCKED: Fault.BUSY,
+    sqlite3.SQLITE_READONLY: Fault.DENIED,
+    sqlite3.SQLITE_PERM: Fault.DENIED,
+    sqlite3.SQLITE_CANTOPEN: Fault.DENIED,
+    sqlite3.SQLITE_AUTH: Fault.DENIED,
+}
+
+
+def fault_of(error: sqlite3.Error) -> Fault:
+    """By the primary result code SQLite gave (Python 3.11's `sqlite_errorcode`)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return Fault.OTHER if code is None else _FAULTS.get(code & 0xFF, Fault.OTHER)
+
+
+class StoreError(TelemetryError):
+    """A database could not be used; the message names the file and the cause."""
+
+    def __init__(self, message: str, fault: Fault = Fault.OTHER):
+        super().__init__(message)
+        self.fault = fault
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table whose rows a salvage copies, key columns included."""
+
+    name: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    what: str  # "queue", "journal": how messages name the file
+    schema: str
+    schema_version: int
+    synchronous: str  # FULL: every commit is on disk; NORMAL: WAL, synced at checkpoints
+    tables: tuple[Table, ...]  # what a salvage copies, in this order
+    error: type[StoreError] = StoreError
+
+
+Identity = tuple[int, int]
+
+
+def _identity(path: str) -> Identity | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def _directory_lock(path: str, exclusive: bool) -> Iterator[None]:
+    """flock on the database's directory: shared to open, exclusive to recover."""
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Database:
+    """A connection to one of our files, kept usable: reopened when the file was replaced,
+    recovered when it is damaged."""
+
+    def __init__(self, path: str, layout: Layout, *, readonly: bool = False,
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None,
+                 synchronous: str | None = None):
+        self.path = path
+        self.layout = layout
+        self.synchronous = synchronous or layout.synchronous
+        self.readonly = readonly
+        self.busy_timeout_ms = busy_timeout_ms
+        self.cache_kib = cache_kib
+        self.identity: Identity | None = None
+        self.db = self._open()
+
+    # --- opening ------------------------------------------------------------------------
+
+    def _connect(self, path: str, *, readonly: bool = False) -> sqlite3.Connection:
+        if readonly:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        if self.cache_kib is not None:
+            db.execute(f"PRAGMA cache_size = -{self.cache_kib}")
+        return db
+
+    def _prepare(self, db: sqlite3.Connection, *, create: bool) -> None:
+        if create:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
+            present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {t.name for t in self.layout.tables} <= present:
+                # One transaction: a reader sees every table or none.
+                db.executescript(f"BEGIN IMMEDIATE;\n{self.layout.schema}\n"
+                                 "INSERT OR IGNORE INTO meta (key, value) VALUES "
+                                 f"('schema_version', '{self.layout.schema_version}');\nCOMMIT;")
+        elif not _has_table(db, "meta"):
+            return  # a reader early: the writer has not created the schema yet
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = None if row is None else str(row[0])
+        if version is not None and not version.isdecimal():
+            raise self.layout.error(f"{self.path}: schema version {version[:40]!r} is not a number")
+        if version is not None and int(version) > self.layout.schema_version:
+            raise self.layout.error(f"{self.path}: schema version {version} is newer than this program's")
+
+    def _open_once(self) -> sqlite3.Connection:
+        db = self._connect(self.path, readonly=self.readonly)
+        try:
+            self._prepare(db, create=not self.readonly)
+        except BaseException:
+            db.close()
+            raise
+        self.identity = _identity(self.path)
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if self.readonly:
+                return self._open_once()
+            with _directory_lock(self.path, exclusive=False):
+                return self._open_once()
+        except sqlite3.Error as e:
+            if self.readonly or fault_of(e) is not Fault.CORRUPT:
+                raise self._error(e) from None
+            damaged, reason = _identity(self.path), str(e)
+        self._recover(damaged, reason)
+        try:
+            with _directory_lock(self.path, exclusive=False):
+                return self._open_once()
+        except sqlite3.Error as e2:
+            raise self._error(e2) from None
+
+    def _error(self, e: sqlite3.Error) -> StoreError:
+        return self.layout.error(f"{self.path}: {e}", fault_of(e))
+
+    def close(self) -> None:
+        self.identity = None
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+
+    def reopen(self) -> None:
+        self.close()
+        self.db = self._open()
+
+    def is_current(self) -> bool:
+        """Whether the file at our path is the one open (one stat)."""
+        now = _identity(self.path)
+        return now is not None and now == self.identity
+
+    def follow(self) -> None:
+        """Reopen if the file at our path is no longer the one open (replaced after a
+        recovery by the other daemon, or removed with its directory), or if the last
+        attempt to open it failed."""
+        now = _identity(self.path)
+        if now is not None and now == self.identity:
+            return
+        if self.identity is not None:
+            if now is None:
+                log.warning("%s %s disappeared; starting a new one", self.layout.what, self.path)
+            else:
+                log.warning("%s %s was replaced; opening the new file", self.layout.what, self.path)
+        self.reopen()
+
+    def has_table(self, name: str) -> bool:
+        return self.run(lambda db: _has_table(db, name))
+
+    # --- running statements ---------------------------------------------------------------
+
+    def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(connection)`; a damaged file is recovered and `work` run once more on the
+        new one.  Any failure is a StoreError."""
+        try:
+            return work(self.db)
+        except sqlite3.Error as e:
+            if self.readonly or fault_of(e) is not Fault.CORRUPT:
+                raise self._error(e) from None
+            damaged = self.identity
+            self.close()
+            self._recover(damaged, str(e))
+            self.db = self._open()
+        try:
+            return work(self.db)
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` in one write transaction (BEGIN IMMEDIATE ... COMMIT), with `run`'s recovery."""
+
+        def transaction(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+                return result
+            except BaseException:
+                # SQLite may already have rolled back (disk full, I/O error): keep its error.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        return self.run(transaction)
+
+    # --- damage -------------------------------------------------------------------------
+
+    def _recover(self, damaged: Identity | None, reason: str) -> None:
+        """Replace the damaged file by a new one holding every row that can be read."""
+        with _directory_lock(self.path, exclusive=True):
+            if damaged is None or _identity(self.path) != damaged:
+                return  # gone, or another process has already recovered it
+            temp = f"{self.path}.salvage-{os.getpid()}"
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp + suffix)
+            copied = 0
+            with contextlib.ExitStack() as held:
+                source = self._salvage_source(held)
+                new = self._connect(temp)
+                try:
+                    self._prepare(new, create=True)
+                    if source is not None:
+                        copied = salvage(source, new, self.layout.tables)
+                finally:
+                    new.close()  # the only connection: its WAL is checkpointed and removed
+                target = move_aside(self.path)
+                os.rename(temp, self.path)
+            log.error("%s %s is damaged (%s); moved aside to %s and starting a new one with the %d "
+                      "rows that could still be read", self.layout.what, self.path, reason, target, copied)
+
+    def _salvage_source(self, held: contextlib.ExitStack) -> sqlite3.Connection | None:
+        """A read-only connection to the damaged file, and its write lock held by another
+        connection until the copy has replaced it, so no writer adds a row the copy misses.
+        The read-only connection closes last: it never writes the damaged file."""
+        try:
+            source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error:
+            return None
+        held.callback(source.close)
+        try:
+            # First, before anything reads the schema: a file shorter than its header says
+            # (truncated) is then read as far as it goes.
+            source.execute("PRAGMA writable_schema = ON")
+            source.execute("SELECT name FROM sqlite_master").fetchall()
+        except sqlite3.Error:
+            return None  # not even the list of tables can be read: nothing to copy
+        try:
+            locker = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+        except sqlite3.Error:
+            return source
+        held.callback(locker.close)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            held.callback(lambda: locker.in_transaction and locker.execute("ROLLBACK"))
+        except sqlite3.Error:
+            pass  # too damaged to lock is too damaged to write
+        return source
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def move_aside(path: str) -> str:
+    """Rename a damaged database and its WAL and shared memory out of the way; the new name."""
+    target = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path + suffix, target + suffix)
+    return target
+
+
+def salvage(source: sqlite3.Connection, target: sqlite3.Connection, tables: Sequence[Table]) -> int:
+    """Copy every row of `tables` that `source` can still read into `target`, keys kept;
+    returns how many rows were copied."""
+    copied = 0
+    target.execute("BEGIN IMMEDIATE")
+    for table in tables:
+        columns = ", ".join(table.columns)
+        insert = f"INSERT OR IGNORE INTO {table.name} ({columns}) VALUES ({', '.join('?' * len(table.columns))})"
+        for row in readable_rows(source, table):
+            try:
+                copied += target.execute(insert, row).rowcount
+            except sqlite3.Error:
+                pass  # a value the new file cannot take is as lost as an unreadable one
+        _keep_sequence(source, target, table.name)
+    target.execute("COMMIT")
+    return copied
+
+
+def _keep_sequence(source: sqlite3.Connection, target: sqlite3.Connection, table: str) -> None:
+    """New rows continue above every key the damaged file ever gave out (AUTOINCREMENT)."""
+    try:
+        row = source.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        if row is not None:
+            seq = int(row[0])
+            if not target.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (seq, table)).rowcount:
+                target.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, seq))
+    except (sqlite3.Error, TypeError, ValueError):
+        pass
+
+
+def readable_rows(db: sqlite3.Connection, table: Table) -> Iterator[tuple]:
+    """The rows of `table` that can be read, in key order.
+
+    Where the file reads well, rows come a chunk at a time.  Where a read fails, the keys
+    after the last good row are looked up one by one, with a range read every chunk's
+    length to see whether the damage has been passed, up to the highest key the file
+    knows of and never more than PROBE_WITHOUT_BOUND keys past the last row found.
+    """
+    columns = ", ".join(table.columns)
+    chunk = f"SELECT rowid, {columns} FROM {table.name} WHERE rowid > ? ORDER BY rowid LIMIT {SALVAGE_CHUNK}"
+    one = f"SELECT rowid, {columns} FROM {table.name} WHERE rowid = ?"
+    after = _ROWID_MIN
+    bound: int | None = None
+    while True:
+        try:
+            rows = db.execute(chunk, (after,)).fetchall()
+        except sqlite3.DatabaseError:
+            rows = None
+        if rows is not None and (not rows or rows[-1][0] > after):
+            if not rows:
+                return
+            for r in rows:
+                yield tuple(r[1:])
+            after = rows[-1][0]
+            continue
+        if bound is None:
+            bound = _highest_key(db, table.name, after)
+        key = max(after, 0)  # our keys start at 1
+        # The highest key can itself be damaged: look no further than a bounded distance
+        # past the last row found.
+        stop = min(bound, key + PROBE_WITHOUT_BOUND)
+        while True:
+            key += 1
+            if key > stop:
+                return
+            try:
+                r = db.execute(one, (key,)).fetchone()
+            except sqlite3.DatabaseError:
+                continue
+            if r is not None:
+                yield tuple(r[1:])
+                after = key
+                break
+            if (key - after) % SALVAGE_CHUNK == 0 and _reads_from(db, chunk, key):
+                after = key
+                break
+
+
+def _reads_from(db: sqlite3.Connection, chunk: str, key: int) -> bool:
+    try:
+        db.execute(chunk, (key,)).fetchall()
+        return True
+    except sqlite3.DatabaseError:
+        return False
+
+
+def _highest_key(db: sqlite3.Connection, table: str, after: int) -> int:
+    for sql, args in (("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)),
+                      (f"SELECT MAX(rowid) FROM {table}", ())):
+        try:
+            row = db.execute(sql, args).fetchone()
+            if row is not None and row[0] is not None:
+                return int(row[0])
+        except (sqlite3.Error, TypeError, ValueError):
+            pass
+    return max(after, 0) + PROBE_WITHOUT_BOUND

@@ -1,0 +1,246 @@
+"""The store's SQLite handling on real files: what an error means, and what becomes of a
+damaged queue or journal (every row that can still be read survives, the damaged file is
+kept aside untouched)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from telemetry.daemons.store import journal as J
+from telemetry.daemons.store.database import Fault, StoreError, fault_of
+from telemetry.daemons.store.queue import QUEUE_DB, NewRecord, Queue, QueueError, Sender
+
+PAGE = 4096
+
+
+def rows(n: int, start: int = 0) -> list[NewRecord]:
+    return [NewRecord(f"{i:032x}", 1_700_000_000.0 + i, Sender(1, 1, 1), b"h" * 600, f"payload {i}".encode() * 40)
+            for i in range(start, start + n)]
+
+
+def filled_queue(spool: Path, n: int) -> list[str]:
+    """A queue holding `n` acknowledged records, everything checkpointed into queue.db."""
+    q = Queue(str(spool))
+    batch = rows(n)
+    q.insert_many(batch)
+    q.close()
+    db = sqlite3.connect(spool / QUEUE_DB)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return [r.record_id for r in batch]
+
+
+def readable_ids(path: Path, n: int) -> set[str]:
+    """Which records a careful reader can still get out of a damaged file, one by one."""
+    copy = path.with_name("oracle.db")
+    shutil.copyfile(path, copy)
+    db = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    db.execute("PRAGMA writable_schema = ON")
+    found = set()
+    for seq in range(1, n + 1):
+        try:
+            row = db.execute("SELECT record_id FROM records WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row is not None:
+            found.add(row[0])
+    db.close()
+    copy.unlink()
+    return found
+
+
+def digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def aside_files(spool: Path) -> list[str]:
+    return [str(p) for p in spool.glob(QUEUE_DB + ".corrupt-*") if not str(p).endswith(("-wal", "-shm"))]
+
+
+def test_a_truncated_queue_keeps_every_readable_acknowledged_record(tmp_path, caplog):
+    spool = tmp_path / "spool"
+    ids = filled_queue(spool, 300)
+    path = spool / QUEUE_DB
+    os.truncate(path, os.path.getsize(path) // 2)
+    readable = readable_ids(path, len(ids))
+    damaged = digest(str(path))
+    assert 0 < len(readable) < len(ids)
+
+    q = Queue(str(spool))
+    survived = [r.record_id for r in q.all(10_000)]
+    q.close()
+    assert readable <= set(survived)
+    known = [i for i in survived if i in set(ids)]  # a row cut by the truncation may read as garbage
+    assert known == [i for i in ids if i in set(survived)]  # queue order kept
+    [aside] = aside_files(spool)
+    assert digest(aside) == damaged  # kept as it was found
+    assert f"starting a new one with the {len(survived)}" in caplog.text
+
+
+def test_a_damaged_page_in_the_middle_loses_only_its_rows(tmp_path):
+    spool = tmp_path / "spool"
+    ids = filled_queue(spool, 200)
+    path = spool / QUEUE_DB
+    pages = os.path.getsize(path) // PAGE
+    with open(path, "r+b") as f:
+        f.seek((pages // 2) * PAGE)
+        f.write(b"\xde\xad\xbe\xef" * (PAGE // 4))
+    readable = readable_ids(path, len(ids))
+    q = Queue(str(spool))
+    survived = {r.record_id for r in q.all(10_000)}
+    q.close()
+    assert readable <= survived
+    assert ids[0] in survived and ids[-1] in survived  # on both sides of the damage
+
+
+def test_new_rows_after_a_salvage_come_after_the_old_ones(tmp_path):
+    spool = tmp_path / "spool"
+    ids = filled_queue(spool, 100)
+    path = spool / QUEUE_DB
+    os.truncate(path, os.path.getsize(path) * 3 // 4)
+    q = Queue(str(spool))
+    q.stage(rows(1, start=1000))
+    seqs = [(r.seq, r.record_id) for r in q.all(10_000)]
+    q.close()
+    assert seqs[-1][1] == f"{1000:032x}" and seqs[-1][0] > 100
+    kept = [i for _, i in seqs[:-1] if i in set(ids)]
+    assert kept == [i for i in ids if i in set(kept)]
+
+
+def test_the_other_daemon_follows_the_recovered_file(tmp_path, caplog):
+    """Two handles on one queue, as telemprobd and telempostd: the one that meets the damage
+    recovers, the other opens the new file instead of recovering again."""
+    spool = tmp_path / "spool"
+    ids = filled_queue(spool, 50)
+    writer = Queue(str(spool))
+    reader = Queue(str(spool))
+    path = spool / QUEUE_DB
+    with open(path, "r+b") as f:
+        f.seek(PAGE * 2)
+        f.write(b"\0" * PAGE * 3)
+    survived = {r.record_id for r in reader.all(10_000)}  # meets the damage, recovers
+    writer.follow()
+    writer.stage(rows(1, start=500))
+    after = {r.record_id for r in reader.all(10_000)}
+    writer.close()
+    reader.close()
+    assert after == survived | {f"{500:032x}"}
+    assert len(aside_files(spool)) == 1
+    assert "was replaced" in caplog.text
+    assert survived <= set(ids)
+
+
+def test_garbage_is_moved_aside_untouched(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    garbage = b"this is not an SQLite database\n" * 200
+    (spool / QUEUE_DB).write_bytes(garbage)
+    q = Queue(str(spool))
+    q.stage(rows(2))
+    assert len(q.all()) == 2
+    q.close()
+    [aside] = aside_files(spool)
+    assert Path(aside).read_bytes() == garbage
+
+
+def test_a_read_only_reader_never_recovers(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / QUEUE_DB).write_bytes(b"garbage" * 1000)
+    with pytest.raises(QueueError) as info:
+        Queue(str(spool), readonly=True)
+    assert info.value.fault is Fault.CORRUPT
+    assert aside_files(spool) == []
+
+
+def test_errors_are_classified_by_their_sqlite_code(tmp_path):
+    spool = tmp_path / "spool"
+    filled_queue(spool, 1)
+    q = Queue(str(spool), busy_timeout_ms=0)
+    holder = sqlite3.connect(spool / QUEUE_DB, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(QueueError) as info:
+            q.stage(rows(1, start=10))
+        assert info.value.fault is Fault.BUSY and str(spool) in str(info.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        q.close()
+    notadb = sqlite3.connect(tmp_path / "x.db")
+    (tmp_path / "x.db").write_bytes(b"x" * 4096)
+    with pytest.raises(sqlite3.DatabaseError) as raw:
+        notadb.execute("SELECT * FROM sqlite_master").fetchall()
+    assert fault_of(raw.value) is Fault.CORRUPT
+    assert fault_of(sqlite3.ProgrammingError("no code")) is Fault.OTHER
+
+
+def test_an_unusable_spool_directory_is_a_queue_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(QueueError, match="Not a directory") as info:
+        Queue(str(blocker / "spool"))
+    assert info.value.fault is Fault.DENIED and isinstance(info.value, StoreError)
+
+
+def test_a_damaged_journal_keeps_its_readable_entries(tmp_path, caplog):
+    jd = tmp_path / "journal"
+    j = J.Journal(str(jd), boot_id="b")
+    entries = [J.JournalEntry(f"{i:032x}", float(i), "a/b/c", "e" * 32, "b", J.Outcome.DELIVERED, 201, "x" * 300)
+               for i in range(200)]
+    j.add(entries)
+    j.close()
+    db = sqlite3.connect(jd / J.JOURNAL_DB)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    path = jd / J.JOURNAL_DB
+    os.truncate(path, os.path.getsize(path) // 2)
+    j = J.Journal(str(jd), boot_id="b")
+    j.add([J.JournalEntry("f" * 32, time.time(), "a/b/c", "e" * 32, "b", J.Outcome.EXPIRED)])
+    kept = j.query()
+    j.close()
+    assert 1 < len(kept) < 201 and kept[-1].record_id == "f" * 32
+    assert kept[0].record_id == entries[0].record_id
+    assert "journal" in caplog.text and "moved aside" in caplog.text
+
+
+def test_a_damaged_attempt_count_can_still_be_counted_up(tmp_path):
+    spool = tmp_path / "spool"
+    [rid] = filled_queue(spool, 1)
+    db = sqlite3.connect(spool / QUEUE_DB)
+    db.execute("UPDATE records SET attempts = ?", (2**63 - 1,))
+    db.commit()
+    db.close()
+    q = Queue(str(spool))
+    [row] = q.all()
+    q.reschedule(rid, row.attempts + 1, 0.0, "HTTP 503")
+    assert q.all()[0].attempts == row.attempts  # stored one more, read back at the limit again
+    q.close()
+
+
+def test_a_salvage_ends_when_the_damaged_file_claims_keys_far_beyond_its_rows(tmp_path):
+    """The highest key a damaged file names can itself be damaged: the search for rows past
+    the damage gives up a bounded distance after the last row found."""
+    spool = tmp_path / "spool"
+    ids = filled_queue(spool, 200)
+    path = spool / QUEUE_DB
+    db = sqlite3.connect(path)
+    db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'records'", (2**62,))
+    db.commit()
+    db.close()
+    pages = os.path.getsize(path) // PAGE
+    with open(path, "r+b") as f:
+        f.seek((pages - 1) * PAGE)
+        f.write(b"\xde\xad\xbe\xef" * (PAGE // 4))
+    readable = readable_ids(path, len(ids))
+    q = Queue(str(spool))
+    survived = {r.record_id for r in q.all(10_000)}
+    q.close()
+    assert readable <= survived
