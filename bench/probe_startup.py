@@ -142,6 +142,8 @@ class Tree:
         inst = make_user_install(Path(root))
         inst.opt_in()
         self.env = {**inst.env, **layout.env}
+        # As a user runs them: with the byte code Python caches (a packaged install ships it).
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         # Nothing listens on the server's port: telempostd keeps the records and backs off.
         inst.write_config(f"socket_path={root}/s\nrate_limit_enabled=false\nlog_level=warning\n"
                           f"server=http://127.0.0.1:{free_port()}/v2/collector\n")
