@@ -36,6 +36,8 @@ from telemetry.paths import Paths
 from telemetry.record import Record, create_record
 
 if TYPE_CHECKING:
+    import logging
+
     from telemetry.daemons.runtime.signals import Signals
 
 EXIT_OK = 0
@@ -97,8 +99,15 @@ class Probe:
                  mode: str | None = None):
         self.paths, self.config = load_config(config_file, paths, mode)
         self.client = Client(self.paths, self.config, config_file)
-        self.log = log_mod.setup(name, self.config.log_level)
-        self.config.log_notices(self.log)
+        self.name = name
+        log_mod.setup_later(name, self.config.log_level)
+        if self.config.notices:
+            self.config.log_notices(self.log)
+
+    @property
+    def log(self) -> logging.Logger:
+        """The probe's logger; logging is set up when it is first used (telemetry.log)."""
+        return log_mod.logger(self.name)
 
     def watch_signals(self) -> Signals:
         """From now on SIGTERM and SIGINT mark the probe as stopping (see `stopping`)

@@ -1,14 +1,23 @@
 """Logging set-up shared by every program: journald under systemd, stderr otherwise, and a
 log file of its own (timestamped, rotated: `telemetry.logfile`) for a daemon telemctl started
-in user mode."""
+in user mode.
+
+A probe asks for its set-up with `setup_later`: logging (a tenth of a probe's start-up) is
+imported and configured when the first line is logged through `logger`, so a probe that
+has nothing to say never loads it.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+if TYPE_CHECKING:
+    import logging
+
+# The config's names for logging's levels (logging.DEBUG … logging.ERROR).
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 # Set by telemctl for the daemons it starts in user mode: the file their log goes to.
 LOG_FILE_ENV = "TELEMETRY_LOG_FILE"
@@ -24,12 +33,37 @@ def under_systemd() -> bool:
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
+_pending: tuple[str, str | int] | None = None
+
+
+def setup_later(program: str, level: str | int = "info") -> None:
+    """`setup(program, level)`, done by the first call of `logger`."""
+    global _pending
+    _pending = (program, level)
+
+
+def logger(name: str) -> logging.Logger:
+    """`name`'s logger, once the set-up `setup_later` asked for is done."""
+    global _pending
+    if _pending is not None:
+        program, level = _pending
+        _pending = None
+        setup(program, level)
+    import logging
+
+    return logging.getLogger(name)
+
+
 def setup(program: str, level: str | int = "info", *, stream=None, journal: bool = False) -> logging.Logger:
     """Configure the root logger once per process; returns the program's logger.
 
     journal=True logs to journald whenever its socket exists, for programs the kernel
     starts outside systemd with no stderr (crashprobe as the core_pattern handler).
     """
+    import logging
+
+    global _pending
+    _pending = None
     numeric = LEVELS.get(level, logging.INFO) if isinstance(level, str) else level
     root = logging.getLogger()
     for h in list(root.handlers):
