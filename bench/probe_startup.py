@@ -9,7 +9,8 @@ every run sending one record that telemprobd acknowledges.  Printed per program:
 and 90th percentile wall time from fork to exit, and the median peak RSS (the child's
 ru_maxrss, from a small C launcher: a Python parent's pages would count otherwise); beside
 them the interpreter's own floor (`python -c pass`).  Then the daemons' RSS while idle:
-just started, and after the probes' records.
+just started, and after the probes' records (telempostd has then loaded pycurl, libcurl
+and its TLS library, whose pages other processes share: PSS, in brackets, divides them).
 
 Layouts: the editable venv (`.venv/bin`, the default), and with `--installed` also
 `make install DESTDIR=<tmp> PREFIX=/usr` run by the programs' #! interpreter (the system
@@ -165,8 +166,10 @@ class Tree:
                 raise SystemExit(f"the daemons did not start: see {root}")
             time.sleep(0.05)
 
-    def rss(self) -> dict[str, int]:
-        return {name: proc_memory(proc.pid, "VmRSS") for name, proc in self.daemons.items()}
+    def rss(self) -> dict[str, tuple[int, int]]:
+        """Each daemon's RSS and PSS (shared library pages divided among the processes
+        that map them)."""
+        return {name: (proc_memory(proc.pid, "VmRSS"), pss(proc.pid)) for name, proc in self.daemons.items()}
 
     def close(self) -> None:
         for proc in self.daemons.values():
@@ -176,6 +179,17 @@ class Tree:
         for log in self.logs:
             log.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def import_profile(layout: Layout, env: dict[str, str], argv: list[str], top: int = 12) -> None:
@@ -217,8 +231,8 @@ def measure(layout: Layout, launcher: str | None, runs: int, importtime: bool) -
         after = tree.rss()
         sent = (runs + 1) * len(PROBES)
         for name in tree.daemons:
-            print(f"  {name + ' RSS':<28} idle {idle[name] / MIB:5.1f} MiB   after {sent} records "
-                  f"{after[name] / MIB:5.1f} MiB")
+            print(f"  {name + ' RSS (PSS)':<28} idle {idle[name][0] / MIB:5.1f} MiB ({idle[name][1] / MIB:4.1f})   "
+                  f"after {sent} records {after[name][0] / MIB:5.1f} MiB ({after[name][1] / MIB:4.1f})")
     finally:
         tree.close()
 
