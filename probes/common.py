@@ -21,7 +21,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
@@ -35,8 +34,10 @@ from telemetry.optin import is_opted_in
 from telemetry.paths import Paths
 from telemetry.record import Record, create_record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
 if TYPE_CHECKING:
     import logging
+    from typing import Any
 
     from telemetry.daemons.runtime.signals import Signals
 

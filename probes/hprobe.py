@@ -11,13 +11,13 @@ import functools
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from telemetry.cli import MODE, VERSION, ConfigFile, command_attribute, echo, program_main
 from telemetry.options import Options, flag, value
 
 from .common import EXIT_FAILURE, EXIT_OK, Probe
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
 if TYPE_CHECKING:
     from .probe_cli import ProbeCommand
 

@@ -13,7 +13,6 @@ import functools
 import re
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
 
 from telemetry import cli
 from telemetry.cli import MODE, VERSION, ConfigFile, command_attribute, program_main
@@ -33,7 +32,10 @@ from telemetry.record import RecordError
 
 from .common import EXIT_FAILURE, EXIT_OK, Probe
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
 if TYPE_CHECKING:
+    from typing import BinaryIO
+
     from .probe_cli import ProbeCommand
 
 NAME = "telem-record-gen"

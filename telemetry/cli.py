@@ -18,7 +18,6 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import config as config_mod
 from .entry import missing_module_message, require
@@ -27,7 +26,10 @@ from .options import ClickOnly, Item, Option, Options
 from .paths import Mode, Paths
 from .version import __version__
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     import click
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -26,13 +26,14 @@ import os
 import re
 import stat
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
 
 from .errors import TelemetryError
 from .paths import Mode, Paths
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
 if TYPE_CHECKING:
     import logging
+    from typing import Any
 
 SECTION = "settings"
 INT64_MAX = 2**63 - 1

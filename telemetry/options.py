@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+    Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 class Item:

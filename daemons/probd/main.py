@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
@@ -36,6 +35,7 @@ from telemetry.machineid import MachineId
 from telemetry.options import Options
 from telemetry.paths import Mode, Paths
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
 if TYPE_CHECKING:
     import click
 

@@ -1,8 +1,9 @@
 """What the common paths load, read from the real programs' `-X importtime` report
 (PYTHONPROFILEIMPORTTIME): hprobe and telem-record-gen sending a record and the library's
 send import neither click (it reads only help and mistaken command lines) nor logging
-(nothing to say); the daemons, started and idle, no click, telemprobd no libsystemd when
-systemd did not start it, telempostd no pycurl before its first delivery.  Functional
+(nothing to say) nor typing (annotations only: see telemetry/__init__.py); the daemons,
+started and idle, no click, telemprobd no libsystemd when systemd did not start it and no
+typing, telempostd no pycurl before its first delivery.  Functional
 facts, never timings (bench/probe_startup.py prints those)."""
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ def run_program(inst, program: str, *args: str) -> tuple[subprocess.CompletedPro
     ("hprobe", ("-Hlu", "--user")),
     ("telem-record-gen", ("-c", "org.example/startup/imports", "-p", "hello", "-s", "2")),
 ])
-def test_a_probe_sending_a_record_loads_neither_click_nor_logging(user_install, program, args):
+def test_a_probe_sending_a_record_loads_no_click_logging_or_typing(user_install, program, args):
     with Probd(user_install) as probd:
         r, modules = run_program(user_install, program, *args)
         assert (r.returncode, r.stderr) == (0, ""), r.stderr
         assert len(rows(probd)) == 1
     assert "telemetry.client" in modules  # the report is real
-    assert not loaded(modules, "click") and not loaded(modules, "logging"), sorted(modules)
+    assert not {"click", "logging", "typing"} & {m.split(".")[0] for m in modules}, sorted(modules)
 
 
 def test_help_and_a_mistake_are_click_s_and_stay_one_line(user_install):
@@ -76,7 +77,7 @@ def test_a_probe_with_something_to_say_logs_it(user_install, tmp_path):
     assert r.stderr.startswith("hprobe: INFO: not opted in to telemetry"), r.stderr
 
 
-def test_the_library_s_send_loads_neither_click_nor_logging(user_install):
+def test_the_library_s_send_loads_no_click_logging_or_typing(user_install):
     code = ("import telemetry\n"
             "ack = telemetry.send(telemetry.create_record('org.example/startup/lib', 1, 'hi'))\n"
             "print(ack.status.value)\n")
@@ -87,15 +88,15 @@ def test_the_library_s_send_loads_neither_click_nor_logging(user_install):
         assert len(rows(probd)) == 1
     modules = imported(r.stderr)
     assert "telemetry.wire" in modules  # telemetry.client itself comes through importlib: not reported
-    assert not loaded(modules, "click") and not loaded(modules, "logging"), sorted(modules)
+    assert not {"click", "logging", "typing"} & {m.split(".")[0] for m in modules}, sorted(modules)
 
 
-def test_telemprobd_idle_loads_no_click_and_no_libsystemd_outside_systemd(user_install):
+def test_telemprobd_idle_loads_no_click_no_typing_and_no_libsystemd_outside_systemd(user_install):
     with Probd(user_install, env=PROFILE) as probd:
         probd.stop()
     modules = imported(probd.log())
     assert "telemetry.daemons.probd.ingest" in modules
-    assert not loaded(modules, "click") and not loaded(modules, "systemd"), sorted(modules)
+    assert not {"click", "systemd", "typing"} & {m.split(".")[0] for m in modules}, sorted(modules)
 
 
 def test_telempostd_idle_loads_no_click_and_no_pycurl(user_install):
