@@ -1,7 +1,7 @@
 """A program's options as one table, read two ways.
 
-The programs that start often (the probes, at every timer tick or from scripts; the
-daemons, at every activation) read their usual command lines with `Options.parse`, a few
+The programs that start often (hprobe and telem-record-gen, at every timer tick or from
+scripts; the daemons, at every activation) read their usual command lines with `Options.parse`, a few
 lines of Python.  Anything else (-h/--help, -V/--version, shell completion, a mistake)
 goes to the click command built from the same table (`Options.decorate`), which prints
 the help, the man page's text and the one-line errors.  click, whose import costs more
