@@ -90,9 +90,11 @@ class Paths:
 
     @classmethod
     def user(cls) -> Paths:
-        config = xdg_dir("XDG_CONFIG_HOME", "~/.config")
-        state = user_state_dir()
-        cache = xdg_dir("XDG_CACHE_HOME", "~/.cache")
+        import platformdirs  # user mode only: system mode's paths are fixed
+
+        config = platformdirs.user_config_dir(APP)
+        state = platformdirs.user_state_dir(APP)
+        cache = platformdirs.user_cache_dir(APP)
         runtime = _user_runtime_dir()
         return cls(
             mode=Mode.USER,
@@ -131,20 +133,9 @@ def _user_runtime_dir() -> str:
         return os.path.join(base, APP)
     # Without a session runtime dir, keep the socket under the state dir: /tmp would be
     # shared with every other user.
-    return os.path.join(user_state_dir(), "run")
+    import platformdirs
 
-
-def xdg_dir(variable: str, fallback: str) -> str:
-    """`APP`'s folder in an XDG base directory: $`variable`, else `fallback` (below ~).
-    The XDG Base Directory rules read as platformdirs reads them on Linux (the same folders
-    as before), without importing it: with pathlib and configparser it cost a user-mode
-    probe a tenth of its start-up."""
-    base = os.environ.get(variable, "").strip()
-    return os.path.join(base or os.path.expanduser(fallback), APP)
-
-
-def user_state_dir() -> str:
-    return xdg_dir("XDG_STATE_HOME", "~/.local/state")
+    return os.path.join(platformdirs.user_state_dir(APP), "run")
 
 
 def _check_runtime_dir(base: str) -> None:

@@ -18,6 +18,7 @@ from support import free_port, wait_until
 from telemprobd_harness import Probd, rows
 
 from telemetry import entry
+from telemetry.daemons.store.queue import QUEUE_DB, queue_dir
 
 PROFILE = {"PYTHONPROFILEIMPORTTIME": "1"}
 
@@ -108,4 +109,4 @@ def test_telempostd_idle_loads_no_click_and_no_pycurl(user_install):
     modules = imported(d.log())
     assert "telemetry.daemons.postd.core" in modules
     assert not loaded(modules, "click") and not loaded(modules, "pycurl"), sorted(modules)
-    assert os.path.exists(os.path.join(user_install.paths.spool_dir, "queue.db"))
+    assert os.path.exists(os.path.join(queue_dir(user_install.paths.spool_dir), QUEUE_DB))

@@ -80,8 +80,7 @@ def test_user_paths_follow_xdg(user_install):
 
 
 def test_user_paths_without_xdg_variables_are_below_home(monkeypatch, tmp_path):
-    """Unset or blank XDG variables fall back to the XDG Base Directory defaults below ~,
-    the folders platformdirs gave when it was used for them."""
+    """Unset or blank XDG variables fall back to the XDG Base Directory defaults below ~."""
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
         monkeypatch.delenv(name, raising=False)

@@ -39,7 +39,7 @@ def test_every_target_exists(target):
 
 def test_the_entry_module_needs_only_the_standard_library():
     code = ("import sys\n"
-            "for name in ('click', 'psutil', 'pycurl', 'elftools', 'systemd'):\n"
+            "for name in ('click', 'platformdirs', 'psutil', 'pycurl', 'elftools', 'systemd'):\n"
             "    sys.modules[name] = None\n"
             "import telemetry.entry\n")
     subprocess.run([sys.executable, "-c", code], check=True)
