@@ -17,6 +17,7 @@ it sleeps until woken or until the next retry, expiry or deferral is due.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import random
@@ -24,15 +25,12 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.bootid import read_boot_id
-from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.command import Command
+from telemetry.cli import VERSION, ConfigFile, command_attribute, handle_errors, program_main
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate
 from telemetry.daemons.postd.core import (
@@ -58,11 +56,16 @@ from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
+from telemetry.daemons.store import cjournal
 from telemetry.daemons.store.journal import Counter, Journal, JournalError
-from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError
+from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, queue_dir
 from telemetry.entry import require
 from telemetry.errors import TelemetryError
+from telemetry.options import ClickOnly, Options
 from telemetry.paths import Paths
+
+if TYPE_CHECKING:
+    import click
 
 log = logging.getLogger(DAEMON)
 
@@ -198,6 +201,11 @@ class Postd:
             self.journal = Journal(self.paths.journal_dir, boot_id=self.boot_id)
         except JournalError as e:
             log.error("journal unavailable, records are delivered without journal entries: %s", e)
+            return
+        try:
+            cjournal.import_file(self.journal, os.path.join(self.paths.journal_dir, cjournal.C_JOURNAL))
+        except JournalError as e:
+            log.error("cannot import the C client's journal now: %s", e)
 
     def _transport_now(self) -> Transport:
         if self._transport is None:
@@ -369,7 +377,7 @@ def serve(postd: Postd, config_file: str | None) -> None:
     signals = Signals(reload=RELOAD_SIGNALS, on_stop=lambda: setattr(postd, "stopping", True),
                       on_reload=lambda: setattr(postd, "reload_requested", True)).install()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
+    watch = FileWatch(queue_dir(postd.settings.spool_dir), WAKEUP_FILE)
     sel = selectors.DefaultSelector()
     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
     sel.register(signals.fileno(), selectors.EVENT_READ, "signal")
@@ -391,7 +399,7 @@ def serve(postd: Postd, config_file: str | None) -> None:
                 if postd.settings.spool_dir != old_dir:
                     sel.unregister(watch.fileno())
                     watch.close()
-                    watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
+                    watch = FileWatch(queue_dir(postd.settings.spool_dir), WAKEUP_FILE)
                     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
                 postd.run_pass()
                 continue
@@ -437,10 +445,15 @@ without work once
 nothing is queued; telempostd.path starts it again when a record is queued.
 
 \b
+Switching from the C telemetrics-client: at start, the entries of the C journal
+(/var/log/telemetry/journal) are copied into journal.db once, as outcome "imported".
+
+\b
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
-  /var/spool/telemetry/queue.db       the queue it delivers from
-  /var/spool/telemetry/queue.changed  touched by telemprobd at each commit
-  /var/log/telemetry/journal.db       what became of each record, and retained payloads
+  /var/spool/telemetry/queue/queue.db       the queue it delivers from
+  /var/spool/telemetry/queue/queue.changed  touched by telemprobd at each commit
+  /var/log/telemetry/journal.db             what became of each record, and retained payloads
+  /var/log/telemetry/journal                the C client's journal, imported once at start
 
 \b
 Exit status:
@@ -455,13 +468,19 @@ Examples:
 """
 
 
-@click.command(DAEMON, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
-@config_option()
-@version_option
-# Sub-second idle times for the tests; daemon_idle_time is the setting.
-@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=None, hidden=True)
+def _idle_exit_after(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Sub-second idle times for the tests; daemon_idle_time is the setting."""
+    import click
+
+    return click.option("--idle-exit-after", type=click.FloatRange(min=0), default=None, hidden=True)(f)
+
+
+# Read without click unless it is asked for help or the command line is wrong (telemetry.options).
+OPTIONS = Options(ConfigFile(), VERSION, ClickOnly(_idle_exit_after, (("idle_exit_after", None),)))
+
+
 @handle_errors
-def main(config_file: str | None, idle_exit_after: float | None) -> None:
+def run(config_file: str | None, idle_exit_after: float | None) -> None:
     """Deliver queued telemetry records to the collector.
 
     Records are POSTed to `server` in queue order, several at a time over kept-alive
@@ -487,5 +506,15 @@ def main(config_file: str | None, idle_exit_after: float | None) -> None:
         postd.close()
 
 
+@functools.cache
+def _command() -> click.Command:
+    from telemetry.command import build_command
+
+    return build_command(DAEMON, OPTIONS, run, epilog=EPILOG)
+
+
+main = program_main(DAEMON, OPTIONS, run, _command)
+__getattr__ = command_attribute(__name__, _command)
+
 if __name__ == "__main__":
-    main(prog_name=DAEMON)
+    main()

@@ -13,19 +13,17 @@ it exits after daemon_idle_time (300 s) without a client; the socket unit starts
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
 import time
 
-import click
-
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.bootid import read_boot_id
-from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.command import Command
+from telemetry.cli import VERSION, ConfigFile, command_attribute, handle_errors, program_main
 from telemetry.daemons.probd.core import Settings
 from telemetry.daemons.probd.ingest import IngestLoop
 from telemetry.daemons.probd.listener import open_listener
@@ -34,7 +32,13 @@ from telemetry.daemons.probd.staging import LIMITER_META_KEY, Stager, elapsed_si
 from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.machineid import MachineId
+from telemetry.optin import is_opted_in
+from telemetry.options import Options
 from telemetry.paths import Mode, Paths
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    import click
 
 PROGRAM = "telemprobd"
 log = logging.getLogger(PROGRAM)
@@ -70,6 +74,8 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
         machine_id.refresh()
         boot_id = read_boot_id()
         stager = Stager(cfg.spool_dir, paths.journal_dir, PROGRAM)
+        if is_opted_in(paths):  # consent first, for these records as for any other
+            stager.import_c_spool()
         limiter = restore_limiter(stager, settings, boot_id)
 
         def reload() -> Settings | None:
@@ -105,6 +111,12 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
 
 
 EPILOG = """\b
+Switching from the C telemetrics-client: at start (opted in), the record files a C
+telemprobd left in spool_dir are queued with their original headers and staging time
+and removed, exactly once; a damaged one is kept in the journal (set-aside), any other
+file left alone; each is logged and counted (c-spool:* in telemctl status).
+
+\b
 Listening: on the socket systemd passes (telemprobd.socket); started by hand, it binds
 socket_path itself (mode 0666, a stale socket is replaced, a symbolic link refused).
 
@@ -120,10 +132,11 @@ daemon_idle_time (300 s) without work; the socket starts it again.
 
 \b
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
-  /etc/telemetrics/opt-in          nothing is accepted without it
-  /var/spool/telemetry/queue.db    the queue (SQLite, WAL; synced as sync_interval says)
-  /var/lib/telemetry/machine_id    the machine id, replaced every 3 days
-  /var/log/telemetry/journal.db    records refused for lack of spool space
+  /etc/telemetrics/opt-in              nothing is accepted without it
+  /var/spool/telemetry/                the C client's record files, imported at start
+  /var/spool/telemetry/queue/queue.db  the queue (SQLite, WAL; synced as sync_interval says)
+  /var/lib/telemetry/machine_id        the machine id, replaced every 3 days
+  /var/log/telemetry/journal.db        records refused for lack of spool space
 
 \b
 Exit status:
@@ -138,12 +151,12 @@ Examples:
 """
 
 
-@click.command(PROGRAM, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG,
-               short_help="receive the probes' records, check them and queue them for telempostd")
-@config_option()
-@version_option
+# Read without click unless it is asked for help or the command line is wrong (telemetry.options).
+OPTIONS = Options(ConfigFile(), VERSION)
+
+
 @handle_errors
-def main(config_file: str | None) -> None:
+def run(config_file: str | None) -> None:
     """Accept records from probes on the telemetry socket, validate and rate-limit them,
     queue them durably for telempostd and acknowledge each one.
 
@@ -160,5 +173,16 @@ def main(config_file: str | None) -> None:
     sys.exit(serve(paths, cfg, config_file))
 
 
+@functools.cache
+def _command() -> click.Command:
+    from telemetry.command import build_command
+
+    return build_command(PROGRAM, OPTIONS, run, epilog=EPILOG,
+                         short_help="receive the probes' records, check them and queue them for telempostd")
+
+
+main = program_main(PROGRAM, OPTIONS, run, _command)
+__getattr__ = command_attribute(__name__, _command)
+
 if __name__ == "__main__":
-    main(prog_name=PROGRAM)
+    main()

@@ -26,7 +26,7 @@ from support import wait_until
 
 from telemetry.daemons.store import journal as journal_mod
 from telemetry.daemons.store.journal import Outcome
-from telemetry.daemons.store.queue import QUEUE_DB
+from telemetry.daemons.store.queue import QUEUE_DB, queue_dir
 from telemetry.version import __version__
 
 
@@ -196,7 +196,7 @@ def test_retry_after_in_real_time(user_install, collector):
 
 def test_damaged_queue_database_is_moved_aside(user_install, collector):
     user_install.write_config(settings_text(collector.url))
-    spool = user_install.paths.spool_dir
+    spool = queue_dir(user_install.paths.spool_dir)
     os.makedirs(spool, exist_ok=True)
     with open(os.path.join(spool, QUEUE_DB), "wb") as f:
         f.write(b"this is not an SQLite database, it was damaged on disk" * 100)

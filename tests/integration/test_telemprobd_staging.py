@@ -12,6 +12,7 @@ from telemetry.daemons.probd.staging import Stager
 from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.store.queue import (
     QUEUE_DB,
+    QUEUE_SUBDIR,
     SCHEMA_VERSION,
     NewRecord,
     Queue,
@@ -52,7 +53,7 @@ def test_measure_of_an_unusable_spool_is_unknown(tmp_path):
 @pytest.mark.parametrize("version", ["x", str(SCHEMA_VERSION + 1)])
 def test_a_schema_version_this_program_does_not_know_is_a_queue_error(tmp_path, version):
     Queue(str(tmp_path)).close()
-    db = sqlite3.connect(tmp_path / QUEUE_DB)
+    db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
     db.commit()
     db.close()

@@ -16,7 +16,14 @@ import pytest
 
 from telemetry.daemons.store import journal as J
 from telemetry.daemons.store.database import Fault, StoreError, fault_of
-from telemetry.daemons.store.queue import QUEUE_DB, NewRecord, Queue, QueueError, Sender
+from telemetry.daemons.store.queue import (
+    QUEUE_DB,
+    QUEUE_SUBDIR,
+    NewRecord,
+    Queue,
+    QueueError,
+    Sender,
+)
 
 PAGE = 4096
 
@@ -32,7 +39,7 @@ def filled_queue(spool: Path, n: int) -> list[str]:
     batch = rows(n)
     q.insert_many(batch)
     q.close()
-    db = sqlite3.connect(spool / QUEUE_DB)
+    db = sqlite3.connect(spool / "queue" / QUEUE_DB)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     return [r.record_id for r in batch]
@@ -62,13 +69,13 @@ def digest(path: str) -> str:
 
 
 def aside_files(spool: Path) -> list[str]:
-    return [str(p) for p in spool.glob(QUEUE_DB + ".corrupt-*") if not str(p).endswith(("-wal", "-shm"))]
+    return [str(p) for p in (spool / "queue").glob(QUEUE_DB + ".corrupt-*") if not str(p).endswith(("-wal", "-shm"))]
 
 
 def test_a_truncated_queue_keeps_every_readable_acknowledged_record(tmp_path, caplog):
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 300)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     os.truncate(path, os.path.getsize(path) // 2)
     readable = readable_ids(path, len(ids))
     damaged = digest(str(path))
@@ -88,7 +95,7 @@ def test_a_truncated_queue_keeps_every_readable_acknowledged_record(tmp_path, ca
 def test_a_damaged_page_in_the_middle_loses_only_its_rows(tmp_path):
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 200)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     pages = os.path.getsize(path) // PAGE
     with open(path, "r+b") as f:
         f.seek((pages // 2) * PAGE)
@@ -104,7 +111,7 @@ def test_a_damaged_page_in_the_middle_loses_only_its_rows(tmp_path):
 def test_new_rows_after_a_salvage_come_after_the_old_ones(tmp_path):
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 100)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     os.truncate(path, os.path.getsize(path) * 3 // 4)
     q = Queue(str(spool))
     q.stage(rows(1, start=1000))
@@ -122,7 +129,7 @@ def test_the_other_daemon_follows_the_recovered_file(tmp_path, caplog):
     ids = filled_queue(spool, 50)
     writer = Queue(str(spool))
     reader = Queue(str(spool))
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     with open(path, "r+b") as f:
         f.seek(PAGE * 2)
         f.write(b"\0" * PAGE * 3)
@@ -140,9 +147,9 @@ def test_the_other_daemon_follows_the_recovered_file(tmp_path, caplog):
 
 def test_garbage_is_moved_aside_untouched(tmp_path):
     spool = tmp_path / "spool"
-    spool.mkdir()
+    (spool / "queue").mkdir(parents=True)
     garbage = b"this is not an SQLite database\n" * 200
-    (spool / QUEUE_DB).write_bytes(garbage)
+    (spool / "queue" / QUEUE_DB).write_bytes(garbage)
     q = Queue(str(spool))
     q.stage(rows(2))
     assert len(q.all()) == 2
@@ -153,8 +160,8 @@ def test_garbage_is_moved_aside_untouched(tmp_path):
 
 def test_a_read_only_reader_never_recovers(tmp_path):
     spool = tmp_path / "spool"
-    spool.mkdir()
-    (spool / QUEUE_DB).write_bytes(b"garbage" * 1000)
+    (spool / "queue").mkdir(parents=True)
+    (spool / "queue" / QUEUE_DB).write_bytes(b"garbage" * 1000)
     with pytest.raises(QueueError) as info:
         Queue(str(spool), readonly=True)
     assert info.value.fault is Fault.CORRUPT
@@ -165,7 +172,7 @@ def test_errors_are_classified_by_their_sqlite_code(tmp_path):
     spool = tmp_path / "spool"
     filled_queue(spool, 1)
     q = Queue(str(spool), busy_timeout_ms=0)
-    holder = sqlite3.connect(spool / QUEUE_DB, isolation_level=None)
+    holder = sqlite3.connect(spool / "queue" / QUEUE_DB, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(QueueError) as info:
@@ -215,7 +222,7 @@ def test_a_damaged_journal_keeps_its_readable_entries(tmp_path, caplog):
 def test_a_damaged_attempt_count_can_still_be_counted_up(tmp_path):
     spool = tmp_path / "spool"
     [rid] = filled_queue(spool, 1)
-    db = sqlite3.connect(spool / QUEUE_DB)
+    db = sqlite3.connect(spool / "queue" / QUEUE_DB)
     db.execute("UPDATE records SET attempts = ?", (2**63 - 1,))
     db.commit()
     db.close()
@@ -231,7 +238,7 @@ def test_a_salvage_ends_when_the_damaged_file_claims_keys_far_beyond_its_rows(tm
     the damage gives up a bounded distance after the last row found."""
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 200)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     db = sqlite3.connect(path)
     db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'records'", (2**62,))
     db.commit()
@@ -264,7 +271,8 @@ INSERT INTO records (record_id, received_at, sender_uid, sender_gid, sender_pid,
 
 def test_a_queue_of_schema_1_is_brought_up_to_date_and_keeps_its_rows(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    db = sqlite3.connect(tmp_path / QUEUE_DB)
+    (tmp_path / QUEUE_SUBDIR).mkdir()
+    db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
     db.executescript(V1_RECORDS)
     db.close()
     q = Queue(str(tmp_path))
@@ -291,3 +299,50 @@ def test_a_damaged_queue_of_schema_1_is_salvaged_into_the_new_schema(tmp_path):
     assert salvage(source, target, LAYOUT.tables) == 2  # the row and the schema version
     assert target.execute("SELECT record_id, request_headers FROM records").fetchall() == [
         ("0123456789abcdef0123456789abcdef", None)]
+
+
+# --- the queue's place: <spool_dir>/queue, moved there from spool_dir ----------------------------
+
+def to_legacy_layout(spool: Path) -> None:
+    for p in (spool / "queue").iterdir():
+        p.rename(spool / p.name)
+    (spool / "queue").rmdir()
+
+
+def test_a_queue_in_the_spool_directory_is_moved_in_with_its_rows_and_state(tmp_path):
+    spool = tmp_path / "spool"
+    ids = filled_queue(spool, 5)
+    q = Queue(str(spool))
+    q.stage([], {("telemprobd", "received"): 5}, {"telemprobd.ratelimit": "{}"})
+    q.touch_wakeup()
+    q.close()
+    to_legacy_layout(spool)
+    (spool / (QUEUE_DB + ".corrupt-20260101T000000-1")).write_bytes(b"kept")
+    reader = Queue(str(spool), readonly=True)
+    assert reader.stats()[0] == 5  # read in the old place meanwhile
+    reader.close()
+    q = Queue(str(spool))
+    try:
+        assert [r.record_id for r in q.all()] == ids
+        assert q.counters()[("telemprobd", "received")] == 5 and q.get_meta("telemprobd.ratelimit") == "{}"
+    finally:
+        q.close()
+    assert sorted(os.listdir(spool)) == ["queue"]
+    assert (spool / "queue" / (QUEUE_DB + ".corrupt-20260101T000000-1")).read_bytes() == b"kept"
+
+
+def test_a_queue_in_both_places_is_merged_once(tmp_path):
+    spool = tmp_path / "spool"
+    filled_queue(spool, 4)
+    to_legacy_layout(spool)
+    q = Queue(str(tmp_path / "other"))
+    q.insert_many(rows(3, start=2))  # two of them are in the old queue too
+    q.close()
+    shutil.copytree(tmp_path / "other" / "queue", spool / "queue")
+    for _ in range(2):
+        q = Queue(str(spool))
+        try:
+            assert sorted(r.record_id for r in q.all()) == [f"{i:032x}" for i in range(5)]
+        finally:
+            q.close()
+    assert sorted(os.listdir(spool)) == ["queue"]
