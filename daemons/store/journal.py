@@ -26,7 +26,6 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from telemetry.bootid import read_boot_id
 from telemetry.daemons.store.database import Database, Fault, Layout, StoreError, Table
@@ -131,15 +130,19 @@ class SetAside:
     payload: bytes
 
 
-class Summary(Protocol):
-    """What an entry takes from a record (a Record, or telempostd's Brief of one)."""
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    from typing import Protocol
 
-    @property
-    def classification(self) -> str: ...
-    @property
-    def event_id(self) -> str: ...
-    @property
-    def creation_timestamp(self) -> int | None: ...
+    class Summary(Protocol):
+        """What an entry takes from a record (a Record, or telempostd's Brief of one)."""
+
+        @property
+        def classification(self) -> str: ...
+        @property
+        def event_id(self) -> str: ...
+        @property
+        def creation_timestamp(self) -> int | None: ...
 
 
 def entry_for(
