@@ -175,6 +175,10 @@ KEYS: tuple[Key, ...] = (
     Key("retry_max_delay", Kind.INT, 3600, "Longest wait between two delivery attempts of a record; "
         "also caps a collector's Retry-After.", "telempostd", unit="seconds", lo=1, hi=86400,
         original=False),
+    Key("retry_probe_interval", Kind.INT, 30, "While delivery waits out a backoff after the collector "
+        "failed, one record is sent this often to learn whether it answers again; when it does, "
+        "everything waiting goes at once (0: wait out every backoff).", "telempostd", unit="seconds",
+        lo=0, hi=86400, original=False),
     Key("rate_limit_uid_share", Kind.INT, 50, "Most of each rate limit, and of max_connections, one local "
         "user (uid) may take; the rest stays available to other users (100: no per-user cap).", "telemprobd",
         unit="percent", lo=1, hi=100, original=False),
@@ -237,6 +241,7 @@ class Config:
     connect_timeout: int
     request_timeout: int
     retry_max_delay: int
+    retry_probe_interval: int
     rate_limit_uid_share: int
     max_connections: int
     connection_timeout: int

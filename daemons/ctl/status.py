@@ -1,7 +1,8 @@
 """`telemctl status`: the pipeline's state gathered into values, and their two renderings.
 
 Gathering only reads: the opt-in file, the queue database (read-only, beside the daemons
-writing it), its counters table.  Which daemon runs is decided by the caller (systemd or
+writing it), its counters table, and what telempostd last learnt about the collector
+(`postd/state.py`: last delivery, last error, why delivery is paused).  Which daemon runs is decided by the caller (systemd or
 the user-mode supervisor) and handed in.  `format_text` and `to_json` are pure.
 """
 
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from telemetry.ack import AckStatus
 from telemetry.config import Notice, NoticeKind
+from telemetry.daemons.postd import state as delivery_state
+from telemetry.daemons.postd.state import DeliveryState, Pause
 from telemetry.daemons.store import journal
 from telemetry.daemons.store.queue import QUEUE_DB, Queue
 from telemetry.errors import TelemetryError
@@ -51,7 +54,7 @@ class QueueInfo:
     staged_bytes: int = 0
     spooled_records: int = 0  # tried and waiting for another attempt
     spooled_bytes: int = 0
-    deferred_records: int = 0  # held back by the rate limit (strategy spool)
+    deferred_records: int = 0  # staged records held back by the rate limit (strategy spool)
     cap_bytes: int | None = None  # spool_max_size; None: no cap
     next_retry: float | None = None  # next delivery attempt; None: nothing queued
 
@@ -75,6 +78,8 @@ class Status:
     counters: tuple[Counter, ...]
     now: float
     config_notices: tuple[Notice, ...] = ()  # what the config file has that was ignored or changed
+    delivery: DeliveryState | None = None  # what telempostd last wrote, if anything
+    delivery_current: bool = False  # written by the telempostd running now (its pause still holds)
 
 
 # --- gathering ----------------------------------------------------------------------------
@@ -133,10 +138,13 @@ def gather(paths: Paths, *, spool_dir: str, socket_path: str, spool_max_size_kib
            config_notices: Sequence[Notice] = ()) -> Status:
     now = time.time() if now is None else now
     queue, raw = read_queue(spool_dir, spool_max_size_kib, now)
+    delivery = delivery_state.read(spool_dir)
+    postd_pid = next((d.pid for d in daemons if d.name == POSTD and d.state == "active"), None)
     return Status(
         mode=paths.mode.value, opted_in=is_opted_in(paths), opt_in_file=paths.opt_in_file,
         config_file=config_file, socket_path=socket_path, daemons=tuple(daemons), queue=queue,
         counters=counters_of(raw), now=now, config_notices=tuple(config_notices),
+        delivery=delivery, delivery_current=delivery is not None and delivery.pid == postd_pid,
     )
 
 
@@ -178,6 +186,44 @@ def format_retry(next_retry: float | None, now: float,
     return f"{when} (in {human_delay(next_retry - now)})"
 
 
+def _when(t: float, now: float, localtime: Callable[[float], time.struct_time]) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", localtime(int(t)))
+    if t <= now:
+        return f"{stamp} ({human_delay(now - t)} ago)"
+    return f"{stamp} (in {human_delay(t - now)})"
+
+
+_PAUSE_WORDS = {
+    Pause.BACKOFF: "waiting after a failure",
+    Pause.RETRY_AFTER: "the collector asked to wait",
+    Pause.CONFIG_ERROR: "a configuration error; fix it and run 'telemctl reload'",
+}
+
+
+def paused(st: Status) -> bool:
+    """Delivery is paused now by the telempostd that runs (an old pause died with its process)."""
+    d = st.delivery
+    return (st.delivery_current and d is not None and d.paused is not None and d.paused_until is not None
+            and d.paused_until > st.now)
+
+
+def format_delivery(st: Status, localtime: Callable[[float], time.struct_time] = time.localtime) -> list[str]:
+    d = st.delivery
+    if d is None:
+        return ["Delivery:    nothing tried yet"]
+    lines = ["Delivery:"]
+    lines.append("  last sent: " + ("never" if d.last_success is None else _when(d.last_success, st.now, localtime)))
+    if d.last_error is not None:
+        lines.append(f"  last error: {_when(d.last_error.at, st.now, localtime)}: {d.last_error.detail}")
+    if paused(st):
+        assert d.paused is not None and d.paused_until is not None
+        text = f"  paused:    until {_when(d.paused_until, st.now, localtime)}: {_PAUSE_WORDS[d.paused]}"
+        if d.probe_at is not None and d.probe_at < d.paused_until:
+            text += f"; next check whether the collector answers {_when(max(d.probe_at, st.now), st.now, localtime)}"
+        lines.append(text)
+    return lines
+
+
 def format_queue(q: QueueInfo) -> list[str]:
     if q.error:
         return [f"Queue:       {q.path}: cannot read ({q.error})"]
@@ -189,8 +235,8 @@ def format_queue(q: QueueInfo) -> list[str]:
     return [
         f"Queue:       {_records(q.records)}, {human_bytes(q.bytes)} {cap}",
         f"  staged:    {_records(q.staged_records)}, {human_bytes(q.staged_bytes)} (not tried yet)",
+        f"    of them: {_records(q.deferred_records)} held by the rate limit",
         f"  spooled:   {_records(q.spooled_records)}, {human_bytes(q.spooled_bytes)} (waiting for a retry)",
-        f"  deferred:  {_records(q.deferred_records)} (held by the rate limit)",
     ]
 
 
@@ -208,7 +254,12 @@ def format_text(st: Status, localtime: Callable[[float], time.struct_time] = tim
     lines.append(f"Socket:      {st.socket_path}")
     lines.extend(format_queue(st.queue))
     if not st.queue.error:
-        lines.append(f"Next retry:  {format_retry(st.queue.next_retry, st.now, localtime)}")
+        next_retry = st.queue.next_retry
+        if paused(st) and next_retry is not None:
+            assert st.delivery is not None and st.delivery.paused_until is not None
+            next_retry = max(next_retry, st.delivery.paused_until)
+        lines.append(f"Next retry:  {format_retry(next_retry, st.now, localtime)}")
+    lines.extend(format_delivery(st, localtime))
     lines.append("Counters:")
     width = max((len(c.name) for c in st.counters), default=0)
     previous = None
@@ -239,11 +290,27 @@ def to_json(st: Status) -> dict:
             "records": q.records,
             "bytes": q.bytes,
             "cap_bytes": q.cap_bytes,
-            "staged": {"records": q.staged_records, "bytes": q.staged_bytes},
+            "staged": {"records": q.staged_records, "bytes": q.staged_bytes, "deferred_records": q.deferred_records},
             "spooled": {"records": q.spooled_records, "bytes": q.spooled_bytes},
             "deferred_records": q.deferred_records,
             "next_retry": q.next_retry,
         },
+        "delivery": _delivery_json(st),
         "counters": counters,
         "time": st.now,
+    }
+
+
+def _delivery_json(st: Status) -> dict | None:
+    d = st.delivery
+    if d is None:
+        return None
+    err = d.last_error
+    now_paused = paused(st)
+    return {
+        "last_success": d.last_success,
+        "last_error": None if err is None else {"time": err.at, "detail": err.detail, "http_status": err.status},
+        "paused": d.paused.value if now_paused and d.paused is not None else None,
+        "paused_until": d.paused_until if now_paused else None,
+        "next_probe": d.probe_at if now_paused else None,
     }

@@ -17,6 +17,7 @@ it sleeps until woken or until the next retry, expiry or deferral is due.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import random
@@ -34,6 +35,7 @@ from telemetry.bootid import read_boot_id
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
 from telemetry.command import Command
 from telemetry.daemons.postd import spool
+from telemetry.daemons.postd import state as state_mod
 from telemetry.daemons.postd.backoff import Gate
 from telemetry.daemons.postd.core import (
     DAEMON,
@@ -44,6 +46,7 @@ from telemetry.daemons.postd.core import (
     Courier,
     Fetch,
     Query,
+    Release,
     Send,
     Settings,
     Settle,
@@ -76,6 +79,8 @@ JOURNAL_REOPEN_INTERVAL = 60.0
 # Longest single sleep; far-off wake times (an expiry in years) are re-computed after it.
 MAX_SLEEP = 3600.0
 SQLITE_CACHE_KIB = 256
+# The delivery state file (`telemctl status`) is rewritten at most this often while it changes.
+STATE_INTERVAL = 1.0
 
 
 def settings_from(cfg: config_mod.Config) -> Settings:
@@ -105,6 +110,7 @@ def settings_from(cfg: config_mod.Config) -> Settings:
         log_level=cfg.log_level,
         metrics_textfile=cfg.metrics_textfile,
         spool_max_size_kib=cfg.spool_max_size,
+        probe_interval=float(cfg.retry_probe_interval),
     )
 
 
@@ -159,6 +165,12 @@ class Postd:
         self._textfile: Any = None  # ctl.metrics.TextfileWriter, when metrics_textfile is set
         # On the real clock, not `clock`: systemd's timeout runs on it.
         self.watchdog = Watchdog.from_environment(time.monotonic())
+        previous = state_mod.read(settings.spool_dir)
+        if previous is not None:  # what was learnt before a restart, not the pause it was in
+            self.core.last_success, self.core.last_error = previous.last_success, previous.last_error
+        self._state: state_mod.DeliveryState | None = None
+        self._state_written = float("-inf")
+        self._release_waits("started")
         self._refresh_view()
 
     @property
@@ -221,6 +233,38 @@ class Postd:
             self.journal.close()
         self.queue.close()
 
+    def _release_waits(self, why: str) -> None:
+        """A new process or configuration: the waits that earlier failures set are not
+        kept (they were for a collector or settings that may be fixed now); one failure
+        closes the gate again for everyone."""
+        try:
+            released = self.queue.release_retries()
+        except QueueError as e:
+            log.error("%s", e)
+            return
+        if released:
+            log.info("%s: %d records that waited for a retry are due now", why, released)
+
+    def write_state(self, *, force: bool = False) -> None:
+        """Tell `telemctl status` what delivery learnt, when it changed: at once with
+        `force` (the end of a pass), else at most once a second."""
+        core, now = self.core, self.clock()
+        paused = core.pause if not core.gate.is_open(now) else None
+        state = state_mod.DeliveryState(
+            os.getpid(), now, core.last_success, core.last_error, paused,
+            core.gate.open_at if paused is not None else None, core.probe_at if paused is not None else None)
+        if self._state is not None and dataclasses.replace(state, written_at=0) == dataclasses.replace(
+                self._state, written_at=0):
+            return
+        if not force and now - self._state_written < STATE_INTERVAL:
+            return
+        try:
+            state_mod.write(self.settings.spool_dir, state)
+        except (OSError, TelemetryError) as e:
+            log.debug("cannot write %s: %s", state_mod.STATE_FILE, e)
+            return
+        self._state, self._state_written = state, now
+
     def reload(self, cfg: config_mod.Config) -> None:
         """Apply a new config between passes; the gate reopens (the fix may be in it)."""
         settings = settings_from(cfg)
@@ -232,6 +276,7 @@ class Postd:
         if settings.log_level != self.settings.log_level:
             logging.getLogger().setLevel(log_mod.LEVELS.get(settings.log_level, logging.INFO))
         self.core.reload(settings)
+        self._release_waits("configuration reloaded")
         self._refresh_view()
         log.info("configuration reloaded from %s", cfg.source or "built-in defaults")
         cfg.log_notices(log)
@@ -267,6 +312,10 @@ class Postd:
                 elif isinstance(action, Settle):
                     self._settle(action.settlement)
                     tally.update(action.settlement.counts)
+                    self.write_state()
+                elif isinstance(action, Release):
+                    released = self.queue.release_retries(action.until)
+                    log.info("%d records that waited for the collector are due now", released)
                 self.keep_alive()
                 now = self.clock()
             self._queue_retry_at = None
@@ -276,6 +325,7 @@ class Postd:
             log.error("%s; trying again in %.0f s", e, QUEUE_ERROR_RETRY)
             self._queue_retry_at = self.clock() + QUEUE_ERROR_RETRY
         self._refresh_view()
+        self.write_state(force=True)
         unlogged = core.finish_pass()
         if unlogged > 0:
             log.warning("%d more records were set aside or rejected in this pass (not logged one by one; "
@@ -290,6 +340,9 @@ class Postd:
             return self.queue.received_before(f.cutoff, f.limit)
         if f.query is Query.DUE:
             return self.queue.due_after(f.now, f.after, f.limit)
+        if f.query is Query.PROBE:
+            row = self.queue.first_sendable(f.now)
+            return [] if row is None else [row]
         return self.queue.after(f.after, f.limit)
 
     def _settle(self, s: Settlement) -> None:
