@@ -56,6 +56,10 @@ MAX_POLL = 60.0
 COALESCE_MAX = 0.0005  # longest wait for the stragglers of a batch
 BUSY_RETRY = 0.05  # a locked queue is tried again this often, up to BUSY_GIVE_UP
 DROPPED_JOURNAL_MAX = 10_000  # refusals waiting to be journaled, at most
+# Counters are written with the records once a second under load; once senders pause this
+# long, at once, so that `telemctl status` does not show telempostd's deliveries ahead of
+# the records telemprobd received.
+QUIET_FLUSH = 0.1
 
 Conn = Hashable  # the loop's handle for a connection; opaque here
 
@@ -207,6 +211,7 @@ class Ingest:
         self._last_activity = now
         self._next_tick = now + TICK
         self._next_flush = now + FLUSH_INTERVAL
+        self._quiet_flush = math.inf
         self._next_journal = now
         self._next_status = now
         self._last_status = ""
@@ -265,6 +270,7 @@ class Ingest:
     def _refuse(self, conn: Conn, sender: Sender, status: AckStatus, reason: str, now: float) -> Reply:
         self.counters.add("received")
         self.counters.add(f"rejected:{status.value}")
+        self._quiet_flush = now + QUIET_FLUSH
         self.refusals_log.log(now, logging.WARNING, "refused a record from uid %d pid %d: %s: %s",
                               sender.uid, sender.pid, status.value, reason)
         self._forget(conn)
@@ -345,6 +351,7 @@ class Ingest:
         self.counters.add("staged", len(items))
         if deferred:
             self.counters.add("deferred", deferred)
+        self._quiet_flush = now + QUIET_FLUSH
         return replies
 
     def commit_failed(self, error: StageError, now: float) -> list[Reply]:
@@ -384,6 +391,7 @@ class Ingest:
         if not force and now < self._next_flush:
             return {}, {}
         self._next_flush = now + FLUSH_INTERVAL
+        self._quiet_flush = math.inf
         if self._limiter_dirty:
             self._limiter_dirty = False
             snapshot = self.admission.limiter.snapshot(now)
@@ -395,9 +403,10 @@ class Ingest:
         """Counters and limiter state to write on their own, when no records carry them."""
         if self._pending or self._committing is not None:
             return None
-        if not final and now < self._next_flush:
+        due = final or now >= min(self._next_flush, self._quiet_flush)
+        if not due:
             return None
-        counters, meta = self._due_extras(now, wall, force=final)
+        counters, meta = self._due_extras(now, wall, force=True)
         if not (counters or meta):
             return None
         self._commit_extras = (counters, meta)
@@ -487,7 +496,7 @@ class Ingest:
             return self._next_tick
         wake = now + MAX_POLL
         if self.counters.unflushed or self._limiter_dirty or self._meta:
-            wake = min(wake, self._next_flush)
+            wake = min(wake, self._next_flush, self._quiet_flush)
         if self._dropped:
             wake = min(wake, self._next_journal)
         if self.counters.status() != self._last_status:
