@@ -584,13 +584,24 @@ def _daemon_infos(ctl: Ctl) -> list[status_mod.DaemonInfo]:
 
 @command("status", "Shows opt-in, daemons, queue and counters", epilog="""
 \b
+Queue: staged records were never tried (deferred ones among them: held by the rate limit,
+strategy spool); spooled ones wait for another attempt.
+
+\b
+Delivery: the last record the collector took and the last error, with their times; while
+delivery waits, why (backoff after a failure, the collector's Retry-After, or a
+configuration error: fix it, then 'telemctl reload'), until when, and when the next single
+request checks whether the collector answers again (retry_probe_interval).
+
+\b
 Counters (since the queue was created): telemprobd received, staged, deferred (rate
 limited, kept for later) and rejected:<reason>; telempostd delivered, rejected (by the
 collector), rejected-local, expired, dropped, set-aside, retried and config-error (kept
 while the configuration is at fault).
 
 \b
-Files: the opt-in file, the pid files (user mode), the queue database (read-only).
+Files: the opt-in file, the pid files (user mode), the queue database (read-only),
+delivery.json beside it (written by telempostd).
 
 \b
 Exit status: 0; 1 when the configuration cannot be read.  Needs no root; what this user
@@ -601,8 +612,9 @@ cannot read is reported as such.
 @handle_errors
 def status_cmd(ctl: Ctl, as_json: bool) -> int:
     """Show the state of the telemetry pipeline: opt-in, each daemon's state and pid, the
-    socket, the queue (records and bytes against spool_max_size, split into staged,
-    spooled and deferred), the next delivery attempt, and the daemons' counters.
+    socket, the queue (records and bytes against spool_max_size: staged, of which deferred,
+    and spooled), the next delivery attempt, the last delivery and the last error, why
+    delivery waits, and the daemons' counters.
     """
     cfg = ctl.config()
     st = status_mod.gather(

@@ -494,6 +494,8 @@ nothing is queued; telempostd.path starts it again when a record is queued.
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
   /var/spool/telemetry/queue.db       the queue it delivers from
   /var/spool/telemetry/queue.changed  touched by telemprobd at each commit
+  /var/spool/telemetry/delivery.json  last delivery, last error, why delivery waits
+                                      (read by 'telemctl status')
   /var/log/telemetry/journal.db       what became of each record, and retained payloads
 
 \b
@@ -520,9 +522,11 @@ def main(config_file: str | None, idle_exit_after: float | None) -> None:
 
     Records are POSTed to `server` in queue order, several at a time over kept-alive
     connections, in the request format `request_format` chooses.  A 2xx removes the
-    record; a 4xx other than 408 and 429 rejects it for good; anything else keeps it for
-    another attempt after an exponential backoff (Retry-After honoured) until
-    `record_expiry`.  Each outcome goes to the journal ('telemctl journal').  Settings:
+    record; a 4xx other than 408 and 429 rejects it for good (once the collector has taken
+    a record: the same 4xx for every record is a configuration error, and pauses delivery);
+    anything else keeps it for another attempt after an exponential backoff (Retry-After
+    honoured) until `record_expiry`, while one record every `retry_probe_interval` checks
+    whether the collector answers again.  Each outcome goes to the journal ('telemctl journal').  Settings:
     telemetrics.conf(5)."""
     require("pycurl")  # imported at the first delivery
     os.environ["LC_ALL"] = "C"
