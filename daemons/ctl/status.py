@@ -2,8 +2,9 @@
 
 Gathering only reads: the opt-in file, the queue database (read-only, beside the daemons
 writing it), its counters table, and what telempostd last learnt about the collector
-(`postd/state.py`: last delivery, last error, why delivery is paused).  Which daemon runs is decided by the caller (systemd or
-the user-mode supervisor) and handed in.  `format_text` and `to_json` are pure.
+(`store/delivery.py`: last delivery, last error, why delivery is paused).  Which daemon
+runs is decided by the caller (systemd or the user-mode supervisor) and handed in.
+`format_text` and `to_json` are pure.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 
 from telemetry.ack import AckStatus
 from telemetry.config import Notice, NoticeKind
-from telemetry.daemons.postd import state as delivery_state
-from telemetry.daemons.postd.state import DeliveryState, Pause
+from telemetry.daemons.store import delivery as delivery_state
 from telemetry.daemons.store import journal
+from telemetry.daemons.store.delivery import DeliveryState, Pause
 from telemetry.daemons.store.queue import QUEUE_DB, Queue
 from telemetry.errors import TelemetryError
 from telemetry.optin import is_opted_in

@@ -40,8 +40,8 @@ from telemetry.daemons.postd.backoff import Gate, full_jitter, next_attempt_at
 from telemetry.daemons.postd.endpoint import DeliverySettings
 from telemetry.daemons.postd.outcome import Response, Verdict, classify
 from telemetry.daemons.postd.request import Request, RequestFormat, build_request
-from telemetry.daemons.postd.state import LastError, Pause
 from telemetry.daemons.runtime.throttle import LogThrottle
+from telemetry.daemons.store.delivery import LastError, Pause
 from telemetry.daemons.store.journal import Counter, JournalEntry, Outcome, SetAside, entry_for
 from telemetry.daemons.store.queue import QueuedRecord
 from telemetry.record import Record, RecordError, parse_header_block

@@ -35,7 +35,6 @@ from telemetry.bootid import read_boot_id
 from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
 from telemetry.command import Command
 from telemetry.daemons.postd import spool
-from telemetry.daemons.postd import state as state_mod
 from telemetry.daemons.postd.backoff import Gate
 from telemetry.daemons.postd.core import (
     DAEMON,
@@ -61,6 +60,7 @@ from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
+from telemetry.daemons.store import delivery as state_mod
 from telemetry.daemons.store.journal import Counter, Journal, JournalError
 from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError
 from telemetry.entry import require

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from telemetry.ack import AckStatus
 from telemetry.daemons.probd.ratelimit import Booking, RateLimiter, Verdict
+from telemetry.daemons.probd.reserved import NO_RESERVATION, Reservation
 from telemetry.daemons.store.queue import NewRecord, Sender
 from telemetry.record import Record, RecordError, parse_header_block
 from telemetry.wire import Frame
@@ -28,6 +29,7 @@ class Context:
     opted_in: bool
     machine_id: str
     queued_bytes: int  # bytes queued or on their way into the queue
+    peer_uid: int | None = None  # who connected (SO_PEERCRED), when `sender` is what it stated
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,10 @@ def fits_spool(queued_bytes: int, size: int, limit_bytes: int) -> bool:
 
 
 class Admission:
-    def __init__(self, limiter: RateLimiter, spool_max_bytes: int):
+    def __init__(self, limiter: RateLimiter, spool_max_bytes: int, reserved: Reservation = NO_RESERVATION):
         self.limiter = limiter
         self.spool_max_bytes = spool_max_bytes
+        self.reserved = reserved
 
     def judge(self, frame: Frame, ctx: Context) -> Accept | Refuse:
         if not ctx.opted_in:
@@ -66,6 +69,9 @@ class Admission:
             parsed = parse_header_block(frame.header_block, frame.payload).with_machine_id(ctx.machine_id)
         except RecordError as e:
             return Refuse(AckStatus.INVALID, str(e))
+        peer = ctx.sender.uid if ctx.peer_uid is None else ctx.peer_uid
+        if (forbidden := self.reserved.refusal(parsed.classification, peer)) is not None:
+            return Refuse(AckStatus.FORBIDDEN, forbidden)
         record = NewRecord(
             record_id=ctx.record_id,
             received_at=ctx.received_at,

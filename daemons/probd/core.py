@@ -32,8 +32,10 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from telemetry.ack import Ack, AckStatus
+from telemetry.daemons.probd import reserved
 from telemetry.daemons.probd.admission import Admission, Context, Refuse, spool_limit_bytes
 from telemetry.daemons.probd.ratelimit import Booking, Policy, RateLimiter
+from telemetry.daemons.probd.reserved import NO_RESERVATION, Reservation
 from telemetry.daemons.probd.staging import (
     BUSY_GIVE_UP,
     FLUSH_INTERVAL,
@@ -79,6 +81,7 @@ class Settings:
     log_level: str
     metrics_textfile: str = ""
     spool_max_size_kib: int = -1
+    reserved: Reservation = NO_RESERVATION
 
     @classmethod
     def from_config(cls, cfg) -> Settings:
@@ -94,6 +97,7 @@ class Settings:
             log_level=cfg.log_level,
             metrics_textfile=cfg.metrics_textfile,
             spool_max_size_kib=cfg.spool_max_size,
+            reserved=reserved.from_config(cfg),
         )
 
 
@@ -183,7 +187,7 @@ class Ingest:
     def __init__(self, settings: Settings, limiter: RateLimiter, *, boot_id: str, now: float,
                  idle_exit: bool = False):
         self.settings = settings
-        self.admission = Admission(limiter, settings.spool_max_bytes)  # owns the limiter
+        self.admission = Admission(limiter, settings.spool_max_bytes, settings.reserved)  # owns the limiter
         self.counters = Counters()
         self.boot_id = boot_id
         self.idle_exit = idle_exit  # started by systemd: recycling applies
@@ -282,8 +286,10 @@ class Ingest:
               opted_in: bool, machine_id: str) -> Reply | Measure | None:
         """A complete frame: refused (Reply), held for the next commit (None), or MEASURE
         first when it seems not to fit the spool and the size known is old."""
+        peer = self._conns.get(conn)
         ctx = Context(record_id=record_id, sender=sender, received_at=wall, now=now, opted_in=opted_in,
-                      machine_id=machine_id, queued_bytes=self.queued())
+                      machine_id=machine_id, queued_bytes=self.queued(),
+                      peer_uid=None if peer is None else peer.sender.uid)
         verdict = self.admission.judge(frame, ctx)
         if isinstance(verdict, Refuse):
             if (verdict.status is AckStatus.NO_SPACE
@@ -481,6 +487,7 @@ class Ingest:
             self.admission.limiter = RateLimiter.restore(
                 settings.policy, self.admission.limiter.snapshot(now), now, 0.0)
             self._limiter_dirty = True
+        self.admission.reserved = settings.reserved
         if settings.spool_max_bytes != old.spool_max_bytes:
             self.admission.spool_max_bytes = settings.spool_max_bytes
             self._measured_at = -math.inf

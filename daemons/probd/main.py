@@ -28,7 +28,7 @@ from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, versio
 from telemetry.command import Command
 from telemetry.daemons.probd.core import Settings
 from telemetry.daemons.probd.ingest import IngestLoop
-from telemetry.daemons.probd.listener import open_listener
+from telemetry.daemons.probd.listener import check_config, open_listener
 from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import LIMITER_META_KEY, Stager, elapsed_since
 from telemetry.daemons.runtime.lifecycle import started_by_systemd
@@ -154,6 +154,7 @@ def main(config_file: str | None) -> None:
     crash or a power cut.  Settings: telemetrics.conf(5)."""
     paths = Paths.detect()
     cfg = config_mod.load(paths, config_file)
+    check_config(cfg)  # refuse a bad config before anything is logged
     log_mod.setup(PROGRAM, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
     cfg.log_notices(log)

@@ -33,10 +33,10 @@ from postd_support import (
 )
 from support import free_port
 
-from telemetry.daemons.postd import state as state_mod
 from telemetry.daemons.postd.main import RECORD_WARNINGS_PER_PASS, Counter, Postd
-from telemetry.daemons.postd.state import Pause
+from telemetry.daemons.store import delivery as state_mod
 from telemetry.daemons.store import journal as journal_mod
+from telemetry.daemons.store.delivery import Pause
 from telemetry.daemons.store.journal import Outcome
 from telemetry.daemons.store.queue import Queue
 

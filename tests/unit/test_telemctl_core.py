@@ -17,7 +17,7 @@ from telemetry.ack import AckStatus
 from telemetry.daemons.ctl import journal_view as jv
 from telemetry.daemons.ctl import purge, supervise, units
 from telemetry.daemons.ctl import status as status_mod
-from telemetry.daemons.postd.state import DeliveryState, LastError, Pause
+from telemetry.daemons.store.delivery import DeliveryState, LastError, Pause
 from telemetry.daemons.store.journal import Counter, JournalEntry, Outcome
 
 HEX = "0123456789abcdef"

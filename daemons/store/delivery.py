@@ -1,5 +1,7 @@
 """What telempostd last learnt about the collector, for `telemctl status`.
 
+Here beside the queue and the journal, which telemctl reads without loading telempostd.
+
 The queue says what waits; only telempostd knows why: the last delivery, the last error,
 whether delivery is paused and until when.  It rewrites `delivery.json` beside the queue
 when that changes (at most once a second while records flow), and `telemctl status`
