@@ -179,8 +179,9 @@ KEYS: tuple[Key, ...] = (
         "failed, one record is sent this often to learn whether it answers again; when it does, "
         "everything waiting goes at once (0: wait out every backoff).", "telempostd", unit="seconds",
         lo=0, hi=86400, original=False),
-    Key("rate_limit_uid_share", Kind.INT, 50, "Most of each rate limit, and of max_connections, one local "
-        "user (uid) may take; the rest stays available to other users (100: no per-user cap).", "telemprobd",
+    Key("rate_limit_uid_share", Kind.INT, 50, "Most of each rate limit, of max_connections and of "
+        "spool_max_size one local user (uid) may take; the rest stays available to other users "
+        "(100: no per-user cap).", "telemprobd",
         unit="percent", lo=1, hi=100, original=False),
     Key("reserved_classifications", Kind.STRING,
         "org.clearlinux/crash, org.clearlinux/kernel, org.clearlinux/journal, org.clearlinux/bert",

@@ -209,6 +209,10 @@ class Ingest:
         self._limiter_dirty = False
         self._measured = 0  # queue bytes when last measured
         self._committed_since_measure = 0  # bytes this process committed since then
+        # The same per sending uid (rate_limit_uid_share of spool_max_size).
+        self._uid_measured: dict[int, int] = {}
+        self._uid_committed: collections.Counter[int] = collections.Counter()
+        self._uid_pending: collections.Counter[int] = collections.Counter()
         self._measured_at = -math.inf
         self.stopping = False
         self._stop_deadline = 0.0
@@ -289,7 +293,7 @@ class Ingest:
         peer = self._conns.get(conn)
         ctx = Context(record_id=record_id, sender=sender, received_at=wall, now=now, opted_in=opted_in,
                       machine_id=machine_id, queued_bytes=self.queued(),
-                      peer_uid=None if peer is None else peer.sender.uid)
+                      peer_uid=None if peer is None else peer.sender.uid, uid_queued_bytes=self.queued_by(sender.uid))
         verdict = self.admission.judge(frame, ctx)
         if isinstance(verdict, Refuse):
             if (verdict.status is AckStatus.NO_SPACE
@@ -307,13 +311,16 @@ class Ingest:
             self._pending_since = ctx.now
         self._pending.append(_Held(verdict.record, conn, verdict.booking, verdict.deferred))
         self._pending_bytes += verdict.record.size
+        self._uid_pending[verdict.record.sender.uid] += verdict.record.size
         return None
 
-    def measured(self, size: int | None, now: float) -> None:
-        """The queue's size as read now (telempostd removes rows); None: it could not be read."""
+    def measured(self, size: int | None, now: float, by_uid: dict[int, int] | None = None) -> None:
+        """The queue's size as read now (telempostd removes rows), in all and per sending
+        uid; None: it could not be read."""
         self._measured_at = now
         if size is not None:
             self._measured, self._committed_since_measure = size, 0
+            self._uid_measured, self._uid_committed = dict(by_uid or {}), collections.Counter()
 
     def measure_due(self, now: float) -> bool:
         """Whether the loop should read the queue's size now (start, spool quota changed)."""
@@ -323,6 +330,11 @@ class Ingest:
         if self.admission.spool_max_bytes < 0:
             return 0
         return self._measured + self._committed_since_measure + self._pending_bytes
+
+    def queued_by(self, uid: int) -> int:
+        if self.admission.uid_spool_max_bytes < 0:
+            return 0
+        return self._uid_measured.get(uid, 0) + self._uid_committed[uid] + self._uid_pending[uid]
 
     # --- committing ---------------------------------------------------------------------
 
@@ -350,6 +362,8 @@ class Ingest:
         self._busy_since = None
         self._retry_at = 0.0
         self._committed_since_measure += sum(h.record.size for h in items)
+        for h in items:
+            self._uid_committed[h.record.sender.uid] += h.record.size
         self._last_batch = len(items)
         replies = [Reply(h.conn, Ack(AckStatus.DEFERRED if h.deferred else AckStatus.ACCEPTED, h.record.record_id))
                    for h in items]
@@ -376,6 +390,7 @@ class Ingest:
         self.failures_log.log(now, logging.ERROR, "could not stage %d records: %s", len(items), error.detail)
         self._pending = self._pending[len(items):]
         self._pending_bytes = sum(h.record.size for h in self._pending)
+        self._uid_pending = self._pending_by_uid()
         self._busy_since = None
         self._retry_at = 0.0
         for h in items:
@@ -390,7 +405,14 @@ class Ingest:
         self._committing = None
         self._pending = self._pending[len(items):]
         self._pending_bytes = sum(h.record.size for h in self._pending) if self._pending else 0
+        self._uid_pending = self._pending_by_uid()
         return items
+
+    def _pending_by_uid(self) -> collections.Counter[int]:
+        pending: collections.Counter[int] = collections.Counter()
+        for h in self._pending:
+            pending[h.record.sender.uid] += h.record.size
+        return pending
 
     def _due_extras(self, now: float, wall: float, force: bool = False) -> tuple[dict[str, int], dict[str, str]]:
         """Counters and limiter state to write with this commit: once a second at most."""
@@ -488,11 +510,12 @@ class Ingest:
                 settings.policy, self.admission.limiter.snapshot(now), now, 0.0)
             self._limiter_dirty = True
         self.admission.reserved = settings.reserved
-        if settings.spool_max_bytes != old.spool_max_bytes:
+        if settings.spool_max_bytes != old.spool_max_bytes or settings.policy.uid_share != old.policy.uid_share:
             self.admission.spool_max_bytes = settings.spool_max_bytes
             self._measured_at = -math.inf
         if settings.spool_dir != old.spool_dir:
             self._measured, self._committed_since_measure = 0, 0
+            self._uid_measured, self._uid_committed = {}, collections.Counter()
             self._measured_at = -math.inf
 
     def wake_at(self, now: float) -> float:

@@ -187,6 +187,14 @@ class Stager:
             log.debug("cannot measure the queue: %s", e)
             return None
 
+    def measure_by_uid(self) -> dict[int, int] | None:
+        """Bytes queued now per sending uid, or None if unknown."""
+        try:
+            return self._ensure_queue().bytes_by_uid()
+        except Exception as e:  # the next commit meets the same failure and replies it
+            log.debug("cannot measure the queue: %s", e)
+            return None
+
     def journal_dropped(self, dropped: list[Dropped]) -> None:
         if not dropped:
             return

@@ -388,6 +388,12 @@ class Queue:
         n, size = self._db.run(lambda db: db.execute("SELECT COUNT(*), TOTAL(size) FROM records").fetchone())
         return int(n), int(min(max(size, -(2**63)), 2**63 - 1))
 
+    def bytes_by_uid(self) -> dict[int, int]:
+        """Bytes queued per sending uid (the per-uid share of spool_max_size)."""
+        rows = self._db.run(lambda db: db.execute(
+            "SELECT CAST(sender_uid AS INTEGER), TOTAL(size) FROM records GROUP BY 1").fetchall())
+        return {int(uid or 0): int(min(max(size, 0), 2**62)) for uid, size in rows}
+
     def breakdown(self, now: float) -> Breakdown:
         rows, size, staged, staged_size, deferred, first_due, first_retry = self._db.run(
             lambda db: db.execute(_BREAKDOWN, (now,)).fetchone())
