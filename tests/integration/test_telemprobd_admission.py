@@ -161,6 +161,23 @@ def test_one_user_fills_at_most_their_share_of_the_spool(user_install):
         wait_until(lambda: counters(probd.spool_dir).get("rejected:no-space") == 3, what="counter")
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="sending for another user needs root")
+def test_with_spool_a_user_within_their_share_is_not_held_behind_a_flood(user_install):
+    from telemetry.client import Client, Credentials
+
+    def send(uid: int | None) -> str:
+        c = Client(user_install.paths, config_file=None)
+        ack = c.send_frame(FRAME) if uid is None else c.send_frame(FRAME, on_behalf_of=Credentials(os.getpid(), uid, uid))
+        return ack.status.value
+
+    config = "record_burst_limit=4\nrecord_window_length=1\nrate_limit_uid_share=50\nrate_limit_strategy=spool\n"
+    with Probd(user_install, config) as probd:
+        assert [send(None) for _ in range(4)] == ["accepted", "accepted", "deferred", "deferred"]
+        assert [send(4242), send(4242), send(4242)] == ["accepted", "accepted", "deferred"]
+        rows = {r.sender.uid: r for r in queued(probd.spool_dir) if r.deferred_until == 0}
+        assert set(rows) == {0, 4242}
+
+
 def test_quota_minus_one_means_no_cap(user_install):
     with Probd(user_install, "spool_max_size=-1") as probd:
         assert statuses([probd.send_raw(FRAME) for _ in range(5)]) == ["accepted"] * 5
