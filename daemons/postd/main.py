@@ -59,6 +59,7 @@ from telemetry.daemons.postd.transport import Transport, TransportFactory
 from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
+from telemetry.daemons.runtime.umask import make_files_private
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store import delivery as state_mod
 from telemetry.daemons.store.journal import Counter, Journal, JournalError
@@ -530,6 +531,7 @@ def main(config_file: str | None, idle_exit_after: float | None) -> None:
     telemetrics.conf(5)."""
     require("pycurl")  # imported at the first delivery
     os.environ["LC_ALL"] = "C"
+    make_files_private()
     paths = Paths.detect()
     cfg = config_mod.load(paths, config_file)
     settings_from(cfg)  # refuse a bad config before anything is logged

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
@@ -33,6 +32,7 @@ from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import LIMITER_META_KEY, Stager, elapsed_since
 from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
+from telemetry.daemons.runtime.umask import make_files_private
 from telemetry.machineid import MachineId
 from telemetry.paths import Mode, Paths
 
@@ -56,13 +56,8 @@ def restore_limiter(stager: Stager, settings: Settings, boot_id: str) -> RateLim
     return RateLimiter.restore(settings.policy, snapshot, mono, elapsed)
 
 
-# Records are private: the queue and the journal are not for other users.  Only added to
-# the inherited umask (the unit's UMask= may be stricter).
-UMASK = 0o027
-
-
 def serve(paths: Paths, cfg, config_file: str | None) -> int:
-    os.umask(os.umask(0) | UMASK)
+    make_files_private()
     settings = Settings.from_config(cfg)
     listener = open_listener(cfg.socket_path, create_dir=paths.mode is Mode.USER)
     try:
