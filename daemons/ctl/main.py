@@ -189,7 +189,10 @@ def opt_in_cmd(ctl: Ctl) -> int:
     systemd units check before anything is collected or sent.
 
     It does not start the services; run 'telemctl start' for that.  In system mode the
-    units are also enabled again (opt-out disables them), so they start at boot.
+    units are also enabled again (opt-out disables them), so they start at boot: of the
+    two journal probes, which conflict, journal-probe-tail.service (journal-probe.service,
+    which also reports what the journal held before its first start, is the admin's
+    choice), and not crashprobe-journal.service.
     Opting in when already opted in changes nothing and says so.
     """
     require_root(ctl)
