@@ -184,7 +184,7 @@ KEYS: tuple[Key, ...] = (
         "(100: no per-user cap).", "telemprobd",
         unit="percent", lo=1, hi=100, original=False),
     Key("reserved_classifications", Kind.STRING,
-        "org.clearlinux/crash, org.clearlinux/kernel, org.clearlinux/journal, org.clearlinux/bert",
+        "org.clearlinux/crash,org.clearlinux/kernel,org.clearlinux/journal,org.clearlinux/bert",
         "Classification prefixes (comma-separated) that only reserved_classification_uids, the account "
         "telemprobd runs as and the telemetry account may send: the system probes' own, so that no local "
         "user can send records that look like theirs (empty: none reserved).", "telemprobd", original=False),

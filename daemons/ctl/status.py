@@ -80,6 +80,7 @@ class Status:
     now: float
     config_notices: tuple[Notice, ...] = ()  # what the config file has that was ignored or changed
     delivery: DeliveryState | None = None  # what telempostd last wrote, if anything
+    delivery_error: str | None = None  # why it could not be read
     delivery_current: bool = False  # written by the telempostd running now (its pause still holds)
 
 
@@ -139,13 +140,18 @@ def gather(paths: Paths, *, spool_dir: str, socket_path: str, spool_max_size_kib
            config_notices: Sequence[Notice] = ()) -> Status:
     now = time.time() if now is None else now
     queue, raw = read_queue(spool_dir, spool_max_size_kib, now)
-    delivery = delivery_state.read(spool_dir)
+    delivery, delivery_error = None, None
+    try:
+        delivery = delivery_state.read(spool_dir)
+    except OSError as e:
+        delivery_error = e.strerror or str(e)
     postd_pid = next((d.pid for d in daemons if d.name == POSTD and d.state == "active"), None)
     return Status(
         mode=paths.mode.value, opted_in=is_opted_in(paths), opt_in_file=paths.opt_in_file,
         config_file=config_file, socket_path=socket_path, daemons=tuple(daemons), queue=queue,
         counters=counters_of(raw), now=now, config_notices=tuple(config_notices),
         delivery=delivery, delivery_current=delivery is not None and delivery.pid == postd_pid,
+        delivery_error=delivery_error,
     )
 
 
@@ -210,6 +216,8 @@ def paused(st: Status) -> bool:
 
 def format_delivery(st: Status, localtime: Callable[[float], time.struct_time] = time.localtime) -> list[str]:
     d = st.delivery
+    if st.delivery_error is not None:
+        return [f"Delivery:    cannot read {delivery_state.STATE_FILE} ({st.delivery_error})"]
     if d is None:
         return ["Delivery:    nothing tried yet"]
     lines = ["Delivery:"]
@@ -297,6 +305,7 @@ def to_json(st: Status) -> dict:
             "next_retry": q.next_retry,
         },
         "delivery": _delivery_json(st),
+        "delivery_error": st.delivery_error,
         "counters": counters,
         "time": st.now,
     }

@@ -166,7 +166,10 @@ class Postd:
         self._textfile: Any = None  # ctl.metrics.TextfileWriter, when metrics_textfile is set
         # On the real clock, not `clock`: systemd's timeout runs on it.
         self.watchdog = Watchdog.from_environment(time.monotonic())
-        previous = state_mod.read(settings.spool_dir)
+        try:
+            previous = state_mod.read(settings.spool_dir)
+        except OSError:
+            previous = None
         if previous is not None:  # what was learnt before a restart, not the pause it was in
             self.core.last_success, self.core.last_error = previous.last_success, previous.last_error
         self._state: state_mod.DeliveryState | None = None

@@ -98,8 +98,9 @@ def write(spool_dir: str, state: DeliveryState) -> None:
 
 
 def read(spool_dir: str) -> DeliveryState | None:
-    """The state last written; None when there is none or it cannot be read."""
+    """The state last written; None when there is none or it is damaged.  OSError when it
+    is there but cannot be read (permission denied)."""
     try:
         return decode(read_small(os.path.join(spool_dir, STATE_FILE), STATE_MAX_BYTES))
-    except (OSError, TelemetryError):
+    except (FileNotFoundError, NotADirectoryError, TelemetryError):
         return None

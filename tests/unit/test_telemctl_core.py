@@ -3,6 +3,7 @@ status counters and rendering, systemctl result messages, tmpfiles parsing."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import string
@@ -263,6 +264,12 @@ def test_status_shows_the_last_delivery_the_last_error_and_a_pause_while_it_hold
     gone = status_mod.format_text(_with_delivery(state, postd_pid=None), time.gmtime)
     assert "paused:" not in gone and "last error:" in gone and "Next retry:  due now" in gone
     assert status_mod.to_json(_with_delivery(state, postd_pid=8))["delivery"]["paused"] is None
+
+
+def test_an_unreadable_delivery_state_says_so():
+    st_ = dataclasses.replace(_with_delivery(None), delivery_error="Permission denied")
+    assert status_mod.format_delivery(st_) == ["Delivery:    cannot read delivery.json (Permission denied)"]
+    assert status_mod.to_json(st_)["delivery_error"] == "Permission denied"
 
 
 def test_unreadable_queue_is_reported_not_raised():
