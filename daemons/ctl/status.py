@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from telemetry.ack import AckStatus
 from telemetry.config import Notice, NoticeKind
+from telemetry.daemons.ctl.journal_view import visible
 from telemetry.daemons.store import delivery as delivery_state
 from telemetry.daemons.store import journal
 from telemetry.daemons.store.delivery import DeliveryState, Pause
@@ -223,7 +224,9 @@ def format_delivery(st: Status, localtime: Callable[[float], time.struct_time] =
     lines = ["Delivery:"]
     lines.append("  last sent: " + ("never" if d.last_success is None else _when(d.last_success, st.now, localtime)))
     if d.last_error is not None:
-        lines.append(f"  last error: {_when(d.last_error.at, st.now, localtime)}: {d.last_error.detail}")
+        # The collector's words: made inert for a terminal.
+        detail = visible(d.last_error.detail, one_line=True)
+        lines.append(f"  last error: {_when(d.last_error.at, st.now, localtime)}: {detail}")
     if paused(st):
         assert d.paused is not None and d.paused_until is not None
         text = f"  paused:    until {_when(d.paused_until, st.now, localtime)}: {_PAUSE_WORDS[d.paused]}"

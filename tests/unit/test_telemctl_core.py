@@ -266,6 +266,12 @@ def test_status_shows_the_last_delivery_the_last_error_and_a_pause_while_it_hold
     assert status_mod.to_json(_with_delivery(state, postd_pid=8))["delivery"]["paused"] is None
 
 
+def test_the_collectors_words_reach_a_terminal_inert():
+    state = DeliveryState(7, 999.0, last_error=LastError(990.0, "HTTP 400: \x1b[2J\x9b31m\u202egone", 400))
+    text = status_mod.format_text(_with_delivery(state), time.gmtime)
+    assert "HTTP 400: \\x1b[2J\\x9b31m\\u202egone" in text and "\x1b" not in text and "\x9b" not in text
+
+
 def test_an_unreadable_delivery_state_says_so():
     st_ = dataclasses.replace(_with_delivery(None), delivery_error="Permission denied")
     assert status_mod.format_delivery(st_) == ["Delivery:    cannot read delivery.json (Permission denied)"]
