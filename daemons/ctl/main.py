@@ -636,7 +636,9 @@ def status_cmd(ctl: Ctl, as_json: bool) -> int:
 \b
 Families: telemprobd_<counter>_total and telempostd_<counter>_total (rejections as
 telemprobd_rejected_total{reason=...}), telemetry_queue_* (records, bytes, staged, spooled,
-deferred, cap), telemetry_opted_in, telemetry_journal_entries.  The same format as the
+deferred, cap), telempostd_last_success_timestamp_seconds and
+telempostd_last_error_timestamp_seconds (from delivery.json, once there is one),
+telemetry_opted_in, telemetry_journal_entries.  The same format as the
 collector's /metrics, rendered by prometheus-client.
 
 \b
