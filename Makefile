@@ -22,7 +22,7 @@ DESTDIR ?=
 # generator, chromium and its chromedriver for the collector's web views.  Tests whose tool
 # is missing are skipped with the reason.
 APT_PACKAGES := libsystemd-dev pkg-config gcc systemd systemd-journal-remote man-db groff-base \
-	postgresql openssl gdb elfutils nginx-light golang-go clang nats-server wrk chromium chromium-driver
+	postgresql openssl gdb elfutils dwz nginx-light golang-go clang nats-server wrk chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: venv deps test test-systemd demo bench lint typecheck import-tree install install-collector \

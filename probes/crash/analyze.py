@@ -85,6 +85,9 @@ class _Loaded:
         self.info = info
         self.elf: ELFFile | None = None
         self.debug_elf: ELFFile | None = None
+        self.path: str = info.path  # where the module was opened (--exe may name another)
+        self.debug_path: str | None = None
+        self.alt_elf: ELFFile | None = None  # dwz's common file, if the DWARF names one
         self.bias = info.bias
         self.cfi: CallFrameTable | None = None
         self.symbols: SymbolTable | None = None
@@ -241,11 +244,43 @@ class Process:
     def _lines(self, lm: _Loaded) -> LineTable | None:
         if not lm.lines_loaded:
             lm.lines_loaded = True
-            for elf in (lm.debug_elf, lm.elf):
+            for elf, path in ((lm.debug_elf, lm.debug_path), (lm.elf, lm.path)):
                 if elf is not None and LineTable.available(elf):
-                    lm.lines = LineTable(elf)
+                    lm.lines = LineTable(elf, self._supplementary(lm, elf, path))
                     break
         return lm.lines
+
+    def _supplementary(self, lm: _Loaded, elf, path: str | None):
+        """The file `elf`'s `.gnu_debugaltlink` names, found as gdb finds it: at the path it
+        gives (relative to the file's own directory), else by its build id in the debug
+        directories; only with the build id the link asks for."""
+        from elftools.elf.elffile import ELFFile
+
+        from .lines import altlink
+
+        link = altlink(elf)
+        if link is None:
+            return None
+        name, build_id = link
+        candidates = self.access.debug_candidates(build_id, "/", None)
+        if path is not None and self.access.root_fd is None:
+            candidates.insert(0, os.path.join(os.path.dirname(os.path.realpath(path)), name))
+        for candidate in candidates:
+            try:
+                f = self.access.open_debug(candidate)
+            except FileRefused:
+                continue
+            try:
+                alt = ELFFile(f)
+                if _build_id(alt) == build_id:
+                    lm.files.append(f)
+                    lm.alt_elf = alt
+                    return alt
+            except Exception:
+                pass
+            f.close()
+        self.notes.append(f"{path}: the supplementary debug file {name} was not found")
+        return None
 
     def _module_at(self, pc: int) -> _Loaded | None:
         info = self.modules.at(pc)
@@ -323,6 +358,7 @@ class Process:
                 raise FileRefused(f"{path}: the core has no build id or first page to check the file against")
         f = self.access.open_mapped(path)
         lm.files.append(f)
+        lm.path = path
         lm.cacheable = lm.entry is not None and self.cache.trusts(os.fstat(f.fileno()))
         if image and f.read(len(image)) != image:
             raise FileRefused(f"{path}: not the file that was mapped (its first page differs from the core's)")
@@ -352,7 +388,7 @@ class Process:
                 df.close()
                 continue
             lm.files.append(df)
-            lm.debug_elf = debug
+            lm.debug_elf, lm.debug_path = debug, candidate
             if lm.cacheable and lm.entry is not None:  # only the entry's own debug file, and a trusted one
                 from .cache import file_identity
 

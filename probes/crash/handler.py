@@ -43,8 +43,10 @@ def run_offline(cp: Reporter, event: CrashEvent, core_path: str, exe: str | None
     # Offline analysis is for the person at the keyboard: every core is analysed, with no
     # path filter (they apply to what the kernel reports, not to a local build).
     outcome = Outcome(Action.ANALYZE)
+    # As root, the analysis runs as the service account, which may not write root's cache.
     try:
-        report = cp.report(event, outcome, lambda: cp.read_core(fd), access, exe_path=exe)
+        report = cp.report(event, outcome, lambda: cp.read_core(fd), access, exe_path=exe,
+                           store_cache=os.geteuid() == cp.cache.owner)
     finally:
         os.close(fd)
     if report.analysis is not None and report.analysis.unreadable:

@@ -17,6 +17,7 @@ import posixpath
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from .elfbounds import SECTION_MAX, TooLarge, stream_size
 
@@ -149,7 +150,9 @@ def _dwarf_info_extra() -> dict[str, None]:
     return {"debug_types_sec": None} if "debug_types_sec" in inspect.signature(DWARFInfo).parameters else {}
 
 
-def _dwarf_info(elf):
+def _dwarf_info(elf, supplementary=None, *, lines_needed: bool = True):
+    """The DWARF of `elf`; `supplementary` is the file its `.gnu_debugaltlink` names (dwz's
+    common file), where names and abstract functions of inline calls may live."""
     from elftools.dwarf.dwarfinfo import DebugSectionDescriptor, DwarfConfig, DWARFInfo
 
     descs = {}
@@ -160,9 +163,11 @@ def _dwarf_info(elf):
             DebugSectionDescriptor(stream=got[0], name=name, global_offset=None, size=got[1], address=0)
             if got else None
         )
-    if descs[".debug_info"] is None or descs[".debug_line"] is None or descs[".debug_abbrev"] is None:
+    if descs[".debug_info"] is None or descs[".debug_abbrev"] is None:
         return None
-    return DWARFInfo(
+    if lines_needed and descs[".debug_line"] is None:
+        return None
+    dwarf = DWARFInfo(
         config=DwarfConfig(little_endian=True, default_address_size=8, machine_arch=elf.get_machine_arch()),
         debug_info_sec=descs[".debug_info"],
         debug_aranges_sec=descs[".debug_aranges"],
@@ -184,14 +189,32 @@ def _dwarf_info(elf):
         gnu_debugaltlink_sec=None,
         **_dwarf_info_extra(),
     )
+    # pyelftools 0.29 (Debian 12's) cannot follow references into a supplementary file.
+    if supplementary is not None and hasattr(dwarf, "supplementary_dwarfinfo"):
+        dwarf.supplementary_dwarfinfo = _dwarf_info(supplementary, lines_needed=False)
+    return dwarf
+
+
+def altlink(elf) -> tuple[str, bytes] | None:
+    """The supplementary file `.gnu_debugaltlink` names: (path, build id)."""
+    from .elfbounds import DEBUGLINK_MAX, section_data
+
+    try:
+        section = elf.get_section_by_name(".gnu_debugaltlink")
+        data = section_data(elf, section, DEBUGLINK_MAX) if section is not None else b""
+    except Exception:
+        return None
+    name, _, build_id = data.partition(b"\0")
+    return (os.fsdecode(name), build_id) if name and build_id else None
 
 
 class LineTable:
     """Line lookups in one ELF file that carries DWARF (a debug file or an unstripped one)."""
 
-    def __init__(self, elf):
+    def __init__(self, elf, supplementary=None) -> None:
         self._elf = elf
-        self._dwarf = None
+        self._supplementary = supplementary
+        self._dwarf: Any = None  # a pyelftools DWARFInfo, read on the first lookup
         self._loaded = False
         self._aranges: list[tuple[int, int, int]] | None = None
         self._arange_starts: list[int] = []
@@ -211,7 +234,7 @@ class LineTable:
     def _lookup(self, addr: int) -> SourceLine | None:
         if not self._loaded:
             self._loaded = True
-            self._dwarf = _dwarf_info(self._elf)
+            self._dwarf = _dwarf_info(self._elf, self._supplementary)
         if self._dwarf is None:
             return None
         cu_offset = self._cu_offset(addr)
@@ -242,7 +265,7 @@ class LineTable:
     def _inlined_at(self, addr: int) -> list[InlineCall]:
         if not self._loaded:
             self._loaded = True
-            self._dwarf = _dwarf_info(self._elf)
+            self._dwarf = _dwarf_info(self._elf, self._supplementary)
         if self._dwarf is None:
             return []
         cu_offset = self._cu_offset(addr)

@@ -252,3 +252,38 @@ def test_inline_frames_as_gdb_shows_them(user_install, lab):
     assert [bare(f.name) for f in frames[:5]] == gdb[:5]
     assert [our_source(f.line) for f in frames[:5]] == gdb_lines[:5]
     assert [f.line.endswith(" (inlined)") for f in frames[:4]] == [True, True, False, False]
+
+
+DWZ_COMMON_H = """struct pair { int *p; int n; };
+static inline __attribute__((always_inline)) int poke(struct pair *x) { return *x->p + x->n; }
+"""
+DWZ_MAIN_C = """#include "common.h"
+#include <stdio.h>
+int __attribute__((noinline)) %s(struct pair *x) { return poke(x) * 2; }
+int main(int argc, char **argv) { struct pair x = { %s, 3 }; printf("%%d\\n", %s(&x)); return 0; }
+"""
+
+
+@ELFTOOLS_0_30
+def test_an_inline_call_described_in_dwzs_common_file_is_a_frame(user_install, lab, tmp_path):
+    """Distributions run dwz over their debug files: what two programs share moves to a common
+    file that `.gnu_debugaltlink` names (its path relative to the program, and its build id).
+    The inline function's name lives there; gdb follows the link, and so does crashprobe."""
+    if shutil.which("dwz") is None:
+        pytest.skip("dwz is not installed (the Makefile installs it as root)")
+    (tmp_path / "common.h").write_text(DWZ_COMMON_H)
+    for name, pointer in (("crash", "(int *)(long)(argc - 1)"), ("fine", "&argc")):
+        (tmp_path / f"{name}.c").write_text(DWZ_MAIN_C % ("work", pointer, "work"))
+        subprocess.run(["gcc", "-g", "-O2", "-o", name, f"{name}.c"], cwd=tmp_path, check=True)
+    subprocess.run(["dwz", "-m", "shared.debug", "-M", "shared.debug", "crash", "fine"], cwd=tmp_path,
+                   check=True, capture_output=True)
+    assert b".gnu_debugaltlink" in subprocess.run(["readelf", "-S", "crash"], cwd=tmp_path,
+                                                  capture_output=True).stdout
+    from crash_programs import make_core
+
+    core = make_core(lab.method, tmp_path / "crash", "", tmp_path / "cores")
+    exe = tmp_path / "crash"
+    frames = frames_of(offline(user_install, core, "--exe", str(exe), "--debug-dir", ""))
+    gdb = gdb_backtraces(exe, core, debug_dir=None)
+    assert [f.name for f in frames[:3]] == ["poke", "work", "main"] == [n for n in next(iter(gdb.values()))[:3]]
+    assert frames[0].line.endswith("common.h:2 (inlined)")

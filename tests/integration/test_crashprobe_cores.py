@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -288,3 +289,24 @@ def test_fuzzed_real_cores_through_the_cli(user_install, lab, data):
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.startswith(b"Process: ") and len(r.stdout) <= 8192
     r.stdout.decode("utf-8")
+
+
+def test_offline_as_root_analyses_as_the_service_account_and_says_nothing_of_the_cache(lab):
+    """Root's offline run drops to the service account before it parses the core; that
+    account may not write root's cache, so it does not try (no message on every run)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: system mode drops privileges only as root")
+    from telemetry.probes.crash.privileges import service_account
+
+    if service_account() is None:
+        pytest.skip("neither the telemetry account nor nobody exists: root would write its cache")
+    core = lab.core("O0", "segv")
+    with tempfile.TemporaryDirectory(dir="/tmp") as shared:  # the service account reads the program
+        os.chmod(shared, 0o755)
+        exe = Path(shutil.copy(lab.exe("O0"), shared))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEM", "XDG_"))}
+        r = subprocess.run([sys.executable, "-m", "telemetry.probes.crash", "--core", str(core), "--exe", str(exe),
+                            "--debug-dir", ""], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stderr == b""
+    assert r.stdout.decode().startswith(f"Process: {exe}\n")

@@ -200,23 +200,7 @@ def _top(params: dict[str, str]) -> int:
 
 def crash_view(domain: Domain) -> Callable[[Request], Awaitable[Response]]:
     async def view(request: Request) -> Response:
-        params = params_of(request)
-        period = _period(request, params, 7)
-        if isinstance(period, Response):
-            return period
-        top = _top(params)
-
-        def read(store: Store) -> tuple[reads.CrashSummary, NeverGuilty, bool]:
-            summary = reads.crash_groups(store, domain, period, top)
-            never, default = reads.never_guilty_list(store, domain)
-            return summary, never, default
-
-        try:
-            summary, never, default = await _read(request, read)
-        except StoreError as e:
-            return _failed(request, DOMAIN_TEXT[domain]["what"], e)
-        return _site(request).render(request, "crashes.html", _crash_context(
-            domain, params, period, summary, never, default, top))
+        return await _crash_page(request, domain, params_of(request))
 
     return view
 
@@ -322,6 +306,13 @@ def _query(params: dict[str, str]) -> str:
 
 async def _rejected(request: Request, domain: Domain, params: dict[str, str], message: str,
                     entries: str) -> Response:
+    return await _crash_page(request, domain, params, error=message, entries=entries)
+
+
+async def _crash_page(request: Request, domain: Domain, params: dict[str, str], *,
+                      error: str | None = None, entries: str | None = None) -> Response:
+    """The crash groups page; with `error`, the list of never-guilty frames as it was
+    posted (`entries`) comes back beside the message, answered 400."""
     period = _period(request, params, 7)
     if isinstance(period, Response):
         return period
@@ -336,8 +327,8 @@ async def _rejected(request: Request, domain: Domain, params: dict[str, str], me
         summary, never, default = await _read(request, read)
     except StoreError as e:
         return _failed(request, DOMAIN_TEXT[domain]["what"], e)
-    return _site(request).render(request, "crashes.html", _crash_context(
-        domain, params, period, summary, never, default, top, error=message, entries=entries), status=400)
+    context = _crash_context(domain, params, period, summary, never, default, top, error=error, entries=entries)
+    return _site(request).render(request, "crashes.html", context, status=400 if error is not None else 200)
 
 
 # --- plugin views ------------------------------------------------------------------------------
