@@ -623,7 +623,7 @@ def status_cmd(ctl: Ctl, as_json: bool) -> int:
     st = status_mod.gather(
         ctl.paths, spool_dir=cfg.spool_dir, socket_path=cfg.socket_path,
         spool_max_size_kib=cfg.spool_max_size, config_file=cfg.source, daemons=_daemon_infos(ctl),
-        config_notices=cfg.notices,
+        config_notices=cfg.notices, delivery_enabled=cfg.record_server_delivery_enabled,
     )
     if as_json:
         click.echo(json.dumps(status_mod.to_json(st), indent=2))

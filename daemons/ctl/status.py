@@ -82,6 +82,7 @@ class Status:
     config_notices: tuple[Notice, ...] = ()  # what the config file has that was ignored or changed
     delivery: DeliveryState | None = None  # what telempostd last wrote, if anything
     delivery_error: str | None = None  # why it could not be read
+    delivery_enabled: bool = True  # record_server_delivery_enabled
     delivery_current: bool = False  # written by the telempostd running now (its pause still holds)
 
 
@@ -138,7 +139,7 @@ def counters_of(raw: Mapping[tuple[str, str], int], daemons: Sequence[str] = (PR
 
 def gather(paths: Paths, *, spool_dir: str, socket_path: str, spool_max_size_kib: int,
            config_file: str | None, daemons: Sequence[DaemonInfo], now: float | None = None,
-           config_notices: Sequence[Notice] = ()) -> Status:
+           config_notices: Sequence[Notice] = (), delivery_enabled: bool = True) -> Status:
     now = time.time() if now is None else now
     queue, raw = read_queue(spool_dir, spool_max_size_kib, now)
     delivery, delivery_error = None, None
@@ -152,7 +153,7 @@ def gather(paths: Paths, *, spool_dir: str, socket_path: str, spool_max_size_kib
         config_file=config_file, socket_path=socket_path, daemons=tuple(daemons), queue=queue,
         counters=counters_of(raw), now=now, config_notices=tuple(config_notices),
         delivery=delivery, delivery_current=delivery is not None and delivery.pid == postd_pid,
-        delivery_error=delivery_error,
+        delivery_error=delivery_error, delivery_enabled=delivery_enabled,
     )
 
 
@@ -217,6 +218,8 @@ def paused(st: Status) -> bool:
 
 def format_delivery(st: Status, localtime: Callable[[float], time.struct_time] = time.localtime) -> list[str]:
     d = st.delivery
+    if not st.delivery_enabled:
+        return ["Delivery:    off (record_server_delivery_enabled=false): records are journaled, never sent"]
     if st.delivery_error is not None:
         return [f"Delivery:    cannot read {delivery_state.STATE_FILE} ({st.delivery_error})"]
     if d is None:

@@ -272,6 +272,12 @@ def test_the_collectors_words_reach_a_terminal_inert():
     assert "HTTP 400: \\x1b[2J\\x9b31m\\u202egone" in text and "\x1b" not in text and "\x9b" not in text
 
 
+def test_delivery_turned_off_is_said():
+    st_ = dataclasses.replace(_with_delivery(None), delivery_enabled=False)
+    assert status_mod.format_delivery(st_) == [
+        "Delivery:    off (record_server_delivery_enabled=false): records are journaled, never sent"]
+
+
 def test_an_unreadable_delivery_state_says_so():
     st_ = dataclasses.replace(_with_delivery(None), delivery_error="Permission denied")
     assert status_mod.format_delivery(st_) == ["Delivery:    cannot read delivery.json (Permission denied)"]
