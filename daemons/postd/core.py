@@ -206,7 +206,7 @@ class Courier:
         self._inflight: dict[int, tuple[QueuedRecord, Record]] = {}
         self._decided: list[Decision] = []
         self._decided_since = 0.0
-        # What `telemctl status` shows (state.DeliveryState).
+        # What `telemctl status` shows (store/delivery.py).
         self.last_success: float | None = None
         self.last_error: LastError | None = None
         self.pause: Pause | None = None
