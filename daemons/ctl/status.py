@@ -22,6 +22,7 @@ from telemetry.daemons.store import journal
 from telemetry.daemons.store.delivery import DeliveryState, Pause
 from telemetry.daemons.store.queue import QUEUE_DB, Queue
 from telemetry.errors import TelemetryError
+from telemetry.hints import run_phrase
 from telemetry.optin import is_opted_in
 from telemetry.paths import Paths
 
@@ -83,6 +84,7 @@ class Status:
     delivery: DeliveryState | None = None  # what telempostd last wrote, if anything
     delivery_error: str | None = None  # why it could not be read
     delivery_enabled: bool = True  # record_server_delivery_enabled
+    reload_hint: str = "'telemctl reload'"  # as it works in this mode, for this user
     delivery_current: bool = False  # written by the telempostd running now (its pause still holds)
 
 
@@ -153,7 +155,7 @@ def gather(paths: Paths, *, spool_dir: str, socket_path: str, spool_max_size_kib
         config_file=config_file, socket_path=socket_path, daemons=tuple(daemons), queue=queue,
         counters=counters_of(raw), now=now, config_notices=tuple(config_notices),
         delivery=delivery, delivery_current=delivery is not None and delivery.pid == postd_pid,
-        delivery_error=delivery_error, delivery_enabled=delivery_enabled,
+        delivery_error=delivery_error, delivery_enabled=delivery_enabled, reload_hint=run_phrase(paths, "reload"),
     )
 
 
@@ -205,7 +207,7 @@ def _when(t: float, now: float, localtime: Callable[[float], time.struct_time]) 
 _PAUSE_WORDS = {
     Pause.BACKOFF: "waiting after a failure",
     Pause.RETRY_AFTER: "the collector asked to wait",
-    Pause.CONFIG_ERROR: "a configuration error; fix it and run 'telemctl reload'",
+    Pause.CONFIG_ERROR: "a configuration error; fix it and run {reload}",
 }
 
 
@@ -232,7 +234,8 @@ def format_delivery(st: Status, localtime: Callable[[float], time.struct_time] =
         lines.append(f"  last error: {_when(d.last_error.at, st.now, localtime)}: {detail}")
     if paused(st):
         assert d.paused is not None and d.paused_until is not None
-        text = f"  paused:    until {_when(d.paused_until, st.now, localtime)}: {_PAUSE_WORDS[d.paused]}"
+        words = _PAUSE_WORDS[d.paused].format(reload=st.reload_hint)
+        text = f"  paused:    until {_when(d.paused_until, st.now, localtime)}: {words}"
         if d.probe_at is not None and d.probe_at < d.paused_until:
             text += f"; next check whether the collector answers {_when(max(d.probe_at, st.now), st.now, localtime)}"
         lines.append(text)

@@ -266,6 +266,14 @@ def test_status_shows_the_last_delivery_the_last_error_and_a_pause_while_it_hold
     assert status_mod.to_json(_with_delivery(state, postd_pid=8))["delivery"]["paused"] is None
 
 
+def test_a_configuration_error_names_the_command_that_lifts_it():
+    state = DeliveryState(7, 999.0, last_error=LastError(990.0, "HTTP 400: x", 400), paused=Pause.CONFIG_ERROR,
+                          paused_until=4000.0)
+    st_ = dataclasses.replace(_with_delivery(state), reload_hint="'telemctl --user reload'")
+    assert re.search(r"^  paused:    until .*: a configuration error; fix it and run 'telemctl --user reload'$",
+                     status_mod.format_text(st_, time.gmtime), re.M)
+
+
 def test_the_collectors_words_reach_a_terminal_inert():
     state = DeliveryState(7, 999.0, last_error=LastError(990.0, "HTTP 400: \x1b[2J\x9b31m\u202egone", 400))
     text = status_mod.format_text(_with_delivery(state), time.gmtime)
