@@ -188,7 +188,7 @@ _RATE = click.FloatRange(0)
 _LIMIT_OPTIONS = (
     ("--head-timeout", "head_timeout", _SECONDS, "SECONDS",
      "Time a client has, from connecting (or from a request's first byte), to send the request head; 408 "
-     "and closed beyond."),
+     "and closed beyond.  With TLS, the handshake has as long again."),
     ("--body-timeout", "body_timeout", _SECONDS, "SECONDS",
      "Time a client has, after the head, to send the whole body; 408 and closed beyond."),
     ("--idle-timeout", "idle_timeout", _SECONDS, "SECONDS",

@@ -88,7 +88,10 @@ def serve(app: Callable, sock: socket.socket, guard: Guard, *, tls_cert: str | N
             on_ready(address)
 
     async def run() -> None:
-        task = asyncio.get_running_loop().create_task(announce())
+        loop = asyncio.get_running_loop()
+        if tls_cert is not None:
+            _bound_tls_handshakes(loop, guard.limits.head_timeout)
+        task = loop.create_task(announce())
         try:
             await server.serve(sockets=[sock])
         finally:
@@ -102,6 +105,21 @@ def serve(app: Callable, sock: socket.socket, guard: Guard, *, tls_cert: str | N
     finally:
         signal.signal(signal.SIGTERM, previous)
     return bool(server.started)
+
+
+def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    """A TLS handshake gets head_timeout, as a request head does (asyncio's default is 60 s,
+    and uvicorn has no setting): a client that connects and never completes it holds a
+    descriptor no longer than one that never finishes its head.  The guard sees a connection
+    only once its handshake is done, so this bound lives where uvicorn creates its server."""
+    create_server = loop.create_server
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", seconds)
+        return create_server(*args, **kwargs)
+
+    loop.create_server = bounded  # type: ignore[method-assign]
 
 
 def _newer_settings(config: type, **settings: Any) -> dict[str, Any]:

@@ -40,7 +40,7 @@ ALREADY_IN = "Already opted in. Nothing to do."
 ALREADY_OUT = "Already opted out. Nothing to do."
 
 COMMAND_ORDER = ("stop", "start", "restart", "reload", "is-active", "opt-in", "opt-out", "journal", "status",
-                 "metrics")
+                 "metrics", "export")
 IS_ACTIVE_ORDER = (supervise.PROBD, supervise.POSTD)
 
 
@@ -102,13 +102,15 @@ def require_systemd() -> units.Systemctl:
 
 FILES_HELP = """\b
 Files (system mode; user mode keeps the same files in the XDG directories):
-  /etc/telemetrics/opt-in            the opt-in marker
-  /etc/telemetrics/telemetrics.conf  the configuration (telemetrics.conf(5))
-  /var/spool/telemetry/queue.db      the record queue
-  /var/log/telemetry/journal.db      the journal and retained payloads
-  $XDG_CONFIG_HOME/telemetrics/      user mode: opt-in, telemetrics.conf
-  $XDG_STATE_HOME/telemetrics/       user mode: spool/, journal/, machine_id, *.log
-  $XDG_RUNTIME_DIR/telemetrics/      user mode: telem-0 socket, *.pid
+  /etc/telemetrics/opt-in              the opt-in marker
+  /etc/telemetrics/telemetrics.conf    the configuration (telemetrics.conf(5))
+  /var/spool/telemetry/                the C client's record files (imported at start)
+  /var/spool/telemetry/queue/queue.db  the record queue
+  /var/log/telemetry/journal.db        the journal and retained payloads
+  /var/log/telemetry/journal           the C client's journal (imported once)
+  $XDG_CONFIG_HOME/telemetrics/        user mode: opt-in, telemetrics.conf
+  $XDG_STATE_HOME/telemetrics/         user mode: spool/, journal/, machine_id, *.log
+  $XDG_RUNTIME_DIR/telemetrics/        user mode: telem-0 socket, *.pid
 """
 
 
@@ -600,7 +602,9 @@ request checks whether the collector answers again (retry_probe_interval).
 Counters (since the queue was created): telemprobd received, staged, deferred (rate
 limited, kept for later) and rejected:<reason>; telempostd delivered, rejected (by the
 collector), rejected-local, expired, dropped, set-aside, retried and config-error (kept
-while the configuration is at fault).
+while the configuration is at fault).  After a switch from the C client, telemprobd's
+c-spool:imported, c-spool:already-queued, c-spool:not-a-record (left alone) and
+c-spool:unreadable count the C record files it found at its starts.
 
 \b
 Files: the opt-in file, the pid files (user mode), the queue database (read-only),
@@ -668,6 +672,71 @@ def metrics_cmd(ctl: Ctl, textfile: str | None) -> int:
     if not path:
         raise TelemetryError("--textfile needs a PATH, or metrics_textfile set in telemetrics.conf")
     metrics_mod.write_textfile(path, figures)
+    return 0
+
+
+# --- export -------------------------------------------------------------------------------
+
+def _running_daemons(ctl: Ctl) -> list[str]:
+    if not ctl.system:
+        sup = supervise.Supervisor(ctl.paths)
+        return [n for n in IS_ACTIVE_ORDER if sup.status(n).state is supervise.DaemonState.ACTIVE]
+    if not systemd_running():
+        return []
+    systemctl = units.Systemctl()
+    return [n for n in IS_ACTIVE_ORDER if systemctl.is_active(units.DAEMON_SERVICES[n]) in ("active", "reloading")]
+
+
+@command("export", "Writes the queued records as C client spool files (going back)", epilog="""
+\b
+Going back to the C telemetrics-client:
+  telemctl stop                     stop telemprobd and telempostd
+  telemctl export --c-spool         hand the queued records over to the C client
+  (install and start the C client on the same telemetrics.conf)
+
+\b
+Each record becomes one file as a C telemprobd stages it: an optional CFG: line, the 15
+header lines, the payload and a newline; named as mkstemp names them, mode 0600, owned by
+the directory's owner (the C telempostd deletes files of another user), its modification
+time the time the record was received.  A file appears whole (written aside, synced,
+then linked into place).  Only once every file is on disk are the records removed from
+the queue (--keep leaves them); after an interrupted export, telemprobd recognises the
+files by content at its next start and does not queue them twice.  A queue row that holds
+no readable record is not exported and is named.
+
+\b
+Exit status: 0; 1 when a daemon still runs, the queue cannot be read or DIR cannot be
+written (the queue is then unchanged); 2 without --c-spool.
+""")
+@click.option("--c-spool", "c_spool", is_flag=False, flag_value="", default=None, metavar="DIR",
+              help="Write C spool files into DIR (default: spool_dir, where a C telempostd looks).")
+@click.option("--keep", is_flag=True, help="Leave the exported records in the queue too (a copy, not a hand-over).")
+@click.pass_obj
+@handle_errors
+def export_cmd(ctl: Ctl, c_spool: str | None, keep: bool) -> int:
+    """Write every queued record as a C telemetrics-client spool file, so that a C
+    telempostd delivers it: how records queued here survive going back to the C client.
+
+    The daemons must be stopped first (telemctl stop), so that no record is delivered by
+    both.
+    """
+    from telemetry.daemons.ctl import export as export_mod
+
+    if c_spool is None:
+        raise click.UsageError("export needs --c-spool [DIR] (the only format)")
+    require_root(ctl)
+    cfg = ctl.config()
+    running = _running_daemons(ctl)
+    if running:
+        raise TelemetryError(f"{' and '.join(running)} still running: stop them first ({run_phrase(ctl.paths, 'stop')})")
+    target = c_spool or cfg.spool_dir
+    result = export_mod.export_c_spool(cfg.spool_dir, target, keep=keep)
+    for record_id, why in result.skipped:
+        err(f"{PROG}: not exported: queued record {record_id}: {why}")
+    kept = "; they stay in the queue too (--keep)" if keep else "; removed from the queue"
+    n = len(result.written)
+    click.echo(f"{n} record{'' if n == 1 else 's'} written to {target} as C spool files"
+               + (kept if result.written else ""))
     return 0
 
 

@@ -20,7 +20,7 @@ from telemetry.daemons.ctl.journal_view import visible
 from telemetry.daemons.store import delivery as delivery_state
 from telemetry.daemons.store import journal
 from telemetry.daemons.store.delivery import DeliveryState, Pause
-from telemetry.daemons.store.queue import QUEUE_DB, Queue
+from telemetry.daemons.store.queue import QUEUE_DB, Queue, legacy_path, queue_dir
 from telemetry.errors import TelemetryError
 from telemetry.hints import run_phrase
 from telemetry.optin import is_opted_in
@@ -96,7 +96,9 @@ def cap_bytes(spool_max_size_kib: int) -> int | None:
 
 def read_queue(spool_dir: str, spool_max_size_kib: int, now: float) -> tuple[QueueInfo, dict[tuple[str, str], int]]:
     """Queue figures and raw counters; an absent queue is an empty one, an unreadable one says why."""
-    path = os.path.join(spool_dir, QUEUE_DB)
+    path = os.path.join(queue_dir(spool_dir), QUEUE_DB)
+    if not os.path.exists(path) and os.path.exists(legacy_path(spool_dir)):
+        path = legacy_path(spool_dir)  # not moved yet: no daemon has opened it since the upgrade
     cap = cap_bytes(spool_max_size_kib)
     if not os.path.exists(path):
         if os.path.isdir(spool_dir) and not os.access(spool_dir, os.R_OK | os.X_OK):

@@ -61,9 +61,10 @@ from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.umask import make_files_private
 from telemetry.daemons.runtime.watchdog import Watchdog
+from telemetry.daemons.store import cjournal
 from telemetry.daemons.store import delivery as state_mod
 from telemetry.daemons.store.journal import Counter, Journal, JournalError
-from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError
+from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, queue_dir
 from telemetry.entry import require
 from telemetry.errors import TelemetryError
 from telemetry.paths import Paths
@@ -215,6 +216,11 @@ class Postd:
             self.journal = Journal(self.paths.journal_dir, boot_id=self.boot_id)
         except JournalError as e:
             log.error("journal unavailable, records are delivered without journal entries: %s", e)
+            return
+        try:
+            cjournal.import_file(self.journal, os.path.join(self.paths.journal_dir, cjournal.C_JOURNAL))
+        except JournalError as e:
+            log.error("cannot import the C client's journal now: %s", e)
 
     def _transport_now(self) -> Transport:
         if self._transport is None:
@@ -427,7 +433,7 @@ def serve(postd: Postd, config_file: str | None) -> None:
     signals = Signals(reload=RELOAD_SIGNALS, on_stop=lambda: setattr(postd, "stopping", True),
                       on_reload=lambda: setattr(postd, "reload_requested", True)).install()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
+    watch = FileWatch(queue_dir(postd.settings.spool_dir), WAKEUP_FILE)
     sel = selectors.DefaultSelector()
     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
     sel.register(signals.fileno(), selectors.EVENT_READ, "signal")
@@ -449,7 +455,7 @@ def serve(postd: Postd, config_file: str | None) -> None:
                 if postd.settings.spool_dir != old_dir:
                     sel.unregister(watch.fileno())
                     watch.close()
-                    watch = FileWatch(postd.settings.spool_dir, WAKEUP_FILE)
+                    watch = FileWatch(queue_dir(postd.settings.spool_dir), WAKEUP_FILE)
                     sel.register(watch.fileno(), selectors.EVENT_READ, "queue")
                 postd.run_pass()
                 continue
@@ -495,12 +501,17 @@ without work once
 nothing is queued; telempostd.path starts it again when a record is queued.
 
 \b
+Switching from the C telemetrics-client: at start, the entries of the C journal
+(/var/log/telemetry/journal) are copied into journal.db once, as outcome "imported".
+
+\b
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
-  /var/spool/telemetry/queue.db       the queue it delivers from
-  /var/spool/telemetry/queue.changed  touched by telemprobd at each commit
-  /var/spool/telemetry/delivery.json  last delivery, last error, why delivery waits
-                                      (read by 'telemctl status')
-  /var/log/telemetry/journal.db       what became of each record, and retained payloads
+  /var/spool/telemetry/queue/queue.db       the queue it delivers from
+  /var/spool/telemetry/queue/queue.changed  touched by telemprobd at each commit
+  /var/spool/telemetry/queue/delivery.json  last delivery, last error, why delivery waits
+                                            (read by 'telemctl status')
+  /var/log/telemetry/journal.db             what became of each record, and retained payloads
+  /var/log/telemetry/journal                the C client's journal, imported once at start
 
 \b
 Exit status:

@@ -134,10 +134,11 @@ class IngestLoop:
         return 0
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
-        # The opt-in marker is looked at once per wake-up (by the first frame judged after
-        # it), not once per frame: a stat() per record was a measurable share of its cost.
-        # An opt-out applies from the next wake-up on; only frames of the burst being read
-        # at that instant can still be judged on the earlier look.
+        # The opt-in marker is looked at once per wake-up and once per batch of accepted
+        # connections (by the first frame judged after it), not once per frame: a stat()
+        # per record was a measurable share of its cost.  An opt-out applies from the next
+        # wake-up on; only frames of connections already open can still be judged on the
+        # earlier look.
         self._opted_in = None
         for fd, _ in events:
             if fd == self._lfd:
@@ -212,6 +213,22 @@ class IngestLoop:
     # --- accepting and reading -------------------------------------------------------
 
     def _accept(self) -> None:
+        accepted: list[Connection] = []
+        try:
+            self._accept_batch(accepted)
+        finally:
+            # Every connection of the batch is read after one new look at the opt-in marker,
+            # so a frame sent after an opt-in (or opt-out) completed is judged by it, even
+            # when this process was held up between two accepts of one batch.
+            self._opted_in = None
+            for conn in accepted:
+                self._by_fd[conn.fd] = conn
+                self._read(conn)
+                if conn.fd in self._by_fd and not conn.registered:
+                    self._ep.register(conn.fd, select.EPOLLIN)
+                    conn.registered = True
+
+    def _accept_batch(self, accepted: list[Connection]) -> None:
         now = time.monotonic()
         for _ in range(ACCEPT_BATCH):
             try:
@@ -246,11 +263,7 @@ class IngestLoop:
                     pass
                 self._send(refused)
                 continue
-            self._by_fd[conn.fd] = conn
-            self._read(conn)
-            if conn.fd in self._by_fd and not conn.registered:
-                self._ep.register(conn.fd, select.EPOLLIN)
-                conn.registered = True
+            accepted.append(conn)
 
     def _read(self, conn: Connection) -> None:
         # Peeked, then consumed except for a complete frame's last byte: it stays in the

@@ -34,6 +34,7 @@ from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.umask import make_files_private
 from telemetry.machineid import MachineId
+from telemetry.optin import is_opted_in
 from telemetry.paths import Mode, Paths
 
 PROGRAM = "telemprobd"
@@ -65,6 +66,8 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
         machine_id.refresh()
         boot_id = read_boot_id()
         stager = Stager(cfg.spool_dir, paths.journal_dir, PROGRAM)
+        if is_opted_in(paths):  # consent first, for these records as for any other
+            stager.import_c_spool()
         limiter = restore_limiter(stager, settings, boot_id)
 
         def reload() -> Settings | None:
@@ -100,6 +103,12 @@ def serve(paths: Paths, cfg, config_file: str | None) -> int:
 
 
 EPILOG = """\b
+Switching from the C telemetrics-client: at start (opted in), the record files a C
+telemprobd left in spool_dir are queued with their original headers and staging time
+and removed, exactly once; a damaged one is kept in the journal (set-aside), any other
+file left alone; each is logged and counted (c-spool:* in telemctl status).
+
+\b
 Listening: on the socket systemd passes (telemprobd.socket); started by hand, it binds
 socket_path itself (mode 0666, a stale socket is replaced, a symbolic link refused).
 
@@ -115,10 +124,11 @@ daemon_idle_time (300 s) without work; the socket starts it again.
 
 \b
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
-  /etc/telemetrics/opt-in          nothing is accepted without it
-  /var/spool/telemetry/queue.db    the queue (SQLite, WAL, synchronous=FULL)
-  /var/lib/telemetry/machine_id    the machine id, replaced every 3 days
-  /var/log/telemetry/journal.db    records refused for lack of spool space
+  /etc/telemetrics/opt-in              nothing is accepted without it
+  /var/spool/telemetry/                the C client's record files, imported at start
+  /var/spool/telemetry/queue/queue.db  the queue (SQLite, WAL, synchronous=FULL)
+  /var/lib/telemetry/machine_id        the machine id, replaced every 3 days
+  /var/log/telemetry/journal.db        records refused for lack of spool space
 
 \b
 Exit status:

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 from telemetry.ack import Ack, AckStatus
+from telemetry.daemons.probd.cimport import ImportReport, import_c_spool
 from telemetry.daemons.store.database import Fault, StoreError
 from telemetry.daemons.store.journal import Journal, Outcome, entry_for
 from telemetry.daemons.store.queue import NewRecord, Queue
@@ -195,14 +196,29 @@ class Stager:
             log.debug("cannot measure the queue: %s", e)
             return None
 
+    def import_c_spool(self) -> ImportReport | None:
+        """Take over the record files a C telemprobd left in the spool directory; None when
+        the queue cannot be used now (the files stay for the next start)."""
+        try:
+            return import_c_spool(self.spool_dir, self._ensure_queue(), self._open_journal, daemon=self.daemon,
+                                  new_id=new_record_id)
+        except Exception as e:
+            log.error("cannot import the C spool files in %s now: %s; they stay for the next start",
+                      self.spool_dir, classify_failure(e).detail)
+            return None
+
+    def _open_journal(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self.journal_dir)
+        return self._journal
+
     def journal_dropped(self, dropped: list[Dropped]) -> None:
         if not dropped:
             return
         try:
-            if self._journal is None:
-                self._journal = Journal(self.journal_dir)
-            self._journal.add([
-                entry_for(d.record_id, d.record, Outcome.DROPPED, timestamp=d.at, boot_id=self._journal.boot_id,
+            journal = self._open_journal()
+            journal.add([
+                entry_for(d.record_id, d.record, Outcome.DROPPED, timestamp=d.at, boot_id=journal.boot_id,
                           detail=d.reason)
                 for d in dropped
             ])

@@ -5,7 +5,7 @@ Here beside the queue and the journal, which telemctl reads without loading tele
 The queue says what waits; only telempostd knows why: the last delivery, the last error,
 whether delivery is paused and until when.  It rewrites `delivery.json` beside the queue
 when that changes (at most once a second while records flow), and `telemctl status`
-reads it.  Encoding and decoding are pure; a damaged or foreign file decodes to None.
+reads it.  It lives in the queue's directory, where nothing else looks for files.  Encoding and decoding are pure; a damaged or foreign file decodes to None.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from telemetry.daemons.store.queue import queue_dir
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import atomic_write, read_small
 
@@ -93,14 +94,18 @@ def decode(data: bytes) -> DeliveryState | None:
                          _time(doc.get("paused_until")), _time(doc.get("probe_at")))
 
 
+def path(spool_dir: str) -> str:
+    return os.path.join(queue_dir(spool_dir), STATE_FILE)
+
+
 def write(spool_dir: str, state: DeliveryState) -> None:
-    atomic_write(os.path.join(spool_dir, STATE_FILE), state.encode(), 0o640)
+    atomic_write(path(spool_dir), state.encode(), 0o640)
 
 
 def read(spool_dir: str) -> DeliveryState | None:
     """The state last written; None when there is none or it is damaged.  OSError when it
     is there but cannot be read (permission denied)."""
     try:
-        return decode(read_small(os.path.join(spool_dir, STATE_FILE), STATE_MAX_BYTES))
+        return decode(read_small(path(spool_dir), STATE_MAX_BYTES))
     except (FileNotFoundError, NotADirectoryError, TelemetryError):
         return None

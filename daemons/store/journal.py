@@ -90,6 +90,7 @@ class Outcome(enum.Enum):
     EXPIRED = "expired"  # older than record_expiry
     DROPPED = "dropped"  # no spool space, or delivery disabled (kept locally only)
     SET_ASIDE = "set-aside"  # the queue row held no readable record
+    IMPORTED = "imported"  # carried over from the C client's journal (which says no outcome)
 
 
 class Counter(enum.Enum):
@@ -242,6 +243,27 @@ class Journal:
                 "DELETE FROM set_aside WHERE seq NOT IN (SELECT seq FROM set_aside ORDER BY seq DESC LIMIT ?)",
                 (SET_ASIDE_MAX,),
             )
+
+    def import_once(self, key: str, fingerprint: str, entries: Sequence[JournalEntry]) -> bool:
+        """Add entries taken from elsewhere unless `key` already names this `fingerprint`;
+        one transaction with the mark, so an interrupted import is done again, whole, and a
+        finished one never twice.  Entries already present (same record id) stay as they
+        are.  True if they were added now."""
+
+        def write(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None and str(row[0]) == fingerprint:
+                return False
+            db.executemany(
+                f"INSERT OR IGNORE INTO entries ({_ENTRY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(e.record_id, e.timestamp, e.classification, e.event_id, e.boot_id, e.outcome.value,
+                  e.http_status, e.detail, e.creation_timestamp) for e in entries],
+            )
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, fingerprint))
+            db.execute("DELETE FROM entries WHERE id <= (SELECT MAX(id) FROM entries) - ?", (ENTRIES_MAX,))
+            return True
+
+        return self._db.write(write)
 
     def dropped(
         self,

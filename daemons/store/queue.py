@@ -1,7 +1,11 @@
 """The record queue shared by telemprobd (writer) and telempostd (reader, deleter).
 
-One SQLite database, `queue.db`, in WAL mode with synchronous=FULL in the spool
-directory (design.md, "Why the queue is a database").  telemprobd inserts the records of
+One SQLite database, `queue.db`, in WAL mode with synchronous=FULL in the `queue`
+subdirectory of the spool directory (design.md, "Why the queue is a database").  Not in
+the spool directory itself: a C telempostd on the same config unlinks every entry there
+that is not one of its record files, and `unlink()` fails on a directory, so what lives
+in the subdirectory survives it.  A queue an earlier version left in the spool directory
+is moved in when a daemon opens it (`migrate_legacy`).  telemprobd inserts the records of
 every waiting sender in one transaction (group commit) and only then acknowledges them;
 telempostd reads oldest first and deletes a row only once its fate is decided.  Neither
 daemon holds a write transaction across network or socket I/O.
@@ -18,13 +22,16 @@ every row that can still be read, the damaged file kept aside; failures arrive a
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import functools
+import glob
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from telemetry.daemons.store.database import (
@@ -35,12 +42,13 @@ from telemetry.daemons.store.database import (
     StoreError,
     Table,
 )
-from telemetry.fsutil import ensure_dir
+from telemetry.fsutil import ensure_dir, fsync_dir
 
 log = logging.getLogger(__name__)
 
 QUEUE_DB = "queue.db"
 WAKEUP_FILE = "queue.changed"
+QUEUE_SUBDIR = "queue"  # in spool_dir; the queue's files live only there
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -218,10 +226,15 @@ class Queue:
     def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False,
                  busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None, sync_commits: bool = True):
         self.spool_dir = spool_dir
-        self.path = os.path.join(spool_dir, QUEUE_DB)
-        self.wakeup_path = os.path.join(spool_dir, WAKEUP_FILE)
+        self.dir = queue_dir(spool_dir)
+        self.path = os.path.join(self.dir, QUEUE_DB)
+        self.wakeup_path = os.path.join(self.dir, WAKEUP_FILE)
         self._create = create and not readonly
         self._ensure_dir()
+        if self._create:
+            migrate_legacy(spool_dir, busy_timeout_ms)
+        elif readonly and not os.path.exists(self.path) and os.path.exists(legacy_path(spool_dir)):
+            self.path = legacy_path(spool_dir)  # read where it is until a daemon moves it
         self._db = Database(self.path, LAYOUT, readonly=readonly, busy_timeout_ms=busy_timeout_ms,
                             cache_kib=cache_kib, synchronous=None if sync_commits else "NORMAL")
 
@@ -229,6 +242,7 @@ class Queue:
         if self._create:
             try:
                 ensure_dir(self.spool_dir, 0o750)
+                ensure_dir(self.dir, 0o750)
             except OSError as e:  # not a directory, permission denied, no space
                 fault = Fault.FULL if e.errno in (errno.ENOSPC, errno.EDQUOT) else Fault.DENIED
                 raise QueueError(f"{self.spool_dir}: {e.strerror or e}", fault) from None
@@ -281,6 +295,32 @@ class Queue:
     def get_meta(self, key: str) -> str | None:
         row = self._db.run(lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
         return None if row is None else str(row[0])
+
+    def meta_with_prefix(self, prefix: str) -> dict[str, str]:
+        rows = self._db.run(lambda db: db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)).fetchall())
+        return {str(k): str(v) for k, v in rows}
+
+    def delete_meta(self, keys: Iterable[str]) -> None:
+        rows = [(k,) for k in keys]
+        if rows:
+            self._db.write(lambda db: db.executemany("DELETE FROM meta WHERE key = ?", rows))
+
+    def contents(self, page: int = 512) -> Iterator[tuple[bytes, bytes]]:
+        """(headers, payload) of every queued row, read a page at a time."""
+        sql = ("SELECT seq, CAST(headers AS BLOB), CAST(payload AS BLOB) FROM records WHERE seq > ?"
+               " ORDER BY seq LIMIT ?")
+        def page_after(after: int) -> list:
+            return self._db.run(lambda db: db.execute(sql, (after, page)).fetchall())
+
+        after = 0
+        while True:
+            rows = page_after(after)
+            if not rows:
+                return
+            for seq, headers, payload in rows:
+                after = seq
+                yield bytes(headers or b""), bytes(payload or b"")
 
     def touch_wakeup(self) -> None:
         # Rewritten in place with a fixed-width line: O_TRUNC would make ext4 flush the
@@ -408,3 +448,101 @@ class Queue:
     def counters(self) -> dict[tuple[str, str], int]:
         rows = self._db.run(lambda db: db.execute("SELECT daemon, name, value FROM counters").fetchall())
         return {(d, n): v for d, n, v in rows}
+
+
+# --- where the queue lives ----------------------------------------------------------------
+
+def queue_dir(spool_dir: str) -> str:
+    return os.path.join(spool_dir, QUEUE_SUBDIR)
+
+
+def legacy_path(spool_dir: str) -> str:
+    """Where versions before the `queue` subdirectory kept the queue."""
+    return os.path.join(spool_dir, QUEUE_DB)
+
+
+_SIDE_FILES = ("-wal", "-shm", "")  # the database itself last: its presence means "not moved yet"
+
+
+def migrate_legacy(spool_dir: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> bool:
+    """Move a queue left in the spool directory into the subdirectory; True if one was.
+
+    Kill-safe: the WAL is checkpointed into the database first, then the files are renamed
+    (same file system), the database last, so until it is moved the move is simply done
+    again.  When both places hold a queue (an older version ran after a newer one), the old
+    rows are copied into the new queue (a row's record id is unique: copying twice adds
+    nothing) and the old files removed.  Kept damaged copies are moved along."""
+    old = legacy_path(spool_dir)
+    target = queue_dir(spool_dir)
+    if not os.path.exists(old) and not glob.glob(glob.escape(old) + ".corrupt-*"):
+        _remove_legacy_wakeup(spool_dir)
+        return False
+    fd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for kept in glob.glob(glob.escape(old) + ".corrupt-*"):
+            os.rename(kept, os.path.join(target, os.path.basename(kept)))
+        moved = os.path.exists(old)
+        if moved:
+            new = os.path.join(target, QUEUE_DB)
+            if os.path.exists(new):
+                _merge_into(old, new, busy_timeout_ms)
+                for suffix in _SIDE_FILES:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(old + suffix)
+            else:
+                _checkpoint(old, busy_timeout_ms)
+                for suffix in _SIDE_FILES:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(old + suffix, new + suffix)
+            fsync_dir(target)
+            fsync_dir(spool_dir)
+            log.info("moved the queue from %s to %s", old, new)
+        _remove_legacy_wakeup(spool_dir)
+        return moved
+    except OSError as e:
+        raise QueueError(f"cannot move the queue {old} into {target}: {e.strerror or e}", Fault.DENIED) from None
+    finally:
+        os.close(fd)
+
+
+def _remove_legacy_wakeup(spool_dir: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(spool_dir, WAKEUP_FILE))
+
+
+def _checkpoint(path: str, busy_timeout_ms: int) -> None:
+    """Everything in the WAL written into the database; a damaged file is moved as it is."""
+    try:
+        db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    except sqlite3.Error:
+        return
+    try:
+        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    except sqlite3.Error:
+        return
+    finally:
+        db.close()
+    if busy:
+        raise QueueError(f"{path}: another process has the queue open; it is moved when that one has stopped",
+                         Fault.BUSY)
+
+
+def _merge_into(old: str, new: str, busy_timeout_ms: int) -> None:
+    columns = ", ".join(c for c in _RECORD_COLUMNS if c != "seq")
+    db = sqlite3.connect(new, uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    try:
+        db.execute("ATTACH DATABASE ? AS legacy", (f"file:{old}?mode=ro",))
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(f"INSERT OR IGNORE INTO records ({columns}) SELECT {columns} FROM legacy.records ORDER BY seq")
+        db.execute("COMMIT")
+    except sqlite3.Error as e:
+        aside = os.path.join(os.path.dirname(new), f"{QUEUE_DB}.legacy-{time.strftime('%Y%m%dT%H%M%S')}")
+        log.error("cannot copy the rows of %s into %s (%s); kept as %s", old, new, e, aside)
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        for suffix in _SIDE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(old + suffix, aside + suffix)
+    finally:
+        db.close()

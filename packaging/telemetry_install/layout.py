@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from telemetry.daemons.store.queue import WAKEUP_FILE
+from telemetry.daemons.store.queue import WAKEUP_FILE, queue_dir
 from telemetry.paths import SERVICE_USER, Paths
 from telemetry.version import __version__
 
@@ -84,7 +84,8 @@ class Layout:
             "OPTIN_FILE": p.opt_in_file,
             "SOCKET_PATH": p.socket_path,
             "SPOOLDIR": p.spool_dir,
-            "WAKEUP_FILE": os.path.join(p.spool_dir, WAKEUP_FILE),
+            "QUEUEDIR": queue_dir(p.spool_dir),
+            "WAKEUP_FILE": os.path.join(queue_dir(p.spool_dir), WAKEUP_FILE),
             "STATEDIR": p.state_dir,
             "LOGDIR": p.journal_dir,
             "CACHEDIR": p.cache_dir,

@@ -195,7 +195,7 @@ def test_paging_with_the_cursor_reads_everything_once(user_install):
 
 # --- machine identity from client certificates -----------------------------------------------
 
-def curl(url: str, path: str, *, cainfo: str, cert: str, key: str, headers: list[tuple[str, str]] | None = None,
+def curl(url: str, path: str, *, cainfo: str, cert: str | None = None, key: str | None = None, headers: list[tuple[str, str]] | None = None,
          body: bytes | None = None) -> Answer:
     c = pycurl.Curl()
     out = BytesIO()
@@ -205,8 +205,9 @@ def curl(url: str, path: str, *, cainfo: str, cert: str, key: str, headers: list
         if body is not None:
             c.setopt(pycurl.POSTFIELDS, body)
         c.setopt(pycurl.CAINFO, cainfo)
-        c.setopt(pycurl.SSLCERT, cert)
-        c.setopt(pycurl.SSLKEY, key)
+        if cert is not None:
+            c.setopt(pycurl.SSLCERT, cert)
+            c.setopt(pycurl.SSLKEY, key)
         c.setopt(pycurl.WRITEDATA, out)
         c.perform()
         return Answer(c.getinfo(pycurl.RESPONSE_CODE), {}, out.getvalue())
@@ -416,3 +417,23 @@ def test_telempostd_delivers_everything_through_the_rate_limit(user_install):
         assert stats["rejected_by_rule"].get("rate_limited", 0) >= 1  # it was limited, and waited
         assert sorted(r["payload"] for r in c.records(machine_id=machine)) == sorted(f"payload {i}\n"
                                                                                       for i in range(12))
+
+
+def test_a_tls_handshake_never_finished_is_closed_at_the_head_deadline(user_install):
+    """A client that connects to a TLS collector and sends nothing holds its descriptor no
+    longer than the head deadline (asyncio alone would keep it for 60 s)."""
+    pki = make_pki(user_install.root)
+    tls = ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"))
+    with start(user_install, *tls, "--head-timeout", "1") as c:
+        parts = urllib.parse.urlsplit(c.url)
+        with socket.create_connection((parts.hostname, parts.port)) as s:
+            s.settimeout(30)  # well under asyncio's own 60 s
+            try:
+                closed = s.recv(1) == b""
+            except ConnectionResetError:
+                closed = True
+            except TimeoutError:
+                closed = False
+        assert closed, "the server kept a connection that never began its TLS handshake"
+        ca = str(pki / "ca.pem")
+        assert curl(c.url, "/v2/collector", cainfo=ca, headers=header_list(VALID), body=b"after").status == 201

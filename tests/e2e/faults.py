@@ -215,7 +215,7 @@ def outage(inst, workdir: Path, plan: OutagePlan = OutagePlan()) -> OutageOutcom
 def age_oldest(spool_dir: str, n: int, expiry_minutes: int) -> list[str]:
     """Move the received time of the `n` oldest queued rows back beyond record_expiry,
     as an outage that long would have; returns their record ids."""
-    db = sqlite3.connect(f"{spool_dir}/queue.db", isolation_level=None, timeout=10)
+    db = sqlite3.connect(f"{spool_dir}/queue/queue.db", isolation_level=None, timeout=10)
     try:
         rows = [r[0] for r in db.execute("SELECT record_id FROM records ORDER BY seq LIMIT ?", (n,))]
         db.executemany("UPDATE records SET received_at = received_at - ? WHERE record_id = ?",
@@ -409,7 +409,7 @@ def disk_full(inst, workdir: Path, plan: DiskFullPlan = DiskFullPlan()) -> DiskF
                 time.sleep(plan.before_seconds)
                 # Give the WALs' space back first, so that every write (telemprobd's
                 # inserts, telempostd's updates and deletes) needs a new block.
-                for db in (os.path.join(pipe.spool_dir, "queue.db"), os.path.join(pipe.journal_dir, "journal.db")):
+                for db in (os.path.join(pipe.spool_dir, "queue", "queue.db"), os.path.join(pipe.journal_dir, "journal.db")):
                     checkpoint(db)
                 filler = fill(state_dir)
                 full_at = time.monotonic()
@@ -436,7 +436,7 @@ def disk_full(inst, workdir: Path, plan: DiskFullPlan = DiskFullPlan()) -> DiskF
         stats = collector.stats()
         stored = collector.rows()
         checks = {name: integrity(os.path.join(d, name)) for d, name in
-                  ((pipe.spool_dir, "queue.db"), (pipe.journal_dir, "journal.db"))}
+                  ((os.path.join(pipe.spool_dir, "queue"), "queue.db"), (pipe.journal_dir, "journal.db"))}
         damaged = tuple(sorted(glob.glob(f"{state_dir}/**/*.corrupt-*", recursive=True)
                                + glob.glob(f"{state_dir}/**/.tmp-*", recursive=True)))
     delivered, lost, _ = compare(ledger.acked, stored)

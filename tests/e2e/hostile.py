@@ -58,7 +58,7 @@ def write_rows(spool_dir: str, rows: list[dict]) -> None:
     """Straight into the queue, in one transaction, as found; duplicates of a record id
     are made unique by a suffix (the column is UNIQUE)."""
     Queue(spool_dir).close()  # the schema
-    db = sqlite3.connect(f"{spool_dir}/queue.db", isolation_level=None, timeout=10)
+    db = sqlite3.connect(f"{spool_dir}/queue/queue.db", isolation_level=None, timeout=10)
     try:
         db.execute("BEGIN IMMEDIATE")
         cols = RowMutator.COLUMNS
@@ -144,7 +144,7 @@ def hostile_rows(inst, workdir: Path, plan: RowsPlan = RowsPlan()) -> RowsOutcom
 def waiting_rows(spool_dir: str) -> list[bool]:
     """For each row left in the queue: whether its own times say it is not due yet (a far
     future or non-numeric next attempt or deferral)."""
-    db = sqlite3.connect(f"file:{spool_dir}/queue.db?mode=ro", uri=True, timeout=10)
+    db = sqlite3.connect(f"file:{spool_dir}/queue/queue.db?mode=ro", uri=True, timeout=10)
     try:
         now = time.time()
         return [typeof_a != "real" and typeof_a != "integer" or typeof_d not in ("real", "integer") or a > now or d > now
@@ -257,7 +257,7 @@ DAMAGES = ("garbage", "zeroed-header", "truncated", "flipped-pages", "garbage-wa
 
 def damage_file(spool_dir: str, kind: str, rng: random.Random) -> None:
     """Damage a queue.db whose WAL was checkpointed (every row is in the file)."""
-    path = os.path.join(spool_dir, "queue.db")
+    path = os.path.join(spool_dir, "queue", "queue.db")
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         if kind == "garbage":
@@ -319,7 +319,7 @@ def damaged_queue_files(inst, workdir: Path, plan: DamagePlan = DamagePlan()) ->
             q.insert_many([NewRecord(rid, time.time(), Sender(0, 0, 1), r.header_block(), r.payload)
                            for rid, r in zip(old_ids, old, strict=True)])
             q.close()
-            db = sqlite3.connect(os.path.join(pipe.spool_dir, "queue.db"), isolation_level=None)
+            db = sqlite3.connect(os.path.join(pipe.spool_dir, "queue", "queue.db"), isolation_level=None)
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every row in the file that is damaged
             db.close()
             damage_file(pipe.spool_dir, kind, rng)
@@ -338,7 +338,7 @@ def damaged_queue_files(inst, workdir: Path, plan: DamagePlan = DamagePlan()) ->
         acked += len(ledger.acked)
         delivered += n_delivered
         lost += len(n_lost)
-        aside = tuple(sorted(os.path.basename(p) for p in glob.glob(os.path.join(pipe.spool_dir, "queue.db.corrupt-*"))
+        aside = tuple(sorted(os.path.basename(p) for p in glob.glob(os.path.join(pipe.spool_dir, "queue", "queue.db.corrupt-*"))
                              if not p.endswith(("-wal", "-shm"))))
         out.append(Damaged(kind, len(ledger.acked), tuple(n_lost), sum(1 for rid in old_ids if rid in stored), aside,
                            state, log))

@@ -229,14 +229,14 @@ def queue_stats(spool_dir: str) -> tuple[int, int]:
     """(rows, bytes) in the queue; (-1, -1) while the file is damaged (until a daemon
     notices and moves it aside)."""
     try:
-        rows = _read(os.path.join(spool_dir, "queue.db"), "SELECT COUNT(*), TOTAL(size) FROM records")
+        rows = _read(os.path.join(spool_dir, "queue", "queue.db"), "SELECT COUNT(*), TOTAL(size) FROM records")
     except sqlite3.DatabaseError:
         return -1, -1
     return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
 
 def queue_order(spool_dir: str) -> list[str]:
-    return [r[0] for r in _read(os.path.join(spool_dir, "queue.db"), "SELECT record_id FROM records ORDER BY seq")]
+    return [r[0] for r in _read(os.path.join(spool_dir, "queue", "queue.db"), "SELECT record_id FROM records ORDER BY seq")]
 
 
 def journal_outcomes(journal_dir: str) -> dict[str, str]:

@@ -193,7 +193,7 @@ class ServiceManager:
                  *, socket_activation: bool = True, postd: bool = True):
         self.env = dict(env)
         self.socket_path = socket_path
-        self.wakeup_file = os.path.join(spool_dir, "queue.changed")
+        self.wakeup_file = os.path.join(spool_dir, "queue", "queue.changed")
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self.listener: socket.socket | None = None

@@ -52,7 +52,7 @@ def send_in_background(client: Client) -> Outcome:
 
 
 def lock_queue(spool_dir: str) -> sqlite3.Connection:
-    db = sqlite3.connect(f"{spool_dir}/queue.db", isolation_level=None)
+    db = sqlite3.connect(f"{spool_dir}/queue/queue.db", isolation_level=None)
     db.execute("BEGIN IMMEDIATE")
     return db
 

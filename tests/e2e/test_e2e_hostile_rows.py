@@ -35,7 +35,7 @@ def add_rows(spool_dir: str, n: int) -> list[str]:
 
 
 def damage_one(spool_dir: str, record_id: str, assignment: str, value) -> None:
-    db = sqlite3.connect(f"{spool_dir}/queue.db", isolation_level=None)
+    db = sqlite3.connect(f"{spool_dir}/queue/queue.db", isolation_level=None)
     try:
         db.execute(f"UPDATE records SET {assignment} = ? WHERE record_id = ?", (value, record_id))
     finally:
@@ -67,7 +67,7 @@ def test_a_mistyped_row_is_decided_and_the_rest_delivered(user_install, case):
         pipe = Pipeline(user_install, col.url, "rate_limit_enabled=false", postd=True)
         ids = add_rows(pipe.spool_dir, 3)
         if column == "record_id":
-            db = sqlite3.connect(f"{pipe.spool_dir}/queue.db", isolation_level=None)
+            db = sqlite3.connect(f"{pipe.spool_dir}/queue/queue.db", isolation_level=None)
             db.execute("UPDATE records SET record_id = CAST(? AS BLOB) WHERE record_id = ?" if isinstance(value, bytes)
                        else "UPDATE records SET record_id = ? WHERE record_id = ?", (value, ids[1]))
             db.close()

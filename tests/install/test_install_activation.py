@@ -23,7 +23,7 @@ import pytest
 from telemetry import create_record
 from telemetry.client import Client
 from telemetry.config import load
-from telemetry.daemons.store.queue import WAKEUP_FILE, Queue
+from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, queue_dir
 
 WAIT = 60.0  # a bound for a loaded machine, never a measurement
 
@@ -106,7 +106,7 @@ def test_socket_activated_telemprobd_receives_a_record(user_install, short_dir):
         queue.close()
     assert record is not None and record.payload == b"socket activated"
     # The wake-up file telempostd.path watches (PathModified=) is written after the commit.
-    assert (Path(cfg.spool_dir) / WAKEUP_FILE).exists()
+    assert (Path(queue_dir(cfg.spool_dir)) / WAKEUP_FILE).exists()
     assert sock_path.exists(), "the socket belongs to the activator; telemprobd must not remove it"
 
 

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from telemetry.daemons import MODULES
-from telemetry.daemons.store.queue import WAKEUP_FILE
+from telemetry.daemons.store.queue import WAKEUP_FILE, queue_dir
 from telemetry.paths import SERVICE_USER
 from telemetry_install import artifacts
 from telemetry_install.layout import Layout, under
@@ -88,7 +88,8 @@ def test_layout_derives_every_runtime_path_from_paths(user_install):
     assert v["BINDIR"] == "/opt/tm/bin"
     assert v["OPTIN_FILE"] == "/opt/etc/telemetrics/opt-in"
     assert v["SPOOLDIR"] == "/srv/var/spool/telemetry"
-    assert v["WAKEUP_FILE"] == f"/srv/var/spool/telemetry/{WAKEUP_FILE}"
+    assert v["WAKEUP_FILE"] == f"/srv/var/spool/telemetry/queue/{WAKEUP_FILE}"
+    assert v["QUEUEDIR"] == "/srv/var/spool/telemetry/queue"
     assert v["SOCKET_PATH"] == "/run2/telem-0"
     assert v["TMPFILES_CONF"] == "/opt/tm/lib/tmpfiles.d/telemetrics-dirs.conf"
     assert under("/d", "/usr/bin") == "/d/usr/bin" and under("", "/usr/bin") == "/usr/bin"
@@ -172,7 +173,7 @@ def test_socket_and_path_units_follow_the_configured_locations(user_install):
     sock = unit(next(a for a in UNITS if a.name == "telemprobd.socket"), layout)
     path = unit(next(a for a in UNITS if a.name == "telempostd.path"), layout)
     assert sock["Socket"]["ListenStream"] == "/run2/telem-0"
-    assert path["Path"]["PathModified"] == f"/srv/var/spool/telemetry/{WAKEUP_FILE}"
+    assert path["Path"]["PathModified"] == f"/srv/var/spool/telemetry/queue/{WAKEUP_FILE}"
     assert path["Path"]["Unit"] == "telempostd.service"
 
 
@@ -183,8 +184,8 @@ def test_tmpfiles_lists_every_work_directory_owned_by_the_service_user(user_inst
     lines = [line.split() for line in fill(tmp.source.read_text(), layout.placeholders()).splitlines()
              if line and not line.startswith("#")]
     p = layout.paths
-    assert {line[1] for line in lines} == {p.state_dir, p.spool_dir, p.journal_dir, p.cache_dir,
-                                           p.pstore_cache_dir}
+    assert {line[1] for line in lines} == {p.state_dir, p.spool_dir, queue_dir(p.spool_dir), p.journal_dir,
+                                           p.cache_dir, p.pstore_cache_dir}
     for kind, _path, mode, user, group, age in lines:
         assert (kind, user, group, age) == ("d", SERVICE_USER, SERVICE_USER, "-")
         assert int(mode, 8) & 0o007 == 0

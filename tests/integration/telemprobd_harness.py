@@ -217,7 +217,7 @@ def queued(spool_dir: str | Path):
 
 def rows(probd: Probd) -> list:
     """What telemprobd's queue holds; nothing before it made the queue."""
-    return queued(probd.spool_dir) if os.path.exists(os.path.join(probd.spool_dir, "queue.db")) else []
+    return queued(probd.spool_dir) if os.path.exists(os.path.join(probd.spool_dir, "queue", "queue.db")) else []
 
 
 def row_headers(row) -> dict[str, str]:

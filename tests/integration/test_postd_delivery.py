@@ -220,7 +220,7 @@ def test_a_queue_of_damaged_rows_does_not_flood_the_log(user_install, fake, capl
 
 def test_two_rows_with_the_same_id_text_and_blob_are_both_decided(user_install, fake):
     ids = fill(user_install, 2)
-    db = sqlite3.connect(f"{user_install.paths.spool_dir}/queue.db", isolation_level=None)
+    db = sqlite3.connect(f"{user_install.paths.spool_dir}/queue/queue.db", isolation_level=None)
     db.execute("UPDATE records SET record_id = CAST(? AS BLOB) WHERE record_id = ?", (ids[0], ids[1]))
     db.close()
     postd = make_postd(user_install, fake, max_in_flight=2)

@@ -267,8 +267,8 @@ def test_status_reads_the_queue_beside_a_writer(user_install):
 def test_status_of_a_damaged_queue_says_so(user_install):
     from telemetry.daemons.ctl import status as status_mod
 
-    os.makedirs(user_install.paths.spool_dir)
-    with open(os.path.join(user_install.paths.spool_dir, "queue.db"), "wb") as f:
+    os.makedirs(os.path.join(user_install.paths.spool_dir, "queue"))
+    with open(os.path.join(user_install.paths.spool_dir, "queue", "queue.db"), "wb") as f:
         f.write(b"garbage" * 1000)
     info, counters = status_mod.read_queue(user_install.paths.spool_dir, 5120, now=0.0)
     assert info.error and counters == {}

@@ -26,7 +26,7 @@ from support import wait_until
 
 from telemetry.daemons.store import journal as journal_mod
 from telemetry.daemons.store.journal import Outcome
-from telemetry.daemons.store.queue import QUEUE_DB
+from telemetry.daemons.store.queue import QUEUE_DB, queue_dir
 from telemetry.version import __version__
 
 
@@ -196,7 +196,7 @@ def test_retry_after_in_real_time(user_install, collector):
 
 def test_damaged_queue_database_is_moved_aside(user_install, collector):
     user_install.write_config(settings_text(collector.url))
-    spool = user_install.paths.spool_dir
+    spool = queue_dir(user_install.paths.spool_dir)
     os.makedirs(spool, exist_ok=True)
     with open(os.path.join(spool, QUEUE_DB), "wb") as f:
         f.write(b"this is not an SQLite database, it was damaged on disk" * 100)
@@ -320,17 +320,17 @@ def test_started_by_hand_its_files_are_not_for_other_users(user_install, collect
     import stat
     import sys
 
-    from telemetry.daemons.store.delivery import STATE_FILE
+    from telemetry.daemons.store import delivery
 
     user_install.write_config(settings_text(collector.url))
-    assert not os.path.exists(os.path.join(user_install.paths.spool_dir, QUEUE_DB))  # telempostd makes it
+    spool, journal = user_install.paths.spool_dir, user_install.paths.journal_dir
+    assert not os.path.exists(spool)  # telempostd makes it all
     proc = subprocess.Popen([sys.executable, "-m", MODULE], env=user_install.env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, preexec_fn=lambda: os.umask(0o022))
     try:
-        spool, journal = user_install.paths.spool_dir, user_install.paths.journal_dir
-        wait_until(lambda: os.path.exists(os.path.join(spool, STATE_FILE)), 30, "the first pass")
-        files = [os.path.join(spool, n) for n in os.listdir(spool)] + [os.path.join(journal, n)
-                                                                       for n in os.listdir(journal)]
+        wait_until(lambda: os.path.exists(delivery.path(spool)), 30, "the first pass")
+        files = [os.path.join(d, n) for top in (spool, journal) for d, dirs, names in os.walk(top)
+                 for n in names + dirs]
         assert any(f.endswith(QUEUE_DB) for f in files) and any(f.endswith("journal.db") for f in files)
         for f in files:
             assert stat.S_IMODE(os.stat(f).st_mode) & 0o007 == 0, (f, oct(os.stat(f).st_mode))

@@ -58,14 +58,14 @@ def test_disk_full_is_answered_no_space_and_service_resumes(user_install, tiny_t
 
 def test_a_corrupt_queue_is_moved_aside_and_a_new_one_started(user_install):
     spool = user_install.paths.spool_dir
-    os.makedirs(spool, exist_ok=True)
+    os.makedirs(os.path.join(spool, "queue"), exist_ok=True)
     garbage = b"this is not an SQLite database\n" * 200
-    with open(os.path.join(spool, "queue.db"), "wb") as f:
+    with open(os.path.join(spool, "queue", "queue.db"), "wb") as f:
         f.write(garbage)
     with Probd(user_install) as probd:
         assert probd.send_raw(FRAME).startswith(b"TM/1 accepted")
         assert len(queued(spool)) == 1
-    aside = glob.glob(os.path.join(spool, "queue.db.corrupt-*"))
+    aside = glob.glob(os.path.join(spool, "queue", "queue.db.corrupt-*"))
     assert len(aside) == 1 and open(aside[0], "rb").read() == garbage
 
 
@@ -73,7 +73,7 @@ def test_a_queue_corrupted_while_running_is_moved_aside_and_service_continues(us
     with Probd(user_install, "rate_limit_enabled=false") as probd:
         for _ in range(20):
             assert probd.send_raw(FRAME).startswith(b"TM/1 accepted")
-        path = os.path.join(probd.spool_dir, "queue.db")
+        path = os.path.join(probd.spool_dir, "queue", "queue.db")
         # Move everything into the main file (this also makes the daemon drop its page
         # cache at its next transaction), then damage that file.
         db = sqlite3.connect(path, isolation_level=None)
@@ -84,7 +84,7 @@ def test_a_queue_corrupted_while_running_is_moved_aside_and_service_continues(us
             f.write(b"\xde\xad\xbe\xef" * (size // 4))
         assert probd.send_raw(FRAME).startswith(b"TM/1 accepted")
         assert "is damaged" in probd.wait_for_log("moved aside")
-        aside = [p for p in glob.glob(os.path.join(probd.spool_dir, "queue.db.corrupt-*"))
+        aside = [p for p in glob.glob(os.path.join(probd.spool_dir, "queue", "queue.db.corrupt-*"))
                  if not p.endswith(("-wal", "-shm"))]
         assert len(aside) == 1 and open(aside[0], "rb").read(4) == b"\xde\xad\xbe\xef"
         assert probd.send_raw(FRAME).startswith(b"TM/1 accepted")
@@ -138,7 +138,7 @@ def test_a_locked_queue_is_answered_busy_and_service_resumes(user_install):
         release = threading.Event()
 
         def hold_lock() -> None:
-            db = sqlite3.connect(os.path.join(probd.spool_dir, "queue.db"), isolation_level=None)
+            db = sqlite3.connect(os.path.join(probd.spool_dir, "queue", "queue.db"), isolation_level=None)
             db.execute("BEGIN IMMEDIATE")
             held.set()
             release.wait(20)
@@ -177,7 +177,7 @@ def test_a_truncated_queue_keeps_every_readable_acknowledged_record(user_install
     with probd:
         acked = [probd.send_raw(c_frame(good_headers(event_id=f"{i:032x}"), b"x" * 900)).split()[2].decode()
                  for i in range(120)]
-    path = os.path.join(user_install.paths.spool_dir, "queue.db")
+    path = os.path.join(user_install.paths.spool_dir, "queue", "queue.db")
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()

@@ -10,7 +10,14 @@ from telemprobd_harness import Probd, c_frame, good_headers
 
 from telemetry.daemons.probd.staging import Stager
 from telemetry.daemons.runtime.throttle import LogThrottle
-from telemetry.daemons.store.queue import QUEUE_DB, NewRecord, Queue, QueueError, Sender
+from telemetry.daemons.store.queue import (
+    QUEUE_DB,
+    QUEUE_SUBDIR,
+    NewRecord,
+    Queue,
+    QueueError,
+    Sender,
+)
 
 BURST = LogThrottle().burst  # telemprobd's default allowance
 
@@ -45,7 +52,7 @@ def test_measure_of_an_unusable_spool_is_unknown(tmp_path):
 @pytest.mark.parametrize("version", ["x", "2"])
 def test_a_schema_version_this_program_does_not_know_is_a_queue_error(tmp_path, version):
     Queue(str(tmp_path)).close()
-    db = sqlite3.connect(tmp_path / QUEUE_DB)
+    db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
     db.commit()
     db.close()

@@ -70,6 +70,33 @@ def test_queue_change_starts_telempostd_and_the_record_reaches_the_collector(rea
     assert int(prop(m, "telempostd.service", "NRestarts")) == 0
 
 
+C_RECORD_HEADERS = (
+    ("record_format_version", "4"), ("classification", "org.example/systemd/cspool"), ("severity", "2"),
+    ("machine_id", "6a1f0e3c2b7d4e8f9a0b1c2d3e4f5a6b"), ("creation_timestamp", "1700000000"), ("arch", "x86_64"),
+    ("host_type", "no_sv_file|no_pn_file|no_pvr_file"), ("build", "41000"), ("kernel_version", "6.6.1-1.native"),
+    ("payload_format_version", "1"), ("system_name", "clear-linux-os"), ("board_name", "no_bn_file|no_bv_file"),
+    ("cpu_model", "blank"), ("bios_version", "no_bv_file"), ("event_id", "c" * 32),
+)
+
+
+def test_records_a_c_telemprobd_staged_are_delivered_and_the_queue_lives_apart(ready):
+    """The layout a C telemprobd leaves (spec/wire-and-records.md 5): a file of 15 header
+    lines, the payload and a newline, mode 0600, owned by the telemetry user."""
+    m = ready
+    stop_daemons(m)
+    assert m.run("test", "-f", "/var/spool/telemetry/queue/queue.db").returncode == 0
+    assert m.run("test", "-e", "/var/spool/telemetry/queue.db").returncode != 0
+    staged = "".join(f"{k}: {v}\n" for k, v in C_RECORD_HEADERS) + "from the C client\n"
+    m.sh("umask 077 && cat > /var/spool/telemetry/Ab3dE9 && chown telemetry:telemetry /var/spool/telemetry/Ab3dE9",
+         input=staged, check=True)
+    m.run("systemctl", "start", "telemprobd.service", check=True)
+    got = wait_for(lambda: [x for x in records_of(m, "org.example/systemd/cspool")
+                            if x.get("event_id") == "c" * 32], what="the C record at the collector")
+    assert got[0]["payload"] == "from the C client"  # the C telemprobd's newline is framing
+    assert m.run("test", "-e", "/var/spool/telemetry/Ab3dE9").returncode != 0
+    assert "1 imported" in journal(m, "telemprobd.service")
+
+
 def test_cold_start_figure(ready, figures):
     """From cold (both services stopped, only their socket and path units armed): the time
     from running hprobe to the record being at the collector.  A figure, not a check."""

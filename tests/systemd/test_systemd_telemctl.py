@@ -13,7 +13,7 @@ from system import (
 
 TRIGGERS = ("hprobe.timer", "telemprobd.socket", "telempostd.path")
 SERVICES = ("telemprobd.service", "telempostd.service")
-DATA = ("/var/spool/telemetry/queue.db", "/var/lib/telemetry/machine_id", "/var/log/telemetry/journal.db")
+DATA = ("/var/spool/telemetry/queue/queue.db", "/var/lib/telemetry/machine_id", "/var/log/telemetry/journal.db")
 
 
 def enabled(m, unit: str) -> str:

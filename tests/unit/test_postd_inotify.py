@@ -16,7 +16,7 @@ from telemetry.daemons.postd.inotify import (
     FileWatch,
     parse_events,
 )
-from telemetry.daemons.store.queue import Queue
+from telemetry.daemons.store.queue import Queue, queue_dir
 
 names = st.text(st.characters(blacklist_characters="\0/", blacklist_categories=("Cs",)), min_size=0, max_size=40)
 
@@ -50,7 +50,8 @@ def readable(fd: int, timeout: float = 5.0) -> bool:
 
 def test_watch_sees_the_queue_wakeup_and_ignores_other_files(tmp_path):
     spool = str(tmp_path)
-    watch = FileWatch(spool, "queue.changed")
+    Queue(spool).close()
+    watch = FileWatch(queue_dir(spool), "queue.changed")
     try:
         with open(tmp_path / "other", "w") as f:
             f.write("x")
@@ -62,7 +63,7 @@ def test_watch_sees_the_queue_wakeup_and_ignores_other_files(tmp_path):
         assert readable(watch.fileno())
         assert watch.read() is True
         assert watch.read() is False  # drained
-        os.rename(tmp_path / "other", tmp_path / "queue.changed")  # renamed into place also counts
+        os.rename(tmp_path / "other", tmp_path / "queue" / "queue.changed")  # renamed into place also counts
         assert readable(watch.fileno())
         assert watch.read() is True
     finally:

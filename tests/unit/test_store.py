@@ -31,7 +31,7 @@ def filled_queue(spool: Path, n: int) -> list[str]:
     batch = rows(n)
     q.insert_many(batch)
     q.close()
-    db = sqlite3.connect(spool / QUEUE_DB)
+    db = sqlite3.connect(spool / "queue" / QUEUE_DB)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     return [r.record_id for r in batch]
@@ -61,13 +61,13 @@ def digest(path: str) -> str:
 
 
 def aside_files(spool: Path) -> list[str]:
-    return [str(p) for p in spool.glob(QUEUE_DB + ".corrupt-*") if not str(p).endswith(("-wal", "-shm"))]
+    return [str(p) for p in (spool / "queue").glob(QUEUE_DB + ".corrupt-*") if not str(p).endswith(("-wal", "-shm"))]
 
 
 def test_a_truncated_queue_keeps_every_readable_acknowledged_record(tmp_path, caplog):
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 300)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     os.truncate(path, os.path.getsize(path) // 2)
     readable = readable_ids(path, len(ids))
     damaged = digest(str(path))
@@ -87,7 +87,7 @@ def test_a_truncated_queue_keeps_every_readable_acknowledged_record(tmp_path, ca
 def test_a_damaged_page_in_the_middle_loses_only_its_rows(tmp_path):
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 200)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     pages = os.path.getsize(path) // PAGE
     with open(path, "r+b") as f:
         f.seek((pages // 2) * PAGE)
@@ -103,7 +103,7 @@ def test_a_damaged_page_in_the_middle_loses_only_its_rows(tmp_path):
 def test_new_rows_after_a_salvage_come_after_the_old_ones(tmp_path):
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 100)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     os.truncate(path, os.path.getsize(path) * 3 // 4)
     q = Queue(str(spool))
     q.stage(rows(1, start=1000))
@@ -121,7 +121,7 @@ def test_the_other_daemon_follows_the_recovered_file(tmp_path, caplog):
     ids = filled_queue(spool, 50)
     writer = Queue(str(spool))
     reader = Queue(str(spool))
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     with open(path, "r+b") as f:
         f.seek(PAGE * 2)
         f.write(b"\0" * PAGE * 3)
@@ -139,9 +139,9 @@ def test_the_other_daemon_follows_the_recovered_file(tmp_path, caplog):
 
 def test_garbage_is_moved_aside_untouched(tmp_path):
     spool = tmp_path / "spool"
-    spool.mkdir()
+    (spool / "queue").mkdir(parents=True)
     garbage = b"this is not an SQLite database\n" * 200
-    (spool / QUEUE_DB).write_bytes(garbage)
+    (spool / "queue" / QUEUE_DB).write_bytes(garbage)
     q = Queue(str(spool))
     q.stage(rows(2))
     assert len(q.all()) == 2
@@ -152,8 +152,8 @@ def test_garbage_is_moved_aside_untouched(tmp_path):
 
 def test_a_read_only_reader_never_recovers(tmp_path):
     spool = tmp_path / "spool"
-    spool.mkdir()
-    (spool / QUEUE_DB).write_bytes(b"garbage" * 1000)
+    (spool / "queue").mkdir(parents=True)
+    (spool / "queue" / QUEUE_DB).write_bytes(b"garbage" * 1000)
     with pytest.raises(QueueError) as info:
         Queue(str(spool), readonly=True)
     assert info.value.fault is Fault.CORRUPT
@@ -164,7 +164,7 @@ def test_errors_are_classified_by_their_sqlite_code(tmp_path):
     spool = tmp_path / "spool"
     filled_queue(spool, 1)
     q = Queue(str(spool), busy_timeout_ms=0)
-    holder = sqlite3.connect(spool / QUEUE_DB, isolation_level=None)
+    holder = sqlite3.connect(spool / "queue" / QUEUE_DB, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(QueueError) as info:
@@ -214,7 +214,7 @@ def test_a_damaged_journal_keeps_its_readable_entries(tmp_path, caplog):
 def test_a_damaged_attempt_count_can_still_be_counted_up(tmp_path):
     spool = tmp_path / "spool"
     [rid] = filled_queue(spool, 1)
-    db = sqlite3.connect(spool / QUEUE_DB)
+    db = sqlite3.connect(spool / "queue" / QUEUE_DB)
     db.execute("UPDATE records SET attempts = ?", (2**63 - 1,))
     db.commit()
     db.close()
@@ -230,7 +230,7 @@ def test_a_salvage_ends_when_the_damaged_file_claims_keys_far_beyond_its_rows(tm
     the damage gives up a bounded distance after the last row found."""
     spool = tmp_path / "spool"
     ids = filled_queue(spool, 200)
-    path = spool / QUEUE_DB
+    path = spool / "queue" / QUEUE_DB
     db = sqlite3.connect(path)
     db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'records'", (2**62,))
     db.commit()
@@ -244,3 +244,50 @@ def test_a_salvage_ends_when_the_damaged_file_claims_keys_far_beyond_its_rows(tm
     survived = {r.record_id for r in q.all(10_000)}
     q.close()
     assert readable <= survived
+
+
+# --- the queue's place: <spool_dir>/queue, moved there from spool_dir ----------------------------
+
+def to_legacy_layout(spool: Path) -> None:
+    for p in (spool / "queue").iterdir():
+        p.rename(spool / p.name)
+    (spool / "queue").rmdir()
+
+
+def test_a_queue_in_the_spool_directory_is_moved_in_with_its_rows_and_state(tmp_path):
+    spool = tmp_path / "spool"
+    ids = filled_queue(spool, 5)
+    q = Queue(str(spool))
+    q.stage([], {("telemprobd", "received"): 5}, {"telemprobd.ratelimit": "{}"})
+    q.touch_wakeup()
+    q.close()
+    to_legacy_layout(spool)
+    (spool / (QUEUE_DB + ".corrupt-20260101T000000-1")).write_bytes(b"kept")
+    reader = Queue(str(spool), readonly=True)
+    assert reader.stats()[0] == 5  # read in the old place meanwhile
+    reader.close()
+    q = Queue(str(spool))
+    try:
+        assert [r.record_id for r in q.all()] == ids
+        assert q.counters()[("telemprobd", "received")] == 5 and q.get_meta("telemprobd.ratelimit") == "{}"
+    finally:
+        q.close()
+    assert sorted(os.listdir(spool)) == ["queue"]
+    assert (spool / "queue" / (QUEUE_DB + ".corrupt-20260101T000000-1")).read_bytes() == b"kept"
+
+
+def test_a_queue_in_both_places_is_merged_once(tmp_path):
+    spool = tmp_path / "spool"
+    filled_queue(spool, 4)
+    to_legacy_layout(spool)
+    q = Queue(str(tmp_path / "other"))
+    q.insert_many(rows(3, start=2))  # two of them are in the old queue too
+    q.close()
+    shutil.copytree(tmp_path / "other" / "queue", spool / "queue")
+    for _ in range(2):
+        q = Queue(str(spool))
+        try:
+            assert sorted(r.record_id for r in q.all()) == [f"{i:032x}" for i in range(5)]
+        finally:
+            q.close()
+    assert sorted(os.listdir(spool)) == ["queue"]
