@@ -21,20 +21,25 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from telemetry import log as log_mod
 from telemetry.ack import Ack, AckStatus
 from telemetry.bootid import read_boot_id
 from telemetry.cli import EXIT_FAILURE, load_config
 from telemetry.client import Client, DaemonUnavailable, NotOptedIn, RecordRejected, SendError
-from telemetry.daemons.runtime.signals import Signals
 from telemetry.fsutil import atomic_write, ensure_dir, read_small
 from telemetry.hints import opt_in_phrase
 from telemetry.metadata import Metadata, read_metadata
 from telemetry.optin import is_opted_in
 from telemetry.paths import Paths
 from telemetry.record import Record, create_record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    import logging
+    from typing import Any
+
+    from telemetry.daemons.runtime.signals import Signals
 
 EXIT_OK = 0
 RETRY_MAX_DELAY = 60.0
@@ -91,16 +96,26 @@ class Probe:
 
     signals: Signals | None = None  # set by watch_signals()
 
-    def __init__(self, name: str, config_file: str | None = None, paths: Paths | None = None):
-        self.paths, self.config = load_config(config_file, paths)
+    def __init__(self, name: str, config_file: str | None = None, paths: Paths | None = None,
+                 mode: str | None = None):
+        self.paths, self.config = load_config(config_file, paths, mode)
         self.client = Client(self.paths, self.config, config_file)
-        self.log = log_mod.setup(name, self.config.log_level)
-        self.config.log_notices(self.log)
+        self.name = name
+        log_mod.setup_later(name, self.config.log_level)
+        if self.config.notices:
+            self.config.log_notices(self.log)
+
+    @property
+    def log(self) -> logging.Logger:
+        """The probe's logger; logging is set up when it is first used (telemetry.log)."""
+        return log_mod.logger(self.name)
 
     def watch_signals(self) -> Signals:
         """From now on SIGTERM and SIGINT mark the probe as stopping (see `stopping`)
         instead of ending it wherever it is."""
         if self.signals is None:
+            from telemetry.daemons.runtime.signals import Signals
+
             self.signals = Signals().install()
         return self.signals
 

@@ -1,21 +1,27 @@
 """hprobe: the hello-world / heartbeat record that shows the pipeline works end to end.
 
 `hello_payload` is the pure part (the original's payload layout, 8191 bytes at most);
-the command reads the locale, the uptime and the bundle list and sends.
+`send_hello` reads the locale, the uptime and the bundle list and sends.  The command
+line is read without click unless it asks for help or is wrong (telemetry.options).
 """
 
 from __future__ import annotations
 
-import locale
+import functools
 import os
 import time
 from collections.abc import Sequence
 
-import click
+from telemetry.cli import MODE, VERSION, ConfigFile, command_attribute, echo, program_main
+from telemetry.options import Options, flag, value
 
-from telemetry.cli import config_option, mode_options, version_option
+from .common import EXIT_FAILURE, EXIT_OK, Probe
 
-from .common import EXIT_FAILURE, EXIT_OK, Probe, ProbeCommand, run
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    from .probe_cli import ProbeCommand
+
+NAME = "hprobe"
 
 CLASS_HELLO = "org.clearlinux/hello/world"
 CLASS_HEARTBEAT = "org.clearlinux/heartbeat/ping"
@@ -69,6 +75,8 @@ def hello_payload(
 
 def current_locale() -> str:
     """The LC_ALL name after setting the locale from the environment, as setlocale reports it."""
+    import locale
+
     try:
         locale.setlocale(locale.LC_ALL, "")
     except locale.Error:
@@ -115,29 +123,28 @@ Examples:
 """
 
 
-@click.command(
-    "hprobe", cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
-    short_help="send the hello-world or heartbeat record",
-    context_settings={"help_option_names": ["-h", "--help"]},
+OPTIONS = Options(
+    MODE,
+    ConfigFile("-f", "--config_file"),
+    flag("heartbeat", "-H", "--heartbeat"),
+    flag("with_locale", "-l", "--locale"),
+    flag("with_uptime", "-u", "--uptime"),
+    flag("with_bundles", "-b", "--bundles"),
+    value("bundles_dir", "--bundles-dir", default=BUNDLES_DIR, metavar="DIR"),
+    VERSION,
 )
-@mode_options
-@config_option("-f", "--config_file")
-@click.option("-H", "--heartbeat", is_flag=True)
-@click.option("-l", "--locale", "with_locale", is_flag=True)
-@click.option("-u", "--uptime", "with_uptime", is_flag=True)
-@click.option("-b", "--bundles", "with_bundles", is_flag=True)
-@click.option("--bundles-dir", default=BUNDLES_DIR, metavar="DIR")
-@version_option
-def command(
-    config_file: str | None, heartbeat: bool, with_locale: bool, with_uptime: bool, with_bundles: bool,
-    bundles_dir: str,
+
+
+def send_hello(
+    mode: str | None, config_file: str | None, heartbeat: bool, with_locale: bool, with_uptime: bool,
+    with_bundles: bool, bundles_dir: str,
 ) -> int:
-    probe = Probe("hprobe", config_file)
+    probe = Probe(NAME, config_file, mode=mode)
     probe.exit_unless_opted_in()
     try:
         bundles = list_bundles(bundles_dir) if with_bundles else None
     except BundlesError as e:
-        click.echo(f"hprobe: {e}", err=True)
+        echo(f"hprobe: {e}", err=True)
         return EXIT_FAILURE
     payload = hello_payload(
         current_locale() if with_locale else None,
@@ -147,17 +154,27 @@ def command(
     record = probe.record(CLASS_HEARTBEAT if heartbeat else CLASS_HELLO, SEVERITY, payload, PAYLOAD_VERSION)
     result = probe.send(record)
     if not result.sent:
-        click.echo(f"Failed to send record to daemon: {result.message}", err=True)
+        echo(f"Failed to send record to daemon: {result.message}", err=True)
         return EXIT_FAILURE
     if result.deferred:
-        click.echo("Record queued by the daemon for later: it is over the rate limit and is "
-                   "delivered when the limit allows.")
+        echo("Record queued by the daemon for later: it is over the rate limit and is "
+             "delivered when the limit allows.")
     else:
-        click.echo("Successfully sent record to daemon.")
+        echo("Successfully sent record to daemon.")
     return EXIT_OK
 
 
-main = run(command, "hprobe")
+@functools.cache
+def _command() -> ProbeCommand:
+    from .probe_cli import probe_command
+
+    return probe_command(NAME, OPTIONS, send_hello, usage_text=USAGE, help=HELP, epilog=EPILOG,
+                         short_help="send the hello-world or heartbeat record")
+
+
+main = program_main(NAME, OPTIONS, send_hello, _command)
+__getattr__ = command_attribute(__name__, _command)
+
 
 if __name__ == "__main__":
     main()

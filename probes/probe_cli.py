@@ -1,4 +1,5 @@
-"""The click shell every probe's command line shares."""
+"""The click shell every probe's command line shares (loaded only when click reads the
+command line: see telemetry.options)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import click
 
 from telemetry.cli import OneLineErrors
+from telemetry.command import build_command
+from telemetry.options import Options
 
 
 class ProbeCommand(OneLineErrors, click.Command):
@@ -24,6 +27,15 @@ class ProbeCommand(OneLineErrors, click.Command):
         if self.usage_text is None:
             return super().get_help(ctx)
         return self.usage_text.replace("%s", ctx.find_root().info_name or self.name or "")
+
+
+def probe_command(name: str, options: Options, run: Callable[..., Any], **attrs: Any) -> ProbeCommand:
+    """The click command of a probe whose options are the table `options` and whose work
+    is `run` (called with the options' values)."""
+    command = build_command(name, options, run, cls=ProbeCommand,
+                            context_settings={"help_option_names": ["-h", "--help"]}, **attrs)
+    assert isinstance(command, ProbeCommand)
+    return command
 
 
 def run(command: click.Command, name: str) -> Callable[[], None]:

@@ -9,14 +9,13 @@ error instead of being ignored.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from dataclasses import dataclass
-from typing import BinaryIO
 
-import click
-
-from telemetry.cli import config_option, mode_options, version_option
+from telemetry import cli
+from telemetry.cli import MODE, VERSION, ConfigFile, command_attribute, program_main
 from telemetry.limits import (
     CLASSIFICATION_FIRST_SEGMENT_MAX,
     CLASSIFICATION_MAX,
@@ -27,10 +26,19 @@ from telemetry.limits import (
     SEVERITY_MAX,
     SEVERITY_MIN,
 )
+from telemetry.options import Options as OptionTable
+from telemetry.options import flag, value
 from telemetry.record import RecordError
 
-from .common import EXIT_FAILURE, EXIT_OK, Probe, ProbeCommand, run
+from .common import EXIT_FAILURE, EXIT_OK, Probe
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from .probe_cli import ProbeCommand
+
+NAME = "telem-record-gen"
 ULONG_MAX = 2**64 - 1
 EVENT_ID_ALPHABET = "0123456789abcdef"
 
@@ -189,27 +197,26 @@ Examples:
 """
 
 
-@click.command(
-    "telem-record-gen", cls=ProbeCommand, usage_text=USAGE, help=HELP, epilog=EPILOG,
-    short_help="create and send a custom telemetry record",
-    context_settings={"help_option_names": ["-h", "--help"]},
+OPTIONS = OptionTable(
+    VERSION,
+    value("severity_text", "-s", "--severity", metavar="N"),
+    value("classification", "-c", "--class", metavar="STR"),
+    value("payload", "-p", "--payload", metavar="STR"),
+    value("payload_file", "-P", "--payload-file", metavar="PATH"),
+    value("version_text", "-R", "--record-version", metavar="N"),
+    value("event_id", "-e", "--event-id", metavar="HEX32"),
+    flag("echo", "-o", "--echo"),
+    flag("no_post", "-n", "--no-post"),
+    MODE,
+    ConfigFile("-f", "--config-file", "--config_file"),
+    flag("truncate", "--truncate"),
 )
-@version_option
-@click.option("-s", "--severity", "severity_text", metavar="N")
-@click.option("-c", "--class", "classification", metavar="STR")
-@click.option("-p", "--payload", metavar="STR")
-@click.option("-P", "--payload-file", metavar="PATH")
-@click.option("-R", "--record-version", "version_text", metavar="N")
-@click.option("-e", "--event-id", metavar="HEX32")
-@click.option("-o", "--echo", is_flag=True)
-@click.option("-n", "--no-post", is_flag=True)
-@mode_options
-@config_option("-f", "--config-file", "--config_file")
-@click.option("--truncate", is_flag=True)
-def command(
-    severity_text: str | None, classification: str | None, payload: str | None, payload_file: str | None,
-    version_text: str | None, event_id: str | None, echo: bool, no_post: bool, config_file: str | None,
-    truncate: bool,
+
+
+def send_record(
+    mode: str | None, severity_text: str | None, classification: str | None, payload: str | None,
+    payload_file: str | None, version_text: str | None, event_id: str | None, echo: bool, no_post: bool,
+    config_file: str | None, truncate: bool,
 ) -> int:
     try:
         severity = parse_number(severity_text, "severity") if severity_text is not None else 1
@@ -217,14 +224,14 @@ def command(
         check_options(Options(classification, severity, version, event_id))
         body = payload_from(payload, payload_file, truncate)
     except OptionError as e:
-        click.echo(str(e), err=True)
+        cli.echo(str(e), err=True)
         return EXIT_FAILURE
-    probe = Probe("telem-record-gen", config_file)
+    probe = Probe(NAME, config_file, mode=mode)
     assert classification is not None
     try:
         record = probe.record(classification, severity, body, version, event_id=event_id, truncate=truncate)
     except RecordError as e:
-        click.echo(f"Error: {e}", err=True)
+        cli.echo(f"Error: {e}", err=True)
         return EXIT_FAILURE
     if echo:
         out = sys.stdout.buffer
@@ -234,7 +241,7 @@ def command(
         return EXIT_OK
     result = probe.send(record)
     if not result.sent:  # not opted in too: whoever ran it asked for a record (exit 1, as the original)
-        click.echo(f"Unable to send record: {result.message}", err=True)
+        cli.echo(f"Unable to send record: {result.message}", err=True)
         return EXIT_FAILURE
     if result.deferred:
         probe.log.info("record queued by the daemon for later: over the rate limit, it is delivered "
@@ -242,7 +249,17 @@ def command(
     return EXIT_OK
 
 
-main = run(command, "telem-record-gen")
+@functools.cache
+def _command() -> ProbeCommand:
+    from .probe_cli import probe_command
+
+    return probe_command(NAME, OPTIONS, send_record, usage_text=USAGE, help=HELP, epilog=EPILOG,
+                         short_help="create and send a custom telemetry record")
+
+
+main = program_main(NAME, OPTIONS, send_record, _command)
+__getattr__ = command_attribute(__name__, _command)
+
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,10 @@ traceback.  The click command classes that use it are in `telemetry.command` (th
 daemons, telemctl) and `probes/probe_cli.py`.
 
 click is imported by the helpers that build a command line, not by this module: a program
-that only loads its config (crashprobe as the kernel starts it) does not pay for it.
+that only loads its config (crashprobe as the kernel starts it) does not pay for it, and
+`program_main` runs a program whose usual command lines are read without click (the
+table of `telemetry.options`; the items every program shares are here: `ConfigFile`,
+`MODE`, `VERSION`).
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import config as config_mod
-from .entry import missing_module_message
+from .entry import missing_module_message, require
 from .errors import TelemetryError
+from .options import ClickOnly, Item, Option, Options
 from .paths import Mode, Paths
 from .version import __version__
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     import click
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -33,6 +39,8 @@ EXIT_INTERRUPTED = 130
 # telemctl exits 2, as systemctl does.
 EXIT_USAGE = EXIT_FAILURE
 _MODE_META = "telemetry.mode"
+# The program `program_main` runs without click, for `fail` (click's context names it otherwise).
+_program: str | None = None
 
 
 def one_line(text: str) -> str:
@@ -57,22 +65,47 @@ def _quiet_broken_stdout() -> None:
         pass
 
 
+def echo(text: str, err: bool = False) -> None:
+    """What click.echo prints for `text`, without importing click.  Text holding an escape
+    character goes through click.echo, which removes escape sequences from what is not
+    written to a terminal, so both print the same."""
+    if "\x1b" in text:
+        import click
+
+        click.echo(text, err=err)
+        return
+    stream = sys.stderr if err else sys.stdout
+    if stream is not None:
+        stream.write(text + "\n")
+        stream.flush()
+
+
 def run_main(main: Callable[..., Any], args: Any, prog: str, usage_exit: int, **extra: Any) -> NoReturn:
     """Run `main` (a click command's own main) without click's error printing, and exit."""
     import click
 
+    def call() -> Any:
+        try:
+            return main(args, prog, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx else prog
+            _say(f"{where}: {one_line(e.format_message())} (see '{where} --help')")
+            sys.exit(usage_exit)
+        except click.ClickException as e:
+            _say(f"{prog}: {one_line(e.format_message())}")
+            sys.exit(e.exit_code or EXIT_FAILURE)
+        except click.Abort:
+            _say(f"{prog}: aborted")
+            sys.exit(EXIT_FAILURE)
+
+    run_guarded(call, prog)
+
+
+def run_guarded(call: Callable[[], Any], prog: str) -> NoReturn:
+    """Run a program's work; whatever goes wrong is one line (see the module), and exit
+    with its return value."""
     try:
-        rv = main(args, prog, standalone_mode=False, **extra)
-    except click.UsageError as e:
-        where = e.ctx.command_path if e.ctx else prog
-        _say(f"{where}: {one_line(e.format_message())} (see '{where} --help')")
-        sys.exit(usage_exit)
-    except click.ClickException as e:
-        _say(f"{prog}: {one_line(e.format_message())}")
-        sys.exit(e.exit_code or EXIT_FAILURE)
-    except click.Abort:
-        _say(f"{prog}: aborted")
-        sys.exit(EXIT_FAILURE)
+        rv = call()
     except TelemetryError as e:
         _say(f"{prog}: {one_line(str(e))}")
         sys.exit(EXIT_FAILURE)
@@ -86,6 +119,56 @@ def run_main(main: Callable[..., Any], args: Any, prog: str, usage_exit: int, **
         _say(f"{prog}: {e.strerror or e}{where}")
         sys.exit(EXIT_FAILURE)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def completion_variable(prog: str) -> str:
+    """The variable that asks click's shell completion of `prog` (as click names it)."""
+    return "_" + prog.replace("-", "_").replace(".", "_").upper() + "_COMPLETE"
+
+
+def program_main(prog: str, options: Options, run: Callable[..., Any],
+                 command: Callable[[], Any]) -> Callable[[], NoReturn]:
+    """A program's main(): its command line read with `options` and `run` called with the
+    values, or, when that reader leaves the line to click (help, version, completion, an
+    error), `command()`, the click command built from the same table (see
+    telemetry.options).  Errors are reported as the click command reports them."""
+
+    def main() -> NoReturn:
+        global _program
+        # click reads the help and the mistakes: a missing click is said at start, as it was
+        # when every command line went through it.
+        require("click")
+        values = None if completion_variable(prog) in os.environ else options.parse(sys.argv[1:])
+        if values is None:
+            command().main(prog_name=prog)
+            raise AssertionError("a command's main exits")  # pragma: no cover
+        _program = prog
+        run_guarded(lambda: run(**values), prog)
+
+    return main
+
+
+def command_attribute(module: str, command: Callable[[], Any]) -> Callable[[str], Any]:
+    """A module's `__getattr__` giving `command`, its program's click command, built when
+    first asked for (help, man pages, tests), so that importing the module imports no click."""
+
+    def __getattr__(name: str) -> Any:
+        if name == "command":
+            return command()
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+def click_callback(options: Options, run: Callable[..., Any]) -> Callable[..., Any]:
+    """The click command's callback for `run`: click's parameters, plus what click keeps
+    elsewhere (the mode)."""
+
+    @functools.wraps(run)
+    def callback(**params: Any) -> Any:
+        return run(**params, **options.from_click())
+
+    return options.decorate(callback)
 
 
 class OneLineErrors:
@@ -122,6 +205,31 @@ def mode_options(f: Callable) -> Callable:
     return f
 
 
+class ModeSwitch(Item):
+    """--user / --system in the table: the program gets `mode` ("user", "system" or None)."""
+
+    names = ("--user", "--system")
+
+    def start(self, values: dict[str, Any]) -> None:
+        values["mode"] = None
+
+    def take(self, values: dict[str, Any], name: str, value: str | None) -> bool:
+        mode = name[2:]
+        if values["mode"] not in (None, mode):
+            return False  # both: click says they exclude each other
+        values["mode"] = mode
+        return True
+
+    def decorate(self, f: Callable[..., Any]) -> Callable[..., Any]:
+        return mode_options(f)
+
+    def from_click(self) -> dict[str, Any]:
+        return {"mode": chosen_mode()}
+
+
+MODE = ModeSwitch()
+
+
 def chosen_mode(ctx: click.Context | None = None) -> str | None:
     """The mode given with --user/--system, or None (also when no click command runs)."""
     click = sys.modules.get("click")
@@ -139,6 +247,28 @@ def version_option(f: Callable) -> Callable:
     return click.version_option(
         __version__, "-V", "--version", message="%(version)s", help="Print the program version and exit."
     )(f)
+
+
+VERSION = ClickOnly(version_option)
+
+
+class ConfigFile(Option):
+    """-f/--config_file PATH in the table (`config_option`): a path the original would
+    refuse is left to click, which says why."""
+
+    def __init__(self, *names: str):
+        super().__init__("config_file", names or ("-f", "--config_file"), metavar="PATH")
+
+    def take(self, values: dict[str, Any], name: str, value: str | None) -> bool:
+        try:
+            config_mod.check_config_path(value or "")
+        except config_mod.ConfigError:
+            return False
+        values[self.dest] = value
+        return True
+
+    def decorate(self, f: Callable[..., Any]) -> Callable[..., Any]:
+        return config_option(*self.names)(f)
 
 
 def config_option(*names: str) -> Callable:
@@ -168,11 +298,10 @@ def config_option(*names: str) -> Callable:
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     """Print one line to stderr and exit; for errors the user can act on."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    prog = ctx.find_root().info_name if ctx else None
-    click.echo(f"{prog}: {message}" if prog else message, err=True)
+    click = sys.modules.get("click")
+    ctx = click.get_current_context(silent=True) if click is not None else None
+    prog = ctx.find_root().info_name if ctx else _program
+    echo(f"{prog}: {message}" if prog else message, err=True)
     sys.exit(code)
 
 
@@ -197,6 +326,8 @@ def handle_errors(f: Callable) -> Callable:
     return wrapper
 
 
-def load_config(config_file: str | None, paths: Paths | None = None) -> tuple[Paths, config_mod.Config]:
-    paths = paths or Paths.detect(chosen_mode())
+def load_config(config_file: str | None, paths: Paths | None = None,
+                mode: str | None = None) -> tuple[Paths, config_mod.Config]:
+    """`mode`: what --user/--system chose when the command line was read without click."""
+    paths = paths or Paths.detect(mode or chosen_mode())
     return paths, config_mod.load(paths, config_file)

@@ -22,17 +22,18 @@ send what they collect.
 from __future__ import annotations
 
 import enum
-import ipaddress
-import logging
 import os
 import re
 import stat
-import urllib.parse
 from dataclasses import dataclass, fields
-from typing import Any
 
 from .errors import TelemetryError
 from .paths import Mode, Paths
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    import logging
+    from typing import Any
 
 SECTION = "settings"
 INT64_MAX = 2**63 - 1
@@ -505,6 +506,9 @@ def plaintext_warning(cfg: Config) -> str | None:
     is not this machine."""
     if not cfg.server[:7].lower() == "http://":
         return None
+    import ipaddress
+    import urllib.parse
+
     try:
         host = urllib.parse.urlsplit(cfg.server).hostname or ""
     except ValueError:

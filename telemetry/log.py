@@ -1,14 +1,23 @@
 """Logging set-up shared by every program: journald under systemd, stderr otherwise, and a
-log file of its own (timestamped, rotated) for a daemon telemctl started in user mode."""
+log file of its own (timestamped, rotated: `telemetry.logfile`) for a daemon telemctl started
+in user mode.
+
+A probe asks for its set-up with `setup_later`: logging (a tenth of a probe's start-up) is
+imported and configured when the first line is logged through `logger`, so a probe that
+has nothing to say never loads it.
+"""
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import os
 import sys
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    import logging
+
+# The config's names for logging's levels (logging.DEBUG … logging.ERROR).
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 # Set by telemctl for the daemons it starts in user mode: the file their log goes to.
 LOG_FILE_ENV = "TELEMETRY_LOG_FILE"
@@ -24,39 +33,25 @@ def under_systemd() -> bool:
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
-class RotatingLog(logging.handlers.RotatingFileHandler):
-    """A private log file rotated by size.  The process's stdout and stderr follow the
-    current file, so whatever else it prints (a traceback of a crash) lands beside its
-    log lines instead of in a file that was rotated away."""
+_pending: tuple[str, str | int] | None = None
 
-    def __init__(self, path: str):
-        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8",
-                         errors="backslashreplace")
-        self._follow()
 
-    def _open(self):  # type: ignore[override]
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     LOG_MODE)
-        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+def setup_later(program: str, level: str | int = "info") -> None:
+    """`setup(program, level)`, done by the first call of `logger`."""
+    global _pending
+    _pending = (program, level)
 
-    def doRollover(self) -> None:
-        super().doRollover()
-        self._follow()
 
-    def _follow(self) -> None:
-        if self.stream is None:
-            return
-        for std in (sys.stdout, sys.stderr):
-            try:
-                std.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
-        fd = self.stream.fileno()
-        for target in (1, 2):
-            try:
-                os.dup2(fd, target, inheritable=True)
-            except OSError:
-                pass
+def logger(name: str) -> logging.Logger:
+    """`name`'s logger, once the set-up `setup_later` asked for is done."""
+    global _pending
+    if _pending is not None:
+        program, level = _pending
+        _pending = None
+        setup(program, level)
+    import logging
+
+    return logging.getLogger(name)
 
 
 def setup(program: str, level: str | int = "info", *, stream=None, journal: bool = False) -> logging.Logger:
@@ -65,6 +60,10 @@ def setup(program: str, level: str | int = "info", *, stream=None, journal: bool
     journal=True logs to journald whenever its socket exists, for programs the kernel
     starts outside systemd with no stderr (crashprobe as the core_pattern handler).
     """
+    import logging
+
+    global _pending
+    _pending = None
     numeric = LEVELS.get(level, logging.INFO) if isinstance(level, str) else level
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -82,6 +81,8 @@ def setup(program: str, level: str | int = "info", *, stream=None, journal: bool
     log_file = os.environ.get(LOG_FILE_ENV)
     if handler is None and stream is None and log_file:
         try:
+            from .logfile import RotatingLog  # only the daemons telemctl starts need it
+
             handler = RotatingLog(log_file)
             handler.setFormatter(logging.Formatter(f"%(asctime)s {program}: %(levelname)s: %(message)s"))
         except OSError:

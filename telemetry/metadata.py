@@ -8,7 +8,6 @@ seen these values for years, so the same machine must produce the same headers.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,14 @@ from dataclasses import dataclass
 from .errors import TelemetryError
 from .limits import CHUNK_READ, DMI_READ_MAX, SYSTEM_NAME_MAX
 
-log = logging.getLogger(__name__)
+
+def _say(level: str, message: str) -> None:
+    """What the original logs about a missing source; logging is imported only then (the
+    library's send path and the probes' need it for nothing else)."""
+    from .log import logger
+
+    getattr(logger(__name__), level)(message)
+
 
 DMI_DIR = "sys/class/dmi/id"
 CPUINFO = "proc/cpuinfo"
@@ -94,7 +100,7 @@ def read_cpu_model(root: str) -> str:
                 return BLANK
             value = rest[1:-1]
             return printable_text(value) if value.strip(b" ") else BLANK
-    log.info("Unable to find attribute:model name")
+    _say("info", "Unable to find attribute:model name")
     return BLANK
 
 
@@ -130,13 +136,13 @@ def read_metadata(root: str = "/", uname: os.uname_result | None = None) -> Meta
     u = uname or os.uname()
     osr = read_os_release(root)
     if osr is None:
-        log.warning("Cannot find os-release file")
-        log.warning("Cannot find build version file")
+        _say("warning", "Cannot find os-release file")
+        _say("warning", "Cannot find build version file")
         build, system_name = "0", ""
     else:
         build = osr.get("VERSION_ID", "0")
         if "VERSION_ID" not in osr:
-            log.warning("Cannot find build version number")
+            _say("warning", "Cannot find build version number")
         system_name = osr.get("ID", "unknown")
         if osr.get("VARIANT_ID"):
             system_name = f"{system_name}_{osr['VARIANT_ID']}"[:SYSTEM_NAME_MAX]

@@ -15,8 +15,6 @@ import pwd
 import stat
 from dataclasses import dataclass
 
-import platformdirs
-
 from .errors import TelemetryError
 
 APP = "telemetrics"
@@ -92,6 +90,8 @@ class Paths:
 
     @classmethod
     def user(cls) -> Paths:
+        import platformdirs  # user mode only: system mode's paths are fixed
+
         config = platformdirs.user_config_dir(APP)
         state = platformdirs.user_state_dir(APP)
         cache = platformdirs.user_cache_dir(APP)
@@ -133,6 +133,8 @@ def _user_runtime_dir() -> str:
         return os.path.join(base, APP)
     # Without a session runtime dir, keep the socket under the state dir: /tmp would be
     # shared with every other user.
+    import platformdirs
+
     return os.path.join(platformdirs.user_state_dir(APP), "run")
 
 

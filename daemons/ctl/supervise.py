@@ -361,7 +361,7 @@ class Supervisor:
 
     def _open_log(self, name: str) -> int:
         """For what the daemon prints before its logging is set up; it then takes the file
-        over (timestamps, rotation: telemetry.log.RotatingLog)."""
+        over (timestamps, rotation: telemetry.logfile.RotatingLog)."""
         ensure_dir(self.paths.state_dir)
         return os.open(self.log_file(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
                        LOG_MODE)

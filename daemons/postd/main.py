@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -25,15 +26,12 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.bootid import read_boot_id
-from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.command import Command
+from telemetry.cli import VERSION, ConfigFile, command_attribute, handle_errors, program_main
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate
 from telemetry.daemons.postd.core import (
@@ -67,7 +65,11 @@ from telemetry.daemons.store.journal import Counter, Journal, JournalError
 from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, queue_dir
 from telemetry.entry import require
 from telemetry.errors import TelemetryError
+from telemetry.options import ClickOnly, Options
 from telemetry.paths import Paths
+
+if TYPE_CHECKING:
+    import click
 
 log = logging.getLogger(DAEMON)
 
@@ -526,13 +528,19 @@ Examples:
 """
 
 
-@click.command(DAEMON, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
-@config_option()
-@version_option
-# Sub-second idle times for the tests; daemon_idle_time is the setting.
-@click.option("--idle-exit-after", type=click.FloatRange(min=0), default=None, hidden=True)
+def _idle_exit_after(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Sub-second idle times for the tests; daemon_idle_time is the setting."""
+    import click
+
+    return click.option("--idle-exit-after", type=click.FloatRange(min=0), default=None, hidden=True)(f)
+
+
+# Read without click unless it is asked for help or the command line is wrong (telemetry.options).
+OPTIONS = Options(ConfigFile(), VERSION, ClickOnly(_idle_exit_after, (("idle_exit_after", None),)))
+
+
 @handle_errors
-def main(config_file: str | None, idle_exit_after: float | None) -> None:
+def run(config_file: str | None, idle_exit_after: float | None) -> None:
     """Deliver queued telemetry records to the collector.
 
     Records are POSTed to `server` in queue order, several at a time over kept-alive
@@ -561,5 +569,15 @@ def main(config_file: str | None, idle_exit_after: float | None) -> None:
         postd.close()
 
 
+@functools.cache
+def _command() -> click.Command:
+    from telemetry.command import build_command
+
+    return build_command(DAEMON, OPTIONS, run, epilog=EPILOG)
+
+
+main = program_main(DAEMON, OPTIONS, run, _command)
+__getattr__ = command_attribute(__name__, _command)
+
 if __name__ == "__main__":
-    main(prog_name=DAEMON)
+    main()

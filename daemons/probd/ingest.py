@@ -17,7 +17,6 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 
 from telemetry import log as log_mod
 from telemetry.daemons.probd.core import MEASURE, Commit, Counters, Ingest, Reply, Settings
@@ -38,6 +37,10 @@ from telemetry.machineid import MachineId
 from telemetry.optin import is_opted_in
 from telemetry.paths import Paths
 from telemetry.wire import Frame, FrameDecoder, FramingError, decode_frame, frame_size
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("telemprobd")
 

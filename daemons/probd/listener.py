@@ -54,6 +54,8 @@ class Listener:
 
 def from_systemd() -> socket.socket | None:
     """The listening socket systemd passed, None if none; an unusable one is an error."""
+    if "LISTEN_FDS" not in os.environ:  # not socket-activated: libsystemd stays unloaded
+        return None
     from systemd import daemon as sd
 
     try:

@@ -13,18 +13,16 @@ it exits after daemon_idle_time (300 s) without a client; the socket unit starts
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
 import time
 
-import click
-
 from telemetry import config as config_mod
 from telemetry import log as log_mod
 from telemetry.bootid import read_boot_id
-from telemetry.cli import CONTEXT_SETTINGS, config_option, handle_errors, version_option
-from telemetry.command import Command
+from telemetry.cli import VERSION, ConfigFile, command_attribute, handle_errors, program_main
 from telemetry.daemons.probd.core import Settings
 from telemetry.daemons.probd.ingest import IngestLoop
 from telemetry.daemons.probd.listener import check_config, open_listener
@@ -35,7 +33,12 @@ from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.umask import make_files_private
 from telemetry.machineid import MachineId
 from telemetry.optin import is_opted_in
+from telemetry.options import Options
 from telemetry.paths import Mode, Paths
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    import click
 
 PROGRAM = "telemprobd"
 log = logging.getLogger(PROGRAM)
@@ -143,12 +146,12 @@ Examples:
 """
 
 
-@click.command(PROGRAM, cls=Command, context_settings=CONTEXT_SETTINGS, epilog=EPILOG,
-               short_help="receive the probes' records, check them and queue them for telempostd")
-@config_option()
-@version_option
+# Read without click unless it is asked for help or the command line is wrong (telemetry.options).
+OPTIONS = Options(ConfigFile(), VERSION)
+
+
 @handle_errors
-def main(config_file: str | None) -> None:
+def run(config_file: str | None) -> None:
     """Accept records from probes on the telemetry socket, validate and rate-limit them,
     queue them durably for telempostd and acknowledge each one.
 
@@ -166,5 +169,16 @@ def main(config_file: str | None) -> None:
     sys.exit(serve(paths, cfg, config_file))
 
 
+@functools.cache
+def _command() -> click.Command:
+    from telemetry.command import build_command
+
+    return build_command(PROGRAM, OPTIONS, run, epilog=EPILOG,
+                         short_help="receive the probes' records, check them and queue them for telempostd")
+
+
+main = program_main(PROGRAM, OPTIONS, run, _command)
+__getattr__ = command_attribute(__name__, _command)
+
 if __name__ == "__main__":
-    main(prog_name=PROGRAM)
+    main()

@@ -79,6 +79,19 @@ def test_user_paths_follow_xdg(user_install):
     assert all(d.startswith(root) for d in p.user_dirs())
 
 
+def test_user_paths_without_xdg_variables_are_below_home(monkeypatch, tmp_path):
+    """Unset or blank XDG variables fall back to the XDG Base Directory defaults below ~."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", "  ")
+    p = Paths.user()
+    assert p.config_file == f"{tmp_path}/.config/telemetrics/telemetrics.conf"
+    assert p.cache_dir == f"{tmp_path}/.cache/telemetrics"
+    assert p.state_dir == f"{tmp_path}/.local/state/telemetrics"
+    assert p.socket_path == f"{tmp_path}/.local/state/telemetrics/run/telem-0"
+
+
 def test_mode_selection(monkeypatch):
     monkeypatch.setenv("TELEMETRY_MODE", "user")
     assert Paths.detect().mode is Mode.USER

@@ -1,5 +1,6 @@
 """A user-mode daemon's log file: timestamped lines, rotated by size, and the process's
-stdout and stderr following the current file (run in a child: it takes over fds 1 and 2)."""
+stdout and stderr following the current file (run in a child: it takes over fds 1 and 2);
+a probe's logging, set up by its first line."""
 
 from __future__ import annotations
 
@@ -38,3 +39,19 @@ def test_rotated_timestamped_and_followed(tmp_path):
     assert logged and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} telempostd: INFO: line \d+", line)
                           for line in logged)
     assert logged[-1].endswith("line 39")
+
+
+LATER = """
+import sys
+from telemetry import log
+log.setup_later("hprobe", "warning")
+assert "logging" not in sys.modules, "imported before a line is logged"
+log.logger("telemetry.metadata").info("below the level")
+log.logger("telemetry.metadata").warning("the first line")
+"""
+
+
+def test_a_probe_s_logging_is_set_up_by_its_first_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID", "TELEMETRY_LOG_FILE")}
+    done = subprocess.run([sys.executable, "-c", LATER], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "hprobe: WARNING: the first line\n")

@@ -5,7 +5,6 @@ policy of the long-running probes."""
 from __future__ import annotations
 
 import datetime
-import logging
 import uuid
 
 import pytest
@@ -255,7 +254,7 @@ def test_send_retrying_backs_off_until_the_outcome_is_final(monkeypatch):
 
     def probe_answering(*results):
         probe = object.__new__(common.Probe)  # no config, client or logging set-up needed
-        probe.log = logging.getLogger("test")
+        probe.name = "test"  # its logger: logging.getLogger("test")
         answers = iter(results)
         monkeypatch.setattr(probe, "send", lambda record: next(answers))
         return probe
@@ -286,7 +285,7 @@ def test_a_stop_during_the_wait_ends_send_retrying_at_once(monkeypatch):
     from telemetry.daemons.runtime.signals import Signals
 
     probe = object.__new__(common.Probe)
-    probe.log = logging.getLogger("test")
+    probe.name = "test"  # its logger: logging.getLogger("test")
     away = common.SendResult(common.Outcome.UNAVAILABLE, "")
     monkeypatch.setattr(probe, "send", lambda record: away)
     monkeypatch.setattr(common, "RETRY_MAX_DELAY", 3600.0)
