@@ -5,7 +5,8 @@ The original daemon never replies; ours writes one line once the record is durab
 
     reply  = "TM/1 " status [" " detail] "\\n"       at most 512 bytes, ASCII
     status = "accepted" | "deferred"                 kept; detail is the record id
-           | "not-opted-in" | "rate-limited" | "invalid" | "no-space" | "busy" | "error"
+           | "not-opted-in" | "rate-limited" | "invalid" | "forbidden" | "no-space" | "busy"
+           | "error"
                                                      refused; detail says why
 
 "deferred" means kept but held back by the rate limit (strategy spool).  A client that
@@ -31,6 +32,7 @@ class AckStatus(enum.Enum):
     NOT_OPTED_IN = "not-opted-in"
     RATE_LIMITED = "rate-limited"
     INVALID = "invalid"
+    FORBIDDEN = "forbidden"  # a classification this sender may not use (reserved_classifications)
     NO_SPACE = "no-space"
     BUSY = "busy"
     ERROR = "error"
