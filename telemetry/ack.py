@@ -6,7 +6,8 @@ the queue or once it has decided to refuse it::
     reply  = "TM/1 " status [" " detail] "\\n"       at most 512 bytes, ASCII
     status = "accepted" | "deferred"                 kept; detail is the record id, then
                                                      " on-disk" or " in-wal" (durability)
-           | "not-opted-in" | "rate-limited" | "invalid" | "no-space" | "busy" | "error"
+           | "not-opted-in" | "rate-limited" | "invalid" | "forbidden" | "no-space" | "busy"
+           | "error"
                                                      refused; detail says why
 
 `on-disk`: the record was synced before the reply (it survives a power cut); `in-wal`:
@@ -38,6 +39,7 @@ class AckStatus(enum.Enum):
     NOT_OPTED_IN = "not-opted-in"
     RATE_LIMITED = "rate-limited"
     INVALID = "invalid"
+    FORBIDDEN = "forbidden"  # a classification this sender may not use (reserved_classifications)
     NO_SPACE = "no-space"
     BUSY = "busy"
     ERROR = "error"

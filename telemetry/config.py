@@ -176,9 +176,23 @@ KEYS: tuple[Key, ...] = (
     Key("retry_max_delay", Kind.INT, 3600, "Longest wait between two delivery attempts of a record; "
         "also caps a collector's Retry-After.", "telempostd", unit="seconds", lo=1, hi=86400,
         original=False),
-    Key("rate_limit_uid_share", Kind.INT, 50, "Most of each rate limit, and of max_connections, one local "
-        "user (uid) may take; the rest stays available to other users (100: no per-user cap).", "telemprobd",
+    Key("retry_probe_interval", Kind.INT, 30, "While delivery waits out a backoff after the collector "
+        "failed, one record is sent this often to learn whether it answers again; when it does, "
+        "everything waiting goes at once (0: wait out every backoff).", "telempostd", unit="seconds",
+        lo=0, hi=86400, original=False),
+    Key("rate_limit_uid_share", Kind.INT, 50, "Most of each rate limit, of max_connections and of "
+        "spool_max_size one local user (uid) may take; the rest stays available to other users "
+        "(100: no per-user cap).", "telemprobd",
         unit="percent", lo=1, hi=100, original=False),
+    Key("reserved_classifications", Kind.STRING,
+        "org.clearlinux/crash,org.clearlinux/kernel,org.clearlinux/journal,org.clearlinux/bert",
+        "Classification prefixes (comma-separated) that only reserved_classification_uids, the account "
+        "telemprobd runs as and the telemetry account may send: the system probes' own, so that no local "
+        "user can send records that look like theirs (empty: none reserved).", "telemprobd", original=False),
+    Key("reserved_classification_uids", Kind.STRING, "0", "Users (uids or names, comma-separated) who may "
+        "send the reserved_classifications, besides the account telemprobd runs as and the telemetry "
+        "account; the user who connected counts, not the one a privileged sender speaks for.",
+        "telemprobd", original=False),
     Key("max_connections", Kind.INT, 64, "Client connections telemprobd serves at once.",
         "telemprobd", lo=1, hi=4096, original=False),
     Key("connection_timeout", Kind.INT, 10, "Time a client has to deliver its whole frame.",
@@ -248,7 +262,10 @@ class Config:
     connect_timeout: int
     request_timeout: int
     retry_max_delay: int
+    retry_probe_interval: int
     rate_limit_uid_share: int
+    reserved_classifications: str
+    reserved_classification_uids: str
     max_connections: int
     connection_timeout: int
     sync_interval: int

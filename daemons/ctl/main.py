@@ -191,7 +191,10 @@ def opt_in_cmd(ctl: Ctl) -> int:
     systemd units check before anything is collected or sent.
 
     It does not start the services; run 'telemctl start' for that.  In system mode the
-    units are also enabled again (opt-out disables them), so they start at boot.
+    units are also enabled again (opt-out disables them), so they start at boot: of the
+    two journal probes, which conflict, journal-probe-tail.service (journal-probe.service,
+    which also reports what the journal held before its first start, is the admin's
+    choice), and not crashprobe-journal.service.
     Opting in when already opted in changes nothing and says so.
     """
     require_root(ctl)
@@ -586,6 +589,16 @@ def _daemon_infos(ctl: Ctl) -> list[status_mod.DaemonInfo]:
 
 @command("status", "Shows opt-in, daemons, queue and counters", epilog="""
 \b
+Queue: staged records were never tried (deferred ones among them: held by the rate limit,
+strategy spool); spooled ones wait for another attempt.
+
+\b
+Delivery: the last record the collector took and the last error, with their times; while
+delivery waits, why (backoff after a failure, the collector's Retry-After, or a
+configuration error: fix it, then 'telemctl reload'), until when, and when the next single
+request checks whether the collector answers again (retry_probe_interval).
+
+\b
 Counters (since the queue was created): telemprobd received, staged, deferred (rate
 limited, kept for later) and rejected:<reason>; telempostd delivered, rejected (by the
 collector), rejected-local, expired, dropped, set-aside, retried and config-error (kept
@@ -594,7 +607,8 @@ c-spool:imported, c-spool:already-queued, c-spool:not-a-record (left alone) and
 c-spool:unreadable count the C record files it found at its starts.
 
 \b
-Files: the opt-in file, the pid files (user mode), the queue database (read-only).
+Files: the opt-in file, the pid files (user mode), the queue database (read-only),
+delivery.json beside it (written by telempostd).
 
 \b
 Exit status: 0; 1 when the configuration cannot be read.  Needs no root; what this user
@@ -605,14 +619,15 @@ cannot read is reported as such.
 @handle_errors
 def status_cmd(ctl: Ctl, as_json: bool) -> int:
     """Show the state of the telemetry pipeline: opt-in, each daemon's state and pid, the
-    socket, the queue (records and bytes against spool_max_size, split into staged,
-    spooled and deferred), the next delivery attempt, and the daemons' counters.
+    socket, the queue (records and bytes against spool_max_size: staged, of which deferred,
+    and spooled), the next delivery attempt, the last delivery and the last error, why
+    delivery waits, and the daemons' counters.
     """
     cfg = ctl.config()
     st = status_mod.gather(
         ctl.paths, spool_dir=cfg.spool_dir, socket_path=cfg.socket_path,
         spool_max_size_kib=cfg.spool_max_size, config_file=cfg.source, daemons=_daemon_infos(ctl),
-        config_notices=cfg.notices,
+        config_notices=cfg.notices, delivery_enabled=cfg.record_server_delivery_enabled,
     )
     if as_json:
         click.echo(json.dumps(status_mod.to_json(st), indent=2))
@@ -625,7 +640,9 @@ def status_cmd(ctl: Ctl, as_json: bool) -> int:
 \b
 Families: telemprobd_<counter>_total and telempostd_<counter>_total (rejections as
 telemprobd_rejected_total{reason=...}), telemetry_queue_* (records, bytes, staged, spooled,
-deferred, cap), telemetry_opted_in, telemetry_journal_entries.  The same format as the
+deferred, cap), telempostd_last_success_timestamp_seconds and
+telempostd_last_error_timestamp_seconds (from delivery.json, once there is one),
+telemetry_opted_in, telemetry_journal_entries.  The same format as the
 collector's /metrics, rendered by prometheus-client.
 
 \b

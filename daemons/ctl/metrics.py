@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from telemetry.daemons.ctl.status import counters_of, read_queue
+from telemetry.daemons.store import delivery as delivery_state
 from telemetry.daemons.store import journal
 from telemetry.errors import TelemetryError
 from telemetry.optin import is_opted_in
@@ -74,6 +75,16 @@ class ClientFigures(Collector):
         if queue.next_retry is not None:
             yield GaugeMetricFamily("telemetry_queue_next_attempt_timestamp_seconds",
                                     "When telempostd next tries the collector", value=queue.next_retry)
+        try:
+            delivery = delivery_state.read(self.spool_dir)
+        except OSError:
+            delivery = None
+        if delivery is not None and delivery.last_success is not None:
+            yield GaugeMetricFamily("telempostd_last_success_timestamp_seconds",
+                                    "When the collector last took a record", value=delivery.last_success)
+        if delivery is not None and delivery.last_error is not None:
+            yield GaugeMetricFamily("telempostd_last_error_timestamp_seconds",
+                                    "When delivery last failed", value=delivery.last_error.at)
         yield GaugeMetricFamily("telemetry_opted_in", "1 when telemetry is opted in",
                                 value=1 if is_opted_in(self.paths) else 0)
         entries = journal_entries(self.paths.journal_dir)

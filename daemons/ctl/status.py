@@ -1,8 +1,10 @@
 """`telemctl status`: the pipeline's state gathered into values, and their two renderings.
 
 Gathering only reads: the opt-in file, the queue database (read-only, beside the daemons
-writing it), its counters table.  Which daemon runs is decided by the caller (systemd or
-the user-mode supervisor) and handed in.  `format_text` and `to_json` are pure.
+writing it), its counters table, and what telempostd last learnt about the collector
+(`store/delivery.py`: last delivery, last error, why delivery is paused).  Which daemon
+runs is decided by the caller (systemd or the user-mode supervisor) and handed in.
+`format_text` and `to_json` are pure.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from dataclasses import dataclass
 
 from telemetry.ack import AckStatus
 from telemetry.config import Notice, NoticeKind
+from telemetry.daemons.ctl.journal_view import visible
+from telemetry.daemons.store import delivery as delivery_state
 from telemetry.daemons.store import journal
+from telemetry.daemons.store.delivery import DeliveryState, Pause
 from telemetry.daemons.store.queue import QUEUE_DB, Queue, legacy_path, queue_dir
 from telemetry.errors import TelemetryError
+from telemetry.hints import run_phrase
 from telemetry.optin import is_opted_in
 from telemetry.paths import Paths
 
@@ -51,7 +57,7 @@ class QueueInfo:
     staged_bytes: int = 0
     spooled_records: int = 0  # tried and waiting for another attempt
     spooled_bytes: int = 0
-    deferred_records: int = 0  # held back by the rate limit (strategy spool)
+    deferred_records: int = 0  # staged records held back by the rate limit (strategy spool)
     cap_bytes: int | None = None  # spool_max_size; None: no cap
     next_retry: float | None = None  # next delivery attempt; None: nothing queued
 
@@ -75,6 +81,11 @@ class Status:
     counters: tuple[Counter, ...]
     now: float
     config_notices: tuple[Notice, ...] = ()  # what the config file has that was ignored or changed
+    delivery: DeliveryState | None = None  # what telempostd last wrote, if anything
+    delivery_error: str | None = None  # why it could not be read
+    delivery_enabled: bool = True  # record_server_delivery_enabled
+    reload_hint: str = "'telemctl reload'"  # as it works in this mode, for this user
+    delivery_current: bool = False  # written by the telempostd running now (its pause still holds)
 
 
 # --- gathering ----------------------------------------------------------------------------
@@ -132,13 +143,21 @@ def counters_of(raw: Mapping[tuple[str, str], int], daemons: Sequence[str] = (PR
 
 def gather(paths: Paths, *, spool_dir: str, socket_path: str, spool_max_size_kib: int,
            config_file: str | None, daemons: Sequence[DaemonInfo], now: float | None = None,
-           config_notices: Sequence[Notice] = ()) -> Status:
+           config_notices: Sequence[Notice] = (), delivery_enabled: bool = True) -> Status:
     now = time.time() if now is None else now
     queue, raw = read_queue(spool_dir, spool_max_size_kib, now)
+    delivery, delivery_error = None, None
+    try:
+        delivery = delivery_state.read(spool_dir)
+    except OSError as e:
+        delivery_error = e.strerror or str(e)
+    postd_pid = next((d.pid for d in daemons if d.name == POSTD and d.state == "active"), None)
     return Status(
         mode=paths.mode.value, opted_in=is_opted_in(paths), opt_in_file=paths.opt_in_file,
         config_file=config_file, socket_path=socket_path, daemons=tuple(daemons), queue=queue,
         counters=counters_of(raw), now=now, config_notices=tuple(config_notices),
+        delivery=delivery, delivery_current=delivery is not None and delivery.pid == postd_pid,
+        delivery_error=delivery_error, delivery_enabled=delivery_enabled, reload_hint=run_phrase(paths, "reload"),
     )
 
 
@@ -180,6 +199,51 @@ def format_retry(next_retry: float | None, now: float,
     return f"{when} (in {human_delay(next_retry - now)})"
 
 
+def _when(t: float, now: float, localtime: Callable[[float], time.struct_time]) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", localtime(int(t)))
+    if t <= now:
+        return f"{stamp} ({human_delay(now - t)} ago)"
+    return f"{stamp} (in {human_delay(t - now)})"
+
+
+_PAUSE_WORDS = {
+    Pause.BACKOFF: "waiting after a failure",
+    Pause.RETRY_AFTER: "the collector asked to wait",
+    Pause.CONFIG_ERROR: "a configuration error; fix it and run {reload}",
+}
+
+
+def paused(st: Status) -> bool:
+    """Delivery is paused now by the telempostd that runs (an old pause died with its process)."""
+    d = st.delivery
+    return (st.delivery_current and d is not None and d.paused is not None and d.paused_until is not None
+            and d.paused_until > st.now)
+
+
+def format_delivery(st: Status, localtime: Callable[[float], time.struct_time] = time.localtime) -> list[str]:
+    d = st.delivery
+    if not st.delivery_enabled:
+        return ["Delivery:    off (record_server_delivery_enabled=false): records are journaled, never sent"]
+    if st.delivery_error is not None:
+        return [f"Delivery:    cannot read {delivery_state.STATE_FILE} ({st.delivery_error})"]
+    if d is None:
+        return ["Delivery:    nothing tried yet"]
+    lines = ["Delivery:"]
+    lines.append("  last sent: " + ("never" if d.last_success is None else _when(d.last_success, st.now, localtime)))
+    if d.last_error is not None:
+        # The collector's words: made inert for a terminal.
+        detail = visible(d.last_error.detail, one_line=True)
+        lines.append(f"  last error: {_when(d.last_error.at, st.now, localtime)}: {detail}")
+    if paused(st):
+        assert d.paused is not None and d.paused_until is not None
+        words = _PAUSE_WORDS[d.paused].format(reload=st.reload_hint)
+        text = f"  paused:    until {_when(d.paused_until, st.now, localtime)}: {words}"
+        if d.probe_at is not None and d.probe_at < d.paused_until:
+            text += f"; next check whether the collector answers {_when(max(d.probe_at, st.now), st.now, localtime)}"
+        lines.append(text)
+    return lines
+
+
 def format_queue(q: QueueInfo) -> list[str]:
     if q.error:
         return [f"Queue:       {q.path}: cannot read ({q.error})"]
@@ -191,8 +255,8 @@ def format_queue(q: QueueInfo) -> list[str]:
     return [
         f"Queue:       {_records(q.records)}, {human_bytes(q.bytes)} {cap}",
         f"  staged:    {_records(q.staged_records)}, {human_bytes(q.staged_bytes)} (not tried yet)",
+        f"    of them: {_records(q.deferred_records)} held by the rate limit",
         f"  spooled:   {_records(q.spooled_records)}, {human_bytes(q.spooled_bytes)} (waiting for a retry)",
-        f"  deferred:  {_records(q.deferred_records)} (held by the rate limit)",
     ]
 
 
@@ -210,7 +274,12 @@ def format_text(st: Status, localtime: Callable[[float], time.struct_time] = tim
     lines.append(f"Socket:      {st.socket_path}")
     lines.extend(format_queue(st.queue))
     if not st.queue.error:
-        lines.append(f"Next retry:  {format_retry(st.queue.next_retry, st.now, localtime)}")
+        next_retry = st.queue.next_retry
+        if paused(st) and next_retry is not None:
+            assert st.delivery is not None and st.delivery.paused_until is not None
+            next_retry = max(next_retry, st.delivery.paused_until)
+        lines.append(f"Next retry:  {format_retry(next_retry, st.now, localtime)}")
+    lines.extend(format_delivery(st, localtime))
     lines.append("Counters:")
     width = max((len(c.name) for c in st.counters), default=0)
     previous = None
@@ -241,11 +310,28 @@ def to_json(st: Status) -> dict:
             "records": q.records,
             "bytes": q.bytes,
             "cap_bytes": q.cap_bytes,
-            "staged": {"records": q.staged_records, "bytes": q.staged_bytes},
+            "staged": {"records": q.staged_records, "bytes": q.staged_bytes, "deferred_records": q.deferred_records},
             "spooled": {"records": q.spooled_records, "bytes": q.spooled_bytes},
             "deferred_records": q.deferred_records,
             "next_retry": q.next_retry,
         },
+        "delivery": _delivery_json(st),
+        "delivery_error": st.delivery_error,
         "counters": counters,
         "time": st.now,
+    }
+
+
+def _delivery_json(st: Status) -> dict | None:
+    d = st.delivery
+    if d is None:
+        return None
+    err = d.last_error
+    now_paused = paused(st)
+    return {
+        "last_success": d.last_success,
+        "last_error": None if err is None else {"time": err.at, "detail": err.detail, "http_status": err.status},
+        "paused": d.paused.value if now_paused and d.paused is not None else None,
+        "paused_until": d.paused_until if now_paused else None,
+        "next_probe": d.probe_at if now_paused else None,
     }

@@ -37,6 +37,11 @@ SERVICE_UNITS: tuple[str, ...] = (
 # unit, so that opt-out leaves no unit enabled (spec/defects.md E 26).
 OTHER_SERVICE_UNITS: tuple[str, ...] = ("pstore-clean.service",)
 ALL_UNITS: tuple[str, ...] = TRIGGER_UNITS + SERVICE_UNITS + OTHER_SERVICE_UNITS
+# journal-probe.service and journal-probe-tail.service follow the journal from one saved
+# position and conflict: enabling both would make boot start one and stop the other.  The
+# tail is the one started (the original's trigger list); the other is an admin's choice.
+ALTERNATIVE_UNITS: tuple[str, ...] = ("journal-probe.service",)
+ENABLED_UNITS: tuple[str, ...] = tuple(u for u in ALL_UNITS if u not in ALTERNATIVE_UNITS)
 # Shipped but enabled only by an admin who chose it (crashprobe beside systemd-coredump):
 # stop and opt-out's disable include it, so nothing keeps running; enable does not.
 OPTIONAL_UNITS: tuple[str, ...] = ("crashprobe-journal.service",)
@@ -176,7 +181,7 @@ def stop(ctl: Systemctl, report: Callable[[str], None]) -> int:
 
 def enable(ctl: Systemctl, report: Callable[[str], None]) -> int:
     """Undo opt-out's disable, so the units start at boot again (gated by the opt-in file)."""
-    return ctl.each("enable", ALL_UNITS, report)
+    return ctl.each("enable", ENABLED_UNITS, report)
 
 
 def disable(ctl: Systemctl, report: Callable[[str], None]) -> int:

@@ -45,11 +45,12 @@ from telemetry.contract import (
     stored_header_lines,
 )
 from telemetry.daemons.postd import spool
-from telemetry.daemons.postd.backoff import Gate, next_attempt_at
+from telemetry.daemons.postd.backoff import Gate, full_jitter, next_attempt_at
 from telemetry.daemons.postd.endpoint import DeliverySettings
 from telemetry.daemons.postd.outcome import Response, Verdict, classify
 from telemetry.daemons.postd.request import Request, RequestFormat, build_request, prepared_request
 from telemetry.daemons.runtime.throttle import LogThrottle
+from telemetry.daemons.store.delivery import LastError, Pause
 from telemetry.daemons.store.journal import Counter, JournalEntry, Outcome, SetAside, entry_for
 from telemetry.daemons.store.queue import QueuedRecord
 from telemetry.record import Record, RecordError, parse_header_block
@@ -62,6 +63,10 @@ DAEMON = "telempostd"
 # every one of them).
 RECORD_WARNINGS_PER_PASS = 10
 LOADED_MAX = 256  # parsed records kept for rows whose fate is not final yet
+# Before the collector has taken a record (since the start or the last reload), a 4xx is
+# not yet believed to be about the record: when this many different records all get the
+# same answer, the answer is about what is sent (request_format, server), not about them.
+UNIFORM_REJECTIONS = 3
 _CLASSIFICATION = b"classification: "
 _EVENT_ID = b"event_id: "
 
@@ -84,6 +89,7 @@ class Settings:
     log_level: str
     metrics_textfile: str = ""
     spool_max_size_kib: int = -1
+    probe_interval: float = 0.0  # retry_probe_interval; 0: wait out every backoff
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ class Query(enum.Enum):
     EXPIRED = "expired"  # rows received before `cutoff`
     DUE = "due"  # rows due at `now`, after queue position `after`
     ALL = "all"  # every row after queue position `after`
+    PROBE = "probe"  # the oldest row not deferred at `now`, due or not
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,13 @@ class Settle:
     settlement: Settlement
 
 
+@dataclass(frozen=True)
+class Release:
+    """The collector answers again: rows waiting for a retry at or before `until` are due now."""
+
+    until: float
+
+
 class _Signal(enum.Enum):
     WAIT = "wait"  # requests are in flight: poll the transport
     DONE = "done"  # nothing more this pass
@@ -186,7 +200,7 @@ class _Signal(enum.Enum):
 
 WAIT = _Signal.WAIT
 DONE = _Signal.DONE
-Action = Fetch | Send | Settle | _Signal
+Action = Fetch | Send | Settle | Release | _Signal
 
 
 class _Phase(enum.Enum):
@@ -219,6 +233,20 @@ class Courier:
         self._decided: list[Decision] = []
         self._decided_since = 0.0
         self._answered = 0  # decisions in _decided that answered a request (a kill repeats them)
+        # What `telemctl status` shows (store/delivery.py).
+        self.last_success: float | None = None
+        self.last_error: LastError | None = None
+        self.pause: Pause | None = None
+        # While the gate is closed by a failure: when one request checks whether the
+        # collector answers again, and that request's row.
+        self.probe_at: float | None = None
+        self._probe_token: int | None = None
+        self._probe_row: QueuedRecord | None = None
+        self._probe_fetch = False
+        self._release_until: float | None = None
+        # Rejections met before the collector took any record: answer -> record ids.
+        self._judges_records = False
+        self._suspect: dict[tuple[int | None, str], set[str]] = {}
 
     # --- a pass -------------------------------------------------------------------------
 
@@ -229,6 +257,8 @@ class Courier:
         self._exhausted = False
         self._decided = []
         self._answered = 0
+        self._probe_row = None
+        self._probe_fetch = False
         self._warnings.restart(now)
 
     def step(self, now: float, capacity: int) -> Action:
@@ -252,6 +282,12 @@ class Courier:
 
     def fetched(self, rows: Sequence[QueuedRecord], now: float) -> None:
         """The rows a Fetch asked for."""
+        if self._probe_fetch:
+            self._probe_fetch = False
+            self._probe_row = rows[0] if rows else None
+            if self._probe_row is None:
+                self.probe_at = None  # nothing to send: the next record queued wakes us
+            return
         if self._phase is _Phase.EXPIRE:
             if not rows:
                 self._phase = _Phase.DELIVER
@@ -282,6 +318,7 @@ class Courier:
         """The loop lost its transport with requests in flight: their rows stay as they are."""
         rows = [row for row, _ in self._inflight.values()]
         self._inflight.clear()
+        self._probe_token = None
         return rows
 
     def finish_pass(self) -> int:
@@ -297,7 +334,22 @@ class Courier:
             return None
         if not self.settings.delivery_enabled:
             return self._keep_local(now)
+        if self._release_until is not None:
+            if self._inflight:
+                return None  # their answers first: a row read again must not be in flight
+            if self._decided:
+                return self._settle(now)
+            until, self._release_until = self._release_until, None
+            self._after, self._exhausted = 0, False
+            self._buffer.clear()
+            return Release(until)
         window = self.policy.window or self.settings.delivery.max_in_flight
+        if not self.gate.is_open(now):
+            if self._answered and self._answered + len(self._inflight) >= window:
+                return self._settle(now)
+            return self._probe(now, capacity)
+        self.probe_at = None
+        self.pause = None
         while capacity > 0 and self.gate.is_open(now):
             if self._answered + len(self._inflight) >= window:
                 # One more request would put more than the window at risk of a repeat.
@@ -317,6 +369,44 @@ class Courier:
             self._inflight[row.seq] = (row, record)
             return Send(row.seq, request)
         return None
+
+    def _probe(self, now: float, capacity: int) -> Action | None:
+        """While a failure holds the gate: one request every probe_interval, so that the
+        backlog goes as soon as the collector answers, not when the backoff ends."""
+        if (self.probe_at is None or now < self.probe_at or capacity <= 0 or self._inflight
+                or self.gate.hard):
+            return None
+        row, self._probe_row = self._probe_row, None
+        if row is None:
+            self._probe_fetch = True
+            return Fetch(Query.PROBE, now=now, limit=1)
+        self.probe_at = now + self.settings.probe_interval
+        prepared = self._prepare(row, now)
+        if isinstance(prepared, Decision):
+            self._decide(prepared, now)
+            return None
+        record, request = prepared
+        self._inflight[row.seq] = (row, record)
+        self._probe_token = row.seq
+        return Send(row.seq, request)
+
+    def _schedule_probe(self, now: float) -> None:
+        interval = self.settings.probe_interval
+        if interval > 0 and not self.gate.hard and self.gate.open_at > now + interval:
+            if self.probe_at is None or self.probe_at <= now:
+                self.probe_at = now + interval
+        else:
+            self.probe_at = None
+
+    def _reached(self, now: float, probe: bool, old_open_at: float) -> None:
+        """The collector answered a record (taken or refused): the gate opens (unless the
+        collector or the configuration holds it); after a probe, what waited goes now."""
+        self.gate = self.gate.after_success()
+        if probe and self.gate.is_open(now) and self.pause is not Pause.CONFIG_ERROR:
+            log.info("the collector answers again; the records waiting for it are sent now")
+            self._release_until = old_open_at
+            self.probe_at = None
+            self.pause = None
 
     def _keep_local(self, now: float) -> Action | None:
         """record_server_delivery_enabled=false: journal (and retain) every record, post none."""
@@ -436,44 +526,104 @@ class Courier:
     def _judge(self, row: QueuedRecord, record: Record | Brief, response: Response, now: float) -> Decision:
         s = self.settings
         c = classify(response, now)
+        probe = self._probe_token == row.seq
+        if probe:
+            self._probe_token = None
+        was_open, old_open_at = self.gate.is_open(now), self.gate.open_at
         if c.verdict is Verdict.DELIVERED:
-            self.gate = self.gate.after_success()
+            self._reached(now, probe, old_open_at)
             self._config_error_logged = False
+            self._judges_records = True
+            self._suspect.clear()
+            self.last_success = now
             return Decision(row, record, Counter.DELIVERED, Outcome.DELIVERED, c.detail, c.status, row.attempts + 1)
         if c.verdict is Verdict.REJECTED:
-            self.gate = self.gate.after_success()
+            self._reached(now, probe, old_open_at)
+            held = self._unjudged_rejection(row, record, c.detail, c.status, now)
+            if held is not None:
+                return held
             self._warn(now, "record %s (%s) rejected by the collector: %s", row.record_id, record.classification,
                        c.detail)
             return Decision(row, record, Counter.REJECTED, Outcome.REJECTED, c.detail, c.status, row.attempts + 1)
+        self.last_error = LastError(now, c.detail, c.status)
         if c.verdict is Verdict.CONFIG_ERROR:
-            self.gate = self.gate.hold(now, s.retry_max_delay)
-            if not self._config_error_logged:
-                self._config_error_logged = True
-                log.error("delivery stopped: %s; records are kept, next attempt in %.0f s or after "
-                          "a reload (SIGHUP)", c.detail, self.gate.open_at - now)
-            return Decision(row, record, Counter.CONFIG_ERROR, None, c.detail, c.status, row.attempts,
+            return self._config_error(row, record, c.detail, c.status, now)
+        if probe:  # the collector still does not answer: the row waits for the gate as before
+            if c.retry_after is not None:
+                self.gate = self.gate.after_failure(now, base=s.base_delay, cap=s.retry_max_delay,
+                                                    rand=self.rng.random(), retry_after=c.retry_after)
+                self.pause = Pause.RETRY_AFTER
+                self._schedule_probe(now)
+            return Decision(row, record, Counter.RETRIED, None, c.detail, c.status, row.attempts,
                             row.next_attempt_at)
-        was_open = self.gate.is_open(now)
         self.gate = self.gate.after_failure(now, base=s.base_delay, cap=s.retry_max_delay,
                                             rand=self.rng.random(), retry_after=c.retry_after)
         attempts = row.attempts + 1
         when = next_attempt_at(attempts, self.gate, now, base=s.base_delay, cap=s.retry_max_delay,
                                rand=self.rng.random())
+        if self.pause is not Pause.CONFIG_ERROR and not self.gate.is_open(now):
+            self.pause = Pause.RETRY_AFTER if self.gate.hard else Pause.BACKOFF
+        self._schedule_probe(now)
         if was_open:
-            log.warning("delivery failed (%s); trying again in %.0f s", c.detail, self.gate.open_at - now)
+            probing = (f"; checking every {s.probe_interval:g} s whether it answers again"
+                       if self.probe_at is not None else "")
+            log.warning("delivery failed (%s); trying again in %.0f s%s", c.detail, self.gate.open_at - now,
+                        probing)
         return Decision(row, record, Counter.RETRIED, None, c.detail, c.status, attempts, when)
+
+    def _config_error(self, row: QueuedRecord, record: Record | Brief, detail: str, status: int | None,
+                      now: float) -> Decision:
+        self.gate = self.gate.hold(now, self.settings.retry_max_delay)
+        self.pause, self.probe_at = Pause.CONFIG_ERROR, None
+        if not self._config_error_logged:
+            self._config_error_logged = True
+            log.error("delivery stopped: %s; records are kept, next attempt in %.0f s or after "
+                      "a reload (SIGHUP)", detail, self.gate.open_at - now)
+        return Decision(row, record, Counter.CONFIG_ERROR, None, detail, status, row.attempts, row.next_attempt_at)
+
+    def _unjudged_rejection(self, row: QueuedRecord, record: Record | Brief, detail: str, status: int | None,
+                            now: float) -> Decision | None:
+        """A 4xx before the collector has taken any record in this configuration: kept (None
+        once the collector is known to judge records one by one).  The same answer for
+        UNIFORM_REJECTIONS different records is a configuration error: nothing is sent
+        until a reload or retry_max_delay, and every record is kept."""
+        if self._judges_records:
+            return None
+        self._suspect.setdefault((status, detail), set()).add(row.record_id)
+        if len(self._suspect) > 1:  # different answers for different records: they are judged
+            self._judges_records = True
+            self._suspect.clear()
+            return None
+        self.last_error = LastError(now, detail, status)
+        if len(self._suspect[(status, detail)]) >= UNIFORM_REJECTIONS:
+            why = (f"every record is refused with the same answer ({detail}): a configuration error "
+                   "(check request_format, server and tidheader)")
+            return self._config_error(row, record, why, status, now)
+        s = self.settings
+        attempts = row.attempts + 1
+        when = max(self.gate.open_at, now + full_jitter(attempts, s.base_delay, s.retry_max_delay, self.rng.random()))
+        return Decision(row, record, Counter.RETRIED, None,
+                        f"{detail} (kept until the collector takes a record: it may refuse every one)",
+                        status, attempts, when)
 
     # --- between passes ---------------------------------------------------------------
 
     def reload(self, settings: Settings) -> None:
-        """New settings; the gate reopens (the fix may be in them)."""
+        """New settings; the gate reopens (the fix may be in them), and whether the
+        collector judges records one by one is to be learnt again."""
         self.settings = settings
         self.gate = Gate()
         self._config_error_logged = False
+        self.pause = self.probe_at = None
+        self._judges_records = False
+        self._suspect.clear()
 
     def next_wake(self, now: float, idle_deadline: float | None) -> float | None:
-        return spool.next_wake(now, self.view, self.gate, record_expiry_minutes=self.settings.record_expiry,
+        wake = spool.next_wake(now, self.view, self.gate, record_expiry_minutes=self.settings.record_expiry,
                                delivery_enabled=self.settings.delivery_enabled, idle_deadline=idle_deadline)
+        if self.probe_at is not None and self.view.rows and not self.gate.is_open(now):
+            wake = self.probe_at if wake is None else min(wake, self.probe_at)
+        return wake
 
     def pass_due(self, now: float, wake: float | None) -> bool:
         """Whether a pass can do anything now, `wake` being when the loop would look anyway.

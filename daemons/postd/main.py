@@ -17,6 +17,7 @@ it sleeps until woken or until the next retry, expiry or deferral is due.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import os
@@ -42,6 +43,7 @@ from telemetry.daemons.postd.core import (
     Courier,
     Fetch,
     Query,
+    Release,
     Send,
     Settings,
     Settle,
@@ -55,8 +57,10 @@ from telemetry.daemons.postd.transport import Transport, TransportFactory
 from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
+from telemetry.daemons.runtime.umask import make_files_private
 from telemetry.daemons.runtime.watchdog import Watchdog
 from telemetry.daemons.store import cjournal
+from telemetry.daemons.store import delivery as state_mod
 from telemetry.daemons.store.journal import Counter, Journal, JournalError
 from telemetry.daemons.store.queue import WAKEUP_FILE, Queue, QueuedRecord, QueueError, queue_dir
 from telemetry.entry import require
@@ -79,6 +83,8 @@ JOURNAL_REOPEN_INTERVAL = 60.0
 # Longest single sleep; far-off wake times (an expiry in years) are re-computed after it.
 MAX_SLEEP = 3600.0
 SQLITE_CACHE_KIB = 256
+# The delivery state file (`telemctl status`) is rewritten at most this often while it changes.
+STATE_INTERVAL = 1.0
 
 
 def settings_from(cfg: config_mod.Config) -> Settings:
@@ -108,6 +114,7 @@ def settings_from(cfg: config_mod.Config) -> Settings:
         log_level=cfg.log_level,
         metrics_textfile=cfg.metrics_textfile,
         spool_max_size_kib=cfg.spool_max_size,
+        probe_interval=float(cfg.retry_probe_interval),
     )
 
 
@@ -161,6 +168,15 @@ class Postd:
         self._textfile: Any = None  # ctl.metrics.TextfileWriter, when metrics_textfile is set
         # On the real clock, not `clock`: systemd's timeout runs on it.
         self.watchdog = Watchdog.from_environment(time.monotonic())
+        try:
+            previous = state_mod.read(settings.spool_dir)
+        except OSError:
+            previous = None
+        if previous is not None:  # what was learnt before a restart, not the pause it was in
+            self.core.last_success, self.core.last_error = previous.last_success, previous.last_error
+        self._state: state_mod.DeliveryState | None = None
+        self._state_written = float("-inf")
+        self._release_waits("started")
         self._refresh_view()
 
     @property
@@ -228,6 +244,38 @@ class Postd:
             self.journal.close()
         self.queue.close()
 
+    def _release_waits(self, why: str) -> None:
+        """A new process or configuration: the waits that earlier failures set are not
+        kept (they were for a collector or settings that may be fixed now); one failure
+        closes the gate again for everyone."""
+        try:
+            released = self.queue.release_retries()
+        except QueueError as e:
+            log.error("%s", e)
+            return
+        if released:
+            log.info("%s: %d records that waited for a retry are due now", why, released)
+
+    def write_state(self, *, force: bool = False) -> None:
+        """Tell `telemctl status` what delivery learnt, when it changed: at once with
+        `force` (the end of a pass), else at most once a second."""
+        core, now = self.core, self.clock()
+        paused = core.pause if not core.gate.is_open(now) else None
+        state = state_mod.DeliveryState(
+            os.getpid(), now, core.last_success, core.last_error, paused,
+            core.gate.open_at if paused is not None else None, core.probe_at if paused is not None else None)
+        if self._state is not None and dataclasses.replace(state, written_at=0) == dataclasses.replace(
+                self._state, written_at=0):
+            return
+        if not force and now - self._state_written < STATE_INTERVAL:
+            return
+        try:
+            state_mod.write(self.settings.spool_dir, state)
+        except (OSError, TelemetryError) as e:
+            log.debug("cannot write %s: %s", state_mod.STATE_FILE, e)
+            return
+        self._state, self._state_written = state, now
+
     def reload(self, cfg: config_mod.Config) -> None:
         """Apply a new config between passes; the gate reopens (the fix may be in it)."""
         settings = settings_from(cfg)
@@ -239,6 +287,7 @@ class Postd:
         if settings.log_level != self.settings.log_level:
             logging.getLogger().setLevel(log_mod.LEVELS.get(settings.log_level, logging.INFO))
         self.core.reload(settings)
+        self._release_waits("configuration reloaded")
         self._refresh_view()
         log.info("configuration reloaded from %s", cfg.source or "built-in defaults")
         cfg.log_notices(log)
@@ -274,6 +323,10 @@ class Postd:
                 elif isinstance(action, Settle):
                     self._settle(action.settlement)
                     tally.update(action.settlement.counts)
+                    self.write_state()
+                elif isinstance(action, Release):
+                    released = self.queue.release_retries(action.until)
+                    log.info("%d records that waited for the collector are due now", released)
                 self.keep_alive()
                 now = self.clock()
             self._queue_retry_at = None
@@ -283,6 +336,7 @@ class Postd:
             log.error("%s; trying again in %.0f s", e, QUEUE_ERROR_RETRY)
             self._queue_retry_at = self.clock() + QUEUE_ERROR_RETRY
         self._refresh_view()
+        self.write_state(force=True)
         unlogged = core.finish_pass()
         if unlogged > 0:
             log.warning("%d more records were set aside or rejected in this pass (not logged one by one; "
@@ -297,6 +351,9 @@ class Postd:
             return self.queue.received_before(f.cutoff, f.limit)
         if f.query is Query.DUE:
             return self.queue.due_after(f.now, f.after, f.limit)
+        if f.query is Query.PROBE:
+            row = self.queue.first_sendable(f.now)
+            return [] if row is None else [row]
         return self.queue.after(f.after, f.limit)
 
     def _settle(self, s: Settlement) -> None:
@@ -452,6 +509,8 @@ Switching from the C telemetrics-client: at start, the entries of the C journal
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
   /var/spool/telemetry/queue/queue.db       the queue it delivers from
   /var/spool/telemetry/queue/queue.changed  touched by telemprobd at each commit
+  /var/spool/telemetry/queue/delivery.json  last delivery, last error, why delivery waits
+                                            (read by 'telemctl status')
   /var/log/telemetry/journal.db             what became of each record, and retained payloads
   /var/log/telemetry/journal                the C client's journal, imported once at start
 
@@ -485,12 +544,15 @@ def run(config_file: str | None, idle_exit_after: float | None) -> None:
 
     Records are POSTed to `server` in queue order, several at a time over kept-alive
     connections, in the request format `request_format` chooses.  A 2xx removes the
-    record; a 4xx other than 408 and 429 rejects it for good; anything else keeps it for
-    another attempt after an exponential backoff (Retry-After honoured) until
-    `record_expiry`.  Each outcome goes to the journal ('telemctl journal').  Settings:
+    record; a 4xx other than 408 and 429 rejects it for good (once the collector has taken
+    a record: the same 4xx for every record is a configuration error, and pauses delivery);
+    anything else keeps it for another attempt after an exponential backoff (Retry-After
+    honoured) until `record_expiry`, while one record every `retry_probe_interval` checks
+    whether the collector answers again.  Each outcome goes to the journal ('telemctl journal').  Settings:
     telemetrics.conf(5)."""
     require("pycurl")  # imported at the first delivery
     os.environ["LC_ALL"] = "C"
+    make_files_private()
     paths = Paths.detect()
     cfg = config_mod.load(paths, config_file)
     settings_from(cfg)  # refuse a bad config before anything is logged

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from telemetry.ack import AckStatus
 from telemetry.contract import check_record, request_header_block
 from telemetry.daemons.probd.ratelimit import Booking, RateLimiter, Verdict
+from telemetry.daemons.probd.reserved import NO_RESERVATION, Reservation
 from telemetry.daemons.store.queue import NewRecord, Sender
 from telemetry.record import Record, RecordError, parse_header_block
 from telemetry.wire import Frame
@@ -30,6 +31,8 @@ class Context:
     opted_in: bool
     machine_id: str
     queued_bytes: int  # bytes queued or on their way into the queue
+    peer_uid: int | None = None  # who connected (SO_PEERCRED), when `sender` is what it stated
+    uid_queued_bytes: int = 0  # of queued_bytes, the sender's
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,22 @@ def fits_spool(queued_bytes: int, size: int, limit_bytes: int) -> bool:
     return limit_bytes < 0 or queued_bytes + size <= limit_bytes
 
 
+def uid_spool_share(spool_max_bytes: int, uid_share: int) -> int:
+    """Bytes of the spool one uid may fill (rate_limit_uid_share of spool_max_size); -1: no cap."""
+    if spool_max_bytes < 0 or uid_share >= 100:
+        return -1
+    return spool_max_bytes * uid_share // 100
+
+
 class Admission:
-    def __init__(self, limiter: RateLimiter, spool_max_bytes: int):
+    def __init__(self, limiter: RateLimiter, spool_max_bytes: int, reserved: Reservation = NO_RESERVATION):
         self.limiter = limiter
         self.spool_max_bytes = spool_max_bytes
+        self.reserved = reserved
+
+    @property
+    def uid_spool_max_bytes(self) -> int:
+        return uid_spool_share(self.spool_max_bytes, self.limiter.policy.uid_share)
 
     def judge(self, frame: Frame, ctx: Context) -> Accept | Refuse:
         if not ctx.opted_in:
@@ -69,6 +84,9 @@ class Admission:
             parsed = parse_header_block(frame.header_block, frame.payload).with_machine_id(ctx.machine_id)
         except RecordError as e:
             return Refuse(AckStatus.INVALID, str(e))
+        peer = ctx.sender.uid if ctx.peer_uid is None else ctx.peer_uid
+        if (forbidden := self.reserved.refusal(parsed.classification, peer)) is not None:
+            return Refuse(AckStatus.FORBIDDEN, forbidden)
         # What is acknowledged must be deliverable: the collector contract's rules, judged
         # once, here, rather than by telempostd after the sender was told it is kept.
         violation = check_record(parsed)
@@ -88,6 +106,14 @@ class Admission:
             return Refuse(
                 AckStatus.NO_SPACE,
                 f"spool full: {ctx.queued_bytes} bytes queued, the limit is {self.spool_max_bytes}",
+                parsed,
+            )
+        share = self.uid_spool_max_bytes
+        if not fits_spool(ctx.uid_queued_bytes, size, share):
+            return Refuse(
+                AckStatus.NO_SPACE,
+                f"spool share full: uid {ctx.sender.uid} has {ctx.uid_queued_bytes} bytes queued; one user may fill "
+                f"{self.limiter.policy.uid_share}% of the spool ({share} bytes)",
                 parsed,
             )
         decision = self.limiter.decide(ctx.sender.uid, size, ctx.now)

@@ -35,8 +35,10 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from telemetry.ack import Ack, AckStatus, Durability
+from telemetry.daemons.probd import reserved
 from telemetry.daemons.probd.admission import Admission, Context, Refuse, spool_limit_bytes
 from telemetry.daemons.probd.ratelimit import Booking, Policy, RateLimiter
+from telemetry.daemons.probd.reserved import NO_RESERVATION, Reservation
 from telemetry.daemons.probd.staging import (
     BUSY_GIVE_UP,
     FLUSH_INTERVAL,
@@ -59,6 +61,10 @@ MAX_POLL = 60.0
 COALESCE_MAX = 0.0005  # longest wait for the stragglers of a batch
 BUSY_RETRY = 0.05  # a locked queue is tried again this often, up to BUSY_GIVE_UP
 DROPPED_JOURNAL_MAX = 10_000  # refusals waiting to be journaled, at most
+# Counters are written with the records once a second under load; once senders pause this
+# long, at once, so that `telemctl status` does not show telempostd's deliveries ahead of
+# the records telemprobd received.
+QUIET_FLUSH = 0.1
 
 Conn = Hashable  # the loop's handle for a connection; opaque here
 
@@ -80,6 +86,7 @@ class Settings:
     spool_max_size_kib: int = -1
     sync_interval: float = 1.0  # 0: every commit synced before its replies
     sync_severity: int = 3  # a batch holding a record this severe is synced before its replies
+    reserved: Reservation = NO_RESERVATION
 
     @classmethod
     def from_config(cls, cfg) -> Settings:
@@ -97,6 +104,7 @@ class Settings:
             spool_max_size_kib=cfg.spool_max_size,
             sync_interval=float(cfg.sync_interval),
             sync_severity=cfg.sync_severity,
+            reserved=reserved.from_config(cfg),
         )
 
 
@@ -189,7 +197,7 @@ class Ingest:
     def __init__(self, settings: Settings, limiter: RateLimiter, *, boot_id: str, now: float,
                  idle_exit: bool = False):
         self.settings = settings
-        self.admission = Admission(limiter, settings.spool_max_bytes)  # owns the limiter
+        self.admission = Admission(limiter, settings.spool_max_bytes, settings.reserved)  # owns the limiter
         self.counters = Counters()
         self.boot_id = boot_id
         self.idle_exit = idle_exit  # started by systemd: recycling applies
@@ -212,12 +220,17 @@ class Ingest:
         self._limiter_dirty = False
         self._measured = 0  # queue bytes when last measured
         self._committed_since_measure = 0  # bytes this process committed since then
+        # The same per sending uid (rate_limit_uid_share of spool_max_size).
+        self._uid_measured: dict[int, int] = {}
+        self._uid_committed: collections.Counter[int] = collections.Counter()
+        self._uid_pending: collections.Counter[int] = collections.Counter()
         self._measured_at = -math.inf
         self.stopping = False
         self._stop_deadline = 0.0
         self._last_activity = now
         self._next_tick = now + TICK
         self._next_flush = now + FLUSH_INTERVAL
+        self._quiet_flush = math.inf
         self._next_journal = now
         self._next_status = now
         self._last_status = ""
@@ -276,6 +289,7 @@ class Ingest:
     def _refuse(self, conn: Conn, sender: Sender, status: AckStatus, reason: str, now: float) -> Reply:
         self.counters.add("received")
         self.counters.add(f"rejected:{status.value}")
+        self._quiet_flush = now + QUIET_FLUSH
         self.refusals_log.log(now, logging.WARNING, "refused a record from uid %d pid %d: %s: %s",
                               sender.uid, sender.pid, status.value, reason)
         self._forget(conn)
@@ -287,8 +301,10 @@ class Ingest:
               opted_in: bool, machine_id: str) -> Reply | Measure | None:
         """A complete frame: refused (Reply), held for the next commit (None), or MEASURE
         first when it seems not to fit the spool and the size known is old."""
+        peer = self._conns.get(conn)
         ctx = Context(record_id=record_id, sender=sender, received_at=wall, now=now, opted_in=opted_in,
-                      machine_id=machine_id, queued_bytes=self.queued())
+                      machine_id=machine_id, queued_bytes=self.queued(),
+                      peer_uid=None if peer is None else peer.sender.uid, uid_queued_bytes=self.queued_by(sender.uid))
         verdict = self.admission.judge(frame, ctx)
         if isinstance(verdict, Refuse):
             if (verdict.status is AckStatus.NO_SPACE
@@ -306,13 +322,16 @@ class Ingest:
             self._pending_since = ctx.now
         self._pending.append(_Held(verdict.record, conn, verdict.booking, verdict.deferred, verdict.severity))
         self._pending_bytes += verdict.record.size
+        self._uid_pending[verdict.record.sender.uid] += verdict.record.size
         return None
 
-    def measured(self, size: int | None, now: float) -> None:
-        """The queue's size as read now (telempostd removes rows); None: it could not be read."""
+    def measured(self, size: int | None, now: float, by_uid: dict[int, int] | None = None) -> None:
+        """The queue's size as read now (telempostd removes rows), in all and per sending
+        uid; None: it could not be read."""
         self._measured_at = now
         if size is not None:
             self._measured, self._committed_since_measure = size, 0
+            self._uid_measured, self._uid_committed = dict(by_uid or {}), collections.Counter()
 
     def measure_due(self, now: float) -> bool:
         """Whether the loop should read the queue's size now (start, spool quota changed)."""
@@ -322,6 +341,11 @@ class Ingest:
         if self.admission.spool_max_bytes < 0:
             return 0
         return self._measured + self._committed_since_measure + self._pending_bytes
+
+    def queued_by(self, uid: int) -> int:
+        if self.admission.uid_spool_max_bytes < 0:
+            return 0
+        return self._uid_measured.get(uid, 0) + self._uid_committed[uid] + self._uid_pending[uid]
 
     # --- committing ---------------------------------------------------------------------
 
@@ -353,6 +377,8 @@ class Ingest:
         self._busy_since = None
         self._retry_at = 0.0
         self._committed_since_measure += sum(h.record.size for h in items)
+        for h in items:
+            self._uid_committed[h.record.sender.uid] += h.record.size
         self._last_batch = len(items)
         if synced:
             self._unsynced_since = None  # one sync covers every commit before it
@@ -368,6 +394,7 @@ class Ingest:
         self.counters.add("staged", len(items))
         if deferred:
             self.counters.add("deferred", deferred)
+        self._quiet_flush = now + QUIET_FLUSH
         return replies
 
     def commit_failed(self, error: StageError, now: float) -> list[Reply]:
@@ -386,6 +413,7 @@ class Ingest:
         self.failures_log.log(now, logging.ERROR, "could not stage %d records: %s", len(items), error.detail)
         self._pending = self._pending[len(items):]
         self._pending_bytes = sum(h.record.size for h in self._pending)
+        self._uid_pending = self._pending_by_uid()
         self._busy_since = None
         self._retry_at = 0.0
         for h in items:
@@ -409,13 +437,21 @@ class Ingest:
         self._committing = None
         self._pending = self._pending[len(items):]
         self._pending_bytes = sum(h.record.size for h in self._pending) if self._pending else 0
+        self._uid_pending = self._pending_by_uid()
         return items
+
+    def _pending_by_uid(self) -> collections.Counter[int]:
+        pending: collections.Counter[int] = collections.Counter()
+        for h in self._pending:
+            pending[h.record.sender.uid] += h.record.size
+        return pending
 
     def _due_extras(self, now: float, wall: float, force: bool = False) -> tuple[dict[str, int], dict[str, str]]:
         """Counters and limiter state to write with this commit: once a second at most."""
         if not force and now < self._next_flush:
             return {}, {}
         self._next_flush = now + FLUSH_INTERVAL
+        self._quiet_flush = math.inf
         if self._limiter_dirty:
             self._limiter_dirty = False
             snapshot = self.admission.limiter.snapshot(now)
@@ -427,9 +463,10 @@ class Ingest:
         """Counters and limiter state to write on their own, when no records carry them."""
         if self._pending or self._committing is not None:
             return None
-        if not final and now < self._next_flush:
+        due = final or now >= min(self._next_flush, self._quiet_flush)
+        if not due:
             return None
-        counters, meta = self._due_extras(now, wall, force=final)
+        counters, meta = self._due_extras(now, wall, force=True)
         if not (counters or meta):
             return None
         self._commit_extras = (counters, meta)
@@ -509,11 +546,13 @@ class Ingest:
             self.admission.limiter = RateLimiter.restore(
                 settings.policy, self.admission.limiter.snapshot(now), now, 0.0)
             self._limiter_dirty = True
-        if settings.spool_max_bytes != old.spool_max_bytes:
+        self.admission.reserved = settings.reserved
+        if settings.spool_max_bytes != old.spool_max_bytes or settings.policy.uid_share != old.policy.uid_share:
             self.admission.spool_max_bytes = settings.spool_max_bytes
             self._measured_at = -math.inf
         if settings.spool_dir != old.spool_dir:
             self._measured, self._committed_since_measure = 0, 0
+            self._uid_measured, self._uid_committed = {}, collections.Counter()
             self._measured_at = -math.inf
 
     def wake_at(self, now: float) -> float:
@@ -529,7 +568,7 @@ class Ingest:
             return self._next_tick
         wake = now + MAX_POLL
         if self.counters.unflushed or self._limiter_dirty or self._meta:
-            wake = min(wake, self._next_flush)
+            wake = min(wake, self._next_flush, self._quiet_flush)
         if self._dropped:
             wake = min(wake, self._next_journal)
         if self.counters.status() != self._last_status:

@@ -116,7 +116,7 @@ class IngestLoop:
         self._ep.register(self._lfd, select.EPOLLIN)
         self._ep.register(self._signals.fileno(), select.EPOLLIN)
         if core.measure_due(time.monotonic()):
-            core.measured(self.stager.measure(), time.monotonic())
+            self._measure(time.monotonic())
         self._notify(f"READY=1\nSTATUS={core.counters.status()}")
         log.info("ready: socket %s, %s", self.listener.path, core.describe())
         try:
@@ -196,12 +196,17 @@ class IngestLoop:
             self.stager.switch_spool(settings.spool_dir)
         core.apply(settings, now)
         if core.measure_due(now):
-            core.measured(self.stager.measure(), now)
+            self._measure(now)
         if settings.socket_path != old.socket_path and not self.listener.activated:
             log.warning("socket_path changed to %s; restart telemprobd to listen there (still on %s)",
                         settings.socket_path, self.listener.path)
         if settings.log_level != old.log_level:
             logging.getLogger().setLevel(log_mod.LEVELS.get(settings.log_level, logging.INFO))
+
+    def _measure(self, now: float) -> None:
+        """Read what is queued, in all and per uid (telempostd removes rows meanwhile)."""
+        sizes = self.stager.measure_by_uid()
+        self.core.measured(None if sizes is None else sum(sizes.values()), now, sizes)
 
     def _begin_stop(self) -> None:
         self.core.stop(time.monotonic())
@@ -331,7 +336,7 @@ class IngestLoop:
         verdict = self.core.frame(conn, frame, sender=sender, record_id=record_id, wall=wall, now=now,
                                   opted_in=self._opted_in, machine_id=machine_id)
         if verdict is MEASURE:
-            self.core.measured(self.stager.measure(), now)
+            self._measure(now)
             verdict = self.core.frame(conn, frame, sender=sender, record_id=record_id, wall=wall, now=now,
                                       opted_in=self._opted_in, machine_id=machine_id)
         self._unregister(conn)

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from telemetry.config import Config
+from telemetry.daemons.probd import reserved
 from telemetry.daemons.store.queue import Sender
 from telemetry.errors import TelemetryError
 from telemetry.fsutil import UnsafePathError, ensure_dir
@@ -116,6 +117,7 @@ def check_socket_path(path: str) -> None:
 def check_config(cfg: Config) -> None:
     """What telemprobd refuses to start with, of the config (telemctl checks it first)."""
     check_socket_path(cfg.socket_path)
+    reserved.from_config(cfg)
 
 
 def bind(path: str, *, create_dir: bool) -> Listener:

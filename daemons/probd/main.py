@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
 import time
 
@@ -26,11 +25,12 @@ from telemetry.bootid import read_boot_id
 from telemetry.cli import VERSION, ConfigFile, command_attribute, handle_errors, program_main
 from telemetry.daemons.probd.core import Settings
 from telemetry.daemons.probd.ingest import IngestLoop
-from telemetry.daemons.probd.listener import open_listener
+from telemetry.daemons.probd.listener import check_config, open_listener
 from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import LIMITER_META_KEY, Stager, elapsed_since
 from telemetry.daemons.runtime.lifecycle import started_by_systemd
 from telemetry.daemons.runtime.notify import notify
+from telemetry.daemons.runtime.umask import make_files_private
 from telemetry.machineid import MachineId
 from telemetry.optin import is_opted_in
 from telemetry.options import Options
@@ -60,13 +60,8 @@ def restore_limiter(stager: Stager, settings: Settings, boot_id: str) -> RateLim
     return RateLimiter.restore(settings.policy, snapshot, mono, elapsed)
 
 
-# Records are private: the queue and the journal are not for other users.  Only added to
-# the inherited umask (the unit's UMask= may be stricter).
-UMASK = 0o027
-
-
 def serve(paths: Paths, cfg, config_file: str | None) -> int:
-    os.umask(os.umask(0) | UMASK)
+    make_files_private()
     settings = Settings.from_config(cfg)
     listener = open_listener(cfg.socket_path, create_dir=paths.mode is Mode.USER)
     try:
@@ -167,6 +162,7 @@ def run(config_file: str | None) -> None:
     crash or a power cut.  Settings: telemetrics.conf(5)."""
     paths = Paths.detect()
     cfg = config_mod.load(paths, config_file)
+    check_config(cfg)  # refuse a bad config before anything is logged
     log_mod.setup(PROGRAM, cfg.log_level)
     log.info("configuration: %s", cfg.source or "built-in defaults")
     cfg.log_notices(log)

@@ -148,6 +148,19 @@ class Window:
             return None  # bookings ahead: newcomers queue behind them
         return idx if self._total + amount <= self.cap else None
 
+    def fits_at(self, idx: int, amount: int) -> bool:
+        """Whether `amount` booked at slot `idx` keeps every window that counts it (those
+        ending at idx .. idx + SLOTS) within the cap, bookings ahead included."""
+        self._expire(idx)
+        entries = self._entries
+        for end in range(idx, idx + SLOTS + 1):
+            counted = sum(a for i, a in entries if end - SLOTS <= i <= end)
+            if counted + amount > self.cap:
+                return False
+            if not entries or entries[-1][0] <= end:
+                return True  # later windows only lose bookings
+        return True
+
     def earliest(self, now: float, amount: int) -> int | None:
         """First slot index where `amount` can be booked behind every existing booking."""
         if amount > self.cap:
@@ -281,6 +294,12 @@ class RateLimiter:
                     for (w, _), idx in zip(windows, slots, strict=True) if idx is None)
         if not self.policy.spool:
             return Decision(Verdict.REFUSE, reason=over)
+        if self._within_share(uid, windows, slots, now):
+            # Others' deferred records booked ahead do not hold up a user within their
+            # share: their bookings stay valid, and no window goes over its limit.
+            for w, amount in windows:
+                w.book(w.index(now), amount)
+            return Decision(Verdict.ADMIT, Booking(uid, size, now))
         at = now
         for w, amount in windows:
             idx = w.earliest(now, amount)
@@ -292,6 +311,18 @@ class RateLimiter:
         for w, amount in windows:
             w.book(w.index(at), amount)
         return Decision(Verdict.DEFER, Booking(uid, size, at), reason=over)
+
+    def _within_share(self, uid: int, windows: list[tuple[Window, int]], slots: list[int | None],
+                      now: float) -> bool:
+        """The uid's own windows take the record now (none of its own records wait ahead of
+        it), and the machine's do too once every booking ahead is counted."""
+        if not self._share:
+            return False
+        n_global = len(self._global.windows(0))
+        if any(idx is None for idx in slots[n_global:]):
+            return False
+        return all(idx is not None or w.fits_at(w.index(now), amount)
+                   for (w, amount), idx in zip(windows[:n_global], slots[:n_global], strict=True))
 
     def release(self, booking: Booking) -> None:
         """Take back a booking whose record was not staged after all."""

@@ -208,6 +208,14 @@ class Stager:
             log.debug("cannot measure the queue: %s", e)
             return None
 
+    def measure_by_uid(self) -> dict[int, int] | None:
+        """Bytes queued now per sending uid, or None if unknown."""
+        try:
+            return self._ensure_queue().bytes_by_uid()
+        except Exception as e:  # the next commit meets the same failure and replies it
+            log.debug("cannot measure the queue: %s", e)
+            return None
+
     def import_c_spool(self) -> ImportReport | None:
         """Take over the record files a C telemprobd left in the spool directory; None when
         the queue cannot be used now (the files stay for the next start)."""

@@ -361,6 +361,24 @@ class Queue:
         """Every row after queue position `after_seq`, due or not, oldest first."""
         return self._rows(f"SELECT {_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
 
+    def first_sendable(self, now: float) -> QueuedRecord | None:
+        """The oldest row not held by the rate limit, however long its retry is away: what
+        telempostd sends to learn whether the collector answers again."""
+        rows = self._rows(f"SELECT {_COLUMNS} FROM records WHERE deferred_until <= ? ORDER BY seq LIMIT 1", (now,))
+        return rows[0] if rows else None
+
+    def release_retries(self, until: float | None = None) -> int:
+        """Rows waiting for a retry at or before `until` (None: every one) become due now:
+        the wait they got was for a collector or a configuration that is no longer there.
+        Returns how many."""
+        def write(db: sqlite3.Connection) -> int:
+            if until is None:
+                return db.execute("UPDATE records SET next_attempt_at = 0 WHERE next_attempt_at > 0").rowcount
+            return db.execute("UPDATE records SET next_attempt_at = 0 WHERE next_attempt_at > 0"
+                              " AND next_attempt_at <= ?", (until,)).rowcount
+
+        return int(self._db.write(write) or 0)
+
     def received_before(self, cutoff: float, limit: int = 64) -> list[QueuedRecord]:
         """Rows received before `cutoff` (expiry candidates), oldest first."""
         return self._rows(f"SELECT {_COLUMNS} FROM records WHERE received_at < ? ORDER BY seq LIMIT ?",
@@ -426,6 +444,12 @@ class Queue:
         # TOTAL, not SUM: a damaged size must not overflow the sum into an error.
         n, size = self._db.run(lambda db: db.execute("SELECT COUNT(*), TOTAL(size) FROM records").fetchone())
         return int(n), int(min(max(size, -(2**63)), 2**63 - 1))
+
+    def bytes_by_uid(self) -> dict[int, int]:
+        """Bytes queued per sending uid (the per-uid share of spool_max_size)."""
+        rows = self._db.run(lambda db: db.execute(
+            "SELECT CAST(sender_uid AS INTEGER), TOTAL(size) FROM records GROUP BY 1").fetchall())
+        return {int(uid or 0): int(min(max(size, 0), 2**62)) for uid, size in rows}
 
     def breakdown(self, now: float) -> Breakdown:
         rows, size, staged, staged_size, deferred, first_due, first_retry = self._db.run(

@@ -162,6 +162,8 @@ def test_type_and_watchdog_follow_what_the_daemon_sends(name, user_install):
     assert s["Type"] == "notify"
     if "WatchdogSec" in s:
         assert "WATCHDOG=1" in sources
+        # A hung daemon the watchdog aborts is killed soon after, not TimeoutStopSec later.
+        assert 0 < int(s["TimeoutAbortSec"]) <= 30
     assert "SIGHUP" in Path(importlib.util.find_spec(MODULES[DAEMONS[name]]).origin).read_text()
     assert s["ExecReload"] == "/bin/sh -c 'kill -HUP \"$$MAINPID\"'"
 

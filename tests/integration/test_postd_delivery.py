@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import sqlite3
 import time
 from dataclasses import replace
 
 import pytest
-from http_collector import HANG, TID, Collector
+from http_collector import ACCEPT, HANG, TID, Collector, status
 from postd_support import (
     CLOSED,
     Clock,
@@ -33,7 +34,9 @@ from postd_support import (
 from support import free_port
 
 from telemetry.daemons.postd.main import RECORD_WARNINGS_PER_PASS, Counter, Postd
+from telemetry.daemons.store import delivery as state_mod
 from telemetry.daemons.store import journal as journal_mod
+from telemetry.daemons.store.delivery import Pause
 from telemetry.daemons.store.journal import Outcome
 from telemetry.daemons.store.queue import Queue
 
@@ -143,12 +146,20 @@ def test_proxy_from_environment(user_install, collector, monkeypatch):
 
 
 def test_400_is_rejected_for_good_with_the_message(user_install, fake):
+    """Once the collector took a record, a 4xx is about the record: rejected for good.
+    Before that, the first refused record is kept (it may be how every record is sent)."""
     fake.plan(answer(400, message="kernel version is invalid"))
+    clock = Clock(time.time())
     ids = fill(user_install, 2)
-    postd = make_postd(user_install, fake, max_in_flight=1)
+    postd = make_postd(user_install, fake, clock, max_in_flight=1)
+    tally = postd.run_pass()
+    assert tally[Counter.RETRIED] == 1 and tally[Counter.DELIVERED] == 1
+    assert queued_ids(user_install.paths.spool_dir) == ids[:1]
+    fake.plan(answer(400, message="kernel version is invalid"))
+    clock.now = postd.next_wake()
     tally = postd.run_pass()
     postd.close()
-    assert tally[Counter.REJECTED] == 1 and tally[Counter.DELIVERED] == 1
+    assert tally[Counter.REJECTED] == 1
     first = entries(user_install, record_id=ids[0])[0]
     assert first.outcome is Outcome.REJECTED
     assert first.http_status == 400
@@ -227,7 +238,7 @@ def test_server_trouble_keeps_records_and_backs_off(user_install, fake, behaviou
     fake.answer(behaviour)
     clock = Clock(time.time())
     ids = fill(user_install, 3)
-    postd = make_postd(user_install, fake, clock, max_in_flight=1)
+    postd = make_postd(user_install, fake, clock, max_in_flight=1, retry_probe_interval=0)
     tally = postd.run_pass()
     assert tally[Counter.RETRIED] == 1  # the gate closed after the first failure
     assert not postd.gate.is_open(clock())
@@ -253,6 +264,89 @@ def test_server_trouble_keeps_records_and_backs_off(user_install, fake, behaviou
     assert [r.record_id for r in fake.accepted()] == ids
     assert counters(user_install.paths.spool_dir)["retried"] == 1
     assert entries(user_install)[0].outcome is Outcome.DELIVERED
+
+
+class LongWaits(random.Random):
+    """Every backoff near its ceiling (119 s of spool_process_time's 120 s)."""
+
+    def random(self) -> float:
+        return 0.99
+
+
+def test_delivery_resumes_when_the_collector_answers_again_not_when_the_backoff_ends(user_install):
+    """The collector goes away (nothing listens on its port) and comes back on the same port:
+    a probe a second finds it, and the backlog goes at once, long before the 119 s wait."""
+    gone = Collector().start()
+    port = gone.port
+    gone.stop()
+    ids = fill(user_install, 6)
+    user_install.write_config(settings_text(gone.url, retry_probe_interval=1))
+    postd = Postd(user_install.paths, load_config(user_install), boot_id=BOOT_ID, by_systemd=False,
+                  rng=LongWaits())
+    try:
+        assert postd.run_pass()[Counter.RETRIED] >= 1
+        assert postd.gate.open_at - time.time() > 100
+        st = state_mod.read(user_install.paths.spool_dir)
+        assert st.paused is Pause.BACKOFF and st.paused_until == postd.gate.open_at
+        assert st.probe_at is not None and st.probe_at < st.paused_until
+        assert "curl error 7" in st.last_error.detail and st.last_success is None
+        with Collector(port=port) as back:
+            deadline = time.monotonic() + 60  # well inside the backoff
+            while queued_ids(user_install.paths.spool_dir) and time.monotonic() < deadline:
+                if postd.pass_due():
+                    postd.run_pass()
+                time.sleep(0.1)
+            assert queued_ids(user_install.paths.spool_dir) == []
+            assert sorted(r.record_id for r in back.accepted()) == sorted(ids)
+    finally:
+        postd.close()
+    st = state_mod.read(user_install.paths.spool_dir)
+    assert st.paused is None and st.last_success is not None and st.last_error is not None
+
+
+def test_a_restart_does_not_keep_the_old_backoff(user_install, collector):
+    """The wait a failure set belongs to that process and its settings: started again with
+    the server fixed, telempostd sends what was waiting at once."""
+    ids = fill(user_install, 3)
+    user_install.write_config(settings_text(f"http://127.0.0.1:{free_port()}/v2/collector"))
+    postd = Postd(user_install.paths, load_config(user_install), boot_id=BOOT_ID, by_systemd=False,
+                  rng=LongWaits())
+    postd.run_pass()
+    postd.close()
+    q = Queue(user_install.paths.spool_dir)
+    assert all(r.next_attempt_at > time.time() + 100 for r in q.all())
+    q.close()
+    user_install.write_config(settings_text(collector.url))
+    postd = Postd(user_install.paths, load_config(user_install), boot_id=BOOT_ID, by_systemd=False)
+    try:
+        assert postd.run_pass()[Counter.DELIVERED] == 3
+    finally:
+        postd.close()
+    assert sorted(r.record_id for r in collector.accepted()) == sorted(ids)
+
+
+def test_json_that_the_collector_refuses_every_time_is_a_configuration_error(user_install, collector, caplog):
+    """As telemetrics-backend answers request_format=json: the same 400 for every record
+    (the front answers in its place; the real backend is not installed here).  Nothing is
+    rejected: delivery pauses, the records stay, the log and the state say why."""
+    collector.answer(status(400, message="Record-Format-Version header missing"))
+    ids = fill(user_install, 10)
+    postd = make_postd(user_install, collector.url, request_format="json")
+    try:
+        tally = postd.run_pass()
+        assert tally[Counter.REJECTED] == 0 and tally[Counter.CONFIG_ERROR] >= 1
+        assert queued_ids(user_install.paths.spool_dir) == ids and entries(user_install) == []
+        assert caplog.text.count("every record is refused with the same answer") == 1
+        st = state_mod.read(user_install.paths.spool_dir)
+        assert st.paused is Pause.CONFIG_ERROR and "Record-Format-Version header missing" in st.last_error.detail
+        assert len(collector.received) <= 3 + 4  # the judging requests and those in flight, no more
+        # Fixed: headers, as the collector wants them.
+        collector.answer(ACCEPT)
+        user_install.write_config(settings_text(collector.url))
+        postd.reload(load_config(user_install))
+        assert postd.run_pass()[Counter.DELIVERED] == 10
+    finally:
+        postd.close()
 
 
 def test_429_retry_after_is_honoured(user_install, fake):

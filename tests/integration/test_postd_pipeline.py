@@ -40,7 +40,8 @@ def test_records_flow_from_probe_to_collector(user_install, collector):
 
 
 def test_spool_cap_drops_new_records_and_delivery_makes_room(user_install, collector):
-    with Probd(user_install, f"server={collector.url}\nspool_max_size=3\n") as probd:
+    # One sender here: its share of the spool is the whole spool.
+    with Probd(user_install, f"server={collector.url}\nspool_max_size=3\nrate_limit_uid_share=100\n") as probd:
         replies = [probd.send_raw(frame(i)) for i in range(3)]
         assert [r.split()[1] for r in replies] == [b"accepted", b"accepted", b"no-space"]
         wait_until(lambda: outcomes(user_install), what="the refusal's journal entry")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from http_collector import HANG, Collector
+from http_collector import ACCEPT, HANG, Collector, status
 from support import free_port, wait_until
 
 from telemetry.client import Client
@@ -349,8 +349,53 @@ def test_stop_says_what_it_waits_for(pipeline, collector):
 
 
 @needs_daemons
+def test_status_says_why_delivery_waits_and_a_restart_drops_the_old_wait(user_install):
+    """The collector asks for an hour's wait: status shows the pause, its reason and the
+    error.  Restarted (the collector fine again), telempostd does not keep that wait."""
+    inst = user_install
+    with Collector() as col:
+        col.answer(status(503, retry_after="3600", message="maintenance"))
+        inst.write_config(f"server={col.url}\n")
+        inst.opt_in()
+        try:
+            assert ctl(inst, "start").returncode == 0
+            Client(inst.paths).send(create_record("org.example/telemctl/wait", 1, "x"))
+
+            def paused():
+                st = json.loads(out(ctl(inst, "status", "--json")))
+                return st if st["delivery"] and st["delivery"]["paused"] else None
+
+            st = wait_until(paused, 60, "the pause to show")
+            d = st["delivery"]
+            assert d["paused"] == "retry-after" and d["paused_until"] - st["time"] > 3000
+            assert d["last_error"]["http_status"] == 503 and "maintenance" in d["last_error"]["detail"]
+            assert d["last_success"] is None and d["next_probe"] is None
+            text = out(ctl(inst, "status"))
+            assert re.search(r"^Next retry:  .*\(in (59 min|1 h 0 min)", text, re.M), text
+            assert re.search(r"^  paused:    until .*: the collector asked to wait$", text, re.M), text
+            assert re.search(r"^  last error: .* ago\): HTTP 503: maintenance$", text, re.M), text
+
+            col.answer(ACCEPT)
+            assert ctl(inst, "restart").returncode == 0
+            col.wait_for(1, 60)
+
+            def sent():
+                st = json.loads(out(ctl(inst, "status", "--json")))
+                return st if st["delivery"]["last_success"] and st["queue"]["records"] == 0 else None
+
+            st = wait_until(sent, 60, "the delivery to show")
+            assert st["delivery"]["paused"] is None and st["delivery"]["last_error"]["http_status"] == 503
+            assert st["counters"]["telempostd"]["delivered"] == 1
+            text = out(ctl(inst, "status"))
+            assert re.search(r"^  last sent: \d{4}-.* ago\)$", text, re.M) and "paused:" not in text, text
+            assert "Next retry:  none (the queue is empty)" in text
+        finally:
+            ctl(inst, "stop")
+
+
+@needs_daemons
 def test_status_while_the_collector_is_down(user_install):
-    """A failed delivery: the record is spooled, counted as retried, and the retry time shown."""
+    """A failed delivery: the record is spooled, counted as retried, the retry time and the error shown."""
     port = free_port()
     inst = user_install
     inst.write_config(f"server=http://127.0.0.1:{port}/v2/collector\nspool_max_size=1024\n")
@@ -374,6 +419,12 @@ def test_status_while_the_collector_is_down(user_install):
         assert re.search(r"^Next retry:  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+ \(in .+\)$", text, re.M), text
         assert re.search(r"^  spooled:   1 record, ", text, re.M), text
         assert journal_lines(inst) == []  # not decided yet: nothing journaled
+        st = wait_until(lambda: (st := json.loads(out(ctl(inst, "status", "--json"))))["delivery"]
+                        and st["delivery"]["last_error"] and st, 60, "the error to show")
+        assert "curl error 7" in st["delivery"]["last_error"]["detail"] and st["delivery"]["last_success"] is None
+        text = out(ctl(inst, "status"))
+        assert re.search(r"^  last sent: never$", text, re.M), text
+        assert re.search(r"^  last error: \d{4}-.* ago\): curl error 7: .*$", text, re.M), text
     finally:
         ctl(inst, "stop")
 

@@ -14,6 +14,7 @@ import pytest
 from support import METADATA, wait_until
 
 from telemetry.daemons.ctl.metrics import metric_name
+from telemetry.daemons.store import delivery
 from telemetry.daemons.store.queue import NewRecord, Queue, Sender
 from telemetry.record import create_record
 
@@ -57,6 +58,13 @@ def test_metrics_print_the_counters_and_the_queue(user_install):
     assert s[("telempostd_delivered_total", ())] == 0
     assert s[("telemetry_queue_records", ())] == 3 and s[("telemetry_queue_staged_records", ())] == 3
     assert s[("telemetry_opted_in", ())] == 0
+    assert ("telempostd_last_success_timestamp_seconds", ()) not in s  # nothing delivered yet
+    # What telempostd last learnt: when a record was last taken, when delivery last failed.
+    delivery.write(user_install.paths.spool_dir, delivery.DeliveryState(
+        1, 1_700_000_100.0, 1_700_000_000.0, delivery.LastError(1_700_000_050.0, "HTTP 503", 503)))
+    s = samples(user_install.run(CTL, "metrics").stdout.decode())
+    assert s[("telempostd_last_success_timestamp_seconds", ())] == 1_700_000_000.0
+    assert s[("telempostd_last_error_timestamp_seconds", ())] == 1_700_000_050.0
 
 
 def test_textfile_from_telemctl(user_install):

@@ -130,7 +130,10 @@ def test_stop_disable_enable_order(fake_systemctl):
     assert calls == [f"stop {u}" for u in everything] + [f"disable {u}" for u in everything]
     log.write_text("")
     assert units.enable(ctl, print) == 0
-    assert "enable crashprobe-journal.service" not in log.read_text().splitlines()  # the admin's choice
+    enabled = log.read_text().splitlines()
+    assert "enable crashprobe-journal.service" not in enabled  # the admin's choice
+    # Two journal probes that conflict: only the one started at boot is enabled.
+    assert "enable journal-probe-tail.service" in enabled and "enable journal-probe.service" not in enabled
 
 
 def test_is_active_and_missing_units(fake_systemctl):

@@ -313,3 +313,27 @@ def test_sleeps_through_a_far_expiry(user_install):
             d.proc.wait(timeout=1)
         assert d.stop() == 0
     assert "Traceback" not in d.log()
+
+
+def test_started_by_hand_its_files_are_not_for_other_users(user_install, collector):
+    """A shell's umask 022 would make queue.db 0644: telempostd adds 027 to what it inherits."""
+    import stat
+    import sys
+
+    from telemetry.daemons.store import delivery
+
+    user_install.write_config(settings_text(collector.url))
+    spool, journal = user_install.paths.spool_dir, user_install.paths.journal_dir
+    assert not os.path.exists(spool)  # telempostd makes it all
+    proc = subprocess.Popen([sys.executable, "-m", MODULE], env=user_install.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: os.umask(0o022))
+    try:
+        wait_until(lambda: os.path.exists(delivery.path(spool)), 30, "the first pass")
+        files = [os.path.join(d, n) for top in (spool, journal) for d, dirs, names in os.walk(top)
+                 for n in names + dirs]
+        assert any(f.endswith(QUEUE_DB) for f in files) and any(f.endswith("journal.db") for f in files)
+        for f in files:
+            assert stat.S_IMODE(os.stat(f).st_mode) & 0o007 == 0, (f, oct(os.stat(f).st_mode))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -111,7 +112,7 @@ def test_one_uid_cannot_exhaust_the_window_for_others(user_install):
 
 def test_spool_quota_refuses_with_no_space_and_journals_the_refusal(user_install):
     # 3 KiB holds two records of about 1.43 KB.
-    with Probd(user_install, "spool_max_size=3") as probd:
+    with Probd(user_install, "spool_max_size=3\nrate_limit_uid_share=100") as probd:
         replies = [probd.send_raw(FRAME) for _ in range(3)]
         assert statuses(replies) == ["accepted", "accepted", "no-space"]
         assert b"spool full" in replies[2]
@@ -129,6 +130,52 @@ def test_spool_quota_refuses_with_no_space_and_journals_the_refusal(user_install
         q.close()
         time.sleep(0.3)
         assert probd.send_raw(FRAME).startswith(b"TM/1 accepted")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="sending for another user needs root")
+def test_one_user_fills_at_most_their_share_of_the_spool(user_install):
+    """rate_limit_uid_share (50 %) of spool_max_size per sending uid: while the collector is
+    away one user cannot fill the spool and leave everyone else with no-space."""
+    from telemetry.client import Client, Credentials
+
+    def send(uid: int | None) -> str:
+        c = Client(user_install.paths, config_file=None)
+        ack = c.send_frame(FRAME) if uid is None else c.send_frame(FRAME, on_behalf_of=Credentials(os.getpid(), uid, uid))
+        return ack.status.value if ack.kept else str(ack)
+
+    # 6 KiB: each uid's half holds two records of about 1.43 KB.
+    with Probd(user_install, "spool_max_size=6") as probd:
+        flood = [send(None) for _ in range(4)]
+        assert flood[:2] == ["accepted", "accepted"]
+        assert flood[2] == flood[3], flood
+        assert re.fullmatch(r"no-space: spool share full: uid 0 has 28\d\d bytes queued; one user may fill 50% of "
+                            r"the spool \(3072 bytes\)", flood[2]), flood
+        assert [send(4242), send(4242)] == ["accepted", "accepted"]  # the others still have room
+        assert send(4243).startswith("no-space: spool full")  # the whole spool is the limit after that
+        # Delivery (telempostd) frees the flooder's rows: its share has room again.
+        q = Queue(probd.spool_dir)
+        q.delete([r.record_id for r in q.all() if r.sender.uid == 0])
+        q.close()
+        time.sleep(0.3)
+        assert send(None) == "accepted"
+        wait_until(lambda: counters(probd.spool_dir).get("rejected:no-space") == 3, what="counter")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="sending for another user needs root")
+def test_with_spool_a_user_within_their_share_is_not_held_behind_a_flood(user_install):
+    from telemetry.client import Client, Credentials
+
+    def send(uid: int | None) -> str:
+        c = Client(user_install.paths, config_file=None)
+        ack = c.send_frame(FRAME) if uid is None else c.send_frame(FRAME, on_behalf_of=Credentials(os.getpid(), uid, uid))
+        return ack.status.value
+
+    config = "record_burst_limit=4\nrecord_window_length=1\nrate_limit_uid_share=50\nrate_limit_strategy=spool\n"
+    with Probd(user_install, config) as probd:
+        assert [send(None) for _ in range(4)] == ["accepted", "accepted", "deferred", "deferred"]
+        assert [send(4242), send(4242), send(4242)] == ["accepted", "accepted", "deferred"]
+        rows = {r.sender.uid: r for r in queued(probd.spool_dir) if r.deferred_until == 0}
+        assert set(rows) == {0, 4242}
 
 
 def test_quota_minus_one_means_no_cap(user_install):

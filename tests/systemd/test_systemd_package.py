@@ -39,6 +39,8 @@ def test_install_makes_the_user_the_folders_and_enables_the_units(installed):
     for unit in ENABLED:
         assert m.run("systemctl", "is-enabled", unit).stdout.strip() == "enabled", unit
     assert m.run("systemctl", "is-enabled", "crashprobe-journal.service").stdout.strip() == "disabled"
+    # journal-probe-tail is the journal probe started at boot; its alternative stays off.
+    assert m.run("systemctl", "is-enabled", "journal-probe.service").stdout.strip() == "disabled"
     # Not opted in: every unit's condition keeps it from starting.
     if m.run("test", "-e", "/etc/telemetrics/opt-in").returncode != 0:
         assert m.run("systemctl", "is-active", "telemprobd.socket").stdout.strip() == "inactive"

@@ -29,6 +29,7 @@ from telemetry.daemons.postd.core import (
     Courier,
     Fetch,
     Query,
+    Release,
     Send,
     Settings,
     Settle,
@@ -89,9 +90,16 @@ class Queue:
             found = [r for r in ordered if r.received_at < f.cutoff]
         elif f.query is Query.DUE:
             found = [r for r in ordered if r.seq > f.after and r.next_attempt_at <= f.now and r.deferred_until <= f.now]
+        elif f.query is Query.PROBE:
+            found = [r for r in ordered if r.deferred_until <= f.now]
         else:
             found = [r for r in ordered if r.seq > f.after]
         return found[: f.limit]
+
+    def release(self, until: float) -> None:
+        for seq, r in list(self.rows.items()):
+            if 0 < r.next_attempt_at <= until:
+                self.rows[seq] = dataclasses.replace(r, next_attempt_at=0.0)
 
     def settle(self, s: Settlement) -> None:
         self.settlements.append(s)
@@ -129,6 +137,8 @@ def run_pass(core: Courier, queue: Queue, transport: MemoryTransport, now: float
         elif isinstance(action, Settle):
             queue.settle(action.settlement)
             tally.update(action.settlement.counts)
+        elif isinstance(action, Release):
+            queue.release(action.until)
         else:
             assert action is DONE
             core.finish_pass()
@@ -206,13 +216,13 @@ def test_a_prepared_row_expires_and_json_requests_are_built_from_the_record():
 
 
 def test_a_rejection_is_final_and_a_retry_keeps_the_row():
-    q = Queue([row(1), row(2)])
-    t = answering(Response(400, body=b'{"message": "kernel version is invalid"}'), Response(503))
-    core = courier()
+    q = Queue([row(1), row(2), row(3)])
+    t = answering(OK, Response(400, body=b'{"message": "kernel version is invalid"}'), Response(503))
+    core = courier(probe_interval=0.0)
     tally = run_pass(core, q, t, T0)
-    assert tally == {Counter.REJECTED: 1, Counter.RETRIED: 1}
-    assert q.journal[f"{1:032x}"] == (Outcome.REJECTED, "HTTP 400: kernel version is invalid")
-    kept = q.rows[2]
+    assert tally == {Counter.DELIVERED: 1, Counter.REJECTED: 1, Counter.RETRIED: 1}
+    assert q.journal[f"{2:032x}"] == (Outcome.REJECTED, "HTTP 400: kernel version is invalid")
+    kept = q.rows[3]
     assert kept.attempts == 1 and kept.next_attempt_at == core.gate.open_at and kept.last_error == "HTTP 503"
     # Asleep until the gate opens; then delivered.
     assert run_pass(core, q, t, T0 + 0.5) == {}
@@ -232,6 +242,75 @@ def test_a_configuration_error_holds_every_record_and_a_reload_lifts_it(caplog):
     core.reload(SETTINGS)
     assert core.gate.is_open(T0)
     assert run_pass(core, q, answering(), T0) == {Counter.DELIVERED: 3}
+
+
+class LongWaits(random.Random):
+    def random(self) -> float:
+        return 0.99
+
+
+def test_while_the_gate_is_closed_one_probe_an_interval_and_its_success_sends_the_backlog():
+    q = Queue([row(i) for i in range(1, 6)])
+    core = courier(probe_interval=30.0)
+    core.rng = LongWaits()  # the backoff is near its ceiling (119 s): probes come first
+    down = Response(curl_error=7, curl_message="Failed to connect")
+    t = answering(then=down)
+    assert run_pass(core, q, t, T0)[Counter.RETRIED] >= 1
+    assert core.gate.open_at > T0 + 30 and core.probe_at == T0 + 30
+    assert core.next_wake(T0, None) == T0 + 30
+    sent = len(t.sent)
+    # Before the probe time nothing goes; at it, exactly one request, still failing.
+    assert run_pass(core, q, t, T0 + 29) == {} and len(t.sent) == sent
+    tally = run_pass(core, q, t, T0 + 30)
+    assert len(t.sent) == sent + 1 and tally == {Counter.RETRIED: 1}
+    assert q.rows[1].attempts == 1  # a probe that fails is no attempt of the record's
+    assert core.probe_at == T0 + 60 and not core.gate.is_open(T0 + 60)
+    # The collector answers again: the probe's success sends everything at once.
+    t = answering()
+    assert run_pass(core, q, t, T0 + 60) == {Counter.DELIVERED: 5}
+    assert q.rows == {} and core.gate.is_open(T0 + 60) and core.probe_at is None
+    assert core.last_success == T0 + 60 and "Failed to connect" in core.last_error.detail
+
+
+def test_no_probe_while_the_collector_asked_for_a_wait():
+    q = Queue([row(1), row(2)])
+    core = courier(probe_interval=30.0)
+    t = answering(Response(503, retry_after="600"), then=Response(503, retry_after="600"))
+    run_pass(core, q, t, T0)
+    assert core.gate.hard and core.probe_at is None
+    assert core.next_wake(T0, None) == core.gate.open_at == T0 + 600
+
+
+def test_the_same_4xx_for_every_record_is_a_configuration_error(caplog):
+    q = Queue([row(i) for i in range(1, 9)])
+    refused = Response(400, body=b'{"message": "Record-Format-Version header missing"}')
+    t = answering(then=refused)
+    core = courier()
+    with caplog.at_level(logging.ERROR):
+        tally = run_pass(core, q, t, T0)
+    assert tally[Counter.REJECTED] == 0 and tally[Counter.CONFIG_ERROR] >= 1
+    assert len(q.rows) == 8 and q.journal == {}
+    assert not core.gate.is_open(T0 + 3599) and core.pause.value == "config-error"
+    assert caplog.text.count("every record is refused with the same answer") == 1
+    assert "request_format" in caplog.text
+    # Fixed and reloaded: the kept records go.
+    core.reload(SETTINGS)
+    for seq, r in list(q.rows.items()):
+        q.rows[seq] = dataclasses.replace(r, next_attempt_at=0.0)  # what Postd's reload does to the queue
+    assert run_pass(core, q, answering(), T0 + 1) == {Counter.DELIVERED: 8}
+
+
+def test_different_4xx_answers_are_about_the_records():
+    q = Queue([row(i) for i in range(1, 4)])
+    t = answering(Response(400, body=b'{"message": "kernel version is invalid"}'),
+                  Response(400, body=b'{"message": "architecture is invalid"}'), OK)
+    core = courier()
+    tally = run_pass(core, q, t, T0)
+    # The first was kept while it could have been the configuration; the second is rejected.
+    assert tally == {Counter.RETRIED: 1, Counter.REJECTED: 1, Counter.DELIVERED: 1}
+    assert q.rows[1].attempts == 1
+    assert run_pass(core, q, answering(Response(400, body=b'{"message": "kernel version is invalid"}')),
+                    q.rows[1].next_attempt_at) == {Counter.REJECTED: 1}
 
 
 def test_what_the_collector_could_never_take_is_rejected_without_sending():
@@ -416,8 +495,9 @@ RETRYABLE = ("HTTP 5", "HTTP 4", "curl error", "HTTP 408", "HTTP 429")
                     max_size=8),
     policy=st.sampled_from([SETTLE_IN_WINDOW, SettlePolicy(window=1), SettlePolicy(max_batch=3, max_delay=0.0)]),
     in_flight=st.integers(1, 5),
+    probe=st.sampled_from([0.0, 30.0]),
 )
-def test_no_record_is_lost_or_sent_again_without_a_reason(answers, n, damaged, passes, policy, in_flight):
+def test_no_record_is_lost_or_sent_again_without_a_reason(answers, n, damaged, passes, policy, in_flight, probe):
     rows = [row(i, headers=b"garbage\n" if i in damaged else None, prepared=i % 2 == 0 and i not in damaged)
             for i in range(1, n + 1)]
     q = Queue(rows)
@@ -432,7 +512,8 @@ def test_no_record_is_lost_or_sent_again_without_a_reason(answers, n, damaged, p
         return response
 
     now = T0
-    core = courier(policy, delivery=dataclasses.replace(SETTINGS.delivery, max_in_flight=in_flight))
+    core = courier(policy, delivery=dataclasses.replace(SETTINGS.delivery, max_in_flight=in_flight),
+                           probe_interval=probe)
     for advance, kill in passes:
         now += advance
         t = MemoryTransport(handler, max_in_flight=in_flight, per_poll=1)
@@ -440,7 +521,8 @@ def test_no_record_is_lost_or_sent_again_without_a_reason(answers, n, damaged, p
         if kill is not None:  # the process dies: what it had not settled is forgotten
             for rid in history:
                 history[rid].append("kill")
-            core = courier(policy, delivery=dataclasses.replace(SETTINGS.delivery, max_in_flight=in_flight))
+            core = courier(policy, delivery=dataclasses.replace(SETTINGS.delivery, max_in_flight=in_flight),
+                           probe_interval=probe)
 
     # Nothing lost: every row is still queued or has a final fate in the journal.
     for r in rows:

@@ -116,6 +116,18 @@ def test_a_record_that_does_not_fit_is_refused_no_space_and_keeps_its_parsed_rec
     assert "spool full" in verdict.reason and verdict.record.classification == VALUES[H.CLASSIFICATION]
 
 
+def test_one_uid_fills_at_most_its_share_of_the_spool():
+    size = len(block(machine_id=MID)) + 1
+    a = admission(Policy(uid_share=25), quota=4 * size)
+    assert isinstance(a.judge(Frame(block(), b"x"), ctx(queued_bytes=2 * size, uid_queued_bytes=0)), Accept)
+    verdict = a.judge(Frame(block(), b"x"), ctx(queued_bytes=size, uid_queued_bytes=1))
+    assert isinstance(verdict, Refuse) and verdict.status is AckStatus.NO_SPACE
+    assert verdict.reason == (f"spool share full: uid {SENDER.uid} has 1 bytes queued; one user may fill 25% of "
+                              f"the spool ({size} bytes)")
+    no_share = admission(Policy(uid_share=100), quota=4 * size)
+    assert isinstance(no_share.judge(Frame(block(), b"x"), ctx(queued_bytes=0, uid_queued_bytes=3 * size)), Accept)
+
+
 def test_quota_refusal_does_not_use_rate_limit_budget():
     a = admission(Policy(records=Limit(1, 60.0)), quota=0)
     assert a.judge(Frame(block(), b"x"), ctx()).status is AckStatus.NO_SPACE

@@ -252,8 +252,8 @@ def test_flushes_without_records_and_their_failure():
     core = make()
     core.connected("a", ALICE, 0.0)
     core.failed("a", ALICE, "bad", 0.0)
-    assert core.flush_due(0.5, 1e9) is None  # not yet
-    batch = core.flush_due(FLUSH_INTERVAL, 1e9)
+    assert core.flush_due(C.QUIET_FLUSH / 2, 1e9) is None  # not yet
+    batch = core.flush_due(C.QUIET_FLUSH, 1e9)
     assert batch.records == [] and batch.counters == {"received": 1, "rejected:invalid": 1}
     core.flush_failed(StageError(AckStatus.ERROR, "disk"), final=False)
     again = core.flush_due(0.0, 1e9, final=True)
@@ -261,6 +261,23 @@ def test_flushes_without_records_and_their_failure():
     assert core.flush_due(0.0, 1e9, final=True) is None  # nothing left
     arrive(core, "b")
     assert core.flush_due(10.0, 1e9) is None  # records pending carry them instead
+
+
+def test_counters_are_written_once_senders_pause_not_a_second_later():
+    """A burst's counters reach the queue QUIET_FLUSH after its last commit, so `telemctl
+    status` never shows telempostd's deliveries ahead of what telemprobd received; under
+    a steady flow they ride with a commit once a second."""
+    core = make()
+    for i in range(5):
+        arrive(core, f"c{i}", now=0.01 * i)
+    batch, _ = commit_all(core, 0.05)
+    assert batch.counters == {}
+    assert core.flush_due(0.05 + C.QUIET_FLUSH / 2, 1e9) is None
+    core.tick(0.06)
+    assert core.wake_at(0.06) == pytest.approx(0.05 + C.QUIET_FLUSH)
+    flushed = core.flush_due(0.05 + C.QUIET_FLUSH, 1e9)
+    assert flushed is not None and flushed.counters == {"received": 5, "staged": 5}
+    assert core.flush_due(0.5, 1e9) is None  # nothing new
 
 
 # --- time, stopping, settings -----------------------------------------------------------

@@ -119,6 +119,17 @@ def test_spool_strategy_spreads_the_excess_over_the_next_window():
     assert "deferral backlog" in verdicts[6].reason
 
 
+def test_with_spool_a_user_within_their_share_is_not_deferred_behind_a_flooder():
+    """The flooder's deferred records are booked ahead in the machine's window; a user
+    within their own share goes now, and no window goes over its limit."""
+    limiter = RateLimiter(Policy(records=Limit(10, W), uid_share=50, spool=True))
+    flood = [limiter.decide(1000, 10, 1.0).verdict for _ in range(12)]
+    assert flood == [Verdict.ADMIT] * 5 + [Verdict.DEFER] * 5 + [Verdict.REFUSE] * 2
+    others = [limiter.decide(1001, 10, 2.0).verdict for _ in range(6)]
+    assert others == [Verdict.ADMIT] * 5 + [Verdict.DEFER]  # beyond their own share they wait too
+    assert limiter.decide(1002, 10, 3.0).verdict is Verdict.DEFER  # the machine's window is full now
+
+
 def test_window_zero_judges_each_record_alone():
     limiter = RateLimiter(Policy(bytes=Limit(100, 0.0)))
     assert limiter.decide(0, 100, 1.0).verdict is Verdict.ADMIT

@@ -3,6 +3,7 @@ status counters and rendering, systemctl result messages, tmpfiles parsing."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import string
@@ -17,6 +18,7 @@ from telemetry.ack import AckStatus
 from telemetry.daemons.ctl import journal_view as jv
 from telemetry.daemons.ctl import purge, supervise, units
 from telemetry.daemons.ctl import status as status_mod
+from telemetry.daemons.store.delivery import DeliveryState, LastError, Pause
 from telemetry.daemons.store.journal import Counter, JournalEntry, Outcome
 
 HEX = "0123456789abcdef"
@@ -224,14 +226,71 @@ def test_status_text_and_json_agree():
     text = status_mod.format_text(st_, time.gmtime)
     assert "telemprobd:  active (pid 12)" in text
     assert "Queue:       3 records, 2.9 KiB of 5.0 MiB cap (0 %)" in text
-    assert "spooled:   2 records" in text and "deferred:  1 record " in text
+    assert "spooled:   2 records" in text
+    # Deferred records are staged records the rate limit holds: shown inside staged, not beside it.
+    assert re.search(r"^  staged:    1 record, .*\n    of them: 1 record held by the rate limit$", text, re.M)
+    assert "Delivery:    nothing tried yet" in text
     assert "(in 1 min 0 s)" in text
     assert re.search(r"telemprobd\s+received\s+4$", text, re.M)
     obj = status_mod.to_json(st_)
     assert obj["daemons"]["telemprobd"] == {"state": "active", "pid": 12, "detail": ""}
     assert obj["queue"]["spooled"] == {"records": 2, "bytes": 2000}
+    assert obj["queue"]["staged"] == {"records": 1, "bytes": 1000, "deferred_records": 1}
+    assert obj["delivery"] is None
     assert obj["counters"]["telemprobd"]["received"] == 4
     assert obj["counters"]["telempostd"]["expired"] == 0
+
+
+def _with_delivery(state, *, postd_pid: int | None = 7, now: float = 1000.0):
+    daemons = (status_mod.DaemonInfo("telempostd", "active" if postd_pid else "inactive", postd_pid),)
+    return status_mod.Status(
+        mode="user", opted_in=True, opt_in_file="/c/opt-in", config_file=None, socket_path="/r/telem-0",
+        daemons=daemons, queue=status_mod.QueueInfo("/s/queue.db", records=2, next_retry=990.0),
+        counters=(), now=now, delivery=state, delivery_current=state is not None and state.pid == postd_pid)
+
+
+def test_status_shows_the_last_delivery_the_last_error_and_a_pause_while_it_holds():
+    state = DeliveryState(7, 999.0, last_success=400.0, last_error=LastError(940.0, "HTTP 503", 503),
+                          paused=Pause.BACKOFF, paused_until=1100.0, probe_at=1030.0)
+    text = status_mod.format_text(_with_delivery(state), time.gmtime)
+    assert "  last sent: 1970-01-01 00:06:40 GMT (10 min 0 s ago)" in text
+    assert "  last error: 1970-01-01 00:15:40 GMT (1 min 0 s ago): HTTP 503" in text
+    assert re.search(r"^  paused:    until .*\(in 1 min 40 s\): waiting after a failure; next check whether the "
+                     r"collector answers .*\(in 30 s\)$", text, re.M), text
+    assert re.search(r"^Next retry:  .*\(in 1 min 40 s\)$", text, re.M), text
+    obj = status_mod.to_json(_with_delivery(state))["delivery"]
+    assert obj == {"last_success": 400.0, "last_error": {"time": 940.0, "detail": "HTTP 503", "http_status": 503},
+                   "paused": "backoff", "paused_until": 1100.0, "next_probe": 1030.0}
+    # Written by a telempostd that is gone: its pause does not hold (a new one starts afresh).
+    gone = status_mod.format_text(_with_delivery(state, postd_pid=None), time.gmtime)
+    assert "paused:" not in gone and "last error:" in gone and "Next retry:  due now" in gone
+    assert status_mod.to_json(_with_delivery(state, postd_pid=8))["delivery"]["paused"] is None
+
+
+def test_a_configuration_error_names_the_command_that_lifts_it():
+    state = DeliveryState(7, 999.0, last_error=LastError(990.0, "HTTP 400: x", 400), paused=Pause.CONFIG_ERROR,
+                          paused_until=4000.0)
+    st_ = dataclasses.replace(_with_delivery(state), reload_hint="'telemctl --user reload'")
+    assert re.search(r"^  paused:    until .*: a configuration error; fix it and run 'telemctl --user reload'$",
+                     status_mod.format_text(st_, time.gmtime), re.M)
+
+
+def test_the_collectors_words_reach_a_terminal_inert():
+    state = DeliveryState(7, 999.0, last_error=LastError(990.0, "HTTP 400: \x1b[2J\x9b31m\u202egone", 400))
+    text = status_mod.format_text(_with_delivery(state), time.gmtime)
+    assert "HTTP 400: \\x1b[2J\\x9b31m\\u202egone" in text and "\x1b" not in text and "\x9b" not in text
+
+
+def test_delivery_turned_off_is_said():
+    st_ = dataclasses.replace(_with_delivery(None), delivery_enabled=False)
+    assert status_mod.format_delivery(st_) == [
+        "Delivery:    off (record_server_delivery_enabled=false): records are journaled, never sent"]
+
+
+def test_an_unreadable_delivery_state_says_so():
+    st_ = dataclasses.replace(_with_delivery(None), delivery_error="Permission denied")
+    assert status_mod.format_delivery(st_) == ["Delivery:    cannot read delivery.json (Permission denied)"]
+    assert status_mod.to_json(st_)["delivery_error"] == "Permission denied"
 
 
 def test_unreadable_queue_is_reported_not_raised():
