@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import METADATA, free_port, make_user_install, proc_memory  # noqa: E402
 
 from telemetry.contract import request_header_block  # noqa: E402
-from telemetry.daemons.store.queue import NewRecord, Queue, Sender  # noqa: E402
+from telemetry.daemons.store.queue import QUEUE_DB, QUEUE_SUBDIR, NewRecord, Queue, Sender  # noqa: E402
 from telemetry.record import create_record  # noqa: E402
 
 ORIGINAL_RATE = 2400  # records/s, the original on this machine (a new connection per record)
@@ -134,7 +134,7 @@ class QueueReader:
     """A read-only look at the queue that never takes a write lock from the daemon."""
 
     def __init__(self, spool: str):
-        self.db = sqlite3.connect(f"file:{os.path.join(spool, 'queue.db')}?mode=ro", uri=True,
+        self.db = sqlite3.connect(f"file:{os.path.join(spool, QUEUE_SUBDIR, QUEUE_DB)}?mode=ro", uri=True,
                                   isolation_level=None)
 
     def queued(self) -> int:
@@ -184,7 +184,7 @@ def main() -> int:
     proc = psutil.Process(daemon.pid)
     try:
         deadline = time.monotonic() + 30
-        while not os.path.exists(os.path.join(spool, "queue.db")) and time.monotonic() < deadline:
+        while not os.path.exists(os.path.join(spool, QUEUE_SUBDIR, QUEUE_DB)) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(2.0)
         idle_rss = proc.memory_info().rss
