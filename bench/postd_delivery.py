@@ -38,7 +38,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import METADATA, free_port, make_user_install, proc_memory  # noqa: E402
 
-from telemetry.daemons.store.queue import NewRecord, Queue, Sender  # noqa: E402
+from telemetry.contract import request_header_block  # noqa: E402
+from telemetry.daemons.store.queue import QUEUE_DB, QUEUE_SUBDIR, NewRecord, Queue, Sender  # noqa: E402
 from telemetry.record import create_record  # noqa: E402
 
 ORIGINAL_RATE = 2400  # records/s, the original on this machine (a new connection per record)
@@ -107,7 +108,9 @@ def start_collector(root: str, port: int) -> tuple[subprocess.Popen, str]:
     return proc, name
 
 
-def rows(n: int, size: int, start: int = 0) -> list[NewRecord]:
+def rows(n: int, size: int, start: int = 0, legacy: bool = False) -> list[NewRecord]:
+    """Rows as telemprobd queues them (with their request header lines), or, `legacy`, as
+    a version before queue schema 2 did (telempostd then parses each record)."""
     sender = Sender(os.getuid(), os.getgid(), os.getpid())
     out = []
     for i in range(start, start + n):
@@ -115,7 +118,8 @@ def rows(n: int, size: int, start: int = 0) -> list[NewRecord]:
                           event_id=f"{i:032x}").with_machine_id("6a1f0e3c2b7d4e8f9a0b1c2d3e4f5a6b")
         headers = r.header_block()
         payload = (f"record {i} " * 200).encode()[: max(0, size - len(headers))]
-        out.append(NewRecord(uuid.uuid4().hex, time.time(), sender, headers, payload))
+        out.append(NewRecord(uuid.uuid4().hex, time.time(), sender, headers, payload,
+                             request_headers=None if legacy else request_header_block(r)))
     return out
 
 
@@ -130,7 +134,7 @@ class QueueReader:
     """A read-only look at the queue that never takes a write lock from the daemon."""
 
     def __init__(self, spool: str):
-        self.db = sqlite3.connect(f"file:{os.path.join(spool, 'queue.db')}?mode=ro", uri=True,
+        self.db = sqlite3.connect(f"file:{os.path.join(spool, QUEUE_SUBDIR, QUEUE_DB)}?mode=ro", uri=True,
                                   isolation_level=None)
 
     def queued(self) -> int:
@@ -159,6 +163,8 @@ def main() -> int:
     ap.add_argument("--down-seconds", type=float, default=60.0)
     ap.add_argument("--waiting", type=int, default=1000, help="records queued while the collector is down")
     ap.add_argument("--quick", action="store_true", help="2,000 records and 10 s down")
+    ap.add_argument("--legacy-rows", action="store_true",
+                    help="rows without stored request header lines (as queued before schema 2)")
     args = ap.parse_args()
     if args.quick:
         args.records, args.down_seconds = min(args.records, 2000), 10.0
@@ -178,13 +184,13 @@ def main() -> int:
     proc = psutil.Process(daemon.pid)
     try:
         deadline = time.monotonic() + 30
-        while not os.path.exists(os.path.join(spool, "queue.db")) and time.monotonic() < deadline:
+        while not os.path.exists(os.path.join(spool, QUEUE_SUBDIR, QUEUE_DB)) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(2.0)
         idle_rss = proc.memory_info().rss
         reader = QueueReader(spool)
 
-        batch = rows(args.records, args.size)
+        batch = rows(args.records, args.size, legacy=args.legacy_rows)
         record_bytes = sum(r.size for r in batch) / len(batch)
         cpu0 = cpu(proc)
         t0 = time.perf_counter()
@@ -227,7 +233,8 @@ def main() -> int:
 
     rate = args.records / elapsed
     per_k = used / (args.records / 1000)
-    print(f"telempostd delivery ({args.records} records of ~{record_bytes:.0f} B, max_in_flight {args.in_flight})")
+    print(f"telempostd delivery ({args.records} records of ~{record_bytes:.0f} B, max_in_flight {args.in_flight}"
+          f"{', rows without stored request headers' if args.legacy_rows else ''})")
     print(f"  collector:                  {collector_name} on 127.0.0.1, HTTP/1.1 keep-alive, 201")
     print(f"  delivered:                  {delivered} in {elapsed:.2f} s")
     print(f"  records/s:                  {rate:,.0f}   (original {ORIGINAL_RATE:,}/s; target 5,000, floor 2,400)")

@@ -1,13 +1,20 @@
 """The acknowledgement telemprobd writes after a frame, and its decoding. No I/O.
 
-The original daemon never replies; ours writes one line once the record is durable
-(committed to the queue with fsync) or once it has decided to refuse it::
+The original daemon never replies; ours writes one line once the record is committed to
+the queue or once it has decided to refuse it::
 
     reply  = "TM/1 " status [" " detail] "\\n"       at most 512 bytes, ASCII
-    status = "accepted" | "deferred"                 kept; detail is the record id
+    status = "accepted" | "deferred"                 kept; detail is the record id, then
+                                                     " on-disk" or " in-wal" (durability)
            | "not-opted-in" | "rate-limited" | "invalid" | "forbidden" | "no-space" | "busy"
            | "error"
                                                      refused; detail says why
+
+`on-disk`: the record was synced before the reply (it survives a power cut); `in-wal`:
+it is committed to the queue's write-ahead log (it survives the crash or kill of any
+process) and synced within `sync_interval`.  The word was added after the record id so
+that a library reading only "status, then the id" still reads the line; a reader takes
+the first word of the detail as the id and ignores words it does not know.
 
 "deferred" means kept but held back by the rate limit (strategy spool).  A client that
 reads EOF without any reply is talking to an original telemprobd, which keeps what it
@@ -42,6 +49,16 @@ class AckStatus(enum.Enum):
         return self in (AckStatus.ACCEPTED, AckStatus.DEFERRED)
 
 
+class Durability(enum.Enum):
+    """How far a kept record got before the reply: the ack line's word after the id."""
+
+    ON_DISK = "on-disk"  # synced: survives a power cut
+    IN_WAL = "in-wal"  # committed: survives any process's crash; synced within sync_interval
+
+
+_DURABILITY = {d.value: d for d in Durability}
+
+
 class AckError(TelemetryError):
     """The daemon's reply could not be understood."""
 
@@ -52,6 +69,8 @@ class Ack:
     detail: str = ""
     # True when the peer closed without replying: an original telemprobd.
     legacy: bool = False
+    # Said by telemprobd for a kept record; None: not said (an older or original daemon).
+    durability: Durability | None = None
 
     @property
     def kept(self) -> bool:
@@ -68,6 +87,8 @@ class Ack:
         line = MAGIC + self.status.value.encode("ascii")
         if detail:
             line += b" " + detail.encode("ascii")
+        if self.durability is not None and self.kept:
+            line += b" " + self.durability.value.encode("ascii")
         return line[: ACK_MAX - 1] + b"\n"
 
     def __str__(self) -> str:
@@ -91,6 +112,11 @@ def decode_ack(data: bytes) -> Ack:
         raise AckError("daemon reply is not ASCII") from None
     status, _, detail = text.partition(" ")
     try:
-        return Ack(AckStatus(status), detail)
+        kind = AckStatus(status)
     except ValueError:
         raise AckError(f"daemon reply has an unknown status {status[:20]!r}") from None
+    if not kind.kept:
+        return Ack(kind, detail)
+    record_id, *words = detail.split(" ")
+    durability = next((_DURABILITY[w] for w in words if w in _DURABILITY), None)
+    return Ack(kind, record_id, durability=durability)

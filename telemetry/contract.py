@@ -340,6 +340,46 @@ def check_record(record: Record) -> Violation | None:
     return Violation(rule.field, f"{rule.field} {_shown(value)} {rule.hint} ({message})")
 
 
+def header_line(name: str, value: str) -> bytes:
+    """One HTTP header line as pycurl takes it.  curl reads `Name:` followed by nothing but
+    blanks as "remove this header"; the collector strips the blanks anyway, so such a
+    value goes as an empty one (`Name;`)."""
+    if value.strip(" \t") == "":
+        return f"{name};".encode()
+    return f"{name}: {value}".encode()
+
+
+_HTTP_NAMES = tuple(H.HTTP_HEADERS[name] for name in H.RECORD_HEADERS)
+REQUEST_HEADER_LINES = len(_HTTP_NAMES)
+# What a stored block may hold: 15 lines without control characters but tab (as the
+# record grammar allows), so that no line can carry another.
+_STORED_BLOCK = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]+(?:\n[^\x00-\x08\x0a-\x1f\x7f]+){%d}"
+                           % (REQUEST_HEADER_LINES - 1))
+
+
+_REQUEST_TEMPLATE = "\n".join(f"{name}: %s" for name in _HTTP_NAMES)
+_BLANK_VALUE = re.compile(r": [ \t]*(?:\n|\Z)")
+
+
+def request_header_block(record: Record) -> bytes:
+    """The record's 15 fields as the collector's HTTP header lines, "\n"-joined: made once
+    when telemprobd admits the record and stored with it, so that telempostd sends it
+    without parsing or building anything per attempt."""
+    values = wire_values(record)
+    text = _REQUEST_TEMPLATE % values  # one formatting for the usual record
+    if _BLANK_VALUE.search(text) is not None:
+        text = "\n".join(map(bytes.decode, map(header_line, _HTTP_NAMES, map(str, values))))
+    return text.encode()
+
+
+def stored_header_lines(block: bytes) -> tuple[bytes, ...] | None:
+    """A stored block's lines, or None when it is not one `request_header_block` makes
+    (a damaged row: the record is then read from its frame headers instead)."""
+    if _STORED_BLOCK.fullmatch(block) is None:
+        return None
+    return tuple(block.split(b"\n"))
+
+
 def check_header_block(lines: tuple[bytes, ...]) -> Violation | None:
     """Our request headers must leave room in the collector's 4 KiB request-head buffer."""
     size = sum(map(len, lines)) + 2 * len(lines)  # each line ends in CRLF

@@ -13,14 +13,17 @@ What can lose or duplicate a record is decided here, and tested by property:
   every final fate is journaled in the same `Settle` that deletes the row.
 * A row is sent again only after an answer that asks for it (408, 429, 5xx, a connection
   failure, a configuration error); every answer settles the row it was for exactly once.
-* Fates are gathered into batches of up to `max_batch` rows or `max_delay` seconds
-  (`SETTLE_BATCHED`, the default), or settled before any new request starts
-  (`SETTLE_BEFORE_SEND`): then, when the daemon is killed, the rows that may be sent
-  again are at most the requests that were in flight, `max_in_flight`.
+* Answered requests whose fate is not written yet plus the requests in flight never
+  exceed the settle window (`max_in_flight`): when the daemon is killed, at most that
+  many records are sent again.  Fates decided without a request are gathered into
+  batches of up to `max_batch` rows or `max_delay` seconds.
 
-A row is parsed into its Record once per process (`_load`), not on every attempt: a row
-kept for another attempt keeps its parsed record beside its identity (bounded) until its
-fate is final.
+A row queued with its request header lines (`request_headers`, made and validated by
+telemprobd at admission) is sent as it is: nothing is parsed, built or checked again but
+the size of the request head; its journal entry takes its three fields from those lines
+(`Brief`).  A row without them (queued by an older version) is parsed into its Record
+once per process (`_load`), not on every attempt: a row kept for another attempt keeps
+its parsed record beside its identity (bounded) until its fate is final.
 """
 
 from __future__ import annotations
@@ -34,12 +37,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from telemetry.contract import check_header_block, check_record, check_record_id, printable_id
+from telemetry.contract import (
+    check_header_block,
+    check_record,
+    check_record_id,
+    printable_id,
+    stored_header_lines,
+)
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.backoff import Gate, full_jitter, next_attempt_at
 from telemetry.daemons.postd.endpoint import DeliverySettings
 from telemetry.daemons.postd.outcome import Response, Verdict, classify
-from telemetry.daemons.postd.request import Request, RequestFormat, build_request
+from telemetry.daemons.postd.request import Request, RequestFormat, build_request, prepared_request
 from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.store.delivery import LastError, Pause
 from telemetry.daemons.store.journal import Counter, JournalEntry, Outcome, SetAside, entry_for
@@ -85,21 +94,38 @@ class Settings:
 
 @dataclass(frozen=True)
 class SettlePolicy:
-    """When decided fates are written: before any new request starts (`before_send`), and
-    in any case once `max_batch` wait or the first has waited `max_delay` seconds."""
+    """When decided fates are written.  `window`: the most POSTs a kill may repeat.  The
+    fates of answered requests not yet written plus the requests in flight never exceed
+    it: a new request starts only after the answered ones are settled when it would (None:
+    `max_in_flight`, the design's bound; the answers of one poll are settled together).
+    Fates decided without a request (expiry, local rejection) are written `max_batch` at a
+    time, or once the first has waited `max_delay` seconds."""
 
-    before_send: bool = False
+    window: int | None = None
     max_batch: int = spool.COMMIT_SLICE
     max_delay: float = spool.COMMIT_INTERVAL
 
 
-# Fewest transactions: after a kill, up to max_batch + max_in_flight records may be sent
-# again (the collector drops them by record id).  Measured on 2 cores, settling before each new request costs about 55 us of CPU
-# per record delivered (two small transactions), some 70 % on top of the rest of the work
-# (bench/postd_delivery.py: 0.080 -> 0.135 CPU s per 1,000 records).
-SETTLE_BATCHED = SettlePolicy()
-# Fewest repeats: after a kill, at most the requests in flight (max_in_flight) are sent again.
-SETTLE_BEFORE_SEND = SettlePolicy(before_send=True)
+# After a kill, at most max_in_flight records are sent again.
+SETTLE_IN_WINDOW = SettlePolicy()
+
+
+class Brief(NamedTuple):
+    """What the journal and the log need of a record sent from its stored header lines."""
+
+    classification: str
+    event_id: str
+    creation_timestamp: int | None
+
+
+def _value(line: bytes) -> str:
+    return line.partition(b": ")[2].decode("utf-8", errors="replace")
+
+
+def brief(lines: tuple[bytes, ...]) -> Brief:
+    """From `contract.request_header_block`'s lines (fixed positions, wire order)."""
+    stamp = _value(lines[4])
+    return Brief(_value(lines[1])[:122], _value(lines[14])[:32], int(stamp) if stamp.isdecimal() else None)
 
 
 @dataclass(frozen=True)
@@ -107,7 +133,7 @@ class Decision:
     """The fate of one queue row: final (`outcome` set) or tried again later."""
 
     row: QueuedRecord
-    record: Record | None
+    record: Record | Brief | None
     counter: Counter
     outcome: Outcome | None = None
     detail: str = ""
@@ -187,7 +213,7 @@ class Courier:
     """The state of telempostd across passes; a pass runs from `start_pass` to DONE."""
 
     def __init__(self, settings: Settings, *, boot_id: str, rng: random.Random | None = None,
-                 policy: SettlePolicy = SETTLE_BATCHED):
+                 policy: SettlePolicy = SETTLE_IN_WINDOW):
         self.settings = settings
         self.boot_id = boot_id
         self.rng = rng or random.Random()
@@ -203,9 +229,10 @@ class Courier:
         self._after = 0
         self._buffer: collections.deque[QueuedRecord] = collections.deque()
         self._exhausted = False
-        self._inflight: dict[int, tuple[QueuedRecord, Record]] = {}
+        self._inflight: dict[int, tuple[QueuedRecord, Record | Brief]] = {}
         self._decided: list[Decision] = []
         self._decided_since = 0.0
+        self._answered = 0  # decisions in _decided that answered a request (a kill repeats them)
         # What `telemctl status` shows (store/delivery.py).
         self.last_success: float | None = None
         self.last_error: LastError | None = None
@@ -229,6 +256,7 @@ class Courier:
         self._buffer.clear()
         self._exhausted = False
         self._decided = []
+        self._answered = 0
         self._probe_row = None
         self._probe_fetch = False
         self._warnings.restart(now)
@@ -277,6 +305,7 @@ class Courier:
         """A request finished (or failed to): its row's fate."""
         sent = self._inflight.pop(token, None)
         if sent is not None:
+            self._answered += 1
             self._decide(self._judge(sent[0], sent[1], response, now), now)
 
     def refused(self, token: int, reason: str, now: float) -> None:
@@ -314,11 +343,17 @@ class Courier:
             self._after, self._exhausted = 0, False
             self._buffer.clear()
             return Release(until)
+        window = self.policy.window or self.settings.delivery.max_in_flight
         if not self.gate.is_open(now):
+            if self._answered and self._answered + len(self._inflight) >= window:
+                return self._settle(now)
             return self._probe(now, capacity)
         self.probe_at = None
         self.pause = None
         while capacity > 0 and self.gate.is_open(now):
+            if self._answered + len(self._inflight) >= window:
+                # One more request would put more than the window at risk of a repeat.
+                return self._settle(now) if self._answered else None
             if not self._buffer:
                 if self._exhausted:
                     return None
@@ -330,9 +365,6 @@ class Courier:
                 if self._settle_due(now):
                     return self._settle(now)
                 continue
-            if self.policy.before_send and self._decided:
-                self._buffer.appendleft(row)
-                return self._settle(now)
             record, request = prepared
             self._inflight[row.seq] = (row, record)
             return Send(row.seq, request)
@@ -397,7 +429,7 @@ class Courier:
         row = decision.row
         if decision.outcome is not None:
             self._loaded.pop(row.seq, None)
-        elif decision.record is not None:  # it will be read again: keep what it parsed into
+        elif isinstance(decision.record, Record):  # it will be read again: keep what it parsed into
             self._loaded[row.seq] = (row.headers, row.payload, row.record_id, decision.record, "")
             self._loaded.move_to_end(row.seq)
             if len(self._loaded) > LOADED_MAX:
@@ -408,6 +440,7 @@ class Courier:
 
     def _settle(self, now: float) -> Settle:
         decisions, self._decided = self._decided, []
+        self._answered = 0
         return Settle(settlement(decisions, boot_id=self.boot_id, now=now, retention=self.settings.retention_enabled))
 
     # --- one row ------------------------------------------------------------------------
@@ -425,10 +458,10 @@ class Courier:
         except (ValueError, TypeError) as e:  # bytes no record check anticipated
             return None, f"{type(e).__name__}: {e}"
 
-    def _local(self, row: QueuedRecord, record: Record | None, outcome: Outcome, detail: str) -> Decision:
+    def _local(self, row: QueuedRecord, record: Record | Brief | None, outcome: Outcome, detail: str) -> Decision:
         return Decision(row, record, Counter(outcome.value), outcome, detail, attempts=row.attempts)
 
-    def _expired(self, row: QueuedRecord, record: Record | None) -> Decision:
+    def _expired(self, row: QueuedRecord, record: Record | Brief | None) -> Decision:
         detail = f"not delivered within record_expiry ({self.settings.record_expiry} min)"
         if row.last_error:
             detail += f"; last error: {row.last_error}"
@@ -438,9 +471,13 @@ class Courier:
         """A record set aside or rejected: a warning for the first few of a pass, a count for the rest."""
         self._warnings.log(now, logging.WARNING, message, *args)
 
-    def _prepare(self, row: QueuedRecord, now: float) -> Decision | tuple[Record, Request]:
+    def _prepare(self, row: QueuedRecord, now: float) -> Decision | tuple[Record | Brief, Request]:
         """A local decision, or the request to send."""
         s = self.settings
+        if row.request_headers is not None and s.delivery_enabled and s.request_format is RequestFormat.HEADERS:
+            lines = stored_header_lines(row.request_headers)
+            if lines is not None and check_record_id(row.record_id) is None:
+                return self._prepared(row, lines, now)
         record, problem = self._load(row)
         bad_id = check_record_id(row.record_id)
         if bad_id is not None:  # it would go into a header line: never sent
@@ -472,7 +509,21 @@ class Courier:
                    record.classification if record else "?", violation)
         return self._local(row, record, Outcome.REJECTED_LOCAL, f"not sent: {violation}")
 
-    def _judge(self, row: QueuedRecord, record: Record, response: Response, now: float) -> Decision:
+    def _prepared(self, row: QueuedRecord, lines: tuple[bytes, ...], now: float) -> Decision | tuple[Brief, Request]:
+        """A row telemprobd validated and stored the header lines of: sent as stored."""
+        s = self.settings
+        summary = brief(lines)
+        if spool.is_expired(row.received_at, now, s.record_expiry):
+            return self._expired(row, summary)
+        request = prepared_request(lines, row.payload, row.record_id, s.tid)
+        violation = check_header_block(request.headers)
+        if violation is None:
+            return summary, request
+        self._warn(now, "record %s (%s) rejected without sending: %s", row.record_id, summary.classification,
+                   violation)
+        return self._local(row, summary, Outcome.REJECTED_LOCAL, f"not sent: {violation}")
+
+    def _judge(self, row: QueuedRecord, record: Record | Brief, response: Response, now: float) -> Decision:
         s = self.settings
         c = classify(response, now)
         probe = self._probe_token == row.seq
@@ -520,7 +571,7 @@ class Courier:
                         probing)
         return Decision(row, record, Counter.RETRIED, None, c.detail, c.status, attempts, when)
 
-    def _config_error(self, row: QueuedRecord, record: Record, detail: str, status: int | None,
+    def _config_error(self, row: QueuedRecord, record: Record | Brief, detail: str, status: int | None,
                       now: float) -> Decision:
         self.gate = self.gate.hold(now, self.settings.retry_max_delay)
         self.pause, self.probe_at = Pause.CONFIG_ERROR, None
@@ -530,7 +581,7 @@ class Courier:
                       "a reload (SIGHUP)", detail, self.gate.open_at - now)
         return Decision(row, record, Counter.CONFIG_ERROR, None, detail, status, row.attempts, row.next_attempt_at)
 
-    def _unjudged_rejection(self, row: QueuedRecord, record: Record, detail: str, status: int | None,
+    def _unjudged_rejection(self, row: QueuedRecord, record: Record | Brief, detail: str, status: int | None,
                             now: float) -> Decision | None:
         """A 4xx before the collector has taken any record in this configuration: kept (None
         once the collector is known to judge records one by one).  The same answer for

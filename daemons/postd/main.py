@@ -38,7 +38,7 @@ from telemetry.daemons.postd.core import (
     DAEMON,
     DONE,
     RECORD_WARNINGS_PER_PASS,
-    SETTLE_BATCHED,
+    SETTLE_IN_WINDOW,
     WAIT,
     Courier,
     Fetch,
@@ -145,7 +145,7 @@ class Postd:
         by_systemd: bool | None = None,
         idle_after: float | None = None,
         transport: TransportFactory = curl_transport,
-        settle: SettlePolicy = SETTLE_BATCHED,
+        settle: SettlePolicy = SETTLE_IN_WINDOW,
     ):
         self.paths = paths
         settings = settings_from(cfg)
@@ -156,7 +156,6 @@ class Postd:
         self.core = Courier(settings, boot_id=self.boot_id, rng=rng, policy=settle)
         self.by_systemd = started_by_systemd() if by_systemd is None else by_systemd
         self._idle_after = idle_after  # None: daemon_idle_time
-        self._sync_settles = not settle.before_send
         self.queue = self._open_queue(settings.spool_dir)
         self.journal: Journal | None = None
         self._journal_tried = float("-inf")
@@ -204,10 +203,10 @@ class Postd:
 
     def _open_queue(self, spool_dir: str) -> Queue:
         # Rows are read once, in order: a small page cache keeps the daemon small.  Fates
-        # settled one request at a time are not synced each: they are on disk with
-        # telemprobd's next commit (or a checkpoint), and a power cut before that repeats
+        # are not synced each: they are on disk with telemprobd's next sync of the WAL they
+        # share (within sync_interval) or a checkpoint, and a power cut before that repeats
         # a delivery, it never loses a record.
-        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB, sync_commits=self._sync_settles)
+        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB, sync_commits=False)
 
     def _open_journal(self) -> None:
         now = self.clock()

@@ -21,14 +21,13 @@ import json
 from dataclasses import dataclass
 
 from telemetry import headers as H
+from telemetry.contract import header_line, request_header_block
 from telemetry.record import Record
 
 CONTENT_TYPE_TEXT = "application/text"
 CONTENT_TYPE_JSON = "application/json"
 PAYLOAD_KEY = "payload"
 _NO_EXPECT = b"Expect:"
-# The collector's names of the record's fields, in wire order.
-_HTTP_NAMES = tuple(H.HTTP_HEADERS[name] for name in H.RECORD_HEADERS)
 
 
 class RequestFormat(enum.Enum):
@@ -40,14 +39,6 @@ class RequestFormat(enum.Enum):
 class Request:
     headers: tuple[bytes, ...]
     body: bytes
-
-
-def header_line(name: str, value: str) -> bytes:
-    # curl reads `Name:` followed by nothing but blanks as "remove this header"; the
-    # collector strips the blanks anyway, so such a value goes as an empty one.
-    if value.strip(" \t") == "":
-        return f"{name};".encode()
-    return f"{name}: {value}".encode()
 
 
 def json_body(record: Record) -> bytes:
@@ -62,12 +53,20 @@ def _fixed_lines(tid: tuple[str, str], content_type: str) -> tuple[bytes, bytes,
     return header_line(*tid), _NO_EXPECT, header_line("Content-Type", content_type)
 
 
-def build_request(record: Record, record_id: str, fmt: RequestFormat, tid: tuple[str, str]) -> Request:
-    """`tid` is the (name, value) of the tidheader line."""
+def _common(record_id: str, fmt: RequestFormat, tid: tuple[str, str]) -> tuple[bytes, ...]:
     tid_line, no_expect, content_type = _fixed_lines(
         tid, CONTENT_TYPE_JSON if fmt is RequestFormat.JSON else CONTENT_TYPE_TEXT)
-    common = (tid_line, header_line(H.RECORD_ID_HEADER, record_id), no_expect, content_type)
+    return tid_line, header_line(H.RECORD_ID_HEADER, record_id), no_expect, content_type
+
+
+def build_request(record: Record, record_id: str, fmt: RequestFormat, tid: tuple[str, str]) -> Request:
+    """`tid` is the (name, value) of the tidheader line."""
+    common = _common(record_id, fmt, tid)
     if fmt is RequestFormat.JSON:
         return Request(common, json_body(record))
-    fields = tuple(header_line(http, value) for http, (_, value) in zip(_HTTP_NAMES, record.headers(), strict=True))
-    return Request(fields + common, record.payload)
+    return Request(tuple(request_header_block(record).split(b"\n")) + common, record.payload)
+
+
+def prepared_request(lines: tuple[bytes, ...], payload: bytes, record_id: str, tid: tuple[str, str]) -> Request:
+    """A `headers` request from the header lines telemprobd stored with the record."""
+    return Request(lines + _common(record_id, RequestFormat.HEADERS, tid), payload)

@@ -16,10 +16,10 @@ from telemetry.daemons.postd.backoff import Gate
 
 # Rows read from the queue at once.
 FETCH_SLICE = 64
-# Outcomes written back in one transaction (one fsync of the queue): at most COMMIT_SLICE,
-# and a delivered record's outcome waits at most COMMIT_INTERVAL s for its transaction.
-# A commit per 64 outcomes held delivery to ~2,700 records/s here however fast the
-# collector; a crash re-sends at most these records, which the collector drops by record id.
+# Outcomes decided without a request (expiry, local rejection, delivery off) written back
+# in one transaction: at most COMMIT_SLICE, the first waiting at most COMMIT_INTERVAL s.
+# Answered requests are settled sooner: a kill may repeat at most max_in_flight POSTs
+# (core.SettlePolicy).
 COMMIT_SLICE = 512
 COMMIT_INTERVAL = 0.5
 

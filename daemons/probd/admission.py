@@ -2,7 +2,8 @@
 
 No I/O: the shell gathers the facts of the moment (`Context`) and gets back either the
 row to stage or the refusal to send.  The checks run in the order that spends least on
-a record that will be refused: consent first, then the frame's content, then the quota
+a record that will be refused: consent first, then the frame's content (the record
+grammar, then the collector contract's rules: what is acknowledged can be sent), then the quota
 (so a record that will not fit does not use up rate-limit budget), then the limits.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from telemetry.ack import AckStatus
+from telemetry.contract import check_record, request_header_block
 from telemetry.daemons.probd.ratelimit import Booking, RateLimiter, Verdict
 from telemetry.daemons.probd.reserved import NO_RESERVATION, Reservation
 from telemetry.daemons.store.queue import NewRecord, Sender
@@ -39,6 +41,7 @@ class Accept:
     booking: Booking
     deferred: bool
     reason: str = ""  # why it was deferred
+    severity: int = 1
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class Admission:
         peer = ctx.sender.uid if ctx.peer_uid is None else ctx.peer_uid
         if (forbidden := self.reserved.refusal(parsed.classification, peer)) is not None:
             return Refuse(AckStatus.FORBIDDEN, forbidden)
+        # What is acknowledged must be deliverable: the collector contract's rules, judged
+        # once, here, rather than by telempostd after the sender was told it is kept.
+        violation = check_record(parsed)
+        if violation is not None:
+            return Refuse(AckStatus.INVALID, f"a collector would refuse it: {violation}")
         record = NewRecord(
             record_id=ctx.record_id,
             received_at=ctx.received_at,
@@ -91,6 +99,7 @@ class Admission:
             headers=parsed.header_block(),
             payload=frame.payload,
             cfg_path=frame.cfg_path,
+            request_headers=request_header_block(parsed),
         )
         size = record.size
         if not fits_spool(ctx.queued_bytes, size, self.spool_max_bytes):
@@ -114,5 +123,5 @@ class Admission:
         if decision.verdict is Verdict.DEFER:
             until = ctx.received_at + (decision.booking.at - ctx.now)
             return Accept(replace(record, deferred_until=until), decision.booking, deferred=True,
-                          reason=decision.reason)
-        return Accept(record, decision.booking, deferred=False)
+                          reason=decision.reason, severity=parsed.severity)
+        return Accept(record, decision.booking, deferred=False, severity=parsed.severity)

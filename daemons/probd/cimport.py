@@ -253,6 +253,7 @@ def _commit(spool_dir: str, queue: Queue, batch: list[_Candidate], daemon: str,
         markers[MARKER + c.name] = cspool.digest(c.content)
     imported = sum(1 for r in results if r.outcome is ImportOutcome.IMPORTED)
     queue.stage(records, {(daemon, COUNTER + ImportOutcome.IMPORTED.value): imported}, markers)
+    queue.sync()  # on disk before the files that held them are gone (a power cut may follow)
     for c in batch:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(spool_dir, c.name))

@@ -11,6 +11,9 @@ The promises kept here, and tested by property:
 
 * A record is acknowledged (`accepted`, `deferred`) only by the reply that follows the
   successful commit of the batch holding it, and every record of that batch gets it.
+* The reply says `on-disk` only for a batch synced before it; a batch holding a record
+  at or above `sync_severity` (or any batch, with `sync_interval` 0) is synced before its
+  reply, and every other commit is synced within `sync_interval` (`sync_due`).
 * A batch whose commit failed is answered with the failure's reason, never as accepted;
   its rate-limit bookings are taken back.  A lock held by the other daemon is retried for
   `BUSY_GIVE_UP` seconds first.
@@ -31,7 +34,7 @@ import math
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from telemetry.ack import Ack, AckStatus
+from telemetry.ack import Ack, AckStatus, Durability
 from telemetry.daemons.probd import reserved
 from telemetry.daemons.probd.admission import Admission, Context, Refuse, spool_limit_bytes
 from telemetry.daemons.probd.ratelimit import Booking, Policy, RateLimiter
@@ -81,6 +84,8 @@ class Settings:
     log_level: str
     metrics_textfile: str = ""
     spool_max_size_kib: int = -1
+    sync_interval: float = 1.0  # 0: every commit synced before its replies
+    sync_severity: int = 3  # a batch holding a record this severe is synced before its replies
     reserved: Reservation = NO_RESERVATION
 
     @classmethod
@@ -97,6 +102,8 @@ class Settings:
             log_level=cfg.log_level,
             metrics_textfile=cfg.metrics_textfile,
             spool_max_size_kib=cfg.spool_max_size,
+            sync_interval=float(cfg.sync_interval),
+            sync_severity=cfg.sync_severity,
             reserved=reserved.from_config(cfg),
         )
 
@@ -114,11 +121,13 @@ class Reply:
 
 @dataclass(frozen=True)
 class Commit:
-    """One durable transaction: the records, and the counters and state riding along."""
+    """One transaction: the records, and the counters and state riding along; `sync`:
+    synced to disk before the replies."""
 
     records: list[NewRecord]
     counters: dict[str, int]
     meta: dict[str, str]
+    sync: bool = False
 
 
 class Measure:
@@ -134,6 +143,7 @@ class _Held:
     conn: Conn
     booking: Booking
     deferred: bool
+    severity: int
 
 
 @dataclass(frozen=True)
@@ -203,6 +213,7 @@ class Ingest:
         self._committing: list[_Held] | None = None
         self._commit_extras: tuple[dict[str, int], dict[str, str]] = ({}, {})
         self._busy_since: float | None = None
+        self._unsynced_since: float | None = None  # the first commit not synced to disk yet
         self._retry_at = 0.0
         self._dropped: list[Dropped] = []
         self._meta: dict[str, str] = {}
@@ -309,7 +320,7 @@ class Ingest:
         self._forget(conn)
         if not self._pending:
             self._pending_since = ctx.now
-        self._pending.append(_Held(verdict.record, conn, verdict.booking, verdict.deferred))
+        self._pending.append(_Held(verdict.record, conn, verdict.booking, verdict.deferred, verdict.severity))
         self._pending_bytes += verdict.record.size
         self._uid_pending[verdict.record.sender.uid] += verdict.record.size
         return None
@@ -354,10 +365,14 @@ class Ingest:
         self._committing = self._pending
         counters, meta = self._due_extras(now, wall)
         self._commit_extras = (counters, meta)
-        return Commit([h.record for h in self._pending], counters, meta)
+        s = self.settings
+        threshold = s.sync_severity
+        sync = s.sync_interval <= 0 or any(h.severity >= threshold for h in self._pending)
+        return Commit([h.record for h in self._pending], counters, meta, sync)
 
-    def committed(self, now: float) -> list[Reply]:
-        """The batch is durable: acknowledge every record in it."""
+    def committed(self, now: float, synced: bool = False) -> list[Reply]:
+        """The batch is committed (and synced to disk, `synced`): acknowledge every record
+        in it, saying which."""
         items = self._take_batch()
         self._busy_since = None
         self._retry_at = 0.0
@@ -365,7 +380,15 @@ class Ingest:
         for h in items:
             self._uid_committed[h.record.sender.uid] += h.record.size
         self._last_batch = len(items)
-        replies = [Reply(h.conn, Ack(AckStatus.DEFERRED if h.deferred else AckStatus.ACCEPTED, h.record.record_id))
+        if synced:
+            self._unsynced_since = None  # one sync covers every commit before it
+            durability = Durability.ON_DISK
+        else:
+            if self._unsynced_since is None:
+                self._unsynced_since = now
+            durability = Durability.IN_WAL
+        replies = [Reply(h.conn, Ack(AckStatus.DEFERRED if h.deferred else AckStatus.ACCEPTED, h.record.record_id,
+                                     durability=durability))
                    for h in items]
         deferred = sum(h.deferred for h in items)
         self.counters.add("staged", len(items))
@@ -399,6 +422,15 @@ class Ingest:
         if self.settings.policy.active:
             self._limiter_dirty = True
         return [Reply(h.conn, Ack(error.status, error.detail)) for h in items]
+
+    def sync_due(self, now: float) -> bool:
+        """Commits older than sync_interval are not synced yet (or it is time to stop)."""
+        since = self._unsynced_since
+        return since is not None and (now >= since + self.settings.sync_interval or self.stopping)
+
+    def synced(self, now: float, ok: bool) -> None:
+        """The loop synced the queue (`ok`), or the disk refused: then again in a while."""
+        self._unsynced_since = None if ok else now
 
     def _take_batch(self) -> list[_Held]:
         items = self._committing or []
@@ -475,7 +507,7 @@ class Ingest:
                     if conn not in expired:
                         replies.append(self._refuse(conn, state.sender, AckStatus.BUSY,
                                                     "telemprobd is shutting down; try again", now))
-        elif (self.idle_exit and self.settings.recycling and self.drained()
+        elif (self.idle_exit and self.settings.recycling and self.drained() and not self.unsynced
               and now - self._last_activity >= self.settings.idle_after):
             log.info("Daemon exiting for recycling")
             self.stop(now)
@@ -500,6 +532,11 @@ class Ingest:
     def drained(self) -> bool:
         return not (self._conns or self._pending)
 
+    @property
+    def unsynced(self) -> bool:
+        """Commits wait for their sync to disk (done before exiting)."""
+        return self._unsynced_since is not None
+
     def apply(self, settings: Settings, now: float) -> None:
         """New settings (SIGHUP).  A changed spool directory is the loop's: it commits what
         was admitted to the old one first."""
@@ -520,6 +557,11 @@ class Ingest:
 
     def wake_at(self, now: float) -> float:
         """When the loop must call back without I/O happening (commit, tick or a timer)."""
+        if self._unsynced_since is not None:
+            return min(self._wake_at(now), self._unsynced_since + self.settings.sync_interval)
+        return self._wake_at(now)
+
+    def _wake_at(self, now: float) -> float:
         if self._pending:
             return min(max(self._retry_at, self._pending_since + COALESCE_MAX), self._next_tick)
         if self._conns or self.stopping:

@@ -126,9 +126,12 @@ class IngestLoop:
                 if core.commit_possible(now):
                     self._drain_ready()
                     self._commit(core.commit_due(time.monotonic(), time.time()))
+                if core.sync_due(now):
+                    # A failure is logged and tried again; when stopping, not waited for.
+                    core.synced(now, self.stager.sync() or core.stopping)
                 if core.tick_due(now) or now >= self._accept_paused_until > 0 or self._watchdog.due(now):
                     self._housekeeping(now)
-                if core.stopping and core.drained():
+                if core.stopping and core.drained() and not core.unsynced:
                     break
             self._finish(time.monotonic())
         finally:
@@ -371,11 +374,11 @@ class IngestLoop:
             return
         now = time.monotonic()
         try:
-            self.stager.commit(batch.records, batch.counters, batch.meta)
+            synced = self.stager.commit(batch.records, batch.counters, batch.meta, batch.sync)
         except StageError as e:
             replies = self.core.commit_failed(e, now)
         else:
-            replies = self.core.committed(now)
+            replies = self.core.committed(now, synced)
         for r in replies:
             self._send(r)
 

@@ -129,7 +129,7 @@ daemon_idle_time (300 s) without work; the socket starts it again.
 Files (system mode; user mode keeps them in the XDG directories, see telemctl(1)):
   /etc/telemetrics/opt-in              nothing is accepted without it
   /var/spool/telemetry/                the C client's record files, imported at start
-  /var/spool/telemetry/queue/queue.db  the queue (SQLite, WAL, synchronous=FULL)
+  /var/spool/telemetry/queue/queue.db  the queue (SQLite, WAL; synced as sync_interval says)
   /var/lib/telemetry/machine_id        the machine id, replaced every 3 days
   /var/log/telemetry/journal.db        records refused for lack of spool space
 

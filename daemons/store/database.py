@@ -97,6 +97,8 @@ class Layout:
     synchronous: str  # FULL: every commit is on disk; NORMAL: WAL, synced at checkpoints
     tables: tuple[Table, ...]  # what a salvage copies, in this order
     error: type[StoreError] = StoreError
+    # (version, SQL): what brings a file of the version before up to this one, in order.
+    migrations: tuple[tuple[int, str], ...] = ()
 
 
 Identity = tuple[int, int]
@@ -135,6 +137,7 @@ class Database:
         self.busy_timeout_ms = busy_timeout_ms
         self.cache_kib = cache_kib
         self.identity: Identity | None = None
+        self._synced_file: Identity | None = None
         self.db = self._open()
 
     # --- opening ------------------------------------------------------------------------
@@ -161,12 +164,37 @@ class Database:
                                  f"('schema_version', '{self.layout.schema_version}');\nCOMMIT;")
         elif not _has_table(db, "meta"):
             return  # a reader early: the writer has not created the schema yet
+        version = self._version(db)
+        if version is not None and version > self.layout.schema_version:
+            raise self.layout.error(f"{self.path}: schema version {version} is newer than this program's")
+        if create and version is not None and version < self.layout.schema_version:
+            self._migrate(db)
+
+    def _version(self, db: sqlite3.Connection) -> int | None:
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = None if row is None else str(row[0])
         if version is not None and not version.isdecimal():
             raise self.layout.error(f"{self.path}: schema version {version[:40]!r} is not a number")
-        if version is not None and int(version) > self.layout.schema_version:
-            raise self.layout.error(f"{self.path}: schema version {version} is newer than this program's")
+        return None if version is None else int(version)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring an older file up to this program's schema, in one transaction (the other
+        daemon may be doing the same: whoever comes second finds it done).  Old rows stay
+        as they are; what they lack, readers take as absent."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._version(db) or 0
+            for target, sql in self.layout.migrations:
+                if target > version:
+                    db.execute(sql)
+                    version = target
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        log.info("%s %s brought up to schema version %d", self.layout.what, self.path, version)
 
     def _open_once(self) -> sqlite3.Connection:
         db = self._connect(self.path, readonly=self.readonly)
@@ -225,6 +253,31 @@ class Database:
             else:
                 log.warning("%s %s was replaced; opening the new file", self.layout.what, self.path)
         self.reopen()
+
+    def sync(self) -> None:
+        """Make every transaction committed so far survive a power cut: fsync the WAL (what
+        synchronous=FULL does at each commit); the first time for this file, also the
+        directories naming it, so that a new file is found again.  OSError when the disk
+        refuses.
+
+        Never the database file itself: closing a descriptor of it would drop the POSIX
+        locks SQLite holds on it, and another process would then take this connection's
+        WAL for an orphan and delete it.  It needs none: SQLite syncs it when it creates it
+        (its header) and at every checkpoint, before the WAL is reused."""
+        paths = [self.path + "-wal"]
+        if self._synced_file != self.identity:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            paths += [directory, os.path.dirname(directory)]
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # no WAL: every commit is in the database file
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._synced_file = self.identity
 
     def has_table(self, name: str) -> bool:
         return self.run(lambda db: _has_table(db, name))
@@ -339,6 +392,7 @@ def salvage(source: sqlite3.Connection, target: sqlite3.Connection, tables: Sequ
     copied = 0
     target.execute("BEGIN IMMEDIATE")
     for table in tables:
+        table = _present(source, table)
         columns = ", ".join(table.columns)
         insert = f"INSERT OR IGNORE INTO {table.name} ({columns}) VALUES ({', '.join('?' * len(table.columns))})"
         for row in readable_rows(source, table):
@@ -349,6 +403,17 @@ def salvage(source: sqlite3.Connection, target: sqlite3.Connection, tables: Sequ
         _keep_sequence(source, target, table.name)
     target.execute("COMMIT")
     return copied
+
+
+def _present(source: sqlite3.Connection, table: Table) -> Table:
+    """`table` with only the columns the damaged file has (it may be of an older schema)."""
+    try:
+        have = {r[1] for r in source.execute(f"PRAGMA table_info({table.name})")}
+    except sqlite3.Error:
+        return table
+    if not have:
+        return table
+    return Table(table.name, tuple(c for c in table.columns if c in have))
 
 
 def _keep_sequence(source: sqlite3.Connection, target: sqlite3.Connection, table: str) -> None:

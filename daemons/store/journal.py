@@ -130,9 +130,24 @@ class SetAside:
     payload: bytes
 
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Summary(Protocol):
+        """What an entry takes from a record (a Record, or telempostd's Brief of one)."""
+
+        @property
+        def classification(self) -> str: ...
+        @property
+        def event_id(self) -> str: ...
+        @property
+        def creation_timestamp(self) -> int | None: ...
+
+
 def entry_for(
     record_id: str,
-    record: Record | None,
+    record: Summary | None,
     outcome: Outcome,
     *,
     timestamp: float,

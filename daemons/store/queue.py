@@ -1,12 +1,14 @@
 """The record queue shared by telemprobd (writer) and telempostd (reader, deleter).
 
-One SQLite database, `queue.db`, in WAL mode with synchronous=FULL in the `queue`
-subdirectory of the spool directory (design.md, "Why the queue is a database").  Not in
-the spool directory itself: a C telempostd on the same config unlinks every entry there
-that is not one of its record files, and `unlink()` fails on a directory, so what lives
-in the subdirectory survives it.  A queue an earlier version left in the spool directory
-is moved in when a daemon opens it (`migrate_legacy`).  telemprobd inserts the records of
-every waiting sender in one transaction (group commit) and only then acknowledges them;
+One SQLite database, `queue.db`, in WAL mode in the `queue` subdirectory of the spool
+directory (design.md, "Why the queue is a database").  Not in the spool directory itself:
+a C telempostd on the same config unlinks every entry there that is not one of its record
+files, and `unlink()` fails on a directory, so what lives in the subdirectory survives it.
+A queue an earlier version left in the spool directory is moved in when a daemon opens it
+(`migrate_legacy`).  telemprobd inserts the records of every waiting sender in one
+transaction (group commit) and only then acknowledges them, each commit in the WAL
+(synchronous=NORMAL: no process crash loses it) and synced to disk (`sync`) before the
+acknowledgement or within `sync_interval` after it, as its durability classes say;
 telempostd reads oldest first and deletes a row only once its fate is decided.  Neither
 daemon holds a write transaction across network or socket I/O.
 
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 QUEUE_DB = "queue.db"
 WAKEUP_FILE = "queue.changed"
 QUEUE_SUBDIR = "queue"  # in spool_dir; the queue's files live only there
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: request_headers
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -70,7 +72,9 @@ CREATE TABLE IF NOT EXISTS records (
     deferred_until  REAL NOT NULL DEFAULT 0,-- rate limited with strategy spool: not before
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
-    last_error      TEXT
+    last_error      TEXT,
+    request_headers BLOB                    -- the record's HTTP header lines, one per line, made
+                                            -- once at admission (NULL: queued before version 2)
 );
 CREATE TABLE IF NOT EXISTS counters (
     daemon TEXT NOT NULL,
@@ -103,6 +107,7 @@ class NewRecord:
     payload: bytes
     cfg_path: str | None = None
     deferred_until: float = 0.0
+    request_headers: bytes | None = None  # contract.request_header_block of the record
 
     @property
     def size(self) -> int:
@@ -123,6 +128,7 @@ class QueuedRecord:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+    request_headers: bytes | None = None
 
 
 # SQLite stores any type in any column: every value is read as the type the code uses
@@ -131,7 +137,7 @@ _COLUMNS = (
     "seq, CAST(record_id AS BLOB), CAST(received_at AS REAL), CAST(sender_uid AS INTEGER), "
     "CAST(sender_gid AS INTEGER), CAST(sender_pid AS INTEGER), CAST(cfg_path AS BLOB), CAST(headers AS BLOB), "
     "CAST(payload AS BLOB), CAST(size AS INTEGER), CAST(deferred_until AS REAL), CAST(attempts AS INTEGER), "
-    "CAST(next_attempt_at AS REAL), CAST(last_error AS BLOB)"
+    "CAST(next_attempt_at AS REAL), CAST(last_error AS BLOB), CAST(request_headers AS BLOB)"
 )
 # Times beyond this are clamped (an infinity would not survive int()).
 _TIME_LIMIT = 1e15
@@ -154,24 +160,25 @@ def _row(r: Sequence) -> QueuedRecord:
         seq=r[0], record_id=_text(r[1]) or "", received_at=_time(r[2]), sender=Sender(r[3], r[4], r[5]),
         cfg_path=_text(r[6]), headers=bytes(r[7] or b""), payload=bytes(r[8] or b""), size=r[9] or 0,
         deferred_until=_time(r[10]), attempts=min(max(r[11] or 0, 0), _ATTEMPTS_LIMIT), next_attempt_at=_time(r[12]),
-        last_error=_text(r[13]),
+        last_error=_text(r[13]), request_headers=None if r[14] is None else bytes(r[14]),
     )
 
 
 _INSERT_COLUMNS = (
-    "record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path, headers, payload, size, deferred_until"
+    "record_id, received_at, sender_uid, sender_gid, sender_pid, cfg_path, headers, payload, size, deferred_until, "
+    "request_headers"
 )
-_MULTI_ROW_MAX = 256  # 10 parameters a row, well under SQLite's 32766
+_MULTI_ROW_MAX = 256  # 11 parameters a row, well under SQLite's 32766
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_sql(n: int) -> str:
-    return f"INSERT INTO records ({_INSERT_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * n)
+    return f"INSERT INTO records ({_INSERT_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * n)
 
 
 _RECORD_COLUMNS = (
     "seq", "record_id", "received_at", "sender_uid", "sender_gid", "sender_pid", "cfg_path", "headers", "payload",
-    "size", "deferred_until", "attempts", "next_attempt_at", "last_error",
+    "size", "deferred_until", "attempts", "next_attempt_at", "last_error", "request_headers",
 )
 LAYOUT = Layout(
     what="queue",
@@ -181,6 +188,7 @@ LAYOUT = Layout(
     tables=(Table("records", _RECORD_COLUMNS), Table("counters", ("daemon", "name", "value")),
             Table("meta", ("key", "value"))),
     error=QueueError,
+    migrations=((2, "ALTER TABLE records ADD COLUMN request_headers BLOB"),),
 )
 
 # Rows never tried are "staged", rows tried at least once "spooled".  After a failure
@@ -274,7 +282,7 @@ class Queue:
         bookings) written in the same durable transaction."""
         rows = [
             (r.record_id, r.received_at, r.sender.uid, r.sender.gid, r.sender.pid, r.cfg_path, r.headers,
-             r.payload, r.size, r.deferred_until)
+             r.payload, r.size, r.deferred_until, r.request_headers)
             for r in records
         ]
         if rows and not counters and not meta and len(rows) <= _MULTI_ROW_MAX:
@@ -291,6 +299,10 @@ class Queue:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
 
         self._db.write(write)
+
+    def sync(self) -> None:
+        """Every commit so far survives a power cut once this returns (OSError if not)."""
+        self._db.sync()
 
     def get_meta(self, key: str) -> str | None:
         row = self._db.run(lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
@@ -395,10 +407,15 @@ class Queue:
         retry = [(a, t, e[:500], i) for i, a, t, e in reschedule]
 
         def write(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM records WHERE record_id = ?", by_id)
-            db.executemany("DELETE FROM records WHERE seq = ?", by_seq)
-            db.executemany(
-                "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?", retry)
+            # Only the statements there is something for: a settle of a few rows at a time
+            # (the window of requests in flight) pays for every statement it runs.
+            if by_id:
+                db.executemany("DELETE FROM records WHERE record_id = ?", by_id)
+            if by_seq:
+                db.executemany("DELETE FROM records WHERE seq = ?", by_seq)
+            if retry:
+                db.executemany(
+                    "UPDATE records SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE record_id = ?", retry)
             if counters:
                 _bump(db, counters)
 

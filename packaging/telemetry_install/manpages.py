@@ -328,6 +328,11 @@ CONF_DESCRIPTION = (
     "or one out of range stops the program with a message naming the file, the line and the "
     "key, except where a key below says a value is moved into its range. Booleans are true or "
     "false (any case) or 1 or 0.",
+    "Durability: a record telemprobd acknowledges is always committed to the queue's "
+    "write-ahead log first, so the crash or kill of any process cannot lose it. It survives a "
+    "power cut once synced to disk: before the acknowledgement for records of severity "
+    "sync_severity or higher and for every record when sync_interval is 0, else within "
+    "sync_interval seconds. The acknowledgement says which: on-disk or in-wal.",
 )
 
 

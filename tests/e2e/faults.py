@@ -46,6 +46,7 @@ class ChaosPlan:
     payload_size: int = 300
     seed: int = 1
     drain_timeout: float = 120.0
+    max_in_flight: int = 4  # telempostd's; a kill of it may repeat at most this many POSTs
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def chaos(inst, workdir: Path, plan: ChaosPlan = ChaosPlan()) -> ChaosOutcome:
     ledger = Ledger()
     kills = {PROBD: 0, POSTD: 0}
     with ReferenceCollector(workdir) as collector:
-        pipe = Pipeline(inst, collector.url, "rate_limit_enabled=false\nspool_max_size=-1\nmax_in_flight=4")
+        pipe = Pipeline(inst, collector.url,
+                        f"rate_limit_enabled=false\nspool_max_size=-1\nmax_in_flight={plan.max_in_flight}")
         with pipe:
             senders = Senders(pipe.client(), ledger, threads=plan.senders, rate=plan.rate,
                               payload_size=plan.payload_size).start()
@@ -94,9 +96,12 @@ def chaos(inst, workdir: Path, plan: ChaosPlan = ChaosPlan()) -> ChaosOutcome:
         stored = collector.rows()
     delivered, lost, wrong = compare(ledger.acked, stored)
     extra = len(set(stored) - set(ledger.acked))
+    duplicates = int(stats["duplicates"])
+    per_kill = f"{duplicates / kills[POSTD]:.2f}" if kills[POSTD] else "-"
     result = Result(
-        "chaos", ledger.sent, len(ledger.acked), delivered, len(lost), int(stats["duplicates"]), rss,
-        note=(f"{kills[PROBD]} telemprobd + {kills[POSTD]} telempostd kills; {extra} records committed "
+        "chaos", ledger.sent, len(ledger.acked), delivered, len(lost), duplicates, rss,
+        note=(f"{kills[PROBD]} telemprobd + {kills[POSTD]} telempostd kills; duplicates per telempostd kill "
+              f"{per_kill} (at most max_in_flight={plan.max_in_flight} each); {extra} records committed "
               f"but not acknowledged (crash before the ack) were delivered too; refused "
               f"{dict(ledger.refused) or 0}; send errors {sum(ledger.errors.values())}"),
     )

@@ -39,6 +39,7 @@ from services import POSTD, PROBD, READY_MARK
 from support import proc_memory, short_tempdir, wait_until
 from telemprobd_harness import send_raw
 
+from telemetry.contract import check_record
 from telemetry.daemons import MODULES
 from telemetry.daemons.store.queue import NewRecord, Queue, Sender
 from telemetry.record import RecordError, parse_header_block
@@ -158,13 +159,14 @@ def waiting_rows(spool_dir: str) -> list[bool]:
 # --- hostile frames on the socket -------------------------------------------------------------
 
 def expected_kept(frame: bytes) -> bool:
-    """The verdict the pure cores give a whole frame (opted in, no limits, no quota)."""
+    """The verdict the pure cores give a whole frame (opted in, no limits, no quota): it
+    decodes, its record parses, and a collector would take it once the machine id is in."""
     try:
         f = decode_frame(frame)
-        parse_header_block(f.header_block, f.payload)
+        record = parse_header_block(f.header_block, f.payload)
     except (FramingError, RecordError):
         return False
-    return True
+    return check_record(record.with_machine_id("0" * 32)) is None
 
 
 @dataclass(frozen=True)

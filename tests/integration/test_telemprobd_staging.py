@@ -13,6 +13,7 @@ from telemetry.daemons.runtime.throttle import LogThrottle
 from telemetry.daemons.store.queue import (
     QUEUE_DB,
     QUEUE_SUBDIR,
+    SCHEMA_VERSION,
     NewRecord,
     Queue,
     QueueError,
@@ -49,7 +50,7 @@ def test_measure_of_an_unusable_spool_is_unknown(tmp_path):
         stager.close()
 
 
-@pytest.mark.parametrize("version", ["x", "2"])
+@pytest.mark.parametrize("version", ["x", str(SCHEMA_VERSION + 1)])
 def test_a_schema_version_this_program_does_not_know_is_a_queue_error(tmp_path, version):
     Queue(str(tmp_path)).close()
     db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)

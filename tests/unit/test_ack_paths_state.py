@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry.ack import LEGACY_ACCEPT, Ack, AckError, AckStatus, decode_ack
+from telemetry.ack import LEGACY_ACCEPT, Ack, AckError, AckStatus, Durability, decode_ack
 from telemetry.fsutil import UnsafePathError, atomic_write, clean_temp, ensure_dir, read_small
 from telemetry.machineid import ROTATE_AFTER, MachineId, needs_rotation, read_override
 from telemetry.optin import OptChange, is_opted_in, opt_in, opt_out
@@ -19,9 +19,27 @@ from telemetry.paths import Mode, Paths, PathsError
 
 @pytest.mark.parametrize("status", list(AckStatus))
 def test_ack_roundtrip(status):
-    ack = Ack(status, "detail text 123")
+    ack = Ack(status, "ab" * 16 if status.kept else "detail text 123")
     assert decode_ack(ack.encode()) == ack
     assert ack.kept == (status in (AckStatus.ACCEPTED, AckStatus.DEFERRED))
+
+
+@pytest.mark.parametrize("status", [AckStatus.ACCEPTED, AckStatus.DEFERRED])
+@pytest.mark.parametrize("durability", list(Durability))
+def test_ack_says_durability_after_the_record_id(status, durability):
+    ack = Ack(status, "ab" * 16, durability=durability)
+    line = ack.encode()
+    assert line == f"TM/1 {status.value} {'ab' * 16} {durability.value}\n".encode()
+    assert decode_ack(line) == ack and decode_ack(line).record_id == "ab" * 16
+    # What a library that knows only "status, then detail" reads: still kept.
+    assert AckStatus(line[5:-1].decode().partition(" ")[0]).kept
+
+
+def test_ack_without_durability_and_with_unknown_words_is_read():
+    assert decode_ack(b"TM/1 accepted " + b"c" * 32 + b"\n") == Ack(AckStatus.ACCEPTED, "c" * 32)
+    later = decode_ack(b"TM/1 accepted " + b"c" * 32 + b" some-future-word on-disk\n")
+    assert later == Ack(AckStatus.ACCEPTED, "c" * 32, durability=Durability.ON_DISK)
+    assert Ack(AckStatus.BUSY, "x", durability=Durability.ON_DISK).encode() == b"TM/1 busy x\n"
 
 
 def test_ack_bytes_are_specified():

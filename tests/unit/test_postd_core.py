@@ -19,12 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from telemetry.contract import request_header_block
 from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.core import (
     DONE,
     RECORD_WARNINGS_PER_PASS,
-    SETTLE_BATCHED,
-    SETTLE_BEFORE_SEND,
+    SETTLE_IN_WINDOW,
     WAIT,
     Courier,
     Fetch,
@@ -39,12 +39,12 @@ from telemetry.daemons.postd.core import (
 )
 from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused
 from telemetry.daemons.postd.outcome import Response
-from telemetry.daemons.postd.request import Request, RequestFormat
+from telemetry.daemons.postd.request import Request, RequestFormat, build_request
 from telemetry.daemons.postd.transport import MemoryTransport
 from telemetry.daemons.store.journal import Counter, Outcome
 from telemetry.daemons.store.queue import QueuedRecord, Sender
 from telemetry.metadata import Metadata
-from telemetry.record import create_record
+from telemetry.record import Record, create_record
 
 MD = Metadata("x86_64", "LENOVO|20L8S2N800|ThinkPad T480s", "38710", "6.1.21-1283.native", "clear-linux-os",
               "blank|blank", "Intel(R) Core(TM) i7-8650U CPU", "N22ET37W (1.14 )")
@@ -58,14 +58,22 @@ SETTINGS = Settings(
 OK = Response(201)
 
 
-def row(seq: int, *, headers: bytes | None = None, record_id: str | None = None, received_at: float = T0,
-        attempts: int = 0, next_attempt_at: float = 0.0, deferred_until: float = 0.0, **fields) -> QueuedRecord:
+def record_of(seq: int, **fields) -> Record:
     r = create_record(f"org.example/core/r{seq}", 2, f"payload {seq}\n", event_id=f"{seq:032x}", metadata=MD,
                       now=1_690_000_000 + seq).with_machine_id("6a1f0e3c2b7d4e8f9a0b1c2d3e4f5a6b")
-    r = dataclasses.replace(r, **fields) if fields else r
+    return dataclasses.replace(r, **fields) if fields else r
+
+
+def row(seq: int, *, headers: bytes | None = None, record_id: str | None = None, received_at: float = T0,
+        attempts: int = 0, next_attempt_at: float = 0.0, deferred_until: float = 0.0, prepared: bool = False,
+        request_headers: bytes | None = None, **fields) -> QueuedRecord:
+    """A queue row; `prepared`: with the request header lines telemprobd stores since schema 2."""
+    r = record_of(seq, **fields)
+    if prepared and request_headers is None:
+        request_headers = request_header_block(r)
     return QueuedRecord(seq, record_id or f"{seq:032x}", received_at, Sender(1, 1, 1), None,
                         r.header_block() if headers is None else headers, r.payload, 600, deferred_until,
-                        attempts, next_attempt_at, None)
+                        attempts, next_attempt_at, None, request_headers)
 
 
 class Queue:
@@ -141,7 +149,7 @@ def run_pass(core: Courier, queue: Queue, transport: MemoryTransport, now: float
             return tally
 
 
-def courier(policy: SettlePolicy = SETTLE_BATCHED, **changes) -> Courier:
+def courier(policy: SettlePolicy = SETTLE_IN_WINDOW, **changes) -> Courier:
     return Courier(dataclasses.replace(SETTINGS, **changes), boot_id="boot", rng=random.Random(7), policy=policy)
 
 
@@ -169,7 +177,42 @@ def test_delivered_records_are_journaled_and_removed():
     assert q.rows == {} and {o for o, _ in q.journal.values()} == {Outcome.DELIVERED}
     assert [tok for tok, _ in t.sent] == [1, 2, 3, 4, 5]
     assert header(t.sent[0][1], "X-Telemetry-Record-Id") == f"{1:032x}"
-    assert q.settlements[0].queue_counters == {("telempostd", "delivered"): 5}
+    assert [s.queue_counters for s in q.settlements] == [{("telempostd", "delivered"): 4},
+                                                          {("telempostd", "delivered"): 1}]  # the window: 4
+
+
+def test_a_row_with_stored_header_lines_is_sent_as_stored_without_being_parsed():
+    """telemprobd validated the record and stored its request header lines: telempostd
+    sends them as they are (the frame headers beside them are not even read)."""
+    good = row(1, prepared=True)
+    q = Queue([row(1, prepared=True, headers=b"not a header block\n"), row(2)])
+    t = answering()
+    assert run_pass(courier(), q, t, T0) == {Counter.DELIVERED: 2}
+    expected = build_request(record_of(1), good.record_id, RequestFormat.HEADERS, SETTINGS.tid)
+    assert t.sent[0][1] == expected  # the same request as one built from the parsed record
+    assert t.sent[1][1] == build_request(record_of(2), f"{2:032x}", RequestFormat.HEADERS, SETTINGS.tid)
+    (entry, _) = q.settlements[0].entries
+    assert (entry.classification, entry.event_id, entry.creation_timestamp) == (
+        "org.example/core/r1", f"{1:032x}", 1_690_000_001)
+
+
+def test_a_damaged_stored_block_falls_back_to_the_frame_headers():
+    injected = request_header_block(record_of(1)) + b"\r\nX-Injected: 1"
+    q = Queue([row(1, request_headers=injected), row(2, request_headers=b"short\nblock",
+                                                      headers=b"garbage\n")])
+    t = answering()
+    assert run_pass(courier(), q, t, T0) == {Counter.DELIVERED: 1, Counter.SET_ASIDE: 1}
+    assert t.sent[0][1] == build_request(record_of(1), f"{1:032x}", RequestFormat.HEADERS, SETTINGS.tid)
+
+
+def test_a_prepared_row_expires_and_json_requests_are_built_from_the_record():
+    q = Queue([row(1, prepared=True, received_at=T0 - 1201 * 60)])
+    assert run_pass(courier(), q, answering(), T0) == {Counter.EXPIRED: 1}
+    assert q.settlements[0].entries[0].classification == "org.example/core/r1"
+    q = Queue([row(2, prepared=True)])
+    t = answering()
+    assert run_pass(courier(request_format=RequestFormat.JSON), q, t, T0) == {Counter.DELIVERED: 1}
+    assert t.sent[0][1] == build_request(record_of(2), f"{2:032x}", RequestFormat.JSON, SETTINGS.tid)
 
 
 def test_a_rejection_is_final_and_a_retry_keeps_the_row():
@@ -408,12 +451,13 @@ def test_settlement_orders_by_queue_position_and_keeps_what_it_must():
 # --- settling and what a kill may repeat --------------------------------------------------
 
 
-@pytest.mark.parametrize("policy, bound", [(SETTLE_BEFORE_SEND, 4), (SettlePolicy(max_batch=64), 64 + 4)])
-def test_a_kill_repeats_at_most_the_policys_window(policy, bound):
+@pytest.mark.parametrize("policy, bound, per_poll", [(SETTLE_IN_WINDOW, 4, 1), (SETTLE_IN_WINDOW, 4, 3),
+                                                     (SettlePolicy(window=2), 2, 4)])
+def test_a_kill_repeats_at_most_the_policys_window(policy, bound, per_poll):
     rows = [row(i) for i in range(1, 201)]
-    for kill_after in (7, 50, 123, 301):
+    for kill_after in range(3, 420, 7):
         q = Queue(rows)
-        t = answering()
+        t = MemoryTransport(lambda request: OK, max_in_flight=4, per_poll=per_poll)
         run_pass(courier(policy), q, t, T0, kill_after=kill_after)
         sent_before = {header(r, "X-Telemetry-Record-Id") for _, r in t.sent}
         after = answering()
@@ -426,7 +470,7 @@ def test_a_kill_repeats_at_most_the_policys_window(policy, bound):
 def test_settling_before_each_request_writes_as_the_answers_come():
     q = Queue([row(i) for i in range(1, 9)])
     t = MemoryTransport(lambda request: OK, max_in_flight=2, per_poll=1)
-    run_pass(courier(SETTLE_BEFORE_SEND), q, t, T0)
+    run_pass(courier(delivery=dataclasses.replace(SETTINGS.delivery, max_in_flight=2)), q, t, T0)
     assert q.rows == {}
     assert max(len(s.delete) for s in q.settlements) <= 2
 
@@ -449,12 +493,13 @@ RETRYABLE = ("HTTP 5", "HTTP 4", "curl error", "HTTP 408", "HTTP 429")
     damaged=st.sets(st.integers(1, 30), max_size=4),
     passes=st.lists(st.tuples(st.floats(0, 4000), st.one_of(st.none(), st.integers(0, 80))), min_size=1,
                     max_size=8),
-    policy=st.sampled_from([SETTLE_BATCHED, SETTLE_BEFORE_SEND, SettlePolicy(max_batch=3, max_delay=0.0)]),
+    policy=st.sampled_from([SETTLE_IN_WINDOW, SettlePolicy(window=1), SettlePolicy(max_batch=3, max_delay=0.0)]),
     in_flight=st.integers(1, 5),
     probe=st.sampled_from([0.0, 30.0]),
 )
 def test_no_record_is_lost_or_sent_again_without_a_reason(answers, n, damaged, passes, policy, in_flight, probe):
-    rows = [row(i, headers=b"garbage\n" if i in damaged else None) for i in range(1, n + 1)]
+    rows = [row(i, headers=b"garbage\n" if i in damaged else None, prepared=i % 2 == 0 and i not in damaged)
+            for i in range(1, n + 1)]
     q = Queue(rows)
     cycle = iter(answers * 1000)
     history: dict[str, list[str]] = collections.defaultdict(list)  # per record: sent / answer / kill

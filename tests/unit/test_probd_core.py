@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetry import headers as H
-from telemetry.ack import AckStatus
+from telemetry.ack import AckStatus, Durability
 from telemetry.daemons.probd import core as C
 from telemetry.daemons.probd.core import MEASURE, Commit, Ingest, Reply, Settings
 from telemetry.daemons.probd.ratelimit import Limit, Policy, RateLimiter
@@ -39,11 +39,16 @@ VALUES = {
     H.CPU_MODEL: "blank", H.BIOS_VERSION: "none", H.EVENT_ID: "0123456789abcdef0123456789abcdef",
 }
 GOOD = Frame("".join(f"{n}: {VALUES[n]}\n" for n in H.RECORD_HEADERS).encode(), b"payload")
+
+
+def of_severity(severity: int) -> Frame:
+    values = {**VALUES, H.SEVERITY: str(severity)}
+    return Frame("".join(f"{n}: {values[n]}\n" for n in H.RECORD_HEADERS).encode(), b"payload")
 BAD = Frame(b"not a header block\n", b"")
 MID = "a" * 32
 SETTINGS = Settings(max_connections=16, connection_timeout=5.0, spool_max_bytes=-1, policy=Policy(),
                     recycling=True, idle_after=300.0, spool_dir="/spool", socket_path="/run/telem-0",
-                    log_level="info")
+                    log_level="info", sync_interval=3600.0)  # the durability tests set their own
 ALICE = Sender(1000, 1000, 11)
 BOB = Sender(1001, 1001, 12)
 
@@ -462,3 +467,79 @@ def test_no_acknowledged_record_is_lost_and_every_sender_is_answered(script, pol
     assert all(len(a) == 1 for a in answers.values())
     acked = {a[0].detail for a in answers.values() if a[0].status in (AckStatus.ACCEPTED, AckStatus.DEFERRED)}
     assert acked == durable  # every durable record was acknowledged, and only those
+
+
+# --- durability classes ---------------------------------------------------------------------
+
+
+def test_a_severe_record_makes_its_batch_synced_before_the_replies():
+    core = make(sync_interval=5.0, sync_severity=3)
+    arrive(core, "low", of_severity(2))
+    assert core.commit_due(0.0, 1e9).sync is False
+    core.committed(0.0, synced=False)
+    arrive(core, "low2", of_severity(1), now=0.1)
+    arrive(core, "crash", of_severity(3), now=0.1)
+    batch = core.commit_due(0.1, 1e9)
+    assert batch.sync is True
+    replies = core.committed(0.1, synced=True)
+    assert {r.ack.durability for r in replies} == {Durability.ON_DISK}
+    assert not core.unsynced  # that sync covered the earlier commit too
+
+
+def test_sync_interval_zero_syncs_every_batch():
+    core = make(sync_interval=0.0)
+    arrive(core, "a", of_severity(1))
+    assert core.commit_due(0.0, 1e9).sync is True
+
+
+def test_an_unsynced_commit_is_synced_within_sync_interval():
+    core = make(sync_interval=2.0, sync_severity=5)
+    arrive(core, "a", of_severity(4), now=10.0)
+    batch = core.commit_due(10.0, 1e9)
+    assert batch.sync is False  # 5: no severity is synced before its reply
+    (reply,) = core.committed(10.0, synced=False)
+    assert reply.ack.durability is Durability.IN_WAL and reply.ack.encode().endswith(b" in-wal\n")
+    assert core.unsynced and not core.sync_due(11.9)
+    assert core.wake_at(11.0) <= 12.0 and core.sync_due(12.0)
+    core.synced(12.0, ok=False)  # the disk refused: again a sync_interval later
+    assert core.unsynced and not core.sync_due(13.0) and core.sync_due(14.0)
+    core.synced(14.0, ok=True)
+    assert not core.unsynced and not core.sync_due(100.0)
+
+
+def test_stopping_syncs_at_once():
+    core = make(sync_interval=60.0, sync_severity=5)
+    arrive(core, "a")
+    core.commit_due(0.0, 1e9)
+    core.committed(0.0, synced=False)
+    core.stop(1.0)
+    assert core.drained() and core.unsynced and core.sync_due(1.0)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.lists(st.integers(1, 4), min_size=1, max_size=5), st.booleans(),
+                          st.floats(0.0, 3.0)), min_size=1, max_size=20),
+       st.sampled_from([0.0, 0.5, 2.0]), st.integers(1, 5))
+def test_on_disk_is_said_only_after_a_sync_and_nothing_waits_longer_than_sync_interval(
+        batches, interval, threshold):
+    """The loop syncs when a batch asks (`sync`) or when `sync_due`; the disk may refuse
+    (`ok` False).  Then: a reply says on-disk only for a synced batch; a record at or
+    above the threshold is never acknowledged unsynced unless the disk refused; and no
+    commit stays unsynced past sync_interval without `sync_due` saying so."""
+    core = make(sync_interval=interval, sync_severity=threshold)
+    now, conn = 0.0, 0
+    for severities, disk_ok, gap in batches:
+        for sev in severities:
+            conn += 1
+            arrive(core, conn, of_severity(sev), now=now)
+        batch = core.commit_due(now, 1e9 + now, force=True)
+        assert batch.sync == (interval == 0 or max(severities) >= threshold)
+        synced = batch.sync and disk_ok
+        for r in core.committed(now, synced):
+            assert r.ack.durability is (Durability.ON_DISK if synced else Durability.IN_WAL)
+        oldest = now if not synced else None
+        now += gap
+        if core.unsynced and oldest is not None and now >= oldest + interval:
+            assert core.sync_due(now)
+        if core.sync_due(now):
+            core.synced(now, disk_ok)

@@ -5,6 +5,7 @@ kept aside untouched)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -15,7 +16,14 @@ import pytest
 
 from telemetry.daemons.store import journal as J
 from telemetry.daemons.store.database import Fault, StoreError, fault_of
-from telemetry.daemons.store.queue import QUEUE_DB, NewRecord, Queue, QueueError, Sender
+from telemetry.daemons.store.queue import (
+    QUEUE_DB,
+    QUEUE_SUBDIR,
+    NewRecord,
+    Queue,
+    QueueError,
+    Sender,
+)
 
 PAGE = 4096
 
@@ -244,6 +252,53 @@ def test_a_salvage_ends_when_the_damaged_file_claims_keys_far_beyond_its_rows(tm
     survived = {r.record_id for r in q.all(10_000)}
     q.close()
     assert readable <= survived
+
+
+V1_RECORDS = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT NOT NULL UNIQUE, received_at REAL NOT NULL,
+    sender_uid INTEGER NOT NULL, sender_gid INTEGER NOT NULL, sender_pid INTEGER NOT NULL, cfg_path TEXT,
+    headers BLOB NOT NULL, payload BLOB NOT NULL, size INTEGER NOT NULL, deferred_until REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT);
+CREATE TABLE counters (daemon TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (daemon, name));
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO records (record_id, received_at, sender_uid, sender_gid, sender_pid, headers, payload, size)
+    VALUES ('0123456789abcdef0123456789abcdef', 1700000000.0, 1, 1, 1, X'68', X'70', 2);
+"""
+
+
+def test_a_queue_of_schema_1_is_brought_up_to_date_and_keeps_its_rows(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    (tmp_path / QUEUE_SUBDIR).mkdir()
+    db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
+    db.executescript(V1_RECORDS)
+    db.close()
+    q = Queue(str(tmp_path))
+    (old,) = q.all()
+    assert old.record_id == "0123456789abcdef0123456789abcdef" and old.request_headers is None
+    q.insert_many([NewRecord("f" * 32, 1.0, Sender(1, 1, 1), b"h", b"p", request_headers=b"A: b")])
+    assert [r.request_headers for r in q.all()] == [None, b"A: b"]
+    assert q.get_meta("schema_version") == "2"
+    q.close()
+    assert "brought up to schema version 2" in caplog.text
+    Queue(str(tmp_path)).close()  # and opened again: nothing left to do
+
+
+def test_a_damaged_queue_of_schema_1_is_salvaged_into_the_new_schema(tmp_path):
+    db = sqlite3.connect(tmp_path / QUEUE_DB)
+    db.executescript(V1_RECORDS)
+    db.close()
+    from telemetry.daemons.store.database import salvage
+    from telemetry.daemons.store.queue import LAYOUT
+
+    source = sqlite3.connect(tmp_path / QUEUE_DB)
+    target = sqlite3.connect(tmp_path / "new.db", isolation_level=None)
+    target.executescript(LAYOUT.schema)
+    assert salvage(source, target, LAYOUT.tables) == 2  # the row and the schema version
+    assert target.execute("SELECT record_id, request_headers FROM records").fetchall() == [
+        ("0123456789abcdef0123456789abcdef", None)]
 
 
 # --- the queue's place: <spool_dir>/queue, moved there from spool_dir ----------------------------
