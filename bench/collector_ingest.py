@@ -279,7 +279,9 @@ def _cpu(p) -> float:
 def _queued(spool_dir: str) -> int:
     import sqlite3
 
-    db = sqlite3.connect(f"file:{spool_dir}/queue.db?mode=ro", uri=True, timeout=10)
+    from telemetry.daemons.store.queue import QUEUE_DB, queue_dir
+
+    db = sqlite3.connect(f"file:{os.path.join(queue_dir(spool_dir), QUEUE_DB)}?mode=ro", uri=True, timeout=10)
     try:
         return int(db.execute("SELECT count(*) FROM records").fetchone()[0])
     finally:

@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from support import free_port, make_user_install, proc_memory  # noqa: E402
 
+from telemetry.daemons.store.queue import QUEUE_DB, queue_dir  # noqa: E402
+
 MIB = 1 << 20
 PROBES = {
     "hprobe": ["hprobe"],
@@ -158,7 +160,8 @@ class Tree:
             self.daemons[name] = subprocess.Popen(layout.argv(name), env=self.env, stdout=log,
                                                   stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
-        while not (os.path.exists(self.socket) and os.path.exists(os.path.join(self.spool, "queue.db"))):
+        queue = os.path.join(queue_dir(self.spool), QUEUE_DB)
+        while not (os.path.exists(self.socket) and os.path.exists(queue)):
             for name, proc in self.daemons.items():
                 if proc.poll() is not None:
                     raise SystemExit(f"{name} exited with {proc.returncode}: see {root}/{name}.log")

@@ -9,7 +9,6 @@ out); `import_file` is its thin shell.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -78,7 +77,9 @@ def import_file(journal: Journal, path: str) -> int | None:
         log.warning("the C client's journal %s is larger than %d bytes; not imported", path, SIZE_MAX)
         return None
     parsed = parse(data.decode("utf-8", errors="replace"))
-    if not journal.import_once(MARK + path, hashlib.sha256(data).hexdigest(), parsed.entries):
+    from .cspool import digest
+
+    if not journal.import_once(MARK + path, digest(data), parsed.entries):
         return None
     if parsed.bad_lines:
         log.warning("the C client's journal %s: lines %s are no journal entries; skipped", path,

@@ -14,7 +14,6 @@ ours to touch).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from telemetry import headers as H
@@ -109,4 +108,6 @@ def encode(header_block: bytes, payload: bytes, cfg_path: str | None = None) -> 
 
 def digest(data: bytes) -> str:
     """What identifies a file's content across a crash (import markers)."""
+    import hashlib  # only when there is something to import: it maps libcrypto (3 MiB)
+
     return hashlib.sha256(data).hexdigest()
