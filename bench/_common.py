@@ -264,7 +264,7 @@ def c_daemons_command(prefix: str, root: str, config: str, programs: list[str]) 
     binds = " && ".join(f"mkdir {prefix}/{d} && mount --bind {orig}/{d} {prefix}/{d}"
                         for d in sorted(os.listdir(prefix)))
     run = (f"exec {prefix}/bin/{programs[0]}" if len(programs) == 1 else
-           " ".join(f"{prefix}/bin/{p} &" for p in programs) + " wait")
+           "{ " + " ".join(f"{prefix}/bin/{p} &" for p in programs) + " wait; }")
     script = (f"mount --bind {prefix} {orig} && mount -t tmpfs tmpfs {prefix} && {binds} && "
               f"mount --bind {conf} {prefix}/share/defaults/telemetrics && mkdir -p {prefix}/var/lib/telemetry "
               f"&& mount -t tmpfs tmpfs /var/log && mkdir /var/log/telemetry && {run}")

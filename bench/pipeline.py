@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                                                ("max_in_flight", args.in_flight)) if v is not None)
     collector, collector_name = start_collector(root, port, count_log)
     pipeline: Ours | Original | None = None
+    finished = False
     try:
         pipeline = Original(root, server, args.c_prefix) if args.c_prefix else Ours(root, server, extra)
         senders = Senders(exe, pipeline.sock, root, args.senders, args.seconds, args.rate, pipeline.eof_ok)
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"delivered:      {delivered:,} in {end.t:.1f} s = {delivered / end.t:,.0f} rec/s   "
               f"(target >= {TARGET_DELIVERED:,})")
         print(f"backlog:        {samples[0].backlog:,} at start, {end.backlog:,} at end; "
-              f"slope {slope(samples):+,.0f} rec/s (least squares over {len(samples)} samples)")
+              f"slope {slope(samples):+,.1f} rec/s (least squares over {len(samples)} samples)")
         per_k = {"telemprobd": acked, "telempostd": delivered, "collector": delivered}
         print("CPU s per 1,000 records: " + ", ".join(
             f"{name} {used[name] / max(per_k[name], 1) * 1000:.3f}" for name in ("telemprobd", "telempostd", "collector"))
@@ -317,12 +318,16 @@ def main(argv: list[str] | None = None) -> int:
             n = delivered_count(count_log) - d1
             print(f"drain:          {n:,} more delivered in {took:.1f} s"
                   + (f" = {n / took:,.0f} rec/s" if took > 0 else ""))
+        finished = True
     finally:
         if pipeline is not None:
             pipeline.stop()
         collector.terminate()
         collector.wait(30)
-    shutil.rmtree(root, ignore_errors=True)
+        if finished:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"work directory kept (logs, queue): {root}", file=sys.stderr)
     return 0
 
 
