@@ -24,8 +24,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -36,77 +34,16 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _common import QueueReader, cpu, queue_path, start_collector  # noqa: E402
 from support import METADATA, free_port, make_user_install, proc_memory  # noqa: E402
 
 from telemetry.contract import request_header_block  # noqa: E402
-from telemetry.daemons.store.queue import QUEUE_DB, QUEUE_SUBDIR, NewRecord, Queue, Sender  # noqa: E402
+from telemetry.daemons.store.queue import NewRecord, Queue, Sender  # noqa: E402
 from telemetry.record import create_record  # noqa: E402
 
 ORIGINAL_RATE = 2400  # records/s, the original on this machine (a new connection per record)
 ORIGINAL_CPU = 0.24  # CPU s per 1,000 records
 DRAIN_TIMEOUT = 600.0  # a bound for a stuck daemon, far above any run
-
-NGINX_CONF = """{user}worker_processes 1;
-error_log {d}/nginx-error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 201; }}
-    }}
-}}
-"""
-
-PY_SERVER = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(201); self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"collector exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("collector did not start listening")
-
-
-def start_collector(root: str, port: int) -> tuple[subprocess.Popen, str]:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if nginx:
-        conf = os.path.join(root, "nginx.conf")
-        user = "user root root;\n" if os.geteuid() == 0 else ""
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(user=user, d=root, port=port))
-        proc = subprocess.Popen([nginx, "-c", conf, "-p", root, "-g", "daemon off;"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        name = f"nginx ({subprocess.run([nginx, '-v'], capture_output=True, text=True).stderr.strip()})"
-    else:
-        proc = subprocess.Popen([sys.executable, "-c", PY_SERVER, str(port)])
-        name = "Python http.server (ThreadingHTTPServer; nginx not installed)"
-    wait_port(port, proc)
-    return proc, name
-
 
 def rows(n: int, size: int, start: int = 0, legacy: bool = False) -> list[NewRecord]:
     """Rows as telemprobd queues them (with their request header lines), or, `legacy`, as
@@ -128,27 +65,6 @@ def enqueue(spool: str, batch: list[NewRecord]) -> None:
     q.insert_many(batch)
     q.touch_wakeup()
     q.close()
-
-
-class QueueReader:
-    """A read-only look at the queue that never takes a write lock from the daemon."""
-
-    def __init__(self, spool: str):
-        self.db = sqlite3.connect(f"file:{os.path.join(spool, QUEUE_SUBDIR, QUEUE_DB)}?mode=ro", uri=True,
-                                  isolation_level=None)
-
-    def queued(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-
-    def counter(self, name: str) -> int:
-        row = self.db.execute("SELECT value FROM counters WHERE daemon = 'telempostd' AND name = ?",
-                              (name,)).fetchone()
-        return row[0] if row else 0
-
-
-def cpu(p: psutil.Process) -> float:
-    t = p.cpu_times()
-    return t.user + t.system
 
 
 def mb(n: int) -> str:
@@ -184,7 +100,7 @@ def main() -> int:
     proc = psutil.Process(daemon.pid)
     try:
         deadline = time.monotonic() + 30
-        while not os.path.exists(os.path.join(spool, QUEUE_SUBDIR, QUEUE_DB)) and time.monotonic() < deadline:
+        while not os.path.exists(queue_path(spool)) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(2.0)
         idle_rss = proc.memory_info().rss

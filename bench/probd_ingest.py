@@ -40,25 +40,15 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import make_user_install, proc_memory  # noqa: E402
-
-HEADERS = (
-    ("record_format_version", "4"), ("classification", "org.example/bench/ingest"), ("severity", "2"),
-    ("machine_id", "FFFFFFFF"), ("creation_timestamp", "1700000000"), ("arch", "x86_64"),
-    ("host_type", "QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-3.1"), ("build", "41000"),
-    ("kernel_version", "6.6.1-1.native"), ("payload_format_version", "1"), ("system_name", "clear-linux-os"),
-    ("board_name", "blank|blank"), ("cpu_model", "Intel(R) Core(TM) i7-7600U CPU @ 2.80GHz"),
-    ("bios_version", "1.16.1-1"),
+from _common import (  # noqa: E402
+    OUR_INGEST_CONFIG,
+    build_c_sender,
+    c_daemon_processes,
+    c_daemons_command,
+    frame,
+    write_frames,
 )
-
-
-def frame(i: int, payload_len: int = 560) -> bytes:
-    """A C-layout frame of about 1 KB (struct-packed, as libtelemetry writes it)."""
-    hb = "".join(f"{n}: {v}\n" for n, v in HEADERS).encode() + f"event_id: {i:032x}\n".encode()
-    payload = (f"record {i} " * 100).encode()[:payload_len]
-    size = 4 + 4 + len(hb) + len(payload) + 1
-    return struct.pack("<II", size, len(hb)) + hb + payload + b"\0"
-
+from support import make_user_install, proc_memory  # noqa: E402
 
 MALFORMED = (
     struct.pack("<I", 3),  # size below the minimum
@@ -69,70 +59,9 @@ MALFORMED = (
 )
 
 
-C_SENDER = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <stdint.h>
-#include <time.h>
-#include <unistd.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-/* sender SOCKET FRAMES_FILE START_FD HALF_CLOSE EOF_OK: frames are u32 length + bytes; prints
-   one latency (microseconds) per frame on stdout and the number acknowledged on stderr;
-   EOF_OK 1: a close without a reply counts (the original daemon never replies). */
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
-int main(int argc, char **argv) {
-    if (argc != 6) return 2;
-    FILE *f = fopen(argv[2], "rb"); if (!f) return 2;
-    fseek(f, 0, SEEK_END); long n = ftell(f); fseek(f, 0, SEEK_SET);
-    char *buf = malloc(n ? n : 1); if (fread(buf, 1, n, f) != (size_t)n) return 2; fclose(f);
-    char go; if (read(atoi(argv[3]), &go, 1) != 1) return 2;
-    int half = atoi(argv[4]), eof_ok = atoi(argv[5]);
-    struct sockaddr_un a; memset(&a, 0, sizeof a); a.sun_family = AF_UNIX;
-    strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
-    long off = 0, ok = 0; char reply[512];
-    while (off < n) {
-        uint32_t len; memcpy(&len, buf + off, 4); off += 4;
-        double t0 = now();
-        int s = socket(AF_UNIX, SOCK_STREAM, 0);
-        if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) {
-            ssize_t w = 0;
-            while (w < (ssize_t)len) { ssize_t r = send(s, buf + off + w, len - w, MSG_NOSIGNAL); if (r <= 0) break; w += r; }
-            if (half) shutdown(s, SHUT_WR);
-            ssize_t r = recv(s, reply, sizeof reply, 0);
-            if ((r >= 13 && memcmp(reply, "TM/1 accepted", 13) == 0) || (r == 0 && eof_ok)) ok++;
-        }
-        close(s);
-        printf("%.1f\n", (now() - t0) * 1e6);
-        off += len;
-    }
-    fprintf(stderr, "%ld\n", ok);
-    return 0;
-}
-"""
-
-
-def build_c_sender(directory: str) -> str | None:
-    src, exe = os.path.join(directory, "sender.c"), os.path.join(directory, "sender")
-    with open(src, "w") as f:
-        f.write(C_SENDER)
-    try:
-        r = subprocess.run(["gcc", "-O2", "-o", exe, src], capture_output=True, text=True)
-    except FileNotFoundError:
-        return None
-    return exe if r.returncode == 0 else None
-
-
 def drive_c(exe: str, path: str, frames: list[bytes], senders: int, workdir: str,
             half_close: bool = False, eof_ok: bool = False) -> tuple[int, float, list[float]]:
-    files = []
-    for i in range(senders):
-        name = os.path.join(workdir, f"frames-{i}")
-        with open(name, "wb") as f:
-            for fr in frames[i::senders]:
-                f.write(struct.pack("<I", len(fr)) + fr)
-        files.append(name)
+    files = [write_frames(os.path.join(workdir, f"frames-{i}"), frames[i::senders]) for i in range(senders)]
     r, w = os.pipe()
     procs = [subprocess.Popen([exe, path, name, str(r), str(int(half_close)), str(int(eof_ok))], pass_fds=(r,),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in files]
@@ -203,10 +132,6 @@ def report(label: str, acked: int, total: int, elapsed: float, lat: list[float])
           f"p99 {pct(lat, 99):6.2f} ms   ({acked}/{total} acked in {elapsed:.2f} s)")
 
 
-OUR_CONFIG = ("spool_max_size=-1\nrecord_burst_limit=1000000000\nbyte_burst_limit=1000000000000\n"
-              "rate_limit_uid_share=100\nlog_level=error\nmax_connections=256\n")
-
-
 def churn(directory: str, n: int) -> None:
     """Create and delete `n` files in `directory` (what a week of the original's spool does)."""
     for i in range(n):
@@ -218,9 +143,8 @@ def churn(directory: str, n: int) -> None:
 
 class Daemon:
     """Ours (`python -m telemetry.daemons.probd.main`) or the original C telemprobd, in a
-    fresh directory.  The original reads only the defaults file under its build prefix
-    (its -f sets the library's file, not the daemon's) and keeps its machine id there, so
-    the bench gives it its own in a private mount namespace (root only)."""
+    fresh directory; the original with its own config in a private mount namespace (root
+    only: `c_daemons_command`)."""
 
     def __init__(self, kind: str, c_binary: str | None, root: str, extra: str):
         self.kind = kind
@@ -232,27 +156,14 @@ class Daemon:
         if kind == "ours":
             inst = make_user_install(Path(root))
             inst.opt_in()
-            inst.write_config(f"socket_path={self.sock}\nspool_dir={self.spool}\n{OUR_CONFIG}{extra}")
+            inst.write_config(f"socket_path={self.sock}\nspool_dir={self.spool}\n{OUR_INGEST_CONFIG}{extra}")
             cmd, env = [sys.executable, "-m", "telemetry.daemons.probd.main"], inst.env
         else:
             assert c_binary
-            # Its build prefix rebuilt on a tmpfs in a private mount namespace: its own
-            # directories bound back in, our defaults file over its, an empty var/ for the
-            # machine id.  (An overlayfs does the same in one mount but made every open of
-            # the machine id cost half a millisecond here.)
-            prefix = os.path.dirname(os.path.dirname(os.path.abspath(c_binary)))
-            conf, orig = os.path.join(root, "conf"), os.path.join(root, "orig")
-            os.makedirs(conf)
-            os.makedirs(orig)
-            with open(os.path.join(conf, "telemetrics.conf"), "w") as f:
-                f.write(f"[settings]\nsocket_path={self.sock}\nspool_dir={self.spool}\nrate_limit_enabled=false\n"
-                        "spool_max_size=-1\ndaemon_recycling_enabled=false\n")
-            binds = " && ".join(f"mkdir {prefix}/{d} && mount --bind {orig}/{d} {prefix}/{d}"
-                                for d in sorted(os.listdir(prefix)))
-            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                   f"mount --bind {prefix} {orig} && mount -t tmpfs tmpfs {prefix} && {binds} && "
-                   f"mount --bind {conf} {prefix}/share/defaults/telemetrics && mkdir -p {prefix}/var/lib/telemetry "
-                   f"&& exec {c_binary}"]
+            cmd = c_daemons_command(
+                os.path.dirname(os.path.dirname(os.path.abspath(c_binary))), root,
+                f"[settings]\nsocket_path={self.sock}\nspool_dir={self.spool}\nrate_limit_enabled=false\n"
+                "spool_max_size=-1\ndaemon_recycling_enabled=false\n", [os.path.basename(c_binary)])
             env = dict(os.environ)
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
@@ -261,9 +172,8 @@ class Daemon:
                 raise SystemExit(f"{kind} telemprobd did not start")
             time.sleep(0.05)
         time.sleep(0.3)
-        # The daemon itself (for the C one, the process unshare exec'd into).
-        me = psutil.Process(self.proc.pid)
-        self.ps = me if kind == "ours" else (me.children() or [me])[0]
+        name = os.path.basename(c_binary or "")
+        self.ps = psutil.Process(self.proc.pid) if kind == "ours" else c_daemon_processes(self.proc, [name])[name]
 
     def cpu(self) -> float:
         t = self.ps.cpu_times()
