@@ -101,8 +101,10 @@ def test_systemd_coredump_crash_is_reported(journal_mode, crasher, tmp_path):
             got = wait_for(lambda: len(crash_records(m)) > before and crash_records(m)[-1], timeout=120,
                            what="the crash record at the collector")
         except AssertionError as e:
-            raise AssertionError(f"{e}; crashprobe-journal.service said:\n"
-                                 + journal(m, "crashprobe-journal.service")) from None
+            said = "".join(f"\n{unit} said:\n{journal(m, unit)}" for unit in (
+                "crashprobe-journal.service", "telemprobd.service", "telempostd.service"))
+            status = m.run("telemctl", "status").stdout
+            raise AssertionError(f"{e};{said}\ntelemctl status:\n{status}") from None
     finally:
         m.run("systemctl", "stop", "crasher.service")
     payload = got["payload"]
