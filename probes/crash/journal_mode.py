@@ -26,6 +26,7 @@ from .journal_source import (
     CoreLocation,
     JournalCrash,
     iter_crashes,
+    writer_of,
 )
 from .pipeline import Action
 
@@ -81,9 +82,13 @@ def run_journal(cp, journal_dir: str | None, follow: bool, verbose: bool) -> int
     if follow:
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     trusted = _trusted_writers()
+
+    def untrusted(entry) -> None:
+        log.warning("passed over a coredump journal entry that systemd-coredump did not write, as "
+                    "journald tells (%s)", writer_of(entry))
     status = EXIT_OK
     while True:
-        for entry_cursor, crash in iter_crashes(reader, trusted):
+        for entry_cursor, crash in iter_crashes(reader, trusted, untrusted):
             if crash is not None:
                 delivered = _report(cp, crash, verbose)
                 if delivered is None:

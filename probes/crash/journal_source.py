@@ -13,7 +13,7 @@ the trusted `_UID`/`_EXE`/`_SYSTEMD_UNIT` journald adds.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .identity import credentials_changed, parse_ids, parse_status
@@ -82,6 +82,12 @@ def trusted(entry: Mapping[str, object], trusted_uids: frozenset[int]) -> bool:
     return os.path.basename(exe) in TRUSTED_EXE_NAMES and _int(entry.get("_UID")) in trusted_uids
 
 
+def writer_of(entry: Mapping[str, object]) -> str:
+    """Who journald says wrote an entry, for a log line."""
+    return (f"uid {_text(entry.get('_UID')) or '?'}, unit {_text(entry.get('_SYSTEMD_UNIT')) or 'none'}, "
+            f"executable {_text(entry.get('_EXE')) or 'unknown'}")
+
+
 def crash_from_entry(entry: Mapping[str, object]) -> JournalCrash | None:
     """The crash an entry describes, or None if it is not a coredump entry."""
     if (_text(entry.get("MESSAGE_ID")) or "").replace("-", "") != COREDUMP_MESSAGE_ID:
@@ -115,11 +121,16 @@ def crash_from_entry(entry: Mapping[str, object]) -> JournalCrash | None:
     return JournalCrash(cursor, event, core)
 
 
-def iter_crashes(reader, trusted_uids: frozenset[int]) -> Iterator[tuple[str, JournalCrash | None]]:
-    """(cursor, crash or None for an entry to pass over) for each entry after the cursor."""
+def iter_crashes(reader, trusted_uids: frozenset[int],
+                 untrusted: Callable[[Mapping[str, object]], None] | None = None,
+                 ) -> Iterator[tuple[str, JournalCrash | None]]:
+    """(cursor, crash or None for an entry to pass over) for each entry after the cursor;
+    `untrusted` is told of each entry passed over because systemd-coredump did not write it."""
     for entry in reader:
         cursor = _text(entry.get("__CURSOR")) or ""
         if not trusted(entry, trusted_uids):
+            if untrusted is not None:
+                untrusted(entry)
             yield cursor, None
             continue
         yield cursor, crash_from_entry(entry)

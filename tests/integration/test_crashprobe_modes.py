@@ -550,6 +550,9 @@ def test_journal_mode_trusts_the_coredump_service_logging_as_the_crashed_user(us
         assert r.returncode == 0, r.stderr.decode()
         [row] = rows(probd)
         assert row.payload.decode().startswith(f"Process: {exe}\nPID: 4260\n")
+        said = r.stderr.decode()
+        assert said.count("passed over a coredump journal entry that systemd-coredump did not write") == 2, said
+        assert f"(uid {user}, unit user@{user}.service, executable /usr/lib/systemd/systemd-coredump)" in said
 
 
 @pytest.mark.skipif(JOURNAL_REMOTE is None, reason="systemd-journal-remote is needed to write journal files")
