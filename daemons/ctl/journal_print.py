@@ -1,4 +1,5 @@
-"""Printing the journal: what `telemctl journal` and `telem_journal` both run.
+"""Printing the journal: what `telemctl journal` and `telem_journal` both run, and how
+both read their filter options.
 
 Lines and JSON come from `journal_view` (inert on a terminal).  A retained payload
 (`-i`) is any local user's bytes: to a terminal it is printed with its control
@@ -9,6 +10,7 @@ gets the exact bytes, as from the original.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
@@ -72,3 +74,19 @@ def _write_payload(out: TextIO, data: bytes, terminal: bool) -> None:
     raw: BinaryIO = out.buffer  # type: ignore[attr-defined]
     raw.write(data if data.endswith(b"\n") else data + b"\n")
     raw.flush()
+
+
+def filter_callback(check: Callable[[str], str]) -> Callable:
+    """A click option callback that checks a filter value with `check`: a value that can
+    never match (journal_view.FilterError) is a usage error naming the option."""
+    import click
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except journal_view.FilterError as e:
+            raise click.BadParameter(str(e), ctx, param) from None
+
+    return callback

@@ -484,18 +484,6 @@ def is_active_cmd(ctl: Ctl, quiet: bool) -> int:
 
 # --- journal ------------------------------------------------------------------------------
 
-def _filter(check: Callable[[str], str]) -> Callable:
-    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return check(value)
-        except journal_view.FilterError as e:
-            raise click.BadParameter(str(e), ctx, param) from None
-
-    return callback
-
-
 @command("journal", "Prints telemetry journal contents. Use -h argument with command for more options",
          epilog="""
 \b
@@ -515,15 +503,15 @@ Files: /var/log/telemetry/journal.db (system), $XDG_STATE_HOME/telemetrics/journ
 Exit status: 0 (also when nothing matches), 1 when the journal cannot be read, 2 for a
 malformed filter value.
 """)
-@click.option("-r", "--record_id", "record_id", metavar="ID", callback=_filter(journal_view.record_id_filter),
+@click.option("-r", "--record_id", "record_id", metavar="ID", callback=journal_print.filter_callback(journal_view.record_id_filter),
               help="Print the record with this record id (32 hex characters).")
-@click.option("-e", "--event_id", "event_id", metavar="ID", callback=_filter(journal_view.event_id_filter),
+@click.option("-e", "--event_id", "event_id", metavar="ID", callback=journal_print.filter_callback(journal_view.event_id_filter),
               help="Print records with this event id (32 hex characters).")
 @click.option("-c", "--classification", "classification", metavar="CLASS",
-              callback=_filter(journal_view.classification_filter),
+              callback=journal_print.filter_callback(journal_view.classification_filter),
               help="Print records with this classification (a/b/c), or whose classification "
               "starts with the prefix before a final '/*' (e.g. 'org.clearlinux/*').")
-@click.option("-b", "--boot_id", "boot_id", metavar="UUID", callback=_filter(journal_view.boot_id_filter),
+@click.option("-b", "--boot_id", "boot_id", metavar="UUID", callback=journal_print.filter_callback(journal_view.boot_id_filter),
               help="Print records processed during this boot (see /proc/sys/kernel/random/boot_id).")
 @click.option("-i", "--include_record", "include_record", is_flag=True,
               help="Include the record's payload after its line, if retained "

@@ -41,18 +41,6 @@ class JournalCommand(Command):
         return (USAGE % (ctx.find_root().info_name or PROG)).rstrip("\n")
 
 
-def _checked(check):
-    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return check(value)
-        except journal_view.FilterError as e:
-            raise click.BadParameter(str(e), ctx, param) from None
-
-    return callback
-
-
 # The man page's sections; --help prints the original's USAGE.
 EPILOG = """\b
 Exit status:
@@ -76,10 +64,10 @@ Examples:
                help="Print the telemetry journal: what became of each record the daemons handled, "
                "the last 100 entries, as 'telemctl journal' prints them, with the original "
                "telem_journal's options.", epilog=EPILOG)
-@click.option("-r", "--record_id", metavar="ID", callback=_checked(journal_view.record_id_filter))
-@click.option("-e", "--event_id", metavar="ID", callback=_checked(journal_view.event_id_filter))
-@click.option("-c", "--classification", metavar="CLASS", callback=_checked(journal_view.classification_filter))
-@click.option("-b", "--boot_id", metavar="UUID", callback=_checked(journal_view.boot_id_filter))
+@click.option("-r", "--record_id", metavar="ID", callback=journal_print.filter_callback(journal_view.record_id_filter))
+@click.option("-e", "--event_id", metavar="ID", callback=journal_print.filter_callback(journal_view.event_id_filter))
+@click.option("-c", "--classification", metavar="CLASS", callback=journal_print.filter_callback(journal_view.classification_filter))
+@click.option("-b", "--boot_id", metavar="UUID", callback=journal_print.filter_callback(journal_view.boot_id_filter))
 @click.option("-i", "--include_record", is_flag=True)
 @click.option("-V", "--verbose", is_flag=True)
 @mode_options

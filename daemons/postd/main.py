@@ -50,7 +50,12 @@ from telemetry.daemons.postd.core import (
     Settlement,
     SettlePolicy,
 )
-from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused, check_settings
+from telemetry.daemons.postd.endpoint import (
+    DeliverySettings,
+    RequestRefused,
+    check_settings,
+    delivery_settings,
+)
 from telemetry.daemons.postd.inotify import FileWatch
 from telemetry.daemons.postd.request import RequestFormat
 from telemetry.daemons.postd.transport import Transport, TransportFactory
@@ -88,15 +93,7 @@ STATE_INTERVAL = 1.0
 
 
 def settings_from(cfg: config_mod.Config) -> Settings:
-    delivery = DeliverySettings(
-        url=cfg.server,
-        cainfo=cfg.cainfo,
-        client_cert=cfg.tls_client_cert,
-        client_key=cfg.tls_client_key,
-        max_in_flight=cfg.max_in_flight,
-        connect_timeout=cfg.connect_timeout,
-        request_timeout=cfg.request_timeout,
-    )
+    delivery = delivery_settings(cfg)
     if cfg.record_server_delivery_enabled:
         check_settings(delivery)
     return Settings(
