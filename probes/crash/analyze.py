@@ -87,7 +87,6 @@ class _Loaded:
         self.debug_elf: ELFFile | None = None
         self.path: str = info.path  # where the module was opened (--exe may name another)
         self.debug_path: str | None = None
-        self.alt_elf: ELFFile | None = None  # dwz's common file, if the DWARF names one
         self.bias = info.bias
         self.cfi: CallFrameTable | None = None
         self.symbols: SymbolTable | None = None
@@ -254,33 +253,38 @@ class Process:
         """The file `elf`'s `.gnu_debugaltlink` names, found as gdb finds it: at the path it
         gives (relative to the file's own directory), else by its build id in the debug
         directories; only with the build id the link asks for."""
-        from elftools.elf.elffile import ELFFile
-
-        from .lines import altlink
-
-        link = altlink(elf)
-        if link is None:
+        raw_name, _, build_id = _link_section(elf, ".gnu_debugaltlink").partition(b"\0")
+        if not raw_name or not build_id:
             return None
-        name, build_id = link
+        name = os.fsdecode(raw_name)
         candidates = self.access.debug_candidates(build_id, "/", None)
         if path is not None and self.access.root_fd is None:
             candidates.insert(0, os.path.join(os.path.dirname(os.path.realpath(path)), name))
         for candidate in candidates:
-            try:
-                f = self.access.open_debug(candidate)
-            except FileRefused:
+            opened = self._open_debug(candidate)
+            if opened is None:
                 continue
-            try:
-                alt = ELFFile(f)
-                if _build_id(alt) == build_id:
-                    lm.files.append(f)
-                    lm.alt_elf = alt
-                    return alt
-            except Exception:
-                pass
+            f, alt = opened
+            if _build_id(alt) == build_id:
+                lm.files.append(f)
+                return alt
             f.close()
         self.notes.append(f"{path}: the supplementary debug file {name} was not found")
         return None
+
+    def _open_debug(self, candidate: str):
+        """(file, ELFFile) of a debug file, or None if it is refused or not ELF."""
+        from elftools.elf.elffile import ELFFile
+
+        try:
+            f = self.access.open_debug(candidate)
+        except FileRefused:
+            return None
+        try:
+            return f, ELFFile(f)
+        except Exception:
+            f.close()
+            return None
 
     def _module_at(self, pc: int) -> _Loaded | None:
         info = self.modules.at(pc)
@@ -375,16 +379,11 @@ class Process:
         build_id = info.build_id or file_id
         link = _debuglink(elf)
         for candidate in self.access.debug_candidates(build_id, path, link):
-            try:
-                df = self.access.open_debug(candidate)
-            except FileRefused:
+            opened = self._open_debug(candidate)
+            if opened is None:
                 continue
-            try:
-                debug = ELFFile(df)
-                if build_id and _build_id(debug) not in (None, build_id):
-                    df.close()
-                    continue
-            except Exception:
+            df, debug = opened
+            if build_id and _build_id(debug) not in (None, build_id):
                 df.close()
                 continue
             lm.files.append(df)
@@ -425,14 +424,18 @@ def _build_id(elf) -> bytes | None:
     return None
 
 
+def _link_section(elf, name: str) -> bytes:
+    """The contents of a link section (`.gnu_debuglink`, `.gnu_debugaltlink`), or b""."""
+    try:
+        section = elf.get_section_by_name(name)
+        return section_data(elf, section, DEBUGLINK_MAX) if section is not None else b""
+    except Exception:
+        return b""
+
+
 def _debuglink(elf) -> str | None:
     """The file name `.gnu_debuglink` names (its CRC is not checked, as elfutils is told)."""
-    try:
-        section = elf.get_section_by_name(".gnu_debuglink")
-        data = section_data(elf, section, DEBUGLINK_MAX) if section is not None else b""
-    except Exception:
-        return None
-    name = data.split(b"\0", 1)[0]
+    name = _link_section(elf, ".gnu_debuglink").split(b"\0", 1)[0]
     return name.decode("utf-8", "replace") or None
 
 

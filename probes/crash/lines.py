@@ -195,19 +195,6 @@ def _dwarf_info(elf, supplementary=None, *, lines_needed: bool = True):
     return dwarf
 
 
-def altlink(elf) -> tuple[str, bytes] | None:
-    """The supplementary file `.gnu_debugaltlink` names: (path, build id)."""
-    from .elfbounds import DEBUGLINK_MAX, section_data
-
-    try:
-        section = elf.get_section_by_name(".gnu_debugaltlink")
-        data = section_data(elf, section, DEBUGLINK_MAX) if section is not None else b""
-    except Exception:
-        return None
-    name, _, build_id = data.partition(b"\0")
-    return (os.fsdecode(name), build_id) if name and build_id else None
-
-
 class LineTable:
     """Line lookups in one ELF file that carries DWARF (a debug file or an unstripped one)."""
 
