@@ -43,7 +43,6 @@ class Dependency:
 DEPENDENCIES: dict[str, Dependency] = {
     "click": Dependency("python3-click", "click"),
     "elftools": Dependency("python3-pyelftools", "pyelftools"),
-    "platformdirs": Dependency("python3-platformdirs", "platformdirs"),
     "prometheus_client": Dependency("python3-prometheus-client", "prometheus-client"),
     "psutil": Dependency("python3-psutil", "psutil"),
     "pycurl": Dependency("python3-pycurl", "pycurl"),
