@@ -86,6 +86,7 @@ class OutOfRange(enum.Enum):
 
 @dataclass(frozen=True)
 class Key:
+    """One setting: its name, kind, default and its line of documentation."""
     name: str
     kind: Kind
     default: Any  # a value, or the name of a Paths attribute for path keys
@@ -302,6 +303,7 @@ _check_config_matches_keys()
 
 @dataclass(frozen=True)
 class Entry:
+    """A value of the file, with its line for the messages about it."""
     value: str
     line: int
 

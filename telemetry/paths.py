@@ -43,6 +43,7 @@ class PathsError(TelemetryError):
 
 @dataclass(frozen=True)
 class Paths:
+    """Every file and directory of one mode (system or user)."""
     mode: Mode
     config_dir: str
     config_file: str  # the admin's telemetrics.conf

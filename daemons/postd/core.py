@@ -169,6 +169,7 @@ class Query(enum.Enum):
 
 @dataclass(frozen=True)
 class Fetch:
+    """An action for the shell: read queued rows of `query` (past `after`, at most `limit`)."""
     query: Query
     after: int = 0
     cutoff: float = 0.0
@@ -183,6 +184,7 @@ class Send(NamedTuple):  # one per record sent: a tuple is the cheapest value to
 
 @dataclass(frozen=True)
 class Settle:
+    """An action for the shell: write what the collector answered (a settlement) to the queue."""
     settlement: Settlement
 
 
