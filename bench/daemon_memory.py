@@ -197,7 +197,9 @@ def one_run(layout: Layout, tree: Tree, records: int, workdir: str) -> tuple[Sam
         deadline = time.monotonic() + 120
         while reader.queued():
             if time.monotonic() > deadline:
-                raise SystemExit(f"{reader.queued()} records still queued after 120 s: see {workdir}")
+                log = Path(workdir, "telempostd.log").read_text(errors="replace").splitlines()[-5:]
+                raise SystemExit(f"{reader.queued()} records still queued after 120 s; telempostd's log ends:\n"
+                                 + "\n".join(log))
             time.sleep(0.1)
         reader.db.close()
         time.sleep(1.0)
@@ -275,7 +277,7 @@ def main() -> None:
                 print("  system mode: not measured (needs root)")
         for label, layout, mode in configs:
             runs = []
-            for i in range(args.runs):
+            for _ in range(args.runs):
                 root = tempfile.mkdtemp(prefix="run-", dir=work)
                 if mode == "user":
                     tree = user_tree(root, layout, port)
