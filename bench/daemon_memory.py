@@ -87,8 +87,9 @@ def pss(pid: int) -> int:
     return 0
 
 
+CURL = "curl, TLS, HTTP/2 libs"
 PARTS = (  # (part, substrings of the mapped file's name), first match wins
-    ("curl, TLS, HTTP/2 libs", ("pycurl", "libcurl", "libssl", "libcrypto", "libgnutls", "libnghttp",
+    (CURL, ("pycurl", "libcurl", "libssl", "libcrypto", "libgnutls", "libnghttp",
                                 "libngtcp", "libssh", "libpsl", "libidn", "libbrotli", "libzstd", "libk5",
                                 "libkrb5", "libgssapi", "librtmp", "libldap", "liblber", "libsasl",
                                 "libhogweed", "libnettle", "libtasn1", "libp11", "libunistring", "libgmp",
@@ -111,7 +112,10 @@ def breakdown(pid: int) -> dict[str, int]:
                 if "-" in head[0] and not head[0].endswith(":"):
                     name = head[5].strip() if len(head) > 5 else "[anon]"
                 elif head[0] == "Rss:":
-                    parts[classify(name)] += int(head[1]) * 1024
+                    part = classify(name)
+                    parts[part] += int(head[1]) * 1024
+                    if part == CURL and os.environ.get("DM_FILES"):
+                        parts[os.path.basename(name)] += int(head[1]) * 1024
     except OSError:
         pass
     return dict(parts)

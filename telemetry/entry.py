@@ -116,7 +116,9 @@ def defer_unused_modules(names: tuple[str, ...] = DEFERRED_MODULES) -> None:
     """Put a DeferredModule in place of each module of `names` not imported yet."""
     for name in names:
         if name not in sys.modules:
-            sys.modules[name] = DeferredModule(name)
+            module = DeferredModule(name)
+            module.__spec__ = importlib.util.find_spec(name)  # importlib's questions answered, not loading
+            sys.modules[name] = module
 
 
 def _entry_point(program: str) -> Callable[[], object]:
