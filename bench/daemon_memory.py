@@ -17,7 +17,8 @@ system python3 and Debian's packages) in user mode and, as root, in system mode:
 install is made with SYSCONFDIR, LOCALSTATEDIR and RUNDIR inside a private tree, so the
 system-mode daemons use the system layout's code path (/etc/telemetrics/…, /var/spool/
 telemetry/…, /run/telem-0) below it without touching the machine's.  `--detail` prints
-what the RSS of each daemon is made of (Python's objects, the interpreter, each library).
+what the RSS of each daemon is made of (Python's objects, the interpreter, each library;
+`--libraries`: each of the curl and TLS libraries by name).
 
 Targets: idle <= 16 MiB each; telempostd after deliveries <= 25 MiB.
 Figures depend on the machine and its load; they are printed, never asserted.
@@ -100,9 +101,9 @@ PARTS = (  # (part, substrings of the mapped file's name), first match wins
 )
 
 
-def breakdown(pid: int) -> dict[str, int]:
+def breakdown(pid: int, libraries: bool = False) -> dict[str, int]:
     """RSS by part: Python's objects (anonymous memory and the heap), the interpreter, the
-    libraries, the rest."""
+    libraries, the rest; with `libraries`, each curl and TLS library by name too."""
     parts: collections.Counter[str] = collections.Counter()
     name = "?"
     try:
@@ -114,7 +115,7 @@ def breakdown(pid: int) -> dict[str, int]:
                 elif head[0] == "Rss:":
                     part = classify(name)
                     parts[part] += int(head[1]) * 1024
-                    if part == CURL and os.environ.get("DM_FILES"):
+                    if part == CURL and libraries:
                         parts[os.path.basename(name)] += int(head[1]) * 1024
     except OSError:
         pass
@@ -132,10 +133,10 @@ def classify(name: str) -> str:
     return "other (stack, locale, databases' shm)"
 
 
-def sample(procs: dict[str, subprocess.Popen]) -> Sample:
+def sample(procs: dict[str, subprocess.Popen], libraries: bool = False) -> Sample:
     return Sample({n: proc_memory(p.pid, "VmRSS") for n, p in procs.items()},
                   {n: pss(p.pid) for n, p in procs.items()},
-                  {n: breakdown(p.pid) for n, p in procs.items()})
+                  {n: breakdown(p.pid, libraries) for n, p in procs.items()})
 
 
 def user_tree(root: str, layout: Layout, port: int) -> Tree:
@@ -176,7 +177,8 @@ def send(socket_path: str, count: int) -> None:
             raise SystemExit(f"telemprobd refused record {i}: {reply!r}")
 
 
-def one_run(layout: Layout, tree: Tree, records: int, workdir: str) -> tuple[Sample, Sample]:
+def one_run(layout: Layout, tree: Tree, records: int, workdir: str,
+            libraries: bool = False) -> tuple[Sample, Sample]:
     env = dict(tree.env)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: with cached byte code
     logs, procs = [], {}
@@ -207,7 +209,7 @@ def one_run(layout: Layout, tree: Tree, records: int, workdir: str) -> tuple[Sam
             time.sleep(0.1)
         reader.db.close()
         time.sleep(1.0)
-        return idle, sample(procs)
+        return idle, sample(procs, libraries)
     finally:
         for p in procs.values():
             p.terminate()
@@ -259,6 +261,8 @@ def main() -> None:
     ap.add_argument("--layout", action="append", choices=("venv", "installed"),
                     help="layouts to measure (default both)")
     ap.add_argument("--detail", action="store_true", help="RSS by part (the median run)")
+    ap.add_argument("--libraries", action="store_true",
+                    help="with --detail: each curl and TLS library telempostd maps after deliveries")
     args = ap.parse_args()
     layouts = args.layout or ["venv", "installed"]
     work = tempfile.mkdtemp(prefix="dm-", dir="/tmp")
@@ -289,7 +293,7 @@ def main() -> None:
                     tree_root = os.path.join(work, "tree")
                     shutil.rmtree(tree_root, ignore_errors=True)
                     tree = system_tree(tree_root, layout, port)
-                runs.append(one_run(layout, tree, args.records, root))
+                runs.append(one_run(layout, tree, args.records, root, args.libraries))
             report(label, runs, args.records, args.detail)
     finally:
         collector.terminate()
