@@ -65,6 +65,7 @@ class AckError(TelemetryError):
 
 @dataclass(frozen=True)
 class Ack:
+    """telemprobd's answer to one record."""
     status: AckStatus
     detail: str = ""
     # True when the peer closed without replying: an original telemprobd.

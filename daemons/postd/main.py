@@ -26,7 +26,6 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
@@ -73,7 +72,10 @@ from telemetry.errors import TelemetryError
 from telemetry.options import ClickOnly, Options
 from telemetry.paths import Paths
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     import click
 
 log = logging.getLogger(DAEMON)

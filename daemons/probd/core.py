@@ -139,6 +139,7 @@ MEASURE = Measure()
 
 @dataclass(frozen=True)
 class _Held:
+    """A record admitted and waiting for the group commit, with whom to answer."""
     record: NewRecord
     conn: Conn
     booking: Booking
@@ -161,6 +162,7 @@ class Housekeeping:
 
 @dataclass
 class _Conn:
+    """A connection being read: its sender, and when it times out."""
     sender: Sender
     deadline: float
 

@@ -34,6 +34,7 @@ class ListenerError(TelemetryError):
 
 @dataclass
 class Listener:
+    """The listening socket, and what closing it must undo (the file we bound, if any)."""
     sock: socket.socket
     path: str
     activated: bool  # passed by systemd (socket activation)

@@ -91,6 +91,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Layout:
+    """What a database file holds and how it is opened: each store's own."""
     what: str  # "queue", "journal": how messages name the file
     schema: str
     schema_version: int

@@ -91,6 +91,7 @@ class QueueError(StoreError):
 
 @dataclass(frozen=True)
 class Sender:
+    """Who sent a record (the socket's peer credentials), kept with it."""
     uid: int
     gid: int
     pid: int
@@ -116,6 +117,7 @@ class NewRecord:
 
 @dataclass(frozen=True)
 class QueuedRecord:
+    """A queued record as telempostd reads it."""
     seq: int
     record_id: str
     received_at: float
