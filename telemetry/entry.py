@@ -102,7 +102,11 @@ DEFERRED_MODULES = ("inspect",)
 class DeferredModule(types.ModuleType):
     """Stands in for a module until its first attribute is asked for; then the real module
     is imported, takes its place in sys.modules and answers from then on (for whoever holds
-    this stand-in too), so nothing but the moment of the import changes."""
+    this stand-in too), so nothing but the moment of the import changes.
+
+    Not importlib.util.LazyLoader: its module loads at any attribute lookup, `__spec__`
+    included, and Python 3.11's import statement looks that up on every `import inspect`
+    after the first, so dataclasses' own import would load it at once."""
 
     def __getattr__(self, name: str) -> object:
         if sys.modules.get(self.__name__) is self:
