@@ -23,7 +23,6 @@ from telemetry.daemons.probd.core import MEASURE, Commit, Counters, Ingest, Repl
 from telemetry.daemons.probd.listener import (
     CREDENTIALS_SPACE,
     Listener,
-    pass_credentials,
     peer_credentials,
     stated_credentials,
 )
@@ -256,8 +255,7 @@ class IngestLoop:
             # Left in blocking mode: every call passes MSG_DONTWAIT, one syscall less.
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
             try:
-                sender = peer_credentials(sock)
-                pass_credentials(sock)
+                sender = peer_credentials(sock)  # SO_PASSCRED comes from the listener
             except OSError:
                 sender = _UNKNOWN
             conn = Connection(sock, sender)

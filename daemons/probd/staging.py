@@ -12,9 +12,9 @@ interpreter lock back and forth.
 
 A lock held by another process is not waited for on the loop: each attempt waits
 `LOCK_WAIT_MS` at most, the batch stays pending and is retried until `BUSY_GIVE_UP`
-(then its senders are told "busy").  WAL checkpoints stay SQLite's own (every 1000
-pages, a few ms): a checkpoint thread racing the writes was measured to double the
-CPU cost of a commit.
+(then its senders are told "busy").  WAL checkpoints are done by a thread of their own
+(`database.Checkpointer`): a checkpoint inside a commit held every sender of the batch
+for milliseconds, most of the slowest acknowledgements.
 
 Counters and the rate-limit bookings ride along with a group commit at most once a
 second (and at exit), so they cost no extra fsync; a crash can lose at most a second of
@@ -261,7 +261,8 @@ class Stager:
         if self._queue is not None:
             self._queue.follow()
             return self._queue
-        self._queue = Queue(self.spool_dir, busy_timeout_ms=LOCK_WAIT_MS, sync_commits=False)
+        self._queue = Queue(self.spool_dir, busy_timeout_ms=LOCK_WAIT_MS, sync_commits=False,
+                            background_checkpoints=True)
         return self._queue
 
     def _close_queue(self) -> None:
