@@ -65,6 +65,10 @@ DROPPED_JOURNAL_MAX = 10_000  # refusals waiting to be journaled, at most
 # long, at once, so that `telemctl status` does not show telempostd's deliveries ahead of
 # the records telemprobd received.
 QUIET_FLUSH = 0.1
+# telempostd is woken (the queue's wake-up file touched) at most this often: a touch is
+# three system calls and an inotify event for telempostd, and under load it was one per
+# commit.  A commit within the interval is announced at its end.
+WAKE_POSTD_INTERVAL = 0.05
 
 Conn = Hashable  # the loop's handle for a connection; opaque here
 
@@ -234,6 +238,8 @@ class Ingest:
         self._next_journal = now
         self._next_status = now
         self._last_status = ""
+        self._last_wake = -math.inf
+        self._wake_pending = False
 
     # --- connections --------------------------------------------------------------------
 
@@ -391,6 +397,7 @@ class Ingest:
                                      durability=durability))
                    for h in items]
         deferred = sum(h.deferred for h in items)
+        self._wake_pending = True
         self.counters.add("staged", len(items))
         if deferred:
             self.counters.add("deferred", deferred)
@@ -422,6 +429,15 @@ class Ingest:
         if self.settings.policy.active:
             self._limiter_dirty = True
         return [Reply(h.conn, Ack(error.status, error.detail)) for h in items]
+
+    def wake_postd_due(self, now: float) -> bool:
+        """Records were committed since telempostd was last woken and it may be woken now
+        (then `woke_postd`); when stopping, at once."""
+        return self._wake_pending and (now >= self._last_wake + WAKE_POSTD_INTERVAL or self.stopping)
+
+    def woke_postd(self, now: float) -> None:
+        self._wake_pending = False
+        self._last_wake = now
 
     def sync_due(self, now: float) -> bool:
         """Commits older than sync_interval are not synced yet (or it is time to stop)."""
@@ -557,9 +573,12 @@ class Ingest:
 
     def wake_at(self, now: float) -> float:
         """When the loop must call back without I/O happening (commit, tick or a timer)."""
+        wake = self._wake_at(now)
         if self._unsynced_since is not None:
-            return min(self._wake_at(now), self._unsynced_since + self.settings.sync_interval)
-        return self._wake_at(now)
+            wake = min(wake, self._unsynced_since + self._settings.sync_interval)
+        if self._wake_pending:
+            wake = min(wake, self._last_wake + WAKE_POSTD_INTERVAL)
+        return wake
 
     def _wake_at(self, now: float) -> float:
         if self._pending:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import select
 import socket
 import time
@@ -125,6 +126,9 @@ class IngestLoop:
                 if core.commit_possible(now):
                     self._drain_ready()
                     self._commit(core.commit_due(time.monotonic(), time.time()))
+                if core.wake_postd_due(now):
+                    core.woke_postd(now)
+                    self.stager.wake_postd()
                 if core.sync_due(now):
                     # A failure is logged and tried again; when stopping, not waited for.
                     core.synced(now, self.stager.sync() or core.stopping)
@@ -192,6 +196,9 @@ class IngestLoop:
         now = time.monotonic()
         if settings.spool_dir != old.spool_dir:
             self._commit(core.commit_due(now, time.time(), force=True))  # admitted here, kept here
+            if core.wake_postd_due(math.inf):
+                core.woke_postd(now)
+                self.stager.wake_postd()
             self.stager.switch_spool(settings.spool_dir)
         core.apply(settings, now)
         if core.measure_due(now):

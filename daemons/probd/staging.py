@@ -179,14 +179,17 @@ class Stager:
         synced = sync and self.sync()
         if not records:
             return synced
-        try:
-            q.touch_wakeup()
-        except OSError as e:  # the records are safe; only the wake-up is late
-            log.error("cannot touch %s: %s", q.wakeup_path, e.strerror or e)
         self.commits += 1
         self.staged += len(records)
         self.commit_seconds += time.perf_counter() - started
         return synced
+
+    def wake_postd(self) -> None:
+        """Touch the queue's wake-up file (telempostd's inotify watch, its .path unit)."""
+        try:
+            self._ensure_queue().touch_wakeup()
+        except Exception as e:  # the records are safe; only the wake-up is late
+            log.error("cannot touch the wake-up file in %s: %s", self.spool_dir, getattr(e, "strerror", None) or e)
 
     def sync(self) -> bool:
         """Sync every commit so far to disk; False (logged) when the disk refused: the
