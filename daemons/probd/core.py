@@ -148,6 +148,7 @@ class _Held:
     booking: Booking
     deferred: bool
     severity: int
+    size: int  # record.size, computed once
 
 
 @dataclass(frozen=True)
@@ -326,9 +327,11 @@ class Ingest:
         self._forget(conn)
         if not self._pending:
             self._pending_since = ctx.now
-        self._pending.append(_Held(verdict.record, conn, verdict.booking, verdict.deferred, verdict.severity))
-        self._pending_bytes += verdict.record.size
-        self._uid_pending[verdict.record.sender.uid] += verdict.record.size
+        record = verdict.record
+        size = record.size
+        self._pending.append(_Held(record, conn, verdict.booking, verdict.deferred, verdict.severity, size))
+        self._pending_bytes += size
+        self._uid_pending[record.sender.uid] += size
         return None
 
     def measured(self, size: int | None, now: float, by_uid: dict[int, int] | None = None) -> None:
@@ -382,9 +385,10 @@ class Ingest:
         items = self._take_batch()
         self._busy_since = None
         self._retry_at = 0.0
-        self._committed_since_measure += sum(h.record.size for h in items)
+        uid_committed = self._uid_committed
         for h in items:
-            self._uid_committed[h.record.sender.uid] += h.record.size
+            self._committed_since_measure += h.size
+            uid_committed[h.record.sender.uid] += h.size
         self._last_batch = len(items)
         if synced:
             self._unsynced_since = None  # one sync covers every commit before it
@@ -419,7 +423,7 @@ class Ingest:
                 return []  # still pending, in the same order
         self.failures_log.log(now, logging.ERROR, "could not stage %d records: %s", len(items), error.detail)
         self._pending = self._pending[len(items):]
-        self._pending_bytes = sum(h.record.size for h in self._pending)
+        self._pending_bytes = sum(h.size for h in self._pending)
         self._uid_pending = self._pending_by_uid()
         self._busy_since = None
         self._retry_at = 0.0
@@ -452,14 +456,14 @@ class Ingest:
         items = self._committing or []
         self._committing = None
         self._pending = self._pending[len(items):]
-        self._pending_bytes = sum(h.record.size for h in self._pending) if self._pending else 0
+        self._pending_bytes = sum(h.size for h in self._pending) if self._pending else 0
         self._uid_pending = self._pending_by_uid()
         return items
 
     def _pending_by_uid(self) -> collections.Counter[int]:
         pending: collections.Counter[int] = collections.Counter()
         for h in self._pending:
-            pending[h.record.sender.uid] += h.record.size
+            pending[h.record.sender.uid] += h.size
         return pending
 
     def _due_extras(self, now: float, wall: float, force: bool = False) -> tuple[dict[str, int], dict[str, str]]:
