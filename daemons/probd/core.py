@@ -59,7 +59,7 @@ STATUS_INTERVAL = 2.0
 MEASURE_MIN_INTERVAL = 0.25  # re-reading the queue size when a record seems not to fit
 MAX_POLL = 60.0
 COALESCE_MAX = 0.0005  # longest wait for the stragglers of a batch
-BUSY_RETRY = 0.05  # a locked queue is tried again this often, up to BUSY_GIVE_UP
+BUSY_RETRY = 0.001  # a locked queue is tried again this often, up to BUSY_GIVE_UP
 DROPPED_JOURNAL_MAX = 10_000  # refusals waiting to be journaled, at most
 # Counters are written with the records once a second under load; once senders pause this
 # long, at once, so that `telemctl status` does not show telempostd's deliveries ahead of
