@@ -205,7 +205,7 @@ class Postd:
         # are not synced each: they are on disk with telemprobd's next sync of the WAL they
         # share (within sync_interval) or a checkpoint, and a power cut before that repeats
         # a delivery, it never loses a record.
-        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB, sync_commits=False)
+        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB, sync_commits=False, background_checkpoints=True)
 
     def _open_journal(self) -> None:
         now = self.clock()

@@ -231,10 +231,13 @@ class Queue:
     `cache_kib`: SQLite's page cache (a reader going through rows once needs little);
     `sync_commits` False: a commit survives the process at once and reaches the disk with
     the next synced commit or checkpoint, for writes whose loss in a power cut only
-    repeats work (telempostd's settles: a delivered record sent again, never one lost)."""
+    repeats work (telempostd's settles: a delivered record sent again, never one lost);
+    `background_checkpoints`: the WAL is copied into the database by a thread, not by the
+    commits of a writer that must answer quickly (`database.Checkpointer`)."""
 
     def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False,
-                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None, sync_commits: bool = True):
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None, sync_commits: bool = True,
+                 background_checkpoints: bool = False):
         self.spool_dir = spool_dir
         self.dir = queue_dir(spool_dir)
         self.path = os.path.join(self.dir, QUEUE_DB)
@@ -246,7 +249,8 @@ class Queue:
         elif readonly and not os.path.exists(self.path) and os.path.exists(legacy_path(spool_dir)):
             self.path = legacy_path(spool_dir)  # read where it is until a daemon moves it
         self._db = Database(self.path, LAYOUT, readonly=readonly, busy_timeout_ms=busy_timeout_ms,
-                            cache_kib=cache_kib, synchronous=None if sync_commits else "NORMAL")
+                            cache_kib=cache_kib, synchronous=None if sync_commits else "NORMAL",
+                            background_checkpoints=background_checkpoints)
 
     def _ensure_dir(self) -> None:
         if self._create:
@@ -266,7 +270,7 @@ class Queue:
         self._db.follow()
 
     def close(self) -> None:
-        self._db.close()
+        self._db.shutdown()
 
     # --- writing (telemprobd) ---------------------------------------------------------
 
@@ -291,6 +295,7 @@ class Queue:
             # One statement is one transaction: no BEGIN/COMMIT round trips (~10% of a commit).
             params = [v for row in rows for v in row]
             self._db.run(lambda db: db.execute(_insert_sql(len(rows)), params))
+            self._db.committed()
             return
 
         def write(db: sqlite3.Connection) -> None:
@@ -301,6 +306,7 @@ class Queue:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
 
         self._db.write(write)
+        self._db.committed()
 
     def sync(self) -> None:
         """Every commit so far survives a power cut once this returns (OSError if not)."""
