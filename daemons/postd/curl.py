@@ -27,31 +27,39 @@ _RETRY_AFTER = b"retry-after:"
 
 
 class _Slot:
-    """An easy handle and what its current transfer has received."""
+    """An easy handle and what its current transfer has received.  The response's header
+    lines are only kept (curl calls a bound `list.append`, no Python frame per line) and
+    looked through for Retry-After when the answer is not a 2xx."""
 
-    __slots__ = ("curl", "token", "body", "body_len", "retry_after")
+    __slots__ = ("curl", "token", "body", "body_len", "headers")
 
     def __init__(self, curl: pycurl.Curl):
         self.curl = curl
         self.token: int | None = None
         self.body: list[bytes] = []
         self.body_len = 0
-        self.retry_after: str | None = None
+        self.headers: list[bytes] = []
 
     def reset(self, token: int) -> None:
         self.token = token
         self.body = []
         self.body_len = 0
-        self.retry_after = None
+        self.headers.clear()
 
     def on_body(self, data: bytes) -> None:
         if self.body_len < BODY_KEEP:
             self.body.append(data[: BODY_KEEP - self.body_len])
             self.body_len += len(data)
 
-    def on_header(self, line: bytes) -> None:
-        if line[:12].lower() == _RETRY_AFTER:
-            self.retry_after = line[12:].decode("latin-1").strip()
+    def retry_after(self) -> str | None:
+        """The last response's Retry-After (after a redirect or 100, the last one's counts)."""
+        found = None
+        for line in self.headers:
+            if line[:12].lower() == _RETRY_AFTER:
+                found = line[12:].decode("latin-1").strip()
+            elif line[:5] == b"HTTP/":
+                found = None
+        return found
 
 
 class CurlTransport:
@@ -79,7 +87,7 @@ class CurlTransport:
         c.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS)
         c.setopt(pycurl.PIPEWAIT, 1)
         c.setopt(pycurl.WRITEFUNCTION, slot.on_body)
-        c.setopt(pycurl.HEADERFUNCTION, slot.on_header)
+        c.setopt(pycurl.HEADERFUNCTION, slot.headers.append)
         # As the original: the CA bundle only when it is set and exists.
         if s.cainfo and os.path.isfile(s.cainfo):
             c.setopt(pycurl.CAINFO, s.cainfo)
@@ -117,9 +125,11 @@ class CurlTransport:
         while True:
             queued, ok, failed = self.multi.info_read()
             for c in ok:
+                slot = self._busy[c]
+                status = c.getinfo(pycurl.RESPONSE_CODE)
                 done.append(self._release(c, Response(
-                    status=c.getinfo(pycurl.RESPONSE_CODE), retry_after=self._busy[c].retry_after,
-                    body=b"".join(self._busy[c].body),
+                    status=status, retry_after=None if 200 <= status <= 299 else slot.retry_after(),
+                    body=b"".join(slot.body) if slot.body else b"",
                 )))
             for c, code, message in failed:
                 done.append(self._release(c, Response(
@@ -134,6 +144,7 @@ class CurlTransport:
         token, slot.token = slot.token, None
         assert token is not None  # set by submit for every busy slot
         slot.body = []
+        slot.headers.clear()
         self._free.append(slot)
         return token, resp
 

@@ -172,6 +172,7 @@ class Postd:
         if previous is not None:  # what was learnt before a restart, not the pause it was in
             self.core.last_success, self.core.last_error = previous.last_success, previous.last_error
         self._state: state_mod.DeliveryState | None = None
+        self._pid = os.getpid()
         self._state_written = float("-inf")
         self._release_waits("started")
         self._refresh_view()
@@ -257,14 +258,14 @@ class Postd:
         """Tell `telemctl status` what delivery learnt, when it changed: at once with
         `force` (the end of a pass), else at most once a second."""
         core, now = self.core, self.clock()
+        if not force and now - self._state_written < STATE_INTERVAL:
+            return  # (after every settle while records flow: nothing is built)
         paused = core.pause if not core.gate.is_open(now) else None
         state = state_mod.DeliveryState(
-            os.getpid(), now, core.last_success, core.last_error, paused,
+            self._pid, now, core.last_success, core.last_error, paused,
             core.gate.open_at if paused is not None else None, core.probe_at if paused is not None else None)
         if self._state is not None and dataclasses.replace(state, written_at=0) == dataclasses.replace(
                 self._state, written_at=0):
-            return
-        if not force and now - self._state_written < STATE_INTERVAL:
             return
         try:
             state_mod.write(self.settings.spool_dir, state)
@@ -313,7 +314,7 @@ class Postd:
                     break
                 # Waiting, reading and writing take time: the clock is read again after them.
                 if action is WAIT:
-                    for token, response in self._transport_now().poll(POLL_WAIT):
+                    for token, response in self._transport_now().poll(core.wait_limit(now, POLL_WAIT)):
                         core.answered(token, response, self.clock())
                 elif isinstance(action, Fetch):
                     core.fetched(self._fetch(action), now)
