@@ -105,7 +105,7 @@ class CurlTransport:
         slot = self._free[-1]
         c = slot.curl
         try:
-            c.setopt(pycurl.HTTPHEADER, list(request.headers))
+            c.setopt(pycurl.HTTPHEADER, request.headers)
             c.setopt(pycurl.POSTFIELDS, request.body)
         except (pycurl.error, TypeError, ValueError) as e:
             raise RequestRefused(f"curl refused the request: {e}") from None
