@@ -237,10 +237,13 @@ class Queue:
     `cache_kib`: SQLite's page cache (a reader going through rows once needs little);
     `sync_commits` False: a commit survives the process at once and reaches the disk with
     the next synced commit or checkpoint, for writes whose loss in a power cut only
-    repeats work (telempostd's settles: a delivered record sent again, never one lost)."""
+    repeats work (telempostd's settles: a delivered record sent again, never one lost);
+    `secure_delete`: SQLite's pragma of that name for this connection (None: the library's
+    default)."""
 
     def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False,
-                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None, sync_commits: bool = True):
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None, sync_commits: bool = True,
+                 secure_delete: str | None = None):
         self.spool_dir = spool_dir
         self.dir = queue_dir(spool_dir)
         self.path = os.path.join(self.dir, QUEUE_DB)
@@ -252,7 +255,8 @@ class Queue:
         elif readonly and not os.path.exists(self.path) and os.path.exists(legacy_path(spool_dir)):
             self.path = legacy_path(spool_dir)  # read where it is until a daemon moves it
         self._db = Database(self.path, LAYOUT, readonly=readonly, busy_timeout_ms=busy_timeout_ms,
-                            cache_kib=cache_kib, synchronous=None if sync_commits else "NORMAL")
+                            cache_kib=cache_kib, synchronous=None if sync_commits else "NORMAL",
+                            secure_delete=secure_delete)
 
     def _ensure_dir(self) -> None:
         if self._create:
