@@ -371,6 +371,8 @@ class Courier:
                 # answered ones are written first, with the rest of the window once it is in.
                 if self._answered and (not self._inflight or now - self._answered_since >= SETTLE_HOLD):
                     return self._settle(now)
+                if len(self._buffer) < window and not self._exhausted:
+                    return Fetch(Query.DUE, after=self._after, now=now)  # read on while they are out
                 return None
             if not self._buffer:
                 if self._exhausted:
