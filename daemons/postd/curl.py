@@ -12,6 +12,7 @@ finished transfer is handed back as an `outcome.Response`.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pycurl
@@ -24,6 +25,12 @@ from telemetry.version import __version__
 BODY_KEEP = 2048
 USER_AGENT = f"telempostd/{__version__}"
 _RETRY_AFTER = b"retry-after:"
+
+
+@functools.lru_cache(maxsize=8)
+def _plain_success(status: int) -> Response:
+    """A 2xx without a body: one value per status, not one per record."""
+    return Response(status=status)
 
 
 class _Slot:
@@ -127,10 +134,11 @@ class CurlTransport:
             for c in ok:
                 slot = self._busy[c]
                 status = c.getinfo(pycurl.RESPONSE_CODE)
-                done.append(self._release(c, Response(
-                    status=status, retry_after=None if 200 <= status <= 299 else slot.retry_after(),
-                    body=b"".join(slot.body) if slot.body else b"",
-                )))
+                if 200 <= status <= 299 and not slot.body:
+                    response = _plain_success(status)
+                else:
+                    response = Response(status=status, retry_after=slot.retry_after(), body=b"".join(slot.body))
+                done.append(self._release(c, response))
             for c, code, message in failed:
                 done.append(self._release(c, Response(
                     status=c.getinfo(pycurl.RESPONSE_CODE), curl_error=code, curl_message=message,
