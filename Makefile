@@ -83,7 +83,7 @@ typecheck: venv import-tree
 # offline and without apt: the wheel is built by the setuptools and wheel of INSTALL_TOOL_PYTHON
 # (.venv's if there is one, else INSTALL_PYTHON), which also imports the programs for their man
 # pages and completions, so it needs their dependencies (Debian: python3-setuptools
-# python3-wheel python3-click python3-platformdirs python3-psutil python3-pycurl
+# python3-wheel python3-click python3-psutil python3-pycurl
 # python3-pyelftools python3-systemd); a missing one is named in one line.  The programs run
 # with INSTALL_PYTHON (their #! line); the package goes where that interpreter looks below
 # PREFIX, or to PYTHONDIR.  After a real install (no DESTDIR): systemd-sysusers;

@@ -59,12 +59,18 @@ class Durability(enum.Enum):
 _DURABILITY = {d.value: d for d in Durability}
 
 
+# Encoded once: an acknowledgement is written for every record telemprobd receives.
+_LEADS = {status: MAGIC + status.value.encode("ascii") for status in AckStatus}
+_TAILS = {durability: b" " + durability.value.encode("ascii") for durability in Durability}
+
+
 class AckError(TelemetryError):
     """The daemon's reply could not be understood."""
 
 
 @dataclass(frozen=True)
 class Ack:
+    """telemprobd's answer to one record."""
     status: AckStatus
     detail: str = ""
     # True when the peer closed without replying: an original telemprobd.
@@ -84,11 +90,11 @@ class Ack:
         detail = self.detail
         if not (detail.isascii() and detail.isprintable()):
             detail = "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in detail)
-        line = MAGIC + self.status.value.encode("ascii")
+        line = _LEADS[self.status]
         if detail:
             line += b" " + detail.encode("ascii")
         if self.durability is not None and self.kept:
-            line += b" " + self.durability.value.encode("ascii")
+            line += _TAILS[self.durability]
         return line[: ACK_MAX - 1] + b"\n"
 
     def __str__(self) -> str:

@@ -86,6 +86,7 @@ class OutOfRange(enum.Enum):
 
 @dataclass(frozen=True)
 class Key:
+    """One setting: its name, kind, default and its line of documentation."""
     name: str
     kind: Kind
     default: Any  # a value, or the name of a Paths attribute for path keys
@@ -302,6 +303,7 @@ _check_config_matches_keys()
 
 @dataclass(frozen=True)
 class Entry:
+    """A value of the file, with its line for the messages about it."""
     value: str
     line: int
 
@@ -518,22 +520,47 @@ def plaintext_warning(cfg: Config) -> str | None:
     is not this machine."""
     if not cfg.server[:7].lower() == "http://":
         return None
-    import ipaddress
-    import urllib.parse
-
     try:
-        host = urllib.parse.urlsplit(cfg.server).hostname or ""
+        host, loopback = _plain_host(cfg.server)
     except ValueError:
         return None
-    if host == "localhost" or host.endswith(".localhost"):
+    if loopback or host == "localhost" or host.endswith(".localhost"):
         return None
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:
-        pass
     return (f"server={cfg.server}: records are sent to {host} unencrypted (http://); "
             "use an https:// URL for a collector on another machine")
+
+
+def _plain_host(url: str) -> tuple[str, bool]:
+    """The host of an http:// URL as urllib.parse.urlsplit(url).hostname gives it ("" for
+    none), and whether it is a loopback address for ipaddress; ValueError where urlsplit
+    raises it.  A URL of printable ASCII without brackets (a name or an IPv4 address, the
+    usual) is read here: urllib.parse imports ipaddress, together half a MiB of the idle
+    telempostd that a warning at start would keep.  Any other URL (an IPv6 literal) goes
+    through them (tests/unit/test_config.py checks that both ways agree)."""
+    netloc = url[7:]
+    for delimiter in "/?#":
+        netloc = netloc.partition(delimiter)[0]
+    if not (url.isascii() and url.isprintable()) or " " in url or "[" in netloc or "]" in netloc:
+        import ipaddress
+        import urllib.parse
+
+        host = urllib.parse.urlsplit(url).hostname or ""
+        try:
+            return host, ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host, False
+    name, percent, zone = netloc.rpartition("@")[2].partition(":")[0].partition("%")
+    return name.lower() + percent + zone, _is_ipv4_loopback(name + percent + zone)
+
+
+def _is_ipv4_loopback(host: str) -> bool:
+    """ipaddress.ip_address(host).is_loopback for a host without a colon (so no IPv6):
+    127.0.0.0/8 written as ipaddress reads IPv4, four decimal octets of 0..255 without
+    leading zeros."""
+    octets = host.split(".")
+    return len(octets) == 4 and octets[0] == "127" and all(
+        octet.isdigit() and len(octet) <= 3 and (octet == "0" or octet[0] != "0") and int(octet) <= 255
+        for octet in octets)
 
 
 def load(paths: Paths | None = None, explicit: str | None = None) -> Config:

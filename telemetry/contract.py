@@ -267,6 +267,7 @@ def first_refusal(fields: Fields, version: int, *, sender: bool = False) -> tupl
 
 @dataclass(frozen=True)
 class Violation:
+    """A rule a record breaks, in the collector's words."""
     field: str
     message: str
 

@@ -10,11 +10,12 @@ imports nothing but the standard library, so it works when every dependency is m
 
 from __future__ import annotations
 
+import collections
 import importlib
 import importlib.util
 import sys
+import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 EXIT_FAILURE = 1
 
@@ -33,17 +34,16 @@ PROGRAMS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Dependency:
-    debian: str  # the Debian (and Ubuntu) package
-    pypi: str  # the distribution on PyPI
+# A named tuple, not a dataclass: dataclasses is imported only after
+# defer_unused_modules has run (see there).  debian: the Debian (and Ubuntu) package; pypi:
+# the distribution on PyPI.
+Dependency = collections.namedtuple("Dependency", ["debian", "pypi"])
 
 
 # Top-level module → where it comes from: the client's dependencies in pyproject.toml.
 DEPENDENCIES: dict[str, Dependency] = {
     "click": Dependency("python3-click", "click"),
     "elftools": Dependency("python3-pyelftools", "pyelftools"),
-    "platformdirs": Dependency("python3-platformdirs", "platformdirs"),
     "prometheus_client": Dependency("python3-prometheus-client", "prometheus-client"),
     "psutil": Dependency("python3-psutil", "psutil"),
     "pycurl": Dependency("python3-pycurl", "pycurl"),
@@ -81,6 +81,7 @@ def run(program: str, target: str, known: Mapping[str, Dependency] = DEPENDENCIE
     """Import `target` ("module:function") and call it; a missing dependency, found at import
     or later (some modules are imported when first needed), exits 1 with one line."""
     module, _, attr = target.partition(":")
+    defer_unused_modules()
     try:
         return getattr(importlib.import_module(module), attr)()
     except ModuleNotFoundError as e:
@@ -89,6 +90,39 @@ def run(program: str, target: str, known: Mapping[str, Dependency] = DEPENDENCIE
             raise
         print(f"{program}: {message}", file=sys.stderr)
         sys.exit(EXIT_FAILURE)
+
+
+# Standard-library modules that another standard-library module imports on our programs'
+# paths without using them there.  dataclasses imports inspect (with ast, dis and
+# opcode: 1 MiB of each program's memory, a sixth of an idle daemon's own) for one call, made
+# only for a class without a docstring (its __doc__ is then made from the signature).
+DEFERRED_MODULES = ("inspect",)
+
+
+class DeferredModule(types.ModuleType):
+    """Stands in for a module until its first attribute is asked for; then the real module
+    is imported, takes its place in sys.modules and answers from then on (for whoever holds
+    this stand-in too), so nothing but the moment of the import changes.
+
+    Not importlib.util.LazyLoader: its module loads at any attribute lookup, `__spec__`
+    included, and Python 3.11's import statement looks that up on every `import inspect`
+    after the first, so dataclasses' own import would load it at once."""
+
+    def __getattr__(self, name: str) -> object:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, name)
+
+
+def defer_unused_modules(names: tuple[str, ...] = DEFERRED_MODULES) -> None:
+    """Put a DeferredModule in place of each module of `names` not imported yet."""
+    for name in names:
+        if name not in sys.modules:
+            module = DeferredModule(name)
+            module.__spec__ = importlib.util.find_spec(name)  # importlib's questions answered, not loading
+            sys.modules[name] = module
 
 
 def _entry_point(program: str) -> Callable[[], object]:

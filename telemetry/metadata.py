@@ -36,6 +36,7 @@ class MetadataError(TelemetryError):
 
 @dataclass(frozen=True)
 class Metadata:
+    """The machine's description every record carries in its headers."""
     arch: str
     host_type: str
     build: str

@@ -43,6 +43,7 @@ class PathsError(TelemetryError):
 
 @dataclass(frozen=True)
 class Paths:
+    """Every file and directory of one mode (system or user)."""
     mode: Mode
     config_dir: str
     config_file: str  # the admin's telemetrics.conf
@@ -90,11 +91,9 @@ class Paths:
 
     @classmethod
     def user(cls) -> Paths:
-        import platformdirs  # user mode only: system mode's paths are fixed
-
-        config = platformdirs.user_config_dir(APP)
-        state = platformdirs.user_state_dir(APP)
-        cache = platformdirs.user_cache_dir(APP)
+        config = user_config_dir()
+        state = user_state_dir()
+        cache = user_cache_dir()
         runtime = _user_runtime_dir()
         return cls(
             mode=Mode.USER,
@@ -126,6 +125,32 @@ class Paths:
         return (self.config_dir, self.spool_dir, self.state_dir, self.journal_dir, self.run_dir)
 
 
+# The XDG Base Directory rule, as platformdirs applies it on Linux (tests/unit/test_ack_paths_state.py
+# compares them): the variable when it holds an absolute path (the specification says to
+# ignore a relative one), else its default under the home directory.  Written out here
+# because it is four lines and importing platformdirs cost every user-mode program
+# (daemons included) over a megabyte: it brings tempfile, shutil, random and the
+# compression modules with it.
+def _xdg_home(variable: str, default: str) -> str:
+    value = os.environ.get(variable, "")
+    return value if os.path.isabs(value) else os.path.expanduser(default)
+
+
+def user_config_dir() -> str:
+    """The user's configuration directory for telemetrics (platformdirs.user_config_dir)."""
+    return os.path.join(_xdg_home("XDG_CONFIG_HOME", "~/.config"), APP)
+
+
+def user_state_dir() -> str:
+    """The user's state directory for telemetrics (platformdirs.user_state_dir)."""
+    return os.path.join(_xdg_home("XDG_STATE_HOME", "~/.local/state"), APP)
+
+
+def user_cache_dir() -> str:
+    """The user's cache directory for telemetrics (platformdirs.user_cache_dir)."""
+    return os.path.join(_xdg_home("XDG_CACHE_HOME", "~/.cache"), APP)
+
+
 def _user_runtime_dir() -> str:
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isabs(base):
@@ -133,9 +158,7 @@ def _user_runtime_dir() -> str:
         return os.path.join(base, APP)
     # Without a session runtime dir, keep the socket under the state dir: /tmp would be
     # shared with every other user.
-    import platformdirs
-
-    return os.path.join(platformdirs.user_state_dir(APP), "run")
+    return os.path.join(user_state_dir(), "run")
 
 
 def _check_runtime_dir(base: str) -> None:

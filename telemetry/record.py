@@ -123,6 +123,7 @@ def truncate_utf8(data: bytes, limit: int) -> bytes:
 
 @dataclass(frozen=True)
 class Record:
+    """A Version 4 telemetry record: its headers and payload."""
     classification: str
     severity: int
     machine_id: str

@@ -45,6 +45,7 @@ class MalformedFrame(FramingError):
 
 @dataclass(frozen=True)
 class Frame:
+    """One frame read from the socket, not yet parsed into a record."""
     header_block: bytes
     payload: bytes
     cfg_path: str | None = None

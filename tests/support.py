@@ -113,6 +113,19 @@ def make_user_install(root: Path) -> UserInstall:
 
 # --- waiting, directories, ports --------------------------------------------------------------
 
+def checkpoint_wal(path: str, timeout: float = 30.0) -> None:
+    """Copy a database's WAL into it and truncate the WAL, retried while another connection
+    (telemprobd's checkpoint thread) is checkpointing: afterwards every row is in the file."""
+    import sqlite3
+
+    db = sqlite3.connect(path, isolation_level=None, timeout=timeout)
+    try:
+        wait_until(lambda: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0, timeout,
+                   f"a complete checkpoint of {path}", interval=0.02)
+    finally:
+        db.close()
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "the condition",
                interval: float = 0.05) -> T:
     """Poll `predicate` until it returns something true, and return that; an AssertionError

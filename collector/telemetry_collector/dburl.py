@@ -3,7 +3,7 @@ or ``postgresql://…`` (also ``postgres://``, which the reference deployment wr
 
 SQLite URLs follow the common convention (three slashes, then the path; a fourth slash
 makes it absolute).  The default is ``records.db`` in the user's state directory
-(platformdirs), so a user runs a collector without choosing anything.
+(the client's XDG rule, telemetry.paths), so a user runs a collector without choosing anything.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import os
 import urllib.parse
 from dataclasses import dataclass
 
-import platformdirs
-
 from telemetry.errors import TelemetryError
-from telemetry.paths import APP
+from telemetry.paths import user_state_dir
 
 SQLITE_FILE = "records.db"
 
@@ -51,7 +49,7 @@ class DatabaseURL:
 
 
 def default_sqlite_path() -> str:
-    return os.path.join(platformdirs.user_state_dir(APP), "collector", SQLITE_FILE)
+    return os.path.join(user_state_dir(), "collector", SQLITE_FILE)
 
 
 def parse_database_url(value: str | None) -> DatabaseURL:

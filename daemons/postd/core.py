@@ -37,7 +37,6 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from telemetry.contract import (
     check_header_block,
@@ -115,12 +114,9 @@ class SettlePolicy:
 SETTLE_IN_WINDOW = SettlePolicy()
 
 
-class Brief(NamedTuple):
-    """What the journal and the log need of a record sent from its stored header lines."""
-
-    classification: str
-    event_id: str
-    creation_timestamp: int | None
+# What the journal and the log need of a record sent, from its stored header lines:
+# classification (str), event_id (str), creation_timestamp (int or None).
+Brief = collections.namedtuple("Brief", ["classification", "event_id", "creation_timestamp"])
 
 
 def _value(line: bytes) -> str:
@@ -174,6 +170,7 @@ class Query(enum.Enum):
 
 @dataclass(frozen=True)
 class Fetch:
+    """An action for the shell: read queued rows of `query` (past `after`, at most `limit`)."""
     query: Query
     after: int = 0
     cutoff: float = 0.0
@@ -181,13 +178,15 @@ class Fetch:
     limit: int = spool.FETCH_SLICE
 
 
-class Send(NamedTuple):  # one per record sent: a tuple is the cheapest value to make
-    token: int  # the row's queue position: unique even in a damaged queue
-    request: Request
+# One per record sent: a tuple is the cheapest value to make (collections', as typing's
+# NamedTuple would load typing into the idle daemon).  token: the row's queue position,
+# unique even in a damaged queue; request: a Request.
+Send = collections.namedtuple("Send", ["token", "request"])
 
 
 @dataclass(frozen=True)
 class Settle:
+    """An action for the shell: write what the collector answered (a settlement) to the queue."""
     settlement: Settlement
 
 

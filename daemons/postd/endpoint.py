@@ -17,6 +17,7 @@ class DeliveryError(TelemetryError):
 
 @dataclass(frozen=True)
 class DeliverySettings:
+    """Where records go and with which credentials: what a change of config must reconnect for."""
     url: str
     cainfo: str = ""
     client_cert: str = ""

@@ -35,6 +35,7 @@ class InotifyError(TelemetryError):
 
 @dataclass(frozen=True)
 class Event:
+    """One inotify event as the kernel wrote it (struct inotify_event)."""
     wd: int
     mask: int
     cookie: int

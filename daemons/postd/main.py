@@ -26,7 +26,6 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from telemetry import config as config_mod
 from telemetry import log as log_mod
@@ -73,7 +72,10 @@ from telemetry.errors import TelemetryError
 from telemetry.options import ClickOnly, Options
 from telemetry.paths import Paths
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     import click
 
 log = logging.getLogger(DAEMON)
@@ -207,7 +209,8 @@ class Postd:
         # the pages a settle writes anyway, not by writing every page they leave empty
         # (secure_delete=FAST; Debian's SQLite writes them, upstream's zeroes nothing):
         # those pages go back to telemprobd's next records.
-        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB, sync_commits=False, secure_delete="FAST")
+        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB, sync_commits=False, background_checkpoints=True,
+                     secure_delete="FAST")
 
     def _open_journal(self) -> None:
         now = self.clock()

@@ -59,6 +59,7 @@ class Response:
 
 @dataclass(frozen=True)
 class Classified:
+    """What an attempt's result means for the record: the verdict and the words journaled."""
     verdict: Verdict
     detail: str
     status: int | None = None

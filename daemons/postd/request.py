@@ -37,6 +37,7 @@ class RequestFormat(enum.Enum):
 
 @dataclass(frozen=True)
 class Request:
+    """One POST ready for the transport: its header lines and body, built once."""
     headers: tuple[bytes, ...]
     body: bytes
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Protocol
 
 from telemetry.daemons.postd.endpoint import DeliverySettings, RequestRefused
 from telemetry.daemons.postd.outcome import Response
 from telemetry.daemons.postd.request import Request
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see telemetry/__init__.py)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # Transport is a type for the checkers; nothing tests it at run time
 
 
 class Transport(Protocol):

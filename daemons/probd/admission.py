@@ -37,6 +37,7 @@ class Context:
 
 @dataclass(frozen=True)
 class Accept:
+    """A record to queue, with the rate-limit booking it takes (deferred: over the limit)."""
     record: NewRecord
     booking: Booking
     deferred: bool
@@ -46,6 +47,7 @@ class Accept:
 
 @dataclass(frozen=True)
 class Refuse:
+    """A record refused, with the status and reason its sender is told."""
     status: AckStatus
     reason: str
     record: Record | None = None  # the parsed record, when it got that far (for the journal)

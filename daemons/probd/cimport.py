@@ -59,6 +59,7 @@ class ImportOutcome(enum.Enum):
 
 @dataclass(frozen=True)
 class FileResult:
+    """What became of one file of the C client's spool (logged and counted)."""
     name: str
     outcome: ImportOutcome
     detail: str = ""
@@ -67,6 +68,7 @@ class FileResult:
 
 @dataclass(frozen=True)
 class ImportReport:
+    """What one import of the C client's spool did, file by file."""
     spool_dir: str
     results: tuple[FileResult, ...]
 
@@ -83,6 +85,7 @@ class ImportReport:
 
 @dataclass(frozen=True)
 class _Candidate:
+    """A C spool file read and parsed, kept with the stat that proves it is still the same file."""
     name: str
     content: bytes
     parsed: cspool.CRecord

@@ -59,12 +59,16 @@ STATUS_INTERVAL = 2.0
 MEASURE_MIN_INTERVAL = 0.25  # re-reading the queue size when a record seems not to fit
 MAX_POLL = 60.0
 COALESCE_MAX = 0.0005  # longest wait for the stragglers of a batch
-BUSY_RETRY = 0.05  # a locked queue is tried again this often, up to BUSY_GIVE_UP
+BUSY_RETRY = 0.001  # a locked queue is tried again this often, up to BUSY_GIVE_UP
 DROPPED_JOURNAL_MAX = 10_000  # refusals waiting to be journaled, at most
 # Counters are written with the records once a second under load; once senders pause this
 # long, at once, so that `telemctl status` does not show telempostd's deliveries ahead of
 # the records telemprobd received.
 QUIET_FLUSH = 0.1
+# telempostd is woken (the queue's wake-up file touched) at most this often: a touch is
+# three system calls and an inotify event for telempostd, and under load it was one per
+# commit.  A commit within the interval is announced at its end.
+WAKE_POSTD_INTERVAL = 0.05
 
 Conn = Hashable  # the loop's handle for a connection; opaque here
 
@@ -139,11 +143,13 @@ MEASURE = Measure()
 
 @dataclass(frozen=True)
 class _Held:
+    """A record admitted and waiting for the group commit, with whom to answer."""
     record: NewRecord
     conn: Conn
     booking: Booking
     deferred: bool
     severity: int
+    size: int  # record.size, computed once
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,7 @@ class Housekeeping:
 
 @dataclass
 class _Conn:
+    """A connection being read: its sender, and when it times out."""
     sender: Sender
     deadline: float
 
@@ -234,6 +241,8 @@ class Ingest:
         self._next_journal = now
         self._next_status = now
         self._last_status = ""
+        self._last_wake = -math.inf
+        self._wake_pending = False
 
     # --- connections --------------------------------------------------------------------
 
@@ -320,9 +329,11 @@ class Ingest:
         self._forget(conn)
         if not self._pending:
             self._pending_since = ctx.now
-        self._pending.append(_Held(verdict.record, conn, verdict.booking, verdict.deferred, verdict.severity))
-        self._pending_bytes += verdict.record.size
-        self._uid_pending[verdict.record.sender.uid] += verdict.record.size
+        record = verdict.record
+        size = record.size
+        self._pending.append(_Held(record, conn, verdict.booking, verdict.deferred, verdict.severity, size))
+        self._pending_bytes += size
+        self._uid_pending[record.sender.uid] += size
         return None
 
     def measured(self, size: int | None, now: float, by_uid: dict[int, int] | None = None) -> None:
@@ -376,9 +387,10 @@ class Ingest:
         items = self._take_batch()
         self._busy_since = None
         self._retry_at = 0.0
-        self._committed_since_measure += sum(h.record.size for h in items)
+        uid_committed = self._uid_committed
         for h in items:
-            self._uid_committed[h.record.sender.uid] += h.record.size
+            self._committed_since_measure += h.size
+            uid_committed[h.record.sender.uid] += h.size
         self._last_batch = len(items)
         if synced:
             self._unsynced_since = None  # one sync covers every commit before it
@@ -391,6 +403,7 @@ class Ingest:
                                      durability=durability))
                    for h in items]
         deferred = sum(h.deferred for h in items)
+        self._wake_pending = True
         self.counters.add("staged", len(items))
         if deferred:
             self.counters.add("deferred", deferred)
@@ -412,7 +425,7 @@ class Ingest:
                 return []  # still pending, in the same order
         self.failures_log.log(now, logging.ERROR, "could not stage %d records: %s", len(items), error.detail)
         self._pending = self._pending[len(items):]
-        self._pending_bytes = sum(h.record.size for h in self._pending)
+        self._pending_bytes = sum(h.size for h in self._pending)
         self._uid_pending = self._pending_by_uid()
         self._busy_since = None
         self._retry_at = 0.0
@@ -422,6 +435,15 @@ class Ingest:
         if self.settings.policy.active:
             self._limiter_dirty = True
         return [Reply(h.conn, Ack(error.status, error.detail)) for h in items]
+
+    def wake_postd_due(self, now: float) -> bool:
+        """Records were committed since telempostd was last woken and it may be woken now
+        (then `woke_postd`); when stopping, at once."""
+        return self._wake_pending and (now >= self._last_wake + WAKE_POSTD_INTERVAL or self.stopping)
+
+    def woke_postd(self, now: float) -> None:
+        self._wake_pending = False
+        self._last_wake = now
 
     def sync_due(self, now: float) -> bool:
         """Commits older than sync_interval are not synced yet (or it is time to stop)."""
@@ -436,14 +458,14 @@ class Ingest:
         items = self._committing or []
         self._committing = None
         self._pending = self._pending[len(items):]
-        self._pending_bytes = sum(h.record.size for h in self._pending) if self._pending else 0
+        self._pending_bytes = sum(h.size for h in self._pending) if self._pending else 0
         self._uid_pending = self._pending_by_uid()
         return items
 
     def _pending_by_uid(self) -> collections.Counter[int]:
         pending: collections.Counter[int] = collections.Counter()
         for h in self._pending:
-            pending[h.record.sender.uid] += h.record.size
+            pending[h.record.sender.uid] += h.size
         return pending
 
     def _due_extras(self, now: float, wall: float, force: bool = False) -> tuple[dict[str, int], dict[str, str]]:
@@ -557,9 +579,12 @@ class Ingest:
 
     def wake_at(self, now: float) -> float:
         """When the loop must call back without I/O happening (commit, tick or a timer)."""
+        wake = self._wake_at(now)
         if self._unsynced_since is not None:
-            return min(self._wake_at(now), self._unsynced_since + self.settings.sync_interval)
-        return self._wake_at(now)
+            wake = min(wake, self._unsynced_since + self._settings.sync_interval)
+        if self._wake_pending:
+            wake = min(wake, self._last_wake + WAKE_POSTD_INTERVAL)
+        return wake
 
     def _wake_at(self, now: float) -> float:
         if self._pending:

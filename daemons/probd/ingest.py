@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import select
 import socket
 import time
+from _socket import socket as _RawSocket
 from collections.abc import Callable
 
 from telemetry import log as log_mod
@@ -23,7 +25,6 @@ from telemetry.daemons.probd.core import MEASURE, Commit, Counters, Ingest, Repl
 from telemetry.daemons.probd.listener import (
     CREDENTIALS_SPACE,
     Listener,
-    pass_credentials,
     peer_credentials,
     stated_credentials,
 )
@@ -58,7 +59,7 @@ __all__ = ["IngestLoop", "Settings"]
 class Connection:
     __slots__ = ("sock", "fd", "sender", "stated", "decoder", "registered")
 
-    def __init__(self, sock: socket.socket, sender: Sender):
+    def __init__(self, sock: _RawSocket, sender: Sender):
         self.sock = sock
         self.fd = sock.fileno()
         self.sender = sender  # SO_PEERCRED: who connected (the per-uid connection cap)
@@ -126,6 +127,9 @@ class IngestLoop:
                 if core.commit_possible(now):
                     self._drain_ready()
                     self._commit(core.commit_due(time.monotonic(), time.time()))
+                if core.wake_postd_due(now):
+                    core.woke_postd(now)
+                    self.stager.wake_postd()
                 if core.sync_due(now):
                     # A failure is logged and tried again; when stopping, not waited for.
                     core.synced(now, self.stager.sync() or core.stopping)
@@ -193,6 +197,9 @@ class IngestLoop:
         now = time.monotonic()
         if settings.spool_dir != old.spool_dir:
             self._commit(core.commit_due(now, time.time(), force=True))  # admitted here, kept here
+            if core.wake_postd_due(math.inf):
+                core.woke_postd(now)
+                self.stager.wake_postd()
             self.stager.switch_spool(settings.spool_dir)
         core.apply(settings, now)
         if core.measure_due(now):
@@ -253,11 +260,11 @@ class IngestLoop:
                 elif e.errno not in (errno.ECONNABORTED, errno.EINTR):
                     self.core.refusals_log.log(now, logging.WARNING, "accept failed: %s", e.strerror)
                 return
-            # Left in blocking mode: every call passes MSG_DONTWAIT, one syscall less.
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            # Left in blocking mode: every call passes MSG_DONTWAIT, one syscall less.  The
+            # C type, not socket.socket: its Python layer costs a microsecond or two per record.
+            sock = _RawSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
             try:
-                sender = peer_credentials(sock)
-                pass_credentials(sock)
+                sender = peer_credentials(sock)  # SO_PASSCRED comes from the listener
             except OSError:
                 sender = _UNKNOWN
             conn = Connection(sock, sender)

@@ -34,6 +34,7 @@ class ListenerError(TelemetryError):
 
 @dataclass
 class Listener:
+    """The listening socket, and what closing it must undo (the file we bound, if any)."""
     sock: socket.socket
     path: str
     activated: bool  # passed by systemd (socket activation)
@@ -150,9 +151,11 @@ def open_listener(path: str, *, create_dir: bool) -> Listener:
     if passed is not None:
         name = passed.getsockname()
         log.info("listening on the socket passed by systemd (%s)", name or "unnamed")
-        return Listener(passed, name if isinstance(name, str) else path, activated=True)
-    listener = bind(path, create_dir=create_dir)
-    log.info("listening on %s", path)
+        listener = Listener(passed, name if isinstance(name, str) else path, activated=True)
+    else:
+        listener = bind(path, create_dir=create_dir)
+        log.info("listening on %s", path)
+    pass_credentials(listener.sock)
     return listener
 
 
@@ -164,9 +167,10 @@ def peer_credentials(sock: socket.socket) -> Sender:
 # Credentials a sender states with its first bytes (SCM_CREDENTIALS).  The kernel lets a
 # process state only its own, unless it holds the privilege to state another's (root:
 # crashprobe sends each crash report on behalf of the user whose process crashed), so
-# they identify the sender for the rate limits' per-uid share.  With SO_PASSCRED on the
-# connection, bytes sent without stated credentials carry the sender's own; bytes queued
-# before SO_PASSCRED was set carry none (pid 0), and SO_PEERCRED stands.
+# they identify the sender for the rate limits' per-uid share.  SO_PASSCRED is set on the
+# listening socket, and every accepted connection inherits it (one system call less per
+# record): bytes sent without stated credentials carry the sender's own, those sent
+# before the accept too.  Bytes carrying none (pid 0) leave SO_PEERCRED to stand.
 CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
 
 

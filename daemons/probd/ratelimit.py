@@ -43,6 +43,7 @@ MAX_TRACKED_UIDS = 4096
 
 @dataclass(frozen=True)
 class Limit:
+    """One limit of the original's config: so much per window."""
     amount: int  # -1: disabled
     window: float  # seconds; 0: each record judged alone
 
@@ -56,6 +57,7 @@ DISABLED = Limit(-1, 0.0)
 
 @dataclass(frozen=True)
 class Policy:
+    """The rate-limit settings together, as the config gives them."""
     records: Limit = DISABLED
     bytes: Limit = DISABLED
     uid_share: int = 100  # percent of each limit one uid may take
@@ -100,6 +102,7 @@ class Booking:
 
 @dataclass(frozen=True)
 class Decision:
+    """The limiter's answer for one record, with the booking to commit or give back."""
     verdict: Verdict
     booking: Booking | None = None
     reason: str = ""

@@ -28,6 +28,7 @@ UIDS_KEY = "reserved_classification_uids"
 
 @dataclass(frozen=True)
 class Reservation:
+    """Classifications only some senders may use, and who they are."""
     prefixes: tuple[str, ...]  # lower case, without a trailing "/"
     uids: frozenset[int]
     names: str = ""  # who may send them, for the refusal's text

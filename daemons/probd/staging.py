@@ -10,11 +10,13 @@ queue up in the kernel; the next round takes them all.  Measured on 2 cores this
 a writer thread: batches hold every waiting sender and no time goes to passing the
 interpreter lock back and forth.
 
-A lock held by another process is not waited for on the loop: each attempt waits
-`LOCK_WAIT_MS` at most, the batch stays pending and is retried until `BUSY_GIVE_UP`
-(then its senders are told "busy").  WAL checkpoints stay SQLite's own (every 1000
-pages, a few ms): a checkpoint thread racing the writes was measured to double the
-CPU cost of a commit.
+A lock held by another process is not waited for on the loop: an attempt that finds the
+queue locked (telempostd settling its answers) fails at once, the batch stays pending and
+the loop serves the senders meanwhile, trying again every `core.BUSY_RETRY` until
+`BUSY_GIVE_UP` (then its senders are told "busy").  SQLite's own wait sleeps 1 ms and more
+per try, which the pipeline met on one commit in twenty.  WAL checkpoints are done by a thread of their own
+(`database.Checkpointer`): a checkpoint inside a commit held every sender of the batch
+for milliseconds, most of the slowest acknowledgements.
 
 Counters and the rate-limit bookings ride along with a group commit at most once a
 second (and at exit), so they cost no extra fsync; a crash can lose at most a second of
@@ -26,6 +28,7 @@ that disappeared (spool directory removed) is recreated.  Nothing here stops the
 
 from __future__ import annotations
 
+import _socket
 import errno
 import json
 import logging
@@ -44,7 +47,7 @@ from telemetry.record import Record
 
 log = logging.getLogger(__name__)
 
-LOCK_WAIT_MS = 20  # one attempt's wait for another process's lock
+LOCK_WAIT_MS = 0  # one attempt's wait for another process's lock: none, see above
 BUSY_GIVE_UP = 1.5  # then "busy"; well under the library's 5 s acknowledgement wait
 LIMITER_META_KEY = "telemprobd.ratelimit"
 FLUSH_INTERVAL = 1.0  # counters and limiter state are written at most this often
@@ -124,7 +127,7 @@ def classify_failure(error: BaseException) -> StageError:
 _REPLY_FLAGS = int(socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)  # or-ed once, not per reply
 
 
-def reply(sock: socket.socket, ack: Ack) -> None:
+def reply(sock: socket.socket | _socket.socket, ack: Ack) -> None:
     """Write the acknowledgement and close; a sender that did not wait costs nothing."""
     try:
         sock.send(ack.encode(), _REPLY_FLAGS)
@@ -179,14 +182,17 @@ class Stager:
         synced = sync and self.sync()
         if not records:
             return synced
-        try:
-            q.touch_wakeup()
-        except OSError as e:  # the records are safe; only the wake-up is late
-            log.error("cannot touch %s: %s", q.wakeup_path, e.strerror or e)
         self.commits += 1
         self.staged += len(records)
         self.commit_seconds += time.perf_counter() - started
         return synced
+
+    def wake_postd(self) -> None:
+        """Touch the queue's wake-up file (telempostd's inotify watch, its .path unit)."""
+        try:
+            self._ensure_queue().touch_wakeup()
+        except Exception as e:  # the records are safe; only the wake-up is late
+            log.error("cannot touch the wake-up file in %s: %s", self.spool_dir, getattr(e, "strerror", None) or e)
 
     def sync(self) -> bool:
         """Sync every commit so far to disk; False (logged) when the disk refused: the
@@ -261,7 +267,8 @@ class Stager:
         if self._queue is not None:
             self._queue.follow()
             return self._queue
-        self._queue = Queue(self.spool_dir, busy_timeout_ms=LOCK_WAIT_MS, sync_commits=False)
+        self._queue = Queue(self.spool_dir, busy_timeout_ms=LOCK_WAIT_MS, sync_commits=False,
+                            background_checkpoints=True)
         return self._queue
 
     def _close_queue(self) -> None:

@@ -30,6 +30,7 @@ _FIELD_MAX = 256
 
 @dataclass(frozen=True)
 class Parsed:
+    """The C client's journal file read: its entries, and the lines that were none."""
     entries: tuple[JournalEntry, ...]
     bad_lines: tuple[int, ...]  # 1-based numbers of lines that are no entry
 

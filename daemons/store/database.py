@@ -25,6 +25,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
+# With background checkpoints: the writer's own checkpoint (wal_autocheckpoint, in pages)
+# and how often the thread copies the WAL into the database while commits come.
+BACKSTOP_PAGES = 8192
+CHECKPOINT_INTERVAL = 0.05
 SALVAGE_CHUNK = 256  # rows read at once where the file reads well
 PROBE_WITHOUT_BOUND = 65536  # keys looked up one by one past the last row found in damage
 _ROWID_MIN = -(2**63)
@@ -91,6 +96,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Layout:
+    """What a database file holds and how it is opened: each store's own."""
     what: str  # "queue", "journal": how messages name the file
     schema: str
     schema_version: int
@@ -129,7 +135,8 @@ class Database:
 
     def __init__(self, path: str, layout: Layout, *, readonly: bool = False,
                  busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None,
-                 synchronous: str | None = None, secure_delete: str | None = None):
+                 synchronous: str | None = None, background_checkpoints: bool = False,
+                 secure_delete: str | None = None):
         self.path = path
         self.secure_delete = secure_delete
         self.layout = layout
@@ -139,6 +146,7 @@ class Database:
         self.cache_kib = cache_kib
         self.identity: Identity | None = None
         self._synced_file: Identity | None = None
+        self.checkpointer = Checkpointer(path) if background_checkpoints and not readonly else None
         self.db = self._open()
 
     # --- opening ------------------------------------------------------------------------
@@ -151,6 +159,8 @@ class Database:
         db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
         if self.cache_kib is not None:
             db.execute(f"PRAGMA cache_size = -{self.cache_kib}")
+        if self.checkpointer is not None:
+            db.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
         if self.secure_delete is not None:
             db.execute(f"PRAGMA secure_delete = {self.secure_delete}")
         return db
@@ -233,6 +243,17 @@ class Database:
         self.identity = None
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
+
+    def shutdown(self) -> None:
+        """close(), and the checkpoint thread's end (waited for, briefly)."""
+        self.close()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+
+    def committed(self) -> None:
+        """A write transaction of this connection committed (the checkpoints follow)."""
+        if self.checkpointer is not None:
+            self.checkpointer.committed()
 
     def reopen(self) -> None:
         self.close()
@@ -374,6 +395,86 @@ class Database:
         except sqlite3.Error:
             pass  # too damaged to lock is too damaged to write
         return source
+
+
+class Checkpointer:
+    """Checkpoints kept off the writer's path.
+
+    SQLite checkpoints a WAL database from inside the commit that takes the WAL past
+    wal_autocheckpoint pages: it copies megabytes into the database file and syncs both
+    files, milliseconds in which a writer serving senders answers nobody.  Here a thread
+    with its own connection does that copy while the writer goes on (sqlite3 leaves the
+    interpreter lock while SQLite works).  The writer keeps its own checkpoint, at
+    `BACKSTOP_PAGES`, for one thing the thread cannot do: SQLite starts the WAL over only
+    after a checkpoint that copied every frame, which a thread racing a busy writer rarely
+    completes, and a checkpoint finding nearly every frame copied costs the writer little.
+    Once commits pause for an interval, the WAL is truncated, so a burst leaves no large
+    file behind.  Failures are not the writer's concern: logged at debug level, the
+    writer's backstop still bounds the WAL."""
+
+    def __init__(self, path: str, interval: float = CHECKPOINT_INTERVAL):
+        self.path = path
+        self.interval = interval
+        self.rounds = 0
+        self._commits = 0  # written by the writer's thread only
+        self._seen = 0
+        self._idle = True
+        self._stopping = False
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def committed(self) -> None:
+        self._commits += 1
+        if self._idle and not self._stopping:
+            self._idle = False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
+                self._thread.start()
+            self._wake.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        db: sqlite3.Connection | None = None
+        opened: Identity | None = None
+        try:
+            while not self._stopping:
+                self._wake.wait(None if self._idle else self.interval)
+                self._wake.clear()
+                if self._stopping:
+                    break
+                commits = self._commits
+                try:
+                    if db is None or _identity(self.path) != opened:
+                        if db is not None:
+                            db.close()
+                        db, opened = None, _identity(self.path)
+                        # mode=rw: a file that is gone is not created here; the writer recreates it.
+                        db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, isolation_level=None)
+                        db.execute("PRAGMA busy_timeout = 0")
+                    if commits != self._seen:
+                        self._seen = commits
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    else:  # quiet for an interval: copy the rest and give the space back
+                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                        self._idle = True
+                        if self._commits != self._seen:  # a commit came in between
+                            self._idle = False
+                    self.rounds += 1
+                except sqlite3.Error as e:
+                    log.debug("checkpoint of %s: %s", self.path, e)
+                    if db is not None:
+                        db.close()
+                    db = None
+                    self._seen, self._idle = commits, True
+        finally:
+            if db is not None:
+                db.close()
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:

@@ -35,6 +35,7 @@ class Pause(enum.Enum):
 
 @dataclass(frozen=True)
 class LastError:
+    """The last failed delivery, for telemctl status."""
     at: float
     detail: str
     status: int | None = None  # HTTP status, None for a connection-level failure
@@ -42,6 +43,7 @@ class LastError:
 
 @dataclass(frozen=True)
 class DeliveryState:
+    """What telemctl status reads of telempostd's delivery (delivery.json)."""
     pid: int
     written_at: float
     last_success: float | None = None

@@ -114,6 +114,7 @@ class Counter(enum.Enum):
 
 @dataclass(frozen=True)
 class JournalEntry:
+    """One line of the journal: what became of a record."""
     record_id: str
     timestamp: float
     classification: str
@@ -127,6 +128,7 @@ class JournalEntry:
 
 @dataclass(frozen=True)
 class SetAside:
+    """A record kept out of the queue (damaged, or no space), for whoever looks into it."""
     record_id: str
     at: float
     reason: str

@@ -91,6 +91,7 @@ class QueueError(StoreError):
 
 @dataclass(frozen=True)
 class Sender:
+    """Who sent a record (the socket's peer credentials), kept with it."""
     uid: int
     gid: int
     pid: int
@@ -116,6 +117,7 @@ class NewRecord:
 
 @dataclass(frozen=True)
 class QueuedRecord:
+    """A queued record as telempostd reads it."""
     seq: int
     record_id: str
     received_at: float
@@ -238,12 +240,13 @@ class Queue:
     `sync_commits` False: a commit survives the process at once and reaches the disk with
     the next synced commit or checkpoint, for writes whose loss in a power cut only
     repeats work (telempostd's settles: a delivered record sent again, never one lost);
-    `secure_delete`: SQLite's pragma of that name for this connection (None: the library's
-    default)."""
+    `background_checkpoints`: the WAL is copied into the database by a thread, not by the
+    commits of a writer that must answer quickly (`database.Checkpointer`); `secure_delete`:
+    SQLite's pragma of that name for this connection (None: the library's default)."""
 
     def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False,
                  busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None, sync_commits: bool = True,
-                 secure_delete: str | None = None):
+                 background_checkpoints: bool = False, secure_delete: str | None = None):
         self.spool_dir = spool_dir
         self.dir = queue_dir(spool_dir)
         self.path = os.path.join(self.dir, QUEUE_DB)
@@ -256,7 +259,7 @@ class Queue:
             self.path = legacy_path(spool_dir)  # read where it is until a daemon moves it
         self._db = Database(self.path, LAYOUT, readonly=readonly, busy_timeout_ms=busy_timeout_ms,
                             cache_kib=cache_kib, synchronous=None if sync_commits else "NORMAL",
-                            secure_delete=secure_delete)
+                            background_checkpoints=background_checkpoints, secure_delete=secure_delete)
 
     def _ensure_dir(self) -> None:
         if self._create:
@@ -276,7 +279,7 @@ class Queue:
         self._db.follow()
 
     def close(self) -> None:
-        self._db.close()
+        self._db.shutdown()
 
     # --- writing (telemprobd) ---------------------------------------------------------
 
@@ -301,6 +304,7 @@ class Queue:
             # One statement is one transaction: no BEGIN/COMMIT round trips (~10% of a commit).
             params = [v for row in rows for v in row]
             self._db.run(lambda db: db.execute(_insert_sql(len(rows)), params))
+            self._db.committed()
             return
 
         def write(db: sqlite3.Connection) -> None:
@@ -311,6 +315,7 @@ class Queue:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
 
         self._db.write(write)
+        self._db.committed()
 
     def sync(self) -> None:
         """Every commit so far survives a power cut once this returns (OSError if not)."""

@@ -33,7 +33,7 @@ from pipeline import (
     queue_stats,
 )
 from services import POSTD, PROBD
-from support import wait_until
+from support import checkpoint_wal, wait_until
 
 # --- chaos: kill -9 at random instants ----------------------------------------------------
 
@@ -361,11 +361,7 @@ def fill(directory: str) -> str:
 
 def checkpoint(path: str) -> None:
     """Copy a database's WAL into it and truncate the WAL to nothing."""
-    db = sqlite3.connect(path, isolation_level=None, timeout=10)
-    try:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    finally:
-        db.close()
+    checkpoint_wal(path)
 
 
 @dataclass(frozen=True)

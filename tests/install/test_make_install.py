@@ -301,11 +301,11 @@ def test_install_with_the_system_python_and_no_virtualenv(tmp_path, user_install
     """A packager's build: no .venv, the system's python3 runs the tooling with its own
     setuptools, wheel and the programs' dependencies (Debian's packages), offline."""
     system = "/usr/bin/python3"
-    needed = ("setuptools", "wheel", "click", "platformdirs", "psutil", "pycurl", "elftools", "systemd")
+    needed = ("setuptools", "wheel", "click", "psutil", "pycurl", "elftools", "systemd")
     if not os.access(system, os.X_OK) or subprocess.run(
             [system, "-c", f"import {', '.join(needed)}"], capture_output=True).returncode != 0:
         pytest.skip(f"{system} lacks one of {', '.join(needed)} (Debian: python3-setuptools python3-wheel "
-                    "python3-click python3-platformdirs python3-psutil python3-pycurl python3-pyelftools python3-systemd)")
+                    "python3-click python3-psutil python3-pycurl python3-pyelftools python3-systemd)")
     destdir = tmp_path / "stage"
     done = make("install", destdir, "INSTALL_TOOL_PYTHON=" + system, prefix=offline())
     assert done.returncode == 0, done.stderr

@@ -72,13 +72,15 @@ class Probd:
 
     def __init__(self, inst, config: str = "", *, opt_in: bool = True, args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None, socket_dir: str | None = None, start: bool = True,
-                 **popen_kw):
+                 command: list[str] | None = None, **popen_kw):
         self.inst = inst
         self._own_dir = socket_dir is None
         self.socket_dir = socket_dir or short_tempdir("tp-")
         self.socket_path = os.path.join(self.socket_dir, "telem-0")
         self.config_text = config
         self.args = args
+        # The program; by default `python -m` its module (a console script: test_startup_imports).
+        self.command = command or [sys.executable, "-m", "telemetry.daemons.probd.main"]
         self.env = {**inst.env, **(env or {})}
         self.popen_kw = popen_kw
         self.proc: subprocess.Popen | None = None
@@ -98,7 +100,7 @@ class Probd:
     def start(self, wait: bool = True) -> Probd:
         self._lines = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "telemetry.daemons.probd.main", *self.args],
+            [*self.command, *self.args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **self.popen_kw,
         )
         threading.Thread(target=self._collect, args=(self.proc,), daemon=True).start()

@@ -2,18 +2,20 @@
 (PYTHONPROFILEIMPORTTIME): hprobe and telem-record-gen sending a record and the library's
 send import neither click (it reads only help and mistaken command lines) nor logging
 (nothing to say) nor typing (annotations only: see telemetry/__init__.py); the daemons,
-started and idle, no click, telemprobd no libsystemd when systemd did not start it and no
-typing, telempostd no pycurl before its first delivery.  Functional
-facts, never timings (bench/probe_startup.py prints those)."""
+started from their console scripts and idle, no click, no typing, no inspect (dataclasses
+imports it: telemetry.entry defers it), no platformdirs in user mode, telemprobd no libsystemd
+when systemd did not start it, telempostd no pycurl before its first delivery.  Functional
+facts, never timings or sizes (bench/probe_startup.py and bench/daemon_memory.py print those)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
-from postd_support import Daemon, settings_text
+from postd_support import settings_text
 from support import free_port, wait_until
 from telemprobd_harness import Probd, rows
 
@@ -37,11 +39,16 @@ def loaded(modules: set[str], package: str) -> bool:
     return any(m == package or m.startswith(package + ".") for m in modules)
 
 
-def run_program(inst, program: str, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """`program` as its console script runs it (telemetry.entry), with its imports reported."""
+def console_script(program: str) -> list[str]:
+    """The command running `program` as its console script does (telemetry.entry)."""
     code = (f"import sys\nsys.argv[0] = {program!r}\n"
             f"from telemetry.entry import {entry.function_name(program)} as main\nsys.exit(main())\n")
-    r = subprocess.run([sys.executable, "-c", code, *args], env={**inst.env, **PROFILE},
+    return [sys.executable, "-c", code]
+
+
+def run_program(inst, program: str, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`program` as its console script runs it, with its imports reported."""
+    r = subprocess.run([*console_script(program), *args], env={**inst.env, **PROFILE},
                        capture_output=True, text=True, timeout=60)
     report = r.stderr
     r.stderr = "\n".join(line for line in report.splitlines() if not line.startswith("import time:"))
@@ -92,23 +99,58 @@ def test_the_library_s_send_loads_no_click_logging_or_typing(user_install):
     assert not {"click", "logging", "typing"} & {m.split(".")[0] for m in modules}, sorted(modules)
 
 
-def test_telemprobd_idle_loads_no_click_no_typing_and_no_libsystemd_outside_systemd(user_install):
-    with Probd(user_install, env=PROFILE) as probd:
+# Loaded by neither daemon while idle, in user mode: typing, and what it builds (0.8 MiB);
+# inspect, ast and dis (1 MiB), which dataclasses imports for the __doc__ of a dataclass
+# without a docstring; platformdirs and what it imports (tempfile, shutil, random, the
+# compression modules: 1.2 MiB); hashlib, which maps libcrypto (3 MiB): only an import of
+# the C client's files needs it.
+IDLE_DAEMON_KEEPS_OUT = {"click", "typing", "inspect", "ast", "dis", "platformdirs", "tempfile", "shutil",
+                         "bz2", "lzma", "hashlib"}
+
+
+def test_telemprobd_idle_loads_no_click_typing_inspect_platformdirs_or_libsystemd(user_install):
+    """As its console script: telemetry.entry defers inspect before anything imports it."""
+    with Probd(user_install, env=PROFILE, command=console_script("telemprobd")) as probd:
         probd.stop()
     modules = imported(probd.log())
     assert "telemetry.daemons.probd.ingest" in modules
-    # hashlib maps libcrypto (3 MiB): only an import of the C client's files needs it
-    assert not {"click", "systemd", "typing", "hashlib"} & {m.split(".")[0] for m in modules}, sorted(modules)
+    tops = {m.split(".")[0] for m in modules}
+    assert not ({"systemd"} | IDLE_DAEMON_KEEPS_OUT) & tops, sorted(tops & ({"systemd"} | IDLE_DAEMON_KEEPS_OUT))
 
 
-def test_telempostd_idle_loads_no_click_and_no_pycurl(user_install):
+def test_telempostd_idle_loads_no_click_typing_inspect_platformdirs_or_pycurl(user_install):
     user_install.opt_in()
     user_install.write_config(settings_text(f"http://127.0.0.1:{free_port()}/v2/collector"))
-    with Daemon(user_install, env=PROFILE) as d:
-        wait_until(lambda: "delivering" in d.log(), what="telempostd started")
-        assert d.stop() == 0
-    modules = imported(d.log())
+    log_path = user_install.root / "telempostd.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(console_script("telempostd"), env={**user_install.env, **PROFILE}, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "delivering" in log_path.read_text(errors="replace"), what="telempostd started")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    modules = imported(log_path.read_text(errors="replace"))
     assert "telemetry.daemons.postd.core" in modules
-    assert not loaded(modules, "click") and not loaded(modules, "pycurl"), sorted(modules)
-    assert not loaded(modules, "hashlib"), sorted(modules)
+    tops = {m.split(".")[0] for m in modules}
+    assert not ({"pycurl"} | IDLE_DAEMON_KEEPS_OUT) & tops, sorted(tops & ({"pycurl"} | IDLE_DAEMON_KEEPS_OUT))
     assert os.path.exists(os.path.join(queue_dir(user_install.paths.spool_dir), QUEUE_DB))
+
+
+def test_a_deferred_module_is_the_real_one_at_its_first_use():
+    """The stand-in answers as the module does, and the real module takes its place."""
+    code = ("import sys\n"
+            "from telemetry.entry import defer_unused_modules\n"
+            "defer_unused_modules(('inspect',))\n"
+            "import dataclasses, importlib.util, inspect\n"
+            "assert importlib.util.find_spec('inspect').name == 'inspect' and 'ast' not in sys.modules\n"
+            "@dataclasses.dataclass\n"
+            "class NoDoc:\n"
+            "    x: int\n"
+            "assert 'ast' in sys.modules\n"
+            "print(NoDoc.__doc__, inspect.isclass(NoDoc), sys.modules['inspect'].signature(NoDoc))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "NoDoc(x: int) True (x: int) -> None\n"), r.stderr

@@ -10,7 +10,7 @@ import subprocess
 import threading
 
 import pytest
-from support import wait_until
+from support import checkpoint_wal, wait_until
 from telemprobd_harness import Probd, c_frame, counters, good_headers, queued
 
 FRAME = c_frame(good_headers(), b"x" * 1000)
@@ -76,9 +76,7 @@ def test_a_queue_corrupted_while_running_is_moved_aside_and_service_continues(us
         path = os.path.join(probd.spool_dir, "queue", "queue.db")
         # Move everything into the main file (this also makes the daemon drop its page
         # cache at its next transaction), then damage that file.
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.close()
+        checkpoint_wal(path)
         size = os.path.getsize(path)
         with open(path, "r+b") as f:
             f.write(b"\xde\xad\xbe\xef" * (size // 4))

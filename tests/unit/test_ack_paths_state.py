@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from telemetry import paths as paths_mod
 from telemetry.ack import LEGACY_ACCEPT, Ack, AckError, AckStatus, Durability, decode_ack
 from telemetry.fsutil import UnsafePathError, atomic_write, clean_temp, ensure_dir, read_small
 from telemetry.machineid import ROTATE_AFTER, MachineId, needs_rotation, read_override
@@ -108,6 +109,41 @@ def test_user_paths_without_xdg_variables_are_below_home(monkeypatch, tmp_path):
     assert p.cache_dir == f"{tmp_path}/.cache/telemetrics"
     assert p.state_dir == f"{tmp_path}/.local/state/telemetrics"
     assert p.socket_path == f"{tmp_path}/.local/state/telemetrics/run/telem-0"
+
+
+XDG_HOMES = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")
+
+
+@pytest.mark.parametrize("value", ["{tmp}/xdg", None, "", "  "])
+@pytest.mark.parametrize("home", ["{tmp}/home", "{tmp}/home/"])
+def test_user_directories_agree_with_platformdirs(monkeypatch, tmp_path, value, home):
+    """The one XDG rule every user-mode program uses (telemetry.paths) gives what
+    platformdirs gives for the same environment: absolute variables, unset, blank."""
+    platformdirs = pytest.importorskip("platformdirs")
+    monkeypatch.setenv("HOME", home.format(tmp=tmp_path))
+    for name in XDG_HOMES:
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value.format(tmp=tmp_path) + "/" + name)
+    assert paths_mod.user_config_dir() == platformdirs.user_config_dir(paths_mod.APP)
+    assert paths_mod.user_state_dir() == platformdirs.user_state_dir(paths_mod.APP)
+    assert paths_mod.user_cache_dir() == platformdirs.user_cache_dir(paths_mod.APP)
+    p = Paths.user()
+    assert (p.config_dir, p.state_dir, p.cache_dir) == (
+        platformdirs.user_config_dir(paths_mod.APP), platformdirs.user_state_dir(paths_mod.APP),
+        platformdirs.user_cache_dir(paths_mod.APP))
+
+
+def test_a_relative_xdg_variable_is_ignored(monkeypatch, tmp_path):
+    """The XDG Base Directory specification: a relative path in these variables is invalid
+    and ignored (platformdirs from 4 on agrees; 2.6 took it as it was)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in XDG_HOMES:
+        monkeypatch.setenv(name, "relative/dir")
+    assert paths_mod.user_config_dir() == f"{tmp_path}/.config/telemetrics"
+    assert paths_mod.user_state_dir() == f"{tmp_path}/.local/state/telemetrics"
+    assert paths_mod.user_cache_dir() == f"{tmp_path}/.cache/telemetrics"
 
 
 def test_mode_selection(monkeypatch):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import urllib.parse
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from telemetry.config import (
     INT64_MAX,
@@ -230,6 +234,57 @@ def test_plaintext_to_another_machine_is_one_warning(server, warned):
     assert (warning is not None) == warned
     if warned:
         assert "unencrypted" in warning and "\n" not in warning
+
+
+def stdlib_plaintext_host(server: str) -> str | None:
+    """What the warning is about by urllib.parse and ipaddress themselves: the host, or None
+    for no warning."""
+    try:
+        host = urllib.parse.urlsplit(server).hostname or ""
+    except ValueError:
+        return None
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return host
+
+
+OCTET = st.one_of(st.integers(0, 300).map(str), st.text("0123456789", min_size=0, max_size=4))
+IPV4ISH = st.lists(OCTET, min_size=3, max_size=5).map(".".join)
+HOSTS = st.one_of(
+    IPV4ISH,
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=4, network="127.0.0.0/8").map(str),
+    st.sampled_from(["localhost", "LOCALHOST", "a.localhost", "b.LocalHost", "localhost.a", "Collector.Example"]),
+    st.ip_addresses(v=6).map(lambda a: f"[{a}]"),
+    st.ip_addresses(v=6).map(lambda a: f"[{a.exploded}]"),
+    st.sampled_from(["[::1]", "[0::1]", "[::1%25lo]", "[::ffff:127.0.0.1]", "[v1.x]", "[127.0.0.1]", "[::1", "::1]"]),
+    st.text("0123456789abcdefxyzLOC.:%@[]-_~", max_size=24),
+    st.text(max_size=8),
+)
+
+
+@given(scheme=st.sampled_from(["http://", "HTTP://", "hTtP://"]),
+       userinfo=st.sampled_from(["", "user@", "user:secret@", "a@b@"]),
+       host=HOSTS,
+       port=st.sampled_from(["", ":80", ":8080", ":", ":x"]),
+       rest=st.sampled_from(["", "/", "/v2/collector", "?q=1", "#f", "/a@b:c"]))
+def test_the_plaintext_warning_reads_hosts_as_urllib_and_ipaddress_do(scheme, userinfo, host, port, rest):
+    """telempostd reads the usual URLs without importing urllib.parse and ipaddress (half
+    a MiB of the idle daemon); whatever the URL, the warning is theirs."""
+    cfg = conf(f"server={scheme}{userinfo}{host}{port}{rest}".replace("\n", ""))
+    server = cfg.server  # as the file's reader left it (stripped, unescaped)
+    warning = plaintext_warning(cfg)
+    expected = stdlib_plaintext_host(server)
+    if expected is None:
+        assert warning is None
+    else:
+        assert warning == (f"server={server}: records are sent to {expected} unencrypted (http://); "
+                           "use an https:// URL for a collector on another machine")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root refuses a file other users can change")

@@ -77,7 +77,10 @@ def arrive(core: Ingest, conn, frame: Frame = GOOD, *, now: float = 0.0, sender:
 def commit_all(core: Ingest, now: float) -> tuple[Commit, list[Reply]]:
     batch = core.commit_due(now, 1e9 + now)
     assert batch is not None
-    return batch, core.committed(now)
+    replies = core.committed(now)
+    if core.wake_postd_due(now):  # as the loop does
+        core.woke_postd(now)
+    return batch, replies
 
 
 # --- connections ------------------------------------------------------------------------
@@ -340,9 +343,37 @@ def test_wake_times():
     core.failed("x", ALICE, "bad", 0.0)  # counters now unflushed
     core.commit_due(0.0, 1e9)
     core.committed(0.0)
+    core.woke_postd(0.0)
     assert core.wake_at(0.1) <= FLUSH_INTERVAL
     core.connected("b", ALICE, 0.2)
     assert core.wake_at(0.2) == core._next_tick and core.tick_due(core._next_tick)
+
+
+def test_telempostd_is_woken_once_per_interval_and_at_the_end_of_a_burst():
+    core = make()
+    core.tick(0.0)
+    assert not core.wake_postd_due(0.0)
+
+    def commit(t: float) -> None:
+        assert core.commit_due(t, 1e9 + t) is not None
+        core.committed(t)
+
+    arrive(core, "a", now=1.0)
+    commit(1.0)
+    assert core.wake_postd_due(1.0)  # the first commit: at once
+    core.woke_postd(1.0)
+    for i, t in enumerate((1.01, 1.02, 1.03)):
+        arrive(core, f"b{i}", now=t)
+        commit(t)
+        assert not core.wake_postd_due(t)  # within the interval: announced at its end
+    assert core.wake_at(1.03) == pytest.approx(1.0 + C.WAKE_POSTD_INTERVAL)
+    assert core.wake_postd_due(1.0 + C.WAKE_POSTD_INTERVAL)
+    core.woke_postd(1.05)
+    assert not core.wake_postd_due(10.0)  # nothing committed since
+    arrive(core, "c", now=1.06)
+    commit(1.06)
+    core.stop(1.06)
+    assert core.wake_postd_due(1.06)  # stopping: before exiting
 
 
 def test_new_settings():

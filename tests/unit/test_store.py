@@ -346,3 +346,47 @@ def test_a_queue_in_both_places_is_merged_once(tmp_path):
         finally:
             q.close()
     assert sorted(os.listdir(spool)) == ["queue"]
+
+
+def _wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_background_checkpoints_copy_the_wal_and_give_its_space_back_when_writes_pause(tmp_path):
+    """telemprobd's commits never copy the WAL themselves below the backstop; a thread
+    does, and once commits pause the WAL is truncated with every row in queue.db."""
+    import threading
+
+    from telemetry.daemons.store.database import BACKSTOP_PAGES
+
+    q = Queue(str(tmp_path), sync_commits=False, background_checkpoints=True)
+    wal = tmp_path / "queue" / (QUEUE_DB + "-wal")
+    db = sqlite3.connect(tmp_path / "queue" / QUEUE_DB)
+    assert q._db.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_PAGES
+    for i in range(40):
+        q.insert_many(rows(25, start=i * 25))
+    assert _wait_for(lambda: wal.exists() and wal.stat().st_size == 0), "the WAL was not truncated"
+    assert db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 1000
+    assert q._db.checkpointer is not None and q._db.checkpointer.rounds >= 2
+    # More writes after the pause wake the thread again.
+    q.insert_many(rows(25, start=5000))
+    assert _wait_for(lambda: wal.stat().st_size == 0)
+    q.close()
+    assert not [t for t in threading.enumerate() if t.name == "checkpoint"], "the thread outlived close()"
+    assert db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 1025
+    db.close()
+
+
+def test_queues_without_background_checkpoints_start_no_thread(tmp_path):
+    import threading
+
+    q = Queue(str(tmp_path))
+    q.insert_many(rows(5))
+    assert q._db.checkpointer is None
+    assert not [t for t in threading.enumerate() if t.name == "checkpoint"]
+    q.close()
