@@ -10,8 +10,10 @@ http.server (much slower; the figure then measures that server). Then:
 
 1. idle RSS of the daemon, started on an empty queue;
 2. N records of about 1 KB committed to the queue in one transaction, the wake-up file
-   touched; time until the queue is empty gives records/s; the daemon's CPU time
-   (user+system, psutil) over that span gives CPU s per 1,000 records; VmHWM the peak RSS;
+   touched; the time from that commit until the queue is empty gives records/s (also
+   shown counting the time the bench takes to queue them, which the daemon waits out);
+   the daemon's CPU time (user+system, psutil) over that span gives CPU s per 1,000
+   records; VmHWM the peak RSS;
 3. the collector stopped, 1,000 records queued: the daemon's CPU time over the next
    `--down-seconds` seconds, while it backs off.
 
@@ -111,12 +113,14 @@ def main() -> int:
         cpu0 = cpu(proc)
         t0 = time.perf_counter()
         enqueue(spool, batch)
+        committed = time.perf_counter()
         while reader.queued():
             if daemon.poll() is not None or time.perf_counter() - t0 > DRAIN_TIMEOUT:
                 raise SystemExit(f"telempostd did not deliver the records (exit status {daemon.poll()}); "
                                  f"log: {log_path}")
             time.sleep(0.01)
-        elapsed = time.perf_counter() - t0
+        done = time.perf_counter()
+        elapsed, queueing = done - committed, committed - t0
         used = cpu(proc) - cpu0
         peak_rss = proc_memory(daemon.pid, "VmHWM")
         delivered = reader.counter("delivered")
@@ -148,13 +152,16 @@ def main() -> int:
         log.close()
 
     rate = args.records / elapsed
+    rate_with_queueing = args.records / (elapsed + queueing)
     per_k = used / (args.records / 1000)
     print(f"telempostd delivery ({args.records} records of ~{record_bytes:.0f} B, max_in_flight {args.in_flight}"
           f"{', rows without stored request headers' if args.legacy_rows else ''})")
     print(f"  collector:                  {collector_name} on 127.0.0.1, HTTP/1.1 keep-alive, 201")
-    print(f"  delivered:                  {delivered} in {elapsed:.2f} s")
-    print(f"  records/s:                  {rate:,.0f}   (original {ORIGINAL_RATE:,}/s; target 5,000, floor 2,400)")
-    print(f"  CPU s per 1,000 records:    {per_k:.3f}   (original {ORIGINAL_CPU})")
+    print(f"  delivered:                  {delivered} in {elapsed:.2f} s after the commit that queued them"
+          f" (queueing them took {queueing:.2f} s)")
+    print(f"  records/s:                  {rate:,.0f}   ({rate_with_queueing:,.0f} counting the queueing;"
+          f" original {ORIGINAL_RATE:,}/s; target 10,000)")
+    print(f"  CPU s per 1,000 records:    {per_k:.3f}   (original {ORIGINAL_CPU}; target 0.07)")
     print(f"  RSS idle / peak / after:    {mb(idle_rss)} / {mb(peak_rss)} / {mb(after_rss)}"
           "   (target <= 25 MB idle, ceiling 40 MB)")
     print(f"  collector down, {waiting} waiting: CPU {down_cpu:.3f} s over {args.down_seconds:.0f} s,"

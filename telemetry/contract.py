@@ -352,10 +352,9 @@ def header_line(name: str, value: str) -> bytes:
 
 _HTTP_NAMES = tuple(H.HTTP_HEADERS[name] for name in H.RECORD_HEADERS)
 REQUEST_HEADER_LINES = len(_HTTP_NAMES)
-# What a stored block may hold: 15 lines without control characters but tab (as the
-# record grammar allows), so that no line can carry another.
-_STORED_BLOCK = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]+(?:\n[^\x00-\x08\x0a-\x1f\x7f]+){%d}"
-                           % (REQUEST_HEADER_LINES - 1))
+# What a stored block may hold: 15 non-empty lines without control characters but tab (as
+# the record grammar allows), so that no line can carry another.
+_CONTROL = bytes(range(0x00, 0x09)) + bytes(range(0x0B, 0x20)) + b"\x7f"  # "\n" separates lines
 
 
 _REQUEST_TEMPLATE = "\n".join(f"{name}: %s" for name in _HTTP_NAMES)
@@ -376,9 +375,10 @@ def request_header_block(record: Record) -> bytes:
 def stored_header_lines(block: bytes) -> tuple[bytes, ...] | None:
     """A stored block's lines, or None when it is not one `request_header_block` makes
     (a damaged row: the record is then read from its frame headers instead)."""
-    if _STORED_BLOCK.fullmatch(block) is None:
-        return None
-    return tuple(block.split(b"\n"))
+    lines = block.split(b"\n")
+    if len(lines) != REQUEST_HEADER_LINES or b"" in lines or len(block.translate(None, _CONTROL)) != len(block):
+        return None  # (one pass in C each, on every attempt: half the time a regular expression took)
+    return tuple(lines)
 
 
 def check_header_block(lines: tuple[bytes, ...]) -> Violation | None:

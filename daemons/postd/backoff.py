@@ -70,7 +70,9 @@ class Gate:
         return now >= self.open_at
 
     def after_success(self) -> Gate:
-        return dataclasses.replace(self, streak=0) if self.hard else Gate()
+        if self.hard:
+            return dataclasses.replace(self, streak=0)
+        return self if self.open_at == 0.0 and self.streak == 0 else Gate()
 
     def after_failure(
         self, now: float, *, base: float, cap: float, rand: float, retry_after: float | None = None

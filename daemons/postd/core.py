@@ -15,8 +15,10 @@ What can lose or duplicate a record is decided here, and tested by property:
   failure, a configuration error); every answer settles the row it was for exactly once.
 * Answered requests whose fate is not written yet plus the requests in flight never
   exceed the settle window (`max_in_flight`): when the daemon is killed, at most that
-  many records are sent again.  Fates decided without a request are gathered into
-  batches of up to `max_batch` rows or `max_delay` seconds.
+  many records are sent again.  The answers of a window are written together once the
+  last of them is in (one write per window, not one per poll), unless one request keeps
+  the others waiting longer than `SETTLE_HOLD`.  Fates decided without a request are
+  gathered into batches of up to `max_batch` rows or `max_delay` seconds.
 
 A row queued with its request header lines (`request_headers`, made and validated by
 telemprobd at admission) is sent as it is: nothing is parsed, built or checked again but
@@ -66,6 +68,9 @@ LOADED_MAX = 256  # parsed records kept for rows whose fate is not final yet
 # not yet believed to be about the record: when this many different records all get the
 # same answer, the answer is about what is sent (request_format, server), not about them.
 UNIFORM_REJECTIONS = 3
+# Answered requests wait at most this long for the rest of their window before they are
+# written without them (a slow request must not hold up the next ones for longer).
+SETTLE_HOLD = 0.05
 _CLASSIFICATION = b"classification: "
 _EVENT_ID = b"event_id: "
 
@@ -232,6 +237,7 @@ class Courier:
         self._decided: list[Decision] = []
         self._decided_since = 0.0
         self._answered = 0  # decisions in _decided that answered a request (a kill repeats them)
+        self._answered_since = 0.0  # when the first of them was answered
         # What `telemctl status` shows (store/delivery.py).
         self.last_success: float | None = None
         self.last_error: LastError | None = None
@@ -304,6 +310,8 @@ class Courier:
         """A request finished (or failed to): its row's fate."""
         sent = self._inflight.pop(token, None)
         if sent is not None:
+            if not self._answered:
+                self._answered_since = now
             self._answered += 1
             self._decide(self._judge(sent[0], sent[1], response, now), now)
 
@@ -328,6 +336,13 @@ class Courier:
     def in_flight(self) -> int:
         return len(self._inflight)
 
+    def wait_limit(self, now: float, longest: float) -> float:
+        """How long a WAIT may block: answers held for the rest of their window are
+        written when their hold ends, even if nothing else is answered by then."""
+        if self._answered:
+            return max(0.0, min(longest, self._answered_since + SETTLE_HOLD - now))
+        return longest
+
     def _deliver(self, now: float, capacity: int) -> Action | None:
         if self.stopping:
             return None
@@ -351,8 +366,13 @@ class Courier:
         self.pause = None
         while capacity > 0 and self.gate.is_open(now):
             if self._answered + len(self._inflight) >= window:
-                # One more request would put more than the window at risk of a repeat.
-                return self._settle(now) if self._answered else None
+                # One more request would put more than the window at risk of a repeat: the
+                # answered ones are written first, with the rest of the window once it is in.
+                if self._answered and (not self._inflight or now - self._answered_since >= SETTLE_HOLD):
+                    return self._settle(now)
+                if len(self._buffer) < window and not self._exhausted:
+                    return Fetch(Query.DUE, after=self._after, now=now)  # read on while they are out
+                return None
             if not self._buffer:
                 if self._exhausted:
                     return None

@@ -12,6 +12,7 @@ finished transfer is handed back as an `outcome.Response`.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pycurl
@@ -26,32 +27,46 @@ USER_AGENT = f"telempostd/{__version__}"
 _RETRY_AFTER = b"retry-after:"
 
 
-class _Slot:
-    """An easy handle and what its current transfer has received."""
+@functools.lru_cache(maxsize=8)
+def _plain_success(status: int) -> Response:
+    """A 2xx without a body: one value per status, not one per record."""
+    return Response(status=status)
 
-    __slots__ = ("curl", "token", "body", "body_len", "retry_after")
+
+class _Slot:
+    """An easy handle and what its current transfer has received.  The response's header
+    lines are only kept (curl calls a bound `list.append`, no Python frame per line) and
+    looked through for Retry-After when the answer is not a 2xx."""
+
+    __slots__ = ("curl", "token", "body", "body_len", "headers")
 
     def __init__(self, curl: pycurl.Curl):
         self.curl = curl
         self.token: int | None = None
         self.body: list[bytes] = []
         self.body_len = 0
-        self.retry_after: str | None = None
+        self.headers: list[bytes] = []
 
     def reset(self, token: int) -> None:
         self.token = token
         self.body = []
         self.body_len = 0
-        self.retry_after = None
+        self.headers.clear()
 
     def on_body(self, data: bytes) -> None:
         if self.body_len < BODY_KEEP:
             self.body.append(data[: BODY_KEEP - self.body_len])
             self.body_len += len(data)
 
-    def on_header(self, line: bytes) -> None:
-        if line[:12].lower() == _RETRY_AFTER:
-            self.retry_after = line[12:].decode("latin-1").strip()
+    def retry_after(self) -> str | None:
+        """The last response's Retry-After (after a redirect or 100, the last one's counts)."""
+        found = None
+        for line in self.headers:
+            if line[:12].lower() == _RETRY_AFTER:
+                found = line[12:].decode("latin-1").strip()
+            elif line[:5] == b"HTTP/":
+                found = None
+        return found
 
 
 class CurlTransport:
@@ -79,7 +94,7 @@ class CurlTransport:
         c.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS)
         c.setopt(pycurl.PIPEWAIT, 1)
         c.setopt(pycurl.WRITEFUNCTION, slot.on_body)
-        c.setopt(pycurl.HEADERFUNCTION, slot.on_header)
+        c.setopt(pycurl.HEADERFUNCTION, slot.headers.append)
         # As the original: the CA bundle only when it is set and exists.
         if s.cainfo and os.path.isfile(s.cainfo):
             c.setopt(pycurl.CAINFO, s.cainfo)
@@ -97,7 +112,7 @@ class CurlTransport:
         slot = self._free[-1]
         c = slot.curl
         try:
-            c.setopt(pycurl.HTTPHEADER, list(request.headers))
+            c.setopt(pycurl.HTTPHEADER, request.headers)
             c.setopt(pycurl.POSTFIELDS, request.body)
         except (pycurl.error, TypeError, ValueError) as e:
             raise RequestRefused(f"curl refused the request: {e}") from None
@@ -117,10 +132,13 @@ class CurlTransport:
         while True:
             queued, ok, failed = self.multi.info_read()
             for c in ok:
-                done.append(self._release(c, Response(
-                    status=c.getinfo(pycurl.RESPONSE_CODE), retry_after=self._busy[c].retry_after,
-                    body=b"".join(self._busy[c].body),
-                )))
+                slot = self._busy[c]
+                status = c.getinfo(pycurl.RESPONSE_CODE)
+                if 200 <= status <= 299 and not slot.body:
+                    response = _plain_success(status)
+                else:
+                    response = Response(status=status, retry_after=slot.retry_after(), body=b"".join(slot.body))
+                done.append(self._release(c, response))
             for c, code, message in failed:
                 done.append(self._release(c, Response(
                     status=c.getinfo(pycurl.RESPONSE_CODE), curl_error=code, curl_message=message,
@@ -134,6 +152,7 @@ class CurlTransport:
         token, slot.token = slot.token, None
         assert token is not None  # set by submit for every busy slot
         slot.body = []
+        slot.headers.clear()
         self._free.append(slot)
         return token, resp
 

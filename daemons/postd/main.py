@@ -174,6 +174,7 @@ class Postd:
         if previous is not None:  # what was learnt before a restart, not the pause it was in
             self.core.last_success, self.core.last_error = previous.last_success, previous.last_error
         self._state: state_mod.DeliveryState | None = None
+        self._pid = os.getpid()
         self._state_written = float("-inf")
         self._release_waits("started")
         self._refresh_view()
@@ -204,8 +205,12 @@ class Postd:
         # Rows are read once, in order: a small page cache keeps the daemon small.  Fates
         # are not synced each: they are on disk with telemprobd's next sync of the WAL they
         # share (within sync_interval) or a checkpoint, and a power cut before that repeats
-        # a delivery, it never loses a record.
-        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB, sync_commits=False, background_checkpoints=True)
+        # a delivery, it never loses a record.  Deleted rows are overwritten with zeros in
+        # the pages a settle writes anyway, not by writing every page they leave empty
+        # (secure_delete=FAST; Debian's SQLite writes them, upstream's zeroes nothing):
+        # those pages go back to telemprobd's next records.
+        return Queue(spool_dir, cache_kib=SQLITE_CACHE_KIB, sync_commits=False, background_checkpoints=True,
+                     secure_delete="FAST")
 
     def _open_journal(self) -> None:
         now = self.clock()
@@ -259,14 +264,14 @@ class Postd:
         """Tell `telemctl status` what delivery learnt, when it changed: at once with
         `force` (the end of a pass), else at most once a second."""
         core, now = self.core, self.clock()
+        if not force and now - self._state_written < STATE_INTERVAL:
+            return  # (after every settle while records flow: nothing is built)
         paused = core.pause if not core.gate.is_open(now) else None
         state = state_mod.DeliveryState(
-            os.getpid(), now, core.last_success, core.last_error, paused,
+            self._pid, now, core.last_success, core.last_error, paused,
             core.gate.open_at if paused is not None else None, core.probe_at if paused is not None else None)
         if self._state is not None and dataclasses.replace(state, written_at=0) == dataclasses.replace(
                 self._state, written_at=0):
-            return
-        if not force and now - self._state_written < STATE_INTERVAL:
             return
         try:
             state_mod.write(self.settings.spool_dir, state)
@@ -315,7 +320,7 @@ class Postd:
                     break
                 # Waiting, reading and writing take time: the clock is read again after them.
                 if action is WAIT:
-                    for token, response in self._transport_now().poll(POLL_WAIT):
+                    for token, response in self._transport_now().poll(core.wait_limit(now, POLL_WAIT)):
                         core.answered(token, response, self.clock())
                 elif isinstance(action, Fetch):
                     core.fetched(self._fetch(action), now)

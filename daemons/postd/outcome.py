@@ -16,6 +16,7 @@ Pure: it takes the response as values and returns a verdict. The rules
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import dataclass
 
@@ -78,6 +79,12 @@ def excerpt(body: bytes, limit: int = DETAIL_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@functools.lru_cache(maxsize=8)
+def _delivered(status: int) -> Classified:
+    """The same value for every record a status takes (one per record was measurable)."""
+    return Classified(Verdict.DELIVERED, f"HTTP {status}", status)
+
+
 def classify(resp: Response, now: float) -> Classified:
     if resp.curl_error:
         detail = f"curl error {resp.curl_error}: {resp.curl_message or 'no message'}"
@@ -86,7 +93,7 @@ def classify(resp: Response, now: float) -> Classified:
         return Classified(Verdict.RETRY, detail)
     status = resp.status
     if 200 <= status <= 299:
-        return Classified(Verdict.DELIVERED, f"HTTP {status}", status)
+        return _delivered(status)
     message = excerpt(resp.body)
     detail = f"HTTP {status}" + (f": {message}" if message else "")
     if status in _RETRY_STATUSES or 500 <= status <= 599:

@@ -135,8 +135,10 @@ class Database:
 
     def __init__(self, path: str, layout: Layout, *, readonly: bool = False,
                  busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None,
-                 synchronous: str | None = None, background_checkpoints: bool = False):
+                 synchronous: str | None = None, background_checkpoints: bool = False,
+                 secure_delete: str | None = None):
         self.path = path
+        self.secure_delete = secure_delete
         self.layout = layout
         self.synchronous = synchronous or layout.synchronous
         self.readonly = readonly
@@ -159,6 +161,8 @@ class Database:
             db.execute(f"PRAGMA cache_size = -{self.cache_kib}")
         if self.checkpointer is not None:
             db.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
+        if self.secure_delete is not None:
+            db.execute(f"PRAGMA secure_delete = {self.secure_delete}")
         return db
 
     def _prepare(self, db: sqlite3.Connection, *, create: bool) -> None:

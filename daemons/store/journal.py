@@ -9,9 +9,10 @@ after a crash keeps a single, latest entry.
 What the original's text journal answered stays answerable (record id, processing time,
 classification, event id, boot id; filters -r -e -c -b, `-c a/*` as a prefix, only the
 last 100 entries by default), plus the outcome, HTTP status, a detail and the record's
-own creation time. Bounds: the last `ENTRIES_MAX` entries, the payloads of the last
-`RETAINED_MAX` records (when record_retention_enabled), and the raw bytes of the last
-`SET_ASIDE_MAX` queue rows that held no readable record.
+own creation time. Bounds: the last `ENTRIES_MAX` entries (the oldest go `PRUNE_BATCH`
+at a time, so that the last ENTRIES_MAX - PRUNE_BATCH are always there), the payloads of
+the last `RETAINED_MAX` records (when record_retention_enabled), and the raw bytes of the
+last `SET_ASIDE_MAX` queue rows that held no readable record.
 
 Writers: telempostd for everything it decides, telemprobd for records it refuses for
 lack of spool space (`Journal.dropped`).
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 JOURNAL_DB = "journal.db"
 SCHEMA_VERSION = 1
 ENTRIES_MAX = 10_000
+# Entries are pruned this many at once: removing the oldest with every write touched as
+# many index pages as adding the new ones did; a batch shares most of those pages.
+PRUNE_BATCH = 512
 RETAINED_MAX = 100
 SET_ASIDE_MAX = 100
 # The original's readers look at the last 100 entries only.
@@ -201,6 +205,15 @@ LAYOUT = Layout(
 )
 
 
+def _prune_entries(db: sqlite3.Connection) -> None:
+    """Keep at most ENTRIES_MAX: once the oldest is more than that behind the newest, keep
+    the last ENTRIES_MAX - PRUNE_BATCH (two lookups on the rowid while nothing is due)."""
+    oldest, newest = db.execute("SELECT (SELECT MIN(id) FROM entries), (SELECT MAX(id) FROM entries)").fetchone()
+    if newest is not None and oldest <= newest - ENTRIES_MAX:
+        keep = ENTRIES_MAX - min(PRUNE_BATCH, ENTRIES_MAX // 2)
+        db.execute("DELETE FROM entries WHERE id <= ?", (newest - keep,))
+
+
 class Journal:
     def __init__(self, journal_dir: str, *, readonly: bool = False, boot_id: str | None = None):
         self.journal_dir = journal_dir
@@ -244,7 +257,7 @@ class Journal:
               e.http_status, e.detail, e.creation_timestamp) for e in entries],
         )
         if entries:
-            db.execute("DELETE FROM entries WHERE id <= (SELECT MAX(id) FROM entries) - ?", (ENTRIES_MAX,))
+            _prune_entries(db)
         if retained:
             db.executemany("INSERT OR REPLACE INTO retained (record_id, payload) VALUES (?, ?)", retained)
             db.execute(
@@ -277,7 +290,7 @@ class Journal:
                   e.http_status, e.detail, e.creation_timestamp) for e in entries],
             )
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, fingerprint))
-            db.execute("DELETE FROM entries WHERE id <= (SELECT MAX(id) FROM entries) - ?", (ENTRIES_MAX,))
+            _prune_entries(db)
             return True
 
         return self._db.write(write)

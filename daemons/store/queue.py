@@ -133,18 +133,27 @@ class QueuedRecord:
     request_headers: bytes | None = None
 
 
-# SQLite stores any type in any column: every value is read as the type the code uses
-# (text as bytes, decoded here), so a damaged or foreign row cannot raise while it is read.
-_COLUMNS = (
-    "seq, CAST(record_id AS BLOB), CAST(received_at AS REAL), CAST(sender_uid AS INTEGER), "
-    "CAST(sender_gid AS INTEGER), CAST(sender_pid AS INTEGER), CAST(cfg_path AS BLOB), CAST(headers AS BLOB), "
-    "CAST(payload AS BLOB), CAST(size AS INTEGER), CAST(deferred_until AS REAL), CAST(attempts AS INTEGER), "
-    "CAST(next_attempt_at AS REAL), CAST(last_error AS BLOB), CAST(request_headers AS BLOB)"
-)
 # Times beyond this are clamped (an infinity would not survive int()).
 _TIME_LIMIT = 1e15
 # So is a damaged attempt count: one more must still fit SQLite's 64-bit integer.
 _ATTEMPTS_LIMIT = 2**31
+
+
+def _time_column(name: str) -> str:
+    return f"MIN(MAX(IFNULL(CAST({name} AS REAL), 0.0), {-_TIME_LIMIT:.0f}.0), {_TIME_LIMIT:.0f}.0)"
+
+
+# SQLite stores any type in any column: every value is read as the type the code uses,
+# missing and out-of-range values made usable by SQLite itself (text as bytes, decoded
+# here), so a damaged or foreign row cannot raise while it is read, and a row costs
+# Python one constructor call and its text decodings.
+_COLUMNS = (
+    f"seq, CAST(record_id AS BLOB), {_time_column('received_at')}, CAST(sender_uid AS INTEGER), "
+    "CAST(sender_gid AS INTEGER), CAST(sender_pid AS INTEGER), CAST(cfg_path AS BLOB), "
+    "IFNULL(CAST(headers AS BLOB), X''), IFNULL(CAST(payload AS BLOB), X''), IFNULL(CAST(size AS INTEGER), 0), "
+    f"{_time_column('deferred_until')}, MIN(MAX(IFNULL(CAST(attempts AS INTEGER), 0), 0), {_ATTEMPTS_LIMIT}), "
+    f"{_time_column('next_attempt_at')}, CAST(last_error AS BLOB), CAST(request_headers AS BLOB)"
+)
 
 
 def _text(value: bytes | None) -> str | None:
@@ -159,10 +168,9 @@ def _time(value: float | None) -> float:
 
 def _row(r: Sequence) -> QueuedRecord:
     return QueuedRecord(
-        seq=r[0], record_id=_text(r[1]) or "", received_at=_time(r[2]), sender=Sender(r[3], r[4], r[5]),
-        cfg_path=_text(r[6]), headers=bytes(r[7] or b""), payload=bytes(r[8] or b""), size=r[9] or 0,
-        deferred_until=_time(r[10]), attempts=min(max(r[11] or 0, 0), _ATTEMPTS_LIMIT), next_attempt_at=_time(r[12]),
-        last_error=_text(r[13]), request_headers=None if r[14] is None else bytes(r[14]),
+        r[0], r[1].decode("utf-8", "replace") if r[1] is not None else "", r[2], Sender(r[3], r[4], r[5]),
+        None if r[6] is None else r[6].decode("utf-8", "replace"), r[7], r[8], r[9], r[10], r[11], r[12],
+        None if r[13] is None else r[13].decode("utf-8", "replace"), r[14],
     )
 
 
@@ -233,11 +241,12 @@ class Queue:
     the next synced commit or checkpoint, for writes whose loss in a power cut only
     repeats work (telempostd's settles: a delivered record sent again, never one lost);
     `background_checkpoints`: the WAL is copied into the database by a thread, not by the
-    commits of a writer that must answer quickly (`database.Checkpointer`)."""
+    commits of a writer that must answer quickly (`database.Checkpointer`); `secure_delete`:
+    SQLite's pragma of that name for this connection (None: the library's default)."""
 
     def __init__(self, spool_dir: str, *, create: bool = True, readonly: bool = False,
                  busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int | None = None, sync_commits: bool = True,
-                 background_checkpoints: bool = False):
+                 background_checkpoints: bool = False, secure_delete: str | None = None):
         self.spool_dir = spool_dir
         self.dir = queue_dir(spool_dir)
         self.path = os.path.join(self.dir, QUEUE_DB)
@@ -250,7 +259,7 @@ class Queue:
             self.path = legacy_path(spool_dir)  # read where it is until a daemon moves it
         self._db = Database(self.path, LAYOUT, readonly=readonly, busy_timeout_ms=busy_timeout_ms,
                             cache_kib=cache_kib, synchronous=None if sync_commits else "NORMAL",
-                            background_checkpoints=background_checkpoints)
+                            background_checkpoints=background_checkpoints, secure_delete=secure_delete)
 
     def _ensure_dir(self) -> None:
         if self._create:

@@ -84,6 +84,17 @@ def test_entries_are_bounded(journal, monkeypatch):
     assert journal.query(limit=1)[0].record_id == entry(199).record_id
 
 
+def test_the_oldest_entries_go_a_batch_at_a_time(journal, monkeypatch):
+    monkeypatch.setattr(J, "ENTRIES_MAX", 50)
+    monkeypatch.setattr(J, "PRUNE_BATCH", 10)
+    counts = []
+    for i in range(120):
+        journal.add([entry(i)])
+        counts.append(journal.count())
+    assert max(counts) == 50 and min(counts[60:]) == 40  # never more than the bound, the last 40 always
+    assert [e.record_id for e in journal.query(limit=40)] == [entry(i).record_id for i in range(80, 120)]
+
+
 def test_retention_keeps_the_last_100(journal):
     for i in range(130):
         journal.add([entry(i)], retained=[(entry(i).record_id, f"payload {i}".encode())])

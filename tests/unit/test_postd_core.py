@@ -24,6 +24,7 @@ from telemetry.daemons.postd import spool
 from telemetry.daemons.postd.core import (
     DONE,
     RECORD_WARNINGS_PER_PASS,
+    SETTLE_HOLD,
     SETTLE_IN_WINDOW,
     WAIT,
     Courier,
@@ -473,6 +474,55 @@ def test_settling_before_each_request_writes_as_the_answers_come():
     run_pass(courier(delivery=dataclasses.replace(SETTINGS.delivery, max_in_flight=2)), q, t, T0)
     assert q.rows == {}
     assert max(len(s.delete) for s in q.settlements) <= 2
+
+
+def test_the_answers_of_a_window_are_written_together():
+    """One write per window of requests, not one per poll that brings an answer."""
+    q = Queue([row(i) for i in range(1, 13)])
+    t = MemoryTransport(lambda request: OK, max_in_flight=4, per_poll=1)
+    run_pass(courier(), q, t, T0)
+    assert q.rows == {} and [len(s.delete) for s in q.settlements] == [4, 4, 4]
+
+
+class Stuck(MemoryTransport):
+    """Never answers the request for `token` (a request that takes its time)."""
+
+    def __init__(self, token: int):
+        super().__init__(lambda request: OK, max_in_flight=4)
+        self.token = token
+
+    def poll(self, timeout: float) -> list:
+        done = [(tok, r) for tok, r in self._open if tok != self.token]
+        self._open = collections.deque((tok, r) for tok, r in self._open if tok == self.token)
+        return done
+
+
+def test_a_slow_request_holds_the_answered_ones_only_for_the_settle_hold():
+    core = courier()
+    q = Queue([row(i) for i in range(1, 9)])
+    t = Stuck(token=1)
+    core.start_pass(T0)
+    now = T0
+    while True:
+        action = core.step(now, t.capacity())
+        if isinstance(action, Send):
+            t.submit(action.token, action.request)
+        elif isinstance(action, Fetch):
+            core.fetched(q.fetch(action), now)
+        elif isinstance(action, Settle):
+            break
+        else:
+            assert action is WAIT
+            answered_before = now > T0
+            limit = core.wait_limit(now, 0.5)
+            assert limit == (pytest.approx(T0 + SETTLE_HOLD - now, abs=1e-6) if answered_before else 0.5)
+            for token, response in t.poll(0):
+                core.answered(token, response, T0)
+            now += SETTLE_HOLD / 4
+    assert now >= T0 + SETTLE_HOLD  # held while the slow one might still come
+    assert sorted(action.settlement.delete) == [2, 3, 4] and core.in_flight == 1
+    following = core.step(now, t.capacity())  # the next request goes while the slow one goes on
+    assert isinstance(following, Send) and following.token == 5
 
 
 # --- the promises, by property ------------------------------------------------------------
