@@ -184,3 +184,23 @@ def test_boot_id_as_journald_writes_it(tmp_path):
     p = tmp_path / "boot_id"
     p.write_text("60c014cd-4693-40f1-b334-548cd932949b\n")
     assert read_boot_id(str(p), dashes=False) == "60c014cd469340f1b334548cd932949b"
+
+
+def test_a_journal_of_schema_1_loses_its_event_id_index_and_keeps_its_entries(tmp_path):
+    """Version 2 dropped the index on event_id (a random key: a page write per entry);
+    an older file is brought up to date in place and still answers by event id."""
+    j = Journal(str(tmp_path / "journal"), boot_id=BOOT)
+    j.add([entry(i) for i in range(3)])
+    path = j.path
+    j.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE INDEX entries_event ON entries (event_id)")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    j = Journal(str(tmp_path / "journal"), boot_id=BOOT)
+    assert j.query(event_id=f"{1001:032x}") == [entry(1)]
+    j.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'entries_event'").fetchall() == []
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(J.SCHEMA_VERSION)
+    db.close()
