@@ -129,7 +129,7 @@ def pct(values: list[float], q: float) -> float:
 
 def report(label: str, acked: int, total: int, elapsed: float, lat: list[float]) -> None:
     print(f"{label:<34} {acked / elapsed:9,.0f} acked rec/s   p50 {pct(lat, 50):6.2f} ms   "
-          f"p99 {pct(lat, 99):6.2f} ms   ({acked}/{total} acked in {elapsed:.2f} s)")
+          f"p99 {pct(lat, 99):6.2f} ms   ({acked}/{total} acked in {elapsed:.2f} s) p90 {pct(lat,90):.2f} p95 {pct(lat,95):.2f} p98 {pct(lat,98):.2f} p99.5 {pct(lat,99.5):.2f} p99.9 {pct(lat,99.9):.2f}")
 
 
 def churn(directory: str, n: int) -> None:

@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_MS = 5000
 # With background checkpoints: the writer's own checkpoint (wal_autocheckpoint, in pages)
 # and how often the thread copies the WAL into the database while commits come.
-BACKSTOP_PAGES = 8192
-CHECKPOINT_INTERVAL = 0.05
+BACKSTOP_PAGES = 32768
+CHECKPOINT_INTERVAL = 0.2
+RESTART_FRAMES = 8192  # a WAL this long (32 MiB at 4 KiB pages) is made to start over
 SALVAGE_CHUNK = 256  # rows read at once where the file reads well
 PROBE_WITHOUT_BOUND = 65536  # keys looked up one by one past the last row found in damage
 _ROWID_MIN = -(2**63)
@@ -403,19 +404,21 @@ class Checkpointer:
     SQLite checkpoints a WAL database from inside the commit that takes the WAL past
     wal_autocheckpoint pages: it copies megabytes into the database file and syncs both
     files, milliseconds in which a writer serving senders answers nobody.  Here a thread
-    with its own connection does that copy while the writer goes on (sqlite3 leaves the
-    interpreter lock while SQLite works).  The writer keeps its own checkpoint, at
-    `BACKSTOP_PAGES`, for one thing the thread cannot do: SQLite starts the WAL over only
-    after a checkpoint that copied every frame, which a thread racing a busy writer rarely
-    completes, and a checkpoint finding nearly every frame copied costs the writer little.
-    Once commits pause for an interval, the WAL is truncated, so a burst leaves no large
-    file behind.  Failures are not the writer's concern: logged at debug level, the
-    writer's backstop still bounds the WAL."""
+    with its own connection does that copy every `CHECKPOINT_INTERVAL` while commits come,
+    and the writer goes on (sqlite3 leaves the interpreter lock while SQLite works).  SQLite
+    starts the WAL over only after a checkpoint that copied every frame, which one racing a
+    busy writer never completes; so once the WAL is `RESTART_FRAMES` long, the thread copies
+    the little that came during its copy holding writers back (a RESTART checkpoint, a
+    millisecond or two), and the next commit starts the WAL over.  Once commits pause for an
+    interval, the WAL is truncated, so a burst leaves no large file behind.  The writer's
+    own checkpoint stays at `BACKSTOP_PAGES`, for when the thread cannot keep up or fails
+    (failures are logged at debug level: they are not the writer's concern)."""
 
     def __init__(self, path: str, interval: float = CHECKPOINT_INTERVAL):
         self.path = path
         self.interval = interval
         self.rounds = 0
+        self.restarts = 0  # RESTART checkpoints run (a WAL past RESTART_FRAMES)
         self._commits = 0  # written by the writer's thread only
         self._seen = 0
         self._idle = True
@@ -459,7 +462,13 @@ class Checkpointer:
                         db.execute("PRAGMA busy_timeout = 0")
                     if commits != self._seen:
                         self._seen = commits
-                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        _busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        if frames >= RESTART_FRAMES:
+                            # Copy what came meanwhile (little) holding writers back, so the
+                            # next commit starts the WAL over; busy (a reader, another
+                            # checkpoint): next round.
+                            db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                            self.restarts += 1
                     else:  # quiet for an interval: copy the rest and give the space back
                         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                         self._idle = True

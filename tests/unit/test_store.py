@@ -390,3 +390,19 @@ def test_queues_without_background_checkpoints_start_no_thread(tmp_path):
     assert q._db.checkpointer is None
     assert not [t for t in threading.enumerate() if t.name == "checkpoint"]
     q.close()
+
+
+def test_background_checkpoints_start_a_long_wal_over(tmp_path, monkeypatch):
+    """A WAL of RESTART_FRAMES frames or more is checkpointed holding writers back for the
+    little that came during the copy, so that it starts over (under writes that never
+    pause, a checkpoint that lets them go on never completes: bench/probd_ingest.py)."""
+    from telemetry.daemons.store import database
+
+    q = Queue(str(tmp_path), sync_commits=False, background_checkpoints=True)
+    q.insert_many(rows(40))  # about 15 WAL frames
+    assert _wait_for(lambda: q._db.checkpointer.rounds >= 2)
+    assert q._db.checkpointer.restarts == 0  # short: no writer held back
+    monkeypatch.setattr(database, "RESTART_FRAMES", 32)
+    q.insert_many(rows(200, start=100))  # about 60
+    assert _wait_for(lambda: q._db.checkpointer.restarts >= 1)
+    q.close()
