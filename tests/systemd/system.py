@@ -101,9 +101,15 @@ def systemctl(m: Machine, *args: str) -> None:
 
 
 def restart(m: Machine, *units: str) -> None:
-    """Restart units, clearing their start-limit count first (see opted_in_and_started)."""
+    """Restart units, clearing their start-limit count first (see opted_in_and_started); a
+    unit that fails to start is reported with the end of its journal."""
     m.run("systemctl", "reset-failed", *units)
-    systemctl(m, "restart", *units)
+    done = m.run("systemctl", "restart", *units)
+    if done.returncode != 0:
+        logs = "\n".join(f"--- {unit}:\n" + m.run("journalctl", "--no-pager", "-q", "-n", "40", "-u", unit).stdout
+                         for unit in units)
+        raise AssertionError(f"systemctl restart {' '.join(units)} exited with {done.returncode}: "
+                             f"{done.stderr.strip()}\n{logs}")
 
 
 def journal(m: Machine, unit: str, since: str = "") -> str:
