@@ -29,12 +29,14 @@ that disappeared (spool directory removed) is recreated.  Nothing here stops the
 from __future__ import annotations
 
 import _socket
+import contextlib
 import errno
 import json
 import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from telemetry.ack import Ack, AckStatus
@@ -47,7 +49,10 @@ from telemetry.record import Record
 
 log = logging.getLogger(__name__)
 
-LOCK_WAIT_MS = 0  # one attempt's wait for another process's lock: none, see above
+LOCK_WAIT_MS = 0  # a commit's wait for another process's lock: none, see above
+# Opening the queue, reading the state it keeps and importing the C spool at start are not
+# answering anyone yet: they wait for a lock as long as this, rather than give up.
+SETUP_LOCK_WAIT_MS = 2000
 BUSY_GIVE_UP = 1.5  # then "busy"; well under the library's 5 s acknowledgement wait
 LIMITER_META_KEY = "telemprobd.ratelimit"
 FLUSH_INTERVAL = 1.0  # counters and limiter state are written at most this often
@@ -157,7 +162,8 @@ class Stager:
     def read_meta(self, key: str) -> str | None:
         """A meta value of the queue, None if there is none or no queue."""
         try:
-            return self._queue.get_meta(key) if self._queue else None
+            with self._setup_lock_wait():
+                return self._queue.get_meta(key) if self._queue else None
         except StoreError as e:
             log.warning("cannot read %s from the queue: %s", key, e)
             return None
@@ -226,8 +232,10 @@ class Stager:
         """Take over the record files a C telemprobd left in the spool directory; None when
         the queue cannot be used now (the files stay for the next start)."""
         try:
-            return import_c_spool(self.spool_dir, self._ensure_queue(), self._open_journal, daemon=self.daemon,
-                                  new_id=new_record_id)
+            queue = self._ensure_queue()
+            with self._setup_lock_wait():
+                return import_c_spool(self.spool_dir, queue, self._open_journal, daemon=self.daemon,
+                                      new_id=new_record_id)
         except Exception as e:
             log.error("cannot import the C spool files in %s now: %s; they stay for the next start",
                       self.spool_dir, classify_failure(e).detail)
@@ -267,9 +275,21 @@ class Stager:
         if self._queue is not None:
             self._queue.follow()
             return self._queue
-        self._queue = Queue(self.spool_dir, busy_timeout_ms=LOCK_WAIT_MS, sync_commits=False,
-                            background_checkpoints=True)
-        return self._queue
+        queue = Queue(self.spool_dir, busy_timeout_ms=SETUP_LOCK_WAIT_MS, sync_commits=False,
+                      background_checkpoints=True)
+        queue.set_busy_timeout(LOCK_WAIT_MS)
+        self._queue = queue
+        return queue
+
+    @contextlib.contextmanager
+    def _setup_lock_wait(self) -> Iterator[None]:
+        if self._queue is not None:
+            self._queue.set_busy_timeout(SETUP_LOCK_WAIT_MS)
+        try:
+            yield
+        finally:
+            if self._queue is not None:
+                self._queue.set_busy_timeout(LOCK_WAIT_MS)
 
     def _close_queue(self) -> None:
         if self._queue is not None:

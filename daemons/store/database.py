@@ -245,6 +245,13 @@ class Database:
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
 
+    def set_busy_timeout(self, ms: int) -> None:
+        """How long statements wait for another process's lock from now on (this connection
+        and those it is reopened as)."""
+        self.busy_timeout_ms = ms
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute(f"PRAGMA busy_timeout = {int(ms)}")
+
     def shutdown(self) -> None:
         """close(), and the checkpoint thread's end (waited for, briefly)."""
         self.close()

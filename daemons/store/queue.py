@@ -281,6 +281,9 @@ class Queue:
     def close(self) -> None:
         self._db.shutdown()
 
+    def set_busy_timeout(self, ms: int) -> None:
+        self._db.set_busy_timeout(ms)
+
     # --- writing (telemprobd) ---------------------------------------------------------
 
     def insert_many(self, records: Iterable[NewRecord], counters: dict[tuple[str, str], int] | None = None) -> None:

@@ -357,3 +357,29 @@ def test_the_c_journal_is_imported_once_marked_as_imported(user_install, collect
     assert (jdir / "journal").read_text() == c_journal  # left for a C client put back
     r = user_install.run(CTL, "journal", "-r", f"{1:032x}")
     assert b"org.clearlinux/hello/world" in r.stdout
+
+
+def test_the_import_waits_for_a_lock_the_other_daemon_holds_a_moment(user_install):
+    """At start nobody is waiting for an answer yet: a queue that telempostd holds locked for
+    a moment delays the import instead of leaving the files for the next start (the loop's
+    commits do not wait: they are retried while it serves)."""
+    import sqlite3
+    import threading
+
+    from telemetry.daemons.store.queue import Queue
+
+    spool = Path(user_install.paths.spool_dir)
+    Queue(str(spool)).close()  # the queue exists, as after an earlier run
+    write_spool(spool, {"Ab3dE9": c_staged(1, b"one"), "Zz9yX8": c_staged(2, b"two")})
+    db = sqlite3.connect(spool / "queue" / "queue.db", isolation_level=None, check_same_thread=False)
+    db.execute("BEGIN IMMEDIATE")  # the write lock, as a settle of telempostd holds it
+    release = threading.Timer(0.5, lambda: db.execute("COMMIT"))
+    release.start()
+    try:
+        with Probd(user_install) as probd:
+            assert "stay for the next start" not in probd.log()
+            assert sorted(payload for _h, payload in contents(queued(spool))) == [b"one", b"two"]
+    finally:
+        release.join()
+        db.close()
+    assert os.listdir(spool) == ["queue"]
