@@ -259,7 +259,8 @@ class Database:
             self.checkpointer.stop()
 
     def committed(self) -> None:
-        """A write transaction of this connection committed (the checkpoints follow)."""
+        """A write transaction of this connection committed (the checkpoints follow): said
+        by `write`, and by a caller whose single statement committed through `run`."""
         if self.checkpointer is not None:
             self.checkpointer.committed()
 
@@ -348,7 +349,9 @@ class Database:
                     db.execute("ROLLBACK")
                 raise
 
-        return self.run(transaction)
+        result = self.run(transaction)
+        self.committed()
+        return result
 
     # --- damage -------------------------------------------------------------------------
 

@@ -318,7 +318,6 @@ class Queue:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
 
         self._db.write(write)
-        self._db.committed()
 
     def sync(self) -> None:
         """Every commit so far survives a power cut once this returns (OSError if not)."""

@@ -406,3 +406,18 @@ def test_background_checkpoints_start_a_long_wal_over(tmp_path, monkeypatch):
     q.insert_many(rows(200, start=100))  # about 60
     assert _wait_for(lambda: q._db.checkpointer.restarts >= 1)
     q.close()
+
+
+def test_background_checkpoints_follow_every_write_not_only_telemprobds_inserts(tmp_path):
+    """telempostd's settles (deletes in a write transaction) are commits too: with its
+    writer's own checkpoint moved to the backstop, the thread must copy and truncate them."""
+    writer = Queue(str(tmp_path))
+    batch = rows(200)
+    writer.insert_many(batch)
+    writer.close()
+    q = Queue(str(tmp_path), sync_commits=False, background_checkpoints=True)
+    wal = tmp_path / "queue" / (QUEUE_DB + "-wal")
+    q.delete([r.record_id for r in batch])
+    assert _wait_for(lambda: q._db.checkpointer.rounds >= 2 and wal.stat().st_size == 0), \
+        "a settle was never checkpointed"
+    q.close()
