@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUR_INGEST_CONFIG, QueueReader, frame, start_collector  # noqa: E402
-from support import free_port, make_user_install, proc_memory  # noqa: E402
+from support import free_port, make_user_install, proc_memory, proc_pss  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -75,17 +75,6 @@ class Sample:
     rss: dict[str, int]
     pss: dict[str, int]
     parts: dict[str, dict[str, int]]
-
-
-def pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 CURL = "curl, TLS, HTTP/2 libs"
@@ -135,7 +124,7 @@ def classify(name: str) -> str:
 
 def sample(procs: dict[str, subprocess.Popen], libraries: bool = False) -> Sample:
     return Sample({n: proc_memory(p.pid, "VmRSS") for n, p in procs.items()},
-                  {n: pss(p.pid) for n, p in procs.items()},
+                  {n: proc_pss(p.pid) for n, p in procs.items()},
                   {n: breakdown(p.pid, libraries) for n, p in procs.items()})
 
 

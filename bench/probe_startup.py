@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from support import free_port, make_user_install, proc_memory  # noqa: E402
+from support import free_port, make_user_install, proc_memory, proc_pss  # noqa: E402
 
 from telemetry.daemons.store.queue import QUEUE_DB, queue_dir  # noqa: E402
 
@@ -172,7 +172,7 @@ class Tree:
     def rss(self) -> dict[str, tuple[int, int]]:
         """Each daemon's RSS and PSS (shared library pages divided among the processes
         that map them)."""
-        return {name: (proc_memory(proc.pid, "VmRSS"), pss(proc.pid)) for name, proc in self.daemons.items()}
+        return {name: (proc_memory(proc.pid, "VmRSS"), proc_pss(proc.pid)) for name, proc in self.daemons.items()}
 
     def close(self) -> None:
         for proc in self.daemons.values():
@@ -182,17 +182,6 @@ class Tree:
         for log in self.logs:
             log.close()
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def import_profile(layout: Layout, env: dict[str, str], argv: list[str], top: int = 12) -> None:

@@ -168,9 +168,18 @@ def no_such_option(option: str) -> str:
 def proc_memory(pid: int, field: str) -> int:
     """A memory figure of /proc/PID/status in bytes (VmRSS: now, VmHWM: the peak); 0 once the
     process is gone."""
+    return _proc_kib_field(f"/proc/{pid}/status", field)
+
+
+def proc_pss(pid: int) -> int:
+    """The process's proportional set size in bytes (/proc/PID/smaps_rollup); 0 once gone."""
+    return _proc_kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
+
+
+def _proc_kib_field(path: str, field: str) -> int:
     prefix = field.encode() + b":"
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
+        with open(path, "rb") as f:
             for line in f:
                 if line.startswith(prefix):
                     return int(line.split()[1]) * 1024
