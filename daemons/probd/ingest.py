@@ -127,9 +127,7 @@ class IngestLoop:
                 if core.commit_possible(now):
                     self._drain_ready()
                     self._commit(core.commit_due(time.monotonic(), time.time()))
-                if core.wake_postd_due(now):
-                    core.woke_postd(now)
-                    self.stager.wake_postd()
+                self._wake_postd(now)
                 if core.sync_due(now):
                     # A failure is logged and tried again; when stopping, not waited for.
                     core.synced(now, self.stager.sync() or core.stopping)
@@ -197,9 +195,7 @@ class IngestLoop:
         now = time.monotonic()
         if settings.spool_dir != old.spool_dir:
             self._commit(core.commit_due(now, time.time(), force=True))  # admitted here, kept here
-            if core.wake_postd_due(math.inf):
-                core.woke_postd(now)
-                self.stager.wake_postd()
+            self._wake_postd(now, at_once=True)  # where those records are
             self.stager.switch_spool(settings.spool_dir)
         core.apply(settings, now)
         if core.measure_due(now):
@@ -209,6 +205,11 @@ class IngestLoop:
                         settings.socket_path, self.listener.path)
         if settings.log_level != old.log_level:
             logging.getLogger().setLevel(log_mod.LEVELS.get(settings.log_level, logging.INFO))
+
+    def _wake_postd(self, now: float, *, at_once: bool = False) -> None:
+        if self.core.wake_postd_due(math.inf if at_once else now):
+            self.core.woke_postd(now)
+            self.stager.wake_postd()
 
     def _measure(self, now: float) -> None:
         """Read what is queued, in all and per uid (telempostd removes rows meanwhile)."""

@@ -160,7 +160,7 @@ def open_listener(path: str, *, create_dir: bool) -> Listener:
     return listener
 
 
-def peer_credentials(sock: socket.socket | _socket.socket) -> Sender:
+def peer_credentials(sock: _socket.socket) -> Sender:
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     return Sender(uid=uid, gid=gid, pid=pid)
 

@@ -132,7 +132,7 @@ def classify_failure(error: BaseException) -> StageError:
 _REPLY_FLAGS = int(socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)  # or-ed once, not per reply
 
 
-def reply(sock: socket.socket | _socket.socket, ack: Ack) -> None:
+def reply(sock: _socket.socket, ack: Ack) -> None:
     """Write the acknowledgement and close; a sender that did not wait costs nothing."""
     try:
         sock.send(ack.encode(), _REPLY_FLAGS)
