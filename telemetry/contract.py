@@ -296,8 +296,9 @@ _RECORD_RULES = tuple((i, H.RECORD_HEADERS.index(r.field), r) for i, r in enumer
 
 @functools.lru_cache(maxsize=64)
 def _machine_refusal(values: tuple[str, ...], version: int) -> tuple[int, FieldRule, str] | None:
-    """The first machine rule those values break, with its place in the table."""
-    fields = dict(zip(_MACHINE_FIELDS, values, strict=True))
+    """The first machine rule those values (as the record holds them) break, with its
+    place in the table."""
+    fields = dict(zip(_MACHINE_FIELDS, map(str.strip, values, _OWS), strict=True))
     for i, rule in enumerate(FIELD_RULES):
         if rule.field not in fields or rule.since > version:
             continue
@@ -313,10 +314,11 @@ def _machine_refusal(values: tuple[str, ...], version: int) -> tuple[int, FieldR
 def check_record(record: Record) -> Violation | None:
     """The first rule any collector would refuse the record for, in the collector's order
     (the table's, with the reference backend's stricter checks)."""
+    raw = list(map(str, wire_values(record)))
     # As the collector reads them: its HTTP layer strips surrounding spaces and tabs.
-    values = list(map(str.strip, map(str, wire_values(record)), _OWS))
+    values = list(map(str.strip, raw, _OWS))
     version = record.record_format_version
-    machine = _machine_refusal(_machine_values(values), version)
+    machine = _machine_refusal(_machine_values(raw), version)
     found: tuple[FieldRule, str, str] | None = None
     for i, position, rule in _RECORD_RULES:
         if machine is not None and i > machine[0]:
@@ -339,6 +341,27 @@ def check_record(record: Record) -> Violation | None:
         return None
     rule, message, value = found
     return Violation(rule.field, f"{rule.field} {_shown(value)} {rule.hint} ({message})")
+
+
+_read_machine_values = operator.attrgetter(*_MACHINE_FIELDS)
+
+
+def check_read_record(record: Record) -> Violation | None:
+    """`check_record` for a record `parse_header_block` accepted (the machine id written in
+    or not), in a fraction of its time.
+
+    The record grammar already keeps the rules of severity (1..4), classification (two
+    '/', at most CLASSIFICATION_MAX <= TEXT_MAX characters) and event_id (32 of 0-9a-f), and
+    makes both numbers plain digits: what is left is the machine id's length, the two
+    numbers' ranges and the machine's rules (judged once per set of values).  A record
+    that breaks one is judged again by `check_record`, which names the first rule it breaks.
+    """
+    if (record.creation_timestamp <= TIMESTAMP_MAX
+            and record.payload_format_version <= PAYLOAD_FORMAT_VERSION_MAX
+            and len(record.machine_id.strip(" \t")) <= MACHINE_ID_MAX
+            and _machine_refusal(_read_machine_values(record), record.record_format_version) is None):
+        return None
+    return check_record(record)
 
 
 def header_line(name: str, value: str) -> bytes:

@@ -89,6 +89,8 @@ def check_payload(payload: bytes) -> None:
         raise PayloadTooLarge(len(payload))
     if b"\0" in payload:
         raise RecordError("payload", "payload contains a NUL byte")
+    if payload.isascii():  # valid UTF-8, known without decoding a copy
+        return
     try:
         payload.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -235,11 +237,37 @@ _VALUES: dict[str, str] = {
 _BLOCK = re.compile("".join(f"{name}: ({_VALUES.get(name, _FREE)})\n" for name in H.RECORD_HEADERS))
 _FREE_GROUPS = tuple(i for i, name in enumerate(H.RECORD_HEADERS) if name not in _VALUES)
 _INT_GROUPS = tuple(i for i, name in enumerate(H.RECORD_HEADERS) if name in _INT_FIELDS)
+_RECORD_FORMAT_VERSION_AT, _CLASSIFICATION_AT, _SEVERITY_AT, _MACHINE_ID_AT, _PAYLOAD_FORMAT_VERSION_AT = map(
+    H.RECORD_HEADERS.index,
+    (H.RECORD_FORMAT_VERSION, H.CLASSIFICATION, H.SEVERITY, H.MACHINE_ID, H.PAYLOAD_FORMAT_VERSION))
 
 
 def parse_header_block(block: bytes, payload: bytes = b"") -> Record:
     """The daemon's strict reading of a frame's header block and payload: the Record, or
     RecordError naming the first header (in wire order) that is not as the grammar says."""
+    return _record(_read(block, payload)[1], payload)
+
+
+def read_header_block(block: bytes, payload: bytes, machine_id: str) -> tuple[Record, bytes]:
+    """`parse_header_block(block, payload).with_machine_id(machine_id)` and that record's
+    `header_block()`, as telemprobd queues them, from one reading of the block.
+
+    The stored block is the block as received with the machine id's value replaced: that
+    is what `header_block` renders from the values, unless a number was written with
+    leading zeros (only a value starting ``0`` can be one; such a block is rendered)."""
+    m, values = _read(block, payload)
+    values[_MACHINE_ID_AT] = machine_id
+    record = _record(values, payload)
+    text = m.string
+    if ": 0" in text:
+        return record, record.header_block()
+    start, end = m.span(_MACHINE_ID_AT + 1)
+    return record, (text[:start] + machine_id + text[end:]).encode("utf-8")
+
+
+def _read(block: bytes, payload: bytes) -> tuple[re.Match[str], list]:
+    """The grammar's match of the block and the Record's 15 values in wire order (numbers
+    as int), or the RecordError `_refusal` names."""
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
@@ -247,18 +275,27 @@ def parse_header_block(block: bytes, payload: bytes = b"") -> Record:
     m = _BLOCK.fullmatch(text) if text else None
     if m is None:
         raise _refusal(block)
-    values: list[object] = list(m.groups())
-    if not text.isascii() and not all(_printable(values[i]) for i in _FREE_GROUPS):  # type: ignore[arg-type]
+    values: list = list(m.groups())
+    if not text.isascii() and not all(_printable(values[i]) for i in _FREE_GROUPS):
         raise _refusal(block)
     for i in _INT_GROUPS:
-        values[i] = int(values[i])  # type: ignore[call-overload]
-    record = Record(*values[1:], payload=payload, record_format_version=values[0])  # type: ignore[arg-type, misc]
-    if (record.record_format_version != RECORD_FORMAT_VERSION
-            or not SEVERITY_MIN <= record.severity <= SEVERITY_MAX
-            or record.payload_format_version > PAYLOAD_FORMAT_VERSION_MAX
-            or len(record.classification) > CLASSIFICATION_MAX):
+        values[i] = int(values[i])
+    if (values[_RECORD_FORMAT_VERSION_AT] != RECORD_FORMAT_VERSION
+            or not SEVERITY_MIN <= values[_SEVERITY_AT] <= SEVERITY_MAX
+            or values[_PAYLOAD_FORMAT_VERSION_AT] > PAYLOAD_FORMAT_VERSION_MAX
+            or len(values[_CLASSIFICATION_AT]) > CLASSIFICATION_MAX):
         raise _refusal(block)
     check_payload(payload)
+    return m, values
+
+
+def _record(values: list, payload: bytes) -> Record:
+    """Record(...) from `_read`'s values, without the frozen dataclass's __init__: its 16
+    object.__setattr__ calls were a microsecond of every record telemprobd reads."""
+    record = object.__new__(Record)
+    fields = record.__dict__
+    fields.update(zip(H.RECORD_HEADERS, values, strict=True))  # the field names are the header names
+    fields["payload"] = payload
     return record
 
 

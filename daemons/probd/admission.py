@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from telemetry.ack import AckStatus
-from telemetry.contract import check_record, request_header_block
+from telemetry.contract import check_read_record, request_header_block
 from telemetry.daemons.probd.ratelimit import Booking, RateLimiter, Verdict
 from telemetry.daemons.probd.reserved import NO_RESERVATION, Reservation
 from telemetry.daemons.store.queue import NewRecord, Sender
-from telemetry.record import Record, RecordError, parse_header_block
+from telemetry.record import Record, RecordError, read_header_block
 from telemetry.wire import Frame
 
 
@@ -83,7 +83,7 @@ class Admission:
         if not ctx.opted_in:
             return Refuse(AckStatus.NOT_OPTED_IN, "telemetry is not opted in on this machine")
         try:
-            parsed = parse_header_block(frame.header_block, frame.payload).with_machine_id(ctx.machine_id)
+            parsed, headers = read_header_block(frame.header_block, frame.payload, ctx.machine_id)
         except RecordError as e:
             return Refuse(AckStatus.INVALID, str(e))
         peer = ctx.sender.uid if ctx.peer_uid is None else ctx.peer_uid
@@ -91,14 +91,14 @@ class Admission:
             return Refuse(AckStatus.FORBIDDEN, forbidden)
         # What is acknowledged must be deliverable: the collector contract's rules, judged
         # once, here, rather than by telempostd after the sender was told it is kept.
-        violation = check_record(parsed)
+        violation = check_read_record(parsed)
         if violation is not None:
             return Refuse(AckStatus.INVALID, f"a collector would refuse it: {violation}")
         record = NewRecord(
             record_id=ctx.record_id,
             received_at=ctx.received_at,
             sender=ctx.sender,
-            headers=parsed.header_block(),
+            headers=headers,
             payload=frame.payload,
             cfg_path=frame.cfg_path,
             request_headers=request_header_block(parsed),

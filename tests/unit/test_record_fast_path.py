@@ -1,6 +1,9 @@
 """parse_header_block reads a block in one match of its grammar; on every input it must
 agree with a plain line-by-line reading of the same rules, refusals and their messages
-included.  `strict_reading` below is that reading, kept here as the oracle."""
+included.  `strict_reading` below is that reading, kept here as the oracle.
+read_header_block (telemprobd's reading: the machine id written in, the stored block taken
+from the block as received) must agree with parse_header_block, with_machine_id and
+header_block called one after the other."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from telemetry.record import (
     check_event_id,
     check_payload,
     parse_header_block,
+    read_header_block,
 )
 
 INT_FIELDS = {H.RECORD_FORMAT_VERSION, H.SEVERITY, H.CREATION_TIMESTAMP, H.PAYLOAD_FORMAT_VERSION}
@@ -129,3 +133,31 @@ def test_the_usual_record_and_a_non_ascii_one_are_read_alike():
     assert parse_header_block(block, b"hello") == strict_reading(block, b"hello")
     other = block.replace(b"x86_64", "x86_\u00e9".encode())
     assert parse_header_block(other, b"") == strict_reading(other, b"")
+
+
+def stamped(block: bytes, payload: bytes, machine_id: str):
+    record = parse_header_block(block, payload).with_machine_id(machine_id)
+    return record, record.header_block()
+
+
+machine_ids = st.one_of(st.sampled_from(["a" * 32, "FFFFFFFF", "", " ", ": 0", "caf\u00e9", "x" * 40]),
+                        st.text(max_size=40))
+numbers = st.one_of(st.sampled_from(["0", "00", "04", "4", "02", "007", "0000000000000000000001"]),
+                    st.from_regex(r"0{0,3}[0-9]{1,12}", fullmatch=True))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.dictionaries(st.sampled_from(H.RECORD_HEADERS), values, max_size=4),
+       st.dictionaries(st.sampled_from(sorted(INT_FIELDS)), numbers, max_size=2),
+       st.one_of(st.just(b"payload"), st.binary(max_size=20)), machine_ids)
+def test_telemprobds_reading_agrees(overrides, numbers_written, payload, machine_id):
+    block = build({**BASE, **overrides, **numbers_written}, list(H.RECORD_HEADERS))
+    assert outcome(lambda b, p: read_header_block(b, p, machine_id), block, payload) == \
+        outcome(lambda b, p: stamped(b, p, machine_id), block, payload)
+
+
+def test_numbers_with_leading_zeros_are_stored_as_numbers():
+    block = build({**BASE, H.SEVERITY: "02", H.CREATION_TIMESTAMP: "0017"}, list(H.RECORD_HEADERS))
+    record, stored = read_header_block(block, b"", "m" * 32)
+    assert b"severity: 2\n" in stored and b"creation_timestamp: 17\n" in stored
+    assert (record, stored) == stamped(block, b"", "m" * 32)
