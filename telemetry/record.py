@@ -237,6 +237,7 @@ _VALUES: dict[str, str] = {
 _BLOCK = re.compile("".join(f"{name}: ({_VALUES.get(name, _FREE)})\n" for name in H.RECORD_HEADERS))
 _FREE_GROUPS = tuple(i for i, name in enumerate(H.RECORD_HEADERS) if name not in _VALUES)
 _INT_GROUPS = tuple(i for i, name in enumerate(H.RECORD_HEADERS) if name in _INT_FIELDS)
+_INT_GROUP_NUMBERS = tuple(i + 1 for i in _INT_GROUPS)  # the match's groups count from 1
 _RECORD_FORMAT_VERSION_AT, _CLASSIFICATION_AT, _SEVERITY_AT, _MACHINE_ID_AT, _PAYLOAD_FORMAT_VERSION_AT = map(
     H.RECORD_HEADERS.index,
     (H.RECORD_FORMAT_VERSION, H.CLASSIFICATION, H.SEVERITY, H.MACHINE_ID, H.PAYLOAD_FORMAT_VERSION))
@@ -254,15 +255,23 @@ def read_header_block(block: bytes, payload: bytes, machine_id: str) -> tuple[Re
 
     The stored block is the block as received with the machine id's value replaced: that
     is what `header_block` renders from the values, unless a number was written with
-    leading zeros (only a value starting ``0`` can be one; such a block is rendered)."""
+    leading zeros (such a block is rendered)."""
     m, values = _read(block, payload)
     values[_MACHINE_ID_AT] = machine_id
     record = _record(values, payload)
-    text = m.string
-    if ": 0" in text:
+    if _padded(m.group(*_INT_GROUP_NUMBERS)):
         return record, record.header_block()
+    text = m.string
     start, end = m.span(_MACHINE_ID_AT + 1)
     return record, (text[:start] + machine_id + text[end:]).encode("utf-8")
+
+
+def _padded(numbers: tuple[str, ...]) -> bool:
+    """Whether a number is written with leading zeros (the record holds it without)."""
+    for digits in numbers:
+        if digits[0] == "0" and len(digits) > 1:
+            return True
+    return False
 
 
 def _read(block: bytes, payload: bytes) -> tuple[re.Match[str], list]:
