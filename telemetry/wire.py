@@ -43,9 +43,13 @@ class MalformedFrame(FramingError):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Frame:
-    """One frame read from the socket, not yet parsed into a record."""
+    """One frame read from the socket, not yet parsed into a record.
+
+    Not frozen (never changed once made): telemprobd makes one for every frame, and a frozen
+    dataclass's __init__, an object.__setattr__ per field, costs three times as much."""
+
     header_block: bytes
     payload: bytes
     cfg_path: str | None = None

@@ -20,9 +20,12 @@ from telemetry.record import Record, RecordError, read_header_block
 from telemetry.wire import Frame
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Context:
-    """What the shell knows when a frame is complete."""
+    """What the shell knows when a frame is complete.
+
+    Not frozen (never changed once made): one is made for every frame, and a frozen
+    dataclass's __init__, an object.__setattr__ per field, costs three times as much."""
 
     record_id: str
     sender: Sender
@@ -35,9 +38,13 @@ class Context:
     uid_queued_bytes: int = 0  # of queued_bytes, the sender's
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Accept:
-    """A record to queue, with the rate-limit booking it takes (deferred: over the limit)."""
+    """A record to queue, with the rate-limit booking it takes (deferred: over the limit).
+
+    Not frozen (never changed once made): one is made for every record kept, and a frozen
+    dataclass's __init__, an object.__setattr__ per field, costs three times as much."""
+
     record: NewRecord
     booking: Booking
     deferred: bool
