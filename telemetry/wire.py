@@ -88,10 +88,11 @@ def decode_frame(data: bytes) -> Frame:
         raise IncompleteFrame(f"frame incomplete: have {have} bytes" + (f" of {size}" if size else ""))
     if len(data) > size:
         raise MalformedFrame(f"{len(data) - size} bytes follow the frame")
-    body = memoryview(data)[_SIZE:size]
-    pos = 0
+    if type(data) is not bytes:
+        data = bytes(data)  # slices of it are the frame's parts, which are bytes
+    pos = _SIZE  # offsets are into `data` from here on: no memoryview, no copy but the parts
     cfg_path = None
-    if bytes(body[: len(CFG_MAGIC)]) == CFG_MAGIC:
+    if data.startswith(CFG_MAGIC, _SIZE):
         end = data.find(b"\0", _SIZE + len(CFG_MAGIC), size)
         if end < 0:
             raise MalformedFrame("CFG path is not NUL-terminated")
@@ -102,25 +103,25 @@ def decode_frame(data: bytes) -> Frame:
             cfg_path = raw_path.decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedFrame("CFG path is not valid UTF-8") from None
-        pos = end + 1 - _SIZE
-    if len(body) - pos < _SIZE + 1:
+        pos = end + 1
+    if size - pos < _SIZE + 1:
         raise MalformedFrame("frame too short for header_size and terminator")
-    (header_size,) = _U32.unpack_from(body, pos)
+    (header_size,) = _U32.unpack_from(data, pos)
     pos += _SIZE
-    room = len(body) - pos - 1
+    room = size - pos - 1
     if header_size == 0 or header_size > room:
         raise MalformedFrame(f"header_size {header_size} does not fit the {room} bytes left in the frame")
-    if body[-1] != 0:
+    if data[size - 1] != 0:
         raise MalformedFrame("frame does not end with a NUL terminator")
-    header_block = bytes(body[pos : pos + header_size])
-    payload = bytes(body[pos + header_size : -1])
+    header_block = data[pos : pos + header_size]
+    payload = data[pos + header_size : size - 1]
     if len(payload) > PAYLOAD_MAX:
         raise MalformedFrame(f"payload is {len(payload)} bytes; the limit is {PAYLOAD_MAX}")
     if b"\0" in header_block:
         raise MalformedFrame("header block contains a NUL byte")
     if b"\0" in payload:
         raise MalformedFrame("payload contains a NUL byte")
-    return Frame(header_block=header_block, payload=payload, cfg_path=cfg_path)
+    return Frame(header_block, payload, cfg_path)
 
 
 class FrameDecoder:

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetry.limits import FRAME_MAX, PAYLOAD_MAX
+from telemetry.limits import FRAME_MAX, PATH_MAX, PAYLOAD_MAX
 from telemetry.wire import (
+    CFG_MAGIC,
     Frame,
     FrameDecoder,
     FrameSizeError,
@@ -18,6 +19,7 @@ from telemetry.wire import (
     MalformedFrame,
     decode_frame,
     encode_frame,
+    frame_size,
 )
 
 # spec/wire-and-records.md section 3, "Worked example".
@@ -176,3 +178,81 @@ def test_mutated_frames_raise_only_the_typed_error(mutation, data):
         decode_frame(bytes(frame))
     except FramingError:
         pass
+
+
+def reading_by_views(data: bytes) -> Frame:
+    """The frame read through a memoryview of the body, as decode_frame once did: the oracle
+    its offsets into the whole frame must agree with, errors and messages included."""
+    size = frame_size(data)
+    if size is None or len(data) < size:
+        have = len(data)
+        raise IncompleteFrame(f"frame incomplete: have {have} bytes" + (f" of {size}" if size else ""))
+    if len(data) > size:
+        raise MalformedFrame(f"{len(data) - size} bytes follow the frame")
+    body = memoryview(data)[4:size]
+    pos = 0
+    cfg_path = None
+    if bytes(body[: len(CFG_MAGIC)]) == CFG_MAGIC:
+        end = data.find(b"\0", 4 + len(CFG_MAGIC), size)
+        if end < 0:
+            raise MalformedFrame("CFG path is not NUL-terminated")
+        raw_path = data[4 + len(CFG_MAGIC):end]
+        if not raw_path.startswith(b"/") or len(raw_path) >= PATH_MAX:
+            raise MalformedFrame("CFG path must be an absolute path shorter than PATH_MAX")
+        try:
+            cfg_path = raw_path.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedFrame("CFG path is not valid UTF-8") from None
+        pos = end + 1 - 4
+    if len(body) - pos < 4 + 1:
+        raise MalformedFrame("frame too short for header_size and terminator")
+    (header_size,) = struct.unpack_from("<I", body, pos)
+    pos += 4
+    room = len(body) - pos - 1
+    if header_size == 0 or header_size > room:
+        raise MalformedFrame(f"header_size {header_size} does not fit the {room} bytes left in the frame")
+    if body[-1] != 0:
+        raise MalformedFrame("frame does not end with a NUL terminator")
+    header_block = bytes(body[pos : pos + header_size])
+    payload = bytes(body[pos + header_size : -1])
+    if len(payload) > PAYLOAD_MAX:
+        raise MalformedFrame(f"payload is {len(payload)} bytes; the limit is {PAYLOAD_MAX}")
+    if b"\0" in header_block:
+        raise MalformedFrame("header block contains a NUL byte")
+    if b"\0" in payload:
+        raise MalformedFrame("payload contains a NUL byte")
+    return Frame(header_block, payload, cfg_path)
+
+
+def decoded(decode, data):
+    try:
+        return decode(data)
+    except FramingError as e:
+        return type(e), str(e)
+
+
+@given(st.binary(min_size=1, max_size=64), st.data(), st.sampled_from([None, "/etc/telemetrics.conf", "rel"]),
+       st.booleans())
+@settings(max_examples=1000)
+def test_the_decoder_agrees_with_reading_by_views(mutation, data, cfg, resize):
+    frame = bytearray(encode_frame(SPEC_HEADERS, b"hello world", None if cfg == "rel" else cfg))
+    if cfg == "rel":
+        frame[4:4] = CFG_MAGIC + b"rel\0"
+    if resize:
+        struct.pack_into("<I", frame, 0, len(frame))
+    pos = data.draw(st.integers(0, len(frame) - 1))
+    frame[pos : pos + len(mutation)] = mutation[: max(1, len(frame) - pos)]
+    if data.draw(st.booleans()):
+        struct.pack_into("<I", frame, 0, len(frame))  # the size field agrees, so the body is read
+    assert decoded(decode_frame, bytes(frame)) == decoded(reading_by_views, bytes(frame))
+    assert decoded(decode_frame, frame) == decoded(reading_by_views, bytes(frame))
+
+
+@given(st.sampled_from([b"", CFG_MAGIC + b"/c\0", CFG_MAGIC + b"/c", CFG_MAGIC + b"\xff\0", CFG_MAGIC]),
+       st.binary(max_size=24), st.integers(0, 30))
+@settings(max_examples=1000)
+def test_short_frames_are_read_as_by_views(cfg, body, header_size):
+    rest = struct.pack("<I", header_size) + body if body[:1] != b"!" else body
+    frame = cfg + rest
+    frame = struct.pack("<I", len(frame) + 4) + frame
+    assert decoded(decode_frame, frame) == decoded(reading_by_views, frame)
