@@ -151,9 +151,10 @@ class Window:
 
     def slot_if_fits(self, now: float, amount: int) -> int | None:
         """The slot index of `now` if `amount` can be counted there, else None."""
-        idx = self.index(now)
-        self._expire(idx)
+        idx = math.floor(now / self.slot + 1e-9)  # self.index(now), without a call per record
         entries = self._entries
+        if entries and entries[0][0] < idx - SLOTS:
+            self._expire(idx)
         if entries and entries[-1][0] > idx:
             return None  # bookings ahead: newcomers queue behind them
         return idx if self._total + amount <= self.cap else None
@@ -272,6 +273,11 @@ class RateLimiter:
                 self._alone_rules.append((in_bytes, policy.uid_amount(limit),
                                           f"record exceeds one user's share ({policy.uid_share}%) of "
                                           f"{limit.amount} {what} per window"))
+        # The largest size and count every rule takes: a record within both (the usual case)
+        # is not judged rule by rule.
+        self._alone_ok: tuple[float, float] = (
+            min([cap for in_bytes, cap, _ in self._alone_rules if in_bytes], default=math.inf),
+            min([cap for in_bytes, cap, _ in self._alone_rules if not in_bytes], default=math.inf))
 
     # --- deciding ----------------------------------------------------------------------
 
@@ -290,9 +296,11 @@ class RateLimiter:
         """Admit, defer or refuse one record of `size` bytes from `uid`, and count it."""
         if not self._active:
             return Decision(Verdict.ADMIT, Booking(uid, size, now))
-        for in_bytes, cap, why in self._alone_rules:
-            if (size if in_bytes else 1) > cap:
-                return Decision(Verdict.REFUSE, reason=why)
+        max_size, max_records = self._alone_ok
+        if size > max_size or max_records < 1:
+            for in_bytes, cap, why in self._alone_rules:
+                if (size if in_bytes else 1) > cap:
+                    return Decision(Verdict.REFUSE, reason=why)
         windows = self._scope_windows(uid, size)
         slots = [w.slot_if_fits(now, amount) for w, amount in windows]
         if None not in slots:
