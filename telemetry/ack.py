@@ -62,6 +62,7 @@ _DURABILITY = {d.value: d for d in Durability}
 # Encoded once: an acknowledgement is written for every record telemprobd receives.
 _LEADS = {status: MAGIC + status.value.encode("ascii") for status in AckStatus}
 _TAILS = {durability: b" " + durability.value.encode("ascii") for durability in Durability}
+_KEPT = frozenset(status for status in AckStatus if status.kept)
 
 
 class AckError(TelemetryError):
@@ -90,12 +91,10 @@ class Ack:
         detail = self.detail
         if not (detail.isascii() and detail.isprintable()):
             detail = "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in detail)
-        line = _LEADS[self.status]
-        if detail:
-            line += b" " + detail.encode("ascii")
-        if self.durability is not None and self.kept:
-            line += _TAILS[self.durability]
-        return line[: ACK_MAX - 1] + b"\n"
+        status = self.status
+        line = b"".join((_LEADS[status], b" " if detail else b"", detail.encode("ascii"),
+                         b"" if self.durability is None or status not in _KEPT else _TAILS[self.durability]))
+        return line + b"\n" if len(line) < ACK_MAX else line[: ACK_MAX - 1] + b"\n"
 
     def __str__(self) -> str:
         return f"{self.status.value}: {self.detail}" if self.detail else self.status.value

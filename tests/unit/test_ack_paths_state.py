@@ -25,6 +25,25 @@ def test_ack_roundtrip(status):
     assert ack.kept == (status in (AckStatus.ACCEPTED, AckStatus.DEFERRED))
 
 
+def line_as_written(ack: Ack) -> bytes:
+    """The reply line put together piece by piece: what Ack.encode must write."""
+    detail = "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in ack.detail)
+    line = b"TM/1 " + ack.status.value.encode()
+    if detail:
+        line += b" " + detail.encode("ascii")
+    if ack.durability is not None and ack.status in (AckStatus.ACCEPTED, AckStatus.DEFERRED):
+        line += b" " + ack.durability.value.encode()
+    return line[:511] + b"\n"
+
+
+@given(st.sampled_from(AckStatus), st.one_of(st.text(max_size=40), st.text(min_size=490, max_size=520),
+                                              st.sampled_from(["", "ab" * 16, "x" * 497, "x" * 498, "\x85", "\t"])),
+       st.one_of(st.none(), st.sampled_from(Durability)))
+def test_ack_encodes_its_line(status, detail, durability):
+    assert Ack(status, detail, durability=durability).encode() == line_as_written(Ack(status, detail,
+                                                                                       durability=durability))
+
+
 @pytest.mark.parametrize("status", [AckStatus.ACCEPTED, AckStatus.DEFERRED])
 @pytest.mark.parametrize("durability", list(Durability))
 def test_ack_says_durability_after_the_record_id(status, durability):
