@@ -303,7 +303,9 @@ def _record(values: list, payload: bytes) -> Record:
     object.__setattr__ calls were a microsecond of every record telemprobd reads."""
     record = object.__new__(Record)
     fields = record.__dict__
-    fields.update(zip(H.RECORD_HEADERS, values, strict=True))  # the field names are the header names
+    # The field names are the header names; `values` has one per header (strict= would add
+    # a keyword call's cost).
+    fields.update(zip(H.RECORD_HEADERS, values))  # noqa: B905
     fields["payload"] = payload
     return record
 
