@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from telemetry.ack import AckStatus
-from telemetry.contract import check_read_record, request_header_block
+from telemetry.contract import check_read_record, read_request_header_block
 from telemetry.daemons.probd.ratelimit import Booking, RateLimiter, Verdict
 from telemetry.daemons.probd.reserved import NO_RESERVATION, Reservation
 from telemetry.daemons.store.queue import NewRecord, Sender
@@ -108,7 +108,7 @@ class Admission:
             headers=headers,
             payload=frame.payload,
             cfg_path=frame.cfg_path,
-            request_headers=request_header_block(parsed),
+            request_headers=read_request_header_block(parsed),
         )
         size = record.size
         if not fits_spool(ctx.queued_bytes, size, self.spool_max_bytes):

@@ -1,5 +1,6 @@
-"""check_read_record skips the rules the record grammar already keeps; for every record
-parse_header_block accepts it must answer exactly as check_record, the message included."""
+"""check_read_record and read_request_header_block skip what the record grammar already
+keeps; for every record parse_header_block accepts they must answer exactly as check_record
+(the message included) and request_header_block (byte for byte)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from hypothesis import strategies as st
 
 from telemetry import contract, limits
 from telemetry import headers as H
-from telemetry.contract import check_read_record, check_record
+from telemetry.contract import (
+    check_read_record,
+    check_record,
+    read_request_header_block,
+    request_header_block,
+)
 from telemetry.record import RecordError, parse_header_block
 
 BASE = {
@@ -30,10 +36,11 @@ ODD = {
     H.PAYLOAD_FORMAT_VERSION: ["0", "2147483646", "2147483647", "4294967295", "01"],
     H.SYSTEM_NAME: ["debian", "'clear-linux-os'", "\"" * 300, "s" * 250, ""],
     H.BOARD_NAME: ["b" * 199, "b" * 200, "Ïntel", "tab\there", ""],
-    H.CPU_MODEL: ["c\u00e9", "c" * 199, "\t"],
-    H.BIOS_VERSION: ["v\u2028", "v" * 200, "1.0 "],
+    H.BIOS_VERSION: ["v\u2028", "v" * 200, "1.0 ", " \t"],
+    H.CPU_MODEL: ["c\u00e9", "c" * 199, "\t", "100%", "%s", "%(x)s %%"],
 }
-machine_ids = st.one_of(st.sampled_from(["a" * 32, "m" * 33, " " + "m" * 32, "m" * 32 + "\t", "", "\u00e9" * 32]),
+machine_ids = st.one_of(st.sampled_from(["a" * 32, "m" * 33, " " + "m" * 32, "m" * 32 + "\t", "", " ", "%s",
+                                         "\u00e9" * 32]),
                         st.text(max_size=40))
 field_values = st.one_of(
     *(st.tuples(st.just(name), st.sampled_from(choices)) for name, choices in ODD.items()),
@@ -50,13 +57,14 @@ def test_the_grammar_keeps_the_rules_that_are_skipped():
 
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(field_values, max_size=4), machine_ids)
-def test_a_read_record_is_judged_as_check_record_judges_it(changes, machine_id):
+def test_a_read_record_is_judged_and_written_as_the_plain_functions_do(changes, machine_id):
     block = "".join(f"{n}: {v}\n" for n, v in {**BASE, **dict(changes)}.items()).encode()
     try:
         record = parse_header_block(block, b"payload").with_machine_id(machine_id)
     except RecordError:
         return
     assert check_read_record(record) == check_record(record)
+    assert read_request_header_block(record) == request_header_block(record)
 
 
 def test_a_usual_record_passes_and_a_bad_one_is_named():
