@@ -1,7 +1,8 @@
 """telemprobd's event loop: the I/O around `core.Ingest`, which makes every decision.
 
-One thread, one epoll set: the listening socket, every client still sending its frame
-and the signal wake-up pipe.  The loop accepts connections, reads each frame with a size
+One thread, one epoll set: the listening socket, every client still sending its frame,
+the signal wake-up pipe and the eventfd of the thread that syncs the queue to disk
+(`syncer.Syncer`).  The loop accepts connections, reads each frame with a size
 cap (refused as soon as its size field is read), hands it to the core, writes the
 replies the core decides, commits the batches the core forms (`staging.Stager`) and
 journals what it refused for lack of space.  A peer that already closed (a C
@@ -30,8 +31,10 @@ from telemetry.daemons.probd.listener import (
 )
 from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import StageError, Stager, new_record_id, reply
+from telemetry.daemons.probd.syncer import Syncer
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
+from telemetry.daemons.store.database import SyncPlan
 from telemetry.daemons.store.queue import Sender
 from telemetry.limits import FRAME_MAX, FRAME_SIZE_FIELD
 from telemetry.machineid import MachineId
@@ -103,6 +106,7 @@ class IngestLoop:
         self._ep = select.epoll()
         self._lfd = listener.sock.fileno()
         self._signals = Signals(reload=RELOAD_SIGNALS)
+        self._syncer = Syncer()
 
     @property
     def counters(self) -> Counters:
@@ -116,6 +120,7 @@ class IngestLoop:
         self._signals.install()
         self._ep.register(self._lfd, select.EPOLLIN)
         self._ep.register(self._signals.fileno(), select.EPOLLIN)
+        self._ep.register(self._syncer.fileno(), select.EPOLLIN)
         if core.measure_due(time.monotonic()):
             self._measure(time.monotonic())
         self._notify(f"READY=1\nSTATUS={core.counters.status()}")
@@ -127,10 +132,8 @@ class IngestLoop:
                 if core.commit_possible(now):
                     self._drain_ready()
                     self._commit(core.commit_due(time.monotonic(), time.time()))
+                self._start_sync(now)
                 self._wake_postd(now)
-                if core.sync_due(now):
-                    # A failure is logged and tried again; when stopping, not waited for.
-                    core.synced(now, self.stager.sync() or core.stopping)
                 if core.tick_due(now) or now >= self._accept_paused_until > 0 or self._watchdog.due(now):
                     self._housekeeping(now)
                 if core.stopping and core.drained() and not core.unsynced:
@@ -139,6 +142,7 @@ class IngestLoop:
         finally:
             self._ep.close()
             self._signals.close()
+            self._syncer.close()
         return 0
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
@@ -153,6 +157,8 @@ class IngestLoop:
                 self._accept()
             elif fd == self._signals.fileno():
                 self._on_signals()
+            elif fd == self._syncer.fileno():
+                self._sync_finished()
             else:
                 conn = self._by_fd.get(fd)
                 if conn is not None:
@@ -382,11 +388,38 @@ class IngestLoop:
             return
         now = time.monotonic()
         try:
-            synced = self.stager.commit(batch.records, batch.counters, batch.meta, batch.sync)
+            self.stager.commit(batch.records, batch.counters, batch.meta)
         except StageError as e:
             replies = self.core.commit_failed(e, now)
         else:
-            replies = self.core.committed(now, synced)
+            replies = self.core.committed(now)
+            self._start_sync(now)  # before the replies: the disk works while they are sent
+        for r in replies:
+            self._send(r)
+
+    # --- syncs to disk -----------------------------------------------------------------
+
+    def _start_sync(self, now: float) -> None:
+        if not self.core.sync_start_due(now):
+            return
+        plan = self.stager.sync_plan()
+        self.core.sync_started(now)
+        if plan is None:  # no queue open, so nothing was committed to it
+            self._sync_ended(None, None)
+        else:
+            self._syncer.start(plan)
+
+    def _sync_finished(self) -> None:
+        done = self._syncer.finished()
+        if done is not None:
+            self._sync_ended(*done)
+
+    def _sync_ended(self, plan: SyncPlan | None, error: OSError | None) -> None:
+        """Release the replies the sync covered; a refusal is logged and tried again a
+        sync_interval later (when stopping, not waited for)."""
+        now = time.monotonic()
+        replies = self.core.sync_done(now, self.stager.synced(plan, error))
+        self._start_sync(now)  # batches committed meanwhile: their sync runs while these are sent
         for r in replies:
             self._send(r)
 
