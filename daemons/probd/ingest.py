@@ -55,6 +55,10 @@ ACCEPT_PAUSE = 0.1  # out of descriptors: leave connections in the backlog this 
 _UNKNOWN = Sender(-1, -1, -1)
 # Combined once: or-ing the flag enums costs about a microsecond on every call.
 _PEEK = int(socket.MSG_DONTWAIT | socket.MSG_PEEK)
+# One shot: a connection reports once, then stays quiet (its frame's last byte is left
+# unread until the reply) and leaves the epoll set when it is closed, with no call to
+# take it out.  A frame still incomplete after a read re-arms it.
+_CONN_EVENTS = int(select.EPOLLIN | select.EPOLLONESHOT)
 
 __all__ = ["IngestLoop", "Settings"]
 
@@ -68,7 +72,7 @@ class Connection:
         self.sender = sender  # SO_PEERCRED: who connected (the per-uid connection cap)
         self.stated: Sender | None = None  # SCM_CREDENTIALS of the first bytes, if any
         self.decoder: FrameDecoder | None = None
-        self.registered = False
+        self.registered = False  # in the epoll set (armed or not) until closed
 
     @property
     def buffered(self) -> int:
@@ -245,7 +249,7 @@ class IngestLoop:
                 self._by_fd[conn.fd] = conn
                 self._read(conn)
                 if conn.fd in self._by_fd and not conn.registered:
-                    self._ep.register(conn.fd, select.EPOLLIN)
+                    self._ep.register(conn.fd, _CONN_EVENTS)
                     conn.registered = True
 
     def _accept_batch(self, accepted: list[Connection]) -> None:
@@ -297,6 +301,7 @@ class IngestLoop:
             else:
                 data = conn.sock.recv(RECV_MAX, _PEEK)
         except BlockingIOError:
+            self._rearm(conn)
             return
         except OSError as e:
             if conn.buffered:
@@ -309,7 +314,8 @@ class IngestLoop:
                 if conn.decoder is None:
                     self._close(conn)  # connected and closed without sending: nothing to judge
                     return
-                conn.decoder.eof()
+                conn.decoder.eof()  # raises when a frame was cut short
+                self._close(conn)
                 return
             if conn.decoder is None:
                 size = frame_size(data) if len(data) >= FRAME_SIZE_FIELD else None
@@ -325,6 +331,12 @@ class IngestLoop:
             return
         if frame is not None:
             self._judge(conn, frame)
+        else:
+            self._rearm(conn)
+
+    def _rearm(self, conn: Connection) -> None:
+        if conn.registered:
+            self._ep.modify(conn.fd, _CONN_EVENTS)
 
     def _consume(self, conn: Connection, n: int) -> bool:
         """Take `n` peeked bytes out of the socket; False if the connection failed."""
@@ -353,29 +365,18 @@ class IngestLoop:
             self._measure(now)
             verdict = self.core.frame(conn, frame, sender=sender, record_id=record_id, wall=wall, now=now,
                                       opted_in=self._opted_in, machine_id=machine_id)
-        self._unregister(conn)
         self._by_fd.pop(conn.fd, None)
         if isinstance(verdict, Reply):
             self._send(verdict)
 
     def _fail(self, conn: Connection, reason: str) -> None:
-        self._unregister(conn)
         self._by_fd.pop(conn.fd, None)
         self._send(self.core.failed(conn, conn.sender, reason, time.monotonic()))
 
     def _send(self, r: Reply) -> None:
         reply(r.conn.sock, r.ack)  # type: ignore[attr-defined]
 
-    def _unregister(self, conn: Connection) -> None:
-        if conn.registered:
-            try:
-                self._ep.unregister(conn.fd)
-            except OSError:
-                pass
-            conn.registered = False
-
     def _close(self, conn: Connection) -> None:
-        self._unregister(conn)
         self._by_fd.pop(conn.fd, None)
         self.core.closed(conn)
         conn.sock.close()
@@ -455,11 +456,9 @@ class IngestLoop:
         for conn in chores.expired:
             r = self.core.timed_out(conn, conn.buffered, now)  # type: ignore[attr-defined]
             if r is not None:
-                self._unregister(conn)  # type: ignore[arg-type]
                 self._by_fd.pop(conn.fd, None)  # type: ignore[attr-defined]
                 self._send(r)
         for r in chores.replies:
-            self._unregister(r.conn)  # type: ignore[arg-type]
             self._by_fd.pop(r.conn.fd, None)  # type: ignore[attr-defined]
             self._send(r)
         self._journal_dropped(now)
