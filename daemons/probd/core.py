@@ -13,7 +13,11 @@ The promises kept here, and tested by property:
   successful commit of the batch holding it, and every record of that batch gets it.
 * The reply says `on-disk` only for a batch synced before it; a batch holding a record
   at or above `sync_severity` (or any batch, with `sync_interval` 0) is synced before its
-  reply, and every other commit is synced within `sync_interval` (`sync_due`).
+  reply, and every other commit is synced within `sync_interval` (`sync_due`).  Syncs
+  run beside the loop, one at a time (`sync_start_due`, `sync_started`, `sync_done`): a
+  sync covers the commits made before it started, and the batches committed while it
+  runs wait for the next one.  So the disk's wait for one group of senders overlaps the
+  reading and committing of the next group, and one fsync serves every batch waiting.
 * A batch whose commit failed is answered with the failure's reason, never as accepted;
   its rate-limit bookings are taken back.  A lock held by the other daemon is retried for
   `BUSY_GIVE_UP` seconds first.
@@ -115,9 +119,10 @@ class Settings:
 # --- what the loop is told to do -------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reply:
-    """Write `ack` to the connection and close it."""
+    """Write `ack` to the connection and close it.  (Made once per record: not frozen,
+    as a frozen dataclass costs half a microsecond more to make; nothing changes it.)"""
 
     conn: Conn
     ack: Ack
@@ -141,15 +146,22 @@ class Measure:
 MEASURE = Measure()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Held:
-    """A record admitted and waiting for the group commit, with whom to answer."""
+    """A record admitted and waiting for the group commit, with whom to answer (not
+    frozen, as `Reply`)."""
     record: NewRecord
     conn: Conn
     booking: Booking
     deferred: bool
     severity: int
     size: int  # record.size, computed once
+
+
+def _acks(items: list[_Held], durability: Durability) -> list[Reply]:
+    return [Reply(h.conn, Ack(AckStatus.DEFERRED if h.deferred else AckStatus.ACCEPTED, h.record.record_id,
+                              durability=durability))
+            for h in items]
 
 
 @dataclass(frozen=True)
@@ -165,7 +177,7 @@ class Housekeeping:
     report: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Conn:
     """A connection being read: its sender, and when it times out."""
     sender: Sender
@@ -179,10 +191,12 @@ class Counters:
     def __init__(self) -> None:
         self.totals: collections.Counter[str] = collections.Counter()
         self.unflushed: collections.Counter[str] = collections.Counter()
+        self.changes = 0  # how often `add` was called: whether status() may have changed
 
     def add(self, name: str, n: int = 1) -> None:
         self.totals[name] += n
         self.unflushed[name] += n
+        self.changes += 1
 
     def take(self) -> dict[str, int]:
         taken, self.unflushed = self.unflushed, collections.Counter()
@@ -218,6 +232,9 @@ class Ingest:
         self._pending_since = 0.0
         self._last_batch = 1
         self._committing: list[_Held] | None = None
+        self._commit_sync = False  # the batch being committed is answered after a sync
+        self._awaiting_sync: list[_Held] = []  # committed; answered by the next sync
+        self._syncing: list[_Held] | None = None  # answered by the sync running (None: none runs)
         self._commit_extras: tuple[dict[str, int], dict[str, str]] = ({}, {})
         self._busy_since: float | None = None
         self._unsynced_since: float | None = None  # the first commit not synced to disk yet
@@ -241,6 +258,7 @@ class Ingest:
         self._next_journal = now
         self._next_status = now
         self._last_status = ""
+        self._status_seen = -1  # counters.changes when the status was last made
         self._last_wake = -math.inf
         self._wake_pending = False
 
@@ -250,7 +268,7 @@ class Ingest:
         """A new connection: served (None) or told "busy" (over the caps)."""
         self._last_activity = now
         s = self.settings
-        if len(self._conns) + len(self._pending) >= s.max_connections:
+        if len(self._conns) + len(self._pending) + self._awaiting_count() >= s.max_connections:
             return self._refuse(conn, sender, AckStatus.BUSY,
                                 f"telemprobd is serving {s.max_connections} connections; try again", now)
         cap = self._uid_cap
@@ -369,21 +387,24 @@ class Ingest:
         """The batch to commit now, if it is time (the loop has read every frame ready)."""
         if self._committing is not None or not self._pending or (now < self._retry_at and not force):
             return None
+        s = self.settings
+        threshold = s.sync_severity
+        sync = s.sync_interval <= 0 or any(h.severity >= threshold for h in self._pending)
+        # A batch answered after a sync goes at once when the disk is idle: its sync then
+        # runs while the senders still on their way are read, and they go in the next.
         complete = (force or self.stopping or len(self._pending) >= self._last_batch
-                    or now - self._pending_since >= COALESCE_MAX)
+                    or now - self._pending_since >= COALESCE_MAX or (sync and self._syncing is None))
         if not complete:
             return None
         self._committing = self._pending
         counters, meta = self._due_extras(now, wall)
         self._commit_extras = (counters, meta)
-        s = self.settings
-        threshold = s.sync_severity
-        sync = s.sync_interval <= 0 or any(h.severity >= threshold for h in self._pending)
+        self._commit_sync = sync
         return Commit([h.record for h in self._pending], counters, meta, sync)
 
-    def committed(self, now: float, synced: bool = False) -> list[Reply]:
-        """The batch is committed (and synced to disk, `synced`): acknowledge every record
-        in it, saying which."""
+    def committed(self, now: float) -> list[Reply]:
+        """The batch is committed: acknowledge every record in it, or, for a batch that
+        asked for a sync, hold the replies for the next sync (`sync_done`)."""
         items = self._take_batch()
         self._busy_since = None
         self._retry_at = 0.0
@@ -392,16 +413,13 @@ class Ingest:
             self._committed_since_measure += h.size
             uid_committed[h.record.sender.uid] += h.size
         self._last_batch = len(items)
-        if synced:
-            self._unsynced_since = None  # one sync covers every commit before it
-            durability = Durability.ON_DISK
+        if self._unsynced_since is None:
+            self._unsynced_since = now
+        if self._commit_sync:
+            self._awaiting_sync += items
+            replies = []
         else:
-            if self._unsynced_since is None:
-                self._unsynced_since = now
-            durability = Durability.IN_WAL
-        replies = [Reply(h.conn, Ack(AckStatus.DEFERRED if h.deferred else AckStatus.ACCEPTED, h.record.record_id,
-                                     durability=durability))
-                   for h in items]
+            replies = _acks(items, Durability.IN_WAL)
         deferred = sum(h.deferred for h in items)
         self._wake_pending = True
         self.counters.add("staged", len(items))
@@ -450,9 +468,27 @@ class Ingest:
         since = self._unsynced_since
         return since is not None and (now >= since + self.settings.sync_interval or self.stopping)
 
-    def synced(self, now: float, ok: bool) -> None:
-        """The loop synced the queue (`ok`), or the disk refused: then again in a while."""
-        self._unsynced_since = None if ok else now
+    def sync_start_due(self, now: float) -> bool:
+        """Whether the loop should start a sync now (then `sync_started`): no sync runs, and
+        replies wait for one or a commit is older than sync_interval."""
+        return self._syncing is None and (bool(self._awaiting_sync) or self.sync_due(now))
+
+    def sync_started(self, now: float) -> None:
+        """A sync of every commit so far started."""
+        self._syncing, self._awaiting_sync = self._awaiting_sync, []
+        self._unsynced_since = None
+
+    def sync_done(self, now: float, ok: bool) -> list[Reply]:
+        """The sync ended: on disk (`ok`), or the disk refused, and then the records it
+        covered are acknowledged as in the WAL only, and synced again a sync_interval later
+        (not when stopping: they are committed, which is what must not be lost)."""
+        items, self._syncing = self._syncing or [], None
+        if not ok and not self.stopping and self._unsynced_since is None:
+            self._unsynced_since = now
+        return _acks(items, Durability.ON_DISK if ok else Durability.IN_WAL)
+
+    def _awaiting_count(self) -> int:
+        return len(self._awaiting_sync) + len(self._syncing or ())
 
     def _take_batch(self) -> list[_Held]:
         items = self._committing or []
@@ -518,6 +554,7 @@ class Ingest:
         status = None
         report = now >= self._next_status
         if report:
+            self._status_seen = self.counters.changes
             text = self.counters.status()
             if text != self._last_status:
                 status = self._last_status = text
@@ -552,12 +589,13 @@ class Ingest:
             self._stop_deadline = now + SHUTDOWN_GRACE
 
     def drained(self) -> bool:
-        return not (self._conns or self._pending)
+        """No connection waits for anything (a reply held for a sync included)."""
+        return not (self._conns or self._pending or self._awaiting_sync or self._syncing)
 
     @property
     def unsynced(self) -> bool:
-        """Commits wait for their sync to disk (done before exiting)."""
-        return self._unsynced_since is not None
+        """Commits wait for their sync to disk (done before exiting), or a sync runs."""
+        return self._unsynced_since is not None or self._syncing is not None
 
     def apply(self, settings: Settings, now: float) -> None:
         """New settings (SIGHUP).  A changed spool directory is the loop's: it commits what
@@ -580,7 +618,7 @@ class Ingest:
     def wake_at(self, now: float) -> float:
         """When the loop must call back without I/O happening (commit, tick or a timer)."""
         wake = self._wake_at(now)
-        if self._unsynced_since is not None:
+        if self._unsynced_since is not None and self._syncing is None:
             wake = min(wake, self._unsynced_since + self._settings.sync_interval)
         if self._wake_pending:
             wake = min(wake, self._last_wake + WAKE_POSTD_INTERVAL)
@@ -596,7 +634,7 @@ class Ingest:
             wake = min(wake, self._next_flush, self._quiet_flush)
         if self._dropped:
             wake = min(wake, self._next_journal)
-        if self.counters.status() != self._last_status:
+        if self.counters.changes != self._status_seen:  # not status(): it is made on every wake-up
             wake = min(wake, self._next_status)
         if self.idle_exit and self.settings.recycling:
             wake = min(wake, self._last_activity + self.settings.idle_after)

@@ -1,7 +1,8 @@
 """telemprobd's event loop: the I/O around `core.Ingest`, which makes every decision.
 
-One thread, one epoll set: the listening socket, every client still sending its frame
-and the signal wake-up pipe.  The loop accepts connections, reads each frame with a size
+One thread, one epoll set: the listening socket, every client still sending its frame,
+the signal wake-up pipe and the eventfd of the thread that syncs the queue to disk
+(`syncer.Syncer`).  The loop accepts connections, reads each frame with a size
 cap (refused as soon as its size field is read), hands it to the core, writes the
 replies the core decides, commits the batches the core forms (`staging.Stager`) and
 journals what it refused for lack of space.  A peer that already closed (a C
@@ -30,8 +31,10 @@ from telemetry.daemons.probd.listener import (
 )
 from telemetry.daemons.probd.ratelimit import RateLimiter
 from telemetry.daemons.probd.staging import StageError, Stager, new_record_id, reply
+from telemetry.daemons.probd.syncer import Syncer
 from telemetry.daemons.runtime.signals import RELOAD_SIGNALS, Signals
 from telemetry.daemons.runtime.watchdog import Watchdog
+from telemetry.daemons.store.database import SyncPlan
 from telemetry.daemons.store.queue import Sender
 from telemetry.limits import FRAME_MAX, FRAME_SIZE_FIELD
 from telemetry.machineid import MachineId
@@ -52,6 +55,10 @@ ACCEPT_PAUSE = 0.1  # out of descriptors: leave connections in the backlog this 
 _UNKNOWN = Sender(-1, -1, -1)
 # Combined once: or-ing the flag enums costs about a microsecond on every call.
 _PEEK = int(socket.MSG_DONTWAIT | socket.MSG_PEEK)
+# One shot: a connection reports once, then stays quiet (its frame's last byte is left
+# unread until the reply) and leaves the epoll set when it is closed, with no call to
+# take it out.  A frame still incomplete after a read re-arms it.
+_CONN_EVENTS = int(select.EPOLLIN | select.EPOLLONESHOT)
 
 __all__ = ["IngestLoop", "Settings"]
 
@@ -65,7 +72,7 @@ class Connection:
         self.sender = sender  # SO_PEERCRED: who connected (the per-uid connection cap)
         self.stated: Sender | None = None  # SCM_CREDENTIALS of the first bytes, if any
         self.decoder: FrameDecoder | None = None
-        self.registered = False
+        self.registered = False  # in the epoll set (armed or not) until closed
 
     @property
     def buffered(self) -> int:
@@ -103,6 +110,7 @@ class IngestLoop:
         self._ep = select.epoll()
         self._lfd = listener.sock.fileno()
         self._signals = Signals(reload=RELOAD_SIGNALS)
+        self._syncer = Syncer()
 
     @property
     def counters(self) -> Counters:
@@ -116,6 +124,7 @@ class IngestLoop:
         self._signals.install()
         self._ep.register(self._lfd, select.EPOLLIN)
         self._ep.register(self._signals.fileno(), select.EPOLLIN)
+        self._ep.register(self._syncer.fileno(), select.EPOLLIN)
         if core.measure_due(time.monotonic()):
             self._measure(time.monotonic())
         self._notify(f"READY=1\nSTATUS={core.counters.status()}")
@@ -127,10 +136,8 @@ class IngestLoop:
                 if core.commit_possible(now):
                     self._drain_ready()
                     self._commit(core.commit_due(time.monotonic(), time.time()))
+                self._start_sync(now)
                 self._wake_postd(now)
-                if core.sync_due(now):
-                    # A failure is logged and tried again; when stopping, not waited for.
-                    core.synced(now, self.stager.sync() or core.stopping)
                 if core.tick_due(now) or now >= self._accept_paused_until > 0 or self._watchdog.due(now):
                     self._housekeeping(now)
                 if core.stopping and core.drained() and not core.unsynced:
@@ -139,6 +146,7 @@ class IngestLoop:
         finally:
             self._ep.close()
             self._signals.close()
+            self._syncer.close()
         return 0
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
@@ -153,6 +161,8 @@ class IngestLoop:
                 self._accept()
             elif fd == self._signals.fileno():
                 self._on_signals()
+            elif fd == self._syncer.fileno():
+                self._sync_finished()
             else:
                 conn = self._by_fd.get(fd)
                 if conn is not None:
@@ -239,7 +249,7 @@ class IngestLoop:
                 self._by_fd[conn.fd] = conn
                 self._read(conn)
                 if conn.fd in self._by_fd and not conn.registered:
-                    self._ep.register(conn.fd, select.EPOLLIN)
+                    self._ep.register(conn.fd, _CONN_EVENTS)
                     conn.registered = True
 
     def _accept_batch(self, accepted: list[Connection]) -> None:
@@ -291,6 +301,7 @@ class IngestLoop:
             else:
                 data = conn.sock.recv(RECV_MAX, _PEEK)
         except BlockingIOError:
+            self._rearm(conn)
             return
         except OSError as e:
             if conn.buffered:
@@ -303,7 +314,8 @@ class IngestLoop:
                 if conn.decoder is None:
                     self._close(conn)  # connected and closed without sending: nothing to judge
                     return
-                conn.decoder.eof()
+                conn.decoder.eof()  # raises when a frame was cut short
+                self._close(conn)
                 return
             if conn.decoder is None:
                 size = frame_size(data) if len(data) >= FRAME_SIZE_FIELD else None
@@ -319,6 +331,12 @@ class IngestLoop:
             return
         if frame is not None:
             self._judge(conn, frame)
+        else:
+            self._rearm(conn)
+
+    def _rearm(self, conn: Connection) -> None:
+        if conn.registered:
+            self._ep.modify(conn.fd, _CONN_EVENTS)
 
     def _consume(self, conn: Connection, n: int) -> bool:
         """Take `n` peeked bytes out of the socket; False if the connection failed."""
@@ -347,29 +365,18 @@ class IngestLoop:
             self._measure(now)
             verdict = self.core.frame(conn, frame, sender=sender, record_id=record_id, wall=wall, now=now,
                                       opted_in=self._opted_in, machine_id=machine_id)
-        self._unregister(conn)
         self._by_fd.pop(conn.fd, None)
         if isinstance(verdict, Reply):
             self._send(verdict)
 
     def _fail(self, conn: Connection, reason: str) -> None:
-        self._unregister(conn)
         self._by_fd.pop(conn.fd, None)
         self._send(self.core.failed(conn, conn.sender, reason, time.monotonic()))
 
     def _send(self, r: Reply) -> None:
         reply(r.conn.sock, r.ack)  # type: ignore[attr-defined]
 
-    def _unregister(self, conn: Connection) -> None:
-        if conn.registered:
-            try:
-                self._ep.unregister(conn.fd)
-            except OSError:
-                pass
-            conn.registered = False
-
     def _close(self, conn: Connection) -> None:
-        self._unregister(conn)
         self._by_fd.pop(conn.fd, None)
         self.core.closed(conn)
         conn.sock.close()
@@ -382,11 +389,38 @@ class IngestLoop:
             return
         now = time.monotonic()
         try:
-            synced = self.stager.commit(batch.records, batch.counters, batch.meta, batch.sync)
+            self.stager.commit(batch.records, batch.counters, batch.meta)
         except StageError as e:
             replies = self.core.commit_failed(e, now)
         else:
-            replies = self.core.committed(now, synced)
+            replies = self.core.committed(now)
+            self._start_sync(now)  # before the replies: the disk works while they are sent
+        for r in replies:
+            self._send(r)
+
+    # --- syncs to disk -----------------------------------------------------------------
+
+    def _start_sync(self, now: float) -> None:
+        if not self.core.sync_start_due(now):
+            return
+        plan = self.stager.sync_plan()
+        self.core.sync_started(now)
+        if plan is None:  # no queue open, so nothing was committed to it
+            self._sync_ended(None, None)
+        else:
+            self._syncer.start(plan)
+
+    def _sync_finished(self) -> None:
+        done = self._syncer.finished()
+        if done is not None:
+            self._sync_ended(*done)
+
+    def _sync_ended(self, plan: SyncPlan | None, error: OSError | None) -> None:
+        """Release the replies the sync covered; a refusal is logged and tried again a
+        sync_interval later (when stopping, not waited for)."""
+        now = time.monotonic()
+        replies = self.core.sync_done(now, self.stager.synced(plan, error))
+        self._start_sync(now)  # batches committed meanwhile: their sync runs while these are sent
         for r in replies:
             self._send(r)
 
@@ -422,11 +456,9 @@ class IngestLoop:
         for conn in chores.expired:
             r = self.core.timed_out(conn, conn.buffered, now)  # type: ignore[attr-defined]
             if r is not None:
-                self._unregister(conn)  # type: ignore[arg-type]
                 self._by_fd.pop(conn.fd, None)  # type: ignore[attr-defined]
                 self._send(r)
         for r in chores.replies:
-            self._unregister(r.conn)  # type: ignore[arg-type]
             self._by_fd.pop(r.conn.fd, None)  # type: ignore[attr-defined]
             self._send(r)
         self._journal_dropped(now)

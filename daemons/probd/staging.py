@@ -3,12 +3,11 @@
 The event loop reads and judges every frame that is ready, then commits all the records
 it admitted in one transaction and only then acknowledges them.  A commit is in the WAL
 when COMMIT returns (synchronous=NORMAL: the kill of any process cannot lose it); it is
-synced to disk (`Queue.sync`, an fsync of the WAL) before the acknowledgement when the
-batch holds a record at or above `sync_severity` or `sync_interval` is 0, else within
-`sync_interval` (the core schedules it; one fsync covers every commit before it).  While one commit waits for the disk, the senders' next frames
-queue up in the kernel; the next round takes them all.  Measured on 2 cores this beats
-a writer thread: batches hold every waiting sender and no time goes to passing the
-interpreter lock back and forth.
+synced to disk (`sync_plan`: an fsync of the WAL, run by `syncer.Syncer` beside the loop)
+before the acknowledgement when the batch holds a record at or above `sync_severity` or
+`sync_interval` is 0, else within `sync_interval` (the core schedules it; one fsync
+covers every commit before it).  Commits stay on the loop: measured on 2 cores, a writer
+thread lost more to passing the interpreter lock back and forth than it overlapped.
 
 A lock held by another process is not waited for on the loop: an attempt that finds the
 queue locked (telempostd settling its answers) fails at once, the batch stays pending and
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 
 from telemetry.ack import Ack, AckStatus
 from telemetry.daemons.probd.cimport import ImportReport, import_c_spool
-from telemetry.daemons.store.database import Fault, StoreError
+from telemetry.daemons.store.database import Fault, StoreError, SyncPlan
 from telemetry.daemons.store.journal import Journal, Outcome, entry_for
 from telemetry.daemons.store.queue import NewRecord, Queue
 from telemetry.errors import TelemetryError
@@ -174,10 +173,8 @@ class Stager:
             self._close_queue()
             self.spool_dir = spool_dir
 
-    def commit(self, records: list[NewRecord], counters: dict[str, int], meta: dict[str, str],
-               sync: bool = False) -> bool:
-        """One transaction, synced to disk too when `sync`; raises StageError with the reason
-        to tell the senders.  True when the commit is synced."""
+    def commit(self, records: list[NewRecord], counters: dict[str, int], meta: dict[str, str]) -> None:
+        """One transaction; raises StageError with the reason to tell the senders."""
         started = time.perf_counter()
         rows = {(self.daemon, name): n for name, n in counters.items() if n}
         try:
@@ -185,13 +182,10 @@ class Stager:
             q.stage(records, rows, meta)
         except Exception as e:
             raise classify_failure(e) from None
-        synced = sync and self.sync()
-        if not records:
-            return synced
-        self.commits += 1
-        self.staged += len(records)
-        self.commit_seconds += time.perf_counter() - started
-        return synced
+        if records:
+            self.commits += 1
+            self.staged += len(records)
+            self.commit_seconds += time.perf_counter() - started
 
     def wake_postd(self) -> None:
         """Touch the queue's wake-up file (telempostd's inotify watch, its .path unit)."""
@@ -200,17 +194,21 @@ class Stager:
         except Exception as e:  # the records are safe; only the wake-up is late
             log.error("cannot touch the wake-up file in %s: %s", self.spool_dir, getattr(e, "strerror", None) or e)
 
-    def sync(self) -> bool:
-        """Sync every commit so far to disk; False (logged) when the disk refused: the
-        records stay committed, their acknowledgement says they are not synced yet."""
-        try:
-            if self._queue is not None:
-                self._queue.sync()
-            self.syncs += 1
-            return True
-        except OSError as e:
-            log.error("cannot sync the queue in %s to disk: %s", self.spool_dir, e.strerror or e)
+    def sync_plan(self) -> SyncPlan | None:
+        """What to fsync so that every commit so far is on disk; None: no queue is open
+        (nothing committed to sync)."""
+        return None if self._queue is None else self._queue.sync_plan()
+
+    def synced(self, plan: SyncPlan | None, error: OSError | None) -> bool:
+        """A sync ended; False (logged) when the disk refused: the records stay committed,
+        their acknowledgement says they are not synced yet."""
+        if error is not None:
+            log.error("cannot sync the queue in %s to disk: %s", self.spool_dir, error.strerror or error)
             return False
+        if plan is not None and self._queue is not None:
+            self._queue.synced(plan)
+        self.syncs += 1
+        return True
 
     def measure(self) -> int | None:
         """Bytes queued now (telempostd may have removed some), or None if unknown."""

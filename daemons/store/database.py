@@ -130,6 +130,27 @@ def _directory_lock(path: str, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """The files to fsync for one sync of a database (`Database.sync_plan`)."""
+
+    paths: tuple[str, ...]
+    identity: Identity | None  # the database file they belong to
+
+    def run(self) -> None:
+        """fsync each file that exists (no WAL: every commit is in the database file);
+        OSError when the disk refuses.  Touches nothing but the files: safe on any thread."""
+        for path in self.paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
 class Database:
     """A connection to one of our files, kept usable: reopened when the file was replaced,
     recovered when it is damaged."""
@@ -288,10 +309,17 @@ class Database:
         self.reopen()
 
     def sync(self) -> None:
-        """Make every transaction committed so far survive a power cut: fsync the WAL (what
-        synchronous=FULL does at each commit); the first time for this file, also the
-        directories naming it, so that a new file is found again.  OSError when the disk
-        refuses.
+        """Make every transaction committed so far survive a power cut (OSError when the
+        disk refuses): `sync_plan` and `SyncPlan.run` in one."""
+        plan = self.sync_plan()
+        plan.run()
+        self.synced(plan)
+
+    def sync_plan(self) -> SyncPlan:
+        """What to fsync so that every transaction committed so far survives a power cut:
+        the WAL (what synchronous=FULL does at each commit); the first time for this file,
+        also the directories naming it, so that a new file is found again.  Its `run` may be
+        called on another thread while this connection goes on committing; then `synced`.
 
         Never the database file itself: closing a descriptor of it would drop the POSIX
         locks SQLite holds on it, and another process would then take this connection's
@@ -301,16 +329,11 @@ class Database:
         if self._synced_file != self.identity:
             directory = os.path.dirname(os.path.abspath(self.path))
             paths += [directory, os.path.dirname(directory)]
-        for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # no WAL: every commit is in the database file
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._synced_file = self.identity
+        return SyncPlan(tuple(paths), self.identity)
+
+    def synced(self, plan: SyncPlan) -> None:
+        """`plan` ran without error: its directories need no sync again for this file."""
+        self._synced_file = plan.identity
 
     def has_table(self, name: str) -> bool:
         return self.run(lambda db: _has_table(db, name))

@@ -42,6 +42,7 @@ from telemetry.daemons.store.database import (
     Fault,
     Layout,
     StoreError,
+    SyncPlan,
     Table,
 )
 from telemetry.fsutil import ensure_dir, fsync_dir
@@ -326,6 +327,13 @@ class Queue:
     def sync(self) -> None:
         """Every commit so far survives a power cut once this returns (OSError if not)."""
         self._db.sync()
+
+    def sync_plan(self) -> SyncPlan:
+        """The same sync in parts, its fsyncs run on another thread (`Database.sync_plan`)."""
+        return self._db.sync_plan()
+
+    def synced(self, plan: SyncPlan) -> None:
+        self._db.synced(plan)
 
     def get_meta(self, key: str) -> str | None:
         row = self._db.run(lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())

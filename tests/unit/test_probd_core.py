@@ -44,7 +44,10 @@ GOOD = Frame("".join(f"{n}: {VALUES[n]}\n" for n in H.RECORD_HEADERS).encode(), 
 def of_severity(severity: int) -> Frame:
     values = {**VALUES, H.SEVERITY: str(severity)}
     return Frame("".join(f"{n}: {values[n]}\n" for n in H.RECORD_HEADERS).encode(), b"payload")
+
+
 BAD = Frame(b"not a header block\n", b"")
+SEVERE = of_severity(3)  # its batch is answered after a sync
 MID = "a" * 32
 SETTINGS = Settings(max_connections=16, connection_timeout=5.0, spool_max_bytes=-1, policy=Policy(),
                     recycling=True, idle_after=300.0, spool_dir="/spool", socket_path="/run/telem-0",
@@ -406,7 +409,8 @@ def test_refusals_are_logged_a_burst_at_a_time(caplog):
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("connect"), st.sampled_from([ALICE, BOB])),
-    st.tuples(st.just("frame"), st.integers(0, 30), st.sampled_from([GOOD, GOOD, BAD])),
+    st.tuples(st.just("frame"), st.integers(0, 30), st.sampled_from([GOOD, GOOD, SEVERE, BAD])),
+    st.tuples(st.just("sync"), st.sampled_from(["start", "ok", "refused"])),
     st.tuples(st.just("give-up"), st.integers(0, 30)),
     st.tuples(st.just("commit"), st.sampled_from(["ok", "ok", "busy", "full"])),
     st.tuples(st.just("time"), st.floats(0.0, 3.0)),
@@ -423,6 +427,7 @@ def test_no_acknowledged_record_is_lost_and_every_sender_is_answered(script, pol
     open_conns: set[int] = set()
     answers: dict[int, list] = {}
     durable: set[str] = set()
+    syncing = False
 
     def take(replies) -> None:
         for r in replies:
@@ -440,6 +445,16 @@ def test_no_acknowledged_record_is_lost_and_every_sender_is_answered(script, pol
             error = StageError(AckStatus.BUSY, "locked", retry=True) if outcome == "busy" else (
                 StageError(AckStatus.NO_SPACE, "full"))
             take(core.commit_failed(error, now))
+
+    def sync(step: str) -> None:
+        nonlocal syncing
+        if step == "start":
+            if core.sync_start_due(now):
+                core.sync_started(now)
+                syncing = True
+        elif syncing:
+            take(core.sync_done(now, step == "ok"))
+            syncing = False
 
     for op in script:
         kind = op[0]
@@ -466,6 +481,8 @@ def test_no_acknowledged_record_is_lost_and_every_sender_is_answered(script, pol
             take([core.failed(conn, ALICE, "cut short", now)])
         elif kind == "commit":
             commit(op[1])
+        elif kind == "sync":
+            sync(op[1])
         elif kind == "time":
             now += op[1]
             chores = core.tick(now)
@@ -486,6 +503,9 @@ def test_no_acknowledged_record_is_lost_and_every_sender_is_answered(script, pol
     core.stop(now)
     for _ in range(3):
         commit("ok")
+        sync("ok")
+        sync("start")
+        sync("ok")
         now += C.SHUTDOWN_GRACE
         chores = core.tick(now)
         take(chores.replies)
@@ -507,14 +527,51 @@ def test_a_severe_record_makes_its_batch_synced_before_the_replies():
     core = make(sync_interval=5.0, sync_severity=3)
     arrive(core, "low", of_severity(2))
     assert core.commit_due(0.0, 1e9).sync is False
-    core.committed(0.0, synced=False)
+    (first,) = core.committed(0.0)
+    assert first.ack.durability is Durability.IN_WAL
     arrive(core, "low2", of_severity(1), now=0.1)
     arrive(core, "crash", of_severity(3), now=0.1)
     batch = core.commit_due(0.1, 1e9)
     assert batch.sync is True
-    replies = core.committed(0.1, synced=True)
+    assert core.committed(0.1) == []  # held for the sync
+    assert not core.drained() and core.sync_start_due(0.1)
+    core.sync_started(0.1)
+    assert core.unsynced and not core.sync_start_due(0.2)  # one sync at a time
+    replies = core.sync_done(0.2, ok=True)
+    assert sorted(r.conn for r in replies) == ["crash", "low2"]
     assert {r.ack.durability for r in replies} == {Durability.ON_DISK}
-    assert not core.unsynced  # that sync covered the earlier commit too
+    assert not core.unsynced and core.drained()  # that sync covered the earlier commit too
+
+
+def test_batches_committed_during_a_sync_wait_for_the_next_one():
+    core = make(sync_interval=0.0)
+    arrive(core, "a")
+    assert core.commit_due(0.0, 1e9) is not None and core.committed(0.0) == []
+    core.sync_started(0.0)
+    arrive(core, "b", now=0.0001)
+    arrive(core, "c", now=0.0001)
+    assert core.commit_due(0.0001, 1e9).records  # the disk is busy, but the batch was complete
+    assert core.committed(0.0001) == []
+    (a,) = core.sync_done(0.0002, ok=True)
+    assert a.conn == "a" and core.sync_start_due(0.0002)  # b and c were not covered by it
+    core.sync_started(0.0002)
+    assert [r.conn for r in core.sync_done(0.0003, ok=True)] == ["b", "c"]
+
+
+def test_a_batch_to_sync_is_committed_at_once_while_the_disk_is_idle():
+    core = make(sync_interval=0.0)
+    arrive(core, "a")
+    arrive(core, "b")
+    core.commit_due(0.0, 1e9)
+    core.committed(0.0)
+    core.sync_started(0.0)
+    core.sync_done(0.001, ok=True)
+    arrive(core, "a", now=0.001)  # one of the two senders is back
+    assert core.commit_due(0.001, 1e9) is not None  # not waiting for the other: nothing syncs
+    core.committed(0.001)
+    core.sync_started(0.001)
+    arrive(core, "b", now=0.0011)
+    assert core.commit_due(0.0011, 1e9) is not None  # as many as the last batch
 
 
 def test_sync_interval_zero_syncs_every_batch():
@@ -528,49 +585,110 @@ def test_an_unsynced_commit_is_synced_within_sync_interval():
     arrive(core, "a", of_severity(4), now=10.0)
     batch = core.commit_due(10.0, 1e9)
     assert batch.sync is False  # 5: no severity is synced before its reply
-    (reply,) = core.committed(10.0, synced=False)
+    (reply,) = core.committed(10.0)
     assert reply.ack.durability is Durability.IN_WAL and reply.ack.encode().endswith(b" in-wal\n")
-    assert core.unsynced and not core.sync_due(11.9)
-    assert core.wake_at(11.0) <= 12.0 and core.sync_due(12.0)
-    core.synced(12.0, ok=False)  # the disk refused: again a sync_interval later
-    assert core.unsynced and not core.sync_due(13.0) and core.sync_due(14.0)
-    core.synced(14.0, ok=True)
-    assert not core.unsynced and not core.sync_due(100.0)
+    assert core.unsynced and not core.sync_start_due(11.9)
+    assert core.wake_at(11.0) <= 12.0 and core.sync_start_due(12.0)
+    core.sync_started(12.0)
+    assert core.sync_done(12.0, ok=False) == []  # the disk refused: again a sync_interval later
+    assert core.unsynced and not core.sync_start_due(13.0) and core.sync_start_due(14.0)
+    core.sync_started(14.0)
+    core.sync_done(14.0, ok=True)
+    assert not core.unsynced and not core.sync_start_due(100.0)
 
 
 def test_stopping_syncs_at_once():
     core = make(sync_interval=60.0, sync_severity=5)
     arrive(core, "a")
     core.commit_due(0.0, 1e9)
-    core.committed(0.0, synced=False)
+    core.committed(0.0)
     core.stop(1.0)
-    assert core.drained() and core.unsynced and core.sync_due(1.0)
+    assert core.drained() and core.unsynced and core.sync_start_due(1.0)
+    core.sync_started(1.0)
+    core.sync_done(1.0, ok=False)  # a refusal is not tried again when stopping
+    assert not core.unsynced
 
 
-@settings(max_examples=200)
-@given(st.lists(st.tuples(st.lists(st.integers(1, 4), min_size=1, max_size=5), st.booleans(),
-                          st.floats(0.0, 3.0)), min_size=1, max_size=20),
-       st.sampled_from([0.0, 0.5, 2.0]), st.integers(1, 5))
+def test_the_connection_cap_counts_replies_held_for_a_sync():
+    core = make(sync_interval=0.0, max_connections=2)
+    arrive(core, "a")
+    arrive(core, "b")
+    core.commit_due(0.0, 1e9)
+    core.committed(0.0)
+    assert core.connected("c", ALICE, 0.0).ack.status is AckStatus.BUSY
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("batch"), st.lists(st.integers(1, 4), min_size=1, max_size=5)),
+    st.tuples(st.just("sync-start"), st.just(True)),
+    st.tuples(st.just("sync-end"), st.booleans()),
+    st.tuples(st.just("time"), st.floats(0.0, 3.0)),
+), min_size=1, max_size=30), st.sampled_from([0.0, 0.5, 2.0]), st.integers(1, 5))
 def test_on_disk_is_said_only_after_a_sync_and_nothing_waits_longer_than_sync_interval(
-        batches, interval, threshold):
-    """The loop syncs when a batch asks (`sync`) or when `sync_due`; the disk may refuse
-    (`ok` False).  Then: a reply says on-disk only for a synced batch; a record at or
-    above the threshold is never acknowledged unsynced unless the disk refused; and no
-    commit stays unsynced past sync_interval without `sync_due` saying so."""
-    core = make(sync_interval=interval, sync_severity=threshold)
+        script, interval, threshold):
+    """The loop commits batches, starts a sync when `sync_start_due` (one at a time, it may
+    end much later) and the disk may refuse it.  Then: a reply says on-disk only for a
+    batch committed before a sync that started and succeeded; a batch that asked for a
+    sync is not answered before one ended; no commit stays unsynced past sync_interval
+    without `sync_start_due` saying so while no sync runs; and stopping answers everyone."""
+    core = make(sync_interval=interval, sync_severity=threshold, max_connections=1000)
     now, conn = 0.0, 0
-    for severities, disk_ok, gap in batches:
-        for sev in severities:
-            conn += 1
-            arrive(core, conn, of_severity(sev), now=now)
-        batch = core.commit_due(now, 1e9 + now, force=True)
-        assert batch.sync == (interval == 0 or max(severities) >= threshold)
-        synced = batch.sync and disk_ok
-        for r in core.committed(now, synced):
-            assert r.ack.durability is (Durability.ON_DISK if synced else Durability.IN_WAL)
-        oldest = now if not synced else None
-        now += gap
-        if core.unsynced and oldest is not None and now >= oldest + interval:
-            assert core.sync_due(now)
-        if core.sync_due(now):
-            core.synced(now, disk_ok)
+    committed_at: dict[int, int] = {}  # conn -> number of syncs started before its commit
+    asked: set[int] = set()
+    started = 0
+    running: int | None = None  # the number of the sync running
+    answered: set[int] = set()
+    oldest_unsynced: float | None = None
+
+    def take(replies, sync_no: int | None, ok: bool) -> None:
+        for r in replies:
+            assert r.conn not in answered
+            answered.add(r.conn)
+            if r.ack.durability is Durability.ON_DISK:
+                assert ok and sync_no is not None and committed_at[r.conn] < sync_no
+            else:
+                assert r.conn not in asked or (sync_no is not None and not ok)
+
+    def end(ok: bool) -> None:
+        nonlocal running, oldest_unsynced
+        if running is not None:
+            take(core.sync_done(now, ok), running, ok)
+            running = None
+            if not ok and oldest_unsynced is None:
+                oldest_unsynced = now  # tried again a sync_interval later
+
+    for op in script:
+        if op[0] == "batch":
+            for sev in op[1]:
+                conn += 1
+                arrive(core, conn, of_severity(sev), now=now)
+            batch = core.commit_due(now, 1e9 + now, force=True)
+            assert batch.sync == (interval == 0 or max(op[1]) >= threshold)
+            for c in range(conn - len(op[1]) + 1, conn + 1):
+                committed_at[c] = started
+                if batch.sync:
+                    asked.add(c)
+            take(core.committed(now), None, False)
+            if oldest_unsynced is None:
+                oldest_unsynced = now
+        elif op[0] == "sync-start" and core.sync_start_due(now):
+            core.sync_started(now)
+            started += 1
+            running = started
+            oldest_unsynced = None
+        elif op[0] == "sync-end":
+            end(op[1])
+        elif op[0] == "time":
+            now += op[1]
+        if running is None and oldest_unsynced is not None and now >= oldest_unsynced + interval:
+            assert core.sync_start_due(now)
+    end(True)
+    core.stop(now)
+    while core.sync_start_due(now):
+        core.sync_started(now)
+        started += 1
+        running = started
+        end(False)
+    assert core.drained() and not core.unsynced
+    assert answered == set(range(1, conn + 1))
