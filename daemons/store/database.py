@@ -106,6 +106,9 @@ class Layout:
     error: type[StoreError] = StoreError
     # (version, SQL): what brings a file of the version before up to this one, in order.
     migrations: tuple[tuple[int, str], ...] = ()
+    # (name, CREATE INDEX): indexes made when missing, on any version: adding one needs no
+    # new schema version, so older programs keep opening the file (SQLite keeps it up).
+    indexes: tuple[tuple[str, str], ...] = ()
 
 
 Identity = tuple[int, int]
@@ -204,6 +207,8 @@ class Database:
             raise self.layout.error(f"{self.path}: schema version {version} is newer than this program's")
         if create and version is not None and version < self.layout.schema_version:
             self._migrate(db)
+        if create and self.layout.indexes:
+            self._index(db)
 
     def _version(self, db: sqlite3.Connection) -> int | None:
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -230,6 +235,22 @@ class Database:
                 db.execute("ROLLBACK")
             raise
         log.info("%s %s brought up to schema version %d", self.layout.what, self.path, version)
+
+    def _index(self, db: sqlite3.Connection) -> None:
+        present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        for name, sql in self.layout.indexes:
+            if name not in present:
+                started = time.monotonic()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(sql.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+                log.info("%s %s: index %s made in %.1f s", self.layout.what, self.path, name,
+                         time.monotonic() - started)
 
     def _open_once(self) -> sqlite3.Connection:
         db = self._connect(self.path, readonly=self.readonly)
