@@ -45,6 +45,11 @@ BUSY_TIMEOUT_MS = 5000
 BACKSTOP_PAGES = 32768
 CHECKPOINT_INTERVAL = 0.2
 RESTART_FRAMES = 8192  # a WAL this long (32 MiB at 4 KiB pages) is made to start over
+# Before that RESTART, which holds writers back while it copies what came since the last
+# copy, passive copies catch up until one copied at most this many frames (what arrives
+# during so short a copy is little), or CATCH_UP_ROUNDS were made.
+RESTART_TAIL = 256
+CATCH_UP_ROUNDS = 4
 SALVAGE_CHUNK = 256  # rows read at once where the file reads well
 PROBE_WITHOUT_BOUND = 65536  # keys looked up one by one past the last row found in damage
 _ROWID_MIN = -(2**63)
@@ -462,8 +467,9 @@ class Checkpointer:
     and the writer goes on (sqlite3 leaves the interpreter lock while SQLite works).  SQLite
     starts the WAL over only after a checkpoint that copied every frame, which one racing a
     busy writer never completes; so once the WAL is `RESTART_FRAMES` long, the thread copies
-    the little that came during its copy holding writers back (a RESTART checkpoint, a
-    millisecond or two), and the next commit starts the WAL over.  Once commits pause for an
+    again what came during its copy until a copy is short (`RESTART_TAIL`), then the little
+    left holding writers back (a RESTART checkpoint: that copy and a sync of the database
+    file), and the next commit starts the WAL over.  Once commits pause for an
     interval, the WAL is truncated, so a burst leaves no large file behind.  The writer's
     own checkpoint stays at `BACKSTOP_PAGES`, for when the thread cannot keep up or fails
     (failures are logged at debug level: they are not the writer's concern)."""
@@ -473,6 +479,7 @@ class Checkpointer:
         self.interval = interval
         self.rounds = 0
         self.restarts = 0  # RESTART checkpoints run (a WAL past RESTART_FRAMES)
+        self.catch_ups = 0  # passive copies made before a RESTART
         self._commits = 0  # written by the writer's thread only
         self._seen = 0
         self._idle = True
@@ -518,9 +525,16 @@ class Checkpointer:
                         self._seen = commits
                         _busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                         if frames >= RESTART_FRAMES:
-                            # Copy what came meanwhile (little) holding writers back, so the
-                            # next commit starts the WAL over; busy (a reader, another
-                            # checkpoint): next round.
+                            # What came during that copy is copied again without holding
+                            # anyone back (each round is shorter), then the little left is
+                            # copied holding writers back, so that the next commit starts
+                            # the WAL over; busy (a reader, another checkpoint): next round.
+                            for _ in range(CATCH_UP_ROUNDS):
+                                before = copied
+                                busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                                self.catch_ups += 1
+                                if busy or copied - before <= RESTART_TAIL:
+                                    break  # what comes during a copy this short is little
                             db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                             self.restarts += 1
                     else:  # quiet for an interval: copy the rest and give the space back

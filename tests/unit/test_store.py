@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -444,6 +445,36 @@ def test_background_checkpoints_start_a_long_wal_over(tmp_path, monkeypatch):
     monkeypatch.setattr(database, "RESTART_FRAMES", 32)
     q.insert_many(rows(200, start=100))  # about 60
     assert _wait_for(lambda: q._db.checkpointer.restarts >= 1)
+    q.close()
+
+
+def test_before_holding_writers_back_the_checkpoint_thread_catches_up_with_them(tmp_path, monkeypatch):
+    """While a writer goes on, what came during the long copy is copied again without
+    holding it back; the RESTART that does hold it back is left only the last little."""
+    from telemetry.daemons.store import database
+
+    monkeypatch.setattr(database, "RESTART_FRAMES", 32)
+    monkeypatch.setattr(database, "RESTART_TAIL", -1)  # every copy is "long": catch up every round
+    q = Queue(str(tmp_path), sync_commits=False, background_checkpoints=True)
+    written: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        start = 0
+        while not stop.is_set():
+            batch = rows(20, start=start)
+            q.insert_many(batch)
+            written.extend(r.record_id for r in batch)
+            start += 20
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert _wait_for(lambda: q._db.checkpointer.restarts >= 1 and q._db.checkpointer.catch_ups >= 1)
+    finally:
+        stop.set()
+        t.join()
+    assert [r.record_id for r in q.all(len(written) + 1)] == written
     q.close()
 
 
