@@ -398,8 +398,7 @@ class Postd:
 
     def _refresh_view(self) -> None:
         try:
-            rows, _ = self.queue.stats()
-            self.core.view = spool.QueueView(rows, self.queue.next_due_time(), self.queue.oldest_received_at())
+            self.core.view = spool.QueueView(*self.queue.overview())
         except QueueError as e:
             log.error("%s", e)
             self.core.view = spool.QueueView(0, None, None)

@@ -45,6 +45,11 @@ BUSY_TIMEOUT_MS = 5000
 BACKSTOP_PAGES = 32768
 CHECKPOINT_INTERVAL = 0.2
 RESTART_FRAMES = 8192  # a WAL this long (32 MiB at 4 KiB pages) is made to start over
+# Before that RESTART, which holds writers back while it copies what came since the last
+# copy, passive copies catch up until one copied at most this many frames (what arrives
+# during so short a copy is little), or CATCH_UP_ROUNDS were made.
+RESTART_TAIL = 256
+CATCH_UP_ROUNDS = 4
 SALVAGE_CHUNK = 256  # rows read at once where the file reads well
 PROBE_WITHOUT_BOUND = 65536  # keys looked up one by one past the last row found in damage
 _ROWID_MIN = -(2**63)
@@ -106,6 +111,9 @@ class Layout:
     error: type[StoreError] = StoreError
     # (version, SQL): what brings a file of the version before up to this one, in order.
     migrations: tuple[tuple[int, str], ...] = ()
+    # (name, CREATE INDEX): indexes made when missing, on any version: adding one needs no
+    # new schema version, so older programs keep opening the file (SQLite keeps it up).
+    indexes: tuple[tuple[str, str], ...] = ()
 
 
 Identity = tuple[int, int]
@@ -204,6 +212,8 @@ class Database:
             raise self.layout.error(f"{self.path}: schema version {version} is newer than this program's")
         if create and version is not None and version < self.layout.schema_version:
             self._migrate(db)
+        if create and self.layout.indexes:
+            self._index(db)
 
     def _version(self, db: sqlite3.Connection) -> int | None:
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -230,6 +240,22 @@ class Database:
                 db.execute("ROLLBACK")
             raise
         log.info("%s %s brought up to schema version %d", self.layout.what, self.path, version)
+
+    def _index(self, db: sqlite3.Connection) -> None:
+        present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        for name, sql in self.layout.indexes:
+            if name not in present:
+                started = time.monotonic()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(sql.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+                log.info("%s %s: index %s made in %.1f s", self.layout.what, self.path, name,
+                         time.monotonic() - started)
 
     def _open_once(self) -> sqlite3.Connection:
         db = self._connect(self.path, readonly=self.readonly)
@@ -441,8 +467,9 @@ class Checkpointer:
     and the writer goes on (sqlite3 leaves the interpreter lock while SQLite works).  SQLite
     starts the WAL over only after a checkpoint that copied every frame, which one racing a
     busy writer never completes; so once the WAL is `RESTART_FRAMES` long, the thread copies
-    the little that came during its copy holding writers back (a RESTART checkpoint, a
-    millisecond or two), and the next commit starts the WAL over.  Once commits pause for an
+    again what came during its copy until a copy is short (`RESTART_TAIL`), then the little
+    left holding writers back (a RESTART checkpoint: that copy and a sync of the database
+    file), and the next commit starts the WAL over.  Once commits pause for an
     interval, the WAL is truncated, so a burst leaves no large file behind.  The writer's
     own checkpoint stays at `BACKSTOP_PAGES`, for when the thread cannot keep up or fails
     (failures are logged at debug level: they are not the writer's concern)."""
@@ -452,6 +479,7 @@ class Checkpointer:
         self.interval = interval
         self.rounds = 0
         self.restarts = 0  # RESTART checkpoints run (a WAL past RESTART_FRAMES)
+        self.catch_ups = 0  # passive copies made before a RESTART
         self._commits = 0  # written by the writer's thread only
         self._seen = 0
         self._idle = True
@@ -497,9 +525,16 @@ class Checkpointer:
                         self._seen = commits
                         _busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                         if frames >= RESTART_FRAMES:
-                            # Copy what came meanwhile (little) holding writers back, so the
-                            # next commit starts the WAL over; busy (a reader, another
-                            # checkpoint): next round.
+                            # What came during that copy is copied again without holding
+                            # anyone back (each round is shorter), then the little left is
+                            # copied holding writers back, so that the next commit starts
+                            # the WAL over; busy (a reader, another checkpoint): next round.
+                            for _ in range(CATCH_UP_ROUNDS):
+                                before = copied
+                                busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                                self.catch_ups += 1
+                                if busy or copied - before <= RESTART_TAIL:
+                                    break  # what comes during a copy this short is little
                             db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                             self.restarts += 1
                     else:  # quiet for an interval: copy the rest and give the space back

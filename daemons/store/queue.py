@@ -86,6 +86,17 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+# What telempostd and telemctl ask of the whole queue (how many rows and bytes, the next
+# due, the oldest, the expired, the status breakdown) read from this index alone, a
+# fortieth of the table: without it every pass of telempostd read every row's page, 70 ms
+# for 100,000 queued records, 20 times a second while telemprobd keeps waking it.
+# received_at first: the expired rows are a range of it.  Queues made before it get it
+# when a daemon opens them (`Layout.indexes`).
+VIEW_INDEX = ("records_view", "CREATE INDEX records_view ON records "
+              "(received_at, next_attempt_at, deferred_until, size, attempts, sender_uid)")
+SCHEMA += VIEW_INDEX[1] + ";\n"
+
+
 class QueueError(StoreError):
     """The queue cannot be used; the message names the file and the cause, `fault` the kind."""
 
@@ -204,6 +215,7 @@ LAYOUT = Layout(
             Table("meta", ("key", "value"))),
     error=QueueError,
     migrations=((2, "ALTER TABLE records ADD COLUMN request_headers BLOB"),),
+    indexes=(VIEW_INDEX,),
 )
 
 # Rows never tried are "staged", rows tried at least once "spooled".  After a failure
@@ -411,8 +423,9 @@ class Queue:
         return int(self._db.write(write) or 0)
 
     def received_before(self, cutoff: float, limit: int = 64) -> list[QueuedRecord]:
-        """Rows received before `cutoff` (expiry candidates), oldest first."""
-        return self._rows(f"SELECT {_COLUMNS} FROM records WHERE received_at < ? ORDER BY seq LIMIT ?",
+        """Rows received before `cutoff` (expiry candidates), earliest received first: a
+        range of the view index, however long the queue."""
+        return self._rows(f"SELECT {_COLUMNS} FROM records WHERE received_at < ? ORDER BY received_at LIMIT ?",
                           (cutoff, limit))
 
     def _value(self, sql: str, args: Sequence[object] = ()) -> object:
@@ -451,6 +464,13 @@ class Queue:
                 _bump(db, counters)
 
         self._db.write(write)
+
+    def overview(self) -> tuple[int, float | None, float | None]:
+        """(rows, next due time, oldest received_at) in one read of the view index."""
+        n, due, oldest = self._db.run(lambda db: db.execute(
+            "SELECT COUNT(*), MIN(MAX(CAST(next_attempt_at AS REAL), CAST(deferred_until AS REAL))),"
+            " MIN(CAST(received_at AS REAL)) FROM records").fetchone())
+        return int(n), None if due is None else _time(due), None if oldest is None else _time(oldest)
 
     def next_due_time(self) -> float | None:
         value = self._value(

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -286,6 +287,45 @@ def test_a_queue_of_schema_1_is_brought_up_to_date_and_keeps_its_rows(tmp_path, 
     Queue(str(tmp_path)).close()  # and opened again: nothing left to do
 
 
+def test_a_queue_made_before_the_view_index_gets_it_and_keeps_its_schema_version(tmp_path, caplog):
+    """Older programs keep opening the file: an index needs no new schema version."""
+    caplog.set_level(logging.INFO)
+    (tmp_path / QUEUE_SUBDIR).mkdir()
+    db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
+    db.executescript(V1_RECORDS)
+    db.close()
+    Queue(str(tmp_path)).close()
+    db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
+    assert db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'records_view'").fetchone() == (1,)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert db.execute("SELECT record_id FROM records").fetchall() == [("0123456789abcdef0123456789abcdef",)]
+    db.close()
+    assert "index records_view made" in caplog.text
+
+
+def test_what_telempostd_and_telemctl_ask_of_the_whole_queue_reads_the_index_not_every_row(tmp_path):
+    """Each pass of telempostd asks how many rows, the next due, the oldest and the
+    expired; a status asks for the breakdown.  Read from the table, each of these read
+    every queued record's page: the query plans say they do not."""
+    q = Queue(str(tmp_path))
+    q.insert_many(rows(50))
+    statements: list[str] = []
+    q._db.db.set_trace_callback(statements.append)
+    assert q.overview() == (50, 0.0, 1_700_000_000.0)
+    assert q.stats()[0] == 50
+    assert q.received_before(1_700_000_010.0, 64)[0].received_at == 1_700_000_000.0
+    q.breakdown(1_700_000_100.0)
+    q._db.db.set_trace_callback(None)
+    plain = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
+    asked = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    assert len(asked) == 4
+    for sql in asked:
+        plan = " ".join(row[3] for row in plain.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "INDEX records_view" in plan, (sql, plan)
+    plain.close()
+    q.close()
+
+
 def test_a_damaged_queue_of_schema_1_is_salvaged_into_the_new_schema(tmp_path):
     db = sqlite3.connect(tmp_path / QUEUE_DB)
     db.executescript(V1_RECORDS)
@@ -405,6 +445,36 @@ def test_background_checkpoints_start_a_long_wal_over(tmp_path, monkeypatch):
     monkeypatch.setattr(database, "RESTART_FRAMES", 32)
     q.insert_many(rows(200, start=100))  # about 60
     assert _wait_for(lambda: q._db.checkpointer.restarts >= 1)
+    q.close()
+
+
+def test_before_holding_writers_back_the_checkpoint_thread_catches_up_with_them(tmp_path, monkeypatch):
+    """While a writer goes on, what came during the long copy is copied again without
+    holding it back; the RESTART that does hold it back is left only the last little."""
+    from telemetry.daemons.store import database
+
+    monkeypatch.setattr(database, "RESTART_FRAMES", 32)
+    monkeypatch.setattr(database, "RESTART_TAIL", -1)  # every copy is "long": catch up every round
+    q = Queue(str(tmp_path), sync_commits=False, background_checkpoints=True)
+    written: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        start = 0
+        while not stop.is_set():
+            batch = rows(20, start=start)
+            q.insert_many(batch)
+            written.extend(r.record_id for r in batch)
+            start += 20
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert _wait_for(lambda: q._db.checkpointer.restarts >= 1 and q._db.checkpointer.catch_ups >= 1)
+    finally:
+        stop.set()
+        t.join()
+    assert [r.record_id for r in q.all(len(written) + 1)] == written
     q.close()
 
 
