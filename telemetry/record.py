@@ -219,8 +219,9 @@ def create_record(
 # --- reading a header block (the daemon side) ------------------------------------------
 #
 # One grammar: the 15 lines in order, `name: value\n`, each value as `_VALUES` says.  The
-# block is read in one regex match built from it; a block the match refuses is walked
-# line by line (`_refusal`) only to name the first header at fault and why.
+# block is read in one regex match built from it (first with numbers as `header_block`
+# writes them, the usual block, then as the grammar allows); a block the match refuses is
+# walked line by line (`_refusal`) only to name the first header at fault and why.
 
 _INT_FIELDS = frozenset({H.RECORD_FORMAT_VERSION, H.SEVERITY, H.CREATION_TIMESTAMP, H.PAYLOAD_FORMAT_VERSION})
 _NUMBER_DIGITS_MAX = 20
@@ -228,16 +229,26 @@ _SEGMENT = "[ -.0-~]"  # printable ASCII except '/'
 # A free value: tab or anything but a control character; a non-ASCII one is checked with
 # str.isprintable after the match (Unicode's control and format characters).
 _FREE = f"[^\x00-\x08\x0a-\x1f\x7f]{{0,{HEADER_VALUE_MAX}}}"
+_NUMBER = f"[0-9]{{1,{_NUMBER_DIGITS_MAX}}}"
+_PLAIN_NUMBER = f"(?:0|[1-9][0-9]{{0,{_NUMBER_DIGITS_MAX - 1}}})"  # no leading zeros, as header_block writes
 _VALUES: dict[str, str] = {
-    **{name: f"[0-9]{{1,{_NUMBER_DIGITS_MAX}}}" for name in _INT_FIELDS},
+    **{name: _NUMBER for name in _INT_FIELDS},
     H.CLASSIFICATION: f"{_SEGMENT}{{0,{CLASSIFICATION_FIRST_SEGMENT_MAX}}}/{_SEGMENT}{{0,"
                       f"{CLASSIFICATION_SEGMENT_MAX}}}/{_SEGMENT}{{0,{CLASSIFICATION_SEGMENT_MAX}}}",
     H.EVENT_ID: f"[0-9a-f]{{{EVENT_ID_LEN}}}",
 }
-_BLOCK = re.compile("".join(f"{name}: ({_VALUES.get(name, _FREE)})\n" for name in H.RECORD_HEADERS))
+
+
+def _block(number: str) -> re.Pattern[str]:
+    """The grammar, with `number` for the numbers' values."""
+    return re.compile("".join(f"{name}: ({number if name in _INT_FIELDS else _VALUES.get(name, _FREE)})\n"
+                              for name in H.RECORD_HEADERS))
+
+
+_BLOCK = _block(_NUMBER)
+_PLAIN_BLOCK = _block(_PLAIN_NUMBER)  # a match of it also says that no number is padded
 _FREE_GROUPS = tuple(i for i, name in enumerate(H.RECORD_HEADERS) if name not in _VALUES)
 _INT_GROUPS = tuple(i for i, name in enumerate(H.RECORD_HEADERS) if name in _INT_FIELDS)
-_INT_GROUP_NUMBERS = tuple(i + 1 for i in _INT_GROUPS)  # the match's groups count from 1
 _RECORD_FORMAT_VERSION_AT, _CLASSIFICATION_AT, _SEVERITY_AT, _MACHINE_ID_AT, _PAYLOAD_FORMAT_VERSION_AT = map(
     H.RECORD_HEADERS.index,
     (H.RECORD_FORMAT_VERSION, H.CLASSIFICATION, H.SEVERITY, H.MACHINE_ID, H.PAYLOAD_FORMAT_VERSION))
@@ -259,19 +270,11 @@ def read_header_block(block: bytes, payload: bytes, machine_id: str) -> tuple[Re
     m, values = _read(block, payload)
     values[_MACHINE_ID_AT] = machine_id
     record = _record(values, payload)
-    if _padded(m.group(*_INT_GROUP_NUMBERS)):
+    if m.re is not _PLAIN_BLOCK:
         return record, record.header_block()
     text = m.string
     start, end = m.span(_MACHINE_ID_AT + 1)
     return record, (text[:start] + machine_id + text[end:]).encode("utf-8")
-
-
-def _padded(numbers: tuple[str, ...]) -> bool:
-    """Whether a number is written with leading zeros (the record holds it without)."""
-    for digits in numbers:
-        if digits[0] == "0" and len(digits) > 1:
-            return True
-    return False
 
 
 def _read(block: bytes, payload: bytes) -> tuple[re.Match[str], list]:
@@ -281,7 +284,7 @@ def _read(block: bytes, payload: bytes) -> tuple[re.Match[str], list]:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
         text = ""
-    m = _BLOCK.fullmatch(text) if text else None
+    m = (_PLAIN_BLOCK.fullmatch(text) or _BLOCK.fullmatch(text)) if text else None
     if m is None:
         raise _refusal(block)
     values: list = list(m.groups())
