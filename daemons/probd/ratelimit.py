@@ -304,9 +304,8 @@ class RateLimiter:
         windows = self._scope_windows(uid, size)
         slots = [w.slot_if_fits(now, amount) for w, amount in windows]
         if None not in slots:
-            for (w, amount), idx in zip(windows, slots, strict=True):
-                assert idx is not None
-                w.book(idx, amount)
+            for i, (w, amount) in enumerate(windows):
+                w.book(slots[i], amount)  # type: ignore[arg-type]  # (None is not in slots)
             return Decision(Verdict.ADMIT, Booking(uid, size, now))
         over = next("over the limit of " + w.label
                     for (w, _), idx in zip(windows, slots, strict=True) if idx is None)
