@@ -14,7 +14,8 @@ senders are a small C program compiled here (what a libtelemetry probe does, plu
 reading the ack), or Python processes with `--senders python` (they need several
 times the CPU per record, and share the machine's cores with the daemon).  Prints:
 
-* acked records/s, p50/p99 (and p90, p98, p99.9) latency of one send and the daemon's CPU per record, per
+* acked records/s, p50/p99 (and p90, p98, p99.9, the longest) latency of one send and the daemon's
+  CPU per record, per
   sender count, on a fresh spool directory and (`--churn N`) after N files were created
   and deleted in it;
 * the same at 8 senders after `--through` more records have gone through (the queue
@@ -129,6 +130,7 @@ def pct(values: list[float], q: float) -> float:
 
 def report(label: str, acked: int, total: int, elapsed: float, lat: list[float]) -> None:
     tail = "  ".join(f"p{q:g} {pct(lat, q):.2f}" for q in (90, 98, 99.9))
+    tail += f"  max {max(lat, default=0) * 1000:.1f}"
     print(f"{label:<34} {acked / elapsed:9,.0f} acked rec/s   p50 {pct(lat, 50):6.2f} ms   "
           f"p99 {pct(lat, 99):6.2f} ms   ({acked}/{total} acked in {elapsed:.2f} s; {tail})")
 
