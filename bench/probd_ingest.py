@@ -64,15 +64,26 @@ def drive_c(exe: str, path: str, frames: list[bytes], senders: int, workdir: str
             half_close: bool = False, eof_ok: bool = False) -> tuple[int, float, list[float]]:
     files = [write_frames(os.path.join(workdir, f"frames-{i}"), frames[i::senders]) for i in range(senders)]
     r, w = os.pipe()
+    # Each sender writes a line per record: to a file, not a pipe that one communicate() at
+    # a time drains (past 64 KiB of lines, the senders not being read would stall).
+    logs = [tempfile.TemporaryFile(dir=workdir) for _ in range(2 * senders)]
     procs = [subprocess.Popen([exe, path, name, str(r), str(int(half_close)), str(int(eof_ok))], pass_fds=(r,),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in files]
+                              stdout=logs[2 * i], stderr=logs[2 * i + 1]) for i, name in enumerate(files)]
     time.sleep(0.2)
     t0 = time.perf_counter()
     os.write(w, b"x" * senders)
-    outs = [p.communicate() for p in procs]
+    for p in procs:
+        p.wait()
     elapsed = time.perf_counter() - t0
     os.close(r)
     os.close(w)
+    outs = []
+    for i in range(senders):
+        for f in logs[2 * i:2 * i + 2]:
+            f.seek(0)
+        outs.append((logs[2 * i].read(), logs[2 * i + 1].read()))
+        logs[2 * i].close()
+        logs[2 * i + 1].close()
     latencies = [float(x) / 1e6 for out, _ in outs for x in out.split()]
     acked = sum(int(err.split()[-1]) for _, err in outs if err.split())
     return acked, elapsed, latencies
