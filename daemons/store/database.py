@@ -111,8 +111,9 @@ class Layout:
     error: type[StoreError] = StoreError
     # (version, SQL): what brings a file of the version before up to this one, in order.
     migrations: tuple[tuple[int, str], ...] = ()
-    # (name, CREATE INDEX): indexes made when missing, on any version: adding one needs no
-    # new schema version, so older programs keep opening the file (SQLite keeps it up).
+    # (name, CREATE INDEX IF NOT EXISTS): indexes made when missing, on any version: adding
+    # one needs no new schema version, so older programs keep opening the file (SQLite keeps
+    # it up).
     indexes: tuple[tuple[str, str], ...] = ()
 
 
@@ -138,7 +139,6 @@ def _directory_lock(path: str, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
-
 @dataclass(frozen=True)
 class SyncPlan:
     """The files to fsync for one sync of a database (`Database.sync_plan`)."""
@@ -158,6 +158,21 @@ class SyncPlan:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def _immediate(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """`work` in one write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if it fails."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(db)
+        db.execute("COMMIT")
+        return result
+    except BaseException:
+        # SQLite may already have rolled back (disk full, I/O error): keep its error.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
 
 class Database:
     """A connection to one of our files, kept usable: reopened when the file was replaced,
@@ -226,36 +241,28 @@ class Database:
         """Bring an older file up to this program's schema, in one transaction (the other
         daemon may be doing the same: whoever comes second finds it done).  Old rows stay
         as they are; what they lack, readers take as absent."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        def migrate(db: sqlite3.Connection) -> int:
             version = self._version(db) or 0
             for target, sql in self.layout.migrations:
                 if target > version:
                     db.execute(sql)
                     version = target
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            return version
+
+        version = _immediate(db, migrate)
         log.info("%s %s brought up to schema version %d", self.layout.what, self.path, version)
 
     def _index(self, db: sqlite3.Connection) -> None:
         present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         for name, sql in self.layout.indexes:
             if name not in present:
-                started = time.monotonic()
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.execute(sql.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-                log.info("%s %s: index %s made in %.1f s", self.layout.what, self.path, name,
-                         time.monotonic() - started)
+                self._make_index(db, name, sql)
+
+    def _make_index(self, db: sqlite3.Connection, name: str, sql: str) -> None:
+        started = time.monotonic()
+        _immediate(db, lambda c: c.execute(sql))
+        log.info("%s %s: index %s made in %.1f s", self.layout.what, self.path, name, time.monotonic() - started)
 
     def _open_once(self) -> sqlite3.Connection:
         db = self._connect(self.path, readonly=self.readonly)
@@ -386,19 +393,7 @@ class Database:
     def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work` in one write transaction (BEGIN IMMEDIATE ... COMMIT), with `run`'s recovery."""
 
-        def transaction(db: sqlite3.Connection) -> T:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-                db.execute("COMMIT")
-                return result
-            except BaseException:
-                # SQLite may already have rolled back (disk full, I/O error): keep its error.
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-
-        result = self.run(transaction)
+        result = self.run(lambda db: _immediate(db, work))
         self.committed()
         return result
 
