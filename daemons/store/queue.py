@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS counters (
 # for 100,000 queued records, 20 times a second while telemprobd keeps waking it.
 # received_at first: the expired rows are a range of it.  Queues made before it get it
 # when a daemon opens them (`Layout.indexes`).
-VIEW_INDEX = ("records_view", "CREATE INDEX records_view ON records "
+VIEW_INDEX = ("records_view", "CREATE INDEX IF NOT EXISTS records_view ON records "
               "(received_at, next_attempt_at, deferred_until, size, attempts, sender_uid)")
 SCHEMA += VIEW_INDEX[1] + ";\n"
 
@@ -428,14 +428,6 @@ class Queue:
         return self._rows(f"SELECT {_COLUMNS} FROM records WHERE received_at < ? ORDER BY received_at LIMIT ?",
                           (cutoff, limit))
 
-    def _value(self, sql: str, args: Sequence[object] = ()) -> object:
-        row = self._db.run(lambda db: db.execute(sql, args).fetchone())
-        return None if row is None else row[0]
-
-    def oldest_received_at(self) -> float | None:
-        value = self._value("SELECT MIN(CAST(received_at AS REAL)) FROM records")
-        return None if value is None else _time(value)  # type: ignore[arg-type]
-
     def settle(
         self,
         delete: Iterable[str] = (),
@@ -471,11 +463,6 @@ class Queue:
             "SELECT COUNT(*), MIN(MAX(CAST(next_attempt_at AS REAL), CAST(deferred_until AS REAL))),"
             " MIN(CAST(received_at AS REAL)) FROM records").fetchone())
         return int(n), None if due is None else _time(due), None if oldest is None else _time(oldest)
-
-    def next_due_time(self) -> float | None:
-        value = self._value(
-            "SELECT MIN(MAX(CAST(next_attempt_at AS REAL), CAST(deferred_until AS REAL))) FROM records")
-        return None if value is None else _time(value)  # type: ignore[arg-type]
 
     def get(self, record_id: str) -> QueuedRecord | None:
         rows = self._rows(f"SELECT {_COLUMNS} FROM records WHERE record_id = ?", (record_id,))
