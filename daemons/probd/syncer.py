@@ -13,13 +13,10 @@ runs without it, as do the loop's own system calls, so neither waits long for th
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 
 from telemetry.daemons.store.database import SyncPlan
-
-log = logging.getLogger("telemprobd")
 
 
 class Syncer:
