@@ -270,12 +270,17 @@ INSERT INTO records (record_id, received_at, sender_uid, sender_gid, sender_pid,
 """
 
 
-def test_a_queue_of_schema_1_is_brought_up_to_date_and_keeps_its_rows(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
-    (tmp_path / QUEUE_SUBDIR).mkdir()
-    db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
+def v1_queue(spool: Path) -> None:
+    """A queue as the first schema made it, holding one record."""
+    (spool / QUEUE_SUBDIR).mkdir()
+    db = sqlite3.connect(spool / QUEUE_SUBDIR / QUEUE_DB)
     db.executescript(V1_RECORDS)
     db.close()
+
+
+def test_a_queue_of_schema_1_is_brought_up_to_date_and_keeps_its_rows(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    v1_queue(tmp_path)
     q = Queue(str(tmp_path))
     (old,) = q.all()
     assert old.record_id == "0123456789abcdef0123456789abcdef" and old.request_headers is None
@@ -290,10 +295,7 @@ def test_a_queue_of_schema_1_is_brought_up_to_date_and_keeps_its_rows(tmp_path, 
 def test_a_queue_made_before_the_view_index_gets_it_and_keeps_its_schema_version(tmp_path, caplog):
     """Older programs keep opening the file: an index needs no new schema version."""
     caplog.set_level(logging.INFO)
-    (tmp_path / QUEUE_SUBDIR).mkdir()
-    db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
-    db.executescript(V1_RECORDS)
-    db.close()
+    v1_queue(tmp_path)
     Queue(str(tmp_path)).close()
     db = sqlite3.connect(tmp_path / QUEUE_SUBDIR / QUEUE_DB)
     assert db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'records_view'").fetchone() == (1,)
